@@ -1,0 +1,383 @@
+"""The management API: channels, tokens, drains, sessions and channel logs (logplex v2 and v3)."""
+
+from __future__ import annotations
+
+import uuid
+
+from twisted.logger import Logger
+
+from logplex import syslog
+from logplex.api import validate
+from logplex.auth import Authenticator
+from logplex.framing import encode_logplex1
+from logplex.model import FULL_API, NO_TAIL, SessionSpec
+from logplex.redis.config import ConfigError, ConfigStore
+from logplex.tails import TailFilter, TailRegistry, TailSession
+from logplex.web import STREAMING, Dispatcher, HttpError, Reply, error_reply, read_json, route
+
+log = Logger()
+
+BASIC_CHALLENGE = {b"www-authenticate": b"Basic realm=Logplex"}
+NO_TAIL_WARNING = b"Tailing is switched off for this channel."
+MAX_JSON = 64 * 1024
+
+
+def v2_channel_id(channel_id: str):
+    """v2 answers carry integer channel ids, as logplex's clients expect."""
+    return int(channel_id) if channel_id.isdigit() else channel_id
+
+
+class ManagementApi:
+    def __init__(
+        self,
+        store: ConfigStore,
+        backlogs,
+        tails: TailRegistry,
+        auth: Authenticator,
+        metrics,
+        *,
+        api_url: str,
+        history: int = 1500,
+        allow_private_drains: bool = False,
+        tail_buffer: int = 1024,
+        reactor,
+    ) -> None:
+        self.store = store
+        self.backlogs = backlogs
+        self.tails = tails
+        self.auth = auth
+        self.metrics = metrics
+        self.api_url = api_url.rstrip("/")
+        self.history = history
+        self.allow_private_drains = allow_private_drains
+        self.tail_buffer = tail_buffer
+        self.reactor = reactor
+        self.deny_tail_sessions = False
+
+    def resource(self, extra_routes=()) -> Dispatcher:
+        g = self._guard
+        ch = r"([^/]+)"
+        num = r"(\d+)"
+        routes = [
+            route("GET", "/healthcheck", self.healthcheck),
+            route("GET", "/v3/healthcheck", self.healthcheck),
+            route("GET", "/metrics", self.metrics_text),
+            # v1 / v2
+            route("POST", "/channels", g(self.create_channel_v2)),
+            route("GET", f"/v2/channels/{num}", g(self.get_channel_v2)),
+            route("DELETE", f"/v2/channels/{num}", g(self.delete_channel_v2)),
+            route("DELETE", f"/channels/{num}", g(self.delete_channel_v2)),
+            route("GET", f"/channels/{num}/info", g(self.channel_info_v1)),
+            route("POST", f"/v2/channels/{num}/tokens", g(self.add_token_v2)),
+            route("POST", f"/channels/{num}/token", g(self.add_token_v1)),
+            route("POST", f"/v2/channels/{num}/drains", g(self.add_drain_v2)),
+            route("POST", f"/channels/{num}/drains/tokens", g(self.reserve_drain_v1)),
+            route("POST", f"/v2/channels/{num}/drains/{num}", g(self.set_drain_url_v2)),
+            route("DELETE", f"/v2/channels/{num}/drains/{num}", g(self.delete_drain_v2)),
+            route("POST", "/sessions", g(self.create_session_v1)),
+            route("POST", "/v2/sessions", g(self.create_session)),
+            route("POST", "/v3/sessions", g(self.create_session)),
+            route("GET", r"/sessions/([A-Za-z0-9-]+)", self.read_session),
+            # v3
+            route("PUT", f"/v3/channels/{ch}", g(self.put_channel_v3)),
+            route("GET", f"/v3/channels/{ch}", g(self.get_channel_v3)),
+            route("DELETE", f"/v3/channels/{ch}", g(self.delete_channel_v3)),
+            route("POST", f"/v3/channels/{ch}/tokens", g(self.add_token_v3)),
+            route("POST", f"/v3/channels/{ch}/drains", g(self.add_drain_v3)),
+            route("GET", f"/v3/channels/{ch}/drains/{num}", g(self.get_drain_v3)),
+            route("PUT", f"/v3/channels/{ch}/drains/{num}", g(self.put_drain_v3)),
+            route("DELETE", f"/v3/channels/{ch}/drains/{num}", g(self.delete_drain_v3)),
+            route("GET", f"/v3/channels/{ch}/logs", g(self.channel_logs_v3)),
+            *extra_routes,
+        ]
+        return Dispatcher(routes, self._config_error)
+
+    # -- plumbing -------------------------------------------------------------------
+    @staticmethod
+    def _config_error(e: Exception) -> Reply | None:
+        if isinstance(e, ConfigError):
+            return error_reply(e.status, e.message)
+        return None
+
+    def _guard(self, handler):
+        """Wrap a handler: node booted, caller holds a full_api credential."""
+
+        async def guarded(request, *args):
+            if not self.store.loaded:
+                raise HttpError(503, "SYSTEM BOOTING: this node has not loaded its configuration yet.")
+            header = request.getHeader(b"authorization")
+            if not header:
+                raise HttpError(401, "Authorization required: HTTP Basic with an API credential.",
+                                BASIC_CHALLENGE)
+            cred = await self.auth.from_header(header)
+            if cred is None:
+                raise HttpError(401, "Invalid credentials.", BASIC_CHALLENGE)
+            if not cred.has(FULL_API):
+                raise HttpError(403, "This credential lacks the full_api permission.")
+            return await handler(request, *args)
+
+        return guarded
+
+    def _channel(self, channel_id: str):
+        channel = self.store.channel(channel_id)
+        if channel is None:
+            raise HttpError(404, f"Channel {channel_id} does not exist.")
+        return channel
+
+    def _drain(self, channel_id: str, drain_id: str):
+        self._channel(channel_id)
+        drain = self.store.cache.channel_drains.get(channel_id, {}).get(int(drain_id))
+        if drain is None:
+            raise HttpError(404, f"Channel {channel_id} has no drain {drain_id}.")
+        return drain
+
+    def _drain_url(self, body: dict, required: bool) -> str | None:
+        url = body.get("url")
+        if url is None and not required:
+            return None
+        return validate.drain_url(url, self.allow_private_drains)
+
+    def _body(self, request) -> dict:
+        return validate.json_object(read_json(request, MAX_JSON))
+
+    # -- health and metrics -----------------------------------------------------------
+    async def healthcheck(self, request) -> Reply:
+        if not self.store.loaded:
+            return Reply(503, b"SYSTEM BOOTING", content_type=b"text/plain")
+        return Reply(200, {"status": "normal"})
+
+    async def metrics_text(self, request) -> Reply:
+        self.metrics.set("logplex_config_channels", len(self.store.cache.channels))
+        if self.store.loaded_at is not None:
+            self.metrics.set("logplex_config_cache_age_seconds",
+                             round(self.reactor.seconds() - self.store.loaded_at, 3))
+        return Reply(200, self.metrics.exposition(),
+                     content_type=b"text/plain; version=0.0.4; charset=utf-8")
+
+    # -- v1 / v2 ----------------------------------------------------------------------------
+    async def create_channel_v2(self, request) -> Reply:
+        body = self._body(request)
+        name = body.get("name", "")
+        if not isinstance(name, str):
+            raise HttpError(400, "Channel name must be a string.")
+        names = validate.token_names(body.get("tokens"))
+        channel, tokens = await self.store.create_channel_v2(names)
+        return Reply(201, {
+            "channel_id": v2_channel_id(channel.id),
+            "tokens": {t.name: t.id for t in tokens},
+        })
+
+    def _v2_description(self, channel_id: str) -> dict:
+        self._channel(channel_id)
+        return {
+            "channel_id": v2_channel_id(channel_id),
+            "tokens": [{"name": t.name, "token": t.id} for t in self.store.tokens_of(channel_id)],
+            "drains": [d.describe() for d in self.store.drains_of(channel_id) if d.url],
+        }
+
+    async def get_channel_v2(self, request, channel_id) -> Reply:
+        return Reply(200, self._v2_description(channel_id))
+
+    async def delete_channel_v2(self, request, channel_id) -> Reply:
+        await self._delete_channel(channel_id)
+        return Reply(200, b"OK", content_type=b"text/plain")
+
+    async def _delete_channel(self, channel_id: str) -> None:
+        self._channel(channel_id)
+        await self.store.delete_channel(channel_id)
+        try:
+            await self.backlogs.delete(channel_id)
+        except Exception as e:
+            # The backlog expires by itself; the channel is gone either way.
+            log.warn("backlog delete failed channel={channel} error={e}", channel=channel_id, e=repr(e))
+
+    async def channel_info_v1(self, request, channel_id) -> Reply:
+        self._channel(channel_id)
+        return Reply(200, {
+            "channel_id": v2_channel_id(channel_id),
+            "tokens": {t.name: t.id for t in self.store.tokens_of(channel_id)},
+            "drains": [d.url for d in self.store.drains_of(channel_id) if d.url],
+        })
+
+    async def add_token_v2(self, request, channel_id) -> Reply:
+        name = validate.token_name(self._body(request).get("name"))
+        token = await self.store.add_token(self._channel(channel_id).id, name)
+        return Reply(201, {"name": token.name, "token": token.id})
+
+    async def add_token_v1(self, request, channel_id) -> Reply:
+        name = validate.token_name(self._body(request).get("name"))
+        token = await self.store.add_token(self._channel(channel_id).id, name)
+        return Reply(201, token.id.encode(), content_type=b"text/plain")
+
+    async def add_drain_v2(self, request, channel_id) -> Reply:
+        self._channel(channel_id)
+        url = self._drain_url(self._body(request), required=True)
+        drain = await self.store.add_drain(channel_id, url)
+        return Reply(201, drain.describe())
+
+    async def reserve_drain_v1(self, request, channel_id) -> Reply:
+        self._channel(channel_id)
+        drain = await self.store.add_drain(channel_id, None)
+        return Reply(201, {"id": drain.id, "token": drain.token,
+                           "msg": "Successfully reserved drain token"})
+
+    async def set_drain_url_v2(self, request, channel_id, drain_id) -> Reply:
+        self._drain(channel_id, drain_id)
+        url = self._drain_url(self._body(request), required=True)
+        drain = await self.store.set_drain_url(channel_id, int(drain_id), url)
+        return Reply(201, drain.describe())
+
+    async def delete_drain_v2(self, request, channel_id, drain_id) -> Reply:
+        self._drain(channel_id, drain_id)
+        await self.store.delete_drain(channel_id, int(drain_id))
+        return Reply(200, b"OK", content_type=b"text/plain")
+
+    # -- sessions -----------------------------------------------------------------------------
+    async def _new_session(self, request) -> str:
+        if self.deny_tail_sessions:
+            raise HttpError(503, "Tail sessions are switched off on this node.")
+        body = self._body(request)
+        channel_id = body.get("channel_id")
+        if isinstance(channel_id, int) and not isinstance(channel_id, bool):
+            channel_id = str(channel_id)
+        if not isinstance(channel_id, str) or not channel_id:
+            raise HttpError(400, "'channel_id' is required.")
+        if self.store.channel(channel_id) is None:
+            raise HttpError(422, "channel not found")
+        for key in ("ps", "source"):
+            if body.get(key) is not None and not isinstance(body.get(key), str):
+                raise HttpError(422, f"'{key}' must be a string.")
+        tail = body.get("tail", False)
+        spec = SessionSpec(
+            id=str(uuid.uuid4()),
+            channel_id=channel_id,
+            num=validate.number(body.get("num"), "num", 100, 0, self.history),
+            tail=tail not in (False, None, "false", "0", 0),
+            ps=body.get("ps") or None,
+            source=body.get("source") or None,
+        )
+        await self.store.create_session(spec)
+        return f"{self.api_url}/sessions/{spec.id}"
+
+    async def create_session(self, request) -> Reply:
+        url = await self._new_session(request)
+        return Reply(201, {"url": url}, {b"location": url.encode()})
+
+    async def create_session_v1(self, request) -> Reply:
+        url = await self._new_session(request)
+        return Reply(201, url.encode(), {b"location": url.encode()}, content_type=b"text/plain")
+
+    async def read_session(self, request, session_id) -> object:
+        spec = await self.store.session(session_id)
+        if spec is None:
+            raise HttpError(404, "No such session (or it expired).")
+        channel = self.store.channel(spec.channel_id)
+        if channel is None:
+            raise HttpError(404, f"Channel {spec.channel_id} no longer exists.")
+        live = spec.tail and NO_TAIL not in channel.flags and not self.deny_tail_sessions
+        tail = None
+        if live:
+            # Registered before the backlog is read, so nothing falls in between.
+            tail = TailSession(spec, request.write, self.metrics, self.tail_buffer)
+            self.tails.add(tail)
+            request.notifyFinish().addBoth(lambda _: self.tails.remove(tail))
+        try:
+            backlog = await self.backlogs.recent(spec.channel_id, spec.num)
+        except Exception:
+            if tail is not None:
+                self.tails.remove(tail)
+            raise HttpError(503, "The channel's backlog shard is not answering; try again.") from None
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if tail is None:
+            request.setHeader(b"connection", b"close")
+        lines = tail_lines(backlog, spec)
+        if lines:
+            request.write(lines)
+        if tail is None:
+            if spec.tail and NO_TAIL in channel.flags:
+                request.write(syslog.utc_timestamp(self.reactor.seconds()) + b" Logplex: " + NO_TAIL_WARNING + b"\n")
+            request.finish()
+            return STREAMING
+        request.registerProducer(tail, True)
+        tail.go_live(backlog)
+        log.info("tail started channel={channel} session={session}", channel=spec.channel_id, session=spec.id)
+        return STREAMING
+
+    # -- v3 -----------------------------------------------------------------------------------
+    def _v3_description(self, channel_id: str) -> dict:
+        self._channel(channel_id)
+        doc = {"channel": channel_id}
+        tokens = self.store.tokens_of(channel_id)
+        if tokens:
+            doc["tokens"] = {t.name: t.id for t in tokens}
+        drains = [d.describe() for d in self.store.drains_of(channel_id) if d.url]
+        if drains:
+            doc["drains"] = drains
+        return doc
+
+    async def put_channel_v3(self, request, channel_id) -> Reply:
+        validate.channel_id(channel_id)
+        names = validate.token_names(self._body(request).get("tokens"))
+        created = await self.store.put_channel(channel_id, names)
+        return Reply(201 if created else 200, self._v3_description(channel_id))
+
+    async def get_channel_v3(self, request, channel_id) -> Reply:
+        return Reply(200, self._v3_description(channel_id))
+
+    async def delete_channel_v3(self, request, channel_id) -> Reply:
+        await self._delete_channel(channel_id)
+        return Reply(204)
+
+    async def add_token_v3(self, request, channel_id) -> Reply:
+        name = validate.token_name(self._body(request).get("name"))
+        self._channel(channel_id)
+        token = await self.store.add_token(channel_id, name)
+        return Reply(201, {"token": token.id, "name": token.name})
+
+    def _drain_location(self, channel_id: str, drain_id: int) -> dict:
+        return {b"location": f"{self.api_url}/v3/channels/{channel_id}/drains/{drain_id}".encode()}
+
+    async def add_drain_v3(self, request, channel_id) -> Reply:
+        self._channel(channel_id)
+        url = self._drain_url(self._body(request), required=False)
+        drain = await self.store.add_drain(channel_id, url)
+        doc = {"id": drain.id, "token": drain.token}
+        if url:
+            doc["url"] = url
+        return Reply(201, doc, self._drain_location(channel_id, drain.id))
+
+    async def get_drain_v3(self, request, channel_id, drain_id) -> Reply:
+        drain = self._drain(channel_id, drain_id)
+        return Reply(200, drain.describe())
+
+    async def put_drain_v3(self, request, channel_id, drain_id) -> Reply:
+        self._drain(channel_id, drain_id)
+        url = self._drain_url(self._body(request), required=True)
+        drain = await self.store.set_drain_url(channel_id, int(drain_id), url)
+        return Reply(200, drain.describe())
+
+    async def delete_drain_v3(self, request, channel_id, drain_id) -> Reply:
+        self._drain(channel_id, drain_id)
+        await self.store.delete_drain(channel_id, int(drain_id))
+        return Reply(204)
+
+    async def channel_logs_v3(self, request, channel_id) -> Reply:
+        self._channel(channel_id)
+        raw = request.args.get(b"num", [b"100"])[0].decode("latin-1")
+        num = validate.number(raw, "num", 100, 0, self.history)
+        try:
+            backlog = await self.backlogs.recent(channel_id, num)
+        except Exception:
+            raise HttpError(503, "The channel's backlog shard is not answering; try again.") from None
+        out = []
+        for message in backlog:
+            fields = syslog.parse(message)
+            if fields is not None:
+                out.append(syslog.output_message(fields))
+        return Reply(200, encode_logplex1(out), {b"logplex-msg-count": str(len(out)).encode()},
+                     content_type=b"application/logplex-1")
+
+
+def tail_lines(messages: list[bytes], spec: SessionSpec) -> bytes:
+    return b"".join(TailFilter(spec.ps, spec.source).lines(messages))

@@ -1,0 +1,44 @@
+"""A node's settings: the parsed command line, with SPEC.md's defaults."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Settings:
+    api: str = "tcp:8001"
+    logs: str = "tcp:8601"
+    syslog: tuple[str, ...] = ("tcp:6001",)
+    config_redis: str | None = None
+    shard_redis: tuple[str, ...] = ()
+    data_dir: str = "./logplex-data"
+    node_name: str = "logplex"
+    api_url: str | None = None
+    auth: str | None = None
+    history: int = 1500
+    backlog_expiry: int = 7 * 86400
+    max_drains: int = 6
+    session_expiry: int = 360
+    drain_buffer: int = 1024
+    http_drain_target_bytes: int = 100 * 1024
+    tcp_drain_target_bytes: int = 4 * 1024
+    tail_buffer: int = 1024
+    max_frame: int = 64 * 1024
+    max_body: int = 10 * 1024 * 1024
+    flush_interval: float = 0.05
+    redis_timeout: float = 5.0
+    allow_private_drains: bool = False
+
+    @classmethod
+    def from_options(cls, options) -> Settings:
+        values = {}
+        for field in attrs.fields(cls):
+            key = field.name.replace("_", "-")
+            if key in options:
+                value = options[key]
+                if isinstance(value, list):
+                    value = tuple(value)
+                values[field.name] = value
+        values["allow_private_drains"] = bool(options["allow-private-drains"])
+        return cls(**values)

@@ -1,0 +1,82 @@
+"""Syslog over TCP or TLS: frames from the socket, routed one batch per read."""
+
+from __future__ import annotations
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from logplex.framing import DEFAULT_MAX_FRAME, FramingError, SyslogFramer
+from logplex.router import IngressDenied, Router
+
+log = Logger()
+
+
+class SyslogProtocol(Protocol):
+    def __init__(self, router: Router, metrics, max_frame: int) -> None:
+        self.router = router
+        self.metrics = metrics
+        self.framer = SyslogFramer(max_frame)
+        self.closing = False
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.metrics.inc("logplex_connections_total")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.metrics.inc("logplex_bytes_received_total", len(data))
+        try:
+            messages = self.framer.feed(data)
+        except FramingError as e:
+            # The frames before the broken one are good: route them, then close.
+            self.metrics.inc("logplex_framing_errors_total")
+            log.info("closing syslog connection peer={peer} reason={reason}",
+                     peer=_peer(self.transport), reason=str(e))
+            self._close()
+            messages = e.messages
+            if messages:
+                self._route(messages)
+            return
+        if messages:
+            self._route(messages)
+
+    def _route(self, messages: list[bytes]) -> None:
+        try:
+            self.router.route(messages)
+        except IngressDenied:
+            # Closing makes a queueing sender (rsyslog, syslog-ng) keep its
+            # messages and retry, instead of us dropping them silently.
+            self._close()
+
+    def _close(self) -> None:
+        self.closing = True
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason=None) -> None:
+        self.factory.connections -= 1
+        if self.framer.pending and not self.closing:
+            self.metrics.inc("logplex_partial_frames_dropped_total")
+            log.info("syslog sender left mid-frame peer={peer} bytes={n}",
+                     peer=_peer(self.transport), n=self.framer.pending)
+
+
+class SyslogFactory(Factory):
+    def __init__(self, router: Router, metrics, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.router = router
+        self.metrics = metrics
+        self.max_frame = max_frame
+        self.connections = 0
+
+    def buildProtocol(self, addr):
+        protocol = SyslogProtocol(self.router, self.metrics, self.max_frame)
+        protocol.factory = self
+        return protocol
+
+
+def _peer(transport) -> str:
+    try:
+        peer = transport.getPeer()
+        return f"{peer.host}:{peer.port}"
+    except Exception:
+        return "?"

@@ -1,0 +1,80 @@
+"""Counters and gauges of one node, and their Prometheus text exposition.
+
+Counting is a dict update on the reactor thread, once per batch: nothing here
+locks or starts a thread.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+# name -> (type, help). Everything a node counts is declared here, so the
+# exposition always lists it, zero or not.
+DECLARED: dict[str, tuple[str, str]] = {
+    "logplex_messages_received_total": ("counter", "Syslog messages framed from any input."),
+    "logplex_messages_routed_total": ("counter", "Messages delivered to a channel."),
+    "logplex_messages_malformed_total": ("counter", "Messages dropped: not RFC 5424."),
+    "logplex_messages_unknown_token_total": ("counter", "Messages dropped: no such token."),
+    "logplex_messages_forbidden_total": ("counter", "Messages dropped: ingress denied."),
+    "logplex_bytes_received_total": ("counter", "Bytes read from syslog and HTTP inputs."),
+    "logplex_framing_errors_total": ("counter", "Connections closed for broken framing."),
+    "logplex_partial_frames_dropped_total": ("counter", "Incomplete frames discarded when a sender disconnected."),
+    "logplex_http_requests_total": ("counter", "HTTP log input requests by status."),
+    "logplex_backlog_written_total": ("counter", "Messages written to channel backlogs."),
+    "logplex_backlog_dropped_total": ("counter", "Messages not written to a backlog (shard down or queue full)."),
+    "logplex_tail_lines_total": ("counter", "Lines sent to live tails."),
+    "logplex_tail_dropped_total": ("counter", "Lines dropped by slow tails (L11)."),
+    "logplex_connections_total": ("counter", "Syslog connections accepted."),
+    "logplex_active_connections": ("gauge", "Open syslog connections."),
+    "logplex_active_tails": ("gauge", "Live tail sessions on this node."),
+    "logplex_config_cache_age_seconds": ("gauge", "Seconds since the config cache last heard from Redis."),
+    "logplex_config_channels": ("gauge", "Channels in the config cache."),
+}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._gauges: dict[str, Callable[[], Iterable[tuple[dict, float]]]] = {}
+
+    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        self.values[key] = self.values.get(key, 0) + amount
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        self.values[(name, tuple(sorted(labels.items())))] = value
+
+    def get(self, name: str, **labels: str) -> float:
+        return self.values.get((name, tuple(sorted(labels.items()))), 0)
+
+    def gauge_callback(self, name: str, read: Callable[[], Iterable[tuple[dict, float]]]) -> None:
+        """A gauge computed when scraped: read() yields (labels, value) pairs."""
+        self._gauges[name] = read
+
+    def exposition(self) -> bytes:
+        samples: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]] = {}
+        for (name, labels), value in self.values.items():
+            samples.setdefault(name, []).append((labels, value))
+        for name, read in self._gauges.items():
+            samples[name] = [(tuple(sorted(l.items())), v) for l, v in read()]
+        lines = []
+        for name in sorted(set(DECLARED) | set(samples)):
+            kind, text = DECLARED.get(name, ("untyped", name))
+            lines.append(f"# HELP {name} {text}")
+            lines.append(f"# TYPE {name} {kind}")
+            rows = samples.get(name) or ([((), 0)] if name in DECLARED else [])
+            for labels, value in sorted(rows):
+                if labels:
+                    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+                    lines.append(f"{name}{{{inner}}} {_number(value)}")
+                else:
+                    lines.append(f"{name} {_number(value)}")
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

@@ -1,0 +1,113 @@
+"""Redis pub/sub subscriptions that survive reconnects: the change feed and the cluster bus."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import txredisapi
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.logger import Logger
+
+from logplex.redis.connection import RedisAddress
+
+log = Logger()
+
+
+class _Protocol(txredisapi.SubscriberProtocol):
+    def connectionMade(self):
+        d = super().connectionMade()
+        # Redis forgets subscriptions with the connection: restore them every time.
+        self.whenConnected().addCallback(self.factory.subscription._connected)
+        return d
+
+    def messageReceived(self, pattern, channel, message):
+        self.factory.subscription._message(channel, message)
+
+
+class _Factory(txredisapi.RedisFactory):
+    protocol = _Protocol
+
+
+class Subscription:
+    """A reconnecting subscriber to a set of pub/sub channels.
+
+    on_connected runs after every (re)subscription: a reconnect means messages
+    were missed, and the owner decides how to catch up.
+    """
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        on_message: Callable[[bytes, bytes], None],
+        on_connected: Callable[[], None] = lambda: None,
+        reactor=None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self._address = address
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self._channels: set[bytes] = set()
+        self._protocol: _Protocol | None = None
+        self._factory: _Factory | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._protocol is not None and self._protocol.connected
+
+    def start(self) -> None:
+        address = self._address
+        factory = _Factory(
+            None, address.db, 1, isLazy=True, charset=None,
+            password=address.password, convertNumbers=False,
+        )
+        factory.subscription = self
+        factory.reconnect = True
+        # Reconnect quickly: while this is down, tails on other nodes and the
+        # change feed are blind.
+        factory.initialDelay = 0.2
+        factory.maxDelay = 2.0
+        if address.path:
+            endpoint = UNIXClientEndpoint(self._reactor, address.path, timeout=5)
+        else:
+            endpoint = txredisapi._makeEndpoint(address.host, address.port, 5)
+        factory.startConnecting(endpoint)
+        self._factory = factory
+
+    def stop(self):
+        self._protocol = None
+        if self._factory is not None:
+            factory, self._factory = self._factory, None
+            return factory.disconnect()
+        return None
+
+    def subscribe(self, channels: Iterable[bytes]) -> None:
+        new = [c for c in channels if c not in self._channels]
+        self._channels.update(new)
+        if new and self.connected:
+            self._protocol.subscribe(new).addErrback(self._failed, "subscribe")
+
+    def unsubscribe(self, channels: Iterable[bytes]) -> None:
+        gone = [c for c in channels if c in self._channels]
+        self._channels.difference_update(gone)
+        if gone and self.connected:
+            self._protocol.unsubscribe(gone).addErrback(self._failed, "unsubscribe")
+
+    def _connected(self, protocol: _Protocol) -> None:
+        self._protocol = protocol
+        if self._channels:
+            protocol.subscribe(sorted(self._channels)).addErrback(self._failed, "subscribe")
+        try:
+            self._on_connected()
+        except Exception:
+            log.failure("subscription on_connected failed")
+
+    def _message(self, channel: bytes, message: bytes) -> None:
+        try:
+            self._on_message(channel, message)
+        except Exception:
+            log.failure("subscription message handler failed channel={channel!r}", channel=channel)
+
+    def _failed(self, failure, what):
+        log.warn("redis {what} failed: {err}", what=what, err=failure.getErrorMessage())

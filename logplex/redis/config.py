@@ -1,0 +1,585 @@
+"""The config Redis: atomic writes of channels, tokens, drains, credentials and sessions,
+and every node's in-memory copy of them, kept fresh by a change feed."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Callable, Iterable
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from logplex import secrets
+from logplex.model import (
+    ANY_CHANNEL,
+    FULL_API,
+    Channel,
+    Credential,
+    Drain,
+    SessionSpec,
+    Token,
+    new_drain_token,
+    new_token_id,
+)
+from logplex.redis.bus import Subscription
+from logplex.redis.connection import RedisAddress
+
+log = Logger()
+
+CHANNELS = b"lp:channels"
+TOKENS = b"lp:tokens"
+DRAINS = b"lp:drains"
+CREDS = b"lp:creds"
+VERSION = b"lp:version"
+FEED = b"lp:config"
+CHANNEL_SEQ = b"lp:seq:channel"
+DRAIN_SEQ = b"lp:seq:drain"
+
+
+def channel_tokens_key(channel_id: str) -> bytes:
+    return b"lp:chtok:" + channel_id.encode()
+
+
+def channel_drains_key(channel_id: str) -> bytes:
+    return b"lp:chdrain:" + channel_id.encode()
+
+
+def session_key(session_id: str) -> bytes:
+    return b"lp:session:" + session_id.encode()
+
+
+class ConfigError(Exception):
+    """A request the config cannot satisfy; status is the HTTP answer it maps to."""
+
+    status = 422
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ConfigError):
+    status = 404
+
+
+class Conflict(ConfigError):
+    status = 409
+
+
+class Unavailable(ConfigError):
+    status = 503
+
+
+# Every script ends by bumping the version and announcing the channel on the
+# feed, inside the same atomic step as the write, so a node either sees the
+# notification or sees a new version at its next reconcile.
+_ANNOUNCE = """
+redis.call('INCR', 'lp:version')
+redis.call('PUBLISH', 'lp:config', 'channel ' .. ARGV[1])
+"""
+
+# ARGV: channel, drain id, drain json, url ('' = reserve), max drains
+_ADD_DRAIN = """
+if redis.call('HEXISTS', 'lp:channels', ARGV[1]) == 0 then return 'nochannel' end
+local set = 'lp:chdrain:' .. ARGV[1]
+if redis.call('SCARD', set) >= tonumber(ARGV[5]) then return 'max' end
+if ARGV[4] ~= '' then
+  for _, id in ipairs(redis.call('SMEMBERS', set)) do
+    local doc = redis.call('HGET', 'lp:drains', id)
+    if doc and cjson.decode(doc)['url'] == ARGV[4] then return 'dup' end
+  end
+end
+redis.call('HSET', 'lp:drains', ARGV[2], ARGV[3])
+redis.call('SADD', set, ARGV[2])
+""" + _ANNOUNCE + "return 'ok'"
+
+# ARGV: channel, drain id, url
+_SET_DRAIN_URL = """
+local doc = redis.call('HGET', 'lp:drains', ARGV[2])
+if not doc then return 'nodrain' end
+local drain = cjson.decode(doc)
+if drain['channel_id'] ~= ARGV[1] then return 'nodrain' end
+for _, id in ipairs(redis.call('SMEMBERS', 'lp:chdrain:' .. ARGV[1])) do
+  if id ~= ARGV[2] then
+    local other = redis.call('HGET', 'lp:drains', id)
+    if other and cjson.decode(other)['url'] == ARGV[3] then return 'dup' end
+  end
+end
+drain['url'] = ARGV[3]
+redis.call('HSET', 'lp:drains', ARGV[2], cjson.encode(drain))
+""" + _ANNOUNCE + "return 'ok'"
+
+# ARGV: channel, drain id
+_DELETE_DRAIN = """
+if redis.call('SREM', 'lp:chdrain:' .. ARGV[1], ARGV[2]) == 0 then return 'nodrain' end
+redis.call('HDEL', 'lp:drains', ARGV[2])
+""" + _ANNOUNCE + "return 'ok'"
+
+# ARGV: channel, channel json, create only (1/0), then pairs of (token id, token json)
+# to add, then '--', then token ids to remove.
+_PUT_CHANNEL = """
+local exists = redis.call('HEXISTS', 'lp:channels', ARGV[1]) == 1
+if exists and ARGV[3] == '1' then return 'exists' end
+if not exists then redis.call('HSET', 'lp:channels', ARGV[1], ARGV[2]) end
+local set = 'lp:chtok:' .. ARGV[1]
+local i = 4
+while ARGV[i] ~= '--' do
+  redis.call('HSET', 'lp:tokens', ARGV[i], ARGV[i + 1])
+  redis.call('SADD', set, ARGV[i])
+  i = i + 2
+end
+for j = i + 1, #ARGV do
+  redis.call('HDEL', 'lp:tokens', ARGV[j])
+  redis.call('SREM', set, ARGV[j])
+end
+""" + _ANNOUNCE + "if exists then return 'updated' end return 'created'"
+
+# ARGV: channel
+_DELETE_CHANNEL = """
+if redis.call('HDEL', 'lp:channels', ARGV[1]) == 0 then return 'nochannel' end
+local toks = redis.call('SMEMBERS', 'lp:chtok:' .. ARGV[1])
+if #toks > 0 then redis.call('HDEL', 'lp:tokens', unpack(toks)) end
+local drains = redis.call('SMEMBERS', 'lp:chdrain:' .. ARGV[1])
+if #drains > 0 then redis.call('HDEL', 'lp:drains', unpack(drains)) end
+redis.call('DEL', 'lp:chtok:' .. ARGV[1], 'lp:chdrain:' .. ARGV[1])
+""" + _ANNOUNCE + "return 'ok'"
+
+# ARGV: channel, channel json
+_SET_CHANNEL = """
+if redis.call('HEXISTS', 'lp:channels', ARGV[1]) == 0 then return 'nochannel' end
+redis.call('HSET', 'lp:channels', ARGV[1], ARGV[2])
+""" + _ANNOUNCE + "return 'ok'"
+
+# ARGV: credential id, json ('' = delete)
+_PUT_CRED = """
+if ARGV[2] == '' then
+  if redis.call('HDEL', 'lp:creds', ARGV[1]) == 0 then return 'nocred' end
+else
+  redis.call('HSET', 'lp:creds', ARGV[1], ARGV[2])
+end
+redis.call('INCR', 'lp:version')
+redis.call('PUBLISH', 'lp:config', 'cred ' .. ARGV[1])
+return 'ok'
+"""
+
+
+class ConfigCache:
+    """The in-memory copy of the config the hot path reads; no I/O here."""
+
+    def __init__(self) -> None:
+        self.channels: dict[str, Channel] = {}
+        # Keyed by the token as bytes: the router looks tokens up straight
+        # from APP-NAME without decoding.
+        self.tokens: dict[bytes, Token] = {}
+        # token -> (channel id, token name as bytes): what routing needs, ready-made.
+        self.routes: dict[bytes, tuple[str, bytes]] = {}
+        self.drains: dict[int, Drain] = {}
+        self.creds: dict[str, Credential] = {}
+        self.channel_tokens: dict[str, dict[str, Token]] = {}
+        self.channel_drains: dict[str, dict[int, Drain]] = {}
+
+    def replace_all(self, channels, tokens, drains, creds) -> set[str]:
+        """Load a whole snapshot; returns the channels whose drains changed."""
+        before = {ch: dict(ds) for ch, ds in self.channel_drains.items()}
+        self.channels = {c.id: c for c in channels}
+        self.tokens = {}
+        self.routes = {}
+        self.channel_tokens = {}
+        for t in tokens:
+            if t.channel_id in self.channels:
+                self.tokens[t.id.encode()] = t
+                self.routes[t.id.encode()] = (t.channel_id, t.name.encode())
+                self.channel_tokens.setdefault(t.channel_id, {})[t.id] = t
+        self.drains = {}
+        self.channel_drains = {}
+        for d in drains:
+            if d.channel_id in self.channels:
+                self.drains[d.id] = d
+                self.channel_drains.setdefault(d.channel_id, {})[d.id] = d
+        self.creds = {c.id: c for c in creds}
+        return {
+            ch
+            for ch in set(before) | set(self.channel_drains)
+            if before.get(ch) != self.channel_drains.get(ch)
+        }
+
+    def replace_channel(
+        self, channel_id: str, channel: Channel | None, tokens: Iterable[Token],
+        drains: Iterable[Drain],
+    ) -> bool:
+        """Replace one channel with its tokens and drains; True when its drains changed."""
+        for t in self.channel_tokens.pop(channel_id, {}).values():
+            self.tokens.pop(t.id.encode(), None)
+            self.routes.pop(t.id.encode(), None)
+        old_drains = self.channel_drains.pop(channel_id, {})
+        for d in old_drains.values():
+            self.drains.pop(d.id, None)
+        if channel is None:
+            self.channels.pop(channel_id, None)
+            return bool(old_drains)
+        self.channels[channel_id] = channel
+        toks = {t.id: t for t in tokens}
+        if toks:
+            self.channel_tokens[channel_id] = toks
+            for t in toks.values():
+                self.tokens[t.id.encode()] = t
+                self.routes[t.id.encode()] = (channel_id, t.name.encode())
+        new_drains = {d.id: d for d in drains}
+        if new_drains:
+            self.channel_drains[channel_id] = new_drains
+            self.drains.update(new_drains)
+        return new_drains != old_drains
+
+    def set_credential(self, cred_id: str, cred: Credential | None) -> None:
+        if cred is None:
+            self.creds.pop(cred_id, None)
+        else:
+            self.creds[cred_id] = cred
+
+
+class ConfigStore:
+    """Writes go to the config Redis; reads come from the cache, which the feed keeps fresh.
+
+    Every write also refreshes this node's cache before it returns, so an API
+    caller reads what it just wrote on the same node; other nodes follow
+    through the feed within milliseconds, and a periodic reconcile catches any
+    notification lost while the feed was down.
+    """
+
+    def __init__(
+        self,
+        redis,
+        address: RedisAddress,
+        reactor,
+        *,
+        max_drains: int = 6,
+        session_expiry: int = 360,
+        reconcile_interval: float = 30.0,
+        timeout: float = 5.0,
+    ) -> None:
+        self.redis = redis
+        self.address = address
+        self.reactor = reactor
+        self.max_drains = max_drains
+        self.session_expiry = session_expiry
+        self.reconcile_interval = reconcile_interval
+        self.timeout = timeout
+        self.cache = ConfigCache()
+        self.loaded = False
+        self.loaded_at: float | None = None
+        self.version = b""
+        self.drain_listeners: list[Callable[[str], None]] = []
+        self._feed: Subscription | None = None
+        self._reconcile: task.LoopingCall | None = None
+        self._loading: defer.Deferred | None = None
+        self._load_waiters: list[defer.Deferred] = []
+
+    # -- life cycle ---------------------------------------------------------
+    def start(self) -> None:
+        self._feed = Subscription(
+            self.address, self._on_feed, self._on_feed_connected, reactor=self.reactor
+        )
+        self._feed.subscribe([FEED])
+        self._feed.start()
+        self._reconcile = task.LoopingCall(self._reconcile_tick)
+        self._reconcile.clock = self.reactor
+        self._reconcile.start(self.reconcile_interval, now=False)
+
+    def stop(self):
+        if self._reconcile is not None and self._reconcile.running:
+            self._reconcile.stop()
+        if self._feed is not None:
+            return self._feed.stop()
+        return None
+
+    def _call(self, d: defer.Deferred) -> defer.Deferred:
+        """Bound a Redis call; a dead config Redis becomes Unavailable (HTTP 503)."""
+        d.addTimeout(self.timeout, self.reactor)
+
+        def unavailable(failure):
+            failure.trap(Exception)
+            if isinstance(failure.value, ConfigError):
+                return failure
+            raise Unavailable(
+                "The config Redis is not answering; try again shortly. "
+                f"({failure.getErrorMessage() or failure.type.__name__})"
+            )
+
+        return d.addErrback(unavailable)
+
+    def _eval(self, script: str, args: list) -> defer.Deferred:
+        return self._call(self.redis.eval(script, [], [_arg(a) for a in args]))
+
+    # -- the cache ----------------------------------------------------------
+    def _on_feed_connected(self) -> None:
+        # Notifications may have been missed while the feed was down.
+        self.load().addErrback(lambda f: log.warn("config reload failed: {e}", e=f.getErrorMessage()))
+
+    def _on_feed(self, channel: bytes, message: bytes) -> None:
+        kind, _, ident = message.partition(b" ")
+        if kind == b"channel":
+            d = self.refresh_channel(ident.decode())
+        elif kind == b"cred":
+            d = self.refresh_credential(ident.decode())
+        else:
+            return
+        d.addErrback(lambda f: log.warn("config refresh failed: {e}", e=f.getErrorMessage()))
+
+    def _reconcile_tick(self):
+        d = self._call(self.redis.get(VERSION))
+
+        def compare(version):
+            if (version or b"") != self.version:
+                log.info("config version moved without notice; reloading")
+                return self.load()
+
+        return d.addCallback(compare).addErrback(
+            lambda f: log.warn("config reconcile failed: {e}", e=f.getErrorMessage())
+        )
+
+    def load(self) -> defer.Deferred:
+        """Load the whole config (at boot, and after a feed reconnect).
+
+        Callers share the one load in flight, so an older snapshot can never
+        land on top of a newer one.
+        """
+        if self._loading is None:
+            self._loading = defer.ensureDeferred(self._load())
+            self._loading.addBoth(self._load_finished)
+        waiter = defer.Deferred()
+        self._load_waiters.append(waiter)
+        return waiter
+
+    def _load_finished(self, result) -> None:
+        self._loading = None
+        waiters, self._load_waiters = self._load_waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
+
+    async def _load(self) -> None:
+        version = await self._call(self.redis.get(VERSION))
+        channels = await self._call(self.redis.hgetall(CHANNELS))
+        tokens = await self._call(self.redis.hgetall(TOKENS))
+        drains = await self._call(self.redis.hgetall(DRAINS))
+        creds = await self._call(self.redis.hgetall(CREDS))
+        changed = self.cache.replace_all(
+            [Channel.from_json(k.decode(), v) for k, v in channels.items()],
+            [Token.from_json(k.decode(), v) for k, v in tokens.items()],
+            [Drain.from_json(int(k), v) for k, v in drains.items()],
+            [Credential.from_json(k.decode(), v) for k, v in creds.items()],
+        )
+        self.version = version or b""
+        self.loaded = True
+        self.loaded_at = self.reactor.seconds()
+        log.info(
+            "config loaded channels={channels} tokens={tokens} drains={drains}",
+            channels=len(self.cache.channels), tokens=len(self.cache.tokens),
+            drains=len(self.cache.drains),
+        )
+        for channel_id in changed:
+            self._drains_changed(channel_id)
+
+    def refresh_channel(self, channel_id: str) -> defer.Deferred:
+        return defer.ensureDeferred(self._refresh_channel(channel_id))
+
+    async def _refresh_channel(self, channel_id: str) -> None:
+        raw = await self._call(self.redis.hget(CHANNELS, channel_id))
+        if raw is None:
+            changed = self.cache.replace_channel(channel_id, None, (), ())
+        else:
+            token_ids = sorted(await self._call(self.redis.smembers(channel_tokens_key(channel_id))))
+            drain_ids = sorted(await self._call(self.redis.smembers(channel_drains_key(channel_id))))
+            tokens = []
+            if token_ids:
+                docs = await self._call(self.redis.hmget(TOKENS, token_ids))
+                tokens = [Token.from_json(t.decode(), d) for t, d in zip(token_ids, docs) if d]
+            drains = []
+            if drain_ids:
+                docs = await self._call(self.redis.hmget(DRAINS, drain_ids))
+                drains = [Drain.from_json(int(i), d) for i, d in zip(drain_ids, docs) if d]
+            changed = self.cache.replace_channel(
+                channel_id, Channel.from_json(channel_id, raw), tokens, drains
+            )
+        self.loaded_at = self.reactor.seconds()
+        if changed:
+            self._drains_changed(channel_id)
+
+    def refresh_credential(self, cred_id: str) -> defer.Deferred:
+        d = self._call(self.redis.hget(CREDS, cred_id))
+        d.addCallback(
+            lambda raw: self.cache.set_credential(
+                cred_id, Credential.from_json(cred_id, raw) if raw else None
+            )
+        )
+        return d
+
+    def _drains_changed(self, channel_id: str) -> None:
+        for listener in self.drain_listeners:
+            try:
+                listener(channel_id)
+            except Exception:
+                log.failure("drain listener failed channel={channel}", channel=channel_id)
+
+    # -- channels and tokens --------------------------------------------------
+    def channel(self, channel_id: str) -> Channel | None:
+        return self.cache.channels.get(channel_id)
+
+    def tokens_of(self, channel_id: str) -> list[Token]:
+        return sorted(self.cache.channel_tokens.get(channel_id, {}).values(), key=lambda t: (t.name, t.id))
+
+    def drains_of(self, channel_id: str) -> list[Drain]:
+        return sorted(self.cache.channel_drains.get(channel_id, {}).values(), key=lambda d: d.id)
+
+    async def create_channel_v2(self, token_names: list[str]) -> tuple[Channel, list[Token]]:
+        """A channel with the next free integer id (v2 API)."""
+        while True:
+            number = await self._call(self.redis.incr(CHANNEL_SEQ))
+            channel_id = str(int(number))
+            tokens = [Token(new_token_id(), channel_id, n) for n in token_names]
+            outcome = await self._put_channel(Channel(channel_id), tokens, [], create_only=True)
+            if outcome != "exists":
+                return self.cache.channels[channel_id], tokens
+
+    async def put_channel(self, channel_id: str, token_names: list[str]) -> bool:
+        """Create or update a v3 channel so that its tokens are exactly token_names.
+
+        Tokens whose name is kept keep their value; returns True when created.
+        """
+        await self.refresh_channel(channel_id)
+        current = self.cache.channel_tokens.get(channel_id, {})
+        wanted = set(token_names)
+        have = {t.name for t in current.values()}
+        add = [Token(new_token_id(), channel_id, n) for n in sorted(wanted - have)]
+        remove = [t.id for t in current.values() if t.name not in wanted]
+        existing = self.cache.channels.get(channel_id) or Channel(channel_id)
+        outcome = await self._put_channel(existing, add, remove, create_only=False)
+        return outcome == "created"
+
+    async def _put_channel(
+        self, channel: Channel, add: list[Token], remove: list[str], *, create_only: bool
+    ) -> str:
+        args = [channel.id, channel.to_json(), "1" if create_only else "0"]
+        for t in add:
+            args += [t.id, t.to_json()]
+        args.append("--")
+        args += remove
+        outcome = (await self._eval(_PUT_CHANNEL, args)).decode()
+        if outcome != "exists":
+            await self.refresh_channel(channel.id)
+        return outcome
+
+    async def set_channel_flags(self, channel_id: str, flags: frozenset[str]) -> None:
+        outcome = await self._eval(_SET_CHANNEL, [channel_id, Channel(channel_id, flags).to_json()])
+        if outcome == b"nochannel":
+            raise NotFound(f"Channel {channel_id} does not exist.")
+        await self.refresh_channel(channel_id)
+
+    async def delete_channel(self, channel_id: str) -> None:
+        outcome = await self._eval(_DELETE_CHANNEL, [channel_id])
+        await self.refresh_channel(channel_id)
+        if outcome == b"nochannel":
+            raise NotFound(f"Channel {channel_id} does not exist.")
+
+    async def add_token(self, channel_id: str, name: str) -> Token:
+        if channel_id not in self.cache.channels:
+            await self.refresh_channel(channel_id)
+            if channel_id not in self.cache.channels:
+                raise NotFound(f"Channel {channel_id} does not exist.")
+        token = Token(new_token_id(), channel_id, name)
+        await self._put_channel(self.cache.channels[channel_id], [token], [], create_only=False)
+        return token
+
+    # -- drains -----------------------------------------------------------------
+    async def add_drain(self, channel_id: str, url: str | None) -> Drain:
+        """Create a drain, or reserve an id and token for one when url is None."""
+        drain_id = int(await self._call(self.redis.incr(DRAIN_SEQ)))
+        drain = Drain(drain_id, channel_id, new_drain_token(), url)
+        outcome = (
+            await self._eval(
+                _ADD_DRAIN,
+                [channel_id, drain_id, drain.to_json(), url or "", self.max_drains],
+            )
+        ).decode()
+        if outcome == "nochannel":
+            raise NotFound(f"Channel {channel_id} does not exist.")
+        if outcome == "max":
+            raise ConfigError(
+                f"Channel {channel_id} already has the maximum of {self.max_drains} drains."
+            )
+        if outcome == "dup":
+            raise Conflict(f"Channel {channel_id} already has a drain to that URL.")
+        await self.refresh_channel(channel_id)
+        return drain
+
+    async def set_drain_url(self, channel_id: str, drain_id: int, url: str) -> Drain:
+        outcome = (await self._eval(_SET_DRAIN_URL, [channel_id, drain_id, url])).decode()
+        if outcome == "nodrain":
+            raise NotFound(f"Channel {channel_id} has no drain {drain_id}.")
+        if outcome == "dup":
+            raise Conflict(f"Channel {channel_id} already has a drain to that URL.")
+        await self.refresh_channel(channel_id)
+        return self.cache.drains[drain_id]
+
+    async def delete_drain(self, channel_id: str, drain_id: int) -> None:
+        outcome = await self._eval(_DELETE_DRAIN, [channel_id, drain_id])
+        if outcome == b"nodrain":
+            raise NotFound(f"Channel {channel_id} has no drain {drain_id}.")
+        await self.refresh_channel(channel_id)
+
+    # -- credentials ----------------------------------------------------------------
+    async def put_credential(self, cred: Credential) -> None:
+        await self._eval(_PUT_CRED, [cred.id, cred.to_json()])
+        self.cache.set_credential(cred.id, cred)
+
+    async def create_credential(
+        self, perms: Iterable[str] = (FULL_API,), note: str = "", cred_id: str | None = None,
+        secret: str | None = None,
+    ) -> tuple[Credential, str]:
+        secret = secret or secrets.new_secret()
+        cred = Credential(
+            id=cred_id or uuid.uuid4().hex,
+            secret_hash=secrets.hash_secret(secret),
+            perms=frozenset(perms),
+            note=note,
+        )
+        await self.put_credential(cred)
+        return cred, secret
+
+    async def ensure_credential(self, cred_id: str, secret: str) -> None:
+        """The --auth credential: exists with this secret, full_api and any_channel."""
+        raw = await self._call(self.redis.hget(CREDS, cred_id))
+        perms = frozenset({FULL_API, ANY_CHANNEL})
+        if raw:
+            cred = Credential.from_json(cred_id, raw)
+            if perms <= cred.perms and secrets.check_secret(secret, cred.secret_hash):
+                self.cache.set_credential(cred_id, cred)
+                return
+        await self.create_credential(perms, note="--auth", cred_id=cred_id, secret=secret)
+
+    async def delete_credential(self, cred_id: str) -> None:
+        outcome = await self._eval(_PUT_CRED, [cred_id, ""])
+        self.cache.set_credential(cred_id, None)
+        if outcome == b"nocred":
+            raise NotFound(f"Credential {cred_id} does not exist.")
+
+    # -- sessions -------------------------------------------------------------------------
+    async def create_session(self, spec: SessionSpec) -> None:
+        await self._call(
+            self.redis.set(session_key(spec.id), spec.to_json(), expire=self.session_expiry)
+        )
+
+    async def session(self, session_id: str) -> SessionSpec | None:
+        raw = await self._call(self.redis.get(session_key(session_id)))
+        return SessionSpec.from_json(session_id, raw) if raw else None
+
+
+def _arg(value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()

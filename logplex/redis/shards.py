@@ -1,0 +1,206 @@
+"""Backlogs on shard Redis instances: which shard holds a channel, and batched writes to it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from typing import Sequence
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+log = Logger()
+
+
+def backlog_key(channel_id: str) -> bytes:
+    return b"lp:log:" + channel_id.encode()
+
+
+class ShardRing:
+    """Rendezvous hashing of channel ids over shard names.
+
+    Each channel goes to the shard with the highest hash of (shard, channel),
+    so adding a shard moves only the channels that now score highest on it
+    (about 1/N of them) and removing one moves only its own channels.
+    """
+
+    def __init__(self, shards: Sequence[str]) -> None:
+        if not shards:
+            raise ValueError("A shard ring needs at least one shard.")
+        self.shards = list(shards)
+        self._seeds = [s.encode() + b"\x00" for s in self.shards]
+        self._memo: dict[str, int] = {}
+
+    def index(self, channel_id: str) -> int:
+        found = self._memo.get(channel_id)
+        if found is None:
+            key = channel_id.encode()
+            scores = [
+                hashlib.blake2b(seed + key, digest_size=8).digest() for seed in self._seeds
+            ]
+            found = max(range(len(scores)), key=scores.__getitem__)
+            if len(self._memo) > 1_000_000:
+                self._memo.clear()
+            self._memo[channel_id] = found
+        return found
+
+    def shard(self, channel_id: str) -> str:
+        return self.shards[self.index(channel_id)]
+
+
+class BacklogWriter:
+    """Appends to channel backlogs on one shard, one pipelined flush per tick.
+
+    The router appends batches; at most one flush is in flight. A flush
+    writes, per channel, one LPUSH of all its new messages, an LTRIM to the
+    history size and an EXPIRE. While Redis is slow or down, messages wait in
+    a bounded queue; past the bound the oldest are dropped and counted.
+    """
+
+    def __init__(
+        self,
+        redis,
+        reactor,
+        metrics,
+        *,
+        history: int = 1500,
+        expiry: int = 7 * 86400,
+        interval: float = 0.05,
+        max_pending: int = 200_000,
+        timeout: float = 5.0,
+        shard_name: str = "",
+    ) -> None:
+        self.redis = redis
+        self.reactor = reactor
+        self.metrics = metrics
+        self.history = history
+        self.expiry = expiry
+        self.interval = interval
+        self.max_pending = max_pending
+        self.timeout = timeout
+        self.shard_name = shard_name
+        self.pending: dict[str, list[bytes]] = {}
+        self.pending_count = 0
+        self._order: deque[str] = deque()
+        self._call = None
+        self._flushing: defer.Deferred | None = None
+
+    def append(self, channel_id: str, messages: list[bytes]) -> None:
+        queued = self.pending.get(channel_id)
+        if queued is None:
+            self.pending[channel_id] = list(messages)
+            self._order.append(channel_id)
+        else:
+            queued.extend(messages)
+        self.pending_count += len(messages)
+        if self.pending_count > self.max_pending:
+            self._shed()
+        if self._call is None and self._flushing is None:
+            self._call = self.reactor.callLater(self.interval, self.flush)
+
+    def _shed(self) -> None:
+        # Drop from the channels that have waited longest, oldest lines first:
+        # a backlog is a recent history, so the newest lines matter most.
+        excess = self.pending_count - self.max_pending
+        while excess > 0 and self._order:
+            channel_id = self._order[0]
+            queued = self.pending[channel_id]
+            cut = min(excess, len(queued))
+            del queued[:cut]
+            excess -= cut
+            self.pending_count -= cut
+            self.metrics.inc("logplex_backlog_dropped_total", cut, shard=self.shard_name)
+            if not queued:
+                del self.pending[channel_id]
+                self._order.popleft()
+
+    def flush(self) -> defer.Deferred:
+        """Write everything queued; resolves when Redis has answered."""
+        self._call = None
+        if self._flushing is not None:
+            return self._flushing
+        if not self.pending:
+            return defer.succeed(None)
+        batch, self.pending, self._order = self.pending, {}, deque()
+        count, self.pending_count = self.pending_count, 0
+        self._flushing = defer.ensureDeferred(self._write(batch, count))
+        self._flushing.addBoth(self._flushed)
+        return self._flushing
+
+    async def _write(self, batch: dict[str, list[bytes]], count: int) -> bool:
+        try:
+            pipe = await self.redis.pipeline().addTimeout(self.timeout, self.reactor)
+            for channel_id, messages in batch.items():
+                key = backlog_key(channel_id)
+                pipe.execute_command("LPUSH", key, *messages)
+                pipe.execute_command("LTRIM", key, 0, self.history - 1)
+                pipe.execute_command("EXPIRE", key, self.expiry)
+            await pipe.execute_pipeline().addTimeout(self.timeout, self.reactor)
+        except Exception as e:
+            self._requeue(batch, count, e)
+            return False
+        self.metrics.inc("logplex_backlog_written_total", count, shard=self.shard_name)
+        return True
+
+    def _requeue(self, batch: dict[str, list[bytes]], count: int, error: Exception) -> None:
+        # Put the failed batch back in front of what arrived meanwhile, so a
+        # short outage loses nothing and order is kept; the bound still holds.
+        log.warn(
+            "backlog write failed shard={shard} messages={count} error={error}",
+            shard=self.shard_name, count=count, error=repr(error),
+        )
+        newer, newer_order = self.pending, self._order
+        self.pending, self._order = batch, deque(batch)
+        for channel_id in newer_order:
+            if channel_id in self.pending:
+                self.pending[channel_id].extend(newer[channel_id])
+            else:
+                self.pending[channel_id] = newer[channel_id]
+                self._order.append(channel_id)
+        self.pending_count += count
+        if self.pending_count > self.max_pending:
+            self._shed()
+
+    def _flushed(self, ok) -> None:
+        self._flushing = None
+        if self.pending and self._call is None:
+            # Back off a little after a failure instead of hammering Redis.
+            delay = self.interval if ok is True else max(1.0, self.interval)
+            self._call = self.reactor.callLater(delay, self.flush)
+
+    def stop(self) -> defer.Deferred:
+        """Flush what is queued (for a graceful stop)."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return self.flush()
+
+
+class Backlogs:
+    """The backlog of every channel, spread over the shard ring."""
+
+    def __init__(self, ring: ShardRing, writers: list[BacklogWriter], readers: list, reactor,
+                 timeout: float = 5.0) -> None:
+        self.ring = ring
+        self.writers = writers
+        self.readers = readers
+        self.reactor = reactor
+        self.timeout = timeout
+
+    def append(self, channel_id: str, messages: list[bytes]) -> None:
+        self.writers[self.ring.index(channel_id)].append(channel_id, messages)
+
+    def recent(self, channel_id: str, num: int) -> defer.Deferred:
+        """Up to num most recent messages of a channel, oldest first."""
+        if num <= 0:
+            return defer.succeed([])
+        redis = self.readers[self.ring.index(channel_id)]
+        d = redis.lrange(backlog_key(channel_id), 0, num - 1).addTimeout(self.timeout, self.reactor)
+        return d.addCallback(lambda newest_first: list(reversed(newest_first)))
+
+    def delete(self, channel_id: str) -> defer.Deferred:
+        redis = self.readers[self.ring.index(channel_id)]
+        return redis.delete(backlog_key(channel_id)).addTimeout(self.timeout, self.reactor)
+
+    def stop(self) -> defer.Deferred:
+        return defer.DeferredList([w.stop() for w in self.writers])

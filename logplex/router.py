@@ -1,0 +1,108 @@
+"""The fan-out of every accepted batch: token to channel, cook, then backlog, tails and drains.
+
+The router knows nothing about sockets: inputs hand it lists of framed
+messages, one call per read, and it hands lists onward, one call per channel.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from logplex import syslog
+from logplex.model import NO_REDIS, NO_TAIL
+from logplex.redis.config import ConfigCache
+
+
+class BacklogSink(Protocol):
+    def append(self, channel_id: str, messages: list[bytes]) -> None: ...
+
+
+class TailSink(Protocol):
+    def has_tails(self, channel_id: str) -> bool: ...
+
+    def publish(self, channel_id: str, messages: list[bytes]) -> None: ...
+
+
+DrainSink = Callable[[str, list[bytes]], None]
+
+
+class IngressDenied(Exception):
+    """The node's operators switched log ingress off."""
+
+
+class Router:
+    def __init__(
+        self,
+        cache: ConfigCache,
+        backlogs: BacklogSink,
+        tails: TailSink,
+        metrics,
+        drains: DrainSink | None = None,
+    ) -> None:
+        self.cache = cache
+        self.backlogs = backlogs
+        self.tails = tails
+        self.metrics = metrics
+        self.drains = drains
+        # Node-wide switches an operator flips from the admin shell.
+        self.deny_ingress = False
+        self.deny_redis = False
+        self.deny_drains = False
+
+    def route(self, messages: list[bytes], route: tuple[str, bytes] | None = None) -> int:
+        """Route a batch; returns how many messages were accepted.
+
+        With route, every message goes to that (channel, token name) whatever
+        its APP-NAME says: an HTTP sender authenticated with one token.
+        """
+        metrics = self.metrics
+        metrics.inc("logplex_messages_received_total", len(messages))
+        if self.deny_ingress:
+            metrics.inc("logplex_messages_forbidden_total", len(messages))
+            raise IngressDenied("Log ingress is switched off on this node.")
+        routes = self.cache.routes
+        split_header = syslog.split_header
+        cook = syslog.cook
+        by_channel: dict[str, list[bytes]] = {}
+        malformed = unknown = 0
+        for message in messages:
+            parts = split_header(message)
+            if parts is None:
+                malformed += 1
+                continue
+            target = route or routes.get(parts[3])
+            if target is None:
+                unknown += 1
+                continue
+            channel_id, name = target
+            cooked = cook(parts, name)
+            batch = by_channel.get(channel_id)
+            if batch is None:
+                by_channel[channel_id] = [cooked]
+            else:
+                batch.append(cooked)
+        if malformed:
+            metrics.inc("logplex_messages_malformed_total", malformed)
+        if unknown:
+            metrics.inc("logplex_messages_unknown_token_total", unknown)
+        accepted = len(messages) - malformed - unknown
+        if accepted:
+            metrics.inc("logplex_messages_routed_total", accepted)
+            self._fan_out(by_channel)
+        return accepted
+
+    def _fan_out(self, by_channel: dict[str, list[bytes]]) -> None:
+        channels = self.cache.channels
+        channel_drains = self.cache.channel_drains
+        for channel_id, batch in by_channel.items():
+            flags = channels[channel_id].flags if channel_id in channels else frozenset()
+            if not self.deny_redis and NO_REDIS not in flags:
+                self.backlogs.append(channel_id, batch)
+            if NO_TAIL not in flags and self.tails.has_tails(channel_id):
+                self.tails.publish(channel_id, batch)
+            if self.drains is not None and not self.deny_drains and channel_id in channel_drains:
+                self.drains(channel_id, batch)
+
+    def emit(self, channel_id: str, message: bytes) -> None:
+        """A message of the router's own (L10, L14 …) into a channel, like any other."""
+        self._fan_out({channel_id: [message]})

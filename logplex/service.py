@@ -1,0 +1,182 @@
+"""A logplex node as a Twisted service: Redis, config cache, router, listeners, API."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.application.service import MultiService
+from twisted.internet import defer, task
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from logplex import __version__
+from logplex.api.management import ManagementApi
+from logplex.auth import Authenticator
+from logplex.config import Settings
+from logplex.ingest.http import LogInput
+from logplex.ingest.syslog import SyslogFactory
+from logplex.metrics import Metrics
+from logplex.redis.config import ConfigStore
+from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.embedded import EmbeddedRedis
+from logplex.redis.shards import BacklogWriter, Backlogs, ShardRing
+from logplex.router import Router
+from logplex.tails import TailRegistry
+from logplex.web import LogplexSite
+
+log = Logger()
+
+
+class LogplexNode(MultiService):
+    """Boots in order: Redis, config cache (API answers 503 until then), then log inputs."""
+
+    def __init__(self, settings: Settings, reactor) -> None:
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        self.metrics = Metrics()
+        self.embedded: EmbeddedRedis | None = None
+        if settings.config_redis is None:
+            self.embedded = EmbeddedRedis(settings.data_dir, reactor=reactor)
+            self.embedded.setServiceParent(self)
+        self.ports: dict[str, list] = {}
+        self.store: ConfigStore | None = None
+        self.booted: defer.Deferred = defer.Deferred()
+        self._pools: list = []
+
+    # -- start --------------------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        d = defer.ensureDeferred(self._boot())
+        d.addCallbacks(self.booted.callback, self._boot_failed)
+
+    def _boot_failed(self, failure) -> None:
+        log.failure("logplex node failed to start", failure)
+        self.booted.errback(failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def _boot(self) -> None:
+        s = self.settings
+        if self.embedded is not None:
+            await self.embedded.whenReady()
+            config_url = self.embedded.url
+        else:
+            config_url = s.config_redis
+        config_address = parse_redis_url(config_url)
+        config_redis = self._pool(config_address)
+        shard_urls = list(s.shard_redis) or [config_url]
+        shard_pools = [
+            config_redis if url == config_url else self._pool(parse_redis_url(url))
+            for url in shard_urls
+        ]
+        ring = ShardRing(shard_urls)
+        writers = [
+            BacklogWriter(
+                pool, self.reactor, self.metrics, history=s.history, expiry=s.backlog_expiry,
+                interval=s.flush_interval, timeout=s.redis_timeout,
+                shard_name=parse_redis_url(url).describe(),
+            )
+            for url, pool in zip(shard_urls, shard_pools)
+        ]
+        self.backlogs = Backlogs(ring, writers, shard_pools, self.reactor, s.redis_timeout)
+        self.store = ConfigStore(
+            config_redis, config_address, self.reactor, max_drains=s.max_drains,
+            session_expiry=s.session_expiry, timeout=s.redis_timeout,
+        )
+        self.tails = TailRegistry(self.metrics)
+        self.router = Router(self.store.cache, self.backlogs, self.tails, self.metrics)
+        self.auth = Authenticator(self.store.cache, self.reactor)
+        self.api = ManagementApi(
+            self.store, self.backlogs, self.tails, self.auth, self.metrics,
+            api_url=s.api_url or "", history=s.history,
+            allow_private_drains=s.allow_private_drains, tail_buffer=s.tail_buffer,
+            reactor=self.reactor,
+        )
+        # The API listens first: a load balancer sees 503 SYSTEM BOOTING
+        # until the config is loaded.
+        api_port = await self._listen("api", s.api, LogplexSite(self.api.resource(), max_body=s.max_body))
+        if not s.api_url:
+            self.api.api_url = _default_api_url(s.api, api_port)
+        self.store.start()
+        await self._retry_until_loaded()
+        if s.auth:
+            user, _, password = s.auth.partition(":")
+            await self.store.ensure_credential(user, password)
+        logs = LogInput(self.store, self.router, self.auth, self.metrics, s.max_body, s.max_frame)
+        await self._listen("logs", s.logs, LogplexSite(logs.resource(), max_body=s.max_body))
+        syslog_factory = SyslogFactory(self.router, self.metrics, s.max_frame)
+        self.metrics.gauge_callback(
+            "logplex_active_connections", lambda: [({}, syslog_factory.connections)]
+        )
+        for description in s.syslog:
+            await self._listen("syslog", description, syslog_factory)
+        log.info(
+            "logplex {version} node={node} ready api={api} logs={logs} syslog={syslog}",
+            version=__version__, node=s.node_name, api=self.addresses("api"),
+            logs=self.addresses("logs"), syslog=self.addresses("syslog"),
+        )
+
+    async def _retry_until_loaded(self) -> None:
+        while True:
+            try:
+                await self.store.load()
+                return
+            except Exception as e:
+                log.warn("config Redis not answering yet ({e}); retrying", e=str(e))
+                await _sleep(self.reactor, 1.0)
+
+    def _pool(self, address):
+        pool = connect(address, poolsize=2, reply_timeout=self.settings.redis_timeout)
+        self._pools.append(pool)
+        return pool
+
+    async def _listen(self, kind: str, description: str, factory):
+        port = await serverFromString(self.reactor, description).listen(factory)
+        self.ports.setdefault(kind, []).append(port)
+        return port
+
+    def addresses(self, kind: str) -> list[str]:
+        out = []
+        for port in self.ports.get(kind, []):
+            host = port.getHost()
+            out.append(f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}")
+        return out
+
+    # -- stop ---------------------------------------------------------------------
+    def stopService(self):
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        # Inputs first, so nothing new arrives while the rest drains.
+        for kind in ("syslog", "logs", "api"):
+            for port in self.ports.pop(kind, []):
+                await defer.maybeDeferred(port.stopListening)
+        if getattr(self, "backlogs", None) is not None:
+            await self.backlogs.stop()
+        if self.store is not None:
+            await defer.maybeDeferred(self.store.stop)
+        for pool in self._pools:
+            try:
+                await pool.disconnect()
+            except Exception:
+                pass
+        # The embedded Redis (a child service) stops last.
+        await defer.maybeDeferred(super().stopService)
+
+
+def _default_api_url(description: str, port) -> str:
+    host = port.getHost()
+    interface = getattr(host, "host", "")
+    if interface in ("", "0.0.0.0", "::"):
+        # Bound to every interface: the host name is the best guess at a
+        # public address; --api-url says it exactly.
+        interface = socket.gethostname()
+    scheme = "https" if description.startswith(("ssl:", "tls:")) else "http"
+    if ":" in interface:
+        interface = f"[{interface}]"
+    return f"{scheme}://{interface}:{host.port}"
+
+
+def _sleep(reactor, seconds: float) -> defer.Deferred:
+    return task.deferLater(reactor, seconds, lambda: None)

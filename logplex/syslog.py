@@ -1,0 +1,218 @@
+"""Reading, cooking and writing RFC 5424 syslog messages in logplex's formats."""
+
+from __future__ import annotations
+
+import datetime
+
+import attrs
+
+FACILITY_KERN = 0
+FACILITY_USER = 1
+FACILITY_DAEMON = 3
+FACILITY_LOCAL0 = 16
+FACILITY_LOCAL1 = 17
+FACILITY_LOCAL2 = 18
+FACILITY_LOCAL3 = 19
+FACILITY_LOCAL4 = 20
+FACILITY_LOCAL5 = 21
+FACILITY_LOCAL6 = 22
+FACILITY_LOCAL7 = 23
+
+SEVERITY_EMERGENCY = 0
+SEVERITY_ALERT = 1
+SEVERITY_CRITICAL = 2
+SEVERITY_ERROR = 3
+SEVERITY_WARNING = 4
+SEVERITY_NOTICE = 5
+SEVERITY_INFO = 6
+SEVERITY_DEBUG = 7
+
+NILVALUE = b"-"
+_SP = b" "
+_BOM = b"\xef\xbb\xbf"
+_EMPTY = b""
+# Every valid b"<PRI>1" (PRI 0 to 191 in 1 to 3 digits, zero-padded or not):
+# one set lookup checks the PRI and VERSION of a message at once.
+_PRI_VERSIONS = frozenset(
+    b"<%0*d>1" % (width, pri)
+    for pri in range(192)
+    for width in (1, 2, 3)
+    if len(str(pri)) <= width
+)
+
+
+def split_header(message: bytes) -> list[bytes] | None:
+    """The RFC 5424 header fields of ``message``, or None when it is malformed.
+
+    The result is ``[b"<PRI>1", timestamp, hostname, appname, procid, msgid,
+    rest]`` where ``rest`` is STRUCTURED-DATA and the optional MSG, untouched.
+    A message that ends after MSGID has no STRUCTURED-DATA, which RFC 5424
+    requires, so it is malformed; a NILVALUE SD (``-`` or ``- ``) is fine.
+    """
+    parts = message.split(_SP, 6)
+    if len(parts) != 7 or parts[0] not in _PRI_VERSIONS or _EMPTY in parts:
+        return None
+    return parts
+
+
+def cook(parts: list[bytes], name: bytes) -> bytes:
+    """The message of ``parts`` again, with APP-NAME (the token) replaced by ``name``."""
+    return _SP.join((parts[0], parts[1], parts[2], name, parts[4], parts[5], parts[6]))
+
+
+@attrs.frozen
+class Fields:
+    """The fields of an RFC 5424 message; ``msg`` is without a leading BOM."""
+
+    pri: int
+    timestamp: bytes
+    hostname: bytes
+    appname: bytes
+    procid: bytes
+    msgid: bytes
+    sd: bytes
+    msg: bytes
+
+
+def _sd_length(rest: bytes) -> int:
+    """How many bytes of ``rest`` its STRUCTURED-DATA takes, or -1 when malformed."""
+    if rest[0] == 45:  # "-"
+        return 1
+    n = len(rest)
+    pos = 0
+    while pos < n and rest[pos] == 91:  # "["
+        # An SD-ID must follow the bracket.
+        if pos + 1 >= n or rest[pos + 1] in b" ]\"=":
+            return -1
+        pos += 1
+        quoted = False
+        while True:
+            if pos >= n:
+                return -1
+            c = rest[pos]
+            if quoted:
+                if c == 92:  # "\\": the next byte is taken literally
+                    pos += 2
+                    continue
+                if c == 34:
+                    quoted = False
+                # RFC 5424 wants "]" escaped in a PARAM-VALUE; since we track
+                # the quotes, an unescaped one there is still unambiguous,
+                # and we keep it rather than lose the message.
+            elif c == 34:  # '"'
+                quoted = True
+            elif c == 93:  # "]"
+                pos += 1
+                break
+            pos += 1
+    if pos == 0:
+        return -1
+    return pos
+
+
+def parse(message: bytes) -> Fields | None:
+    """All fields of an RFC 5424 message, or None when it is malformed."""
+    parts = split_header(message)
+    if parts is None:
+        return None
+    rest = parts[6]
+    sd_length = _sd_length(rest)
+    if sd_length < 0:
+        return None
+    if sd_length == len(rest):
+        msg = _EMPTY
+    elif rest[sd_length] == 32:
+        msg = rest[sd_length + 1 :]
+        if msg.startswith(_BOM):
+            msg = msg[3:]
+    else:
+        return None
+    return Fields(
+        pri=int(parts[0][1:-2]),
+        timestamp=parts[1],
+        hostname=parts[2],
+        appname=parts[3],
+        procid=parts[4],
+        msgid=parts[5],
+        sd=rest[:sd_length],
+        msg=msg,
+    )
+
+
+def tail_line(fields: Fields) -> bytes:
+    """One line of a tail session: b"TIMESTAMP APPNAME[PROCID]: MSG\\n"."""
+    if fields.procid == NILVALUE:
+        line = b"%s %s: %s" % (fields.timestamp, fields.appname, fields.msg)
+    else:
+        line = b"%s %s[%s]: %s" % (
+            fields.timestamp,
+            fields.appname,
+            fields.procid,
+            fields.msg,
+        )
+    if line.endswith(b"\n"):
+        return line
+    return line + b"\n"
+
+
+def output_message(fields: Fields) -> bytes:
+    """A message in logplex's drain output format: b"<PRI>1 TS host APPNAME PROCID - MSG".
+
+    Always the header, one space, then MSG, so with an empty MSG the result
+    ends in b"- ": a reader splitting on the first six spaces finds MSG.
+    """
+    return b"<%d>1 %s host %s %s - %s" % (
+        fields.pri,
+        fields.timestamp,
+        fields.appname,
+        fields.procid,
+        fields.msg,
+    )
+
+
+def make_message(
+    facility: int,
+    severity: int,
+    timestamp: bytes,
+    appname: bytes,
+    procid: bytes,
+    msg: bytes,
+    hostname: bytes = b"host",
+) -> bytes:
+    """A cooked RFC 5424 message the router emits itself (errors L10, L11, L14)."""
+    if not 0 <= facility <= 23:
+        raise ValueError(f"syslog facility {facility} is not between 0 and 23.")
+    if not 0 <= severity <= 7:
+        raise ValueError(f"syslog severity {severity} is not between 0 and 7.")
+    return b"<%d>1 %s %s %s %s - - %s" % (
+        facility * 8 + severity,
+        timestamp,
+        hostname,
+        appname,
+        procid,
+        msg,
+    )
+
+
+def utc_timestamp(when: float) -> bytes:
+    """``when`` (seconds since the epoch) as RFC 3339 UTC with microseconds."""
+    moment = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+    return moment.isoformat(timespec="microseconds").encode("ascii")
+
+
+def severity(pri: int) -> int:
+    """The severity part of a PRI value."""
+    return pri & 7
+
+
+def facility(pri: int) -> int:
+    """The facility part of a PRI value."""
+    return pri >> 3
+
+
+def matches_ps(procid: bytes, ps: bytes) -> bool:
+    """Whether a tail's ``ps`` filter selects ``procid``: equal, or its part before a dot."""
+    if procid == ps:
+        return True
+    n = len(ps)
+    return n > 0 and procid[n : n + 1] == b"." and procid.startswith(ps)

@@ -1,0 +1,139 @@
+"""The `twistd logplex` command line: options (with environment fallbacks) and makeService."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.python import usage
+
+from logplex import __version__
+
+ENV = {
+    "config-redis": "LOGPLEX_CONFIG_REDIS_URL",
+    "shard-redis": "LOGPLEX_SHARD_URLS",
+    "auth": "LOGPLEX_AUTH",
+}
+
+
+def _positive_int(name):
+    def check(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a whole number, not {value!r}.") from None
+        if number <= 0:
+            raise usage.UsageError(f"--{name} must be greater than zero.")
+        return number
+
+    return check
+
+
+def _positive_float(name):
+    def check(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number, not {value!r}.") from None
+        if number <= 0:
+            raise usage.UsageError(f"--{name} must be greater than zero.")
+        return number
+
+    return check
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run a logplex node: syslog over TCP/TLS and HTTP in, channel backlogs in "
+        "Redis, live tails and drains out, and the management API. With no "
+        "--config-redis a node runs its own Redis in --data-dir."
+    )
+
+    optFlags = [
+        ["allow-private-drains", None,
+         "Allow drains to loopback, link-local and private addresses (tests, closed networks)."],
+    ]
+
+    optParameters = [
+        ["api", None, "tcp:8001", "Management API listener (Twisted endpoint description)."],
+        ["logs", None, "tcp:8601", "HTTP log input listener for POST /logs (endpoint description)."],
+        ["config-redis", None, None,
+         "Config Redis URL, redis://[:password@]host:port/db or unix:///path "
+         "(env LOGPLEX_CONFIG_REDIS_URL). Default: an embedded redis-server."],
+        ["data-dir", None, "./logplex-data", "Where the embedded Redis keeps its data."],
+        ["node-name", None, socket.gethostname(), "This node's name in the cluster."],
+        ["api-url", None, None,
+         "Public base URL of the API, used in session URLs. Default: from --api."],
+        ["auth", None, None,
+         "USER:PASSWORD of a credential (full_api, any_channel) ensured at start (env LOGPLEX_AUTH)."],
+        ["history", None, 1500, "Lines kept in each channel's backlog.", _positive_int("history")],
+        ["backlog-expiry", None, 7 * 86400, "Seconds an idle channel's backlog is kept.",
+         _positive_int("backlog-expiry")],
+        ["max-drains", None, 6, "Drains allowed per channel.", _positive_int("max-drains")],
+        ["session-expiry", None, 360, "Seconds a session URL can be used.",
+         _positive_int("session-expiry")],
+        ["drain-buffer", None, 1024, "Messages held in memory per drain.",
+         _positive_int("drain-buffer")],
+        ["http-drain-target-bytes", None, 100 * 1024, "Target size of an HTTP drain batch.",
+         _positive_int("http-drain-target-bytes")],
+        ["tcp-drain-target-bytes", None, 4 * 1024, "Target size of a syslog drain write.",
+         _positive_int("tcp-drain-target-bytes")],
+        ["tail-buffer", None, 1024, "Lines held for a slow tail before L11 drops.",
+         _positive_int("tail-buffer")],
+        ["max-frame", None, 64 * 1024, "Largest syslog frame accepted, in bytes.",
+         _positive_int("max-frame")],
+        ["max-body", None, 10 * 1024 * 1024, "Largest HTTP request body accepted, in bytes.",
+         _positive_int("max-body")],
+        ["flush-interval", None, 0.05, "Seconds between backlog write batches.",
+         _positive_float("flush-interval")],
+        ["redis-timeout", None, 5.0, "Seconds a Redis command may take before it counts as failed.",
+         _positive_float("redis-timeout")],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["syslog"] = []
+        self["shard-redis"] = []
+
+    def opt_syslog(self, description: str) -> None:
+        """Syslog TCP/TLS listener (repeatable; default tcp:6001)."""
+        self["syslog"].append(description)
+
+    def opt_shard_redis(self, urls: str) -> None:
+        """Shard Redis URL (repeatable or comma-separated; env LOGPLEX_SHARD_URLS). Default: the config Redis."""
+        self["shard-redis"].extend(u.strip() for u in urls.split(",") if u.strip())
+
+    def opt_version(self) -> None:
+        print(f"logplex {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        if not self["syslog"]:
+            self["syslog"] = ["tcp:6001"]
+        if self["config-redis"] is None:
+            self["config-redis"] = os.environ.get(ENV["config-redis"]) or None
+        if not self["shard-redis"] and os.environ.get(ENV["shard-redis"]):
+            self.opt_shard_redis(os.environ[ENV["shard-redis"]])
+        if self["auth"] is None:
+            self["auth"] = os.environ.get(ENV["auth"]) or None
+        if self["auth"] is not None:
+            user, sep, password = self["auth"].partition(":")
+            if not sep or not user or not password:
+                raise usage.UsageError("--auth must be USER:PASSWORD, both non-empty.")
+        from logplex.redis.connection import BadRedisURL, parse_redis_url
+
+        for url in filter(None, [self["config-redis"], *self["shard-redis"]]):
+            try:
+                parse_redis_url(url)
+            except BadRedisURL as e:
+                raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options, reactor=None):
+    from logplex.config import Settings
+    from logplex.service import LogplexNode
+
+    if reactor is None:
+        from twisted.internet import reactor
+    return LogplexNode(Settings.from_options(options), reactor)

@@ -1,0 +1,202 @@
+"""HTTP plumbing shared by the API and the log input: body limits, routing, JSON errors, Request-Id."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Awaitable, Callable
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import http, server
+from twisted.web.resource import Resource
+
+log = Logger()
+
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+
+
+class LimitedRequest(server.Request):
+    """A request that stops storing its body past the site's max_body.
+
+    The handler then answers 413 instead of the node holding an unbounded
+    upload in memory.
+    """
+
+    body_too_large = False
+    _received = 0
+
+    def _limit(self) -> int:
+        return getattr(self.channel.site, "max_body", DEFAULT_MAX_BODY)
+
+    def gotLength(self, length):
+        if length is not None and length > self._limit():
+            self.body_too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self.body_too_large or self._received > self._limit():
+            self.body_too_large = True
+            return
+        super().handleContentChunk(data)
+
+
+class LogplexSite(server.Site):
+    requestFactory = LimitedRequest
+    displayTracebacks = False
+
+    def __init__(self, resource, max_body: int = DEFAULT_MAX_BODY, **kw) -> None:
+        super().__init__(resource, **kw)
+        self.max_body = max_body
+
+    def log(self, request):
+        # Access logs per request would be per-message logging for HTTP
+        # senders; notable events are logged by the handlers instead.
+        pass
+
+
+class HttpError(Exception):
+    """An answer other than success; message is the sentence the client reads."""
+
+    def __init__(self, status: int, message: str, headers: dict[bytes, bytes] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@attrs.frozen
+class Reply:
+    status: int = 200
+    body: object = None  # dict/list -> JSON; bytes as they are; None -> empty
+    headers: dict = attrs.field(factory=dict)
+    content_type: bytes = b"application/json"
+
+
+# A handler that has taken over the request (streaming) returns this.
+STREAMING = object()
+
+Handler = Callable[..., Awaitable[object]]
+
+
+@attrs.frozen
+class Route:
+    method: bytes
+    pattern: re.Pattern
+    handler: Handler
+
+
+def route(method: str, pattern: str, handler: Handler) -> Route:
+    return Route(method.encode(), re.compile("^" + pattern + "$"), handler)
+
+
+def write_reply(request, reply: Reply) -> None:
+    request.setResponseCode(reply.status)
+    for name, value in reply.headers.items():
+        request.setHeader(name, value)
+    body = reply.body
+    if body is None:
+        data = b""
+    elif isinstance(body, bytes):
+        data = body
+        request.setHeader(b"content-type", reply.content_type)
+    else:
+        data = json.dumps(body).encode()
+        request.setHeader(b"content-type", b"application/json")
+    if reply.status != 204:
+        request.setHeader(b"content-length", b"%d" % len(data))
+        request.write(data)
+    request.finish()
+
+
+def error_reply(status: int, message: str, headers: dict | None = None) -> Reply:
+    return Reply(status, {"error": message}, headers or {})
+
+
+class Dispatcher(Resource):
+    """A leaf resource that matches (method, path) against routes and runs async handlers.
+
+    Handlers receive (request, *path groups) and return a Reply or STREAMING;
+    HttpError becomes a JSON error; anything unexpected a logged 500, never a
+    traceback to the client.
+    """
+
+    isLeaf = True
+
+    def __init__(self, routes: list[Route], error_map: Callable[[Exception], Reply | None] = lambda e: None) -> None:
+        super().__init__()
+        self.routes = routes
+        self.error_map = error_map
+
+    def render(self, request):
+        request_id = request.getHeader(b"request-id") or str(uuid.uuid4())
+        if isinstance(request_id, str):
+            request_id = request_id.encode()
+        request.setHeader(b"request-id", request_id[:200])
+        path = request.path.decode("latin-1")
+        allowed = []
+        for r in self.routes:
+            match = r.pattern.match(path)
+            if match is None:
+                continue
+            if r.method != request.method and not (r.method == b"GET" and request.method == b"HEAD"):
+                allowed.append(r.method)
+                continue
+            self._run(request, r.handler, match.groups())
+            return server.NOT_DONE_YET
+        if allowed:
+            reply = error_reply(405, f"{request.method.decode('latin-1')} is not allowed on {path}.",
+                                {b"allow": b", ".join(sorted(set(allowed)))})
+        else:
+            reply = error_reply(404, f"There is nothing at {path}.")
+        write_reply(request, reply)
+        return server.NOT_DONE_YET
+
+    def _run(self, request, handler: Handler, groups) -> None:
+        d = defer.ensureDeferred(handler(request, *groups))
+        finished = []
+        request.notifyFinish().addBoth(lambda _: finished.append(True))
+
+        def done(reply):
+            if reply is STREAMING or finished:
+                return
+            write_reply(request, reply)
+
+        def failed(failure):
+            if finished:
+                return
+            e = failure.value
+            if isinstance(e, HttpError):
+                reply = error_reply(e.status, e.message, e.headers)
+            else:
+                reply = self.error_map(e)
+                if reply is None:
+                    log.failure("API handler failed path={path}", failure, path=request.path)
+                    reply = error_reply(500, "The node hit an internal error; it is logged.")
+            write_reply(request, reply)
+
+        d.addCallbacks(done, failed).addErrback(
+            lambda f: log.failure("writing an API reply failed", f)
+        )
+
+
+def read_json(request, max_bytes: int | None = None) -> object:
+    """The request body as JSON, or HttpError 400/413 with a sentence."""
+    if getattr(request, "body_too_large", False):
+        raise HttpError(413, "The request body is too large.")
+    raw = request.content.read() if request.content is not None else b""
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise HttpError(413, f"The JSON body is larger than {max_bytes} bytes.")
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HttpError(400, f"The body is not valid JSON: {e}.") from None
+
+
+STATUS_TEXT = http.RESPONSES

@@ -1,0 +1,287 @@
+"""Real redis-server and logplex node processes on free loopback ports, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+from logplex.redis.embedded import find_redis_server
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+POLL = 0.05
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: str, lines: int = 40) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return f"({path} does not exist)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _redis_pings(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _wait_exit(proc: subprocess.Popen, timeout: float) -> int:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+class RedisServer:
+    """A real redis-server on a free loopback TCP port, in a temp dir, with no persistence."""
+
+    def __init__(self, tmpdir: str) -> None:
+        self.dir = os.path.abspath(str(tmpdir))
+        self.log_path = os.path.join(self.dir, "redis.log")
+        self.port = 0
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def start(self, timeout: float = 15) -> None:
+        """Start on a new free port, retrying when another process took it."""
+        os.makedirs(self.dir, exist_ok=True)
+        for _ in range(5):
+            self.port = free_port()
+            if self._launch(timeout):
+                return
+        raise RuntimeError(
+            f"redis-server did not start on a free port after 5 tries:\n"
+            f"{_tail(self.log_path)}"
+        )
+
+    def restart(self, timeout: float = 15) -> None:
+        """Stop and start again on the same port (clients see a dropped connection)."""
+        self.stop()
+        if not self._launch(timeout):
+            raise RuntimeError(
+                f"redis-server did not restart on port {self.port}:\n"
+                f"{_tail(self.log_path)}"
+            )
+
+    def stop(self) -> None:
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._end(signal.SIGKILL)
+
+    def _end(self, sig: int) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        _wait_exit(proc, 10)
+
+    def _launch(self, timeout: float) -> bool:
+        """Start on self.port; False if redis-server exited (port taken)."""
+        args = [
+            find_redis_server(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", self.dir,
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--logfile", self.log_path,
+        ]
+        self._proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._proc = None
+                return False
+            if _redis_pings(self.port):
+                return True
+            time.sleep(POLL)
+        self.kill()
+        raise RuntimeError(
+            f"redis-server on port {self.port} did not answer PING within "
+            f"{timeout} s:\n{_tail(self.log_path)}"
+        )
+
+
+def _twistd_command() -> list[str]:
+    # `python -m twisted` is the newer `twist` runner, not twistd.
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.access(script, os.X_OK):
+        return [script]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class NodeProcess:
+    """A real `twistd -n logplex` process with its api, logs and syslog
+    listeners on free loopback ports.
+
+    Give each node its own tmpdir: it holds node.log, node.out (stdout and
+    stderr) and data/ (the embedded Redis when redis_url is None).
+    """
+
+    def __init__(
+        self,
+        tmpdir: str,
+        redis_url: str | None,
+        extra_args: Sequence[str] = (),
+        name: str | None = None,
+    ) -> None:
+        self.dir = os.path.abspath(str(tmpdir))
+        self.redis_url = redis_url
+        self.extra_args = list(extra_args)
+        self.log_path = os.path.join(self.dir, "node.log")
+        self.out_path = os.path.join(self.dir, "node.out")
+        self.data_dir = os.path.join(self.dir, "data")
+        self._pick_ports()
+        self.name = name or f"node-{self.api_port}"
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def logs_url(self) -> str:
+        """Base URL of the HTTP ingress listener (POST to logs_url + "/logs")."""
+        return f"http://127.0.0.1:{self.logs_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def _pick_ports(self) -> None:
+        self.api_port = free_port()
+        self.logs_port = free_port()
+        self.syslog_port = free_port()
+
+    def command(self) -> list[str]:
+        args = [
+            *_twistd_command(),
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.log_path}",
+            "logplex",
+            "--api", f"tcp:{self.api_port}:interface=127.0.0.1",
+            "--logs", f"tcp:{self.logs_port}:interface=127.0.0.1",
+            "--syslog", f"tcp:{self.syslog_port}:interface=127.0.0.1",
+        ]
+        if self.redis_url is not None:
+            args += ["--config-redis", self.redis_url]
+        args += [
+            "--data-dir", self.data_dir,
+            "--auth", "admin:secret",
+            "--node-name", self.name,
+            *self.extra_args,
+        ]
+        return args
+
+    def start(self, timeout: float = 30) -> None:
+        """Start and wait until /healthcheck answers 200; on failure raise
+        with the tail of node.log.  Ports are picked again if one was taken."""
+        os.makedirs(self.dir, exist_ok=True)
+        for attempt in range(3):
+            if attempt:
+                self._pick_ports()
+            if self._launch(timeout):
+                return
+            if "Address already in use" not in self.log_text():
+                break
+        raise RuntimeError(
+            f"logplex node {self.name} did not become healthy "
+            f"(command: {' '.join(self.command())}).\n"
+            f"--- node.out\n{_tail(self.out_path)}\n"
+            f"--- node.log\n{_tail(self.log_path)}"
+        )
+
+    def _launch(self, timeout: float) -> bool:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p
+        )
+        with open(self.out_path, "ab") as out:
+            self._proc = subprocess.Popen(
+                self.command(), cwd=self.dir, env=env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        url = f"{self.api_url}/healthcheck"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._proc = None
+                return False
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return True
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(POLL)
+        self.kill()
+        return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        """Signal the node and return its exit code; a node still running
+        after timeout seconds is killed and reported as an error."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            return _wait_exit(proc, timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(
+                f"logplex node {self.name} did not exit within {timeout} s of "
+                f"signal {sig}, so it was killed.\n{_tail(self.log_path)}"
+            ) from None
+
+    def kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def log_text(self) -> str:
+        """Everything the node logged so far, and what it printed."""
+        parts = []
+        for path in (self.out_path, self.log_path):
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    parts.append(f.read())
+            except OSError:
+                pass
+        return "\n".join(parts)

@@ -1,0 +1,91 @@
+"""The router: token to channel, cooking, fan-out, accounting."""
+
+import pytest
+
+from logplex.metrics import Metrics
+from logplex.model import NO_REDIS, NO_TAIL, Channel, Drain, Token
+from logplex.redis.config import ConfigCache
+from logplex.router import IngressDenied, Router
+
+
+class Sink:
+    def __init__(self, tails=()):
+        self.appended = []
+        self.published = []
+        self.tailed = set(tails)
+
+    def append(self, channel_id, messages):
+        self.appended.append((channel_id, list(messages)))
+
+    def has_tails(self, channel_id):
+        return channel_id in self.tailed
+
+    def publish(self, channel_id, messages):
+        self.published.append((channel_id, list(messages)))
+
+
+def make_cache(flags=None):
+    cache = ConfigCache()
+    cache.replace_all(
+        [Channel("app1", frozenset(flags or ())), Channel("app2")],
+        [Token("t.one", "app1", "web"), Token("t.two", "app2", "worker")],
+        [Drain(1, "app1", "d.x", "https://example.com/logs")],
+        [],
+    )
+    return cache
+
+
+def msg(token, text, procid="web.1"):
+    return f"<13>1 2026-11-24T10:00:00+00:00 host {token} {procid} - - {text}".encode()
+
+
+def test_batch_is_grouped_per_channel_cooked_and_ordered():
+    backlog, tails, drained = Sink(), Sink(tails={"app1"}), []
+    router = Router(make_cache(), backlog, tails, Metrics(), lambda c, m: drained.append((c, m)))
+    accepted = router.route([msg("t.one", "a"), msg("t.two", "b"), msg("t.one", "c")])
+    assert accepted == 3
+    assert backlog.appended == [
+        ("app1", [msg("web", "a"), msg("web", "c")]),
+        ("app2", [msg("worker", "b")]),
+    ]
+    assert tails.published == [("app1", [msg("web", "a"), msg("web", "c")])]
+    assert drained == [("app1", [msg("web", "a"), msg("web", "c")])]
+
+
+def test_unknown_and_malformed_are_counted_and_the_rest_routed():
+    metrics = Metrics()
+    backlog = Sink()
+    router = Router(make_cache(), backlog, Sink(), metrics)
+    accepted = router.route([msg("t.nope", "x"), b"not syslog", msg("t.two", "ok")])
+    assert accepted == 1
+    assert backlog.appended == [("app2", [msg("worker", "ok")])]
+    assert metrics.get("logplex_messages_unknown_token_total") == 1
+    assert metrics.get("logplex_messages_malformed_total") == 1
+    assert metrics.get("logplex_messages_received_total") == 3
+    assert metrics.get("logplex_messages_routed_total") == 1
+
+
+def test_a_fixed_route_overrides_app_name():
+    backlog = Sink()
+    router = Router(make_cache(), backlog, Sink(), Metrics())
+    router.route([msg("anything", "x")], route=("app2", b"shuttle"))
+    assert backlog.appended == [("app2", [msg("shuttle", "x")])]
+
+
+def test_channel_flags_and_node_switches():
+    backlog, tails = Sink(), Sink(tails={"app1"})
+    router = Router(make_cache({NO_REDIS, NO_TAIL}), backlog, tails, Metrics())
+    router.route([msg("t.one", "x")])
+    assert backlog.appended == [] and tails.published == []
+    router.deny_ingress = True
+    with pytest.raises(IngressDenied):
+        router.route([msg("t.two", "x")])
+    assert backlog.appended == []
+
+
+def test_the_token_never_leaves_the_router():
+    backlog = Sink()
+    router = Router(make_cache(), backlog, Sink(), Metrics())
+    router.route([msg("t.one", "t.one is in the text")])
+    (_, [out]), = backlog.appended
+    assert out.split(b" ")[3] == b"web"

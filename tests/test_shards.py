@@ -1,0 +1,131 @@
+"""Shard choice and batched backlog writes."""
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from logplex.metrics import Metrics
+from logplex.redis.shards import BacklogWriter, ShardRing, backlog_key
+
+
+def test_every_channel_maps_to_one_of_the_shards_and_stays_there():
+    ring = ShardRing(["redis://a:6379/0", "redis://b:6379/0", "redis://c:6379/0"])
+    again = ShardRing(["redis://a:6379/0", "redis://b:6379/0", "redis://c:6379/0"])
+    for n in range(500):
+        assert ring.shard(f"app-{n}") == again.shard(f"app-{n}")
+        assert ring.shard(f"app-{n}") in ring.shards
+
+
+def test_channels_spread_evenly():
+    ring = ShardRing(["s0", "s1", "s2", "s3"])
+    counts = [0] * 4
+    for n in range(8000):
+        counts[ring.index(f"channel-{n}")] += 1
+    assert all(1600 < c < 2400 for c in counts), counts
+
+
+def test_adding_a_shard_moves_only_a_proportional_share():
+    before = ShardRing(["s0", "s1", "s2"])
+    after = ShardRing(["s0", "s1", "s2", "s3"])
+    channels = [f"channel-{n}" for n in range(8000)]
+    moved = [c for c in channels if before.shard(c) != after.shard(c)]
+    # Everything that moved went to the new shard, and about a quarter moved.
+    assert all(after.shard(c) == "s3" for c in moved)
+    assert 1600 < len(moved) < 2400
+
+
+class FakePipe:
+    def __init__(self, redis):
+        self.redis = redis
+        self.commands = []
+
+    def execute_command(self, *args):
+        self.commands.append(args)
+
+    def execute_pipeline(self):
+        self.redis.executed.append(self.commands)
+        d = defer.Deferred()
+        self.redis.replies.append(d)
+        return d
+
+
+class FakeRedis:
+    """Records what a pipelined flush sends; the test answers each flush."""
+
+    def __init__(self):
+        self.executed = []
+        self.replies = []
+
+    def pipeline(self):
+        return defer.succeed(FakePipe(self))
+
+
+def writer(**kw):
+    clock = Clock()
+    redis = FakeRedis()
+    metrics = Metrics()
+    w = BacklogWriter(redis, clock, metrics, history=100, expiry=3600, interval=0.05, **kw)
+    return w, redis, clock, metrics
+
+
+def test_one_pipelined_flush_per_tick_with_lpush_ltrim_expire_per_channel():
+    w, redis, clock, metrics = writer()
+    w.append("a", [b"1", b"2"])
+    w.append("b", [b"x"])
+    w.append("a", [b"3"])
+    assert redis.executed == []
+    clock.advance(0.05)
+    assert redis.executed == [[
+        ("LPUSH", backlog_key("a"), b"1", b"2", b"3"),
+        ("LTRIM", backlog_key("a"), 0, 99),
+        ("EXPIRE", backlog_key("a"), 3600),
+        ("LPUSH", backlog_key("b"), b"x"),
+        ("LTRIM", backlog_key("b"), 0, 99),
+        ("EXPIRE", backlog_key("b"), 3600),
+    ]]
+    redis.replies[0].callback([1, b"OK", 1] * 2)
+    assert metrics.get("logplex_backlog_written_total", shard="") == 4
+
+
+def test_messages_arriving_during_a_flush_go_in_the_next_one():
+    w, redis, clock, metrics = writer()
+    w.append("a", [b"1"])
+    clock.advance(0.05)
+    w.append("a", [b"2"])
+    clock.advance(1)
+    assert len(redis.executed) == 1  # one flush in flight at a time
+    redis.replies[0].callback([])
+    clock.advance(0.05)
+    assert redis.executed[1][0] == ("LPUSH", backlog_key("a"), b"2")
+
+
+def test_a_failed_flush_is_retried_in_order_before_newer_messages():
+    w, redis, clock, metrics = writer()
+    w.append("a", [b"1", b"2"])
+    clock.advance(0.05)
+    w.append("a", [b"3"])
+    redis.replies[0].errback(ConnectionError("shard down"))
+    clock.advance(1.0)
+    assert redis.executed[1][0] == ("LPUSH", backlog_key("a"), b"1", b"2", b"3")
+    assert metrics.get("logplex_backlog_dropped_total", shard="") == 0
+
+
+def test_the_queue_is_bounded_and_what_is_shed_is_counted():
+    w, redis, clock, metrics = writer(max_pending=5)
+    w.append("a", [b"1", b"2", b"3"])
+    w.append("b", [b"x", b"y", b"z", b"w"])
+    assert w.pending_count == 5
+    assert metrics.get("logplex_backlog_dropped_total", shard="") == 2
+    clock.advance(0.05)
+    pushed = [c for c in redis.executed[0] if c[0] == "LPUSH"]
+    # The oldest lines of the longest-waiting channel went first.
+    assert pushed == [("LPUSH", backlog_key("a"), b"3"),
+                      ("LPUSH", backlog_key("b"), b"x", b"y", b"z", b"w")]
+
+
+def test_stop_flushes_what_is_queued():
+    w, redis, clock, metrics = writer()
+    w.append("a", [b"1"])
+    d = w.stop()
+    assert redis.executed and not d.called
+    redis.replies[0].callback([])
+    assert d.called

@@ -1,0 +1,303 @@
+"""Tests for logplex.syslog: RFC 5424 header splitting, cooking, parsing and output formats."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from logplex.syslog import (
+    FACILITY_LOCAL5,
+    SEVERITY_WARNING,
+    Fields,
+    cook,
+    facility,
+    make_message,
+    matches_ps,
+    output_message,
+    parse,
+    severity,
+    split_header,
+    tail_line,
+    utc_timestamp,
+)
+
+TS = b"2026-11-24T10:00:00.000000+00:00"
+RSYSLOG = b"<13>1 " + TS + b" myhost t.abc web.1 - - hello world"
+WITH_SD = b"<165>1 " + TS + b' myhost t.abc web.1 ID47 [exampleSDID@32473 iut="3" eventSource="Application"] msg'
+ESCAPED_SD = b"<13>1 " + TS + b' myhost t.abc web.1 - [a@1 x="q\\]r s" y="\\"\\\\"][b@2 z="] "] the message'
+WITH_BOM = b"<13>1 " + TS + b" myhost t.abc web.1 - - \xef\xbb\xbfh\xc3\xa9llo"
+
+
+# A header field: anything without a space (RFC 5424 asks for PRINTUSASCII,
+# but the router only relies on the spaces).
+header_field = st.binary(min_size=1, max_size=40).filter(lambda b: b" " not in b)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> bytes:
+    """A well-formed RFC 5424 message with arbitrary field contents."""
+    pri = draw(st.integers(0, 191))
+    fields = [draw(header_field) for _ in range(5)]
+    rest = draw(st.sampled_from([b"-", b"- ", b'[id@1 a="b c"]'])) + draw(st.binary(max_size=50))
+    return b"<%d>1 %s %s" % (pri, b" ".join(fields), rest)
+
+
+class TestSplitHeader:
+    @settings(max_examples=200, deadline=None)
+    @given(messages())
+    def test_accepts_every_well_formed_header(self, message: bytes) -> None:
+        parts = split_header(message)
+        assert parts is not None
+        assert b" ".join(parts) == message
+
+    def test_rsyslog_message(self) -> None:
+        assert split_header(RSYSLOG) == [
+            b"<13>1",
+            TS,
+            b"myhost",
+            b"t.abc",
+            b"web.1",
+            b"-",
+            b"- hello world",
+        ]
+
+    def test_structured_data_stays_in_rest(self) -> None:
+        parts = split_header(WITH_SD)
+        assert parts is not None
+        assert parts[5] == b"ID47"
+        assert parts[6] == b'[exampleSDID@32473 iut="3" eventSource="Application"] msg'
+
+    def test_bom_is_left_in_rest(self) -> None:
+        parts = split_header(WITH_BOM)
+        assert parts is not None
+        assert parts[6] == b"- \xef\xbb\xbfh\xc3\xa9llo"
+
+    @pytest.mark.parametrize("rest", [b"-", b"- ", b"- x", b"[a] x"])
+    def test_nil_or_present_sd(self, rest: bytes) -> None:
+        parts = split_header(b"<0>1 " + TS + b" h app p m " + rest)
+        assert parts is not None and parts[6] == rest
+
+    @pytest.mark.parametrize("pri", [b"<0>1", b"<7>1", b"<99>1", b"<191>1", b"<009>1"])
+    def test_valid_pri(self, pri: bytes) -> None:
+        assert split_header(pri + b" " + TS + b" h app p - - x") is not None
+
+    @pytest.mark.parametrize(
+        "message",
+        [
+            pytest.param(b"<13>2 " + TS + b" h app p - - x", id="version 2"),
+            pytest.param(b"<13>10 " + TS + b" h app p - - x", id="version 10"),
+            pytest.param(b"<13> " + TS + b" h app p - - x", id="no version"),
+            pytest.param(b"<192>1 " + TS + b" h app p - - x", id="PRI 192"),
+            pytest.param(b"<999>1 " + TS + b" h app p - - x", id="PRI 999"),
+            pytest.param(b"<1000>1 " + TS + b" h app p - - x", id="PRI 4 digits"),
+            pytest.param(b"<>1 " + TS + b" h app p - - x", id="PRI empty"),
+            pytest.param(b"<1a>1 " + TS + b" h app p - - x", id="PRI not digits"),
+            pytest.param(b"<-1>1 " + TS + b" h app p - - x", id="PRI negative"),
+            pytest.param(b"13>1 " + TS + b" h app p - - x", id="no <"),
+            pytest.param(b"<13>1 " + TS + b" h app p -", id="no SD"),
+            pytest.param(b"<13>1 " + TS + b" h app p - ", id="empty SD"),
+            pytest.param(b"<13>1 " + TS + b" h app", id="missing fields"),
+            pytest.param(b"<13>1 " + TS + b"  app p - - x", id="empty hostname"),
+            pytest.param(b"<13>1  " + TS + b" h app p - - x", id="empty timestamp"),
+            pytest.param(b"Nov 24 10:00:00 myhost app: hi", id="RFC 3164"),
+            pytest.param(b"", id="empty"),
+        ],
+    )
+    def test_malformed(self, message: bytes) -> None:
+        assert split_header(message) is None
+
+
+class TestCook:
+    def test_replaces_the_token_by_the_name(self) -> None:
+        parts = split_header(RSYSLOG)
+        assert parts is not None
+        kept = list(parts)
+        assert cook(parts, b"app") == b"<13>1 " + TS + b" myhost app web.1 - - hello world"
+        assert parts == kept
+
+    def test_keeps_structured_data_and_bom(self) -> None:
+        for message in (WITH_SD, ESCAPED_SD, WITH_BOM):
+            parts = split_header(message)
+            assert parts is not None
+            assert cook(parts, b"t.abc") == message
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.data(), header_field)
+    def test_cook_changes_only_appname(self, data: st.DataObject, name: bytes) -> None:
+        message = data.draw(messages())
+        parts = split_header(message)
+        assert parts is not None
+        cooked = cook(parts, name)
+        assert split_header(cooked) == parts[:3] + [name] + parts[4:]
+        assert cooked == b" ".join(parts[:3] + [name] + parts[4:])
+
+
+class TestParse:
+    def test_nil_sd(self) -> None:
+        assert parse(RSYSLOG) == Fields(
+            pri=13,
+            timestamp=TS,
+            hostname=b"myhost",
+            appname=b"t.abc",
+            procid=b"web.1",
+            msgid=b"-",
+            sd=b"-",
+            msg=b"hello world",
+        )
+
+    def test_sd_with_spaces_in_values(self) -> None:
+        fields = parse(WITH_SD)
+        assert fields is not None
+        assert fields.pri == 165
+        assert fields.msgid == b"ID47"
+        assert fields.sd == b'[exampleSDID@32473 iut="3" eventSource="Application"]'
+        assert fields.msg == b"msg"
+
+    def test_escapes_and_several_elements(self) -> None:
+        fields = parse(ESCAPED_SD)
+        assert fields is not None
+        assert fields.sd == b'[a@1 x="q\\]r s" y="\\"\\\\"][b@2 z="] "]'
+        assert fields.msg == b"the message"
+
+    def test_bom_is_stripped(self) -> None:
+        fields = parse(WITH_BOM)
+        assert fields is not None
+        assert fields.msg == "héllo".encode()
+
+    @pytest.mark.parametrize("rest", [b"-", b"- ", b"[a]", b"[a] "])
+    def test_empty_msg(self, rest: bytes) -> None:
+        fields = parse(b"<13>1 " + TS + b" h app p - " + rest)
+        assert fields is not None
+        assert fields.msg == b""
+
+    def test_msg_keeps_its_own_spaces(self) -> None:
+        fields = parse(b"<13>1 " + TS + b" h app p - -   indented ")
+        assert fields is not None
+        assert fields.msg == b"  indented "
+
+    @pytest.mark.parametrize(
+        "rest",
+        [
+            pytest.param(b"-x", id="junk after nil SD"),
+            pytest.param(b"[a", id="unclosed element"),
+            pytest.param(b'[a x="]', id="unclosed quote"),
+            pytest.param(b'[a x="\\', id="escape at end"),
+            pytest.param(b"[] x", id="no SD-ID"),
+            pytest.param(b"[ a] x", id="space for SD-ID"),
+            pytest.param(b"[a]x", id="no space before MSG"),
+            pytest.param(b"x y", id="neither nil nor element"),
+        ],
+    )
+    def test_malformed_sd(self, rest: bytes) -> None:
+        assert parse(b"<13>1 " + TS + b" h app p - " + rest) is None
+
+    def test_malformed_header(self) -> None:
+        assert parse(b"<192>1 " + TS + b" h app p - - x") is None
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.binary(max_size=200))
+    def test_never_raises_on_garbage(self, message: bytes) -> None:
+        parse(message)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.sampled_from([b"[", b"]", b'"', b"\\", b" ", b"=", b"a", b"-", b"\xef\xbb\xbf"]), max_size=30)
+    )
+    def test_never_raises_on_sd_like_garbage(self, pieces: list[bytes]) -> None:
+        fields = parse(b"<13>1 " + TS + b" h app p - " + b"".join(pieces))
+        if fields is not None:
+            assert fields.sd == b"-" or (fields.sd.startswith(b"[") and fields.sd.endswith(b"]"))
+
+
+def fields(procid: bytes = b"console.1", msg: bytes = b"hi") -> Fields:
+    return Fields(
+        pri=190,
+        timestamp=b"2012-12-10T03:00:48Z+00:00",
+        hostname=b"shuttle",
+        appname=b"app",
+        procid=procid,
+        msgid=b"-",
+        sd=b'[x@1 a="b"]',
+        msg=msg,
+    )
+
+
+class TestTailLine:
+    def test_with_procid(self) -> None:
+        assert tail_line(fields()) == b"2012-12-10T03:00:48Z+00:00 app[console.1]: hi\n"
+
+    def test_nil_procid(self) -> None:
+        assert tail_line(fields(procid=b"-")) == b"2012-12-10T03:00:48Z+00:00 app: hi\n"
+
+    def test_msg_ending_in_lf(self) -> None:
+        assert tail_line(fields(msg=b"hi\n")) == b"2012-12-10T03:00:48Z+00:00 app[console.1]: hi\n"
+
+    def test_empty_msg(self) -> None:
+        assert tail_line(fields(msg=b"")) == b"2012-12-10T03:00:48Z+00:00 app[console.1]: \n"
+
+
+class TestOutputMessage:
+    def test_format(self) -> None:
+        assert output_message(fields()) == b"<190>1 2012-12-10T03:00:48Z+00:00 host app console.1 - hi"
+
+    def test_empty_msg_ends_after_the_space(self) -> None:
+        assert output_message(fields(msg=b"")) == b"<190>1 2012-12-10T03:00:48Z+00:00 host app console.1 - "
+
+    def test_from_a_parsed_message(self) -> None:
+        parsed = parse(WITH_SD)
+        assert parsed is not None
+        assert output_message(parsed) == b"<165>1 " + TS + b" host t.abc web.1 - msg"
+
+
+class TestMakeMessage:
+    def test_l10(self) -> None:
+        message = make_message(
+            FACILITY_LOCAL5,
+            SEVERITY_WARNING,
+            TS,
+            b"heroku",
+            b"logplex",
+            b"Error L10 (output buffer overflow): 3 messages dropped since " + TS + b".",
+        )
+        assert message == (
+            b"<172>1 " + TS + b" host heroku logplex - - "
+            b"Error L10 (output buffer overflow): 3 messages dropped since " + TS + b"."
+        )
+        parsed = parse(message)
+        assert parsed is not None
+        assert facility(parsed.pri) == FACILITY_LOCAL5
+        assert severity(parsed.pri) == SEVERITY_WARNING
+
+    def test_hostname(self) -> None:
+        assert make_message(1, 6, TS, b"a", b"p", b"m", hostname=b"node1") == b"<14>1 " + TS + b" node1 a p - - m"
+
+    @pytest.mark.parametrize("fac, sev", [(24, 0), (-1, 0), (0, 8), (0, -1)])
+    def test_out_of_range(self, fac: int, sev: int) -> None:
+        with pytest.raises(ValueError):
+            make_message(fac, sev, TS, b"a", b"p", b"m")
+
+
+def test_utc_timestamp() -> None:
+    assert utc_timestamp(1795560469.53958) == b"2026-11-24T22:47:49.539580+00:00"
+    assert utc_timestamp(0) == b"1970-01-01T00:00:00.000000+00:00"
+
+
+@pytest.mark.parametrize(
+    "procid, ps, expected",
+    [
+        (b"web.1", b"web", True),
+        (b"web", b"web", True),
+        (b"web.1", b"web.1", True),
+        (b"web.12", b"web.1", False),
+        (b"webx.1", b"web", False),
+        (b"worker.1", b"web", False),
+        (b"we", b"web", False),
+        (b"web", b"web.1", False),
+        (b"run.1.2", b"run.1", True),
+        (b".1", b"", False),
+        (b"-", b"web", False),
+    ],
+)
+def test_matches_ps(procid: bytes, ps: bytes, expected: bool) -> None:
+    assert matches_ps(procid, ps) is expected

@@ -1,0 +1,53 @@
+"""The twistd command line."""
+
+import pytest
+from twisted.python import usage
+
+from logplex.config import Settings
+from logplex.tap import Options
+
+
+def parse(args, env=None, monkeypatch=None):
+    options = Options()
+    options.parseOptions(args)
+    return options
+
+
+def test_defaults_are_specs():
+    s = Settings.from_options(parse([]))
+    assert (s.api, s.logs, s.syslog) == ("tcp:8001", "tcp:8601", ("tcp:6001",))
+    assert (s.history, s.max_drains, s.session_expiry, s.backlog_expiry) == (1500, 6, 360, 604800)
+    assert (s.config_redis, s.shard_redis, s.auth) == (None, (), None)
+    assert s.data_dir == "./logplex-data" and not s.allow_private_drains
+
+
+def test_repeatable_listeners_and_shards():
+    s = Settings.from_options(parse([
+        "--syslog", "tcp:6001", "--syslog", "ssl:6514:privateKey=k.pem:certKey=c.pem",
+        "--shard-redis", "redis://a:6379/0,redis://b:6379/0", "--shard-redis", "redis://c/1",
+        "--allow-private-drains", "--history", "200",
+    ]))
+    assert s.syslog == ("tcp:6001", "ssl:6514:privateKey=k.pem:certKey=c.pem")
+    assert s.shard_redis == ("redis://a:6379/0", "redis://b:6379/0", "redis://c/1")
+    assert s.allow_private_drains and s.history == 200
+
+
+def test_environment_fallbacks(monkeypatch):
+    monkeypatch.setenv("LOGPLEX_CONFIG_REDIS_URL", "redis://cfg:6379/0")
+    monkeypatch.setenv("LOGPLEX_SHARD_URLS", "redis://s1/0,redis://s2/0")
+    monkeypatch.setenv("LOGPLEX_AUTH", "ops:pw")
+    s = Settings.from_options(parse([]))
+    assert s.config_redis == "redis://cfg:6379/0"
+    assert s.shard_redis == ("redis://s1/0", "redis://s2/0")
+    assert s.auth == "ops:pw"
+    # The command line wins over the environment.
+    assert Settings.from_options(parse(["--auth", "a:b"])).auth == "a:b"
+
+
+@pytest.mark.parametrize("args", [
+    ["--auth", "nopassword"], ["--history", "0"], ["--history", "many"],
+    ["--config-redis", "http://x"], ["--shard-redis", "redis://h:port/0"],
+])
+def test_bad_options_are_usage_errors(args):
+    with pytest.raises(usage.UsageError):
+        parse(args)
