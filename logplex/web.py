@@ -133,6 +133,8 @@ class Dispatcher(Resource):
         self.error_map = error_map
 
     def render(self, request):
+        # The Twisted version is nobody's business.
+        request.setHeader(b"server", b"logplex")
         request_id = request.getHeader(b"request-id") or str(uuid.uuid4())
         if isinstance(request_id, str):
             request_id = request_id.encode()
@@ -167,8 +169,6 @@ class Dispatcher(Resource):
             write_reply(request, reply)
 
         def failed(failure):
-            if finished:
-                return
             e = failure.value
             if isinstance(e, HttpError):
                 reply = error_reply(e.status, e.message, e.headers)
@@ -177,10 +177,19 @@ class Dispatcher(Resource):
                 if reply is None:
                     log.failure("API handler failed path={path}", failure, path=request.path)
                     reply = error_reply(500, "The node hit an internal error; it is logged.")
-            write_reply(request, reply)
+            if not finished:
+                write_reply(request, reply)
 
-        d.addCallbacks(done, failed).addErrback(
-            lambda f: log.failure("writing an API reply failed", f)
+        def unwritable(failure):
+            # The reply itself could not be written: say so rather than
+            # leave the client waiting.
+            log.failure("writing an API reply failed path={path}", failure, path=request.path)
+            if not finished and not request.finished:
+                request.responseHeaders.removeHeader(b"content-type")
+                write_reply(request, error_reply(500, "The node hit an internal error; it is logged."))
+
+        d.addCallbacks(done, failed).addErrback(unwritable).addErrback(
+            lambda f: log.failure("writing an error reply failed", f)
         )
 
 

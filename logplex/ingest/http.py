@@ -44,16 +44,25 @@ class FrameIdMemory:
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(wbits=47)  # gzip or zlib, detected from the header
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as e:
-        raise HttpError(400, f"The gzip body could not be decompressed: {e}.") from None
-    if len(data) > limit:
-        raise HttpError(413, f"The decompressed body is larger than {limit} bytes.")
-    if not inflater.eof:
-        raise HttpError(400, "The gzip body is truncated.")
-    return data
+    """Every member of a gzip (or zlib) body, bounded: a bomb is 413, not a full memory."""
+    out: list[bytes] = []
+    size = 0
+    rest = body
+    while rest:
+        inflater = zlib.decompressobj(wbits=47)  # gzip or zlib, detected from the header
+        try:
+            data = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error as e:
+            raise HttpError(400, f"The gzip body could not be decompressed: {e}.") from None
+        size += len(data)
+        if size > limit:
+            raise HttpError(413, f"The decompressed body is larger than {limit} bytes.")
+        if not inflater.eof:
+            raise HttpError(400, "The gzip body is truncated.")
+        out.append(data)
+        # Concatenated members (RFC 1952 allows them) follow in unused_data.
+        rest = inflater.unused_data.lstrip(b"\0")
+    return b"".join(out)
 
 
 class LogInput:
@@ -106,10 +115,13 @@ class LogInput:
         expected = request.getHeader(b"logplex-msg-count")
         if expected is not None and expected.strip() != str(len(messages)).encode():
             raise HttpError(400, "Message count mismatch")
-        self._count_sender_losses(request)
         frame_id = request.getHeader(b"logplex-frame-id")
-        if frame_id and self.frame_ids.seen(frame_id):
-            return Reply(204)
+        if frame_id:
+            # Frame ids are the sender's own numbering: remembered per sender.
+            frame_id = repr(target or request.getUser()).encode() + b" " + frame_id
+            if self.frame_ids.seen(frame_id):
+                return Reply(204)
+        self._count_sender_losses(request)
         try:
             self.router.route(messages, target)
         except IngressDenied:

@@ -1,0 +1,140 @@
+"""The config store against a real Redis: atomic writes, and caches that follow each other."""
+
+import json
+import tempfile
+
+import pytest
+import txredisapi
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import TestCase
+
+from logplex.redis.config import ConfigStore, NotFound, Conflict, ConfigError, Unavailable
+from logplex.redis.connection import connect, parse_redis_url
+from tests.integration.procs import RedisServer
+
+
+async def until(predicate, timeout=5.0):
+    """Wait for a condition the change feed brings about, polling the reactor."""
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError("condition not reached in time")
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
+class ConfigStoreTests(TestCase):
+    timeout = 30
+
+    def setUp(self):
+        self.redis_server = RedisServer(tempfile.mkdtemp(prefix="logplex-test-"))
+        self.redis_server.start()
+        self.addCleanup(self.redis_server.stop)
+        self.address = parse_redis_url(self.redis_server.url)
+        return defer.ensureDeferred(self._setup())
+
+    async def _setup(self):
+        self.a = await self.node(max_drains=2)
+        self.b = await self.node(max_drains=2)
+
+    async def node(self, **kw):
+        pool = connect(self.address, poolsize=2, reply_timeout=2)
+        self.addCleanup(pool.disconnect)
+        store = ConfigStore(pool, self.address, reactor, timeout=2, **kw)
+        store.start()
+        self.addCleanup(store.stop)
+        await store.load()
+        return store
+
+    async def test_a_change_on_one_node_is_in_force_on_the_other(self):
+        await self.a.put_channel("app", ["web", "worker"])
+        await until(lambda: "app" in self.b.cache.channels and len(self.b.cache.routes) == 2)
+        token = self.a.tokens_of("app")[0]
+        assert self.b.cache.routes[token.id.encode()] == ("app", token.name.encode())
+        drain = await self.a.add_drain("app", "https://logs.example.com/x")
+        await until(lambda: drain.id in self.b.cache.drains)
+        await self.a.delete_channel("app")
+        await until(lambda: not self.b.cache.channels and not self.b.cache.routes and not self.b.cache.drains)
+
+    async def test_put_channel_keeps_kept_tokens_and_replaces_the_rest(self):
+        assert await self.a.put_channel("app", ["a", "b"]) is True
+        before = {t.name: t.id for t in self.a.tokens_of("app")}
+        assert await self.a.put_channel("app", ["b", "c"]) is False
+        after = {t.name: t.id for t in self.a.tokens_of("app")}
+        assert set(after) == {"b", "c"} and after["b"] == before["b"]
+        assert before["a"].encode() not in self.a.cache.routes
+
+    async def test_v2_ids_skip_names_taken_by_v3_channels(self):
+        await self.a.put_channel("1", [])
+        channel, tokens = await self.a.create_channel_v2(["app"])
+        assert channel.id == "2"
+        assert [t.name for t in tokens] == ["app"]
+
+    async def test_drain_limits_duplicates_and_reservations(self):
+        await self.a.put_channel("app", [])
+        reserved = await self.a.add_drain("app", None)
+        assert reserved.url is None and reserved.token.startswith("d.")
+        await self.a.add_drain("app", "syslog://logs.example.com:514")
+        with pytest.raises(ConfigError) as e:
+            await self.a.add_drain("app", "https://other.example.com/")
+        assert "maximum of 2 drains" in e.value.message
+        with pytest.raises(Conflict):
+            await self.a.set_drain_url("app", reserved.id, "syslog://logs.example.com:514")
+        updated = await self.a.set_drain_url("app", reserved.id, "https://x.example.com/")
+        assert updated.url == "https://x.example.com/" and updated.token == reserved.token
+        await self.a.delete_drain("app", reserved.id)
+        with pytest.raises(NotFound):
+            await self.a.delete_drain("app", reserved.id)
+        with pytest.raises(NotFound):
+            await self.a.add_drain("nochannel", "https://x.example.com/")
+
+    async def test_concurrent_drain_creation_cannot_pass_the_limit(self):
+        await self.a.put_channel("app", [])
+        results = await defer.DeferredList(
+            [defer.ensureDeferred(store.add_drain("app", f"https://h{n}.example.com/"))
+             for n, store in enumerate([self.a, self.b, self.a, self.b])],
+            consumeErrors=True,
+        )
+        assert sum(ok for ok, _ in results) == 2
+        await until(lambda: len(self.b.drains_of("app")) == 2)
+
+    async def test_a_missed_notification_is_caught_by_the_reconcile(self):
+        # A write that bypasses the feed (as if the notification was lost):
+        # the version moved, so the next reconcile reloads.
+        raw = connect(self.address, poolsize=1)
+        self.addCleanup(raw.disconnect)
+        await raw.hset(b"lp:channels", b"ghost", json.dumps({"flags": []}))
+        await raw.incr(b"lp:version")
+        assert "ghost" not in self.b.cache.channels
+        await self.b._reconcile_tick()
+        assert "ghost" in self.b.cache.channels
+
+    async def test_credentials_are_stored_hashed_and_ensured(self):
+        await self.a.ensure_credential("admin", "secret")
+        raw = connect(self.address, poolsize=1)
+        self.addCleanup(raw.disconnect)
+        stored = await raw.hget(b"lp:creds", b"admin")
+        assert b"secret" not in stored and b"scrypt$" in stored
+        await until(lambda: "admin" in self.b.cache.creds)
+        first_hash = self.a.cache.creds["admin"].secret_hash
+        await self.a.ensure_credential("admin", "secret")
+        assert self.a.cache.creds["admin"].secret_hash == first_hash  # unchanged
+        await self.a.ensure_credential("admin", "rotated")
+        assert self.a.cache.creds["admin"].secret_hash != first_hash
+
+    async def test_sessions_expire(self):
+        from logplex.model import SessionSpec
+
+        store = await self.node(session_expiry=1)
+        spec = SessionSpec(id="s1", channel_id="app", num=10, tail=True, ps="web", source=None)
+        await store.create_session(spec)
+        assert await store.session("s1") == spec
+        raw = connect(self.address, poolsize=1)
+        self.addCleanup(raw.disconnect)
+        assert await raw.ttl(b"lp:session:s1") == 1
+
+    async def test_a_dead_config_redis_makes_writes_unavailable_and_reads_go_on(self):
+        await self.a.put_channel("app", ["web"])
+        self.redis_server.kill()
+        with pytest.raises(Unavailable):
+            await self.a.put_channel("other", [])
+        assert "app" in self.a.cache.channels and self.a.cache.routes
