@@ -129,3 +129,31 @@ def test_stop_flushes_what_is_queued():
     assert redis.executed and not d.called
     redis.replies[0].callback([])
     assert d.called
+
+
+def test_lines_the_trim_would_cut_are_never_sent():
+    w, redis, clock, metrics = writer()
+    w.append("a", [b"%d" % n for n in range(250)])
+    clock.advance(0.05)
+    lpush = redis.executed[0][0]
+    assert lpush[2:] == tuple(b"%d" % n for n in range(150, 250))  # history=100
+    assert metrics.get("logplex_backlog_dropped_total", shard="") == 0
+
+
+def test_unwritten_lines_are_visible_while_queued_and_in_flight():
+    w, redis, clock, metrics = writer()
+    w.append("a", [b"1", b"2"])
+    clock.advance(0.05)  # in flight now
+    w.append("a", [b"3"])
+    assert w.unwritten("a") == [b"1", b"2", b"3"]
+    redis.replies[0].callback([])
+    assert w.unwritten("a") == [b"3"]
+
+
+def test_merge_backlog_does_not_repeat_lines_written_meanwhile():
+    from logplex.redis.shards import merge_backlog
+
+    assert merge_backlog([b"a", b"b"], [b"c", b"d"], 10) == [b"a", b"b", b"c", b"d"]
+    assert merge_backlog([b"a", b"b", b"c"], [b"b", b"c", b"d"], 10) == [b"a", b"b", b"c", b"d"]
+    assert merge_backlog([b"a", b"b"], [b"c"], 2) == [b"b", b"c"]
+    assert merge_backlog([b"a"], [], 5) == [b"a"]

@@ -41,7 +41,9 @@ class ManagementApi:
         allow_private_drains: bool = False,
         tail_buffer: int = 1024,
         reactor,
+        drain_state=lambda drain_id: None,
     ) -> None:
+        self.drain_state = drain_state
         self.store = store
         self.backlogs = backlogs
         self.tails = tails
@@ -291,9 +293,9 @@ class ManagementApi:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         if tail is None:
             request.setHeader(b"connection", b"close")
-        lines = tail_lines(backlog, spec)
-        if lines:
-            request.write(lines)
+        # Written even when empty: it sends the status line and headers, so a
+        # tail of a quiet channel is answered at once.
+        request.write(tail_lines(backlog, spec))
         if tail is None:
             if spec.tail and NO_TAIL in channel.flags:
                 request.write(syslog.utc_timestamp(self.reactor.seconds()) + b" Logplex: " + NO_TAIL_WARNING + b"\n")
@@ -349,7 +351,10 @@ class ManagementApi:
 
     async def get_drain_v3(self, request, channel_id, drain_id) -> Reply:
         drain = self._drain(channel_id, drain_id)
-        return Reply(200, drain.describe())
+        doc = drain.describe()
+        # Delivery figures are this node's: each node delivers what it ingested.
+        doc["state"] = self.drain_state(drain.id)
+        return Reply(200, doc)
 
     async def put_drain_v3(self, request, channel_id, drain_id) -> Reply:
         self._drain(channel_id, drain_id)

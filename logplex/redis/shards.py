@@ -84,15 +84,22 @@ class BacklogWriter:
         self._order: deque[str] = deque()
         self._call = None
         self._flushing: defer.Deferred | None = None
+        self.in_flight: dict[str, list[bytes]] = {}
 
     def append(self, channel_id: str, messages: list[bytes]) -> None:
         queued = self.pending.get(channel_id)
         if queued is None:
-            self.pending[channel_id] = list(messages)
+            queued = self.pending[channel_id] = list(messages)
             self._order.append(channel_id)
         else:
             queued.extend(messages)
         self.pending_count += len(messages)
+        excess = len(queued) - self.history
+        if excess > 0:
+            # Lines the LTRIM would cut right after the LPUSH are superseded,
+            # not lost: the backlog is the newest `history` lines either way.
+            del queued[:excess]
+            self.pending_count -= excess
         if self.pending_count > self.max_pending:
             self._shed()
         if self._call is None and self._flushing is None:
@@ -123,6 +130,7 @@ class BacklogWriter:
             return defer.succeed(None)
         batch, self.pending, self._order = self.pending, {}, deque()
         count, self.pending_count = self.pending_count, 0
+        self.in_flight = batch
         self._flushing = defer.ensureDeferred(self._write(batch, count))
         self._flushing.addBoth(self._flushed)
         return self._flushing
@@ -161,8 +169,13 @@ class BacklogWriter:
         if self.pending_count > self.max_pending:
             self._shed()
 
+    def unwritten(self, channel_id: str) -> list[bytes]:
+        """A channel's lines not yet known to be in Redis, oldest first."""
+        return self.in_flight.get(channel_id, []) + self.pending.get(channel_id, [])
+
     def _flushed(self, ok) -> None:
         self._flushing = None
+        self.in_flight = {}
         if self.pending and self._call is None:
             # Back off a little after a failure instead of hammering Redis.
             delay = self.interval if ok is True else max(1.0, self.interval)
@@ -174,6 +187,20 @@ class BacklogWriter:
             self._call.cancel()
         self._call = None
         return self.flush()
+
+
+def merge_backlog(stored: list[bytes], unwritten: list[bytes], num: int) -> list[bytes]:
+    """Stored lines (oldest first) and lines still on their way, without repeating
+    those that were written while the read was in flight; the newest num."""
+    if not unwritten:
+        return stored[-num:]
+    # The unwritten lines that already landed sit at the end of `stored`.
+    overlap = 0
+    for size in range(min(len(stored), len(unwritten)), 0, -1):
+        if stored[-size:] == unwritten[:size]:
+            overlap = size
+            break
+    return (stored + unwritten[overlap:])[-num:]
 
 
 class Backlogs:
@@ -194,9 +221,13 @@ class Backlogs:
         """Up to num most recent messages of a channel, oldest first."""
         if num <= 0:
             return defer.succeed([])
-        redis = self.readers[self.ring.index(channel_id)]
-        d = redis.lrange(backlog_key(channel_id), 0, num - 1).addTimeout(self.timeout, self.reactor)
-        return d.addCallback(lambda newest_first: list(reversed(newest_first)))
+        index = self.ring.index(channel_id)
+        # Lines routed but not flushed yet are part of the backlog too: a
+        # session must not miss what arrived in the last flush interval.
+        unwritten = self.writers[index].unwritten(channel_id)
+        d = self.readers[index].lrange(backlog_key(channel_id), 0, num - 1)
+        d.addTimeout(self.timeout, self.reactor)
+        return d.addCallback(lambda newest_first: merge_backlog(newest_first[::-1], unwritten, num))
 
     def delete(self, channel_id: str) -> defer.Deferred:
         redis = self.readers[self.ring.index(channel_id)]
