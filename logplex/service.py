@@ -13,6 +13,8 @@ from logplex import __version__
 from logplex.api.management import ManagementApi
 from logplex.auth import Authenticator
 from logplex.config import Settings
+from logplex.drains.http import load_trust_root, make_client
+from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.ingest.http import LogInput
 from logplex.ingest.syslog import SyslogFactory
 from logplex.metrics import Metrics
@@ -86,12 +88,26 @@ class LogplexNode(MultiService):
         )
         self.tails = TailRegistry(self.metrics)
         self.router = Router(self.store.cache, self.backlogs, self.tails, self.metrics)
+        self.drains = DrainSupervisor(
+            self.store, self.backlogs, self.metrics, self.reactor, s.node_name,
+            DrainSettings(
+                buffer=s.drain_buffer, http_target_bytes=s.http_drain_target_bytes,
+                tcp_target_bytes=s.tcp_drain_target_bytes, http_linger=s.http_drain_linger,
+                http_timeout=s.http_drain_timeout, backoff_max=s.drain_backoff_max,
+                spool_bytes=s.drain_spool_bytes, spool_age=s.drain_spool_age,
+                syslog_idle=s.syslog_drain_idle, redis_timeout=s.redis_timeout,
+            ),
+            make_client(self.reactor, load_trust_root(s.drain_ca_file)),
+            load_trust_root(s.drain_ca_file),
+            emit=self.router.emit,
+        )
+        self.router.drains = self.drains.publish
         self.auth = Authenticator(self.store.cache, self.reactor)
         self.api = ManagementApi(
             self.store, self.backlogs, self.tails, self.auth, self.metrics,
             api_url=s.api_url or "", history=s.history,
             allow_private_drains=s.allow_private_drains, tail_buffer=s.tail_buffer,
-            reactor=self.reactor,
+            reactor=self.reactor, drain_state=self.drains.state,
         )
         # The API listens first: a load balancer sees 503 SYSTEM BOOTING
         # until the config is loaded.
@@ -103,6 +119,8 @@ class LogplexNode(MultiService):
         if s.auth:
             user, _, password = s.auth.partition(":")
             await self.store.ensure_credential(user, password)
+        # Drains start (and resume their spools) before any input is accepted.
+        self.drains.start()
         logs = LogInput(self.store, self.router, self.auth, self.metrics, s.max_body, s.max_frame)
         await self._listen("logs", s.logs, LogplexSite(logs.resource(), max_body=s.max_body))
         syslog_factory = SyslogFactory(self.router, self.metrics, s.max_frame)
@@ -152,6 +170,8 @@ class LogplexNode(MultiService):
         for kind in ("syslog", "logs", "api"):
             for port in self.ports.pop(kind, []):
                 await defer.maybeDeferred(port.stopListening)
+        if getattr(self, "drains", None) is not None:
+            await self.drains.stop()
         if getattr(self, "backlogs", None) is not None:
             await self.backlogs.stop()
         if self.store is not None:

@@ -1,0 +1,246 @@
+"""The sans-IO heart of a drain: batches, their wire formats, backoff, and loss accounting (L10)."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import uuid
+from collections import deque
+from typing import Callable, Iterable
+
+import attrs
+
+from logplex import syslog
+from logplex.framing import decode_logplex1, encode_logplex1, octet_frame
+
+# Spool chunks hold whole batches; they never meet the syslog frame limit.
+_CHUNK_MAX_FRAME = 1 << 30
+
+
+@attrs.define
+class Batch:
+    """Messages sent together; a retry resends the same batch under the same frame id."""
+
+    messages: list[bytes]
+    frame_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    from_spool: bool = False
+    attempts: int = 0
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.messages))
+
+
+@attrs.frozen
+class Outcome:
+    """What an endpoint made of a batch."""
+
+    delivered: bool
+    retry: bool = False
+    retry_after: float | None = None
+    error: str | None = None
+    certificate_error: bool = False
+
+    @classmethod
+    def ok(cls) -> Outcome:
+        return cls(True)
+
+    @classmethod
+    def retry_later(cls, error: str, retry_after: float | None = None, certificate_error=False) -> Outcome:
+        return cls(False, True, retry_after, error, certificate_error)
+
+    @classmethod
+    def rejected(cls, error: str) -> Outcome:
+        return cls(False, False, None, error)
+
+
+class Backoff:
+    """Exponential backoff with jitter, capped; a Retry-After from the endpoint wins."""
+
+    def __init__(self, initial: float = 1.0, cap: float = 30.0, factor: float = 2.0,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.factor = factor
+        self.rand = rand
+        self.failures = 0
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        self.failures += 1
+        if retry_after is not None:
+            # Honoured, within reason: a receiver asking for an hour would
+            # just fill the spool.
+            return min(max(retry_after, 0.0), max(self.cap, 300.0))
+        ceiling = min(self.cap, self.initial * self.factor ** min(self.failures - 1, 32))
+        # "Equal jitter": at least half the step, so retries still back off,
+        # and spread so that many drains do not retry in lockstep.
+        return ceiling / 2 + self.rand() * ceiling / 2
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def parse_retry_after(value: bytes | None, now: float) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    text = value.decode("latin-1").strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class DrainQueue:
+    """The messages of one drain not yet handed to the endpoint, in order.
+
+    Three parts, oldest first: the spool (in Redis, counted here only by
+    chunks), `overflow` (messages pushed out of memory, on their way to the
+    spool) and `memory` (the newest, at most `capacity`). A batch is always
+    taken from the oldest part that has anything.
+    """
+
+    def __init__(self, capacity: int, clock: Callable[[], float], overflow_limit: int | None = None) -> None:
+        self.capacity = capacity
+        # Past this many messages in overflow (when the spool cannot take
+        # them), the oldest are dropped and reported with L10.
+        self.overflow_limit = overflow_limit if overflow_limit is not None else capacity * 10
+        self.clock = clock
+        self.memory: deque[bytes] = deque()
+        self.memory_bytes = 0
+        self.overflow: list[bytes] = []
+        self.overflow_bytes = 0
+        # Loss not yet reported to the endpoint, and since when.
+        self.lost = 0
+        self.lost_since: float | None = None
+        self.lost_total = 0
+
+    def push(self, messages: list[bytes]) -> None:
+        self.memory.extend(messages)
+        self.memory_bytes += sum(map(len, messages))
+        excess = len(self.memory) - self.capacity
+        if excess > 0:
+            popleft = self.memory.popleft
+            moved = [popleft() for _ in range(excess)]
+            size = sum(map(len, moved))
+            self.memory_bytes -= size
+            self.overflow.extend(moved)
+            self.overflow_bytes += size
+            self._bound_overflow()
+
+    def _bound_overflow(self) -> None:
+        excess = len(self.overflow) - self.overflow_limit
+        if excess > 0:
+            self.overflow_bytes -= sum(map(len, self.overflow[:excess]))
+            del self.overflow[:excess]
+            self.count_lost(excess)
+
+    def take_overflow(self, max_bytes: int) -> list[bytes]:
+        """The oldest overflow, up to about max_bytes, to become one spool chunk."""
+        out, size = [], 0
+        for m in self.overflow:
+            if out and size + len(m) > max_bytes:
+                break
+            out.append(m)
+            size += len(m)
+        del self.overflow[: len(out)]
+        self.overflow_bytes -= size
+        return out
+
+    def return_overflow(self, messages: list[bytes]) -> None:
+        """A spool write failed: its messages go back in front, within the overflow bound."""
+        self.overflow[:0] = messages
+        self.overflow_bytes += sum(map(len, messages))
+        self._bound_overflow()
+
+    def take(self, max_bytes: int) -> list[bytes]:
+        """A batch from overflow if it has any, else from memory."""
+        if self.overflow:
+            return self.take_overflow(max_bytes)
+        out, size = [], 0
+        memory = self.memory
+        while memory and (not out or size + len(memory[0]) <= max_bytes):
+            m = memory.popleft()
+            out.append(m)
+            size += len(m)
+        self.memory_bytes -= size
+        return out
+
+    def drain_all(self) -> list[bytes]:
+        """Everything held (for a graceful stop), oldest first."""
+        everything = self.overflow + list(self.memory)
+        self.overflow, self.overflow_bytes = [], 0
+        self.memory.clear()
+        self.memory_bytes = 0
+        return everything
+
+    @property
+    def pending_bytes(self) -> int:
+        return self.memory_bytes + self.overflow_bytes
+
+    @property
+    def pending(self) -> int:
+        return len(self.memory) + len(self.overflow)
+
+    def count_lost(self, n: int) -> None:
+        if n <= 0:
+            return
+        if not self.lost:
+            self.lost_since = self.clock()
+        self.lost += n
+        self.lost_total += n
+
+    def take_l10(self) -> bytes | None:
+        """The L10 message owed to the endpoint, once, or None."""
+        if not self.lost:
+            return None
+        text = b"Error L10 (output buffer overflow): %d messages dropped since %s." % (
+            self.lost, syslog.utc_timestamp(self.lost_since))
+        self.lost, self.lost_since = 0, None
+        return syslog.make_message(
+            syslog.FACILITY_LOCAL5, syslog.SEVERITY_WARNING,
+            syslog.utc_timestamp(self.clock()), b"heroku", b"logplex", text,
+        )
+
+
+# -- wire formats -----------------------------------------------------------------------
+
+def http_body(messages: Iterable[bytes]) -> tuple[bytes, int]:
+    """An application/logplex-1 body in logplex's output format, and its message count."""
+    out = []
+    for message in messages:
+        fields = syslog.parse(message)
+        if fields is not None:
+            out.append(syslog.output_message(fields))
+    return encode_logplex1(out), len(out)
+
+
+def syslog_frames(messages: Iterable[bytes], drain_token: bytes) -> bytes:
+    """Octet-counted frames as logplex's syslog drains send them: the drain token as HOSTNAME."""
+    out = []
+    for message in messages:
+        fields = syslog.parse(message)
+        if fields is not None:
+            out.append(octet_frame(b"<%d>1 %s %s %s %s - - %s" % (
+                fields.pri, fields.timestamp, drain_token, fields.appname, fields.procid,
+                fields.msg)))
+    return b"".join(out)
+
+
+# -- spool chunks -------------------------------------------------------------------------
+
+def encode_chunk(batch_messages: list[bytes], frame_id: str, created: float) -> bytes:
+    """A spool entry: b"1 <frame id> <count> <created>\\n" then the messages, octet-counted."""
+    head = b"1 %s %d %.3f\n" % (frame_id.encode(), len(batch_messages), created)
+    return head + encode_logplex1(batch_messages)
+
+
+def decode_chunk(chunk: bytes) -> tuple[str, list[bytes], float]:
+    head, _, body = chunk.partition(b"\n")
+    _, frame_id, _count, created = head.split(b" ")
+    return frame_id.decode(), decode_logplex1(body, _CHUNK_MAX_FRAME), float(created)

@@ -1,0 +1,88 @@
+"""A drain's spool: batches that could not be delivered in time, kept in order in Redis.
+
+One list per drain and node, bounded in bytes: the scripts keep the list and
+its byte and message counts in step atomically, and a push over the bound
+drops whole chunks from the head (the oldest) and says exactly how many
+messages went, so the L10 count is exact.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+
+# KEYS: list, meta. ARGV: chunk, message count, max bytes, '1' to push at the head.
+_PUSH = """
+if ARGV[4] == '1' then
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+else
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+end
+redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'messages', tonumber(ARGV[2]))
+local dropped = 0
+while tonumber(redis.call('HGET', KEYS[2], 'bytes')) > tonumber(ARGV[3])
+      and redis.call('LLEN', KEYS[1]) > 1 do
+  local head = redis.call('LPOP', KEYS[1])
+  local n = tonumber(string.match(head, '^1 %S+ (%d+) '))
+  redis.call('HINCRBY', KEYS[2], 'bytes', -#head)
+  redis.call('HINCRBY', KEYS[2], 'messages', -n)
+  dropped = dropped + n
+end
+return dropped
+"""
+
+# KEYS: list, meta. ARGV: frame id of the head chunk to remove.
+_ACK = """
+local head = redis.call('LINDEX', KEYS[1], 0)
+if not head then return 0 end
+if string.sub(head, 1, #ARGV[1] + 3) ~= '1 ' .. ARGV[1] .. ' ' then return 0 end
+redis.call('LPOP', KEYS[1])
+redis.call('HINCRBY', KEYS[2], 'bytes', -#head)
+redis.call('HINCRBY', KEYS[2], 'messages', -tonumber(string.match(head, '^1 %S+ (%d+) ')))
+if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+
+def spool_key(drain_id: int, node: str) -> bytes:
+    return b"lp:spool:%d:%s" % (drain_id, node.encode())
+
+
+class Spool:
+    def __init__(self, redis, drain_id: int, node: str, reactor, max_bytes: int,
+                 timeout: float = 5.0) -> None:
+        self.redis = redis
+        self.key = spool_key(drain_id, node)
+        self.meta = self.key + b":meta"
+        self.reactor = reactor
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+
+    def _bounded(self, d: defer.Deferred) -> defer.Deferred:
+        return d.addTimeout(self.timeout, self.reactor)
+
+    def push(self, chunk: bytes, count: int, at_head: bool = False) -> defer.Deferred:
+        """Append a chunk (or put it back in front); fires with the messages dropped to fit."""
+        d = self.redis.eval(_PUSH, [self.key, self.meta],
+                            [chunk, count, self.max_bytes, "1" if at_head else "0"])
+        return self._bounded(d).addCallback(int)
+
+    def head(self) -> defer.Deferred:
+        return self._bounded(self.redis.lindex(self.key, 0))
+
+    def ack(self, frame_id: str) -> defer.Deferred:
+        d = self.redis.eval(_ACK, [self.key, self.meta], [frame_id])
+        return self._bounded(d).addCallback(lambda n: int(n) == 1)
+
+    def depth(self) -> defer.Deferred:
+        """(chunks, messages) in the spool."""
+        d = self._bounded(self.redis.llen(self.key))
+
+        def with_messages(chunks):
+            return self._bounded(self.redis.hget(self.meta, "messages")).addCallback(
+                lambda n: (int(chunks), int(n or 0)))
+
+        return d.addCallback(with_messages)
+
+    def delete(self) -> defer.Deferred:
+        return self._bounded(self.redis.delete([self.key, self.meta]))

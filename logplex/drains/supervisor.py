@@ -1,0 +1,141 @@
+"""Every drain of every channel, on this node: workers follow the config cache as it changes."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from logplex.drains.core import Backoff
+from logplex.drains.http import HttpDrainTransport
+from logplex.drains.spool import Spool
+from logplex.drains.syslog import SyslogDrainTransport
+from logplex.drains.worker import DrainWorker
+from logplex.model import Drain
+
+log = Logger()
+
+
+@attrs.frozen
+class DrainSettings:
+    buffer: int = 1024
+    http_target_bytes: int = 100 * 1024
+    tcp_target_bytes: int = 4 * 1024
+    http_linger: float = 0.25
+    tcp_linger: float = 0.05
+    http_timeout: float = 30.0
+    backoff_max: float = 30.0
+    spool_bytes: int = 32 * 1024 * 1024
+    spool_age: float = 86400.0
+    syslog_idle: float = 300.0
+    redis_timeout: float = 5.0
+
+
+class DrainSupervisor:
+    def __init__(self, store, backlogs, metrics, reactor, node: str, settings: DrainSettings,
+                 http_client, trust_root=None, emit=lambda channel, message: None) -> None:
+        self.store = store
+        self.backlogs = backlogs
+        self.metrics = metrics
+        self.reactor = reactor
+        self.node = node
+        self.settings = settings
+        self.http_client = http_client
+        self.trust_root = trust_root
+        self.emit = emit
+        self.workers: dict[int, DrainWorker] = {}
+        self.by_channel: dict[str, list[DrainWorker]] = {}
+        self.stopping = False
+        metrics.gauge_callback("logplex_drain_spool_depth", self._spool_depths)
+        metrics.gauge_callback("logplex_drain_buffered", self._buffered)
+
+    # The router's drain sink: the hot path.
+    def publish(self, channel_id: str, messages: list[bytes]) -> None:
+        for worker in self.by_channel.get(channel_id, ()):
+            worker.push(messages)
+
+    def start(self) -> None:
+        self.store.drain_listeners.append(self.sync)
+        for channel_id in list(self.store.cache.channel_drains):
+            self.sync(channel_id)
+
+    def sync(self, channel_id: str) -> None:
+        """Bring this channel's workers in line with its drains in the cache."""
+        if self.stopping:
+            return
+        wanted = {d.id: d for d in self.store.cache.channel_drains.get(channel_id, {}).values() if d.url}
+        current = {w.drain.id: w for w in self.by_channel.get(channel_id, [])}
+        for drain_id, worker in current.items():
+            drain = wanted.get(drain_id)
+            if drain is None:
+                self._remove(worker, discard=True)
+            elif drain.url != worker.drain.url:
+                # A new destination: the same queue and spool, a new transport.
+                old = worker.transport
+                worker.drain = drain
+                worker.transport = self._transport(drain)
+                worker.backoff.reset()
+                old.stop()
+                log.info("drain {drain} now delivers to a new URL", drain=drain_id)
+        for drain_id, drain in wanted.items():
+            if drain_id not in current:
+                self._add(drain)
+
+    def _transport(self, drain: Drain):
+        if urlsplit(drain.url).scheme in ("http", "https"):
+            return HttpDrainTransport(drain, self.http_client, self.reactor, self.settings.http_timeout)
+        return SyslogDrainTransport(drain, self.reactor, self.trust_root,
+                                    idle_timeout=self.settings.syslog_idle,
+                                    max_delay=self.settings.backoff_max)
+
+    def _add(self, drain: Drain) -> None:
+        s = self.settings
+        http = urlsplit(drain.url).scheme in ("http", "https")
+        shard = self.backlogs.readers[self.backlogs.ring.index(drain.channel_id)]
+        worker = DrainWorker(
+            drain, self._transport(drain),
+            Spool(shard, drain.id, self.node, self.reactor, s.spool_bytes, s.redis_timeout),
+            self.reactor, self.metrics,
+            capacity=s.buffer,
+            target_bytes=s.http_target_bytes if http else s.tcp_target_bytes,
+            linger=s.http_linger if http else s.tcp_linger,
+            backoff=Backoff(initial=0.5, cap=s.backoff_max),
+            max_age=s.spool_age,
+            emit=self.emit,
+        )
+        self.workers[drain.id] = worker
+        self.by_channel.setdefault(drain.channel_id, []).append(worker)
+        worker.start()
+        log.info("drain {drain} of channel {channel} started", drain=drain.id, channel=drain.channel_id)
+
+    def _remove(self, worker: DrainWorker, discard: bool) -> defer.Deferred:
+        self.workers.pop(worker.drain.id, None)
+        workers = self.by_channel.get(worker.drain.channel_id, [])
+        if worker in workers:
+            workers.remove(worker)
+        if not workers:
+            self.by_channel.pop(worker.drain.channel_id, None)
+        log.info("drain {drain} removed", drain=worker.drain.id)
+        return worker.discard() if discard else worker.stop()
+
+    def state(self, drain_id: int) -> dict | None:
+        worker = self.workers.get(drain_id)
+        return worker.state() if worker is not None else None
+
+    def _spool_depths(self):
+        return [({"drain": str(i)}, w.spool_messages) for i, w in self.workers.items()]
+
+    def _buffered(self):
+        return [({"drain": str(i)}, w.queue.pending) for i, w in self.workers.items()]
+
+    def stop(self) -> defer.Deferred:
+        """Graceful stop: every worker spills what it holds to its spool."""
+        self.stopping = True
+        if self.sync in self.store.drain_listeners:
+            self.store.drain_listeners.remove(self.sync)
+        workers = list(self.workers.values())
+        self.workers.clear()
+        self.by_channel.clear()
+        return defer.DeferredList([w.stop() for w in workers], consumeErrors=True)

@@ -1,0 +1,156 @@
+"""Syslog drains over TCP or TLS (RFC 6587 octet counting, RFC 5425): one connection per drain and node."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import optionsForClientTLS, platformTrust
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from logplex.drains.core import Outcome, syslog_frames
+from logplex.drains.http import describe, is_certificate_error
+from logplex.model import Drain
+
+
+class NotReady(Exception):
+    pass
+
+
+@implementer(IHandshakeListener)
+class SyslogDrainProtocol(Protocol):
+    """Writable once connected, or, over TLS, once the handshake has verified the peer."""
+
+    def __init__(self, tls: bool) -> None:
+        self.tls = tls
+        self.is_ready = False
+        self.lost = None
+        self._waiting: list[defer.Deferred] = []
+
+    def when_ready(self) -> defer.Deferred:
+        if self.is_ready:
+            return defer.succeed(self)
+        if self.lost is not None:
+            return defer.fail(self.lost)
+        d = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def _settle(self, reason=None) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if reason is None:
+                d.callback(self)
+            else:
+                d.errback(reason)
+
+    def connectionMade(self) -> None:
+        if not self.tls:
+            self.is_ready = True
+            self._settle()
+
+    def handshakeCompleted(self) -> None:
+        self.is_ready = True
+        self._settle()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass  # syslog receivers have nothing to say back
+
+    def connectionLost(self, reason=None) -> None:
+        self.is_ready = False
+        self.lost = reason
+        self._settle(reason)
+
+
+class SyslogDrainFactory(Factory):
+    def __init__(self, tls: bool) -> None:
+        self.tls = tls
+
+    def buildProtocol(self, addr):
+        return SyslogDrainProtocol(self.tls)
+
+
+class SyslogDrainTransport:
+    """Writes batches as octet-counted frames; the connection comes and goes on demand.
+
+    TCP syslog has no acknowledgement: a batch counts as delivered once
+    written to a verified connection. What a breaking connection still held in
+    socket buffers is lost; that is the protocol's limit, not ours to hide.
+    """
+
+    def __init__(self, drain: Drain, reactor, trust_root=None, *, idle_timeout: float = 300.0,
+                 connect_timeout: float = 10.0, max_delay: float = 30.0) -> None:
+        self.drain = drain
+        self.reactor = reactor
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.max_delay = max_delay
+        parts = urlsplit(drain.url)
+        self.tls = parts.scheme == "syslog+tls"
+        self.host, self.port = parts.hostname, parts.port
+        self.token = drain.token.encode()
+        self.trust_root = trust_root
+        self.service: ClientService | None = None
+        self._idle = None
+
+    def _endpoint(self):
+        endpoint = HostnameEndpoint(self.reactor, self.host, self.port, timeout=self.connect_timeout)
+        if self.tls:
+            options = optionsForClientTLS(self.host, trustRoot=self.trust_root or platformTrust())
+            endpoint = wrapClientTLS(options, endpoint)
+        return endpoint
+
+    def _service(self) -> ClientService:
+        if self.service is None:
+            self.service = ClientService(
+                self._endpoint(), SyslogDrainFactory(self.tls),
+                retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=self.max_delay),
+                clock=self.reactor,
+            )
+            self.service.startService()
+        return self.service
+
+    def send(self, messages: list[bytes], frame_id: str) -> defer.Deferred:
+        data = syslog_frames(messages, self.token)
+        if not data:
+            return defer.succeed(Outcome.ok())
+        d = self._service().whenConnected(failAfterFailures=1)
+        d.addCallback(lambda protocol: protocol.when_ready())
+        d.addTimeout(self.connect_timeout, self.reactor)
+
+        def write(protocol):
+            if not protocol.is_ready:
+                return failed(Failure(NotReady("the connection closed before the write")))
+            protocol.transport.write(data)
+            self._touch()
+            return Outcome.ok()
+
+        def failed(failure):
+            # Start afresh next time: a half-open TLS session must not be reused.
+            self._drop_connection()
+            return Outcome.retry_later(describe(failure), certificate_error=is_certificate_error(failure))
+
+        return d.addCallbacks(write, failed)
+
+    def _touch(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.idle_timeout)
+        else:
+            self._idle = self.reactor.callLater(self.idle_timeout, self._drop_connection)
+
+    def _drop_connection(self) -> defer.Deferred:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        service, self.service = self.service, None
+        if service is None:
+            return defer.succeed(None)
+        return defer.maybeDeferred(service.stopService)
+
+    def stop(self) -> defer.Deferred:
+        return self._drop_connection()

@@ -1,0 +1,368 @@
+"""One drain on one node: batches out of the queue, retries with backoff, spills to the spool."""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from logplex import syslog
+from logplex.drains.core import Backoff, Batch, DrainQueue, Outcome, decode_chunk, encode_chunk
+from logplex.drains.spool import Spool
+from logplex.model import Drain
+
+log = Logger()
+
+
+class DrainTransport(Protocol):
+    def send(self, messages: list[bytes], frame_id: str) -> defer.Deferred: ...
+
+    def stop(self) -> defer.Deferred: ...
+
+
+class DrainWorker:
+    """Delivers a drain's messages in order, at least once, through a transport.
+
+    The queue's memory part is the fast path. What does not fit moves to
+    `overflow` and from there, a chunk at a time, to the spool in Redis. A
+    batch is always taken from the oldest place: the spool, then overflow,
+    then memory. One batch is in flight at a time, which is what keeps order.
+    """
+
+    def __init__(
+        self,
+        drain: Drain,
+        transport: DrainTransport,
+        spool: Spool | None,
+        reactor,
+        metrics,
+        *,
+        capacity: int = 1024,
+        target_bytes: int = 100 * 1024,
+        linger: float = 0.25,
+        backoff: Backoff | None = None,
+        max_age: float = 86400.0,
+        emit: Callable[[str, bytes], None] = lambda channel, message: None,
+    ) -> None:
+        self.drain = drain
+        self.transport = transport
+        self.spool = spool
+        self.reactor = reactor
+        self.metrics = metrics
+        self.target_bytes = target_bytes
+        self.linger = linger
+        self.backoff = backoff or Backoff()
+        self.max_age = max_age
+        self.emit = emit
+        self.queue = DrainQueue(capacity, reactor.seconds)
+        self._spilling = False
+        self.inflight: Batch | None = None
+        self.spool_chunks = 0
+        self.spool_messages = 0
+        self.stopped = False
+        self._timer = None  # linger, pump or retry
+        self._retrying = False
+        self._spill_timer = None
+        self._ops: defer.Deferred = defer.succeed(None)
+        self._last_l14 = float("-inf")
+        self.delivered = 0
+        self.dropped = 0
+        self.retried = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self._labels = {"drain": str(drain.id)}
+
+    # -- spool operations run one after another, so they land in order -------------
+    def _op(self, fn, *args) -> defer.Deferred:
+        result = defer.Deferred()
+
+        def run(_):
+            d = defer.maybeDeferred(fn, *args)
+            d.addBoth(lambda r: result.callback(r) if not isinstance(r, Failure) else result.errback(r))
+            return d.addErrback(lambda _: None)
+
+        self._ops.addCallback(run)
+        return result
+
+    def start(self) -> defer.Deferred:
+        """Resume the spool a previous run of this node left behind."""
+        if self.spool is None:
+            return defer.succeed(None)
+
+        def found(depth):
+            self.spool_chunks, self.spool_messages = depth
+            if self.spool_chunks:
+                log.info("drain {drain} resumes a spool of {n} messages", drain=self.drain.id,
+                         n=self.spool_messages)
+            self._kick()
+
+        def failed(f):
+            log.warn("drain {drain}: spool unreadable at start: {e}", drain=self.drain.id,
+                     e=f.getErrorMessage())
+
+        return self._op(self.spool.depth).addCallbacks(found, failed)
+
+    # -- input ----------------------------------------------------------------------------
+    def push(self, messages: list[bytes]) -> None:
+        if self.stopped:
+            return
+        queue = self.queue
+        queue.push(messages)
+        if queue.overflow:
+            if queue.overflow_bytes >= self.target_bytes:
+                self._spill()
+            elif self._spill_timer is None:
+                self._spill_timer = self.reactor.callLater(1.0, self._spill)
+        self._kick()
+
+    def _spill(self) -> None:
+        """Move overflow to the spool, one chunk in flight at a time.
+
+        One at a time is what keeps order when a write fails: the chunk goes
+        back in front of overflow, and nothing newer has left overflow since,
+        because the pump reads the spool while a chunk is counted in it.
+        """
+        if self._spill_timer is not None and self._spill_timer.active():
+            self._spill_timer.cancel()
+        self._spill_timer = None
+        if self._spilling or self.stopped or self.spool is None:
+            return
+        queue = self.queue
+        # A full chunk always goes; a partial one only while the endpoint is
+        # failing (when it works, the pump takes overflow directly).
+        if not (queue.overflow_bytes >= self.target_bytes or (queue.overflow and self._retrying)):
+            return
+        self._spilling = True
+        d = self._spill_chunk(queue.take_overflow(self.target_bytes))
+        d.addCallback(self._spilled)
+
+    def _spilled(self, ok: bool) -> None:
+        self._spilling = False
+        if ok:
+            self._spill()
+        elif not self.stopped and self._spill_timer is None:
+            self._spill_timer = self.reactor.callLater(1.0, self._spill)
+
+    def _spill_chunk(self, messages: list[bytes], at_head: bool = False,
+                     frame_id: str | None = None) -> defer.Deferred:
+        """Write one chunk to the spool; fires True when it is there."""
+        if not messages:
+            return defer.succeed(True)
+        batch = Batch(messages) if frame_id is None else Batch(messages, frame_id)
+        chunk = encode_chunk(messages, batch.frame_id, self.reactor.seconds())
+        self.spool_chunks += 1
+        self.spool_messages += len(messages)
+
+        def pushed(dropped):
+            if dropped:
+                self.spool_messages -= dropped
+                self._lose(dropped, "spool full")
+            return True
+
+        def failed(f):
+            self.spool_chunks -= 1
+            self.spool_messages -= len(messages)
+            self._error(f"spool write failed: {f.getErrorMessage()}")
+            if self.stopped:
+                self._lose(len(messages), "spool unavailable at stop")
+            else:
+                self.queue.return_overflow(messages)
+            return False
+
+        return self._op(self.spool.push, chunk, len(messages), at_head).addCallbacks(pushed, failed)
+
+    # -- the pump ---------------------------------------------------------------------------
+    def _kick(self) -> None:
+        """Schedule the next send: now if there is a full batch or a backlog, else after linger."""
+        if self.stopped or self.inflight is not None or self._retrying:
+            return
+        queue = self.queue
+        if self.spool_chunks or queue.overflow or queue.memory_bytes >= self.target_bytes:
+            delay = 0
+        elif queue.memory:
+            delay = self.linger
+        else:
+            return
+        if self._timer is not None and self._timer.active():
+            if delay or self._timer.getTime() <= self.reactor.seconds():
+                return
+            self._timer.cancel()
+        self._timer = self.reactor.callLater(delay, self._pump)
+
+    def _pump(self) -> None:
+        self._timer = None
+        if self.stopped or self.inflight is not None or self._retrying:
+            return
+        if self.spool_chunks:
+            self.inflight = Batch([], from_spool=True)  # a placeholder: the read is in flight
+            self._op(self._from_spool).addErrback(self._spool_read_failed)
+            return
+        messages = self.queue.take(self.target_bytes)
+        if messages:
+            self._send(Batch(messages))
+
+    def _from_spool(self):
+        return self.spool.head().addCallback(self._got_chunk)
+
+    def _got_chunk(self, chunk: bytes | None) -> None:
+        self.inflight = None
+        if self.stopped:
+            return
+        if chunk is None:
+            # The spool is empty (or was emptied from outside): carry on from memory.
+            self.spool_chunks = self.spool_messages = 0
+            self._kick()
+            return
+        frame_id, messages, created = decode_chunk(chunk)
+        if self.reactor.seconds() - created > self.max_age:
+            self._op(self.spool.ack, frame_id)
+            self._spooled_out(len(messages))
+            self._lose(len(messages), "spool age limit")
+            self._kick()
+            return
+        self._send(Batch(messages, frame_id, from_spool=True))
+
+    def _spool_read_failed(self, failure) -> None:
+        self.inflight = None
+        self._error(f"spool read failed: {failure.getErrorMessage()}")
+        self._retry_in(self.backoff.next_delay())
+
+    def _spooled_out(self, n: int) -> None:
+        self.spool_chunks = max(0, self.spool_chunks - 1)
+        self.spool_messages = max(0, self.spool_messages - n)
+
+    def _send(self, batch: Batch) -> None:
+        self.inflight = batch
+        if batch.attempts == 0:
+            # Said once, at the head of the next new batch; a retry resends
+            # the batch exactly as it was, under the same frame id.
+            l10 = self.queue.take_l10()
+            if l10 is not None:
+                batch.messages.insert(0, l10)
+                self.metrics.inc("logplex_drain_l10_total", **self._labels)
+        batch.attempts += 1
+        d = defer.maybeDeferred(self.transport.send, batch.messages, batch.frame_id)
+        d.addErrback(lambda f: Outcome.retry_later(f.getErrorMessage() or f.type.__name__))
+        d.addCallback(self._sent, batch)
+
+    def _sent(self, outcome: Outcome, batch: Batch) -> None:
+        if self.inflight is not batch:
+            return  # stopped or replaced meanwhile
+        n = len(batch.messages)
+        if outcome.delivered:
+            self.inflight = None
+            self.backoff.reset()
+            self.delivered += n
+            self.metrics.inc("logplex_drain_delivered_total", n, **self._labels)
+            if batch.from_spool:
+                self._op(self.spool.ack, batch.frame_id)
+                self._spooled_out(n)
+            self._kick()
+            return
+        self._error(outcome.error or "delivery failed")
+        if outcome.certificate_error:
+            self._tell_l14(outcome.error or "")
+        if outcome.retry:
+            self.retried += 1
+            self.metrics.inc("logplex_drain_retried_total", **self._labels)
+            # The batch stays in flight: the same messages, the same frame id.
+            self._retry_in(self.backoff.next_delay(outcome.retry_after))
+            return
+        self.inflight = None
+        self.dropped += n
+        self.metrics.inc("logplex_drain_dropped_total", n, reason="rejected", **self._labels)
+        if batch.from_spool:
+            self._op(self.spool.ack, batch.frame_id)
+            self._spooled_out(n)
+        self._kick()
+
+    def _retry_in(self, delay: float) -> None:
+        self._retrying = True
+        # While we wait, what keeps arriving should go to the spool rather
+        # than wait in memory.
+        if self.queue.overflow:
+            self._spill()
+        self._timer = self.reactor.callLater(delay, self._retry)
+
+    def _retry(self) -> None:
+        self._timer = None
+        self._retrying = False
+        batch, self.inflight = self.inflight, None
+        if self.stopped:
+            return
+        if batch is None or not batch.messages:
+            self._kick()
+            return
+        self._send(batch)
+
+    # -- accounting ---------------------------------------------------------------------------
+    def _lose(self, n: int, why: str) -> None:
+        self.queue.count_lost(n)
+        self.dropped += n
+        self.metrics.inc("logplex_drain_dropped_total", n, reason=why, **self._labels)
+        log.warn("drain {drain} dropped {n} messages: {why}", drain=self.drain.id, n=n, why=why)
+
+    def _error(self, text: str) -> None:
+        self.last_error = text
+        self.last_error_at = self.reactor.seconds()
+
+    def _tell_l14(self, reason: str) -> None:
+        now = self.reactor.seconds()
+        if now - self._last_l14 < 60:
+            return
+        self._last_l14 = now
+        text = b"Error L14 (certificate validation): " + reason.encode("utf-8", "replace")[:400]
+        self.emit(self.drain.channel_id, syslog.make_message(
+            syslog.FACILITY_LOCAL5, syslog.SEVERITY_WARNING, syslog.utc_timestamp(now),
+            b"heroku", b"logplex", text))
+
+    def state(self) -> dict:
+        return {
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "retried": self.retried,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "buffered": self.queue.pending + (len(self.inflight.messages) if self.inflight else 0),
+            "spool_depth": self.spool_messages,
+        }
+
+    # -- stopping -------------------------------------------------------------------------------
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._spill_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._spill_timer = None
+
+    def stop(self) -> defer.Deferred:
+        """A graceful stop: everything held in memory goes to the spool, in order."""
+        self.stopped = True
+        self._cancel_timers()
+        batch, self.inflight = self.inflight, None
+        if batch is not None and batch.messages and not batch.from_spool:
+            # Older than anything spooled: it goes back in front, under its
+            # frame id, so a receiver can tell a repeat.
+            self._spill_chunk(batch.messages, at_head=True, frame_id=batch.frame_id)
+        held = self.queue.drain_all()
+        while held:
+            chunk, size = [], 0
+            while held and (not chunk or size + len(held[0]) <= self.target_bytes):
+                size += len(held[0])
+                chunk.append(held.pop(0))
+            self._spill_chunk(chunk)
+        d = defer.Deferred()
+        self._ops.addBoth(lambda _: d.callback(None))
+        return d.addCallback(lambda _: self.transport.stop())
+
+    def discard(self) -> defer.Deferred:
+        """The drain was deleted: stop and free its spool."""
+        self.stopped = True
+        self._cancel_timers()
+        self.inflight = None
+        self.queue.drain_all()
+        d = self.transport.stop()
+        if self.spool is not None:
+            d.addBoth(lambda _: self._op(self.spool.delete))
+        return d

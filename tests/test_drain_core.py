@@ -1,0 +1,74 @@
+"""Drain batches, formats, backoff and loss accounting, without I/O."""
+
+import email.utils
+
+from hypothesis import given, strategies as st
+
+from logplex.drains.core import (
+    Backoff, DrainQueue, decode_chunk, encode_chunk, http_body, parse_retry_after, syslog_frames,
+)
+from logplex.framing import decode_logplex1
+
+COOKED = b"<13>1 2026-11-24T10:00:00+00:00 myhost app web.1 - [x@1 a=\"b\"] hello"
+
+
+def test_http_body_is_logplex_output_format():
+    body, count = http_body([COOKED, COOKED.replace(b"hello", b"again")])
+    assert count == 2
+    assert decode_logplex1(body) == [
+        b"<13>1 2026-11-24T10:00:00+00:00 host app web.1 - hello",
+        b"<13>1 2026-11-24T10:00:00+00:00 host app web.1 - again",
+    ]
+    first = b"<13>1 2026-11-24T10:00:00+00:00 host app web.1 - hello\n"
+    assert body.startswith(b"%d %s" % (len(first), first))
+
+
+def test_syslog_frames_carry_the_drain_token_as_hostname():
+    line = b"<13>1 2026-11-24T10:00:00+00:00 d.abc app web.1 - - hello\n"
+    assert syslog_frames([COOKED], b"d.abc") == b"%d %s" % (len(line), line)
+
+
+def test_backoff_grows_with_jitter_to_its_cap_and_honours_retry_after():
+    b = Backoff(initial=1.0, cap=30.0, rand=lambda: 1.0)
+    assert [b.next_delay() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    low = Backoff(initial=1.0, cap=30.0, rand=lambda: 0.0)
+    assert [low.next_delay() for _ in range(3)] == [0.5, 1, 2]
+    assert b.next_delay(retry_after=7) == 7
+    b.reset()
+    assert b.next_delay() == 1
+
+
+def test_retry_after_in_seconds_or_as_a_date():
+    assert parse_retry_after(b"12", 0) == 12
+    date = email.utils.formatdate(1000.0 + 30, usegmt=True).encode()
+    assert parse_retry_after(date, 1000.0) == 30
+    assert parse_retry_after(b"soon", 0) is None and parse_retry_after(None, 0) is None
+
+
+def test_queue_moves_what_memory_cannot_hold_to_overflow_in_order():
+    q = DrainQueue(capacity=3, clock=lambda: 5.0)
+    q.push([b"1", b"2"])
+    q.push([b"3", b"4", b"5"])
+    assert list(q.memory) == [b"3", b"4", b"5"] and q.overflow == [b"1", b"2"]
+    assert q.take(100) == [b"1", b"2"]  # overflow (older) first
+    assert q.take(2) == [b"3", b"4"]  # then memory, by size
+    assert q.pending == 1
+
+
+def test_overflow_that_cannot_be_spooled_is_bounded_and_counted_for_l10():
+    now = [100.0]
+    q = DrainQueue(capacity=2, clock=lambda: now[0], overflow_limit=2)
+    q.return_overflow([b"a", b"b", b"c"])
+    assert q.overflow == [b"b", b"c"] and q.lost == 1
+    now[0] = 160.0
+    l10 = q.take_l10()
+    assert l10 == (
+        b"<172>1 1970-01-01T00:02:40.000000+00:00 host heroku logplex - - Error L10 "
+        b"(output buffer overflow): 1 messages dropped since 1970-01-01T00:01:40.000000+00:00.")
+    assert q.take_l10() is None and q.lost_total == 1
+
+
+@given(st.lists(st.binary(max_size=300), max_size=50), st.text(alphabet="0123456789abcdef", min_size=1, max_size=32))
+def test_spool_chunks_round_trip(messages, frame_id):
+    messages = [m for m in messages if m and not m.endswith((b"\n", b"\r", b"\0"))]
+    assert decode_chunk(encode_chunk(messages, frame_id, 12.5)) == (frame_id, messages, 12.5)

@@ -1,0 +1,248 @@
+"""A drain worker on a Clock: batching, retries, spill and resume, exact L10 accounting."""
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from logplex.drains.core import Backoff, Outcome, decode_chunk
+from logplex.drains.worker import DrainWorker
+from logplex.metrics import Metrics
+from logplex.model import Drain
+
+DRAIN = Drain(7, "app", "d.tok", "https://logs.example.com/")
+
+
+def msg(n):
+    return b"<13>1 2026-11-24T10:00:00+00:00 host app web.1 - - line %06d" % n
+
+
+class Endpoint:
+    """A transport double whose answer the test sets; records what was sent."""
+
+    def __init__(self):
+        self.answer = Outcome.ok()
+        self.sent = []  # (frame_id, messages, answer)
+        self.stopped = 0
+
+    def send(self, messages, frame_id):
+        self.sent.append((frame_id, list(messages), self.answer))
+        return defer.succeed(self.answer)
+
+    def stop(self):
+        self.stopped += 1
+        return defer.succeed(None)
+
+    def delivered(self):
+        seen, out = set(), []
+        for frame_id, messages, answer in self.sent:
+            if answer.delivered and frame_id not in seen:
+                seen.add(frame_id)
+                out.extend(messages)
+        return out
+
+
+class MemorySpool:
+    """The Redis spool's contract, in memory: ordered chunks, bounded by bytes."""
+
+    def __init__(self, max_bytes=10**9):
+        self.chunks = []
+        self.max_bytes = max_bytes
+        self.dropped = 0
+        self.broken = False
+
+    def _check(self):
+        if self.broken:
+            raise ConnectionError("spool Redis down")
+
+    def push(self, chunk, count, at_head=False):
+        return defer.maybeDeferred(self._push, chunk, count, at_head)
+
+    def _push(self, chunk, count, at_head):
+        self._check()
+        self.chunks.insert(0, chunk) if at_head else self.chunks.append(chunk)
+        dropped = 0
+        while sum(map(len, self.chunks)) > self.max_bytes and len(self.chunks) > 1:
+            dropped += len(decode_chunk(self.chunks.pop(0))[1])
+        self.dropped += dropped
+        return dropped
+
+    def head(self):
+        return defer.maybeDeferred(lambda: (self._check(), self.chunks[0] if self.chunks else None)[1])
+
+    def ack(self, frame_id):
+        def ack():
+            self._check()
+            if self.chunks and decode_chunk(self.chunks[0])[0] == frame_id:
+                self.chunks.pop(0)
+                return True
+            return False
+        return defer.maybeDeferred(ack)
+
+    def depth(self):
+        return defer.succeed((len(self.chunks), sum(len(decode_chunk(c)[1]) for c in self.chunks)))
+
+    def delete(self):
+        self.chunks = []
+        return defer.succeed(None)
+
+
+def make(spool=None, **kw):
+    clock = Clock()
+    endpoint = Endpoint()
+    spool = spool if spool is not None else MemorySpool()
+    emitted = []
+    options = dict(capacity=100, target_bytes=4000, linger=0.25,
+                   backoff=Backoff(initial=0.5, cap=30, rand=lambda: 0.5))
+    options.update(kw)
+    worker = DrainWorker(DRAIN, endpoint, spool, clock, Metrics(),
+                         emit=lambda ch, m: emitted.append((ch, m)), **options)
+    worker.start()
+    return worker, endpoint, spool, clock, emitted
+
+
+def test_small_input_waits_for_the_linger_then_goes_as_one_batch():
+    worker, endpoint, _, clock, _ = make()
+    worker.push([msg(1), msg(2)])
+    clock.advance(0.2)
+    assert endpoint.sent == []
+    clock.advance(0.05)
+    assert [m for _, m, _ in endpoint.sent] == [[msg(1), msg(2)]]
+
+
+def test_a_full_batch_goes_at_once_and_batches_respect_the_target_size():
+    worker, endpoint, _, clock, _ = make()
+    worker.push([msg(n) for n in range(100)])  # 100 x 58 bytes > 4000
+    clock.advance(0)
+    assert len(endpoint.sent) >= 1
+    clock.advance(1)
+    assert endpoint.delivered() == [msg(n) for n in range(100)]
+    assert all(sum(map(len, m)) <= 4000 for _, m, _ in endpoint.sent)
+    assert worker.state()["delivered"] == 100
+
+
+def test_a_60_second_outage_at_1000_per_second_loses_nothing_and_keeps_order():
+    worker, endpoint, spool, clock, _ = make(capacity=1024, target_bytes=100 * 1024)
+    endpoint.answer = Outcome.retry_later("HTTP 503 from the drain endpoint")
+    sent = 0
+    for tick in range(600):  # 60 s, 100 messages every 0.1 s
+        worker.push([msg(n) for n in range(sent, sent + 100)])
+        sent += 100
+        clock.advance(0.1)
+    assert sent == 60_000
+    assert spool.chunks, "the outage spilled to the spool"
+    assert worker.state()["retried"] > 5
+    endpoint.answer = Outcome.ok()
+    for _ in range(200):
+        clock.advance(0.5)
+    delivered = endpoint.delivered()
+    assert delivered == [msg(n) for n in range(60_000)]
+    assert not any(b"Error L10" in m for m in delivered)
+    assert spool.chunks == [] and worker.state()["spool_depth"] == 0
+    # Every retry of a batch carried the same frame id and the same messages.
+    by_frame = {}
+    for frame_id, messages, _ in endpoint.sent:
+        assert by_frame.setdefault(frame_id, messages) == messages
+
+
+def test_a_spool_bound_drops_the_oldest_and_one_l10_says_exactly_how_many():
+    spool = MemorySpool(max_bytes=20_000)
+    worker, endpoint, _, clock, _ = make(spool=spool, capacity=50, target_bytes=2000)
+    endpoint.answer = Outcome.retry_later("HTTP 503")
+    for n in range(0, 2000, 20):
+        worker.push([msg(i) for i in range(n, n + 20)])
+        clock.advance(0.1)
+    endpoint.answer = Outcome.ok()
+    for _ in range(400):
+        clock.advance(0.5)
+    delivered = endpoint.delivered()
+    l10s = [m for m in delivered if b"Error L10" in m]
+    assert len(l10s) == 1
+    assert spool.dropped > 0
+    assert b"%d messages dropped since" % spool.dropped in l10s[0]
+    lines = [m for m in delivered if b"Error L10" not in m]
+    assert len(lines) + spool.dropped == 2000
+    assert lines == sorted(lines)  # what survived is in order
+    assert worker.state()["dropped"] == spool.dropped
+
+
+def test_retry_after_is_honoured():
+    worker, endpoint, _, clock, _ = make()
+    endpoint.answer = Outcome.retry_later("HTTP 429", retry_after=7)
+    worker.push([msg(1)])
+    clock.advance(0.25)
+    assert len(endpoint.sent) == 1
+    endpoint.answer = Outcome.ok()
+    clock.advance(6.9)
+    assert len(endpoint.sent) == 1
+    clock.advance(0.1)
+    assert len(endpoint.sent) == 2 and endpoint.delivered() == [msg(1)]
+
+
+def test_a_refused_batch_is_dropped_and_counted_and_delivery_goes_on():
+    worker, endpoint, _, clock, _ = make()
+    endpoint.answer = Outcome.rejected("HTTP 400 from the drain endpoint")
+    worker.push([msg(1)])
+    clock.advance(0.25)
+    endpoint.answer = Outcome.ok()
+    worker.push([msg(2)])
+    clock.advance(0.25)
+    assert endpoint.delivered() == [msg(2)]
+    state = worker.state()
+    assert state["dropped"] == 1 and state["last_error"] == "HTTP 400 from the drain endpoint"
+
+
+def test_certificate_failures_are_told_to_the_channel_at_most_once_a_minute():
+    worker, endpoint, _, clock, emitted = make()
+    endpoint.answer = Outcome.retry_later("certificate verify failed", certificate_error=True)
+    worker.push([msg(1)])
+    for _ in range(20):
+        clock.advance(5)
+    assert len(emitted) == 2  # 100 s of failures: at 0 s and after 60 s
+    channel, message = emitted[0]
+    assert channel == "app"
+    assert b"heroku logplex - - Error L14 (certificate validation): certificate verify failed" in message
+
+
+def test_a_graceful_stop_spools_everything_and_a_new_worker_resumes_in_order():
+    spool = MemorySpool()
+    worker, endpoint, _, clock, _ = make(spool=spool)
+    endpoint.answer = Outcome.retry_later("HTTP 503")
+    worker.push([msg(n) for n in range(150)])
+    clock.advance(1)
+    worker.stop()
+    assert endpoint.stopped == 1
+    second, endpoint2, _, clock2, _ = make(spool=spool)
+    for _ in range(20):
+        clock2.advance(0.5)
+    everything = endpoint.delivered() + endpoint2.delivered()
+    assert everything == [msg(n) for n in range(150)]
+
+
+def test_when_the_spool_is_down_memory_is_bounded_and_losses_reported():
+    spool = MemorySpool()
+    spool.broken = True
+    worker, endpoint, _, clock, _ = make(spool=spool, capacity=10, target_bytes=600)
+    endpoint.answer = Outcome.retry_later("HTTP 503")
+    worker.push([msg(n) for n in range(500)])
+    clock.advance(1)
+    # capacity 10 in memory, at most 10 x capacity in overflow, one batch in flight
+    assert worker.queue.pending <= 110
+    spool.broken = False
+    endpoint.answer = Outcome.ok()
+    for _ in range(50):
+        clock.advance(0.5)
+    delivered = endpoint.delivered()
+    l10 = [m for m in delivered if b"Error L10" in m]
+    lines = [m for m in delivered if b"Error L10" not in m]
+    assert len(l10) == 1
+    assert b"%d messages dropped" % (500 - len(lines)) in l10[0]
+
+
+def test_a_deleted_drain_frees_its_spool():
+    spool = MemorySpool()
+    worker, endpoint, _, clock, _ = make(spool=spool)
+    endpoint.answer = Outcome.retry_later("HTTP 503")
+    worker.push([msg(n) for n in range(500)])
+    clock.advance(2)
+    assert spool.chunks
+    worker.discard()
+    assert spool.chunks == []
