@@ -10,6 +10,7 @@ class Settings:
     api: str = "tcp:8001"
     logs: str = "tcp:8601"
     syslog: tuple[str, ...] = ("tcp:6001",)
+    syslog_token: tuple[tuple[str, str], ...] = ()
     config_redis: str | None = None
     shard_redis: tuple[str, ...] = ()
     data_dir: str = "./logplex-data"

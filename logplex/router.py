@@ -6,6 +6,7 @@ messages, one call per read, and it hands lists onward, one call per channel.
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Protocol
 
 from logplex import syslog
@@ -38,7 +39,9 @@ class Router:
         tails: TailSink,
         metrics,
         drains: DrainSink | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.clock = clock
         self.cache = cache
         self.backlogs = backlogs
         self.tails = tails
@@ -68,8 +71,12 @@ class Router:
         for message in messages:
             parts = split_header(message)
             if parts is None:
-                malformed += 1
-                continue
+                # Off the hot path: an old sender's RFC 3164 line, converted.
+                converted = syslog.from_rfc3164(message, self.clock())
+                parts = split_header(converted) if converted is not None else None
+                if parts is None:
+                    malformed += 1
+                    continue
             target = route or routes.get(parts[3])
             if target is None:
                 unknown += 1

@@ -123,12 +123,15 @@ class LogplexNode(MultiService):
         self.drains.start()
         logs = LogInput(self.store, self.router, self.auth, self.metrics, s.max_body, s.max_frame)
         await self._listen("logs", s.logs, LogplexSite(logs.resource(), max_body=s.max_body))
-        syslog_factory = SyslogFactory(self.router, self.metrics, s.max_frame)
-        self.metrics.gauge_callback(
-            "logplex_active_connections", lambda: [({}, syslog_factory.connections)]
-        )
+        factories = [SyslogFactory(self.router, self.metrics, s.max_frame)]
         for description in s.syslog:
-            await self._listen("syslog", description, syslog_factory)
+            await self._listen("syslog", description, factories[0])
+        for token, description in s.syslog_token:
+            factories.append(SyslogFactory(self.router, self.metrics, s.max_frame, token=token))
+            await self._listen("syslog", description, factories[-1])
+        self.metrics.gauge_callback(
+            "logplex_active_connections", lambda: [({}, sum(f.connections for f in factories))]
+        )
         log.info(
             "logplex {version} node={node} ready api={api} logs={logs} syslog={syslog}",
             version=__version__, node=s.node_name, api=self.addresses("api"),

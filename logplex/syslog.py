@@ -216,3 +216,59 @@ def matches_ps(procid: bytes, ps: bytes) -> bool:
         return True
     n = len(ps)
     return n > 0 and procid[n : n + 1] == b"." and procid.startswith(ps)
+
+
+_MONTHS = {m: i for i, m in enumerate(
+    (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"), 1)}
+
+
+def from_rfc3164(message: bytes, now: float) -> bytes | None:
+    """An RFC 3164 line (`<PRI>Mmm dd hh:mm:ss HOST TAG[PID]: MSG`) as RFC 5424, or None.
+
+    Old senders (and stock syslog daemons) speak it; TAG takes the place of
+    APP-NAME, so a sender whose program name is its token is routed. The year
+    is not in the line: the current one, or the last if that would put the
+    line more than a day in the future. The time is taken as UTC.
+    """
+    if not message.startswith(b"<"):
+        return None
+    close = message.find(b">", 1, 5)
+    if close < 0 or not message[1:close].isdigit() or int(message[1:close]) > 191:
+        return None
+    pri = int(message[1:close])
+    rest = message[close + 1:]
+    if len(rest) < 16 or rest[15:16] != b" ":
+        return None
+    month = _MONTHS.get(rest[:3])
+    try:
+        day = int(rest[4:6])
+        hour, minute, second = int(rest[7:9]), int(rest[10:12]), int(rest[13:15])
+        if month is None or rest[3:4] != b" " or rest[9:10] != b":" or rest[12:13] != b":":
+            return None
+        current = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        stamp = datetime.datetime(current.year, month, day, hour, minute, second,
+                                  tzinfo=datetime.timezone.utc)
+        if stamp - current > datetime.timedelta(days=1):
+            stamp = stamp.replace(year=current.year - 1)
+    except ValueError:
+        return None
+    fields = rest[16:].split(b" ", 2)
+    if len(fields) < 2:
+        return None
+    if fields[0].endswith(b":") or b"[" in fields[0]:
+        # No HOSTNAME: the first field is already the tag.
+        host, tagged = b"-", rest[16:]
+    else:
+        host, tagged = fields[0], rest[16:].split(b" ", 1)[1]
+    tag, sep, msg = tagged.partition(b": ")
+    if not sep:
+        tag, sep, msg = tagged.partition(b" ")
+    tag = tag.rstrip(b":")
+    procid = b"-"
+    if tag.endswith(b"]") and b"[" in tag:
+        tag, _, pid = tag[:-1].partition(b"[")
+        procid = pid or b"-"
+    if not tag or len(tag) > 128 or b" " in tag or not procid.isascii():
+        return None
+    return b"<%d>1 %s %s %s %s - - %s" % (
+        pri, stamp.isoformat().encode(), host or b"-", tag, procid.replace(b" ", b"_"), msg)

@@ -110,11 +110,20 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["syslog"] = []
+        self["syslog-token"] = []
         self["shard-redis"] = []
 
     def opt_syslog(self, description: str) -> None:
         """Syslog TCP/TLS listener (repeatable; default tcp:6001)."""
         self["syslog"].append(description)
+
+    def opt_syslog_token(self, value: str) -> None:
+        """TOKEN=ENDPOINT: a syslog listener whose every message goes to TOKEN's channel (repeatable)."""
+        token, sep, description = value.partition("=")
+        if not sep or not token.startswith("t.") or not description:
+            raise usage.UsageError(
+                "--syslog-token takes TOKEN=ENDPOINT, e.g. t.6c1f…=tcp:6010:interface=127.0.0.1")
+        self["syslog-token"].append((token, description))
 
     def opt_shard_redis(self, urls: str) -> None:
         """Shard Redis URL (repeatable or comma-separated; env LOGPLEX_SHARD_URLS). Default: the config Redis."""

@@ -238,3 +238,23 @@ def test_arbitrary_bytes_never_raise_out_of_data_received(chunks, digits):
         protocol.dataReceived(chunk)
     disconnect(protocol)
     assert node.factory.connections == 0
+
+
+def test_a_listener_bound_to_a_token_routes_everything_to_it(node):
+    node.factory = SyslogFactory(node.router, node.metrics, MAX_FRAME, token=OTHER_TOKEN)
+    protocol, transport = node.connect()
+    stock = b"<13>Nov 24 10:00:01 myhost cron[12]: a stock rsyslog line\n"
+    protocol.dataReceived(octet_frame(message("myapp", "no token in it")) + stock)
+    (channel, lines), = node.backlog.calls
+    assert channel == "app-2"
+    assert lines[0] == cooked("other", "no token in it")
+    assert lines[1].endswith(b" myhost other 12 - - a stock rsyslog line")
+
+
+def test_a_token_listener_whose_token_is_gone_drops_and_counts(node):
+    node.factory = SyslogFactory(node.router, node.metrics, MAX_FRAME, token=UNKNOWN_TOKEN)
+    protocol, transport = node.connect()
+    protocol.dataReceived(octet_frame(message("x", "lost")))
+    assert node.backlog.calls == []
+    assert node.metric("logplex_messages_unknown_token_total") == 1
+    assert not transport.disconnecting

@@ -89,3 +89,12 @@ def test_the_token_never_leaves_the_router():
     router.route([msg("t.one", "t.one is in the text")])
     (_, [out]), = backlog.appended
     assert out.split(b" ")[3] == b"web"
+
+
+def test_rfc3164_lines_are_routed_when_their_tag_is_a_token():
+    backlog, metrics = Sink(), Metrics()
+    router = Router(make_cache(), backlog, Sink(), metrics, clock=lambda: 1795600000.0)
+    router.route([b"<13>Nov 24 10:00:01 myhost t.one[7]: old style", b"<13>Nov 24 10:00:01 myhost cron: no token"])
+    assert backlog.appended == [("app1", [b"<13>1 2026-11-24T10:00:01+00:00 myhost web 7 - - old style"])]
+    assert metrics.get("logplex_messages_unknown_token_total") == 1
+    assert metrics.get("logplex_messages_malformed_total") == 0

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from logplex import syslog
 from logplex.syslog import (
     FACILITY_LOCAL5,
     SEVERITY_WARNING,
@@ -301,3 +302,38 @@ def test_utc_timestamp() -> None:
 )
 def test_matches_ps(procid: bytes, ps: bytes, expected: bool) -> None:
     assert matches_ps(procid, ps) is expected
+
+
+# -- RFC 3164 lines from old senders ------------------------------------------------------
+
+NOV_24_2026 = 1795600000.0  # 2026-11-24T07:06:40Z
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b"<13>Nov 24 10:00:01 myhost t.abc-123[42]: hello world",
+     b"<13>1 2026-11-24T10:00:01+00:00 myhost t.abc-123 42 - - hello world"),
+    (b"<13>Nov  4 10:00:01 myhost myapp: hi",
+     b"<13>1 2026-11-04T10:00:01+00:00 myhost myapp - - - hi"),
+    (b"<13>Nov 24 10:00:01 t.abc: no host field",
+     b"<13>1 2026-11-24T10:00:01+00:00 - t.abc - - - no host field"),
+    # More than a day ahead means last year's December.
+    (b"<13>Dec 31 23:00:00 h app: late",
+     b"<13>1 2025-12-31T23:00:00+00:00 h app - - - late"),
+])
+def test_rfc3164_lines_become_rfc5424(line, expected):
+    assert syslog.from_rfc3164(line, NOV_24_2026) == expected
+    assert syslog.split_header(expected) is not None
+
+
+@pytest.mark.parametrize("line", [
+    b"<13>bad", b"<999>Nov 24 10:00:01 h t: x", b"<13>Foo 24 10:00:01 h t: x",
+    b"<13>Nov 31 10:00:01 h t: x", b"<13>Nov 24 25:00:01 h t: x", b"no pri at all", b"",
+])
+def test_lines_that_are_not_rfc3164_are_refused(line):
+    assert syslog.from_rfc3164(line, NOV_24_2026) is None
+
+
+@given(st.binary(max_size=200))
+def test_rfc3164_conversion_never_raises(data):
+    converted = syslog.from_rfc3164(b"<13>Nov 24 10:00:01 " + data, NOV_24_2026)
+    assert converted is None or syslog.split_header(converted) is not None

@@ -51,3 +51,11 @@ def test_environment_fallbacks(monkeypatch):
 def test_bad_options_are_usage_errors(args):
     with pytest.raises(usage.UsageError):
         parse(args)
+
+
+def test_token_bound_listeners():
+    s = Settings.from_options(parse(["--syslog-token", "t.abc=tcp:6010:interface=127.0.0.1"]))
+    assert s.syslog_token == (("t.abc", "tcp:6010:interface=127.0.0.1"),)
+    for bad in ("tcp:6010", "abc=tcp:6010", "t.abc="):
+        with pytest.raises(usage.UsageError):
+            parse(["--syslog-token", bad])

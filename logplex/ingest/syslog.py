@@ -43,7 +43,7 @@ class SyslogProtocol(Protocol):
 
     def _route(self, messages: list[bytes]) -> None:
         try:
-            self.router.route(messages)
+            self.factory.route(messages)
         except IngressDenied:
             # Closing makes a queueing sender (rsyslog, syslog-ng) keep its
             # messages and retry, instead of us dropping them silently.
@@ -62,11 +62,33 @@ class SyslogProtocol(Protocol):
 
 
 class SyslogFactory(Factory):
-    def __init__(self, router: Router, metrics, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    """Syslog connections of one listener.
+
+    A listener bound to a token (`--syslog-token`) routes everything it
+    receives to that token's channel under that token's name, whatever
+    APP-NAME says: senders that cannot put the token in their messages need
+    no template, only the port.
+    """
+
+    def __init__(self, router: Router, metrics, max_frame: int = DEFAULT_MAX_FRAME,
+                 token: str | None = None) -> None:
         self.router = router
         self.metrics = metrics
         self.max_frame = max_frame
+        self.token = token.encode() if token else None
         self.connections = 0
+
+    def route(self, messages: list[bytes]) -> None:
+        if self.token is None:
+            self.router.route(messages)
+            return
+        # Looked up per batch, so a deleted token stops routing at once.
+        target = self.router.cache.routes.get(self.token)
+        if target is None:
+            self.metrics.inc("logplex_messages_received_total", len(messages))
+            self.metrics.inc("logplex_messages_unknown_token_total", len(messages))
+            return
+        self.router.route(messages, target)
 
     def buildProtocol(self, addr):
         protocol = SyslogProtocol(self.router, self.metrics, self.max_frame)
