@@ -36,6 +36,7 @@ class Settings:
     max_body: int = 10 * 1024 * 1024
     flush_interval: float = 0.05
     redis_timeout: float = 5.0
+    heartbeat: float = 5.0
     allow_private_drains: bool = False
 
     @classmethod

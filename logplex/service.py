@@ -18,13 +18,16 @@ from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.ingest.http import LogInput
 from logplex.ingest.syslog import SyslogFactory
 from logplex.metrics import Metrics
+from logplex.redis.cluster import ClusterTails, NodeRegistry
 from logplex.redis.config import ConfigStore
 from logplex.redis.connection import connect, parse_redis_url
 from logplex.redis.embedded import EmbeddedRedis
-from logplex.redis.shards import BacklogWriter, Backlogs, ShardRing
+from logplex.redis.shardmap import CONFIG, load as load_shard_map, load_or_init
+from logplex.redis.shards import Backlogs
 from logplex.router import Router
 from logplex.tails import TailRegistry
 from logplex.web import LogplexSite
+from logplex.workers import adopt, listeners
 
 log = Logger()
 
@@ -32,9 +35,11 @@ log = Logger()
 class LogplexNode(MultiService):
     """Boots in order: Redis, config cache (API answers 503 until then), then log inputs."""
 
-    def __init__(self, settings: Settings, reactor) -> None:
+    def __init__(self, settings: Settings, reactor, inherited_fds: list[int] | None = None) -> None:
         super().__init__()
         self.settings = settings
+        # Listening sockets handed down by a --workers master, in listeners() order.
+        self.inherited = dict(zip([d for _, d in listeners(settings)], inherited_fds or []))
         self.reactor = reactor
         self.metrics = Metrics()
         self.embedded: EmbeddedRedis | None = None
@@ -44,6 +49,7 @@ class LogplexNode(MultiService):
         self.ports: dict[str, list] = {}
         self.store: ConfigStore | None = None
         self.booted: defer.Deferred = defer.Deferred()
+        self.stopping = False
         self._pools: list = []
 
     # -- start --------------------------------------------------------------------
@@ -55,7 +61,7 @@ class LogplexNode(MultiService):
     def _boot_failed(self, failure) -> None:
         log.failure("logplex node failed to start", failure)
         self.booted.errback(failure)
-        if self.reactor.running:
+        if self.reactor.running and not self.stopping:
             self.reactor.stop()
 
     async def _boot(self) -> None:
@@ -67,27 +73,29 @@ class LogplexNode(MultiService):
             config_url = s.config_redis
         config_address = parse_redis_url(config_url)
         config_redis = self._pool(config_address)
-        shard_urls = list(s.shard_redis) or [config_url]
-        shard_pools = [
-            config_redis if url == config_url else self._pool(parse_redis_url(url))
-            for url in shard_urls
-        ]
-        ring = ShardRing(shard_urls)
-        writers = [
-            BacklogWriter(
-                pool, self.reactor, self.metrics, history=s.history, expiry=s.backlog_expiry,
-                interval=s.flush_interval, timeout=s.redis_timeout,
-                shard_name=parse_redis_url(url).describe(),
-            )
-            for url, pool in zip(shard_urls, shard_pools)
-        ]
-        self.backlogs = Backlogs(ring, writers, shard_pools, self.reactor, s.redis_timeout)
+        pools = {CONFIG: config_redis}
+
+        def shard_pool(url: str):
+            if url not in pools:
+                pools[url] = self._pool(parse_redis_url(url))
+            return pools[url]
+
+        self.backlogs = Backlogs(
+            self.reactor, self.metrics, shard_pool, s.redis_timeout, history=s.history,
+            expiry=s.backlog_expiry, interval=s.flush_interval,
+        )
         self.store = ConfigStore(
             config_redis, config_address, self.reactor, max_drains=s.max_drains,
             session_expiry=s.session_expiry, timeout=s.redis_timeout,
         )
         self.tails = TailRegistry(self.metrics)
-        self.router = Router(self.store.cache, self.backlogs, self.tails, self.metrics)
+        # One connection for the bus: what a node publishes stays in order.
+        self.cluster_tails = ClusterTails(
+            self.tails, connect(config_address, poolsize=1, reply_timeout=s.redis_timeout),
+            config_address, s.node_name, self.reactor, self.metrics)
+        self.store.feed_listeners[b"tail"] = [self.cluster_tails.on_feed]
+        self.registry = NodeRegistry(config_redis, s.node_name, self.reactor, interval=s.heartbeat)
+        self.router = Router(self.store.cache, self.backlogs, self.cluster_tails, self.metrics)
         self.drains = DrainSupervisor(
             self.store, self.backlogs, self.metrics, self.reactor, s.node_name,
             DrainSettings(
@@ -107,15 +115,20 @@ class LogplexNode(MultiService):
             self.store, self.backlogs, self.tails, self.auth, self.metrics,
             api_url=s.api_url or "", history=s.history,
             allow_private_drains=s.allow_private_drains, tail_buffer=s.tail_buffer,
-            reactor=self.reactor, drain_state=self.drains.state,
+            reactor=self.reactor, drain_state=self.drains.state, nodes=self.registry.live,
         )
         # The API listens first: a load balancer sees 503 SYSTEM BOOTING
         # until the config is loaded.
         api_port = await self._listen("api", s.api, LogplexSite(self.api.resource(), max_body=s.max_body))
         if not s.api_url:
             self.api.api_url = _default_api_url(s.api, api_port)
+        self.registry.api_url = self.api.api_url
         self.store.start()
         await self._retry_until_loaded()
+        self.backlogs.configure(await load_or_init(config_redis, list(s.shard_redis)))
+        self.store.feed_listeners[b"shards"] = [self._shards_changed]
+        self.cluster_tails.start()
+        self.registry.start()
         if s.auth:
             user, _, password = s.auth.partition(":")
             await self.store.ensure_credential(user, password)
@@ -138,6 +151,11 @@ class LogplexNode(MultiService):
             logs=self.addresses("logs"), syslog=self.addresses("syslog"),
         )
 
+    def _shards_changed(self, message: bytes) -> None:
+        d = defer.ensureDeferred(load_shard_map(self.store.redis))
+        d.addCallback(self.backlogs.configure)
+        d.addErrback(lambda f: log.warn("reloading the shard map failed: {e}", e=f.getErrorMessage()))
+
     async def _retry_until_loaded(self) -> None:
         while True:
             try:
@@ -153,7 +171,11 @@ class LogplexNode(MultiService):
         return pool
 
     async def _listen(self, kind: str, description: str, factory):
-        port = await serverFromString(self.reactor, description).listen(factory)
+        fd = self.inherited.get(description)
+        if fd is not None:
+            port = adopt(self.reactor, description, fd, factory)
+        else:
+            port = await serverFromString(self.reactor, description).listen(factory)
         self.ports.setdefault(kind, []).append(port)
         return port
 
@@ -169,10 +191,14 @@ class LogplexNode(MultiService):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        self.stopping = True
         # Inputs first, so nothing new arrives while the rest drains.
         for kind in ("syslog", "logs", "api"):
             for port in self.ports.pop(kind, []):
                 await defer.maybeDeferred(port.stopListening)
+        if getattr(self, "cluster_tails", None) is not None:
+            await self.cluster_tails.stop()
+            await self.registry.stop()
         if getattr(self, "drains", None) is not None:
             await self.drains.stop()
         if getattr(self, "backlogs", None) is not None:

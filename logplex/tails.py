@@ -158,20 +158,28 @@ class TailRegistry:
     def __init__(self, metrics) -> None:
         self.metrics = metrics
         self.by_channel: dict[str, set[TailSession]] = {}
+        # The cluster bus hooks these to start and stop hearing a channel.
+        self.on_first_tail: Callable[[str], None] = lambda channel_id: None
+        self.on_last_tail: Callable[[str], None] = lambda channel_id: None
         metrics.gauge_callback("logplex_active_tails", lambda: [({}, self.count())])
 
     def count(self) -> int:
         return sum(len(s) for s in self.by_channel.values())
 
     def add(self, tail: TailSession) -> None:
-        self.by_channel.setdefault(tail.channel_id, set()).add(tail)
+        tails = self.by_channel.get(tail.channel_id)
+        if tails is None:
+            tails = self.by_channel[tail.channel_id] = set()
+            self.on_first_tail(tail.channel_id)
+        tails.add(tail)
 
     def remove(self, tail: TailSession) -> None:
         tails = self.by_channel.get(tail.channel_id)
-        if tails is not None:
+        if tails is not None and tail in tails:
             tails.discard(tail)
             if not tails:
                 del self.by_channel[tail.channel_id]
+                self.on_last_tail(tail.channel_id)
 
     def has_tails(self, channel_id: str) -> bool:
         return channel_id in self.by_channel

@@ -103,6 +103,12 @@ class Options(usage.Options):
          _positive_int("max-body")],
         ["flush-interval", None, 0.05, "Seconds between backlog write batches.",
          _positive_float("flush-interval")],
+        ["heartbeat", None, 5.0,
+         "Seconds between this node's heartbeats; a node silent for 3 of them is gone from /v3/nodes.",
+         _positive_float("heartbeat")],
+        ["workers", None, 1,
+         "Worker processes sharing this node's listeners, each a cluster member (use one per core).",
+         _positive_int("workers")],
         ["redis-timeout", None, 5.0, "Seconds a Redis command may take before it counts as failed.",
          _positive_float("redis-timeout")],
     ]
@@ -158,7 +164,16 @@ class Options(usage.Options):
 def makeService(options: Options, reactor=None):
     from logplex.config import Settings
     from logplex.service import LogplexNode
+    from logplex.workers import WORKER_ENV, WorkerMaster, settings_from_environment
 
     if reactor is None:
         from twisted.internet import reactor
-    return LogplexNode(Settings.from_options(options), reactor)
+    inherited = os.environ.get(WORKER_ENV)
+    if inherited:
+        # A worker of a --workers master: its settings and sockets come from it.
+        settings, fds = settings_from_environment(inherited)
+        return LogplexNode(settings, reactor, inherited_fds=fds)
+    settings = Settings.from_options(options)
+    if options["workers"] > 1:
+        return WorkerMaster(settings, options["workers"], reactor)
+    return LogplexNode(settings, reactor)

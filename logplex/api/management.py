@@ -42,7 +42,9 @@ class ManagementApi:
         tail_buffer: int = 1024,
         reactor,
         drain_state=lambda drain_id: None,
+        nodes=None,
     ) -> None:
+        self.nodes = nodes
         self.drain_state = drain_state
         self.store = store
         self.backlogs = backlogs
@@ -90,6 +92,7 @@ class ManagementApi:
             route("PUT", f"/v3/channels/{ch}/drains/{num}", g(self.put_drain_v3)),
             route("DELETE", f"/v3/channels/{ch}/drains/{num}", g(self.delete_drain_v3)),
             route("GET", f"/v3/channels/{ch}/logs", g(self.channel_logs_v3)),
+            route("GET", "/v3/nodes", g(self.list_nodes)),
             *extra_routes,
         ]
         return Dispatcher(routes, self._config_error)
@@ -366,6 +369,14 @@ class ManagementApi:
         self._drain(channel_id, drain_id)
         await self.store.delete_drain(channel_id, int(drain_id))
         return Reply(204)
+
+    async def list_nodes(self, request) -> Reply:
+        if self.nodes is None:
+            return Reply(200, [])
+        try:
+            return Reply(200, await self.nodes())
+        except Exception:
+            raise HttpError(503, "The config Redis is not answering; try again shortly.") from None
 
     async def channel_logs_v3(self, request, channel_id) -> Reply:
         self._channel(channel_id)

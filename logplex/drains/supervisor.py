@@ -58,6 +58,7 @@ class DrainSupervisor:
 
     def start(self) -> None:
         self.store.drain_listeners.append(self.sync)
+        self.backlogs.on_change.append(self.respool)
         for channel_id in list(self.store.cache.channel_drains):
             self.sync(channel_id)
 
@@ -83,6 +84,12 @@ class DrainSupervisor:
             if drain_id not in current:
                 self._add(drain)
 
+    def respool(self) -> None:
+        """The shard map changed: each spool follows its channel's shard."""
+        for worker in self.workers.values():
+            if worker.spool is not None:
+                worker.spool.redis = self.backlogs.pool_for(worker.drain.channel_id)
+
     def _transport(self, drain: Drain):
         if urlsplit(drain.url).scheme in ("http", "https"):
             return HttpDrainTransport(drain, self.http_client, self.reactor, self.settings.http_timeout)
@@ -93,7 +100,7 @@ class DrainSupervisor:
     def _add(self, drain: Drain) -> None:
         s = self.settings
         http = urlsplit(drain.url).scheme in ("http", "https")
-        shard = self.backlogs.readers[self.backlogs.ring.index(drain.channel_id)]
+        shard = self.backlogs.pool_for(drain.channel_id)
         worker = DrainWorker(
             drain, self._transport(drain),
             Spool(shard, drain.id, self.node, self.reactor, s.spool_bytes, s.redis_timeout),

@@ -272,6 +272,8 @@ class ConfigStore:
         self.loaded_at: float | None = None
         self.version = b""
         self.drain_listeners: list[Callable[[str], None]] = []
+        # Other notifications on the feed (b"tail", b"shards"), by kind.
+        self.feed_listeners: dict[bytes, list[Callable[[bytes], None]]] = {}
         self._feed: Subscription | None = None
         self._reconcile: task.LoopingCall | None = None
         self._loading: defer.Deferred | None = None
@@ -325,6 +327,8 @@ class ConfigStore:
         elif kind == b"cred":
             d = self.refresh_credential(ident.decode())
         else:
+            for listener in self.feed_listeners.get(kind, ()):
+                listener(message)
             return
         d.addErrback(lambda f: log.warn("config refresh failed: {e}", e=f.getErrorMessage()))
 

@@ -290,6 +290,12 @@ class EmbeddedRedis(Service):
         setpriv = shutil.which("setpriv")
         if setpriv is not None:
             args = [setpriv, "--pdeathsig", "TERM", "--", *args]
+        # Its own session: a Ctrl-C in the terminal (or a signal to the whole
+        # process group) must not stop Redis while the node is still flushing
+        # backlogs and spilling drains into it; the node stops it last.
+        setsid = shutil.which("setsid")
+        if setsid is not None:
+            args = [setsid, *args]
 
         self._process = _RedisProcess()
         self._process.whenEnded().addCallback(self._ended, self._process)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from typing import Sequence
+from typing import Callable, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -204,34 +204,73 @@ def merge_backlog(stored: list[bytes], unwritten: list[bytes], num: int) -> list
 
 
 class Backlogs:
-    """The backlog of every channel, spread over the shard ring."""
+    """The backlog of every channel, spread over the shards by the ring.
 
-    def __init__(self, ring: ShardRing, writers: list[BacklogWriter], readers: list, reactor,
-                 timeout: float = 5.0) -> None:
-        self.ring = ring
-        self.writers = writers
-        self.readers = readers
+    Shards have stable names (shard-0, shard-1, ...) and the ring hashes the
+    names, so a shard's URL can be replaced without moving a channel, and
+    the map can change while the node runs (`configure`).
+    """
+
+    def __init__(self, reactor, metrics, connect: Callable[[str], object], timeout: float = 5.0,
+                 **writer_options) -> None:
         self.reactor = reactor
+        self.metrics = metrics
+        self.connect = connect
         self.timeout = timeout
+        self.writer_options = writer_options
+        self.urls: dict[str, str] = {}
+        self.pools: dict[str, object] = {}
+        self.writers: dict[str, BacklogWriter] = {}
+        self.ring: ShardRing | None = None
+        self.on_change: list[Callable[[], None]] = []
+
+    def configure(self, shard_map: dict[str, str]) -> None:
+        """Use this name -> URL map from now on."""
+        for name, url in shard_map.items():
+            if self.urls.get(name) == url:
+                continue
+            pool = self.connect(url)
+            self.pools[name] = pool
+            if name in self.writers:
+                # A replaced URL: what is queued goes to the new Redis.
+                self.writers[name].redis = pool
+            else:
+                self.writers[name] = BacklogWriter(
+                    pool, self.reactor, self.metrics, timeout=self.timeout, shard_name=name,
+                    **self.writer_options)
+            self.urls[name] = url
+        for name in set(self.urls) - set(shard_map):
+            # A shard taken out: flush what it queued, then forget it.
+            self.writers.pop(name).stop()
+            del self.urls[name], self.pools[name]
+        self.ring = ShardRing(sorted(self.urls))
+        for listener in self.on_change:
+            listener()
+
+    def shard_of(self, channel_id: str) -> str:
+        return self.ring.shard(channel_id)
+
+    def pool_for(self, channel_id: str):
+        return self.pools[self.ring.shard(channel_id)]
 
     def append(self, channel_id: str, messages: list[bytes]) -> None:
-        self.writers[self.ring.index(channel_id)].append(channel_id, messages)
+        self.writers[self.ring.shard(channel_id)].append(channel_id, messages)
 
     def recent(self, channel_id: str, num: int) -> defer.Deferred:
         """Up to num most recent messages of a channel, oldest first."""
         if num <= 0:
             return defer.succeed([])
-        index = self.ring.index(channel_id)
+        name = self.ring.shard(channel_id)
         # Lines routed but not flushed yet are part of the backlog too: a
         # session must not miss what arrived in the last flush interval.
-        unwritten = self.writers[index].unwritten(channel_id)
-        d = self.readers[index].lrange(backlog_key(channel_id), 0, num - 1)
+        unwritten = self.writers[name].unwritten(channel_id)
+        d = self.pools[name].lrange(backlog_key(channel_id), 0, num - 1)
         d.addTimeout(self.timeout, self.reactor)
         return d.addCallback(lambda newest_first: merge_backlog(newest_first[::-1], unwritten, num))
 
     def delete(self, channel_id: str) -> defer.Deferred:
-        redis = self.readers[self.ring.index(channel_id)]
-        return redis.delete(backlog_key(channel_id)).addTimeout(self.timeout, self.reactor)
+        d = self.pool_for(channel_id).delete(backlog_key(channel_id))
+        return d.addTimeout(self.timeout, self.reactor)
 
     def stop(self) -> defer.Deferred:
-        return defer.DeferredList([w.stop() for w in self.writers])
+        return defer.DeferredList([w.stop() for w in self.writers.values()])

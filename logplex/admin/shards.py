@@ -1,0 +1,75 @@
+"""`python -m logplex.admin.shards`: list the cluster's shards, replace a shard's URL, add a shard."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from twisted.internet import defer, task
+
+from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.shardmap import CONFIG, add_shard, load, replace_shard
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m logplex.admin.shards", description=__doc__)
+    parser.add_argument("--config-redis", default=os.environ.get("LOGPLEX_CONFIG_REDIS_URL"),
+                        help="the cluster's config Redis URL (env LOGPLEX_CONFIG_REDIS_URL)")
+    parser.add_argument("--history", type=int, default=1500,
+                        help="backlog length to keep when merging (the nodes' --history)")
+    parser.add_argument("--settle", type=float, default=2.0,
+                        help="seconds to let nodes switch before moving data")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the shard map")
+    replace = sub.add_parser("replace", help="point a shard at another Redis, moving its data")
+    replace.add_argument("name")
+    replace.add_argument("url")
+    add = sub.add_parser("add", help="add a shard; about 1/N of the channels move to it")
+    add.add_argument("url")
+    return parser
+
+
+async def run(reactor, args) -> dict:
+    config = connect(parse_redis_url(args.config_redis), poolsize=1)
+    pools = {}
+
+    def connect_url(url: str):
+        if url == CONFIG:
+            return config
+        if url not in pools:
+            pools[url] = connect(parse_redis_url(url), poolsize=1)
+        return pools[url]
+
+    try:
+        if args.command == "list":
+            return await load(config)
+        if args.command == "replace":
+            return await replace_shard(config, connect_url, args.name, args.url,
+                                       history=args.history, settle=args.settle, reactor=reactor)
+        return await add_shard(config, connect_url, args.url, history=args.history,
+                               settle=args.settle, reactor=reactor)
+    finally:
+        for pool in [config, *pools.values()]:
+            await pool.disconnect()
+
+
+def main(argv=None) -> None:
+    args = _parser().parse_args(argv)
+    if not args.config_redis:
+        sys.exit("logplex shards: give --config-redis (or LOGPLEX_CONFIG_REDIS_URL).")
+
+    async def go(reactor):
+        try:
+            result = await run(reactor, args)
+        except (KeyError, ValueError, ConnectionError) as e:
+            sys.stderr.write(f"logplex shards: {e}\n")
+            raise SystemExit(1)
+        print(json.dumps(result, indent=2, sort_keys=True))
+
+    task.react(lambda reactor: defer.ensureDeferred(go(reactor)))
+
+
+if __name__ == "__main__":
+    main()

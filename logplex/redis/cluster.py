@@ -1,0 +1,227 @@
+"""The cluster: live tail traffic between nodes over Redis pub/sub, and the node registry.
+
+A node publishes a channel's messages on the bus only while some other node
+tails that channel, and a node subscribes only to the channels it tails:
+nobody receives traffic nobody reads. Interest is announced in the config
+Redis (a hash of node|channel with an expiry, refreshed while the tail
+lives) and on the change feed, so a node that dies stops counting by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from logplex import __version__
+from logplex.framing import decode_logplex1, encode_logplex1
+from logplex.redis.bus import Subscription
+from logplex.redis.config import FEED
+from logplex.tails import TailRegistry
+
+log = Logger()
+
+TAILING = b"lp:tailing"
+NODES = b"lp:nodes"
+INTEREST_TTL = 30.0
+# A node is gone when it missed this many heartbeats.
+MISSED_HEARTBEATS = 3
+
+
+def tail_channel(channel_id: str) -> bytes:
+    return b"lp:tail:" + channel_id.encode()
+
+
+class ClusterTails:
+    """The router's tail sink for a cluster: local tails, plus the bus for remote ones."""
+
+    def __init__(self, local: TailRegistry, redis, address, node: str, reactor, metrics,
+                 flush_interval: float = 0.01) -> None:
+        self.local = local
+        self.redis = redis  # one connection: publishes from a node stay in order
+        self.node = node
+        self.reactor = reactor
+        self.metrics = metrics
+        self.flush_interval = flush_interval
+        self.remote: dict[str, dict[str, float]] = {}  # channel -> {node: expiry}
+        self.pending: dict[str, list[bytes]] = {}
+        self._flush_call = None
+        self._prefix = node.encode() + b"\n"
+        self.subscription = Subscription(address, self._on_message, self._on_connected, reactor)
+        self._refresh = task.LoopingCall(self._announce_all)
+        self._refresh.clock = reactor
+        local.on_first_tail = self._first_tail
+        local.on_last_tail = self._last_tail
+
+    # -- the router's side (hot path) ----------------------------------------------
+    def has_tails(self, channel_id: str) -> bool:
+        return channel_id in self.local.by_channel or channel_id in self.remote
+
+    def publish(self, channel_id: str, messages: list[bytes]) -> None:
+        if channel_id in self.local.by_channel:
+            self.local.publish(channel_id, messages)
+        if channel_id in self.remote:
+            queued = self.pending.get(channel_id)
+            if queued is None:
+                self.pending[channel_id] = list(messages)
+            else:
+                queued.extend(messages)
+            if self._flush_call is None:
+                self._flush_call = self.reactor.callLater(self.flush_interval, self._flush)
+
+    def _flush(self) -> None:
+        # One PUBLISH per channel per tick, whatever the number of messages.
+        self._flush_call = None
+        batches, self.pending = self.pending, {}
+        for channel_id, messages in batches.items():
+            payload = self._prefix + encode_logplex1(messages)
+            d = self.redis.publish(tail_channel(channel_id), payload)
+            d.addErrback(self._publish_failed, channel_id, len(messages))
+
+    def _publish_failed(self, failure, channel_id, count):
+        self.metrics.inc("logplex_tail_bus_dropped_total", count)
+        log.warn("tail bus publish failed channel={channel} error={e}", channel=channel_id,
+                 e=failure.getErrorMessage())
+
+    # -- the bus's side -------------------------------------------------------------------
+    def _on_message(self, channel: bytes, payload: bytes) -> None:
+        if channel == FEED:
+            return
+        sender, _, body = payload.partition(b"\n")
+        if sender == self.node.encode():
+            return
+        channel_id = channel[len(b"lp:tail:"):].decode()
+        messages = decode_logplex1(body, 1 << 30)
+        self.metrics.inc("logplex_tail_bus_received_total", len(messages))
+        self.local.publish(channel_id, messages)
+
+    def on_feed(self, message: bytes) -> None:
+        """`tail +channel node` / `tail -channel node` from the change feed."""
+        _, _, rest = message.partition(b" ")
+        sign_channel, _, node = rest.partition(b" ")
+        node = node.decode()
+        if node == self.node or not sign_channel:
+            return
+        channel_id = sign_channel[1:].decode()
+        if sign_channel[:1] == b"+":
+            self.remote.setdefault(channel_id, {})[node] = self.reactor.seconds() + INTEREST_TTL
+        else:
+            self._forget(channel_id, node)
+
+    def _forget(self, channel_id: str, node: str) -> None:
+        nodes = self.remote.get(channel_id)
+        if nodes is not None:
+            nodes.pop(node, None)
+            if not nodes:
+                del self.remote[channel_id]
+
+    def _on_connected(self) -> None:
+        self.load_interest().addErrback(
+            lambda f: log.warn("loading tail interest failed: {e}", e=f.getErrorMessage()))
+
+    def load_interest(self) -> defer.Deferred:
+        """Everyone's tail interest, from the config Redis (at start and after a reconnect)."""
+        def loaded(entries):
+            now = time.time()
+            remote: dict[str, dict[str, float]] = {}
+            for key, expiry in entries.items():
+                node, _, channel_id = key.decode().partition("|")
+                left = float(expiry) - now
+                if node != self.node and left > 0:
+                    remote.setdefault(channel_id, {})[node] = self.reactor.seconds() + left
+            self.remote = remote
+
+        return self.redis.hgetall(TAILING).addCallback(loaded)
+
+    # -- this node's interest -----------------------------------------------------------------
+    def _first_tail(self, channel_id: str) -> None:
+        self.subscription.subscribe([tail_channel(channel_id)])
+        self._announce(channel_id, True)
+
+    def _last_tail(self, channel_id: str) -> None:
+        self.subscription.unsubscribe([tail_channel(channel_id)])
+        self._announce(channel_id, False)
+
+    def _announce(self, channel_id: str, on: bool):
+        field = f"{self.node}|{channel_id}"
+        if on:
+            d = self.redis.hset(TAILING, field, str(time.time() + INTEREST_TTL))
+        else:
+            d = self.redis.hdel(TAILING, field)
+        sign = "+" if on else "-"
+        d.addCallback(lambda _: self.redis.publish(FEED, f"tail {sign}{channel_id} {self.node}"))
+        return d.addErrback(lambda f: log.warn("tail interest announce failed: {e}", e=f.getErrorMessage()))
+
+    def _announce_all(self):
+        # Refresh our interest before it expires, and let stale remote
+        # interest (a node that died without saying so) lapse.
+        now = self.reactor.seconds()
+        for channel_id, nodes in list(self.remote.items()):
+            for node, expiry in list(nodes.items()):
+                if expiry < now:
+                    self._forget(channel_id, node)
+        return defer.DeferredList(
+            [self._announce(ch, True) for ch in list(self.local.by_channel)], consumeErrors=True)
+
+    def start(self) -> None:
+        self.subscription.start()
+        self._refresh.start(INTEREST_TTL / 3, now=False)
+
+    def stop(self) -> defer.Deferred:
+        if self._refresh.running:
+            self._refresh.stop()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+            self._flush()
+        withdrawn = [self._announce(ch, False) for ch in list(self.local.by_channel)]
+        return defer.DeferredList(withdrawn, consumeErrors=True).addBoth(
+            lambda _: self.subscription.stop())
+
+
+class NodeRegistry:
+    """This node's heartbeat in the config Redis, and the list of live nodes."""
+
+    def __init__(self, redis, node: str, reactor, api_url: str = "", interval: float = 5.0) -> None:
+        self.redis = redis
+        self.node = node
+        self.reactor = reactor
+        self.api_url = api_url
+        self.started = time.time()
+        self.interval = interval
+        self._beat = task.LoopingCall(self.heartbeat)
+        self._beat.clock = reactor
+
+    def heartbeat(self):
+        doc = json.dumps({"version": __version__, "started_at": self.started, "seen_at": time.time(),
+                          "ttl": self.interval * MISSED_HEARTBEATS, "api_url": self.api_url,
+                          "pid": os.getpid()})
+        return self.redis.hset(NODES, self.node, doc).addErrback(
+            lambda f: log.warn("node heartbeat failed: {e}", e=f.getErrorMessage()))
+
+    def start(self) -> None:
+        self._beat.start(self.interval, now=True)
+
+    def stop(self) -> defer.Deferred:
+        if self._beat.running:
+            self._beat.stop()
+        return self.redis.hdel(NODES, self.node).addErrback(lambda _: None)
+
+    async def live(self) -> list[dict]:
+        """Nodes heard from within their own TTL; the dead are removed as they are found."""
+        entries = await self.redis.hgetall(NODES)
+        now = time.time()
+        out, dead = [], []
+        for name, raw in entries.items():
+            doc = json.loads(raw)
+            if now - doc["seen_at"] > doc.get("ttl", 15.0):
+                dead.append(name)
+                continue
+            out.append({"node": name.decode(), "version": doc["version"],
+                        "uptime": round(now - doc["started_at"], 1), "api_url": doc.get("api_url", ""),
+                        "pid": doc.get("pid")})
+        if dead:
+            await self.redis.hdel(NODES, dead)
+        return sorted(out, key=lambda n: n["node"])

@@ -1,0 +1,145 @@
+"""The cluster's shard map in the config Redis: stable names to URLs, and the admin
+operations that change it (replace a shard's URL, add a shard) without losing backlogs."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import task
+from twisted.logger import Logger
+
+from logplex.redis.config import DRAINS, FEED, VERSION
+from logplex.redis.shards import ShardRing
+
+log = Logger()
+
+SHARDS = b"lp:shards"
+# The map's URL for "the config Redis itself, as each node reaches it".
+CONFIG = "config"
+
+
+def names_for(urls: list[str]) -> dict[str, str]:
+    return {f"shard-{i}": url for i, url in enumerate(urls)}
+
+
+async def load_or_init(config_redis, urls: list[str]) -> dict[str, str]:
+    """The cluster's map; the first node to start writes it from its command line.
+
+    Afterwards the map in Redis is the truth: a node started with other
+    --shard-redis URLs says so in its log and follows the cluster.
+    """
+    wanted = names_for(urls or [CONFIG])
+    for name, url in wanted.items():
+        await config_redis.hsetnx(SHARDS, name, url)
+    stored = await load(config_redis)
+    if stored != wanted:
+        log.warn("the cluster's shard map {stored} differs from this node's --shard-redis; "
+                 "following the cluster", stored=stored)
+    return stored
+
+
+async def load(config_redis) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (await config_redis.hgetall(SHARDS)).items()}
+
+
+async def _announce(config_redis) -> None:
+    await config_redis.incr(VERSION)
+    await config_redis.publish(FEED, "shards")
+
+
+async def _merge_list(source, target, key: bytes, history: int | None, reactor) -> int:
+    """Append source's list under what target already has (source's lines are older)."""
+    items = await source.lrange(key, 0, -1)
+    if items:
+        await target.execute_command("RPUSH", key, *items)
+        if history:
+            await target.ltrim(key, 0, history - 1)
+            await target.expire(key, 7 * 86400)
+    await source.delete(key)
+    return len(items)
+
+
+async def _merge_spool(source, target, key: bytes) -> int:
+    """Spool chunks moved in front of the target's (they are older), counts kept."""
+    chunks = await source.lrange(key, 0, -1)
+    meta = await source.hgetall(key + b":meta")
+    if chunks:
+        await target.execute_command("LPUSH", key, *reversed(chunks))
+        for field in (b"bytes", b"messages"):
+            await target.hincrby(key + b":meta", field, int(meta.get(field, 0)))
+    await source.delete([key, key + b":meta"])
+    return len(chunks)
+
+
+async def _scan(redis, pattern: bytes) -> list[bytes]:
+    keys, cursor = [], 0
+    while True:
+        cursor, found = await redis.scan(cursor, pattern, 1000)
+        keys.extend(found)
+        if int(cursor) == 0:
+            return keys
+
+
+async def replace_shard(config_redis, connect, name: str, new_url: str, *, history: int = 1500,
+                        settle: float = 2.0, reactor=None) -> dict:
+    """Point shard `name` at new_url and move its backlogs and spools there.
+
+    Nodes switch their writes within the feed's latency; after `settle`
+    seconds what the old Redis holds is merged under what the new one has
+    gathered meanwhile, so no line of a backlog is lost.
+    """
+    stored = await load(config_redis)
+    if name not in stored:
+        raise KeyError(f"There is no shard named {name}; shards: {', '.join(sorted(stored))}.")
+    old_url = stored[name]
+    source, target = connect(old_url), connect(new_url)
+    await target.ping()
+    await config_redis.hset(SHARDS, name, new_url)
+    await _announce(config_redis)
+    await task.deferLater(reactor or _reactor(), settle, lambda: None)
+    lines = sum([await _merge_list(source, target, key, history, reactor)
+                 for key in await _scan(source, b"lp:log:*")])
+    spooled = 0
+    for key in await _scan(source, b"lp:spool:*"):
+        if not key.endswith(b":meta"):
+            spooled += await _merge_spool(source, target, key)
+    return {"shard": name, "from": old_url, "to": new_url, "backlog_lines": lines,
+            "spool_chunks": spooled}
+
+
+async def add_shard(config_redis, connect, url: str, *, history: int = 1500, settle: float = 2.0,
+                    reactor=None) -> dict:
+    """Add a shard; the channels the ring now gives it (about 1/N) move there."""
+    stored = await load(config_redis)
+    name = f"shard-{len(stored)}"
+    while name in stored:
+        name += "x"
+    target = connect(url)
+    await target.ping()
+    ring = ShardRing(sorted([*stored, name]))
+    await config_redis.hset(SHARDS, name, url)
+    await _announce(config_redis)
+    await task.deferLater(reactor or _reactor(), settle, lambda: None)
+    drains = {int(k): json.loads(v)["channel_id"]
+              for k, v in (await config_redis.hgetall(DRAINS)).items()}
+    moved_channels = moved_chunks = 0
+    for old_name, old_url in stored.items():
+        source = connect(old_url)
+        for key in await _scan(source, b"lp:log:*"):
+            if ring.shard(key[len(b"lp:log:"):].decode()) == name:
+                await _merge_list(source, target, key, history, reactor)
+                moved_channels += 1
+        for key in await _scan(source, b"lp:spool:*"):
+            if key.endswith(b":meta"):
+                continue
+            drain_id = int(key.split(b":")[2])
+            if drain_id in drains and ring.shard(drains[drain_id]) == name:
+                moved_chunks += await _merge_spool(source, target, key)
+    return {"shard": name, "url": url, "channels_moved": moved_channels,
+            "spool_chunks_moved": moved_chunks, "shards": len(stored) + 1}
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor

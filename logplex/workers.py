@@ -1,0 +1,179 @@
+"""`--workers N`: one master holds the listening sockets, N worker processes serve them.
+
+Each worker is a full node and a cluster member of its own (named
+<node>-<i>), so a machine's cores are used through the same mechanism as a
+cluster's nodes. The master opens every listener once and passes the
+sockets down; the kernel spreads new connections over the workers. The
+master runs the embedded Redis when there is one, restarts a worker that
+dies, and on a graceful stop lets every worker spill its drains first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+
+import attrs
+from twisted.application.service import MultiService
+from twisted.internet import defer, task
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.logger import Logger
+
+from logplex.config import Settings
+from logplex.redis.embedded import EmbeddedRedis
+
+log = Logger()
+
+WORKER_ENV = "LOGPLEX_WORKER"
+
+
+def listeners(settings: Settings) -> list[tuple[str, str]]:
+    """(kind, endpoint description) of every listener, in a fixed order."""
+    out = [("api", settings.api), ("logs", settings.logs)]
+    out += [("syslog", d) for d in settings.syslog]
+    out += [("syslog-token", d) for _, d in settings.syslog_token]
+    return out
+
+
+def worker_environment(settings: Settings, fds: list[int]) -> str:
+    return json.dumps({"settings": attrs.asdict(settings), "fds": fds})
+
+
+def settings_from_environment(raw: str) -> tuple[Settings, list[int]]:
+    doc = json.loads(raw)
+    values = doc["settings"]
+    values["syslog"] = tuple(values["syslog"])
+    values["shard_redis"] = tuple(values["shard_redis"])
+    values["syslog_token"] = tuple(tuple(pair) for pair in values["syslog_token"])
+    return Settings(**values), doc["fds"]
+
+
+def adopt(reactor, description: str, fd: int, factory):
+    """Serve an inherited listening socket as the endpoint description would.
+
+    TLS endpoints are recreated from the description for their context; the
+    socket itself comes from the master.
+    """
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    endpoint = serverFromString(reactor, description)
+    context = getattr(endpoint, "_sslContextFactory", None)
+    if context is not None:
+        factory = TLSMemoryBIOFactory(context, False, factory)
+    family = socket.socket(fileno=os.dup(fd)).family
+    return reactor.adoptStreamPort(fd, family, factory)
+
+
+class _Worker(ProcessProtocol):
+    def __init__(self, master: WorkerMaster, index: int) -> None:
+        self.master = master
+        self.index = index
+        self.ended = defer.Deferred()
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(reason.value)
+        self.master._ended(self)
+
+
+class WorkerMaster(MultiService):
+    def __init__(self, settings: Settings, workers: int, reactor) -> None:
+        super().__init__()
+        self.settings = settings
+        self.count = workers
+        self.reactor = reactor
+        self.workers: dict[int, _Worker] = {}
+        self.transports: dict[int, object] = {}
+        self.ports: list = []
+        self.fds: list[int] = []
+        self.stopping = False
+        self.restarts: dict[int, int] = {}
+        self.embedded = None
+        if settings.config_redis is None:
+            self.embedded = EmbeddedRedis(settings.data_dir, reactor=reactor)
+            self.embedded.setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        defer.ensureDeferred(self._start()).addErrback(self._failed)
+
+    def _failed(self, failure) -> None:
+        log.failure("logplex master failed to start", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def _start(self) -> None:
+        if self.embedded is not None:
+            await self.embedded.whenReady()
+            self.settings = attrs.evolve(self.settings, config_redis=self.embedded.url)
+        for kind, description in listeners(self.settings):
+            port = await serverFromString(self.reactor, description).listen(Factory())
+            # The master only holds the socket; the workers accept on it.
+            port.stopReading()
+            self.ports.append(port)
+            self.fds.append(port.fileno())
+        for index in range(self.count):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        settings = attrs.evolve(self.settings, node_name=f"{self.settings.node_name}-{index}")
+        child_fds = {0: "r", 1: 1, 2: 2}
+        inherited = []
+        for n, fd in enumerate(self.fds):
+            child_fds[3 + n] = fd
+            inherited.append(3 + n)
+        env = dict(os.environ)
+        env[WORKER_ENV] = worker_environment(settings, inherited)
+        worker = _Worker(self, index)
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "logplex"]
+        self.transports[index] = self.reactor.spawnProcess(
+            worker, sys.executable, argv, env=env, childFDs=child_fds)
+        self.workers[index] = worker
+        log.info("worker {index} started pid={pid} node={node}", index=index,
+                 pid=self.transports[index].pid, node=settings.node_name)
+
+    def _ended(self, worker: _Worker) -> None:
+        index = worker.index
+        if self.workers.get(index) is worker:
+            del self.workers[index]
+            self.transports.pop(index, None)
+        if self.stopping:
+            return
+        self.restarts[index] = self.restarts.get(index, 0) + 1
+        delay = min(30.0, 0.5 * 2 ** min(self.restarts[index], 6))
+        log.warn("worker {index} ended; restarting in {delay:.1f} s", index=index, delay=delay)
+        self.reactor.callLater(delay, self._respawn, index)
+
+    def _respawn(self, index: int) -> None:
+        if not self.stopping and index not in self.workers:
+            self._spawn(index)
+
+    def stopService(self):
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        self.stopping = True
+        waits = []
+        for index, worker in list(self.workers.items()):
+            transport = self.transports.get(index)
+            if transport is not None:
+                try:
+                    transport.signalProcess("TERM")
+                except Exception:
+                    pass
+            waits.append(worker.ended)
+        if waits:
+            timeout = task.deferLater(self.reactor, 30, lambda: None)
+            await defer.DeferredList([defer.DeferredList(waits), timeout], fireOnOneCallback=True)
+        for index, transport in list(self.transports.items()):
+            try:
+                transport.signalProcess("KILL")
+            except Exception:
+                pass
+        for port in self.ports:
+            await defer.maybeDeferred(port.stopListening)
+        await defer.maybeDeferred(super().stopService)
