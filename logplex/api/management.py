@@ -10,7 +10,7 @@ from logplex import syslog
 from logplex.api import validate
 from logplex.auth import Authenticator
 from logplex.framing import encode_logplex1
-from logplex.model import FULL_API, NO_TAIL, SessionSpec
+from logplex.model import FULL_API, NO_TAIL, PERMISSIONS, SessionSpec
 from logplex.redis.config import ConfigError, ConfigStore
 from logplex.tails import TailFilter, TailRegistry, TailSession
 from logplex.web import STREAMING, Dispatcher, HttpError, Reply, error_reply, read_json, route
@@ -93,6 +93,9 @@ class ManagementApi:
             route("DELETE", f"/v3/channels/{ch}/drains/{num}", g(self.delete_drain_v3)),
             route("GET", f"/v3/channels/{ch}/logs", g(self.channel_logs_v3)),
             route("GET", "/v3/nodes", g(self.list_nodes)),
+            route("POST", "/v3/credentials", g(self.create_credential)),
+            route("GET", "/v3/credentials", g(self.list_credentials)),
+            route("DELETE", r"/v3/credentials/([A-Za-z0-9._@-]+)", g(self.delete_credential)),
             *extra_routes,
         ]
         return Dispatcher(routes, self._config_error)
@@ -368,6 +371,29 @@ class ManagementApi:
     async def delete_drain_v3(self, request, channel_id, drain_id) -> Reply:
         self._drain(channel_id, drain_id)
         await self.store.delete_drain(channel_id, int(drain_id))
+        return Reply(204)
+
+    # -- credentials ------------------------------------------------------------------------------
+    async def create_credential(self, request) -> Reply:
+        body = self._body(request)
+        perms = body.get("perms", [FULL_API])
+        if not isinstance(perms, list) or not perms or not all(isinstance(p, str) and p in PERMISSIONS for p in perms):
+            raise HttpError(422, "'perms' must be a non-empty list of: " + ", ".join(sorted(PERMISSIONS)) + ".")
+        note = body.get("note", "")
+        if not isinstance(note, str) or len(note) > 200:
+            raise HttpError(422, "'note' must be a string of at most 200 characters.")
+        cred, secret = await self.store.create_credential(perms, note)
+        # The only time the secret is shown: only its hash is kept.
+        return Reply(201, {"id": cred.id, "secret": secret, "perms": sorted(cred.perms), "note": note})
+
+    async def list_credentials(self, request) -> Reply:
+        return Reply(200, [{"id": c.id, "perms": sorted(c.perms), "note": c.note}
+                           for c in sorted(self.store.cache.creds.values(), key=lambda c: c.id)])
+
+    async def delete_credential(self, request, cred_id) -> Reply:
+        if cred_id not in self.store.cache.creds:
+            raise HttpError(404, f"Credential {cred_id} does not exist.")
+        await self.store.delete_credential(cred_id)
         return Reply(204)
 
     async def list_nodes(self, request) -> Reply:
