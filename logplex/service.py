@@ -10,6 +10,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from logplex import __version__
+from logplex.admin.manhole import Admin, loopback_only, manhole_factory
 from logplex.api.management import ManagementApi
 from logplex.auth import Authenticator
 from logplex.config import Settings
@@ -59,7 +60,7 @@ class LogplexNode(MultiService):
         d.addCallbacks(self.booted.callback, self._boot_failed)
 
     def _boot_failed(self, failure) -> None:
-        log.failure("logplex node failed to start", failure)
+        log.failure("node_start_failed", failure)
         self.booted.errback(failure)
         if self.reactor.running and not self.stopping:
             self.reactor.stop()
@@ -73,20 +74,14 @@ class LogplexNode(MultiService):
             config_url = s.config_redis
         config_address = parse_redis_url(config_url)
         config_redis = self._pool(config_address)
-        pools = {CONFIG: config_redis}
-
-        def shard_pool(url: str):
-            if url not in pools:
-                pools[url] = self._pool(parse_redis_url(url))
-            return pools[url]
-
+        self._shard_pools = {CONFIG: config_redis}
         self.backlogs = Backlogs(
-            self.reactor, self.metrics, shard_pool, s.redis_timeout, history=s.history,
+            self.reactor, self.metrics, self.shard_pool, s.redis_timeout, history=s.history,
             expiry=s.backlog_expiry, interval=s.flush_interval,
         )
         self.store = ConfigStore(
             config_redis, config_address, self.reactor, max_drains=s.max_drains,
-            session_expiry=s.session_expiry, timeout=s.redis_timeout,
+            session_expiry=s.session_expiry, timeout=s.redis_timeout, metrics=self.metrics,
         )
         self.tails = TailRegistry(self.metrics)
         # One connection for the bus: what a node publishes stays in order.
@@ -116,6 +111,7 @@ class LogplexNode(MultiService):
             api_url=s.api_url or "", history=s.history,
             allow_private_drains=s.allow_private_drains, tail_buffer=s.tail_buffer,
             reactor=self.reactor, drain_state=self.drains.state, nodes=self.registry.live,
+            metrics_auth=s.metrics_auth,
         )
         # The API listens first: a load balancer sees 503 SYSTEM BOOTING
         # until the config is loaded.
@@ -123,6 +119,9 @@ class LogplexNode(MultiService):
         if not s.api_url:
             self.api.api_url = _default_api_url(s.api, api_port)
         self.registry.api_url = self.api.api_url
+        if s.manhole:
+            shell = manhole_factory(Admin(self).namespace(), s.manhole_keys, s.data_dir)
+            await self._listen("manhole", loopback_only(s.manhole), shell)
         self.store.start()
         await self._retry_until_loaded()
         self.backlogs.configure(await load_or_init(config_redis, list(s.shard_redis)))
@@ -146,15 +145,21 @@ class LogplexNode(MultiService):
             "logplex_active_connections", lambda: [({}, sum(f.connections for f in factories))]
         )
         log.info(
-            "logplex {version} node={node} ready api={api} logs={logs} syslog={syslog}",
+            "node_ready version={version} node={node} api={api} logs={logs} syslog={syslog}",
             version=__version__, node=s.node_name, api=self.addresses("api"),
             logs=self.addresses("logs"), syslog=self.addresses("syslog"),
         )
 
+    def shard_pool(self, url: str):
+        """The connection pool of a shard URL ("config" is the config Redis's)."""
+        if url not in self._shard_pools:
+            self._shard_pools[url] = self._pool(parse_redis_url(url))
+        return self._shard_pools[url]
+
     def _shards_changed(self, message: bytes) -> None:
         d = defer.ensureDeferred(load_shard_map(self.store.redis))
         d.addCallback(self.backlogs.configure)
-        d.addErrback(lambda f: log.warn("reloading the shard map failed: {e}", e=f.getErrorMessage()))
+        d.addErrback(lambda f: log.warn("shard_map_reload_failed error={e!r}", e=f.getErrorMessage()))
 
     async def _retry_until_loaded(self) -> None:
         while True:
@@ -162,7 +167,7 @@ class LogplexNode(MultiService):
                 await self.store.load()
                 return
             except Exception as e:
-                log.warn("config Redis not answering yet ({e}); retrying", e=str(e))
+                log.warn("config_redis_unavailable error={e!r} action=retrying", e=str(e))
                 await _sleep(self.reactor, 1.0)
 
     def _pool(self, address):
@@ -193,7 +198,7 @@ class LogplexNode(MultiService):
     async def _stop(self) -> None:
         self.stopping = True
         # Inputs first, so nothing new arrives while the rest drains.
-        for kind in ("syslog", "logs", "api"):
+        for kind in ("syslog", "logs", "api", "manhole"):
             for port in self.ports.pop(kind, []):
                 await defer.maybeDeferred(port.stopListening)
         if getattr(self, "cluster_tails", None) is not None:

@@ -143,6 +143,8 @@ class TailSession:
     def resumeProducing(self) -> None:
         self.paused = False
         waiting = len(self.buffer.lines)
+        if self.buffer.dropped:
+            self.metrics.inc("logplex_tail_l11_total")
         data = self.buffer.take()
         if data:
             self.metrics.inc("logplex_tail_lines_total", waiting)

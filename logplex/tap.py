@@ -53,6 +53,7 @@ class Options(usage.Options):
     optFlags = [
         ["allow-private-drains", None,
          "Allow drains to loopback, link-local and private addresses (tests, closed networks)."],
+        ["metrics-auth", None, "GET /metrics asks for a full_api credential like the API."],
     ]
 
     optParameters = [
@@ -103,6 +104,10 @@ class Options(usage.Options):
          _positive_int("max-body")],
         ["flush-interval", None, 0.05, "Seconds between backlog write batches.",
          _positive_float("flush-interval")],
+        ["manhole", None, None,
+         "Admin shell (SSH, keys only) endpoint, e.g. tcp:2222; a tcp: port without interface= "
+         "binds to loopback. Off unless given."],
+        ["manhole-keys", None, None, "authorized_keys file of the keys allowed into the admin shell."],
         ["heartbeat", None, 5.0,
          "Seconds between this node's heartbeats; a node silent for 3 of them is gone from /v3/nodes.",
          _positive_float("heartbeat")],
@@ -152,6 +157,10 @@ class Options(usage.Options):
             user, sep, password = self["auth"].partition(":")
             if not sep or not user or not password:
                 raise usage.UsageError("--auth must be USER:PASSWORD, both non-empty.")
+        if self["manhole"] and not self["manhole-keys"]:
+            raise usage.UsageError("--manhole needs --manhole-keys FILE (authorized_keys format).")
+        if self["manhole-keys"] and not os.path.isfile(self["manhole-keys"]):
+            raise usage.UsageError(f"--manhole-keys {self['manhole-keys']}: no such file.")
         from logplex.redis.connection import BadRedisURL, parse_redis_url
 
         for url in filter(None, [self["config-redis"], *self["shard-redis"]]):

@@ -175,7 +175,7 @@ class Dispatcher(Resource):
             else:
                 reply = self.error_map(e)
                 if reply is None:
-                    log.failure("API handler failed path={path}", failure, path=request.path)
+                    log.failure("api_handler_failed path={path!r}", failure, path=request.path)
                     reply = error_reply(500, "The node hit an internal error; it is logged.")
             if not finished:
                 write_reply(request, reply)
@@ -183,13 +183,13 @@ class Dispatcher(Resource):
         def unwritable(failure):
             # The reply itself could not be written: say so rather than
             # leave the client waiting.
-            log.failure("writing an API reply failed path={path}", failure, path=request.path)
+            log.failure("api_reply_failed path={path!r}", failure, path=request.path)
             if not finished and not request.finished:
                 request.responseHeaders.removeHeader(b"content-type")
                 write_reply(request, error_reply(500, "The node hit an internal error; it is logged."))
 
         d.addCallbacks(done, failed).addErrback(unwritable).addErrback(
-            lambda f: log.failure("writing an error reply failed", f)
+            lambda f: log.failure("api_error_reply_failed", f)
         )
 
 

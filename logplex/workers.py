@@ -101,7 +101,7 @@ class WorkerMaster(MultiService):
         defer.ensureDeferred(self._start()).addErrback(self._failed)
 
     def _failed(self, failure) -> None:
-        log.failure("logplex master failed to start", failure)
+        log.failure("master_start_failed", failure)
         if self.reactor.running:
             self.reactor.stop()
 
@@ -133,7 +133,7 @@ class WorkerMaster(MultiService):
         self.transports[index] = self.reactor.spawnProcess(
             worker, sys.executable, argv, env=env, childFDs=child_fds)
         self.workers[index] = worker
-        log.info("worker {index} started pid={pid} node={node}", index=index,
+        log.info("worker_started index={index} pid={pid} node={node}", index=index,
                  pid=self.transports[index].pid, node=settings.node_name)
 
     def _ended(self, worker: _Worker) -> None:
@@ -145,7 +145,7 @@ class WorkerMaster(MultiService):
             return
         self.restarts[index] = self.restarts.get(index, 0) + 1
         delay = min(30.0, 0.5 * 2 ** min(self.restarts[index], 6))
-        log.warn("worker {index} ended; restarting in {delay:.1f} s", index=index, delay=delay)
+        log.warn("worker_ended index={index} restart_in={delay:.1f}", index=index, delay=delay)
         self.reactor.callLater(delay, self._respawn, index)
 
     def _respawn(self, index: int) -> None:

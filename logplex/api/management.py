@@ -43,7 +43,9 @@ class ManagementApi:
         reactor,
         drain_state=lambda drain_id: None,
         nodes=None,
+        metrics_auth: bool = False,
     ) -> None:
+        self.metrics_auth = metrics_auth
         self.nodes = nodes
         self.drain_state = drain_state
         self.store = store
@@ -65,7 +67,7 @@ class ManagementApi:
         routes = [
             route("GET", "/healthcheck", self.healthcheck),
             route("GET", "/v3/healthcheck", self.healthcheck),
-            route("GET", "/metrics", self.metrics_text),
+            route("GET", "/metrics", g(self.metrics_text) if self.metrics_auth else self.metrics_text),
             # v1 / v2
             route("POST", "/channels", g(self.create_channel_v2)),
             route("GET", f"/v2/channels/{num}", g(self.get_channel_v2)),
@@ -197,7 +199,7 @@ class ManagementApi:
             await self.backlogs.delete(channel_id)
         except Exception as e:
             # The backlog expires by itself; the channel is gone either way.
-            log.warn("backlog delete failed channel={channel} error={e}", channel=channel_id, e=repr(e))
+            log.warn("backlog_delete_failed channel={channel} error={e}", channel=channel_id, e=repr(e))
 
     async def channel_info_v1(self, request, channel_id) -> Reply:
         self._channel(channel_id)
@@ -265,6 +267,7 @@ class ManagementApi:
             source=body.get("source") or None,
         )
         await self.store.create_session(spec)
+        self.metrics.inc("logplex_sessions_created_total")
         return f"{self.api_url}/sessions/{spec.id}"
 
     async def create_session(self, request) -> Reply:
@@ -309,7 +312,7 @@ class ManagementApi:
             return STREAMING
         request.registerProducer(tail, True)
         tail.go_live(backlog)
-        log.info("tail started channel={channel} session={session}", channel=spec.channel_id, session=spec.id)
+        log.info("tail_started channel={channel} session={session}", channel=spec.channel_id, session=spec.id)
         return STREAMING
 
     # -- v3 -----------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class DrainSupervisor:
                 worker.transport = self._transport(drain)
                 worker.backoff.reset()
                 old.stop()
-                log.info("drain {drain} now delivers to a new URL", drain=drain_id)
+                log.info("drain_url_changed drain={drain}", drain=drain_id)
         for drain_id, drain in wanted.items():
             if drain_id not in current:
                 self._add(drain)
@@ -115,7 +115,7 @@ class DrainSupervisor:
         self.workers[drain.id] = worker
         self.by_channel.setdefault(drain.channel_id, []).append(worker)
         worker.start()
-        log.info("drain {drain} of channel {channel} started", drain=drain.id, channel=drain.channel_id)
+        log.info("drain_started drain={drain} channel={channel}", drain=drain.id, channel=drain.channel_id)
 
     def _remove(self, worker: DrainWorker, discard: bool) -> defer.Deferred:
         self.workers.pop(worker.drain.id, None)
@@ -124,7 +124,7 @@ class DrainSupervisor:
             workers.remove(worker)
         if not workers:
             self.by_channel.pop(worker.drain.channel_id, None)
-        log.info("drain {drain} removed", drain=worker.drain.id)
+        log.info("drain_removed drain={drain}", drain=worker.drain.id)
         return worker.discard() if discard else worker.stop()
 
     def state(self, drain_id: int) -> dict | None:

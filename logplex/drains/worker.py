@@ -94,12 +94,12 @@ class DrainWorker:
         def found(depth):
             self.spool_chunks, self.spool_messages = depth
             if self.spool_chunks:
-                log.info("drain {drain} resumes a spool of {n} messages", drain=self.drain.id,
+                log.info("drain_spool_resumed drain={drain} messages={n}", drain=self.drain.id,
                          n=self.spool_messages)
             self._kick()
 
         def failed(f):
-            log.warn("drain {drain}: spool unreadable at start: {e}", drain=self.drain.id,
+            log.warn("drain_spool_unreadable drain={drain} error={e!r}", drain=self.drain.id,
                      e=f.getErrorMessage())
 
         return self._op(self.spool.depth).addCallbacks(found, failed)
@@ -302,7 +302,7 @@ class DrainWorker:
         self.queue.count_lost(n)
         self.dropped += n
         self.metrics.inc("logplex_drain_dropped_total", n, reason=why, **self._labels)
-        log.warn("drain {drain} dropped {n} messages: {why}", drain=self.drain.id, n=n, why=why)
+        log.warn("drain_dropped drain={drain} messages={n} reason={why!r}", drain=self.drain.id, n=n, why=why)
 
     def _error(self, text: str) -> None:
         self.last_error = text

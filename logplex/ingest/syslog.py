@@ -31,7 +31,7 @@ class SyslogProtocol(Protocol):
         except FramingError as e:
             # The frames before the broken one are good: route them, then close.
             self.metrics.inc("logplex_framing_errors_total")
-            log.info("closing syslog connection peer={peer} reason={reason}",
+            log.info("syslog_connection_closed peer={peer} reason={reason!r}",
                      peer=_peer(self.transport), reason=str(e))
             self._close()
             messages = e.messages
@@ -57,7 +57,7 @@ class SyslogProtocol(Protocol):
         self.factory.connections -= 1
         if self.framer.pending and not self.closing:
             self.metrics.inc("logplex_partial_frames_dropped_total")
-            log.info("syslog sender left mid-frame peer={peer} bytes={n}",
+            log.info("syslog_partial_frame_dropped peer={peer} bytes={n}",
                      peer=_peer(self.transport), n=self.framer.pending)
 
 

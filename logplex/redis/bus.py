@@ -101,13 +101,13 @@ class Subscription:
         try:
             self._on_connected()
         except Exception:
-            log.failure("subscription on_connected failed")
+            log.failure("subscription_on_connected_failed")
 
     def _message(self, channel: bytes, message: bytes) -> None:
         try:
             self._on_message(channel, message)
         except Exception:
-            log.failure("subscription message handler failed channel={channel!r}", channel=channel)
+            log.failure("subscription_handler_failed channel={channel!r}", channel=channel)
 
     def _failed(self, failure, what):
-        log.warn("redis {what} failed: {err}", what=what, err=failure.getErrorMessage())
+        log.warn("redis_subscription_failed command={what} error={err!r}", what=what, err=failure.getErrorMessage())

@@ -83,7 +83,7 @@ class ClusterTails:
 
     def _publish_failed(self, failure, channel_id, count):
         self.metrics.inc("logplex_tail_bus_dropped_total", count)
-        log.warn("tail bus publish failed channel={channel} error={e}", channel=channel_id,
+        log.warn("tail_bus_publish_failed channel={channel} error={e!r}", channel=channel_id,
                  e=failure.getErrorMessage())
 
     # -- the bus's side -------------------------------------------------------------------
@@ -120,7 +120,7 @@ class ClusterTails:
 
     def _on_connected(self) -> None:
         self.load_interest().addErrback(
-            lambda f: log.warn("loading tail interest failed: {e}", e=f.getErrorMessage()))
+            lambda f: log.warn("tail_interest_load_failed error={e!r}", e=f.getErrorMessage()))
 
     def load_interest(self) -> defer.Deferred:
         """Everyone's tail interest, from the config Redis (at start and after a reconnect)."""
@@ -153,7 +153,7 @@ class ClusterTails:
             d = self.redis.hdel(TAILING, field)
         sign = "+" if on else "-"
         d.addCallback(lambda _: self.redis.publish(FEED, f"tail {sign}{channel_id} {self.node}"))
-        return d.addErrback(lambda f: log.warn("tail interest announce failed: {e}", e=f.getErrorMessage()))
+        return d.addErrback(lambda f: log.warn("tail_interest_announce_failed error={e!r}", e=f.getErrorMessage()))
 
     def _announce_all(self):
         # Refresh our interest before it expires, and let stale remote
@@ -199,7 +199,7 @@ class NodeRegistry:
                           "ttl": self.interval * MISSED_HEARTBEATS, "api_url": self.api_url,
                           "pid": os.getpid()})
         return self.redis.hset(NODES, self.node, doc).addErrback(
-            lambda f: log.warn("node heartbeat failed: {e}", e=f.getErrorMessage()))
+            lambda f: log.warn("node_heartbeat_failed error={e!r}", e=f.getErrorMessage()))
 
     def start(self) -> None:
         self._beat.start(self.interval, now=True)

@@ -259,7 +259,9 @@ class ConfigStore:
         session_expiry: int = 360,
         reconcile_interval: float = 30.0,
         timeout: float = 5.0,
+        metrics=None,
     ) -> None:
+        self.metrics = metrics
         self.redis = redis
         self.address = address
         self.reactor = reactor
@@ -300,6 +302,15 @@ class ConfigStore:
     def _call(self, d: defer.Deferred) -> defer.Deferred:
         """Bound a Redis call; a dead config Redis becomes Unavailable (HTTP 503)."""
         d.addTimeout(self.timeout, self.reactor)
+        if self.metrics is not None:
+            started = self.reactor.seconds()
+
+            def timed(result):
+                self.metrics.observe("logplex_redis_command_seconds", self.reactor.seconds() - started,
+                                     redis="config", op="config")
+                return result
+
+            d.addCallback(timed)
 
         def unavailable(failure):
             failure.trap(Exception)
@@ -318,7 +329,7 @@ class ConfigStore:
     # -- the cache ----------------------------------------------------------
     def _on_feed_connected(self) -> None:
         # Notifications may have been missed while the feed was down.
-        self.load().addErrback(lambda f: log.warn("config reload failed: {e}", e=f.getErrorMessage()))
+        self.load().addErrback(lambda f: log.warn("config_reload_failed error={e!r}", e=f.getErrorMessage()))
 
     def _on_feed(self, channel: bytes, message: bytes) -> None:
         kind, _, ident = message.partition(b" ")
@@ -330,18 +341,18 @@ class ConfigStore:
             for listener in self.feed_listeners.get(kind, ()):
                 listener(message)
             return
-        d.addErrback(lambda f: log.warn("config refresh failed: {e}", e=f.getErrorMessage()))
+        d.addErrback(lambda f: log.warn("config_refresh_failed error={e!r}", e=f.getErrorMessage()))
 
     def _reconcile_tick(self):
         d = self._call(self.redis.get(VERSION))
 
         def compare(version):
             if (version or b"") != self.version:
-                log.info("config version moved without notice; reloading")
+                log.info("config_reconcile_reload reason='version moved without a notification'")
                 return self.load()
 
         return d.addCallback(compare).addErrback(
-            lambda f: log.warn("config reconcile failed: {e}", e=f.getErrorMessage())
+            lambda f: log.warn("config_reconcile_failed error={e!r}", e=f.getErrorMessage())
         )
 
     def load(self) -> defer.Deferred:
@@ -382,7 +393,7 @@ class ConfigStore:
         self.loaded = True
         self.loaded_at = self.reactor.seconds()
         log.info(
-            "config loaded channels={channels} tokens={tokens} drains={drains}",
+            "config_loaded channels={channels} tokens={tokens} drains={drains}",
             channels=len(self.cache.channels), tokens=len(self.cache.tokens),
             drains=len(self.cache.drains),
         )
@@ -428,7 +439,7 @@ class ConfigStore:
             try:
                 listener(channel_id)
             except Exception:
-                log.failure("drain listener failed channel={channel}", channel=channel_id)
+                log.failure("drain_listener_failed channel={channel}", channel=channel_id)
 
     # -- channels and tokens --------------------------------------------------
     def channel(self, channel_id: str) -> Channel | None:

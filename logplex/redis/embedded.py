@@ -240,7 +240,7 @@ class EmbeddedRedis(Service):
             if killer.active():
                 killer.cancel()
             self.log.info(
-                "embedded redis stopped pid={pid} how={how}",
+                "embedded_redis_stopped pid={pid} how={how!r}",
                 pid=pid,
                 how=process.describeExit(),
             )
@@ -303,7 +303,7 @@ class EmbeddedRedis(Service):
             self._process, args[0], args, env=dict(os.environ)
         )
         self.log.info(
-            "embedded redis started pid={pid} socket={socket} binary={binary}",
+            "embedded_redis_started pid={pid} socket={socket} binary={binary}",
             pid=self._transport.pid,
             socket=self.socket_path,
             binary=binary,
@@ -321,7 +321,7 @@ class EmbeddedRedis(Service):
                 )
             if await self._ping():
                 self.log.info(
-                    "embedded redis ready pid={pid} socket={socket}",
+                    "embedded_redis_ready pid={pid} socket={socket}",
                     pid=self._transport.pid,
                     socket=self.socket_path,
                 )
@@ -362,7 +362,7 @@ class EmbeddedRedis(Service):
                 )
             else:
                 self.log.error(
-                    "embedded redis did not become ready: {why}",
+                    "embedded_redis_not_ready error={why!r}",
                     why=outcome.getErrorMessage(),
                 )
         self._readyOutcome = outcome
@@ -376,7 +376,7 @@ class EmbeddedRedis(Service):
     def _ended(self, _: None, process: _RedisProcess) -> None:
         if not self._stopping and self._readyOutcome is None:
             self.log.error(
-                "embedded redis {how} unexpectedly socket={socket} {diagnosis}",
+                "embedded_redis_died how={how!r} socket={socket} diagnosis={diagnosis!r}",
                 how=process.describeExit(),
                 socket=self.socket_path,
                 diagnosis=self._diagnosis(),
@@ -393,8 +393,8 @@ class EmbeddedRedis(Service):
 
     def _escalate(self) -> None:
         self.log.warn(
-            "embedded redis still running {seconds}s after SIGTERM, "
-            "sending SIGKILL pid={pid}",
+            "embedded_redis_killed after_sigterm_seconds={seconds} "
+            "pid={pid}",
             seconds=KILL_AFTER,
             pid=self._transport.pid,
         )

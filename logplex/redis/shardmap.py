@@ -33,8 +33,7 @@ async def load_or_init(config_redis, urls: list[str]) -> dict[str, str]:
         await config_redis.hsetnx(SHARDS, name, url)
     stored = await load(config_redis)
     if stored != wanted:
-        log.warn("the cluster's shard map {stored} differs from this node's --shard-redis; "
-                 "following the cluster", stored=stored)
+        log.warn("shard_map_differs cluster={stored!r} action='following the cluster'", stored=stored)
     return stored
 
 

@@ -136,6 +136,7 @@ class BacklogWriter:
         return self._flushing
 
     async def _write(self, batch: dict[str, list[bytes]], count: int) -> bool:
+        started = self.reactor.seconds()
         try:
             pipe = await self.redis.pipeline().addTimeout(self.timeout, self.reactor)
             for channel_id, messages in batch.items():
@@ -148,13 +149,15 @@ class BacklogWriter:
             self._requeue(batch, count, e)
             return False
         self.metrics.inc("logplex_backlog_written_total", count, shard=self.shard_name)
+        self.metrics.observe("logplex_redis_command_seconds", self.reactor.seconds() - started,
+                             redis=self.shard_name, op="backlog_flush")
         return True
 
     def _requeue(self, batch: dict[str, list[bytes]], count: int, error: Exception) -> None:
         # Put the failed batch back in front of what arrived meanwhile, so a
         # short outage loses nothing and order is kept; the bound still holds.
         log.warn(
-            "backlog write failed shard={shard} messages={count} error={error}",
+            "backlog_write_failed shard={shard} messages={count} error={error}",
             shard=self.shard_name, count=count, error=repr(error),
         )
         newer, newer_order = self.pending, self._order
