@@ -10,7 +10,10 @@ import attrs
 # Permissions a credential can hold.
 FULL_API = "full_api"
 ANY_CHANNEL = "any_channel"
-PERMISSIONS = frozenset({FULL_API, ANY_CHANNEL})
+# Read (tail, backlog) only the channels named in the credential: for the
+# browser tail page and for people who should see an app's logs, nothing more.
+READ_CHANNEL = "read_channel"
+PERMISSIONS = frozenset({FULL_API, ANY_CHANNEL, READ_CHANNEL})
 
 # Channel flags, as logplex's operators used them.
 NO_TAIL = "no_tail"
@@ -88,11 +91,11 @@ class Credential:
     secret_hash: str
     perms: frozenset[str] = frozenset()
     note: str = ""
+    channels: frozenset[str] = frozenset()  # what read_channel covers
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"hash": self.secret_hash, "perms": sorted(self.perms), "note": self.note}
-        )
+        return json.dumps({"hash": self.secret_hash, "perms": sorted(self.perms), "note": self.note,
+                           "channels": sorted(self.channels)})
 
     @classmethod
     def from_json(cls, cred_id: str, data: bytes) -> Credential:
@@ -102,10 +105,15 @@ class Credential:
             secret_hash=doc["hash"],
             perms=frozenset(doc.get("perms", ())),
             note=doc.get("note", ""),
+            channels=frozenset(doc.get("channels", ())),
         )
 
     def has(self, perm: str) -> bool:
         return perm in self.perms
+
+    def can_read(self, channel_id: str) -> bool:
+        """Tail and read the backlog of this channel."""
+        return FULL_API in self.perms or (READ_CHANNEL in self.perms and channel_id in self.channels)
 
 
 @attrs.frozen

@@ -10,7 +10,7 @@ from logplex import syslog
 from logplex.api import validate
 from logplex.auth import Authenticator
 from logplex.framing import encode_logplex1
-from logplex.model import FULL_API, NO_TAIL, PERMISSIONS, SessionSpec
+from logplex.model import FULL_API, NO_TAIL, PERMISSIONS, READ_CHANNEL, SessionSpec
 from logplex.redis.config import ConfigError, ConfigStore
 from logplex.tails import TailFilter, TailRegistry, TailSession
 from logplex.web import STREAMING, Dispatcher, HttpError, Reply, error_reply, read_json, route
@@ -385,12 +385,17 @@ class ManagementApi:
         note = body.get("note", "")
         if not isinstance(note, str) or len(note) > 200:
             raise HttpError(422, "'note' must be a string of at most 200 characters.")
-        cred, secret = await self.store.create_credential(perms, note)
+        channels = body.get("channels", [])
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise HttpError(422, "'channels' must be a list of channel ids.")
+        if (READ_CHANNEL in perms) != bool(channels):
+            raise HttpError(422, "A read_channel credential names its channels, and only it does.")
+        cred, secret = await self.store.create_credential(perms, note, channels=channels)
         # The only time the secret is shown: only its hash is kept.
-        return Reply(201, {"id": cred.id, "secret": secret, "perms": sorted(cred.perms), "note": note})
+        return Reply(201, {**describe_credential(cred), "secret": secret})
 
     async def list_credentials(self, request) -> Reply:
-        return Reply(200, [{"id": c.id, "perms": sorted(c.perms), "note": c.note}
+        return Reply(200, [describe_credential(c)
                            for c in sorted(self.store.cache.creds.values(), key=lambda c: c.id)])
 
     async def delete_credential(self, request, cred_id) -> Reply:
@@ -422,6 +427,13 @@ class ManagementApi:
                 out.append(syslog.output_message(fields))
         return Reply(200, encode_logplex1(out), {b"logplex-msg-count": str(len(out)).encode()},
                      content_type=b"application/logplex-1")
+
+
+def describe_credential(cred) -> dict:
+    doc = {"id": cred.id, "perms": sorted(cred.perms), "note": cred.note}
+    if cred.channels:
+        doc["channels"] = sorted(cred.channels)
+    return doc
 
 
 def tail_lines(messages: list[bytes], spec: SessionSpec) -> bytes:

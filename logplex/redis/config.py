@@ -554,7 +554,7 @@ class ConfigStore:
 
     async def create_credential(
         self, perms: Iterable[str] = (FULL_API,), note: str = "", cred_id: str | None = None,
-        secret: str | None = None,
+        secret: str | None = None, channels: Iterable[str] = (),
     ) -> tuple[Credential, str]:
         secret = secret or secrets.new_secret()
         cred = Credential(
@@ -562,6 +562,7 @@ class ConfigStore:
             secret_hash=secrets.hash_secret(secret),
             perms=frozenset(perms),
             note=note,
+            channels=frozenset(channels),
         )
         await self.put_credential(cred)
         return cred, secret

@@ -33,3 +33,15 @@ def test_nodes_lists_this_node(node):
     assert answer.status == 200
     (me,) = [n for n in answer.json() if n["api_url"] == node.api_url]
     assert me["version"] and me["uptime"] >= 0
+
+
+def test_a_read_channel_credential_names_its_channels_and_manages_nothing(node):
+    channel, _ = node.channel("app")
+    made = node.api("POST", "/v3/credentials", {"perms": ["read_channel"], "channels": [channel]})
+    assert made.status == 201, made
+    cred = made.json()
+    assert cred["perms"] == ["read_channel"] and cred["channels"] == [channel]
+    assert node.api("GET", f"/v3/channels/{channel}", auth=(cred["id"], cred["secret"])).status == 403
+    for body in ({"perms": ["read_channel"]}, {"perms": ["full_api"], "channels": [channel]},
+                 {"perms": ["read_channel"], "channels": "x"}):
+        assert node.api("POST", "/v3/credentials", body).status == 422
