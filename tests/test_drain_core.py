@@ -72,3 +72,28 @@ def test_overflow_that_cannot_be_spooled_is_bounded_and_counted_for_l10():
 def test_spool_chunks_round_trip(messages, frame_id):
     messages = [m for m in messages if m and not m.endswith((b"\n", b"\r", b"\0"))]
     assert decode_chunk(encode_chunk(messages, frame_id, 12.5)) == (frame_id, messages, 12.5)
+
+
+MESSAGES = [
+    COOKED,
+    b"<13>1 2026-11-24T10:00:00+00:00 h app web.1 - - plain",
+    b"<13>1 2026-11-24T10:00:00+00:00 h app web.1 - -",
+    b"<13>1 2026-11-24T10:00:00+00:00 h app web.1 - - \xef\xbb\xbfwith a BOM",
+    b"<013>1 2026-11-24T10:00:00+00:00 h app web.1 - - zero-padded PRI",
+    b'<13>1 2026-11-24T10:00:00+00:00 h app web.1 ID [a@1 x="y z"] with SD',
+]
+
+
+def test_the_fast_output_path_gives_exactly_what_the_full_parser_gives():
+    from logplex import syslog
+
+    expected = []
+    for m in MESSAGES:
+        f = syslog.parse(m)
+        line = syslog.output_message(f)
+        expected.append(b"%d %s\n" % (len(line) + 1, line))
+    assert http_body(MESSAGES) == (b"".join(expected), len(MESSAGES))
+    for m in MESSAGES:
+        f = syslog.parse(m)
+        line = b"<%d>1 %s d.t %s %s - - %s\n" % (f.pri, f.timestamp, f.appname, f.procid, f.msg)
+        assert syslog_frames([m], b"d.t") == b"%d %s" % (len(line), line)

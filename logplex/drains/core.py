@@ -162,8 +162,14 @@ class DrainQueue:
         """A batch from overflow if it has any, else from memory."""
         if self.overflow:
             return self.take_overflow(max_bytes)
-        out, size = [], 0
         memory = self.memory
+        if self.memory_bytes <= max_bytes:
+            # Everything fits: the usual case when the endpoint keeps up.
+            out = list(memory)
+            memory.clear()
+            self.memory_bytes = 0
+            return out
+        out, size = [], 0
         while memory and (not out or size + len(memory[0]) <= max_bytes):
             m = memory.popleft()
             out.append(m)
@@ -209,26 +215,68 @@ class DrainQueue:
 
 
 # -- wire formats -----------------------------------------------------------------------
+# Cooked messages passed split_header at ingest, so the common case (no
+# STRUCTURED-DATA) needs one split and one format per message; anything else
+# goes through the full parser.
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _plain(message: bytes) -> tuple[list[bytes], bytes] | None:
+    """(header parts, MSG) when the message has no structured data, else None."""
+    parts = message.split(b" ", 6)
+    if len(parts) != 7 or parts[0][1:2] == b"0" and parts[0] != b"<0>1":
+        return None  # a zero-padded PRI is normalised by the full parser
+    rest = parts[6]
+    if rest[:2] == b"- ":
+        msg = rest[2:]
+    elif rest == b"-":
+        msg = b""
+    else:
+        return None
+    if msg[:3] == _BOM:
+        msg = msg[3:]
+    return parts, msg
+
+
+def output_line(message: bytes) -> bytes | None:
+    """logplex's output format: `<PRI>1 TS host APPNAME PROCID - MSG`."""
+    plain = _plain(message)
+    if plain is not None:
+        parts, msg = plain
+        return b"%s %s host %s %s - %s" % (parts[0], parts[1], parts[3], parts[4], msg)
+    fields = syslog.parse(message)
+    return syslog.output_message(fields) if fields is not None else None
+
 
 def http_body(messages: Iterable[bytes]) -> tuple[bytes, int]:
     """An application/logplex-1 body in logplex's output format, and its message count."""
     out = []
+    append = out.append
     for message in messages:
-        fields = syslog.parse(message)
-        if fields is not None:
-            out.append(syslog.output_message(fields))
-    return encode_logplex1(out), len(out)
+        line = output_line(message)
+        if line is not None:
+            append(b"%d %s\n" % (len(line) + 1, line))
+    return b"".join(out), len(out)
 
 
 def syslog_frames(messages: Iterable[bytes], drain_token: bytes) -> bytes:
     """Octet-counted frames as logplex's syslog drains send them: the drain token as HOSTNAME."""
     out = []
+    append = out.append
     for message in messages:
-        fields = syslog.parse(message)
-        if fields is not None:
-            out.append(octet_frame(b"<%d>1 %s %s %s %s - - %s" % (
-                fields.pri, fields.timestamp, drain_token, fields.appname, fields.procid,
-                fields.msg)))
+        plain = _plain(message)
+        if plain is not None:
+            parts, msg = plain
+            pri, ts, app, procid = parts[0], parts[1], parts[3], parts[4]
+        else:
+            fields = syslog.parse(message)
+            if fields is None:
+                continue
+            pri, ts, app, procid, msg = (b"<%d>1" % fields.pri, fields.timestamp, fields.appname,
+                                         fields.procid, fields.msg)
+        line = b"%s %s %s %s %s - - %s\n" % (pri, ts, drain_token, app, procid, msg)
+        append(b"%d %s" % (len(line), line))
     return b"".join(out)
 
 
