@@ -58,14 +58,17 @@ def test_queue_moves_what_memory_cannot_hold_to_overflow_in_order():
 def test_overflow_that_cannot_be_spooled_is_bounded_and_counted_for_l10():
     now = [100.0]
     q = DrainQueue(capacity=2, clock=lambda: now[0], overflow_limit=2)
+    q.degraded = True
     q.return_overflow([b"a", b"b", b"c"])
     assert q.overflow == [b"b", b"c"] and q.lost == 1
     now[0] = 160.0
-    l10 = q.take_l10()
+    from logplex.drains.core import l10_message
+    n, since = q.take_loss()
+    l10 = l10_message(n, since, now[0])
     assert l10 == (
         b"<172>1 1970-01-01T00:02:40.000000+00:00 host heroku logplex - - Error L10 "
         b"(output buffer overflow): 1 messages dropped since 1970-01-01T00:01:40.000000+00:00.")
-    assert q.take_l10() is None and q.lost_total == 1
+    assert q.take_loss() == (0, None) and q.lost_total == 1
 
 
 @given(st.lists(st.binary(max_size=300), max_size=50), st.text(alphabet="0123456789abcdef", min_size=1, max_size=32))

@@ -53,15 +53,16 @@ class MemorySpool:
         if self.broken:
             raise ConnectionError("spool Redis down")
 
-    def push(self, chunk, count, at_head=False):
-        return defer.maybeDeferred(self._push, chunk, count, at_head)
+    def push(self, chunk, count, at_head=False, protect=""):
+        return defer.maybeDeferred(self._push, chunk, count, at_head, protect)
 
-    def _push(self, chunk, count, at_head):
+    def _push(self, chunk, count, at_head, protect):
         self._check()
         self.chunks.insert(0, chunk) if at_head else self.chunks.append(chunk)
         dropped = 0
         while sum(map(len, self.chunks)) > self.max_bytes and len(self.chunks) > 1:
-            dropped += len(decode_chunk(self.chunks.pop(0))[1])
+            victim = 1 if protect and decode_chunk(self.chunks[0])[0] == protect else 0
+            dropped += len(decode_chunk(self.chunks.pop(victim))[1])
         self.dropped += dropped
         return dropped
 

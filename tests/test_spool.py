@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.trial import unittest
 
 from logplex.drains.core import decode_chunk, encode_chunk
@@ -165,6 +165,18 @@ class SpoolTests(unittest.TestCase):
         self.assertEqual(await self.frame_ids(s), ["f3", "f4", "f5"])
         self.assertEqual(await s.depth(), (3, 4 + 5 + 6))
         self.assertEqual(await self.meta(s), {b"bytes": bound, b"messages": 15})
+
+    async def test_the_chunk_being_delivered_is_never_dropped(self):
+        chunks = [chunk("f%d" % i, i * 10, 2) for i in range(4)]
+        bound = sum(len(c) for c, _ in chunks[:3])
+        s = self.spool(max_bytes=bound)
+        for data, count in chunks[:3]:
+            self.assertEqual(await s.push(data, count), 0)
+        # f0 is in flight: the push over the bound drops f1 instead.
+        self.assertEqual(await s.push(*chunks[3], protect="f0"), 2)
+        self.assertEqual(await self.frame_ids(s), ["f0", "f2", "f3"])
+        await self.assertMetaExact(s)
+        self.assertTrue(await s.ack("f0"))
 
     async def test_one_push_can_drop_several_chunks(self):
         small = [chunk("s%d" % i, i, 1) for i in range(5)]

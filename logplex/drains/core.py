@@ -25,10 +25,26 @@ class Batch:
     frame_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     from_spool: bool = False
     attempts: int = 0
+    # Loss this batch reports with its L10 (grows while the batch is retried,
+    # so the endpoint hears of it once, with the exact total).
+    lost: int = 0
+    lost_since: float | None = None
 
     @property
     def size(self) -> int:
         return sum(map(len, self.messages))
+
+    def take_loss(self, queue: DrainQueue) -> None:
+        n, since = queue.take_loss()
+        if n:
+            self.lost += n
+            self.lost_since = since if self.lost_since is None else min(self.lost_since, since)
+
+    def wire(self, now: float) -> list[bytes]:
+        """What is sent: the L10, if any loss is owed, then the messages."""
+        if not self.lost:
+            return self.messages
+        return [l10_message(self.lost, self.lost_since, now), *self.messages]
 
 
 @attrs.frozen
@@ -105,11 +121,18 @@ class DrainQueue:
     taken from the oldest part that has anything.
     """
 
-    def __init__(self, capacity: int, clock: Callable[[], float], overflow_limit: int | None = None) -> None:
+    def __init__(self, capacity: int, clock: Callable[[], float], overflow_limit: int | None = None,
+                 overflow_bytes: int = 16 * 1024 * 1024,
+                 on_lost: Callable[[int, str], None] = lambda n, why: None) -> None:
         self.capacity = capacity
-        # Past this many messages in overflow (when the spool cannot take
-        # them), the oldest are dropped and reported with L10.
+        # While the spool takes writes, overflow waits for them up to
+        # overflow_bytes (a burst is not dropped just because one chunk is in
+        # flight); when the spool cannot take them (`degraded`), past
+        # overflow_limit messages the oldest are dropped and reported (L10).
         self.overflow_limit = overflow_limit if overflow_limit is not None else capacity * 10
+        self.overflow_byte_limit = overflow_bytes
+        self.degraded = False
+        self.on_lost = on_lost
         self.clock = clock
         self.memory: deque[bytes] = deque()
         self.memory_bytes = 0
@@ -134,11 +157,18 @@ class DrainQueue:
             self._bound_overflow()
 
     def _bound_overflow(self) -> None:
-        excess = len(self.overflow) - self.overflow_limit
+        if self.degraded:
+            excess = len(self.overflow) - self.overflow_limit
+        else:
+            excess, size = 0, self.overflow_bytes
+            while size > self.overflow_byte_limit and excess < len(self.overflow):
+                size -= len(self.overflow[excess])
+                excess += 1
         if excess > 0:
             self.overflow_bytes -= sum(map(len, self.overflow[:excess]))
             del self.overflow[:excess]
-            self.count_lost(excess)
+            self.count_lost(excess, "overflow while the spool was unavailable"
+                            if self.degraded else "overflow beyond memory bound")
 
     def take_overflow(self, max_bytes: int) -> list[bytes]:
         """The oldest overflow, up to about max_bytes, to become one spool chunk."""
@@ -193,25 +223,37 @@ class DrainQueue:
     def pending(self) -> int:
         return len(self.memory) + len(self.overflow)
 
-    def count_lost(self, n: int) -> None:
+    def count_lost(self, n: int, why: str) -> None:
+        """Every loss of the drain comes through here: for L10, state and metrics."""
         if n <= 0:
             return
         if not self.lost:
             self.lost_since = self.clock()
         self.lost += n
         self.lost_total += n
+        self.on_lost(n, why)
 
-    def take_l10(self) -> bytes | None:
-        """The L10 message owed to the endpoint, once, or None."""
-        if not self.lost:
-            return None
-        text = b"Error L10 (output buffer overflow): %d messages dropped since %s." % (
-            self.lost, syslog.utc_timestamp(self.lost_since))
+    def owe(self, n: int, since: float | None) -> None:
+        """Loss already counted that must still be reported (its batch never got through)."""
+        if n:
+            self.lost_since = since if not self.lost else min(self.lost_since, since)
+            self.lost += n
+
+    def take_loss(self) -> tuple[int, float | None]:
+        """The loss not yet reported to the endpoint, and since when; now owed by the caller."""
+        owed = (self.lost, self.lost_since)
         self.lost, self.lost_since = 0, None
-        return syslog.make_message(
-            syslog.FACILITY_LOCAL5, syslog.SEVERITY_WARNING,
-            syslog.utc_timestamp(self.clock()), b"heroku", b"logplex", text,
-        )
+        return owed
+
+
+def l10_message(lost: int, since: float, now: float) -> bytes:
+    """logplex's notice of messages a drain lost, from heroku/logplex, local5.warning."""
+    text = b"Error L10 (output buffer overflow): %d messages dropped since %s." % (
+        lost, syslog.utc_timestamp(since))
+    return syslog.make_message(
+        syslog.FACILITY_LOCAL5, syslog.SEVERITY_WARNING, syslog.utc_timestamp(now),
+        b"heroku", b"logplex", text,
+    )
 
 
 # -- wire formats -----------------------------------------------------------------------

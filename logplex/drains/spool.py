@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-# KEYS: list, meta. ARGV: chunk, message count, max bytes, '1' to push at the head.
+# KEYS: list, meta. ARGV: chunk, message count, max bytes, '1' to push at the head,
+# frame id of a chunk being delivered right now ('' if none): never dropped, or
+# its messages would be counted lost and delivered both.
 _PUSH = """
 if ARGV[4] == '1' then
   redis.call('LPUSH', KEYS[1], ARGV[1])
@@ -19,10 +21,16 @@ else
 end
 redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'messages', tonumber(ARGV[2]))
+local protected = '1 ' .. ARGV[5] .. ' '
 local dropped = 0
 while tonumber(redis.call('HGET', KEYS[2], 'bytes')) > tonumber(ARGV[3])
       and redis.call('LLEN', KEYS[1]) > 1 do
   local head = redis.call('LPOP', KEYS[1])
+  if ARGV[5] ~= '' and string.sub(head, 1, #protected) == protected then
+    local victim = redis.call('LPOP', KEYS[1])
+    redis.call('LPUSH', KEYS[1], head)
+    head = victim
+  end
   local n = tonumber(string.match(head, '^1 %S+ (%d+) '))
   redis.call('HINCRBY', KEYS[2], 'bytes', -#head)
   redis.call('HINCRBY', KEYS[2], 'messages', -n)
@@ -61,10 +69,13 @@ class Spool:
     def _bounded(self, d: defer.Deferred) -> defer.Deferred:
         return d.addTimeout(self.timeout, self.reactor)
 
-    def push(self, chunk: bytes, count: int, at_head: bool = False) -> defer.Deferred:
-        """Append a chunk (or put it back in front); fires with the messages dropped to fit."""
+    def push(self, chunk: bytes, count: int, at_head: bool = False, protect: str = "") -> defer.Deferred:
+        """Append a chunk (or put it back in front); fires with the messages dropped to fit.
+
+        protect names a chunk (by frame id) that is being delivered: it is never dropped.
+        """
         d = self.redis.eval(_PUSH, [self.key, self.meta],
-                            [chunk, count, self.max_bytes, "1" if at_head else "0"])
+                            [chunk, count, self.max_bytes, "1" if at_head else "0", protect])
         return self._bounded(d).addCallback(int)
 
     def head(self) -> defer.Deferred:

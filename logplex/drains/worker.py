@@ -56,7 +56,7 @@ class DrainWorker:
         self.backoff = backoff or Backoff()
         self.max_age = max_age
         self.emit = emit
-        self.queue = DrainQueue(capacity, reactor.seconds)
+        self.queue = DrainQueue(capacity, reactor.seconds, on_lost=self._lost)
         self._spilling = False
         self.inflight: Batch | None = None
         self.spool_chunks = 0
@@ -156,9 +156,10 @@ class DrainWorker:
         self.spool_messages += len(messages)
 
         def pushed(dropped):
+            self.queue.degraded = False
             if dropped:
                 self.spool_messages -= dropped
-                self._lose(dropped, "spool full")
+                self.queue.count_lost(dropped, "spool full")
             return True
 
         def failed(f):
@@ -166,12 +167,19 @@ class DrainWorker:
             self.spool_messages -= len(messages)
             self._error(f"spool write failed: {f.getErrorMessage()}")
             if self.stopped:
-                self._lose(len(messages), "spool unavailable at stop")
+                self.queue.count_lost(len(messages), "spool unavailable at stop")
             else:
+                self.queue.degraded = True
                 self.queue.return_overflow(messages)
             return False
 
-        return self._op(self.spool.push, chunk, len(messages), at_head).addCallbacks(pushed, failed)
+        def push():
+            # Decided when the write runs, not when it was queued.
+            batch = self.inflight
+            protect = batch.frame_id if batch is not None and batch.from_spool else ""
+            return self.spool.push(chunk, len(messages), at_head, protect)
+
+        return self._op(push).addCallbacks(pushed, failed)
 
     # -- the pump ---------------------------------------------------------------------------
     def _kick(self) -> None:
@@ -219,7 +227,7 @@ class DrainWorker:
         if self.reactor.seconds() - created > self.max_age:
             self._op(self.spool.ack, frame_id)
             self._spooled_out(len(messages))
-            self._lose(len(messages), "spool age limit")
+            self.queue.count_lost(len(messages), "spool age limit")
             self._kick()
             return
         self._send(Batch(messages, frame_id, from_spool=True))
@@ -235,15 +243,12 @@ class DrainWorker:
 
     def _send(self, batch: Batch) -> None:
         self.inflight = batch
-        if batch.attempts == 0:
-            # Said once, at the head of the next new batch; a retry resends
-            # the batch exactly as it was, under the same frame id.
-            l10 = self.queue.take_l10()
-            if l10 is not None:
-                batch.messages.insert(0, l10)
-                self.metrics.inc("logplex_drain_l10_total", **self._labels)
+        # Loss is told once, by an L10 at the head of the next delivery. A
+        # retried batch keeps its messages and frame id; only its L10 count
+        # grows if more was lost meanwhile, so the endpoint hears one total.
+        batch.take_loss(self.queue)
         batch.attempts += 1
-        d = defer.maybeDeferred(self.transport.send, batch.messages, batch.frame_id)
+        d = defer.maybeDeferred(self.transport.send, batch.wire(self.reactor.seconds()), batch.frame_id)
         d.addErrback(lambda f: Outcome.retry_later(f.getErrorMessage() or f.type.__name__))
         d.addCallback(self._sent, batch)
 
@@ -254,6 +259,8 @@ class DrainWorker:
         if outcome.delivered:
             self.inflight = None
             self.backoff.reset()
+            if batch.lost:
+                self.metrics.inc("logplex_drain_l10_total", **self._labels)
             self.delivered += n
             self.metrics.inc("logplex_drain_delivered_total", n, **self._labels)
             if batch.from_spool:
@@ -273,6 +280,8 @@ class DrainWorker:
         self.inflight = None
         self.dropped += n
         self.metrics.inc("logplex_drain_dropped_total", n, reason="rejected", **self._labels)
+        # The endpoint refused the batch with its L10: say it again next time.
+        self.queue.owe(batch.lost, batch.lost_since)
         if batch.from_spool:
             self._op(self.spool.ack, batch.frame_id)
             self._spooled_out(n)
@@ -298,8 +307,8 @@ class DrainWorker:
         self._send(batch)
 
     # -- accounting ---------------------------------------------------------------------------
-    def _lose(self, n: int, why: str) -> None:
-        self.queue.count_lost(n)
+    def _lost(self, n: int, why: str) -> None:
+        """The queue counted a loss: the drain's state, metrics and log say so too."""
         self.dropped += n
         self.metrics.inc("logplex_drain_dropped_total", n, reason=why, **self._labels)
         log.warn("drain_dropped drain={drain} messages={n} reason={why!r}", drain=self.drain.id, n=n, why=why)
@@ -341,6 +350,8 @@ class DrainWorker:
         self.stopped = True
         self._cancel_timers()
         batch, self.inflight = self.inflight, None
+        if batch is not None:
+            self.queue.owe(batch.lost, batch.lost_since)
         if batch is not None and batch.messages and not batch.from_spool:
             # Older than anything spooled: it goes back in front, under its
             # frame id, so a receiver can tell a repeat.

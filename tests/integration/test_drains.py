@@ -38,6 +38,7 @@ from tests.integration.procs import NodeProcess, RedisServer
 from tests.sinks import HttpSink, SyslogSink
 
 SHARED_NODE = "drains-shared"
+OVERFLOW_NODE = "drains-overflow"
 # Quick retries and a short HTTP timeout keep the outages of these tests to seconds.
 FAST = ["--allow-private-drains", "--drain-backoff-max", "1", "--http-drain-timeout", "1"]
 L10 = re.compile(
@@ -74,12 +75,10 @@ class Sender:
         self.token = token
         self.sent: list[tuple[str, float]] = []  # (text, monotonic time it was written)
 
-    def send(self, lines: list[str], *, rate: float | None = None, chunk: int = 50,
-             stop: threading.Event | None = None) -> None:
+    def send(self, lines: list[str], *, rate: float | None = None, chunk: int = 50) -> None:
+        """Write lines in writes of `chunk` messages, at about `rate` messages a second if given."""
         began = time.monotonic()
         for i in range(0, len(lines), chunk):
-            if stop is not None and stop.is_set():
-                return
             part = lines[i:i + chunk]
             self.sock.sendall(b"".join(octet(syslog_message(self.token, "web.1", t)) for t in part))
             now = time.monotonic()
@@ -105,6 +104,12 @@ def metric_samples(node: Node) -> dict[str, float]:
     return out
 
 
+def describe_requests(sink: HttpSink) -> list:
+    """Each request the sink saw, in short: for failure messages."""
+    return [(r.frame_id[:8] if r.frame_id else None, r.status or r.mode, len(r.frames),
+             r.frames[0][:70] if r.frames else b"") for r in sink.requests]
+
+
 def start_node(directory: str, redis_url: str, name: str, *args: str) -> Node:
     proc = NodeProcess(directory, redis_url, list(args), name=name)
     proc.start()
@@ -125,9 +130,29 @@ class World:
         self.ca = TestCA(os.path.join(root, "ca"))
         self.stranger = TestCA(os.path.join(root, "ca"), name="unrelated CA")
         self.node: Node | None = None
+        self._overflow: Node | None = None
 
     def dir(self, name: str) -> str:
         return tempfile.mkdtemp(prefix=name + "-", dir=self.root)
+
+    def overflow_node(self) -> Node:
+        """A node with a tiny drain buffer, spool and batch, started when first needed."""
+        if self._overflow is None:
+            self._overflow = start_node(
+                self.dir("overflow"), self.redis.url, OVERFLOW_NODE, *FAST,
+                "--drain-buffer", "10", "--drain-spool-bytes", "20000",
+                "--http-drain-target-bytes", "2000")
+        return self._overflow
+
+    def stop(self) -> None:
+        nodes = [n for n in (self.node, self._overflow) if n is not None]
+        self.node = self._overflow = None
+        try:
+            for node in nodes:
+                stop_node(node)
+        finally:
+            for node in nodes:
+                node.proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +164,11 @@ def drain_world():
         world.node = start_node(world.dir("shared"), world.redis.url, SHARED_NODE, *FAST,
                                 "--drain-ca-file", world.ca.ca_path)
         yield world
-        stop_node(world.node)
     finally:
-        if world.node is not None:
-            world.node.proc.kill()
-        world.redis.stop()
+        try:
+            world.stop()
+        finally:
+            world.redis.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -228,6 +253,24 @@ class DrainTests(unittest.TestCase):
         self.addCleanup(client.disconnect)
         return client
 
+    async def settled(self, node: Node, channel_id: str, drain_id: int, node_name: str,
+                      routed: int) -> None:
+        """Wait until the node routed `routed` messages in all and the drain holds no overflow
+        in memory, with every spool write done (Redis counts what the node counts)."""
+        client = await self.redis_client(self.world.redis.url)
+        meta = b"lp:spool:%d:%s:meta" % (drain_id, node_name.encode())
+
+        async def look():
+            samples = await self.blocking(metric_samples, node)
+            state = await self.state(channel_id, drain_id, node)
+            spooled = int(await client.hget(meta, "messages") or 0)
+            return (samples.get("logplex_messages_routed_total"),
+                    samples.get(f'logplex_drain_buffered{{drain="{drain_id}"}}'),
+                    state["spool_depth"], spooled)
+
+        await self.until(look, lambda v: v[0] == routed and v[1] <= 10 and v[2] == v[3], 10,
+                         "routed, overflow spilled, spool writes done", node)
+
     # -- 1. an HTTP drain ---------------------------------------------------------------------------
     async def test_http_drain_delivers_in_order_with_logplex_headers(self):
         sink = await self.started(HttpSink(path="/logs"))
@@ -274,6 +317,9 @@ class DrainTests(unittest.TestCase):
         lines = texts("o", 5000)
         await self.send(sender, lines, rate=1000, chunk=50)
         self.assertEqual(sink.messages(), [])
+        # More than the memory buffer (1024) came in: the rest waits in the spool.
+        during = await self.state(channel_id, drain_id)
+        self.assertGreater(during["spool_depth"], 0, during)
         sink.behave("ok")
         await sink.wait_for(5000, timeout=30)
         got = sink.messages()
@@ -468,49 +514,102 @@ class DrainTests(unittest.TestCase):
         self.assertEqual(sink.frames, [])
 
     # -- 7. overflow: the exact L10 ------------------------------------------------------------------
-    async def test_overflow_drops_oldest_and_reports_one_exact_l10(self):
-        node = await self.blocking(
-            start_node, self.world.dir("overflow"), self.world.redis.url, "drains-overflow", *FAST,
-            "--drain-buffer", "10", "--drain-spool-bytes", "20000",
-            "--http-drain-target-bytes", "2000")
-        self.addCleanup(self.blocking, stop_node, node)
-        sink = await self.started(HttpSink())
+    async def overflow(self, sink: HttpSink, *, loss_before_first_batch: bool = False) -> dict:
+        """Against the small-buffer node, with the sink answering 503: 2000 messages go in.
+
+        By default a first batch is already failing when the burst comes, so
+        all the loss happens while that batch waits; with
+        loss_before_first_batch, the burst comes first and the first batch is
+        made after some loss, then more is lost. Returns what the test needs.
+        """
+        node = await self.blocking(self.world.overflow_node)
         sink.behave("status", code=503)
         channel_id, token = await self.channel(node)
         drain_id, _ = await self.add_drain(channel_id, sink.url, node)
         sender = await self.sender(token, node)
+        routed = (await self.blocking(metric_samples, node)).get("logplex_messages_routed_total", 0)
         lines = texts("v", 2000)
-        await self.send(sender, lines, chunk=100)
-        # Everything went in: each message is held, spooled or counted as dropped.
-        await self.wait_state(
-            channel_id, drain_id,
-            lambda s: s["dropped"] + s["spool_depth"] + s["buffered"] == 2000 and s["dropped"] > 0,
-            "all 2000 accounted for", node=node)
+        if loss_before_first_batch:
+            # One write of 500: the node reads it in one go, more than its
+            # buffer and overflow hold, and loses some before any batch exists.
+            await self.send(sender, lines[:500], chunk=500)
+            # The first batch leaves at once; the spool overflows while it is
+            # retried, so a retry of it carries the L10 (with the count so far).
+            await sink.wait_for_attempts(3, timeout=10)
+            self.assertTrue(any(r.frames and b"Error L10" in r.frames[0] for r in sink.requests),
+                            "precondition: loss before the first batch got through")
+            await self.send(sender, lines[500:], chunk=100)
+        else:
+            await self.send(sender, lines[:20])
+            await sink.wait_for_attempts(1, timeout=5)
+            self.assertNotIn(b"Error L10", sink.requests[0].frames[0])
+            await self.send(sender, lines[20:], chunk=100)
+        await self.settled(node, channel_id, drain_id, OVERFLOW_NODE, routed + 2000)
+        client = await self.redis_client(self.world.redis.url)
+        meta = b"lp:spool:%d:%s:meta" % (drain_id, OVERFLOW_NODE.encode())
+        spooled_bytes = int(await client.hget(meta, "bytes") or 0)
         sink.behave("ok")
         state = await self.wait_state(
             channel_id, drain_id,
-            lambda s: s["spool_depth"] == 0 and s["buffered"] == 0 and s["delivered"] == len(sink.messages()),
+            # delivered counts the channel's messages; L10 notices are the router's own.
+            lambda s: s["spool_depth"] == 0 and s["buffered"] == 0
+            and s["delivered"] == len([m for m in sink.messages() if b"Error L10" not in m]),
             "the backlog delivered", timeout=20, node=node)
-
         got = sink.messages()
-        l10s = [(i, m) for i, m in enumerate(got) if b"Error L10" in m]
-        self.assertEqual(len(l10s), 1, l10s)
-        [(_, l10)] = l10s
+        l10s = [m for m in got if b"Error L10" in m]
+        app = [m for m in got if b"Error L10" not in m]
+        return {"node": node, "drain_id": drain_id, "lines": lines, "state": state, "got": got,
+                "l10s": l10s, "app": app, "spooled_bytes": spooled_bytes}
+
+    async def test_overflow_reports_one_exact_l10(self):
+        sink = await self.started(HttpSink())
+        run = await self.overflow(sink)
+        self.assertEqual(len(run["l10s"]), 1, describe_requests(sink))
+        [l10] = run["l10s"]
         match = L10.match(l10)
         self.assertIsNotNone(match, l10)
         [l10_request] = [r for r in sink.requests if r.accepted and l10 in r.frames]
         self.assertEqual(l10_request.frames[0], l10, "the L10 is not first in its batch")
-        app = [m for m in got if m is not l10]
+        # The loss happened while the first batch was retried: the first
+        # delivery after it starts with the L10 (the retry carries it).
+        self.assertEqual(run["got"].index(l10), 0)
+        app = run["app"]
         dropped = int(match.group(1))
+        self.assertGreater(dropped, 0)
         self.assertEqual(dropped, 2000 - len(app))
-        self.assertEqual(state["dropped"], dropped)
         indices = [index_of(m) for m in app]
         self.assertEqual(indices, sorted(set(indices)), "delivered out of order or twice")
-        self.assertEqual(app, [http_frame(lines[i]) for i in indices])
-        # The newest survive: the drop is oldest first.
-        self.assertEqual(indices[-1], 1999)
-        samples = await self.blocking(metric_samples, node)
-        self.assertEqual(samples.get(f'logplex_drain_l10_total{{drain="{drain_id}"}}'), 1)
+        self.assertEqual(app, [http_frame(run["lines"][i]) for i in indices])
+        self.assertEqual(indices[-1], 1999, "the newest message was dropped")
+        samples = await self.blocking(metric_samples, run["node"])
+        self.assertEqual(samples.get(f'logplex_drain_l10_total{{drain="{run["drain_id"]}"}}'), 1)
+    async def test_overflow_drops_are_counted_in_state_and_metrics(self):
+        sink = await self.started(HttpSink())
+        run = await self.overflow(sink)
+        dropped = 2000 - len(run["app"])
+        self.assertGreater(dropped, 0)
+        self.assertEqual(run["state"]["dropped"], dropped)
+        samples = await self.blocking(metric_samples, run["node"])
+        prefix = f'logplex_drain_dropped_total{{drain="{run["drain_id"]}",'
+        self.assertEqual(sum(v for k, v in samples.items() if k.startswith(prefix)), dropped)
+    async def test_overflow_fills_the_spool_before_dropping_oldest_first(self):
+        sink = await self.started(HttpSink())
+        run = await self.overflow(sink)
+        self.assertGreater(2000 - len(run["app"]), 0)
+        # Only what exceeds the spool bound is dropped: so the spool was full,
+        # within one chunk (2000 bytes of messages and a header).
+        self.assertGreaterEqual(run["spooled_bytes"], 20000 - 2200)
+        # Oldest first: after the batch that was in flight, what arrives is
+        # the newest messages, without a gap.
+        first = len(sink.requests[0].frames)
+        rest = [index_of(m) for m in run["app"][first:]]
+        self.assertEqual(rest, list(range(2000 - len(rest), 2000)))
+    async def test_overflow_reports_one_l10_when_loss_starts_before_the_first_batch(self):
+        sink = await self.started(HttpSink())
+        run = await self.overflow(sink, loss_before_first_batch=True)
+        self.assertEqual(len(run["l10s"]), 1, describe_requests(sink))
+        [l10] = run["l10s"]
+        self.assertEqual(int(L10.match(l10).group(1)), 2000 - len(run["app"]))
 
     # -- 8. a graceful restart resumes the spool -------------------------------------------------------
     async def test_restart_mid_outage_resumes_the_spool(self):
@@ -518,7 +617,7 @@ class DrainTests(unittest.TestCase):
         await self.blocking(redis.start)
         self.addCleanup(self.blocking, redis.stop)
         name = "drains-restart"
-        args = [*FAST, "--drain-buffer", "100", "--http-drain-target-bytes", "8000"]
+        args = [*FAST, "--http-drain-target-bytes", "8000"]
         first = await self.blocking(start_node, self.world.dir("restart-1"), redis.url, name, *args)
         self.addCleanup(self.blocking, first.proc.kill)
         sink = await self.started(HttpSink())
@@ -659,3 +758,5 @@ class DrainTests(unittest.TestCase):
         answer = await self.api("POST", f"/v3/channels/{channel_id}/drains",
                                 {"url": "http://127.0.0.1:9/logs"})
         self.assertEqual(answer.status, 201, answer)
+        answer = await self.api("DELETE", f"/v3/channels/{channel_id}/drains/{answer.json()['id']}")
+        self.assertEqual(answer.status, 204, answer)
