@@ -41,7 +41,7 @@ USAGE = 2
 UNREACHABLE = 3
 INTERRUPTED = 130
 
-PERMISSIONS = ("full_api", "any_channel")
+PERMISSIONS = ("full_api", "any_channel", "read_channel")
 CREDENTIAL_HELP = "check --auth, LOGPLEX_AUTH or ~/.netrc"
 
 
@@ -173,7 +173,9 @@ def reason(e: BaseException) -> str:
 def sentence(text: str) -> str:
     """A server's error sentence fitted into ``logplex: <sentence> (status)``."""
     text = text.strip().rstrip(".")
-    if len(text) > 1 and text[0].isupper() and text[1].islower():
+    first = text.split(" ", 1)[0]
+    # "Channel x …" -> "channel x …", "A channel …" -> "a channel …"; "SYSTEM BOOTING" stays.
+    if first[:1].isupper() and (first[1:].islower() or first == "A"):
         text = text[0].lower() + text[1:]
     return text
 
@@ -354,8 +356,8 @@ def channel_lines(doc: dict) -> list[str]:
     tokens = sorted((doc.get("tokens") or {}).items())
     drains = sorted((d["id"], d.get("url") or "") for d in doc.get("drains") or [])
     lines = [f"channel: {doc.get('channel')}"]
-    lines += ["tokens:"] + ["  " + line for line in table(tokens)] if tokens else ["tokens:  none"]
-    lines += ["drains:"] + ["  " + line for line in table(drains)] if drains else ["drains:  none"]
+    lines += ["tokens:", *("  " + line for line in table(tokens))] if tokens else ["tokens: none"]
+    lines += ["drains:", *("  " + line for line in table(drains))] if drains else ["drains: none"]
     return lines
 
 
@@ -494,16 +496,29 @@ class Cli:
         request: dict[str, Any] = {}
         if self.args.perms:
             request["perms"] = sorted(set(self.args.perms))
+        channels = sorted(set(self.args.channels or []))
+        if ("read_channel" in (self.args.perms or [])) != bool(channels):
+            raise usage_error("--perm read_channel needs --channel CHANNEL (repeatable), "
+                              "and --channel needs --perm read_channel")
+        if channels:
+            request["channels"] = channels
         if self.args.note is not None:
             request["note"] = self.args.note
         doc = self.api.call("POST", "/v3/credentials", request)
-        self.show(doc, lambda: fields([("id", doc["id"]), ("secret", doc["secret"]),
-                                       ("perms", ",".join(doc["perms"])), ("note", doc.get("note") or "")]))
+
+        def human() -> list[str]:
+            pairs = [("id", doc["id"]), ("secret", doc["secret"]), ("perms", ",".join(doc["perms"]))]
+            if doc.get("channels"):
+                pairs.append(("channels", ",".join(doc["channels"])))
+            return fields(pairs + [("note", doc.get("note") or "")])
+
+        self.show(doc, human)
 
     def creds_list(self) -> None:
         docs = self.api.call("GET", "/v3/credentials")
-        self.show(docs, lambda: table(((c["id"], ",".join(c["perms"]), c.get("note") or "") for c in docs),
-                                      ("ID", "PERMS", "NOTE")))
+        rows = ((c["id"], ",".join(c["perms"]), ",".join(c.get("channels") or []) or "-", c.get("note") or "")
+                for c in docs)
+        self.show(docs, lambda: table(rows, ("ID", "PERMS", "CHANNELS", "NOTE")))
 
     def creds_delete(self) -> None:
         cred_id = self.args.id
@@ -568,37 +583,37 @@ def parser() -> Parser:
 
     channels = group("channels", "create, show and delete channels")
     p = leaf(channels, "create", Cli.channels_create, "create a channel (refused if it exists)")
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME")
     p.add_argument("--token", dest="tokens", action="append", metavar="NAME",
                    help="a token to create with it (repeatable)")
     p = leaf(channels, "show", Cli.channels_show, "a channel, its tokens and drains")
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME")
     p = leaf(channels, "delete", Cli.channels_delete, "delete a channel, its tokens, drains and backlog")
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME")
 
     tokens = group("tokens", "add tokens to channels")
     p = leaf(tokens, "add", Cli.tokens_add, "add a token; prints its name and value")
-    p.add_argument("channel")
-    p.add_argument("name")
+    p.add_argument("channel", metavar="CHANNEL")
+    p.add_argument("name", metavar="NAME")
 
     drains = group("drains", "add, list, show and remove a channel's drains")
     p = leaf(drains, "add", Cli.drains_add, "add a drain (http://, https://, syslog://, syslog+tls://)")
-    p.add_argument("channel")
+    p.add_argument("channel", metavar="CHANNEL")
     p.add_argument("drain_url", metavar="URL")
     p = leaf(drains, "list", Cli.drains_list, "a channel's drains: id and URL")
-    p.add_argument("channel")
+    p.add_argument("channel", metavar="CHANNEL")
     p = leaf(drains, "show", Cli.drains_show, "a drain, with this node's delivery state")
-    p.add_argument("channel")
-    p.add_argument("id", type=count)
+    p.add_argument("channel", metavar="CHANNEL")
+    p.add_argument("id", metavar="ID", type=count)
     p = leaf(drains, "remove", Cli.drains_remove, "remove a drain")
-    p.add_argument("channel")
-    p.add_argument("id", type=count)
+    p.add_argument("channel", metavar="CHANNEL")
+    p.add_argument("id", metavar="ID", type=count)
 
     p = commands.add_parser("logs", parents=[common], help="a channel's recent lines; -t keeps streaming",
                             description="Print a channel's recent lines, oldest first; with -t, then its "
                                         "live lines until Ctrl-C.")
     p.set_defaults(handler=Cli.logs)
-    p.add_argument("channel")
+    p.add_argument("channel", metavar="CHANNEL")
     p.add_argument("-n", "--num", type=count, default=100, help="how many recent lines (default 100)")
     p.add_argument("-t", "--tail", action="store_true", help="keep streaming live lines")
     p.add_argument("-p", "--ps", help='only this process ("web" matches web.1, web.2 …)')
@@ -608,10 +623,12 @@ def parser() -> Parser:
     p = leaf(creds, "create", Cli.creds_create, "create a credential; its secret is shown only now")
     p.add_argument("--perm", dest="perms", action="append", choices=PERMISSIONS,
                    help="a permission (repeatable; default full_api)")
+    p.add_argument("--channel", dest="channels", action="append", metavar="CHANNEL",
+                   help="a channel a read_channel credential may read (repeatable)")
     p.add_argument("--note", help="what the credential is for")
     leaf(creds, "list", Cli.creds_list, "the credentials (without secrets)")
     p = leaf(creds, "delete", Cli.creds_delete, "delete a credential")
-    p.add_argument("id")
+    p.add_argument("id", metavar="ID")
 
     p = commands.add_parser("nodes", parents=[common], help="the cluster's live nodes")
     p.set_defaults(handler=Cli.nodes)
