@@ -70,6 +70,7 @@ class Router:
         malformed = unknown = 0
         for message in messages:
             parts = split_header(message)
+            old_style = False
             if parts is None:
                 # Off the hot path: an old sender's RFC 3164 line, converted.
                 converted = syslog.from_rfc3164(message, self.clock())
@@ -77,9 +78,15 @@ class Router:
                 if parts is None:
                     malformed += 1
                     continue
+                old_style = True
             target = route or routes.get(parts[3])
             if target is None:
-                unknown += 1
+                # An RFC 3164 tag is a token only if it happens to be one:
+                # otherwise the line is not in logplex's format at all.
+                if old_style:
+                    malformed += 1
+                else:
+                    unknown += 1
                 continue
             channel_id, name = target
             cooked = cook(parts, name)

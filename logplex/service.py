@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from logplex import __version__
 from logplex.admin.manhole import Admin, loopback_only, manhole_factory
 from logplex.api.management import ManagementApi
+from logplex.api.tailpage import TailPage
 from logplex.auth import Authenticator
 from logplex.config import Settings
 from logplex.drains.http import load_trust_root, make_client
@@ -51,6 +52,7 @@ class LogplexNode(MultiService):
         self.store: ConfigStore | None = None
         self.booted: defer.Deferred = defer.Deferred()
         self.stopping = False
+        self.ready = False
         self._pools: list = []
 
     # -- start --------------------------------------------------------------------
@@ -111,11 +113,12 @@ class LogplexNode(MultiService):
             api_url=s.api_url or "", history=s.history,
             allow_private_drains=s.allow_private_drains, tail_buffer=s.tail_buffer,
             reactor=self.reactor, drain_state=self.drains.state, nodes=self.registry.live,
-            metrics_auth=s.metrics_auth,
+            metrics_auth=s.metrics_auth, ready=lambda: self.ready and not self.stopping,
         )
         # The API listens first: a load balancer sees 503 SYSTEM BOOTING
         # until the config is loaded.
-        api_port = await self._listen("api", s.api, LogplexSite(self.api.resource(), max_body=s.max_body))
+        api_port = await self._listen("api", s.api, LogplexSite(
+            self.api.resource(extra_routes=TailPage(self.api).routes()), max_body=s.max_body))
         if not s.api_url:
             self.api.api_url = _default_api_url(s.api, api_port)
         self.registry.api_url = self.api.api_url
@@ -144,6 +147,9 @@ class LogplexNode(MultiService):
         self.metrics.gauge_callback(
             "logplex_active_connections", lambda: [({}, sum(f.connections for f in factories))]
         )
+        # Only now is the node ready: a load balancer that trusts /healthcheck
+        # must not send logs to listeners that are not bound yet.
+        self.ready = True
         log.info(
             "node_ready version={version} node={node} api={api} logs={logs} syslog={syslog}",
             version=__version__, node=s.node_name, api=self.addresses("api"),

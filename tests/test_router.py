@@ -96,5 +96,5 @@ def test_rfc3164_lines_are_routed_when_their_tag_is_a_token():
     router = Router(make_cache(), backlog, Sink(), metrics, clock=lambda: 1795600000.0)
     router.route([b"<13>Nov 24 10:00:01 myhost t.one[7]: old style", b"<13>Nov 24 10:00:01 myhost cron: no token"])
     assert backlog.appended == [("app1", [b"<13>1 2026-11-24T10:00:01+00:00 myhost web 7 - - old style"])]
-    assert metrics.get("logplex_messages_unknown_token_total") == 1
-    assert metrics.get("logplex_messages_malformed_total") == 0
+    assert metrics.get("logplex_messages_unknown_token_total") == 0
+    assert metrics.get("logplex_messages_malformed_total") == 1

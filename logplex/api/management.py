@@ -7,6 +7,7 @@ import uuid
 from twisted.logger import Logger
 
 from logplex import syslog
+from logplex.api import openapi as openapi_document
 from logplex.api import validate
 from logplex.auth import Authenticator
 from logplex.framing import encode_logplex1
@@ -44,7 +45,10 @@ class ManagementApi:
         drain_state=lambda drain_id: None,
         nodes=None,
         metrics_auth: bool = False,
+        ready=None,
     ) -> None:
+        # Healthy once the whole node is serving, not just its config loaded.
+        self.ready = ready or (lambda: True)
         self.metrics_auth = metrics_auth
         self.nodes = nodes
         self.drain_state = drain_state
@@ -67,6 +71,7 @@ class ManagementApi:
         routes = [
             route("GET", "/healthcheck", self.healthcheck),
             route("GET", "/v3/healthcheck", self.healthcheck),
+            route("GET", "/v3/openapi.json", self.openapi),
             route("GET", "/metrics", g(self.metrics_text) if self.metrics_auth else self.metrics_text),
             # v1 / v2
             route("POST", "/channels", g(self.create_channel_v2)),
@@ -151,8 +156,11 @@ class ManagementApi:
         return validate.json_object(read_json(request, MAX_JSON))
 
     # -- health and metrics -----------------------------------------------------------
+    async def openapi(self, request) -> Reply:
+        return await openapi_document.serve(request)
+
     async def healthcheck(self, request) -> Reply:
-        if not self.store.loaded:
+        if not (self.store.loaded and self.ready()):
             return Reply(503, b"SYSTEM BOOTING", content_type=b"text/plain")
         return Reply(200, {"status": "normal"})
 
