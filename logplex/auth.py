@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections import deque
 from typing import Callable
 
 from twisted.internet import defer, threads
@@ -91,3 +92,45 @@ class Authenticator:
         if pair is None:
             return defer.succeed(None)
         return self.verify(*pair)
+
+
+class LoginThrottle:
+    """Failed logins per client address: past `limit` in `window` seconds, the
+    address is refused (429) until its oldest failure leaves the window.
+
+    Checked before the password is, so guessing costs the guesser time and
+    the node no KDF work.
+    """
+
+    def __init__(self, clock, limit: int = 10, window: float = 60.0, max_addresses: int = 100_000) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self.failures: dict[str, deque[float]] = {}
+
+    def retry_after(self, address: str) -> float | None:
+        """Seconds until this address may try again, or None if it may now."""
+        times = self.failures.get(address)
+        if not times:
+            return None
+        now = self.clock.seconds()
+        while times and now - times[0] >= self.window:
+            times.popleft()
+        if not times:
+            del self.failures[address]
+            return None
+        if len(times) < self.limit:
+            return None
+        return self.window - (now - times[0])
+
+    def failed(self, address: str) -> None:
+        if address not in self.failures and len(self.failures) >= self.max_addresses:
+            # Under a flood of addresses, forget the oldest rather than grow.
+            self.failures.pop(next(iter(self.failures)))
+        self.failures.setdefault(address, deque()).append(self.clock.seconds())
+
+
+def client_address(request) -> str:
+    address = request.getClientAddress()
+    return getattr(address, "host", None) or str(address)

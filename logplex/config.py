@@ -34,6 +34,15 @@ class Settings:
     tail_buffer: int = 1024
     max_frame: int = 64 * 1024
     max_body: int = 10 * 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    max_json: int = 64 * 1024
+    max_connections: int = 10_000
+    syslog_idle_timeout: float = 3600.0
+    frame_timeout: float = 30.0
+    http_header_timeout: float = 10.0
+    http_request_timeout: float = 60.0
+    http_idle_timeout: float = 120.0
+    login_failures: int = 10
     flush_interval: float = 0.05
     redis_timeout: float = 5.0
     heartbeat: float = 5.0

@@ -22,6 +22,8 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_http_requests_total": ("counter", "HTTP log input requests by status."),
     "logplex_backlog_written_total": ("counter", "Messages written to channel backlogs."),
     "logplex_backlog_dropped_total": ("counter", "Messages not written to a backlog (shard down or queue full)."),
+    "logplex_backlog_superseded_total": ("counter", "Messages not written because newer ones fill the backlog's history."),
+    "logplex_node_info": ("gauge", "This node's name and version, as labels (always 1)."),
     "logplex_tail_lines_total": ("counter", "Lines sent to live tails."),
     "logplex_tail_dropped_total": ("counter", "Lines dropped by slow tails (L11)."),
     "logplex_connections_total": ("counter", "Syslog connections accepted."),

@@ -13,7 +13,7 @@ from logplex import __version__
 from logplex.admin.manhole import Admin, loopback_only, manhole_factory
 from logplex.api.management import ManagementApi
 from logplex.api.tailpage import TailPage
-from logplex.auth import Authenticator
+from logplex.auth import Authenticator, LoginThrottle
 from logplex.config import Settings
 from logplex.drains.http import load_trust_root, make_client
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
@@ -28,7 +28,7 @@ from logplex.redis.shardmap import CONFIG, load as load_shard_map, load_or_init
 from logplex.redis.shards import Backlogs
 from logplex.router import Router
 from logplex.tails import TailRegistry
-from logplex.web import LogplexSite
+from logplex.web import ConnectionCap, LogplexSite
 from logplex.workers import adopt, listeners
 
 log = Logger()
@@ -44,6 +44,8 @@ class LogplexNode(MultiService):
         self.inherited = dict(zip([d for _, d in listeners(settings)], inherited_fds or []))
         self.reactor = reactor
         self.metrics = Metrics()
+        # Which node (or --workers worker) answered a scrape.
+        self.metrics.set("logplex_node_info", 1, node=settings.node_name, version=__version__)
         self.embedded: EmbeddedRedis | None = None
         if settings.config_redis is None:
             self.embedded = EmbeddedRedis(settings.data_dir, reactor=reactor)
@@ -108,17 +110,19 @@ class LogplexNode(MultiService):
         )
         self.router.drains = self.drains.publish
         self.auth = Authenticator(self.store.cache, self.reactor)
+        self.throttle = LoginThrottle(self.reactor, limit=s.login_failures)
         self.api = ManagementApi(
             self.store, self.backlogs, self.tails, self.auth, self.metrics,
             api_url=s.api_url or "", history=s.history,
             allow_private_drains=s.allow_private_drains, tail_buffer=s.tail_buffer,
             reactor=self.reactor, drain_state=self.drains.state, nodes=self.registry.live,
             metrics_auth=s.metrics_auth, ready=lambda: self.ready and not self.stopping,
+            throttle=self.throttle, max_json=s.max_json,
         )
         # The API listens first: a load balancer sees 503 SYSTEM BOOTING
         # until the config is loaded.
-        api_port = await self._listen("api", s.api, LogplexSite(
-            self.api.resource(extra_routes=TailPage(self.api).routes()), max_body=s.max_body))
+        api_port = await self._listen("api", s.api, self._site(
+            self.api.resource(extra_routes=TailPage(self.api).routes())))
         if not s.api_url:
             self.api.api_url = _default_api_url(s.api, api_port)
         self.registry.api_url = self.api.api_url
@@ -136,13 +140,15 @@ class LogplexNode(MultiService):
             await self.store.ensure_credential(user, password)
         # Drains start (and resume their spools) before any input is accepted.
         self.drains.start()
-        logs = LogInput(self.store, self.router, self.auth, self.metrics, s.max_body, s.max_frame)
-        await self._listen("logs", s.logs, LogplexSite(logs.resource(), max_body=s.max_body))
-        factories = [SyslogFactory(self.router, self.metrics, s.max_frame)]
-        for description in s.syslog:
-            await self._listen("syslog", description, factories[0])
-        for token, description in s.syslog_token:
-            factories.append(SyslogFactory(self.router, self.metrics, s.max_frame, token=token))
+        logs = LogInput(self.store, self.router, self.auth, self.metrics, s.max_body, s.max_frame,
+                        throttle=self.throttle)
+        await self._listen("logs", s.logs, self._site(logs.resource()))
+        factories = []
+        # One factory per listener: --max-connections holds for each.
+        for token, description in [(None, d) for d in s.syslog] + list(s.syslog_token):
+            factories.append(SyslogFactory(
+                self.router, self.metrics, s.max_frame, token=token, max_connections=s.max_connections,
+                idle_timeout=s.syslog_idle_timeout, frame_timeout=s.frame_timeout, clock=self.reactor))
             await self._listen("syslog", description, factories[-1])
         self.metrics.gauge_callback(
             "logplex_active_connections", lambda: [({}, sum(f.connections for f in factories))]
@@ -155,6 +161,14 @@ class LogplexNode(MultiService):
             version=__version__, node=s.node_name, api=self.addresses("api"),
             logs=self.addresses("logs"), syslog=self.addresses("syslog"),
         )
+
+    def _site(self, resource) -> ConnectionCap:
+        s = self.settings
+        site = LogplexSite(
+            resource, max_body=s.max_body, header_timeout=s.http_header_timeout,
+            request_timeout=s.http_request_timeout, idle_timeout=s.http_idle_timeout,
+            max_header_bytes=s.max_header_bytes, metrics=self.metrics, reactor=self.reactor)
+        return ConnectionCap(site, s.max_connections, self.metrics)
 
     def shard_pool(self, url: str):
         """The connection pool of a shard URL ("config" is the config Redis's)."""

@@ -10,6 +10,7 @@ from typing import Awaitable, Callable
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
@@ -19,23 +20,61 @@ DEFAULT_MAX_BODY = 10 * 1024 * 1024
 
 
 class LimitedRequest(server.Request):
-    """A request that stops storing its body past the site's max_body.
+    """A request that stops storing its body past the site's max_body, and
+    that must arrive in time.
 
-    The handler then answers 413 instead of the node holding an unbounded
-    upload in memory.
+    The handler answers 413 instead of the node holding an unbounded upload
+    in memory. A client that takes longer than the site's header_timeout to
+    send its headers, or request_timeout to send the whole request (a
+    slowloris, a stalled upload), is cut off: it cannot pin a connection and
+    its buffers.
     """
 
     body_too_large = False
     _received = 0
+    _deadline = None
+
+    def __init__(self, channel, *args, **kwargs):
+        super().__init__(channel, *args, **kwargs)
+        site = getattr(channel, "site", None)
+        if site is not None and getattr(site, "header_timeout", None):
+            self._deadline = site.reactor.callLater(site.header_timeout, self._too_slow, "headers")
+
+    def _too_slow(self, what: str) -> None:
+        self._deadline = None
+        site = self.channel.site
+        site.metrics.inc("logplex_http_slow_clients_total", part=what)
+        log.info("http_client_too_slow part={part} peer={peer}", part=what,
+                 peer=getattr(self.getClientAddress(), "host", "?"))
+        if self.channel.transport is not None:
+            self.channel.transport.abortConnection()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
 
     def _limit(self) -> int:
         return getattr(self.channel.site, "max_body", DEFAULT_MAX_BODY)
 
     def gotLength(self, length):
+        # The headers are in: the rest of the request gets its own deadline.
+        self._cancel_deadline()
+        site = self.channel.site
+        if getattr(site, "request_timeout", None):
+            self._deadline = site.reactor.callLater(site.request_timeout, self._too_slow, "body")
         if length is not None and length > self._limit():
             self.body_too_large = True
             length = 0
         super().gotLength(length)
+
+    def requestReceived(self, command, path, version):
+        self._cancel_deadline()
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason):
+        self._cancel_deadline()
+        super().connectionLost(reason)
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
@@ -49,14 +88,51 @@ class LogplexSite(server.Site):
     requestFactory = LimitedRequest
     displayTracebacks = False
 
-    def __init__(self, resource, max_body: int = DEFAULT_MAX_BODY, **kw) -> None:
-        super().__init__(resource, **kw)
+    def __init__(self, resource, max_body: int = DEFAULT_MAX_BODY, *, header_timeout: float | None = None,
+                 request_timeout: float | None = None, idle_timeout: float | None = None,
+                 max_header_bytes: int | None = None, metrics=None, reactor=None, **kw) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        if idle_timeout is not None:
+            kw["timeout"] = idle_timeout
+        super().__init__(resource, reactor=reactor, **kw)
+        self.reactor = reactor
         self.max_body = max_body
+        self.header_timeout = header_timeout
+        self.request_timeout = request_timeout
+        self.max_header_bytes = max_header_bytes
+        if metrics is None:
+            from logplex.metrics import Metrics
+            metrics = Metrics()
+        self.metrics = metrics
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        if self.max_header_bytes is not None and protocol is not None:
+            # The request line and headers together: a client cannot make the
+            # node buffer more than this before its request is even parsed.
+            protocol._channel.totalHeadersSize = self.max_header_bytes
+        return protocol
 
     def log(self, request):
         # Access logs per request would be per-message logging for HTTP
         # senders; notable events are logged by the handlers instead.
         pass
+
+
+class ConnectionCap(WrappingFactory):
+    """At most `limit` connections open on a listener; the next are refused and counted."""
+
+    def __init__(self, wrapped, limit: int | None, metrics) -> None:
+        super().__init__(wrapped)
+        self.limit = limit
+        self.metrics = metrics
+
+    def buildProtocol(self, addr):
+        if self.limit is not None and len(self.protocols) >= self.limit:
+            self.metrics.inc("logplex_connections_refused_total")
+            return None
+        return super().buildProtocol(addr)
 
 
 class HttpError(Exception):

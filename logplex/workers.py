@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import shutil
 import socket
 import sys
 
@@ -20,7 +20,7 @@ import attrs
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from logplex.config import Settings
@@ -50,6 +50,32 @@ def settings_from_environment(raw: str) -> tuple[Settings, list[int]]:
     values["shard_redis"] = tuple(values["shard_redis"])
     values["syslog_token"] = tuple(tuple(pair) for pair in values["syslog_token"])
     return Settings(**values), doc["fds"]
+
+
+def reuseport_sockets(reactor, description: str, count: int) -> list[socket.socket]:
+    """count listening sockets on the description's address, all with SO_REUSEPORT.
+
+    The address comes from the endpoint Twisted parses from the description
+    (TCP or TLS over TCP); a port of 0 becomes the port the first one got.
+    """
+    endpoint = serverFromString(reactor, description)
+    port = getattr(endpoint, "_port", None)
+    if port is None:
+        raise ValueError(f"--workers needs TCP (or TLS) listeners; {description!r} is neither.")
+    interface = getattr(endpoint, "_interface", "") or ""
+    backlog = getattr(endpoint, "_backlog", 50)
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    out = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((interface, port))
+        port = sock.getsockname()[1]
+        sock.listen(backlog)
+        sock.setblocking(False)
+        out.append(sock)
+    return out
 
 
 def adopt(reactor, description: str, fd: int, factory):
@@ -87,8 +113,6 @@ class WorkerMaster(MultiService):
         self.reactor = reactor
         self.workers: dict[int, _Worker] = {}
         self.transports: dict[int, object] = {}
-        self.ports: list = []
-        self.fds: list[int] = []
         self.stopping = False
         self.restarts: dict[int, int] = {}
         self.embedded = None
@@ -109,12 +133,14 @@ class WorkerMaster(MultiService):
         if self.embedded is not None:
             await self.embedded.whenReady()
             self.settings = attrs.evolve(self.settings, config_redis=self.embedded.url)
+        # One listening socket per worker and listener, all bound to the same
+        # address with SO_REUSEPORT: the kernel spreads connections over them.
+        # (Workers accepting on one shared socket pile connections onto
+        # whichever wakes first.)
+        self.sockets: list[list[socket.socket]] = [[] for _ in range(self.count)]
         for kind, description in listeners(self.settings):
-            port = await serverFromString(self.reactor, description).listen(Factory())
-            # The master only holds the socket; the workers accept on it.
-            port.stopReading()
-            self.ports.append(port)
-            self.fds.append(port.fileno())
+            for index, sock in enumerate(reuseport_sockets(self.reactor, description, self.count)):
+                self.sockets[index].append(sock)
         for index in range(self.count):
             self._spawn(index)
 
@@ -122,16 +148,21 @@ class WorkerMaster(MultiService):
         settings = attrs.evolve(self.settings, node_name=f"{self.settings.node_name}-{index}")
         child_fds = {0: "r", 1: 1, 2: 2}
         inherited = []
-        for n, fd in enumerate(self.fds):
-            child_fds[3 + n] = fd
+        for n, sock in enumerate(self.sockets[index]):
+            child_fds[3 + n] = sock.fileno()
             inherited.append(3 + n)
         env = dict(os.environ)
         env[WORKER_ENV] = worker_environment(settings, inherited)
         worker = _Worker(self, index)
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "-n", "--pidfile=", "logplex"]
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            # A worker whose master died (even by SIGKILL) stops too, instead
+            # of serving on as an orphan nobody supervises.
+            argv = [setpriv, "--pdeathsig", "TERM", "--", *argv]
         self.transports[index] = self.reactor.spawnProcess(
-            worker, sys.executable, argv, env=env, childFDs=child_fds)
+            worker, argv[0], argv, env=env, childFDs=child_fds)
         self.workers[index] = worker
         log.info("worker_started index={index} pid={pid} node={node}", index=index,
                  pid=self.transports[index].pid, node=settings.node_name)
@@ -174,6 +205,7 @@ class WorkerMaster(MultiService):
                 transport.signalProcess("KILL")
             except Exception:
                 pass
-        for port in self.ports:
-            await defer.maybeDeferred(port.stopListening)
+        for socks in getattr(self, "sockets", []):
+            for sock in socks:
+                sock.close()
         await defer.maybeDeferred(super().stopService)

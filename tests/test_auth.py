@@ -191,3 +191,32 @@ class AuthenticatorTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.auth.from_header(basic(b"shuttle:right"))).id, "shuttle")
         self.assertIsNone(self.successResultOf(self.auth.from_header(b"Bearer x")))
         self.assertIsNone(self.successResultOf(self.auth.from_header(None)))
+
+
+def test_failed_logins_are_throttled_per_address_on_a_clock():
+    from twisted.internet.task import Clock
+
+    from logplex.auth import LoginThrottle
+
+    clock = Clock()
+    throttle = LoginThrottle(clock, limit=3, window=60)
+    for _ in range(3):
+        assert throttle.retry_after("192.0.2.1") is None
+        throttle.failed("192.0.2.1")
+    assert throttle.retry_after("192.0.2.1") == 60
+    assert throttle.retry_after("192.0.2.2") is None  # other addresses are not affected
+    clock.advance(59)
+    assert throttle.retry_after("192.0.2.1") == 1
+    clock.advance(1)
+    assert throttle.retry_after("192.0.2.1") is None
+
+
+def test_the_throttle_forgets_the_oldest_address_rather_than_grow():
+    from twisted.internet.task import Clock
+
+    from logplex.auth import LoginThrottle
+
+    throttle = LoginThrottle(Clock(), limit=1, max_addresses=100)
+    for n in range(1000):
+        throttle.failed(f"10.0.{n // 256}.{n % 256}")
+    assert len(throttle.failures) == 100

@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from logplex import syslog
 from logplex.api import openapi as openapi_document
 from logplex.api import validate
-from logplex.auth import Authenticator
+from logplex.auth import Authenticator, LoginThrottle, client_address
 from logplex.framing import encode_logplex1
 from logplex.model import FULL_API, NO_TAIL, PERMISSIONS, READ_CHANNEL, SessionSpec
 from logplex.redis.config import ConfigError, ConfigStore
@@ -20,7 +20,6 @@ log = Logger()
 
 BASIC_CHALLENGE = {b"www-authenticate": b"Basic realm=Logplex"}
 NO_TAIL_WARNING = b"Tailing is switched off for this channel."
-MAX_JSON = 64 * 1024
 
 
 def v2_channel_id(channel_id: str):
@@ -46,7 +45,11 @@ class ManagementApi:
         nodes=None,
         metrics_auth: bool = False,
         ready=None,
+        throttle: LoginThrottle | None = None,
+        max_json: int = 64 * 1024,
     ) -> None:
+        self.throttle = throttle or LoginThrottle(reactor)
+        self.max_json = max_json
         # Healthy once the whole node is serving, not just its config loaded.
         self.ready = ready or (lambda: True)
         self.metrics_auth = metrics_auth
@@ -124,8 +127,14 @@ class ManagementApi:
             if not header:
                 raise HttpError(401, "Authorization required: HTTP Basic with an API credential.",
                                 BASIC_CHALLENGE)
+            address = client_address(request)
+            wait = self.throttle.retry_after(address)
+            if wait is not None:
+                raise HttpError(429, f"Too many failed logins from {address}; try again in {wait:.0f} s.",
+                                {b"retry-after": b"%d" % max(1, round(wait))})
             cred = await self.auth.from_header(header)
             if cred is None:
+                self.throttle.failed(address)
                 raise HttpError(401, "Invalid credentials.", BASIC_CHALLENGE)
             if not cred.has(FULL_API):
                 raise HttpError(403, "This credential lacks the full_api permission.")
@@ -153,7 +162,7 @@ class ManagementApi:
         return validate.drain_url(url, self.allow_private_drains)
 
     def _body(self, request) -> dict:
-        return validate.json_object(read_json(request, MAX_JSON))
+        return validate.json_object(read_json(request, self.max_json))
 
     # -- health and metrics -----------------------------------------------------------
     async def openapi(self, request) -> Reply:

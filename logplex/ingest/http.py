@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 from twisted.logger import Logger
 
-from logplex.auth import Authenticator, parse_basic, parse_bearer
+from logplex.auth import Authenticator, LoginThrottle, client_address, parse_basic, parse_bearer
 from logplex.framing import FramingError, decode_logplex1
 from logplex.model import ANY_CHANNEL
 from logplex.redis.config import ConfigStore
@@ -67,7 +67,8 @@ def gunzip(body: bytes, limit: int) -> bytes:
 
 class LogInput:
     def __init__(self, store: ConfigStore, router: Router, auth: Authenticator, metrics,
-                 max_body: int, max_frame: int) -> None:
+                 max_body: int, max_frame: int, throttle: LoginThrottle | None = None) -> None:
+        self.throttle = throttle or LoginThrottle(_reactor())
         self.store = store
         self.router = router
         self.auth = auth
@@ -148,8 +149,14 @@ class LogInput:
         if pair is None:
             raise HttpError(401, "Authorization required: HTTP Basic with user 'token' and a t. token as password.",
                             BASIC_CHALLENGE)
+        address = client_address(request)
+        wait = self.throttle.retry_after(address)
+        if wait is not None:
+            raise HttpError(429, f"Too many failed logins from {address}; try again in {wait:.0f} s.",
+                            {b"retry-after": b"%d" % max(1, round(wait))})
         cred = await self.auth.verify(*pair)
         if cred is None:
+            self.throttle.failed(address)
             raise HttpError(401, "Invalid credentials.", BASIC_CHALLENGE)
         if not cred.has(ANY_CHANNEL):
             raise HttpError(403, "Credential not permitted to post to arbitrary channels.")
@@ -161,3 +168,9 @@ class LogInput:
             value = request.getHeader(header)
             if value and value.strip().isdigit() and int(value) > 0:
                 self.metrics.inc("logplex_sender_losses_total", int(value), kind=name)
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor

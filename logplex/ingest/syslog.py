@@ -12,15 +12,55 @@ log = Logger()
 
 
 class SyslogProtocol(Protocol):
+    """One sender's connection.
+
+    Senders keep connections open and quiet for long stretches, which is
+    fine up to the factory's idle_timeout; but a frame once started must
+    arrive whole within frame_timeout, so a sender trickling bytes cannot
+    hold a connection and its buffer forever.
+    """
+
     def __init__(self, router: Router, metrics, max_frame: int) -> None:
         self.router = router
         self.metrics = metrics
         self.framer = SyslogFramer(max_frame)
         self.closing = False
+        self.counted = False  # in the factory's connection count
+        self._idle = None
+        self._frame_deadline = None
 
     def connectionMade(self) -> None:
-        self.factory.connections += 1
+        factory = self.factory
+        if factory.max_connections is not None and factory.connections >= factory.max_connections:
+            self.metrics.inc("logplex_connections_refused_total")
+            self.closing = True
+            self.transport.abortConnection()
+            return
+        self.counted = True
+        factory.connections += 1
         self.metrics.inc("logplex_connections_total")
+        if factory.idle_timeout:
+            self._idle = factory.clock.callLater(factory.idle_timeout, self._timed_out, "idle")
+
+    def _timed_out(self, why: str) -> None:
+        self._idle = self._frame_deadline = None
+        self.metrics.inc("logplex_syslog_timeouts_total", reason=why)
+        log.info("syslog_connection_timed_out peer={peer} reason={why}", peer=_peer(self.transport), why=why)
+        self._close()
+        self.transport.abortConnection()
+
+    def _watch_time(self) -> None:
+        factory = self.factory
+        if self._idle is not None:
+            self._idle.reset(factory.idle_timeout)
+        if factory.frame_timeout:
+            if self.framer.pending:
+                if self._frame_deadline is None:
+                    self._frame_deadline = factory.clock.callLater(
+                        factory.frame_timeout, self._timed_out, "frame")
+            elif self._frame_deadline is not None:
+                self._frame_deadline.cancel()
+                self._frame_deadline = None
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -38,6 +78,7 @@ class SyslogProtocol(Protocol):
             if messages:
                 self._route(messages)
             return
+        self._watch_time()
         if messages:
             self._route(messages)
 
@@ -54,6 +95,11 @@ class SyslogProtocol(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason=None) -> None:
+        for timer in (self._idle, self._frame_deadline):
+            if timer is not None and timer.active():
+                timer.cancel()
+        if not self.counted:
+            return
         self.factory.connections -= 1
         if self.framer.pending and not self.closing:
             self.metrics.inc("logplex_partial_frames_dropped_total")
@@ -71,12 +117,20 @@ class SyslogFactory(Factory):
     """
 
     def __init__(self, router: Router, metrics, max_frame: int = DEFAULT_MAX_FRAME,
-                 token: str | None = None) -> None:
+                 token: str | None = None, *, max_connections: int | None = None,
+                 idle_timeout: float | None = None, frame_timeout: float | None = None,
+                 clock=None) -> None:
         self.router = router
         self.metrics = metrics
         self.max_frame = max_frame
         self.token = token.encode() if token else None
         self.connections = 0
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
 
     def route(self, messages: list[bytes]) -> None:
         if self.token is None:

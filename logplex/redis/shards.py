@@ -100,6 +100,7 @@ class BacklogWriter:
             # not lost: the backlog is the newest `history` lines either way.
             del queued[:excess]
             self.pending_count -= excess
+            self.metrics.inc("logplex_backlog_superseded_total", excess, shard=self.shard_name)
         if self.pending_count > self.max_pending:
             self._shed()
         if self._call is None and self._flushing is None:

@@ -233,6 +233,10 @@ def start_node(tmp_path_factory, redis: RedisServer, *args: str, syslog_listener
     argv = [*args]
     for description in extra:
         argv += ["--syslog", description]
+    if "--login-failures" not in argv:
+        # These tests send many wrong credentials on purpose from one address;
+        # test_limits.py checks the throttle itself.
+        argv += ["--login-failures", "1000000"]
     proc = NodeProcess(str(tmp_path_factory.mktemp("node")), redis.url, argv)
     proc.start()
     ports = [proc.syslog_port] + [int(d.split(":")[1]) for d in extra]
