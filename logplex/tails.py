@@ -20,11 +20,14 @@ def l11_line(dropped: int, since: float, now: float) -> bytes:
 
 
 class TailFilter:
-    """The ps and source filters of a session, applied to cooked messages."""
+    """The ps and source filters of a session, applied to cooked messages;
+    render makes what the reader gets of each (a text line by default)."""
 
-    def __init__(self, ps: str | None, source: str | None) -> None:
+    def __init__(self, ps: str | None, source: str | None,
+                 render: Callable[[syslog.Fields], bytes] = syslog.tail_line) -> None:
         self.ps = ps.encode() if ps else None
         self.source = source.encode() if source else None
+        self.render = render
 
     def lines(self, messages: list[bytes]) -> list[bytes]:
         out = []
@@ -36,7 +39,7 @@ class TailFilter:
                 continue
             if self.ps is not None and not syslog.matches_ps(fields.procid, self.ps):
                 continue
-            out.append(syslog.tail_line(fields))
+            out.append(self.render(fields))
         return out
 
 
@@ -47,9 +50,12 @@ class TailBuffer:
     lines it missed and since when, then the newest lines kept.
     """
 
-    def __init__(self, size: int = DEFAULT_TAIL_BUFFER, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, size: int = DEFAULT_TAIL_BUFFER, clock: Callable[[], float] = time.time,
+                 notice: Callable[[int, float, float], bytes] = l11_line) -> None:
         self.size = size
         self.clock = clock
+        # How the loss is told: (dropped, since, now) -> bytes; the L11 line by default.
+        self.notice = notice
         self.lines: deque[bytes] = deque()
         self.dropped = 0
         self.dropped_since: float | None = None
@@ -76,7 +82,7 @@ class TailBuffer:
         """Everything waiting, as one write, with the L11 line first if lines were lost."""
         chunks = []
         if self.dropped:
-            chunks.append(l11_line(self.dropped, self.dropped_since, self.clock()))
+            chunks.append(self.notice(self.dropped, self.dropped_since, self.clock()))
             self.dropped = 0
             self.dropped_since = None
         chunks.extend(self.lines)
@@ -94,13 +100,15 @@ class TailSession:
         metrics,
         buffer_size: int = DEFAULT_TAIL_BUFFER,
         clock: Callable[[], float] = time.time,
+        render: Callable[[syslog.Fields], bytes] = syslog.tail_line,
+        notice: Callable[[int, float, float], bytes] = l11_line,
     ) -> None:
         self.spec = spec
         self.channel_id = spec.channel_id
-        self.filter = TailFilter(spec.ps, spec.source)
+        self.filter = TailFilter(spec.ps, spec.source, render)
         self.write = write
         self.metrics = metrics
-        self.buffer = TailBuffer(buffer_size, clock)
+        self.buffer = TailBuffer(buffer_size, clock, notice)
         self.paused = False
         # While the backlog is read, live messages are held here (bounded
         # like the buffer) so that none falls between backlog and tail.

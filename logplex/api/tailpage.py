@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from logplex import syslog
 from logplex.api import validate
 from logplex.model import FULL_API, NO_TAIL, READ_CHANNEL, SessionSpec
-from logplex.tails import TailBuffer, TailFilter, TailSession, l11_line
+from logplex.tails import TailFilter, TailSession, l11_line
 from logplex.web import STREAMING, HttpError, Reply, route
 
 log = Logger()
@@ -98,44 +98,9 @@ def l11_event(dropped: int, since: float, now: float) -> bytes:
     }, "l11")
 
 
-class EventFilter(TailFilter):
-    """TailFilter's ps and source filters, giving events instead of text lines."""
-
-    def lines(self, messages: list[bytes]) -> list[bytes]:
-        out = []
-        for message in messages:
-            fields = syslog.parse(message)
-            if fields is None:
-                continue
-            if self.source is not None and fields.appname != self.source:
-                continue
-            if self.ps is not None and not syslog.matches_ps(fields.procid, self.ps):
-                continue
-            out.append(line_event(fields))
-        return out
-
-
-class EventBuffer(TailBuffer):
-    """TailBuffer whose loss report is an `l11` event rather than a text line."""
-
-    def take(self) -> bytes:
-        chunks = []
-        if self.dropped:
-            chunks.append(l11_event(self.dropped, self.dropped_since, self.clock()))
-            self.dropped = 0
-            self.dropped_since = None
-        chunks.extend(self.lines)
-        self.lines.clear()
-        return b"".join(chunks)
-
-
-class EventTail(TailSession):
-    """A TailSession that writes events: same holding, buffering, backpressure and L11."""
-
-    def __init__(self, spec: SessionSpec, write, metrics, buffer_size: int, clock=time.time) -> None:
-        super().__init__(spec, write, metrics, buffer_size, clock)
-        self.filter = EventFilter(spec.ps, spec.source)
-        self.buffer = EventBuffer(buffer_size, clock)
+def event_tail(spec: SessionSpec, write, metrics, buffer_size: int, clock=time.time) -> TailSession:
+    """A tail session that writes events: the same holding, buffering, backpressure and L11."""
+    return TailSession(spec, write, metrics, buffer_size, clock, render=line_event, notice=l11_event)
 
 
 class TailPage:
@@ -228,7 +193,7 @@ class TailPage:
         ended = []
         if spec.tail:
             # Registered before the backlog is read, so nothing falls in between.
-            tail = EventTail(spec, request.write, api.metrics, api.tail_buffer, self.clock)
+            tail = event_tail(spec, request.write, api.metrics, api.tail_buffer, self.clock)
             api.tails.add(tail)
             keepalive = task.LoopingCall(self._keepalive, tail, request)
             keepalive.clock = api.reactor
@@ -255,7 +220,7 @@ class TailPage:
         request.setHeader(b"cache-control", b"no-store")
         # Tells a buffering reverse proxy (nginx) to pass events on at once.
         request.setHeader(b"x-accel-buffering", b"no")
-        events = EventFilter(spec.ps, spec.source).lines(backlog)
+        events = TailFilter(spec.ps, spec.source, line_event).lines(backlog)
         request.write(b"".join(events) + sse({"backlog": len(events), "live": tail is not None}, "ready"))
         if tail is None:
             request.write(sse({"msg": NO_TAIL_WARNING}, "notice"))
@@ -269,7 +234,7 @@ class TailPage:
         return STREAMING
 
     @staticmethod
-    def _keepalive(tail: EventTail, request) -> None:
+    def _keepalive(tail: TailSession, request) -> None:
         # Not into a transport that asked us to wait: the comment is only a sign of life.
         if not tail.paused and not request.finished:
             request.write(b": keepalive\n\n")
