@@ -87,12 +87,6 @@ class Authenticator:
 
         return defer.maybeDeferred(self._check, password, cred.secret_hash).addCallback(checked)
 
-    def from_header(self, header: bytes | None) -> defer.Deferred:
-        pair = parse_basic(header)
-        if pair is None:
-            return defer.succeed(None)
-        return self.verify(*pair)
-
 
 class LoginThrottle:
     """Failed logins per client address: past `limit` in `window` seconds, the
@@ -129,6 +123,26 @@ class LoginThrottle:
             # Under a flood of addresses, forget the oldest rather than grow.
             self.failures.pop(next(iter(self.failures)))
         self.failures.setdefault(address, deque()).append(self.clock.seconds())
+
+
+BASIC_CHALLENGE = {b"www-authenticate": b"Basic realm=Logplex"}
+
+
+async def login(auth: Authenticator, throttle: LoginThrottle, request, user: str, password: str) -> Credential:
+    """The credential for user:password, or HttpError: 429 for a throttled address
+    (checked first, so no KDF work is done for it), 401 for a wrong login."""
+    from logplex.web import HttpError
+
+    address = client_address(request)
+    wait = throttle.retry_after(address)
+    if wait is not None:
+        raise HttpError(429, f"Too many failed logins from {address}; try again in {wait:.0f} s.",
+                        {b"retry-after": b"%d" % max(1, round(wait))})
+    cred = await auth.verify(user, password)
+    if cred is None:
+        throttle.failed(address)
+        raise HttpError(401, "Invalid credentials.", BASIC_CHALLENGE)
+    return cred
 
 
 def client_address(request) -> str:

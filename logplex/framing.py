@@ -211,13 +211,7 @@ class SyslogFramer:
             self._held += len(data)
             self._need = need - len(data)
             return -1
-        self._parts.append(data[:need])
-        message = b"".join(self._parts)
-        self._reset()
-        if message[-1] <= _HIGHEST_TRAILER:
-            message = _strip(message)
-        if message:
-            out.append(message)
+        self._complete(data[:need], out)
         return need
 
     def _continue_line(self, data: bytes, out: list[bytes]) -> int:
@@ -230,14 +224,18 @@ class SyslogFramer:
             return -1
         if self._held + lf > self._max_frame:
             raise _too_long(self._held + lf, self._max_frame)
-        self._parts.append(data[:lf])
+        self._complete(data[:lf], out)
+        return lf + 1
+
+    def _complete(self, last: bytes, out: list[bytes]) -> None:
+        """A frame held across reads is whole with `last`: join it once."""
+        self._parts.append(last)
         message = b"".join(self._parts)
         self._reset()
-        if message[-1] <= _HIGHEST_TRAILER:
+        if message and message[-1] <= _HIGHEST_TRAILER:
             message = _strip(message)
         if message:
             out.append(message)
-        return lf + 1
 
     def _hold(self, data: bytes, pos: int) -> None:
         """Keep the incomplete frame starting at ``data[pos]`` for the next feed."""

@@ -187,10 +187,32 @@ class AuthenticatorTests(SynchronousTestCase):
         pending.callback(True)
         self.assertEqual(self.successResultOf(d).id, "shuttle")
 
-    def test_from_header(self):
-        self.assertEqual(self.successResultOf(self.auth.from_header(basic(b"shuttle:right"))).id, "shuttle")
-        self.assertIsNone(self.successResultOf(self.auth.from_header(b"Bearer x")))
-        self.assertIsNone(self.successResultOf(self.auth.from_header(None)))
+    def test_login_refuses_a_throttled_address_before_any_kdf_work(self):
+        from twisted.internet.task import Clock
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from logplex.auth import LoginThrottle, login
+        from logplex.web import HttpError
+
+        from twisted.internet.address import IPv4Address
+
+        throttle = LoginThrottle(Clock(), limit=2)
+        request = DummyRequest([b""])
+        request.client = IPv4Address("TCP", "192.0.2.9", 40000)
+
+        def attempt(password):
+            return defer.ensureDeferred(login(self.auth, throttle, request, "shuttle", password))
+
+        self.assertEqual(self.successResultOf(attempt("right")).id, "shuttle")
+        for _ in range(2):
+            failure = self.failureResultOf(attempt("wrong"), HttpError)
+            self.assertEqual(failure.value.status, 401)
+            self.assertIn(b"www-authenticate", failure.value.headers)
+        checks = len(self.checks)
+        failure = self.failureResultOf(attempt("right"), HttpError)
+        self.assertEqual(failure.value.status, 429)
+        self.assertEqual(failure.value.headers[b"retry-after"], b"60")
+        self.assertEqual(len(self.checks), checks)
 
 
 def test_failed_logins_are_throttled_per_address_on_a_clock():

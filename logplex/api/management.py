@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from logplex import syslog
 from logplex.api import openapi as openapi_document
 from logplex.api import validate
-from logplex.auth import Authenticator, LoginThrottle, client_address
+from logplex.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, parse_basic
 from logplex.framing import encode_logplex1
 from logplex.model import FULL_API, NO_TAIL, PERMISSIONS, READ_CHANNEL, SessionSpec
 from logplex.redis.config import ConfigError, ConfigStore
@@ -18,7 +18,6 @@ from logplex.web import STREAMING, Dispatcher, HttpError, Reply, error_reply, re
 
 log = Logger()
 
-BASIC_CHALLENGE = {b"www-authenticate": b"Basic realm=Logplex"}
 NO_TAIL_WARNING = b"Tailing is switched off for this channel."
 
 
@@ -127,15 +126,10 @@ class ManagementApi:
             if not header:
                 raise HttpError(401, "Authorization required: HTTP Basic with an API credential.",
                                 BASIC_CHALLENGE)
-            address = client_address(request)
-            wait = self.throttle.retry_after(address)
-            if wait is not None:
-                raise HttpError(429, f"Too many failed logins from {address}; try again in {wait:.0f} s.",
-                                {b"retry-after": b"%d" % max(1, round(wait))})
-            cred = await self.auth.from_header(header)
-            if cred is None:
-                self.throttle.failed(address)
+            pair = parse_basic(header)
+            if pair is None:
                 raise HttpError(401, "Invalid credentials.", BASIC_CHALLENGE)
+            cred = await login(self.auth, self.throttle, request, *pair)
             if not cred.has(FULL_API):
                 raise HttpError(403, "This credential lacks the full_api permission.")
             return await handler(request, *args)

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from logplex import syslog
 from logplex.api import validate
 from logplex.model import FULL_API, NO_TAIL, READ_CHANNEL, SessionSpec
+from logplex.auth import login, parse_basic
 from logplex.tails import TailFilter, TailSession, l11_line
 from logplex.web import STREAMING, HttpError, Reply, route
 
@@ -145,10 +146,15 @@ class TailPage:
         header = request.getHeader(b"authorization")
         if not header:
             raise HttpError(401, SIGN_IN, dict(NO_STORE))
-        cred = await self.api.auth.from_header(header)
-        if cred is None:
+        pair = parse_basic(header)
+        if pair is None:
             raise HttpError(401, "Invalid credentials.", dict(NO_STORE))
-        return cred
+        try:
+            # Throttled per address like every other login.
+            return await login(self.api.auth, self.api.throttle, request, *pair)
+        except HttpError as e:
+            raise HttpError(e.status, e.message, {**NO_STORE, **{
+                k: v for k, v in e.headers.items() if k != b"www-authenticate"}}) from None
 
     async def channels(self, request) -> Reply:
         """The channels the caller may watch: its named ones, or (full_api) all there are."""

@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 from twisted.logger import Logger
 
-from logplex.auth import Authenticator, LoginThrottle, client_address, parse_basic, parse_bearer
+from logplex.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, parse_basic, parse_bearer
 from logplex.framing import FramingError, decode_logplex1
 from logplex.model import ANY_CHANNEL
 from logplex.redis.config import ConfigStore
@@ -18,7 +18,6 @@ from logplex.web import Dispatcher, HttpError, Reply, route
 log = Logger()
 
 CONTENT_TYPES = {b"application/logplex-1", b"application/x-logplex-1"}
-BASIC_CHALLENGE = {b"www-authenticate": b"Basic realm=Logplex"}
 
 
 class FrameIdMemory:
@@ -149,15 +148,7 @@ class LogInput:
         if pair is None:
             raise HttpError(401, "Authorization required: HTTP Basic with user 'token' and a t. token as password.",
                             BASIC_CHALLENGE)
-        address = client_address(request)
-        wait = self.throttle.retry_after(address)
-        if wait is not None:
-            raise HttpError(429, f"Too many failed logins from {address}; try again in {wait:.0f} s.",
-                            {b"retry-after": b"%d" % max(1, round(wait))})
-        cred = await self.auth.verify(*pair)
-        if cred is None:
-            self.throttle.failed(address)
-            raise HttpError(401, "Invalid credentials.", BASIC_CHALLENGE)
+        cred = await login(self.auth, self.throttle, request, *pair)
         if not cred.has(ANY_CHANNEL):
             raise HttpError(403, "Credential not permitted to post to arbitrary channels.")
         return None
