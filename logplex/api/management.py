@@ -69,7 +69,8 @@ class ManagementApi:
     def resource(self, extra_routes=()) -> Dispatcher:
         g = self._guard
         ch = r"([^/]+)"
-        num = r"(\d+)"
+        # ASCII digits, at most 18 of them: ids, never numbers int() chokes on.
+        num = r"([0-9]{1,18})"
         routes = [
             route("GET", "/healthcheck", self.healthcheck),
             route("GET", "/v3/healthcheck", self.healthcheck),

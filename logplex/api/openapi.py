@@ -262,9 +262,10 @@ SCHEMAS: dict[str, dict] = {
                 "description": "The channel to read; an unknown channel is 422.",
             },
             "num": {
-                "anyOf": [{"type": "integer"}, {"type": "string", "pattern": NUMBER_STRING_PATTERN}],
-                "description": "Backlog lines to send first (default 100), clamped to 0..--history. "
-                               "A numeric string is read as the number.",
+                "anyOf": [{"type": "integer"}, {"type": "string", "pattern": NUMBER_STRING_PATTERN},
+                          {"type": "null"}],
+                "description": "Backlog lines to send first (default 100, also for null), clamped to "
+                               "0..--history. A numeric string is read as the number.",
             },
             "tail": {
                 "description": "Stay open with live lines. Any value; false, null, \"false\", \"0\" and 0 "
@@ -328,13 +329,18 @@ RESPONSES = {
     "BadJson": error("The body is not JSON (or not UTF-8 JSON), or a member has the wrong type."),
     "NotFound": error("No such channel, drain, credential or session."),
     "Conflict": error("The channel already has a drain to that URL."),
-    "TooLarge": error("The body is larger than 64 KiB (or than --max-body)."),
+    "TooLarge": error("The body is larger than --max-json (64 KiB) or --max-body."),
     "Unprocessable": error("The body is not a JSON object, or a value is not acceptable."),
     "Unauthorized": error(
         "No credential, or not a valid one.",
         {"WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Basic realm=Logplex"}}},
     ),
     "Forbidden": error("The credential lacks the full_api permission."),
+    "TooManyLogins": error(
+        "Too many failed logins from this client address (--login-failures a minute); nothing is "
+        "checked until Retry-After seconds have passed.",
+        {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1}}},
+    ),
     "Unavailable": error(
         "SYSTEM BOOTING: the node has not loaded its configuration yet; or the config Redis (or the "
         "channel's backlog shard) is not answering. Try again."
@@ -358,7 +364,8 @@ DRAIN = path_param("drain", ref("DrainId"), "A drain id.")
 def operation(op_id: str, summary: str, tag: str, responses: dict, *, guarded: bool = True,
               body: str | None = None, body_required: bool = False, params: list | None = None,
               description: str | None = None) -> dict:
-    """One operation; a guarded one also answers 401, 403 and 503, one with a JSON body 400, 413 and 422."""
+    """One operation; a guarded one also answers 401, 403, 429 and 503, one with a JSON body 400, 413
+    and 422."""
     doc: dict = {"operationId": op_id, "summary": summary, "tags": [tag]}
     if description:
         doc["description"] = description
@@ -373,6 +380,7 @@ def operation(op_id: str, summary: str, tag: str, responses: dict, *, guarded: b
     if guarded:
         all_responses.setdefault("401", use("Unauthorized"))
         all_responses.setdefault("403", use("Forbidden"))
+        all_responses.setdefault("429", use("TooManyLogins"))
         all_responses.setdefault("503", use("Unavailable"))
     else:
         doc["security"] = []
@@ -400,7 +408,7 @@ PATHS: dict[str, dict] = {
             "metrics", "Prometheus metrics", "operations",
             {"200": text("The Prometheus text exposition format, version 0.0.4.")},
             description="Open to anyone unless the node runs with --metrics-auth; then it asks for a "
-                        "full_api credential like the rest of the API (401, 403, 503)."),
+                        "full_api credential like the rest of the API (401, 403, 429, 503)."),
         "security": [{}, {"basic": []}],
     }},
     OPENAPI_PATH: {"get": operation(

@@ -9,14 +9,17 @@ from urllib.parse import urlsplit
 
 from logplex.web import HttpError
 
-CHANNEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+CHANNEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 # A token name becomes APP-NAME: RFC 5424 allows 1-48 printable ASCII, no space.
-TOKEN_NAME = re.compile(r"^[!-~]{1,48}$")
+TOKEN_NAME = re.compile(r"[!-~]{1,48}")
+# A count as JSON clients send it, number or string: ASCII digits only (str.isdigit
+# would take "²", which int() refuses).
+NUMBER = re.compile(r"-?[0-9]{1,9}")
 DRAIN_SCHEMES = {"http", "https", "syslog", "syslog+tls", "syslog+udp"}
 
 
 def channel_id(value: str) -> str:
-    if not CHANNEL_ID.match(value):
+    if not CHANNEL_ID.fullmatch(value):
         raise HttpError(
             422,
             "A channel id is 1-128 characters: letters, digits and . _ : @ -, "
@@ -26,7 +29,7 @@ def channel_id(value: str) -> str:
 
 
 def token_name(value: object) -> str:
-    if not isinstance(value, str) or not TOKEN_NAME.match(value):
+    if not isinstance(value, str) or not TOKEN_NAME.fullmatch(value):
         raise HttpError(
             422, "A token name is a string of 1-48 printable ASCII characters without spaces."
         )
@@ -53,7 +56,7 @@ def number(value: object, name: str, default: int, low: int, high: int) -> int:
         return default
     if isinstance(value, bool):
         raise HttpError(422, f"'{name}' must be a number.")
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
         value = int(value)
     if not isinstance(value, int):
         raise HttpError(422, f"'{name}' must be a number.")
@@ -64,6 +67,10 @@ def drain_url(value: object, allow_private: bool) -> str:
     """A drain destination, or 422 saying what is wrong with it."""
     if not isinstance(value, str) or not value or len(value) > 2048:
         raise HttpError(422, "Invalid drain destination: 'url' must be a URL string.")
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise HttpError(
+            422, "Invalid drain destination: a URL is printable ASCII without spaces "
+                 "(percent-encode anything else).")
     try:
         parts = urlsplit(value)
         port = parts.port
@@ -99,7 +106,7 @@ def is_private_host(host: str) -> bool:
         # "2130706433", "0x7f.0.0.1", "0"): so must we.
         try:
             address = ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
+        except (OSError, ValueError, UnicodeError):
             return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped

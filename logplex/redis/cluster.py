@@ -39,7 +39,8 @@ class ClusterTails:
     """The router's tail sink for a cluster: local tails, plus the bus for remote ones."""
 
     def __init__(self, local: TailRegistry, redis, address, node: str, reactor, metrics,
-                 flush_interval: float = 0.01) -> None:
+                 flush_interval: float = 0.01, timeout: float = 5.0) -> None:
+        self.timeout = timeout
         self.local = local
         self.redis = redis  # one connection: publishes from a node stay in order
         self.node = node
@@ -134,7 +135,7 @@ class ClusterTails:
                     remote.setdefault(channel_id, {})[node] = self.reactor.seconds() + left
             self.remote = remote
 
-        return self.redis.hgetall(TAILING).addCallback(loaded)
+        return self.redis.hgetall(TAILING).addTimeout(self.timeout, self.reactor).addCallback(loaded)
 
     # -- this node's interest -----------------------------------------------------------------
     def _first_tail(self, channel_id: str) -> None:
@@ -153,6 +154,8 @@ class ClusterTails:
             d = self.redis.hdel(TAILING, field)
         sign = "+" if on else "-"
         d.addCallback(lambda _: self.redis.publish(FEED, f"tail {sign}{channel_id} {self.node}"))
+        # txredisapi waits for a connection without limit; a stop must not.
+        d.addTimeout(self.timeout, self.reactor)
         return d.addErrback(lambda f: log.warn("tail_interest_announce_failed error={e!r}", e=f.getErrorMessage()))
 
     def _announce_all(self):
@@ -184,7 +187,9 @@ class ClusterTails:
 class NodeRegistry:
     """This node's heartbeat in the config Redis, and the list of live nodes."""
 
-    def __init__(self, redis, node: str, reactor, api_url: str = "", interval: float = 5.0) -> None:
+    def __init__(self, redis, node: str, reactor, api_url: str = "", interval: float = 5.0,
+                 timeout: float = 5.0) -> None:
+        self.timeout = timeout
         self.redis = redis
         self.node = node
         self.reactor = reactor
@@ -198,8 +203,8 @@ class NodeRegistry:
         doc = json.dumps({"version": __version__, "started_at": self.started, "seen_at": time.time(),
                           "ttl": self.interval * MISSED_HEARTBEATS, "api_url": self.api_url,
                           "pid": os.getpid()})
-        return self.redis.hset(NODES, self.node, doc).addErrback(
-            lambda f: log.warn("node_heartbeat_failed error={e!r}", e=f.getErrorMessage()))
+        d = self.redis.hset(NODES, self.node, doc).addTimeout(self.timeout, self.reactor)
+        return d.addErrback(lambda f: log.warn("node_heartbeat_failed error={e!r}", e=f.getErrorMessage()))
 
     def start(self) -> None:
         self._beat.start(self.interval, now=True)
@@ -207,7 +212,8 @@ class NodeRegistry:
     def stop(self) -> defer.Deferred:
         if self._beat.running:
             self._beat.stop()
-        return self.redis.hdel(NODES, self.node).addErrback(lambda _: None)
+        return self.redis.hdel(NODES, self.node).addTimeout(self.timeout, self.reactor).addErrback(
+            lambda _: None)
 
     async def live(self) -> list[dict]:
         """Nodes heard from within their own TTL; the dead are removed as they are found."""
