@@ -32,6 +32,8 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_config_cache_age_seconds": ("gauge", "Seconds since the config cache last heard from Redis."),
     "logplex_config_channels": ("gauge", "Channels in the config cache."),
     "logplex_tail_l11_total": ("counter", "L11 notices sent to slow tails."),
+    "logplex_tail_bus_received_total": ("counter", "Lines received from other nodes for local tails."),
+    "logplex_tail_bus_dropped_total": ("counter", "Lines for tails on other nodes that the bus could not carry."),
     "logplex_sessions_created_total": ("counter", "Sessions created through this node."),
     "logplex_drain_l10_total": ("counter", "L10 notices sent to drains."),
     "logplex_redis_command_seconds": ("summary", "Round trips to Redis (backlog flushes, config reads and writes)."),

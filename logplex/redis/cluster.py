@@ -78,9 +78,25 @@ class ClusterTails:
         self._flush_call = None
         batches, self.pending = self.pending, {}
         for channel_id, messages in batches.items():
+            if not self.subscription.connected:
+                # The bus Redis is away: nobody could receive this. Dropped
+                # and counted now, rather than queued without bound and sent
+                # before the other nodes have subscribed again.
+                self.metrics.inc("logplex_tail_bus_dropped_total", len(messages))
+                continue
             payload = self._prefix + encode_logplex1(messages)
             d = self.redis.publish(tail_channel(channel_id), payload)
-            d.addErrback(self._publish_failed, channel_id, len(messages))
+            d.addTimeout(self.timeout, self.reactor)
+            d.addCallbacks(self._published, self._publish_failed,
+                           callbackArgs=(channel_id, len(messages)),
+                           errbackArgs=(channel_id, len(messages)))
+
+    def _published(self, receivers, channel_id, count) -> None:
+        if not int(receivers or 0) and channel_id in self.remote:
+            # Another node said it tails the channel, yet nobody heard: it is
+            # between a reconnect and its resubscription. Those lines are lost
+            # to its tail: count them.
+            self.metrics.inc("logplex_tail_bus_dropped_total", count)
 
     def _publish_failed(self, failure, channel_id, count):
         self.metrics.inc("logplex_tail_bus_dropped_total", count)
@@ -217,7 +233,7 @@ class NodeRegistry:
 
     async def live(self) -> list[dict]:
         """Nodes heard from within their own TTL; the dead are removed as they are found."""
-        entries = await self.redis.hgetall(NODES)
+        entries = await self.redis.hgetall(NODES).addTimeout(self.timeout, self.reactor)
         now = time.time()
         out, dead = [], []
         for name, raw in entries.items():
@@ -229,5 +245,5 @@ class NodeRegistry:
                         "uptime": round(now - doc["started_at"], 1), "api_url": doc.get("api_url", ""),
                         "pid": doc.get("pid")})
         if dead:
-            await self.redis.hdel(NODES, dead)
+            await self.redis.hdel(NODES, dead).addTimeout(self.timeout, self.reactor)
         return sorted(out, key=lambda n: n["node"])

@@ -316,10 +316,11 @@ class ConfigStore:
             failure.trap(Exception)
             if isinstance(failure.value, ConfigError):
                 return failure
-            raise Unavailable(
-                "The config Redis is not answering; try again shortly. "
-                f"({failure.getErrorMessage() or failure.type.__name__})"
-            )
+            if failure.check(defer.TimeoutError, defer.CancelledError):
+                why = f"no answer within {self.timeout:g} s"
+            else:
+                why = failure.getErrorMessage() or failure.type.__name__
+            raise Unavailable(f"The config Redis is not answering ({why}); try again shortly.")
 
         return d.addErrback(unavailable)
 

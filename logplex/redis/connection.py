@@ -91,6 +91,10 @@ def connect(address: RedisAddress, *, poolsize: int = 2, reply_timeout: float = 
         reply_timeout, False,
     )
     factory.reconnect = True
+    # Come back quickly after a Redis restart (txredisapi waits up to 10 s):
+    # routing, the bus and drains' spools all wait on these connections.
+    factory.initialDelay = 0.2
+    factory.maxDelay = 2.0
     if address.path:
         endpoint = UNIXClientEndpoint(reactor, address.path, timeout=reply_timeout)
     else:
