@@ -23,11 +23,11 @@ class Settings:
     session_expiry: int = 360
     drain_buffer: int = 1024
     http_drain_target_bytes: int = 100 * 1024
-    tcp_drain_target_bytes: int = 4 * 1024
+    tcp_drain_target_bytes: int = 64 * 1024
     http_drain_linger: float = 0.25
     http_drain_timeout: float = 30.0
     drain_backoff_max: float = 30.0
-    drain_spool_bytes: int = 32 * 1024 * 1024
+    drain_spool_bytes: int = 64 * 1024 * 1024
     drain_spool_age: float = 86400.0
     drain_ca_file: str | None = None
     syslog_drain_idle: float = 300.0

@@ -78,6 +78,9 @@ class MemorySpool:
             return False
         return defer.maybeDeferred(ack)
 
+    def ack_next(self, frame_id):
+        return self.ack(frame_id).addCallback(lambda _: self.chunks[0] if self.chunks else None)
+
     def depth(self):
         return defer.succeed((len(self.chunks), sum(len(decode_chunk(c)[1]) for c in self.chunks)))
 

@@ -126,6 +126,18 @@ class SpoolTests(unittest.TestCase):
         self.assertEqual(await self.frame_ids(s), ["f2"])
         await self.assertMetaExact(s)
 
+    async def test_ack_next_acks_and_answers_the_next_chunk_in_one_call(self):
+        s = self.spool()
+        pushed = [chunk("f1", 0, 2), chunk("f2", 2, 1)]
+        for data, count in pushed:
+            await s.push(data, count)
+        self.assertEqual(await s.ack_next("f1"), pushed[1][0])
+        await self.assertMetaExact(s)
+        # A frame id that is not the head removes nothing, and says what is.
+        self.assertEqual(await s.ack_next("f1"), pushed[1][0])
+        self.assertIsNone(await s.ack_next("f2"))
+        self.assertEqual(await self.redis.exists(s.meta), 0)
+
     async def test_frame_ids_with_lua_pattern_characters(self):
         s = self.spool()
         odd = "a-b.c%d+e"

@@ -39,17 +39,22 @@ end
 return dropped
 """
 
-# KEYS: list, meta. ARGV: frame id of the head chunk to remove.
-_ACK = """
+# KEYS: list, meta. ARGV: frame id of the head chunk just delivered: removed
+# only if it still is the head (a bound may have dropped it meanwhile).
+_REMOVE_HEAD = """
 local head = redis.call('LINDEX', KEYS[1], 0)
-if not head then return 0 end
-if string.sub(head, 1, #ARGV[1] + 3) ~= '1 ' .. ARGV[1] .. ' ' then return 0 end
-redis.call('LPOP', KEYS[1])
-redis.call('HINCRBY', KEYS[2], 'bytes', -#head)
-redis.call('HINCRBY', KEYS[2], 'messages', -tonumber(string.match(head, '^1 %S+ (%d+) ')))
-if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
-return 1
+local removed = 0
+if head and string.sub(head, 1, #ARGV[1] + 3) == '1 ' .. ARGV[1] .. ' ' then
+  redis.call('LPOP', KEYS[1])
+  redis.call('HINCRBY', KEYS[2], 'bytes', -#head)
+  redis.call('HINCRBY', KEYS[2], 'messages', -tonumber(string.match(head, '^1 %S+ (%d+) ')))
+  if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+  removed = 1
+end
 """
+_ACK = _REMOVE_HEAD + "return removed"
+# The same, answering the next chunk: one round trip per batch while a spool drains.
+_ACK_NEXT = _REMOVE_HEAD + "return redis.call('LINDEX', KEYS[1], 0)"
 
 
 def spool_key(drain_id: int, node: str) -> bytes:
@@ -84,6 +89,10 @@ class Spool:
     def ack(self, frame_id: str) -> defer.Deferred:
         d = self.redis.eval(_ACK, [self.key, self.meta], [frame_id])
         return self._bounded(d).addCallback(lambda n: int(n) == 1)
+
+    def ack_next(self, frame_id: str) -> defer.Deferred:
+        """Remove the delivered head chunk (if it still is the head); fires with the next, or None."""
+        return self._bounded(self.redis.eval(_ACK_NEXT, [self.key, self.meta], [frame_id]))
 
     def depth(self) -> defer.Deferred:
         """(chunks, messages) in the spool."""

@@ -18,16 +18,21 @@ from logplex.model import Drain
 log = Logger()
 
 
+# A syslog drain spools (and later delivers from the spool) in chunks of at
+# least this: its batches are small, and one spool round trip each would crawl.
+SYSLOG_CHUNK_BYTES = 128 * 1024
+
+
 @attrs.frozen
 class DrainSettings:
     buffer: int = 1024
     http_target_bytes: int = 100 * 1024
-    tcp_target_bytes: int = 4 * 1024
+    tcp_target_bytes: int = 64 * 1024
     http_linger: float = 0.25
     tcp_linger: float = 0.05
     http_timeout: float = 30.0
     backoff_max: float = 30.0
-    spool_bytes: int = 32 * 1024 * 1024
+    spool_bytes: int = 64 * 1024 * 1024
     spool_age: float = 86400.0
     syslog_idle: float = 300.0
     redis_timeout: float = 5.0
@@ -107,6 +112,7 @@ class DrainSupervisor:
             self.reactor, self.metrics,
             capacity=s.buffer,
             target_bytes=s.http_target_bytes if http else s.tcp_target_bytes,
+            chunk_bytes=s.http_target_bytes if http else max(s.tcp_target_bytes, SYSLOG_CHUNK_BYTES),
             linger=s.http_linger if http else s.tcp_linger,
             backoff=Backoff(initial=0.5, cap=s.backoff_max),
             max_age=s.spool_age,

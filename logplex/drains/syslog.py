@@ -96,6 +96,7 @@ class SyslogDrainTransport:
         self.token = drain.token.encode()
         self.trust_root = trust_root
         self.service: ClientService | None = None
+        self._current: SyslogDrainProtocol | None = None
         self._idle = None
 
     def _endpoint(self):
@@ -119,6 +120,12 @@ class SyslogDrainTransport:
         data = syslog_frames(messages, self.token)
         if not data:
             return defer.succeed(Outcome.ok())
+        current = self._current
+        if current is not None and current.is_ready:
+            # The usual case: connected, verified; no Deferred, no timer.
+            current.transport.write(data)
+            self._touch()
+            return defer.succeed(Outcome.ok())
         d = self._service().whenConnected(failAfterFailures=1)
         d.addCallback(lambda protocol: protocol.when_ready())
         d.addTimeout(self.connect_timeout, self.reactor)
@@ -127,6 +134,7 @@ class SyslogDrainTransport:
             if not protocol.is_ready:
                 return failed(Failure(NotReady("the connection closed before the write")))
             protocol.transport.write(data)
+            self._current = protocol
             self._touch()
             return Outcome.ok()
 
@@ -147,6 +155,7 @@ class SyslogDrainTransport:
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
+        self._current = None
         service, self.service = self.service, None
         if service is None:
             return defer.succeed(None)

@@ -41,6 +41,7 @@ class DrainWorker:
         *,
         capacity: int = 1024,
         target_bytes: int = 100 * 1024,
+        chunk_bytes: int | None = None,
         linger: float = 0.25,
         backoff: Backoff | None = None,
         max_age: float = 86400.0,
@@ -52,6 +53,10 @@ class DrainWorker:
         self.reactor = reactor
         self.metrics = metrics
         self.target_bytes = target_bytes
+        # Spool chunks: what goes to Redis in one write, and what a batch
+        # delivered from the spool is. Larger than a syslog drain's batches,
+        # so a spool drains in few round trips.
+        self.chunk_bytes = chunk_bytes or target_bytes
         self.linger = linger
         self.backoff = backoff or Backoff()
         self.max_age = max_age
@@ -111,7 +116,7 @@ class DrainWorker:
         queue = self.queue
         queue.push(messages)
         if queue.overflow:
-            if queue.overflow_bytes >= self.target_bytes:
+            if queue.overflow_bytes >= self.chunk_bytes:
                 self._spill()
             elif self._spill_timer is None:
                 self._spill_timer = self.reactor.callLater(1.0, self._spill)
@@ -132,10 +137,10 @@ class DrainWorker:
         queue = self.queue
         # A full chunk always goes; a partial one only while the endpoint is
         # failing (when it works, the pump takes overflow directly).
-        if not (queue.overflow_bytes >= self.target_bytes or (queue.overflow and self._retrying)):
+        if not (queue.overflow_bytes >= self.chunk_bytes or (queue.overflow and self._retrying)):
             return
         self._spilling = True
-        d = self._spill_chunk(queue.take_overflow(self.target_bytes))
+        d = self._spill_chunk(queue.take_overflow(self.chunk_bytes))
         d.addCallback(self._spilled)
 
     def _spilled(self, ok: bool) -> None:
@@ -264,8 +269,14 @@ class DrainWorker:
             self.delivered += n
             self.metrics.inc("logplex_drain_delivered_total", n, **self._labels)
             if batch.from_spool:
-                self._op(self.spool.ack, batch.frame_id)
                 self._spooled_out(n)
+                if self.spool_chunks and not self.stopped:
+                    # Ack this chunk and read the next in one round trip.
+                    self.inflight = Batch([], from_spool=True)  # the read is in flight
+                    self._op(self.spool.ack_next, batch.frame_id).addCallbacks(
+                        self._got_chunk, self._spool_read_failed)
+                    return
+                self._op(self.spool.ack, batch.frame_id)
             self._kick()
             return
         self._error(outcome.error or "delivery failed")
@@ -359,7 +370,7 @@ class DrainWorker:
         held = self.queue.drain_all()
         while held:
             chunk, size = [], 0
-            while held and (not chunk or size + len(held[0]) <= self.target_bytes):
+            while held and (not chunk or size + len(held[0]) <= self.chunk_bytes):
                 size += len(held[0])
                 chunk.append(held.pop(0))
             self._spill_chunk(chunk)
