@@ -155,16 +155,19 @@ class SyslogFramer:
         # frame arriving in small reads is copied once rather than per read.
         self._parts: list[bytes] = []
         self._held = 0
+        # The `LEN SP` of the octet-counted frame in progress: part of it, so
+        # a frame cut right after its count is still an incomplete frame.
+        self._prefix = 0
         # Bytes still missing from the octet-counted frame in progress.
         self._need = 0
         self._error: str | None = None
 
     @property
     def pending(self) -> int:
-        """Bytes held of an incomplete frame (0 when between frames)."""
+        """Bytes held of an incomplete frame, its count included (0 when between frames)."""
         if self._state == _BETWEEN:
             return len(self._head)
-        return self._held
+        return self._prefix + self._held
 
     def feed(self, data: bytes) -> list[bytes]:
         """Every message completed by ``data``, in order, without framing.
@@ -250,6 +253,7 @@ class SyslogFramer:
             return
         body = data[sp + 1 :]
         self._state = _COUNTED
+        self._prefix = sp + 1 - pos
         self._parts = [body]
         self._held = len(body)
         self._need = int(data[pos:sp]) - len(body)
@@ -258,6 +262,7 @@ class SyslogFramer:
         self._state = _BETWEEN
         self._parts = []
         self._held = 0
+        self._prefix = 0
         self._need = 0
 
 

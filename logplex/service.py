@@ -218,6 +218,12 @@ class LogplexNode(MultiService):
 
     async def _stop(self) -> None:
         self.stopping = True
+        # Nothing is acknowledged from here on: keep-alive HTTP senders get
+        # 503 and retry elsewhere, syslog connections are closed (their
+        # senders keep the messages), instead of a 204 for a line the
+        # stopping drains would never carry.
+        if getattr(self, "router", None) is not None:
+            self.router.deny_ingress = True
         # Inputs first, so nothing new arrives while the rest drains.
         for kind in ("syslog", "logs", "api", "manhole"):
             for port in self.ports.pop(kind, []):

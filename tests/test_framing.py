@@ -114,7 +114,7 @@ class TestSyslogFramer:
         assert framer.pending == 1
         assert framer.feed(b"1") == []
         assert framer.feed(b" hello") == []
-        assert framer.pending == 5
+        assert framer.pending == len(b"11 hello")  # the count is part of the frame
         assert framer.feed(b" world") == [b"hello world"]
         assert framer.pending == 0
 
@@ -122,9 +122,9 @@ class TestSyslogFramer:
         framer = SyslogFramer()
         assert framer.pending == 0
         assert framer.feed(b"3 abc10 01234") == [b"abc"]
-        assert framer.pending == 5
+        assert framer.pending == len(b"10 01234")
         assert framer.feed(b"567") == []
-        assert framer.pending == 8
+        assert framer.pending == len(b"10 01234567")
         assert framer.feed(b"89partial line") == [b"0123456789"]
         assert framer.pending == len(b"partial line")
         assert framer.feed(b" goes on\n") == [b"partial line goes on"]
@@ -291,3 +291,15 @@ class TestLogplex1:
     def test_agrees_with_the_framer_on_octet_counted_bodies(self, drawn: tuple[bytes, list[bytes]]) -> None:
         stream, messages = drawn
         assert decode_logplex1(stream) == messages == feed_whole(stream)
+
+
+def test_a_frame_cut_right_after_its_count_is_still_pending():
+    framer = SyslogFramer()
+    assert framer.feed(b"12 ") == []
+    assert framer.pending == 3
+    assert framer.feed(b"hello") == [] and framer.pending == 8
+    assert framer.feed(b" world!") == [b"hello world!"] and framer.pending == 0
+    split = SyslogFramer()
+    split.feed(b"12")
+    split.feed(b" ")
+    assert split.pending == 3

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS, platformTrust
 from twisted.python.failure import Failure
@@ -22,15 +22,30 @@ class NotReady(Exception):
     pass
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IPushProducer)
 class SyslogDrainProtocol(Protocol):
-    """Writable once connected, or, over TLS, once the handshake has verified the peer."""
+    """Writable once connected, or, over TLS, once the handshake has verified the peer.
+
+    It is also its own transport's producer: when the receiver stops reading
+    and the socket's buffers fill, the transport pauses it, and the drain
+    holds its batches (and spools them) instead of piling them up in memory.
+    """
 
     def __init__(self, tls: bool) -> None:
         self.tls = tls
         self.is_ready = False
+        self.paused = False
         self.lost = None
         self._waiting: list[defer.Deferred] = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.paused = True
 
     def when_ready(self) -> defer.Deferred:
         if self.is_ready:
@@ -50,6 +65,7 @@ class SyslogDrainProtocol(Protocol):
                 d.errback(reason)
 
     def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
         if not self.tls:
             self.is_ready = True
             self._settle()
@@ -122,6 +138,10 @@ class SyslogDrainTransport:
             return defer.succeed(Outcome.ok())
         current = self._current
         if current is not None and current.is_ready:
+            if current.paused:
+                # The receiver is not reading: hold the batch (the worker
+                # backs off and spools) rather than buffer without bound.
+                return defer.succeed(Outcome.retry_later("the receiver is not reading"))
             # The usual case: connected, verified; no Deferred, no timer.
             current.transport.write(data)
             self._touch()
@@ -133,6 +153,9 @@ class SyslogDrainTransport:
         def write(protocol):
             if not protocol.is_ready:
                 return failed(Failure(NotReady("the connection closed before the write")))
+            if protocol.paused:
+                self._current = protocol
+                return Outcome.retry_later("the receiver is not reading")
             protocol.transport.write(data)
             self._current = protocol
             self._touch()
