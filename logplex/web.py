@@ -95,6 +95,9 @@ class LogplexSite(server.Site):
             from twisted.internet import reactor
         if idle_timeout is not None:
             kw["timeout"] = idle_timeout
+        # Nothing here takes HTML forms, and Twisted's form parsing raises on
+        # some Content-Type values (found by the fuzzer): off.
+        kw.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, reactor=reactor, **kw)
         self.reactor = reactor
         self.max_body = max_body

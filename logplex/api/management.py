@@ -267,8 +267,10 @@ class ManagementApi:
         if self.store.channel(channel_id) is None:
             raise HttpError(422, "channel not found")
         for key in ("ps", "source"):
-            if body.get(key) is not None and not isinstance(body.get(key), str):
-                raise HttpError(422, f"'{key}' must be a string.")
+            value = body.get(key)
+            # They are compared with PROCID and APP-NAME: printable ASCII, no spaces.
+            if value is not None and (not isinstance(value, str) or not validate.FIELD.fullmatch(value)):
+                raise HttpError(422, f"'{key}' must be 1-128 printable ASCII characters without spaces.")
         tail = body.get("tail", False)
         spec = SessionSpec(
             id=str(uuid.uuid4()),

@@ -12,6 +12,8 @@ from logplex.web import HttpError
 CHANNEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 # A token name becomes APP-NAME: RFC 5424 allows 1-48 printable ASCII, no space.
 TOKEN_NAME = re.compile(r"[!-~]{1,48}")
+# A syslog header field to filter on (PROCID is up to 128 printable ASCII).
+FIELD = re.compile(r"[!-~]{1,128}")
 # A count as JSON clients send it, number or string: ASCII digits only (str.isdigit
 # would take "²", which int() refuses).
 NUMBER = re.compile(r"-?[0-9]{1,9}")
