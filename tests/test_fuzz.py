@@ -39,7 +39,7 @@ import re
 import uuid
 import zlib
 from collections import Counter
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 import txredisapi

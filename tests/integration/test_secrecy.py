@@ -26,13 +26,11 @@ dump of every key of the config Redis.
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import re
 import socket
 import socketserver
 import threading
-import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -41,7 +39,7 @@ import redis as redis_py
 
 from logplex import secrets
 from tests.integration.conftest import (
-    ADMIN, TS, basic, http_request, logplex1, octet, start_node, stop_node, syslog_message, unique, wait_for,
+    basic, http_request, logplex1, octet, start_node, stop_node, syslog_message, unique, wait_for,
 )
 
 # Failed logins a minute per address; two come before the run of wrong passwords.
@@ -269,7 +267,9 @@ def _run(node, s: Seen, http_sink, syslog_sink, readers) -> None:
     tail_url = node.session(channel, tail=True)
     readers.append(StreamReader(node.api_port, tail_url.split(str(node.api_port), 1)[1]))
     readers.append(StreamReader(node.api_port, f"/v3/channels/{channel}/stream", basic(*reader)))
-    time.sleep(0.3)
+    # Both answered (the tail registered) before anything is sent.
+    for r in readers:
+        assert b"\r\n\r\n" in wait_for(r.text, lambda text: b"\r\n\r\n" in text), r.text()
 
     web, worker = s.tokens["web"], s.tokens["worker"]
     # Over TCP: octet-counted and newline-framed RFC 5424, and an RFC 3164 line, the token in APP-NAME / TAG.
@@ -295,7 +295,7 @@ def _run(node, s: Seen, http_sink, syslog_sink, readers) -> None:
     wait_for(lambda: len(http_sink.messages()), lambda n: n >= s.expected, timeout=10)
     wait_for(lambda: len(syslog_sink.frames()), lambda n: n >= s.expected, timeout=10)
     wait_for(lambda: readers[0].text().count(b"\n"), lambda n: n >= s.expected, timeout=5)
-    wait_for(lambda: readers[1].text().count(b"event: "), lambda n: n >= 1, timeout=5)
+    wait_for(readers[1].text, lambda text: b"shuttle 1" in text, timeout=5)
     s.session = node.session_body(channel, num=100)
     logs = node.api("GET", f"/v3/channels/{channel}/logs?num=100", auth=operator)
     assert logs.status == 200, logs
