@@ -1335,8 +1335,10 @@ def json_case(raw: bytes, value: object, route: int) -> None:
 
 def test_e_every_route_was_exercised():
     """Runs after the targets above (pytest keeps file order): every route had requests."""
-    if EXAMPLES < 1000 or not ROUTE_HITS:
-        pytest.skip("needs test_e_every_api_route run first with 1000 examples or more")
+    # At a developer's 2,000 random examples a route can miss a success by chance;
+    # the check means something at CI's 100,000 (from a fixed seed).
+    if EXAMPLES < 20_000 or not ROUTE_HITS:
+        pytest.skip("needs test_e_every_api_route run first with 20,000 examples or more (CI runs 100,000)")
     missing = [f"{m.decode()} {p}" for i, (m, p, _) in enumerate(ROUTES) if ROUTE_HITS[i] == 0]
     assert not missing, "never requested: " + ", ".join(missing)
     # And every route answered a success now and then: the fuzz gets past validation everywhere.

@@ -1,0 +1,813 @@
+"""Issue #7: a logplex node against rsyslog and syslog-ng as relays, on identical load, in one run.
+
+    /tmp/venv/bin/python bench/peers.py --seconds 15 --rounds 3
+    /tmp/venv/bin/python bench/peers.py --seconds 5 --rounds 1 --only raw,rsyslog,b
+
+Paths, each measured at the sink (bench/loadgen.py's counting sink, C):
+
+  raw        generator -> TCP sink (the ceiling of this host, no relay)
+  rsyslog    rsyslog imtcp -> omfwd octet-counted TCP -> TCP sink
+  sng-tcp    syslog-ng syslog() -> syslog() TCP, flags(flow-control) -> TCP sink
+  sng-http   syslog-ng syslog() -> http() batches of 500 lines -> HTTP sink
+  a          node: TCP ingest -> backlog (counted at the node's backlog writer: no sink)
+  b          node: (a) + one HTTP drain per channel -> HTTP sink
+  c          node: (b) + one live tail (a session on channel 0, read by its own process)
+  e          node --workers 2: (b), the connections split evenly between the workers
+  raw-http   log-shuttle POSTs -> HTTP sink (the ceiling for d)
+  d          node: log-shuttle POST /logs -> backlog + one HTTP drain per channel -> HTTP sink
+
+Every round runs every path twice, in a rotated order: once unlimited (max:
+messages/s delivered in the window), then paced at --half of that figure
+(latency, loss and CPU per message). Then, unless --no-loggen, syslog-ng's
+loggen drives raw, rsyslog, sng-tcp, sng-http, a and b unlimited as a second,
+independent generator. rsyslog is apt-installed when missing; syslog-ng and
+loggen are unpacked as the integration tests do. bench/PEERS.md says what every
+figure means and holds the measured table; results go to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import re
+import shlex
+import signal
+import socket
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "integration"))
+import drains  # noqa: E402  (revision, read_json, metric names)
+import ingest  # noqa: E402  (spawn, cleanup, free_port, http, metrics, cpu_seconds, ...)
+import loadgen  # noqa: E402
+import senders  # noqa: E402  (tests/integration/senders.py: rsyslogd_path, SyslogNgTree, unpack_syslog_ng)
+
+RELAYS = ("rsyslog", "sng-tcp", "sng-http")
+NODES = ("a", "b", "c", "e", "d")
+ORDER = ("raw", "rsyslog", "sng-tcp", "sng-http", "a", "b", "c", "e", "raw-http", "d")
+LOGGEN_PATHS = ("raw", "rsyslog", "sng-tcp", "sng-http", "a", "b")
+DESCRIBE = {
+    "raw": "generator -> TCP sink, no relay (ceiling)",
+    "rsyslog": "rsyslog imtcp -> omfwd TCP octet-counted",
+    "sng-tcp": "syslog-ng syslog() -> syslog() TCP, flow-control",
+    "sng-http": "syslog-ng syslog() -> http(), batches of 500",
+    "a": "logplex: TCP ingest -> backlog",
+    "b": "logplex: (a) + HTTP drain per channel",
+    "c": "logplex: (b) + one live tail",
+    "e": "logplex --workers 2: (b)",
+    "raw-http": "log-shuttle POSTs -> HTTP sink (ceiling for d)",
+    "d": "logplex: log-shuttle POST /logs -> backlog + HTTP drain",
+}
+READY = re.compile(rb"\bnode_ready\b|\bready api=")
+L11 = re.compile(rb"Error L11 .*?dropped (\d+) messages")
+node_groups: list[int] = []
+
+
+# -- the peers -----------------------------------------------------------------------------
+def ensure_rsyslog() -> tuple[str | None, str]:
+    """rsyslogd's path (apt-get installing Debian's package when missing), or None and why not."""
+    path = senders.rsyslogd_path()
+    if path is None:
+        print("peers: rsyslogd missing; apt-get install -y rsyslog", file=sys.stderr, flush=True)
+        try:
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            subprocess.run(["apt-get", "install", "-y", "-q", "rsyslog"], check=True, timeout=900, env=env,
+                           stdout=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError) as e:
+            return None, f"rsyslog not installed and apt-get failed ({e}); rsyslog rows skipped"
+        path = senders.rsyslogd_path()
+        if path is None:
+            return None, "apt-get install rsyslog gave no rsyslogd; rsyslog rows skipped"
+    return path, senders.program_version([path, "-v"])
+
+
+def ensure_syslog_ng() -> tuple[senders.SyslogNgTree | None, str]:
+    """An unpacked syslog-ng + loggen (as the integration tests unpack it), or None and why not."""
+    tree = senders.SyslogNgTree.find()
+    if tree is None or tree.missing_libraries():
+        print("peers: unpacking syslog-ng (apt-get download + dpkg -x)", file=sys.stderr, flush=True)
+        try:
+            tree = senders.unpack_syslog_ng(senders.writable_cache())
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            return None, f"syslog-ng could not be unpacked ({e}); syslog-ng and loggen rows skipped"
+    return tree, tree.version()
+
+
+RSYSLOG_CONF = """\
+global(workDirectory="{work}" maxMessageSize="8k")
+module(load="imtcp")
+input(type="imtcp" address="127.0.0.1" port="{inp}" ruleset="relay")
+ruleset(name="relay") {{
+  action(type="omfwd" target="127.0.0.1" port="{out}" protocol="tcp"
+         TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format")
+}}
+"""
+SYSLOG_NG_CONF = """\
+@version: {version}
+options {{ stats-freq(0); keep-hostname(yes); keep-timestamp(yes); use-dns(no); log-fifo-size(100000); }};
+log {{ source {{ internal(); }}; destination {{ file("{internal}"); }}; }};
+source s_net {{ syslog(transport(tcp) ip("127.0.0.1") port({inp}) max-connections(16)
+                      log-iw-size(160000) log-fetch-limit(1000)); }};
+{destination}
+log {{ source(s_net); destination(d_out); flags(flow-control); }};
+"""
+SYSLOG_NG_TCP = 'destination d_out {{ syslog("127.0.0.1" transport(tcp) port({out})); }};'
+SYSLOG_NG_HTTP = """destination d_out {{
+  http(url("http://127.0.0.1:{out}/logs") method("POST")
+       headers("Content-Type: application/logplex-1")
+       body("<${{PRI}}>1 ${{ISODATE}} ${{HOST}} ${{PROGRAM}} ${{PID}} ${{MSGID:--}} - ${{MSG}}")
+       delimiter("\\n") batch-lines(500) batch-bytes(1048576) batch-timeout(100) workers(1));
+}};"""
+
+
+def start_relay(kind: str, tmp: str, inp: int, out: int, peers: dict) -> subprocess.Popen:
+    if kind == "rsyslog":
+        os.makedirs(os.path.join(tmp, "work"))
+        conf = os.path.join(tmp, "rsyslog.conf")
+        with open(conf, "w") as f:
+            f.write(RSYSLOG_CONF.format(work=os.path.join(tmp, "work"), inp=inp, out=out))
+        proc = ingest.spawn([peers["rsyslogd"], "-n", "-f", conf, "-i", os.path.join(tmp, "rsyslogd.pid")],
+                            os.path.join(tmp, "relay.log"))
+    else:
+        tree = peers["syslog-ng"]
+        dest = (SYSLOG_NG_TCP if kind == "sng-tcp" else SYSLOG_NG_HTTP).format(out=out)
+        conf = os.path.join(tmp, "syslog-ng.conf")
+        with open(conf, "w") as f:
+            f.write(SYSLOG_NG_CONF.format(version=tree.config_version, internal=os.path.join(tmp, "internal.log"),
+                                          inp=inp, destination=dest))
+        proc = ingest.spawn([tree.syslog_ng, f"--module-path={tree.module_dir()}", "-F", "--no-caps", "-f", conf,
+                             "-R", os.path.join(tmp, "persist"), f"--pidfile={os.path.join(tmp, 'sng.pid')}",
+                             f"--control={os.path.join(tmp, 'sng.ctl')}"], os.path.join(tmp, "relay.log"), tree.env())
+    ingest.wait_for(lambda: listening(inp), f"{kind} listening on {inp}", proc, timeout=30)
+    return proc
+
+
+def listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port (from /proc/net/tcp: no connection is made)."""
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and int(f[1].split(":")[1], 16) == port:
+            return True
+    return False
+
+
+# -- the node ------------------------------------------------------------------------------
+def start_redis(tmp: str, args) -> tuple[subprocess.Popen, int]:
+    port = ingest.free_port()
+    proc = ingest.spawn([args.redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                         "--appendonly", "no", "--dir", tmp], os.path.join(tmp, "redis.log"))
+    ingest.wait_for(lambda: ingest.redis_call(port, "PING") == b"+PONG", "redis-server", proc)
+    return proc, port
+
+
+def snapshot_code() -> tuple[str, str]:
+    """A copy of this checkout's logplex/ and twisted/plugins/, taken once: the tree is shared and
+    may change during a run of 20+ minutes, and every node of one run must run the same code.
+    Returns (directory for PYTHONPATH, revision)."""
+    revision = drains.revision()
+    root = tempfile.mkdtemp(prefix="logplex-peers-code-")
+    atexit.register(shutil.rmtree, root, True)  # not in ingest.tmp_dirs: cleanup() empties that after every run
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "dropin.cache")
+    shutil.copytree(os.path.join(ingest.ROOT, "logplex"), os.path.join(root, "logplex"), ignore=ignore)
+    shutil.copytree(os.path.join(ingest.ROOT, "twisted"), os.path.join(root, "twisted"), ignore=ignore)
+    digest = hashlib.sha256()
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            with open(os.path.join(folder, name), "rb") as f:
+                digest.update(os.path.relpath(os.path.join(folder, name), root).encode() + b"\0" + f.read())
+    return root, f"{revision} (code sha256 {digest.hexdigest()[:12]})"
+
+
+def start_node(tmp: str, args, rport: int, extra: list[str]):
+    """A node on its own ports (as bench/drains.py starts one, plus a stable --node-name so that a
+    restart on the same Redis is the same node); returns (process, api URL, ports, command, log)."""
+    ports = {k: ingest.free_port() for k in ("api", "logs", "syslog")}
+    cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex",
+           "--api", f"tcp:{ports['api']}:interface=127.0.0.1", "--logs", f"tcp:{ports['logs']}:interface=127.0.0.1",
+           "--syslog", f"tcp:{ports['syslog']}:interface=127.0.0.1",
+           "--config-redis", f"redis://127.0.0.1:{rport}/0", "--auth", "admin:secret",
+           "--data-dir", os.path.join(tmp, "data"), "--history", str(args.history), "--node-name", "bench",
+           "--allow-private-drains", *extra]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [args.code, os.environ.get("PYTHONPATH")])))
+    log = os.path.join(tmp, f"node-{len(os.listdir(tmp))}.log")
+    proc = ingest.spawn(cmd, log, env)
+    node_groups.append(proc.pid)
+    api = f"http://127.0.0.1:{ports['api']}"
+    ingest.wait_for(lambda: ingest.http("GET", api + "/healthcheck")[0] == 200, "node healthcheck", proc)
+    return proc, api, ports, cmd, log
+
+
+def api_call(method: str, url: str, body=None):
+    """ingest.http, retried for a while on 404 and 503: with --workers 2 the request may reach the
+    worker that has not yet heard of the channel just created through the other one."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return ingest.http(method, url, body)
+        except urllib.error.HTTPError as e:
+            if e.code not in (404, 503) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+# -- processes and /proc -------------------------------------------------------------------
+def group_pids(pgid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                out.append(int(entry))
+    return sorted(out)
+
+
+def cpu_of(pids) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += ingest.cpu_seconds(pid)
+        except OSError:
+            pass
+    return total
+
+
+def rss_of(pids) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += ingest.rss_mib(pid)
+        except OSError:
+            pass
+    return total
+
+
+def cleanup():
+    ingest.cleanup()
+    for pgid in node_groups:  # a --workers master's workers, should any outlive it
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    node_groups.clear()
+
+
+def socket_owner(server_port: int, sock: socket.socket, pids: list[int]) -> int | None:
+    """Which of pids holds the server side of our loopback connection (/proc/net/tcp inode)."""
+    client_port, inode = sock.getsockname()[1], None
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        f = line.split()
+        if int(f[1].split(":")[1], 16) == server_port and int(f[2].split(":")[1], 16) == client_port:
+            inode = f[9]
+    if inode in (None, "0"):
+        return None
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+def connect(port: int, n: int, workers: list[int] | None) -> tuple[list[socket.socket], list[int]]:
+    """n connections; with workers, reopened until each worker holds its share; (sockets, owners)."""
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    if not workers:
+        return socks, []
+
+    def owner(s):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if (pid := socket_owner(port, s, workers)) is not None:
+                return pid
+            time.sleep(0.01)
+        raise SystemExit("peers: a connection was never accepted by a worker")
+
+    owners = [owner(s) for s in socks]
+    share = -(-n // len(workers))
+    for _ in range(200):
+        crowded = [i for i, pid in enumerate(owners) if owners.count(pid) > share]
+        if not crowded:
+            break
+        socks[crowded[0]].close()
+        socks[crowded[0]] = socket.create_connection(("127.0.0.1", port))
+        owners[crowded[0]] = owner(socks[crowded[0]])
+    return socks, owners
+
+
+# -- the live tail of (c) ------------------------------------------------------------------
+def tail_reader(port: int, path: str, stop, ready, out) -> None:
+    """GET a tail session; count its lines and the L11 drops it is told of, until stop."""
+    import select
+    lines = l11 = 0
+    error, rest, raw = None, b"", b""
+    try:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: %s\r\n\r\n"
+                     % (path.encode(), ingest.AUTH.encode()))
+        while b"\r\n\r\n" not in raw:
+            raw += sock.recv(65536)
+        head, _, raw = raw.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise ConnectionError(f"tail answered {head[:100]!r}")
+        ready.set()
+        left = 0  # bytes of the current chunk still to come; -N: the CRLF after it
+        while not stop.is_set():
+            body, pos, n = [], 0, len(raw)
+            while pos < n:  # dechunk by offsets: slicing the rest at every chunk would be quadratic
+                if left > 0:
+                    piece = raw[pos:pos + left]
+                    body.append(piece)
+                    pos += len(piece)
+                    left -= len(piece)
+                    if left == 0:
+                        left = -2
+                elif left < 0:
+                    take = min(-left, n - pos)
+                    pos += take
+                    left += take
+                else:
+                    eol = raw.find(b"\r\n", pos)
+                    if eol < 0:
+                        break
+                    left, pos = int(raw[pos:eol].split(b";")[0], 16), eol + 2
+            raw = raw[pos:]
+            text = rest + b"".join(body)
+            cut = text.rfind(b"\n") + 1
+            rest = text[cut:]
+            lines += text.count(b"\n", 0, cut)
+            if b"L11" in text:
+                for m in L11.finditer(text, 0, cut):
+                    l11 += int(m.group(1))
+            if select.select([sock], [], [], 0.2)[0]:
+                data = sock.recv(1 << 18)
+                if not data:
+                    break
+                raw += data
+    except Exception as e:
+        error = repr(e)
+        ready.set()
+    out.put({"lines": lines, "l11_dropped": l11, "error": error, "cpu_s": loadgen._cpu()})
+
+
+# -- one measured run ----------------------------------------------------------------------
+def run_path(path: str, rate: float, gen: str, args, peers: dict) -> dict:
+    """Set up one path, drive it for args.seconds, settle, measure; everything it started is stopped."""
+    tmp = tempfile.mkdtemp(prefix=f"logplex-peers-{path}-")
+    ingest.tmp_dirs.append(tmp)
+    r: dict = {"path": path, "gen": gen, "rate": round(rate), "seconds": args.seconds}
+    try:
+        return _run(path, rate, gen, args, peers, tmp, r)
+    except (ingest.NodeDied, SystemExit, Exception) as e:  # one failed run must not end the others
+        r["error"] = f"{type(e).__name__}: {e}"[-2000:]
+        print(f"peers: {path} ({gen}, rate {round(rate) or 'max'}) failed: {r['error']}", file=sys.stderr)
+        return r
+    finally:
+        cleanup()
+
+
+def _run(path, rate, gen, args, peers, tmp, r) -> dict:
+    shuttle = path in ("raw-http", "d")
+    sink_kind = None if path == "a" else ("http" if path in ("sng-http", "b", "c", "d", "e", "raw-http")
+                                           else "syslog")
+    sink = stats_path = None
+    if sink_kind:
+        sink_port, stats_path = ingest.free_port(), os.path.join(tmp, "sink.json")
+        sink = ingest.spawn([peers["sink"], sink_kind, "--port", str(sink_port), "--stats", stats_path],
+                            os.path.join(tmp, "sink.log"))
+        ingest.wait_for(lambda: drains.read_json(stats_path) is not None, "sink", sink)
+
+    target_pids, redis, node, api, workers, tail = [], None, None, None, None, None
+    tokens = [f"t.peer{i}" for i in range(args.channels)]
+    if path in ("raw", "raw-http"):
+        port = sink_port
+    elif path in RELAYS:
+        port = ingest.free_port()
+        relay = start_relay(path, tmp, port, sink_port, peers)
+        target_pids = [relay.pid]
+    else:
+        node_args = (["--workers", "2"] if path == "e" else []) + args.node_arg
+        redis, rport = start_redis(tmp, args)
+        node, api, ports, node_cmd, node_log = start_node(tmp, args, rport, node_args)
+        if path == "e":  # the workers share the API port: every one must answer
+            ingest.wait_for(lambda: len(READY.findall(open(node_log, "rb").read())) >= 2,
+                            "2 workers ready", node, timeout=90)
+        tokens, drain_urls = [], []
+        for i in range(args.channels):
+            _, body = api_call("PUT", f"{api}/v3/channels/bench-{i}", {"tokens": ["app"]})
+            tokens.append(json.loads(body)["tokens"]["app"])
+            if path != "a":
+                _, body = api_call("POST", f"{api}/v3/channels/bench-{i}/drains",
+                                      {"url": f"http://127.0.0.1:{sink_port}/logs"})
+                drain_urls.append(f"{api}/v3/channels/bench-{i}/drains/{json.loads(body)['id']}")
+        if gen == "loggen":
+            # loggen's APPNAME is not a token: restart the node (same Redis, same name) with a
+            # listener whose every message goes to channel 0.
+            node.terminate()
+            node.wait(timeout=30)
+            ingest.started.remove(node)
+            lport = ingest.free_port()
+            node, api, ports, node_cmd, node_log = start_node(
+                tmp, args, rport, node_args + ["--syslog-token", f"{tokens[0]}=tcp:{lport}:interface=127.0.0.1"])
+            drain_urls = [u.replace(u.split("/v3/")[0], api) for u in drain_urls]
+        for url in drain_urls:
+            ingest.wait_for(lambda: json.loads(ingest.http("GET", url)[1]).get("state") is not None,
+                            "the drain's worker", node, timeout=15)
+        if path == "e":
+            time.sleep(1.0)  # both workers have heard of the drains on the change feed
+            workers = [p for p in group_pids(node.pid) if p != node.pid]
+        target_pids = group_pids(node.pid)
+        r["node_command"] = " ".join(map(shlex.quote, node_cmd))
+        port = lport if gen == "loggen" else ports["logs"] if shuttle else ports["syslog"]
+    ctx = multiprocessing.get_context("fork")
+    if path == "c":
+        _, body = ingest.http("POST", f"{api}/v3/sessions", {"channel_id": "bench-0", "tail": True, "num": 0})
+        session = "/" + json.loads(body)["url"].split("/", 3)[3]
+        stop, ready, out = ctx.Event(), ctx.Event(), ctx.Queue()
+        tail = ctx.Process(target=tail_reader, daemon=True, args=(ports["api"], session, stop, ready, out))
+        tail.start()
+        ready.wait(30)
+
+    # The generators: ours (one process per connection) or loggen (one process).
+    go, results = ctx.Event(), ctx.Queue()
+    procs, loggen = [], None
+    if gen == "py":
+        socks, owners = connect(port, args.connections, workers)
+        if workers:
+            r["connections_per_worker"] = [owners.count(w) for w in workers]
+        for i, sock in enumerate(socks):
+            token = tokens[i % len(tokens)]
+            tmpl, frame_len = loadgen.template(token.encode(), i, args.size, shuttle=shuttle)
+            if shuttle:
+                target, extra = loadgen.shuttle_sender, (sock, token, tmpl, frame_len)
+            else:
+                target, extra = loadgen.tcp_sender, (sock, tmpl, frame_len)
+            procs.append(ctx.Process(target=target, daemon=True, args=(
+                *extra, args.seconds, rate / args.connections, go, results, i)))
+            procs[-1].start()
+            sock.close()  # the child holds it
+        r["frame_bytes"] = frame_len
+
+    def sink_now():
+        return (drains.read_json(stats_path) or {}) if stats_path else {}
+
+    def node_count(m):  # (a): lines the backlog writer handled
+        return m.get(ingest.WRITTEN, 0) + m.get(ingest.SUPERSEDED, 0)
+
+    def delivered(snap_sink, snap_metrics):
+        if path == "a":
+            return node_count(snap_metrics)
+        return snap_sink.get("messages" if gen == "loggen" else "unique", 0)
+
+    def snapshot():
+        m = ingest.metrics(api) if path == "a" else {}
+        gen_pids = [p.pid for p in procs] + ([loggen.pid] if loggen else [])
+        return {"t": time.monotonic(), "target": cpu_of(target_pids), "redis": cpu_of([redis.pid] if redis else []),
+                "sink": cpu_of([sink.pid] if sink else []), "gen": cpu_of(gen_pids),
+                "sink_stats": sink_now(), "metrics": m}
+
+    before = snapshot()
+    mark = None
+    rss = [rss_of(target_pids)]
+    if gen == "loggen":
+        tree = peers["syslog-ng"]
+        argv = [tree.loggen, "-i", "-S", "-P", "-s", str(args.size), "-r", "100000000", "-I", str(int(args.seconds)),
+                f"--active-connections={args.connections}", "127.0.0.1", str(port)]
+        r["loggen_command"] = " ".join(map(shlex.quote, argv))
+        loggen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=tree.env(),
+                                  start_new_session=True)
+        ingest.started.append(loggen)
+    go.set()
+    while time.monotonic() < before["t"] + args.seconds:
+        time.sleep(0.25)
+        rss.append(rss_of(target_pids))
+        if node is not None and node.poll() is not None:
+            raise ingest.NodeDied(f"the node exited with {node.returncode}")
+        if mark is None and time.monotonic() >= before["t"] + min(2.0, args.seconds / 4):
+            mark = snapshot()  # CPU % is measured from here: skips the ramp-up
+    end = snapshot()
+    sent, errors, gen_cpu = 0, [], 0.0
+    if gen == "py":
+        for _ in procs:
+            index, n, error, cpu = results.get(timeout=120)
+            sent += n
+            gen_cpu += cpu
+            if error:
+                errors.append(f"connection {index}: {error}")
+        for p in procs:
+            p.join()
+    else:
+        output = loggen.communicate(timeout=args.seconds + 60)[0].decode(errors="replace")
+        counts = re.findall(r"count=(\d+)", output)
+        sent = int(counts[-1]) if counts else 0
+        gen_cpu = end["gen"] - before["gen"]
+        if loggen.returncode:
+            errors.append(f"loggen exited {loggen.returncode}: {output[-500:]}")
+
+    # Settle: until all that was sent arrived, or nothing moved for --settle s.
+    last, still = delivered(end["sink_stats"], end["metrics"]), time.monotonic()
+    give_up = time.monotonic() + args.max_settle
+    while time.monotonic() < give_up:
+        time.sleep(0.25)
+        rss.append(rss_of(target_pids))
+        now = delivered(sink_now(), ingest.metrics(api) if path == "a" else {})
+        if now >= sent:
+            break
+        if now != last:
+            last, still = now, time.monotonic()
+        elif time.monotonic() - still >= args.settle:
+            break
+    settled = snapshot()
+    final = {}
+    if tail is not None:
+        stop.set()
+        r["tail"] = out.get(timeout=30)
+        tail.join()
+    if sink is not None:
+        sink.send_signal(signal.SIGTERM)
+        sink.wait(timeout=30)
+        final = drains.read_json(stats_path) or {}
+    if path in NODES and path != "e":
+        m0, m1 = before["metrics"] or {}, ingest.metrics(api)
+        r["node_metrics"] = {k: m1.get(k, 0) - (m0.get(k, 0) if path == "a" else 0) for k in (
+            ingest.ROUTED, ingest.WRITTEN, ingest.SUPERSEDED, ingest.DROPPED, drains.DELIVERED,
+            drains.DRAIN_DROPPED, "logplex_drain_l10_total", "logplex_drain_retried_total")}
+
+    window, span = end["t"] - before["t"], end["t"] - (mark or before)["t"]
+    in_window = delivered(end["sink_stats"], end["metrics"]) - delivered(before["sink_stats"], before["metrics"])
+    total = (delivered(settled["sink_stats"], settled["metrics"]) - delivered(before["sink_stats"], before["metrics"])
+             if path == "a" else final.get("messages" if gen == "loggen" else "unique", 0))
+    mark = mark or before
+    r.update({
+        "sent": sent, "sent_per_s": round(sent / window), "window_s": round(window, 2),
+        "delivered_in_window": in_window, "msgs_per_s": round(in_window / window),
+        "delivered": total, "lost": sent - total, "settle_s": round(settled["t"] - end["t"], 1),
+        "duplicates": final.get("duplicates"), "seq_holes": final.get("seq_holes"),
+        "latency_p50_ms": final.get("latency_p50_ms"), "latency_p99_ms": final.get("latency_p99_ms"),
+        "latency_max_ms": final.get("latency_max_ms"),
+        "cpu_percent": round(100 * (end["target"] - mark["target"]) / span, 1) if target_pids else None,
+        "us_per_msg": round(1e6 * (settled["target"] - before["target"]) / total, 2)
+        if target_pids and total > 0 else None,
+        "redis_cpu_percent": round(100 * (end["redis"] - mark["redis"]) / span, 1) if redis else None,
+        "redis_us_per_msg": round(1e6 * (settled["redis"] - before["redis"]) / total, 2)
+        if redis and total > 0 else None,
+        "sink_cpu_percent": round(100 * (end["sink"] - mark["sink"]) / span, 1) if sink else None,
+        "gen_cpu_percent": round(100 * gen_cpu / window, 1),
+        "peak_rss_mib": round(max(rss), 1) if target_pids else None,
+        "processes": len(target_pids), "errors": errors,
+    })
+    if sink is not None:
+        r["sink"] = {k: final.get(k) for k in ("messages", "unique", "loggen", "requests", "connections",
+                                                "out_of_order", "bad_markers")}
+    return r
+
+
+# -- rounds, summary, table ----------------------------------------------------------------
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def spread(values):
+    values = [v for v in values if v is not None]
+    return (min(values), max(values)) if values else (None, None)
+
+
+def summarize(runs: list[dict], rounds: int) -> dict:
+    out = {}
+    for path in ORDER:
+        mx = [r for r in runs if r["path"] == path and r["gen"] == "py" and r["phase"] == "max" and "error" not in r]
+        half = [r for r in runs if r["path"] == path and r["phase"] == "half" and "error" not in r]
+        lg = [r for r in runs if r["path"] == path and r["gen"] == "loggen" and "error" not in r]
+        if not (mx or half or lg):
+            continue
+        out[path] = {
+            "describe": DESCRIBE[path], "rounds": len(mx),
+            "msgs_per_s": med(r["msgs_per_s"] for r in mx), "msgs_per_s_range": spread(r["msgs_per_s"] for r in mx),
+            "sent_per_s_at_max": med(r["sent_per_s"] for r in mx),
+            "lost_at_max": med(r["lost"] for r in mx),
+            "cpu_percent_at_max": med(r["cpu_percent"] for r in mx),
+            "peak_rss_mib": med(r["peak_rss_mib"] for r in mx + half),
+            "half_rate": med(r["rate"] for r in half),
+            "latency_p50_ms": med(r["latency_p50_ms"] for r in half),
+            "latency_p99_ms": med(r["latency_p99_ms"] for r in half),
+            "latency_p99_range": spread(r["latency_p99_ms"] for r in half),
+            "us_per_msg": med(r["us_per_msg"] for r in half),
+            "redis_us_per_msg": med(r["redis_us_per_msg"] for r in half),
+            "lost_at_half": [r["lost"] for r in half],
+            "sink_cpu_percent_at_max": med(r["sink_cpu_percent"] for r in mx),
+            "gen_cpu_percent_at_max": med(r["gen_cpu_percent"] for r in mx),
+            "loggen_msgs_per_s": med(r["msgs_per_s"] for r in lg),
+            "loggen_range": spread(r["msgs_per_s"] for r in lg),
+        }
+        if path == "c":
+            tails = [r.get("tail") or {} for r in mx + half]
+            out[path]["tail_lines_l11"] = [(t.get("lines"), t.get("l11_dropped")) for t in tails]
+    # Ratios of each round's figures, then the median of those.
+    ratios = {}
+    for ours in NODES:
+        for peer in ("raw-http",) if ours == "d" else ("raw", *RELAYS, "fastest-C"):
+            values = []
+            for rnd in range(rounds):
+                def get(p, gen="py"):
+                    hit = [r for r in runs if r["path"] == p and r["round"] == rnd and r["phase"] == "max"
+                           and r["gen"] == gen and "error" not in r]
+                    return hit[0]["msgs_per_s"] if hit else None
+                a = get(ours)
+                b = max(filter(None, (get(p) for p in RELAYS)), default=None) if peer == "fastest-C" else get(peer)
+                if a is not None and b:
+                    values.append(a / b)
+            if values:
+                ratios[f"{ours}/{peer}"] = {"median": round(med(values), 3),
+                                            "range": [round(min(values), 3), round(max(values), 3)]}
+    out["ratios"] = ratios
+    goal = [r for r in runs if r["phase"] == "goal" and "error" not in r]
+    if goal:
+        out["goal"] = {"rate": goal[0]["rate"], "rounds": len(goal),
+                       "msgs_per_s": med(r["msgs_per_s"] for r in goal),
+                       "msgs_per_s_range": spread(r["msgs_per_s"] for r in goal),
+                       "msgs_per_s_all": [r["msgs_per_s"] for r in goal],
+                       "lost": [r["lost"] for r in goal],
+                       "latency_p50_ms": med(r["latency_p50_ms"] for r in goal),
+                       "latency_p99_ms": med(r["latency_p99_ms"] for r in goal),
+                       "cpu_percent": med(r["cpu_percent"] for r in goal),
+                       "us_per_msg": med(r["us_per_msg"] for r in goal)}
+    return out
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "-"
+    if isinstance(v, float) and digits:
+        return f"{v:.{digits}f}"
+    return f"{round(v):,}" if isinstance(v, (int, float)) else str(v)
+
+
+def print_table(summary: dict, args) -> None:
+    print(f"\n{args.connections} connections, {args.channels} channels, {args.size}-byte frames, "
+          f"{args.seconds:g} s windows, medians of {args.rounds} interleaved rounds (min-max)")
+    head = ("path", "msgs/s delivered", "vs raw", "p50/p99 ms @half", "us/msg @half", "CPU% @max",
+            "RSS MiB", "lost @half", "lost @max", "loggen msgs/s")
+    rows = [head]
+    for path in ORDER:
+        s = summary.get(path)
+        if not s:
+            continue
+        ceiling = summary.get("raw-http" if path in ("d", "raw-http") else "raw", {}).get("msgs_per_s")
+        lo, hi = s["msgs_per_s_range"]
+        us = fmt(s["us_per_msg"], 2) + (f" +{fmt(s['redis_us_per_msg'], 2)}r" if s["redis_us_per_msg"] else "")
+        rows.append((path, f"{fmt(s['msgs_per_s'])} ({fmt(lo)}-{fmt(hi)})",
+                     f"{s['msgs_per_s'] / ceiling:.2f}" if ceiling and s["msgs_per_s"] else "-",
+                     f"{fmt(s['latency_p50_ms'], 2)}/{fmt(s['latency_p99_ms'], 1)}", us,
+                     fmt(s["cpu_percent_at_max"]), fmt(s["peak_rss_mib"]),
+                     ",".join(map(fmt, s["lost_at_half"])) or "-", fmt(s["lost_at_max"]),
+                     fmt(s["loggen_msgs_per_s"])))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    print("rsyslog has no HTTP output in Debian 12 (no omhttp); no peer takes log-shuttle's POST /logs "
+          "(no imhttp in Debian's rsyslog, no HTTP source in syslog-ng 3.38), so (d) is compared to raw-http only.")
+    print("ours/peer (median of per-round ratios, min-max):")
+    for key, v in summary["ratios"].items():
+        print(f"  {key:<16} {v['median']:.3f}  ({v['range'][0]:.3f}-{v['range'][1]:.3f})")
+    b, g = summary.get("b", {}), summary.get("goal")
+    if b.get("msgs_per_s") is not None:
+        lo, hi = b["msgs_per_s_range"]
+        print(f"goal, (b) delivers >= 100,000 msgs/s of {args.size} B. Unlimited input: {fmt(b['msgs_per_s'])}/s "
+              f"(rounds {fmt(lo)}-{fmt(hi)}): {'met' if b['msgs_per_s'] >= 100_000 else 'not met'}.")
+    if g:
+        kept = sum(1 for r in g["msgs_per_s_all"] if r >= 0.98 * g["rate"])
+        print(f"  Paced at {fmt(g['rate'])}/s: kept up (>= 98 % of it at the sink within the window) in {kept} of "
+              f"{g['rounds']} rounds; delivered {', '.join(map(fmt, g['msgs_per_s_all']))}/s, p50/p99 "
+              f"{fmt(g['latency_p50_ms'], 0)}/{fmt(g['latency_p99_ms'], 0)} ms (median), lost "
+              f"{','.join(map(fmt, g['lost']))} (not at the sink {args.max_settle:g} s after the window), "
+              f"node CPU {fmt(g['cpu_percent'])}%, {fmt(g['us_per_msg'], 2)} us/msg.")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=15, help="each run's window (15)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
+    p.add_argument("--connections", type=int, default=2, help="generator connections (2), the same for every path")
+    p.add_argument("--channels", type=int, default=2, help="channels (2); connection i sends to channel i %% N")
+    p.add_argument("--size", type=int, default=200, help="bytes per frame, prefix included (200)")
+    p.add_argument("--half", type=float, default=0.5, help="the paced run's share of the path's max (0.5)")
+    p.add_argument("--settle", type=float, default=3.0, help="stop waiting after this long without progress (3 s)")
+    p.add_argument("--max-settle", type=float, default=30.0,
+                   help="longest wait after the window for what is still on its way (30 s); the rest counts as lost")
+    p.add_argument("--goal-rate", type=float, default=100_000,
+                   help="also run (b) paced at this rate every round: the issue's goal (100000; 0: no)")
+    p.add_argument("--only", default=",".join(ORDER), help=f"paths, comma-separated ({','.join(ORDER)})")
+    p.add_argument("--no-loggen", action="store_true", help="skip the loggen-driven runs")
+    p.add_argument("--history", type=int, default=1500, help="the node's --history (1500)")
+    p.add_argument("--node-arg", action="append", default=[], metavar="ARG", help="extra node option (repeatable)")
+    p.add_argument("--redis-server", default="/usr/bin/redis-server")
+    p.add_argument("--json", metavar="PATH", help="where to write the results (bench/results/peers-<time>.json)")
+    p.add_argument("--table", metavar="JSON", help="only print the table of an earlier run's results")
+    args = p.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            earlier = json.load(f)
+        for key, value in earlier["options"].items():
+            setattr(args, key, value)
+        print_table(summarize(earlier["runs"], args.rounds), args)
+        print(f"revision {earlier['revision']}, {earlier['took_s']} s, started {earlier['started']}")
+        return
+    paths = [x for x in args.only.split(",") if x]
+    if unknown := set(paths) - set(ORDER):
+        p.error(f"unknown paths {sorted(unknown)}; choose from {', '.join(ORDER)}")
+    atexit.register(cleanup)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    peers: dict = {"sink": loadgen.sink_binary()}
+    notes = []
+    if set(paths) & {"rsyslog"}:
+        peers["rsyslogd"], note = ensure_rsyslog()
+        notes.append(f"rsyslog: {note}")
+    if set(paths) & {"sng-tcp", "sng-http"} or not args.no_loggen:
+        peers["syslog-ng"], note = ensure_syslog_ng()
+        notes.append(f"syslog-ng: {note}")
+    skipped = [x for x in paths if (x == "rsyslog" and not peers.get("rsyslogd"))
+               or (x.startswith("sng") and not peers.get("syslog-ng"))]
+    paths = [x for x in paths if x not in skipped]
+    use_loggen = not args.no_loggen and peers.get("syslog-ng") is not None
+    for note in notes:
+        print(f"peers: {note}", flush=True)
+
+    args.code, revision = snapshot_code()
+    runs, started = [], time.time()
+    for rnd in range(args.rounds):
+        order = paths[rnd % len(paths):] + paths[:rnd % len(paths)]
+        for path in order:
+            r = run_path(path, 0, "py", args, peers)
+            r.update(round=rnd, phase="max")
+            runs.append(r)
+            line(r)
+            if "error" not in r and r["msgs_per_s"] > 0:
+                h = run_path(path, args.half * r["msgs_per_s"], "py", args, peers)
+                h.update(round=rnd, phase="half")
+                runs.append(h)
+                line(h)
+            if path == "b" and args.goal_rate:
+                g = run_path(path, args.goal_rate, "py", args, peers)
+                g.update(round=rnd, phase="goal")
+                runs.append(g)
+                line(g)
+        if use_loggen:
+            for path in [x for x in order if x in LOGGEN_PATHS]:
+                r = run_path(path, 0, "loggen", args, peers)
+                r.update(round=rnd, phase="max")
+                runs.append(r)
+                line(r)
+    summary = summarize(runs, args.rounds)
+    result = {
+        "command": " ".join(map(shlex.quote, [sys.executable, *sys.argv])), "revision": revision,
+        "revision_at_end": drains.revision(),
+        "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        "took_s": round(time.time() - started), "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                                                         "load_at_end": os.getloadavg()},
+        "options": vars(args), "peers": notes, "skipped": skipped, "summary": summary, "runs": runs,
+    }
+    print_table(summary, args)
+    print(f"revision {result['revision']}, {result['took_s']} s, load average at the end {os.getloadavg()[0]:.2f}")
+    if not revision.startswith(result["revision_at_end"] + " "):
+        print(f"note: the checkout moved to {result['revision_at_end']} during the run; every node ran the copy "
+              f"taken at the start ({revision})")
+    path = args.json or os.path.join(HERE, "results", time.strftime("peers-%Y%m%d-%H%M%S.json"))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"results: {path}")
+
+
+def line(r: dict) -> None:
+    """One progress line per run."""
+    if "error" in r:
+        return
+    what = f"{r['path']:<9}{r['gen']:<7}{'rate ' + fmt(r['rate']) if r['rate'] else 'max':<13}"
+    print(f"{what} delivered {fmt(r['msgs_per_s']):>9}/s  sent {fmt(r['sent_per_s']):>9}/s  lost {fmt(r['lost']):>9}"
+          f"  p50/p99 {fmt(r['latency_p50_ms'], 2)}/{fmt(r['latency_p99_ms'], 1)} ms  CPU {fmt(r['cpu_percent'])}%"
+          f" {fmt(r['us_per_msg'], 2)} us/msg  RSS {fmt(r['peak_rss_mib'])}  sink {fmt(r['sink_cpu_percent'])}%"
+          f"  gen {fmt(r['gen_cpu_percent'])}%" + (f"  tail {r['tail']}" if r.get("tail") else "")
+          + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()
