@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 
 from logplex import __version__
+from logplex.api import validate
 from logplex.web import Reply
 
 OPENAPI_PATH = "/v3/openapi.json"
 
 # -- schemas --------------------------------------------------------------------------------------------
 # The grammars the node checks (logplex/api/validate.py), as JSON Schema patterns.
-CHANNEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
-TOKEN_NAME_PATTERN = r"^[!-~]{1,48}$"
+CHANNEL_ID_PATTERN = "^" + validate.CHANNEL_ID.pattern + "$"
+TOKEN_NAME_PATTERN = "^" + validate.TOKEN_NAME.pattern + "$"
 CREDENTIAL_ID_PATTERN = r"^[A-Za-z0-9._@-]+$"
 SESSION_ID_PATTERN = r"^[A-Za-z0-9-]+$"
 _PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
