@@ -29,6 +29,7 @@ class Settings:
     drain_backoff_max: float = 30.0
     drain_spool_bytes: int = 64 * 1024 * 1024
     drain_spool_age: float = 86400.0
+    drain_pushback: float = 0.1
     drain_ca_file: str | None = None
     syslog_drain_idle: float = 300.0
     tail_buffer: int = 1024

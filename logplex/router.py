@@ -7,11 +7,14 @@ messages, one call per read, and it hands lists onward, one call per channel.
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 from logplex import syslog
 from logplex.model import NO_REDIS, NO_TAIL
 from logplex.redis.config import ConfigCache
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 
 class BacklogSink(Protocol):
@@ -25,6 +28,9 @@ class TailSink(Protocol):
 
 
 DrainSink = Callable[[str, list[bytes]], None]
+# Given the channels a batch went to: None, or a Deferred the sender should
+# wait for before it sends more (a drain of theirs is full and keeping up).
+DrainHold = Callable[[Iterable[str]], "Deferred | None"]
 
 
 class IngressDenied(Exception):
@@ -40,6 +46,7 @@ class Router:
         metrics,
         drains: DrainSink | None = None,
         clock: Callable[[], float] = time.time,
+        hold: DrainHold | None = None,
     ) -> None:
         self.clock = clock
         self.cache = cache
@@ -47,6 +54,7 @@ class Router:
         self.tails = tails
         self.metrics = metrics
         self.drains = drains
+        self.hold = hold
         # Node-wide switches an operator flips from the admin shell.
         self.deny_ingress = False
         self.deny_redis = False
@@ -58,6 +66,16 @@ class Router:
         With route, every message goes to that (channel, token name) whatever
         its APP-NAME says: an HTTP sender authenticated with one token.
         """
+        return self._route(messages, route)[0]
+
+    def route_held(self, messages: list[bytes], route: tuple[str, bytes] | None = None) -> Deferred | None:
+        """Route a batch like route(); a Deferred when its sender should wait before sending more."""
+        by_channel = self._route(messages, route)[1]
+        if self.hold is None or not by_channel or self.deny_drains:
+            return None
+        return self.hold(by_channel)
+
+    def _route(self, messages: list[bytes], route: tuple[str, bytes] | None) -> tuple[int, dict]:
         metrics = self.metrics
         metrics.inc("logplex_messages_received_total", len(messages))
         if self.deny_ingress:
@@ -103,7 +121,7 @@ class Router:
         if accepted:
             metrics.inc("logplex_messages_routed_total", accepted)
             self._fan_out(by_channel)
-        return accepted
+        return accepted, by_channel
 
     def _fan_out(self, by_channel: dict[str, list[bytes]]) -> None:
         channels = self.cache.channels

@@ -104,12 +104,14 @@ class LogplexNode(MultiService):
                 http_timeout=s.http_drain_timeout, backoff_max=s.drain_backoff_max,
                 spool_bytes=s.drain_spool_bytes, spool_age=s.drain_spool_age,
                 syslog_idle=s.syslog_drain_idle, redis_timeout=s.redis_timeout,
+                pushback=s.drain_pushback,
             ),
             make_client(self.reactor, load_trust_root(s.drain_ca_file)),
             load_trust_root(s.drain_ca_file),
             emit=self.router.emit,
         )
         self.router.drains = self.drains.publish
+        self.router.hold = self.drains.hold
         self.auth = Authenticator(self.store.cache, self.reactor)
         self.throttle = LoginThrottle(self.reactor, limit=s.login_failures)
         self.api = ManagementApi(

@@ -42,6 +42,19 @@ def _positive_float(name):
     return check
 
 
+def _non_negative_float(name):
+    def check(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number, not {value!r}.") from None
+        if not number >= 0 or number == float("inf"):
+            raise usage.UsageError(f"--{name} must be zero or more.")
+        return number
+
+    return check
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -92,6 +105,10 @@ class Options(usage.Options):
          _positive_int("drain-spool-bytes")],
         ["drain-spool-age", None, 86400.0, "Seconds a spooled message may wait before it is dropped.",
          _positive_float("drain-spool-age")],
+        ["drain-pushback", None, 0.1,
+         "Hold back senders while a drain of their channel has a full buffer and its endpoint "
+         "answers within this many seconds (the node, not the endpoint, is behind); 0: never.",
+         _non_negative_float("drain-pushback")],
         ["drain-ca-file", None, None,
          "PEM bundle of CAs to verify drain endpoints with, instead of the system's."],
         ["syslog-drain-idle", None, 300.0, "Seconds before an idle syslog drain connection is closed.",

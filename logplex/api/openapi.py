@@ -94,6 +94,10 @@ SCHEMAS: dict[str, dict] = {
             "last_error_at": {"type": ["number", "null"], "description": "Unix time."},
             "buffered": {"type": "integer", "minimum": 0},
             "spool_depth": {"type": "integer", "minimum": 0},
+            "holding_senders": {
+                "type": "boolean",
+                "description": "Senders of the channel are waiting for this drain (pushback).",
+            },
         },
         "additionalProperties": False,
     },

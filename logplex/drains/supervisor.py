@@ -36,6 +36,7 @@ class DrainSettings:
     spool_age: float = 86400.0
     syslog_idle: float = 300.0
     redis_timeout: float = 5.0
+    pushback: float = 0.1
 
 
 class DrainSupervisor:
@@ -60,6 +61,45 @@ class DrainSupervisor:
     def publish(self, channel_id: str, messages: list[bytes]) -> None:
         for worker in self.by_channel.get(channel_id, ()):
             worker.push(messages)
+
+    def hold(self, channel_ids) -> defer.Deferred | None:
+        """None, or a Deferred the senders of these channels should wait for.
+
+        It fires once every drain that holds them back has room again, or
+        after `pushback` seconds at most: a sender is never stopped for long,
+        and if the node is still behind then, it is simply held again.
+        """
+        waits = None
+        by_channel = self.by_channel
+        for channel_id in channel_ids:
+            for worker in by_channel.get(channel_id, ()):
+                if worker.holding():
+                    if waits is None:
+                        waits = []
+                    waits.append(worker.wait())
+        if waits is None:
+            return None
+        self.metrics.inc("logplex_senders_held_total")
+        done = defer.Deferred()
+        started = self.reactor.seconds()
+        left = [len(waits)]
+
+        def finish():
+            if not done.called:
+                self.metrics.inc("logplex_senders_held_seconds_total", self.reactor.seconds() - started)
+                done.callback(None)
+
+        timer = self.reactor.callLater(self.settings.pushback, finish)
+
+        def one(_):
+            left[0] -= 1
+            if left[0] == 0 and timer.active():
+                timer.cancel()
+                finish()
+
+        for wait in waits:
+            wait.addCallback(one)
+        return done
 
     def start(self) -> None:
         self.store.drain_listeners.append(self.sync)
@@ -117,6 +157,7 @@ class DrainSupervisor:
             backoff=Backoff(initial=0.5, cap=s.backoff_max),
             max_age=s.spool_age,
             emit=self.emit,
+            pushback=s.pushback,
         )
         self.workers[drain.id] = worker
         self.by_channel.setdefault(drain.channel_id, []).append(worker)

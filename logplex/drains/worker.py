@@ -29,6 +29,13 @@ class DrainWorker:
     `overflow` and from there, a chunk at a time, to the spool in Redis. A
     batch is always taken from the oldest place: the spool, then overflow,
     then memory. One batch is in flight at a time, which is what keeps order.
+
+    When the memory part is full while the endpoint answers within
+    `pushback` seconds, what limits the drain is this node, not the
+    endpoint: then `holding()` asks the senders of the channel to wait
+    (`wait()`), rather than spool what the node itself could deliver. A
+    failing or slow endpoint never holds senders back: that is what the
+    spool is for.
     """
 
     def __init__(
@@ -46,6 +53,7 @@ class DrainWorker:
         backoff: Backoff | None = None,
         max_age: float = 86400.0,
         emit: Callable[[str, bytes], None] = lambda channel, message: None,
+        pushback: float = 0.0,
     ) -> None:
         self.drain = drain
         self.transport = transport
@@ -78,6 +86,11 @@ class DrainWorker:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self._labels = {"drain": str(drain.id)}
+        self.pushback = pushback
+        self.last_rtt = 0.0
+        self._sent_at = 0.0
+        self._holders: list[defer.Deferred] = []
+        self._pumping = False
 
     # -- spool operations run one after another, so they land in order -------------
     def _op(self, fn, *args) -> defer.Deferred:
@@ -116,7 +129,10 @@ class DrainWorker:
         queue = self.queue
         queue.push(messages)
         if queue.overflow:
-            if queue.overflow_bytes >= self.chunk_bytes:
+            # While senders are held back, what they had in flight lands
+            # in overflow: it waits for the endpoint, not for the spool.
+            threshold = self.chunk_bytes * (4 if self._holders else 1)
+            if queue.overflow_bytes >= threshold:
                 self._spill()
             elif self._spill_timer is None:
                 self._spill_timer = self.reactor.callLater(1.0, self._spill)
@@ -186,9 +202,40 @@ class DrainWorker:
 
         return self._op(push).addCallbacks(pushed, failed)
 
+    # -- pushback ---------------------------------------------------------------------------
+    def holding(self) -> bool:
+        """Whether the senders of this drain's channel should wait before sending more."""
+        return bool(self.queue.overflow) and self._may_hold()
+
+    def _may_hold(self) -> bool:
+        """Pushback is on, and the endpoint is working and quick."""
+        if not self.pushback or self.stopped or self._retrying or self.last_rtt >= self.pushback:
+            return False
+        return self.inflight is None or self.reactor.seconds() - self._sent_at < self.pushback
+
+    def wait(self) -> defer.Deferred:
+        """Fires once this drain has room again, or has stopped holding anyone back."""
+        d = defer.Deferred()
+        self._holders.append(d)
+        return d
+
+    def _release(self, force: bool = False) -> None:
+        if not self._holders:
+            return
+        queue = self.queue
+        if not force and self._may_hold() and (queue.overflow or len(queue.memory) > queue.capacity // 2):
+            return  # still full: half the buffer must be free before senders go on
+        holders, self._holders = self._holders, []
+        for d in holders:
+            d.callback(None)
+
     # -- the pump ---------------------------------------------------------------------------
-    def _kick(self) -> None:
-        """Schedule the next send: now if there is a full batch or a backlog, else after linger."""
+    def _kick(self, direct: bool = False) -> None:
+        """Schedule the next send: now if there is a full batch or a backlog, else after linger.
+
+        direct: a batch just got through, so the next full one goes at once,
+        not after another turn of the reactor (unless this is inside a send).
+        """
         if self.stopped or self.inflight is not None or self._retrying:
             return
         queue = self.queue
@@ -200,21 +247,31 @@ class DrainWorker:
             return
         if self._timer is not None and self._timer.active():
             if delay or self._timer.getTime() <= self.reactor.seconds():
-                return
+                if not (direct and not delay and not self._pumping):
+                    return
             self._timer.cancel()
+        if direct and not delay and not self._pumping:
+            self._timer = None
+            self._pump()
+            return
         self._timer = self.reactor.callLater(delay, self._pump)
 
     def _pump(self) -> None:
         self._timer = None
         if self.stopped or self.inflight is not None or self._retrying:
             return
-        if self.spool_chunks:
-            self.inflight = Batch([], from_spool=True)  # a placeholder: the read is in flight
-            self._op(self._from_spool).addErrback(self._spool_read_failed)
-            return
-        messages = self.queue.take(self.target_bytes)
-        if messages:
-            self._send(Batch(messages))
+        self._pumping = True
+        try:
+            if self.spool_chunks:
+                self.inflight = Batch([], from_spool=True)  # a placeholder: the read is in flight
+                self._sent_at = self.reactor.seconds()
+                self._op(self._from_spool).addErrback(self._spool_read_failed)
+                return
+            messages = self.queue.take(self.target_bytes)
+            if messages:
+                self._send(Batch(messages))
+        finally:
+            self._pumping = False
 
     def _from_spool(self):
         return self.spool.head().addCallback(self._got_chunk)
@@ -253,6 +310,7 @@ class DrainWorker:
         # grows if more was lost meanwhile, so the endpoint hears one total.
         batch.take_loss(self.queue)
         batch.attempts += 1
+        self._sent_at = self.reactor.seconds()
         d = defer.maybeDeferred(self.transport.send, batch.wire(self.reactor.seconds()), batch.frame_id)
         d.addErrback(lambda f: Outcome.retry_later(f.getErrorMessage() or f.type.__name__))
         d.addCallback(self._sent, batch)
@@ -261,6 +319,13 @@ class DrainWorker:
         if self.inflight is not batch:
             return  # stopped or replaced meanwhile
         n = len(batch.messages)
+        self.last_rtt = self.reactor.seconds() - self._sent_at
+        try:
+            self._outcome(outcome, batch, n)
+        finally:
+            self._release()
+
+    def _outcome(self, outcome: Outcome, batch: Batch, n: int) -> None:
         if outcome.delivered:
             self.inflight = None
             self.backoff.reset()
@@ -273,11 +338,12 @@ class DrainWorker:
                 if self.spool_chunks and not self.stopped:
                     # Ack this chunk and read the next in one round trip.
                     self.inflight = Batch([], from_spool=True)  # the read is in flight
+                    self._sent_at = self.reactor.seconds()
                     self._op(self.spool.ack_next, batch.frame_id).addCallbacks(
                         self._got_chunk, self._spool_read_failed)
                     return
                 self._op(self.spool.ack, batch.frame_id)
-            self._kick()
+            self._kick(direct=True)
             return
         self._error(outcome.error or "delivery failed")
         if outcome.certificate_error:
@@ -300,6 +366,7 @@ class DrainWorker:
 
     def _retry_in(self, delay: float) -> None:
         self._retrying = True
+        self._release(force=True)
         # While we wait, what keeps arriving should go to the spool rather
         # than wait in memory.
         if self.queue.overflow:
@@ -347,6 +414,7 @@ class DrainWorker:
             "last_error_at": self.last_error_at,
             "buffered": self.queue.pending + (len(self.inflight.messages) if self.inflight else 0),
             "spool_depth": self.spool_messages,
+            "holding_senders": bool(self._holders),
         }
 
     # -- stopping -------------------------------------------------------------------------------
@@ -360,6 +428,7 @@ class DrainWorker:
         """A graceful stop: everything held in memory goes to the spool, in order."""
         self.stopped = True
         self._cancel_timers()
+        self._release(force=True)
         batch, self.inflight = self.inflight, None
         if batch is not None:
             self.queue.owe(batch.lost, batch.lost_since)
@@ -382,6 +451,7 @@ class DrainWorker:
         """The drain was deleted: stop and free its spool."""
         self.stopped = True
         self._cancel_timers()
+        self._release(force=True)
         self.inflight = None
         self.queue.drain_all()
         d = self.transport.stop()

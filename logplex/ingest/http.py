@@ -123,11 +123,15 @@ class LogInput:
                 return Reply(204)
         self._count_sender_losses(request)
         try:
-            self.router.route(messages, target)
+            hold = self.router.route_held(messages, target)
         except IngressDenied:
             raise HttpError(503, "Log ingress is switched off on this node; send to another node.") from None
         if frame_id:
             self.frame_ids.remember(frame_id)
+        if hold is not None:
+            # The lines are routed; the answer waits until a drain of theirs
+            # has room, which paces a sender that keeps one request in flight.
+            await hold
         return Reply(204)
 
     async def _authorize(self, request):

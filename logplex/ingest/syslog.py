@@ -25,6 +25,7 @@ class SyslogProtocol(Protocol):
         self.metrics = metrics
         self.framer = SyslogFramer(max_frame)
         self.closing = False
+        self.held = False  # reading paused until a drain of ours has room
         self.counted = False  # in the factory's connection count
         self._idle = None
         self._frame_deadline = None
@@ -84,11 +85,22 @@ class SyslogProtocol(Protocol):
 
     def _route(self, messages: list[bytes]) -> None:
         try:
-            self.factory.route(messages)
+            hold = self.factory.route(messages)
         except IngressDenied:
             # Closing makes a queueing sender (rsyslog, syslog-ng) keep its
             # messages and retry, instead of us dropping them silently.
             self._close()
+            return
+        if hold is not None and not self.held and not self.closing:
+            # Stop reading: the sender's own queue waits, not our spool.
+            self.held = True
+            self.transport.pauseProducing()
+            hold.addCallback(self._go_on)
+
+    def _go_on(self, _) -> None:
+        self.held = False
+        if not self.closing:
+            self.transport.resumeProducing()
 
     def _close(self) -> None:
         self.closing = True
@@ -98,10 +110,11 @@ class SyslogProtocol(Protocol):
         for timer in (self._idle, self._frame_deadline):
             if timer is not None and timer.active():
                 timer.cancel()
+        closed_by_us, self.closing = self.closing, True  # a pending hold must not resume it
         if not self.counted:
             return
         self.factory.connections -= 1
-        if self.framer.pending and not self.closing:
+        if self.framer.pending and not closed_by_us:
             self.metrics.inc("logplex_partial_frames_dropped_total")
             log.info("syslog_partial_frame_dropped peer={peer} bytes={n}",
                      peer=_peer(self.transport), n=self.framer.pending)
@@ -132,17 +145,17 @@ class SyslogFactory(Factory):
             from twisted.internet import reactor as clock
         self.clock = clock
 
-    def route(self, messages: list[bytes]) -> None:
+    def route(self, messages: list[bytes]):
+        """Route one read's frames; None, or a Deferred to wait for before reading more."""
         if self.token is None:
-            self.router.route(messages)
-            return
+            return self.router.route_held(messages)
         # Looked up per batch, so a deleted token stops routing at once.
         target = self.router.cache.routes.get(self.token)
         if target is None:
             self.metrics.inc("logplex_messages_received_total", len(messages))
             self.metrics.inc("logplex_messages_unknown_token_total", len(messages))
-            return
-        self.router.route(messages, target)
+            return None
+        return self.router.route_held(messages, target)
 
     def buildProtocol(self, addr):
         protocol = SyslogProtocol(self.router, self.metrics, self.max_frame)

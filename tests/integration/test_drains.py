@@ -706,8 +706,9 @@ class DrainTests(unittest.TestCase):
         state = await self.wait_state(channel_id, drain_id, lambda s: s["delivered"] == total,
                                       f"delivered reaches {total}")
         self.assertEqual(set(state), {"delivered", "dropped", "retried", "last_error",
-                                      "last_error_at", "buffered", "spool_depth"})
-        self.assertEqual((state["dropped"], state["buffered"], state["spool_depth"]), (0, 0, 0))
+                                      "last_error_at", "buffered", "spool_depth", "holding_senders"})
+        self.assertEqual((state["dropped"], state["buffered"], state["spool_depth"], state["holding_senders"]),
+                         (0, 0, 0, False))
         samples = await self.blocking(metric_samples, self.node)
         self.assertEqual(samples.get(f'logplex_drain_delivered_total{{drain="{drain_id}"}}'), total)
         self.assertEqual(samples.get(f'logplex_drain_spool_depth{{drain="{drain_id}"}}'), 0)
