@@ -98,14 +98,7 @@ class LogplexNode(MultiService):
         self.router = Router(self.store.cache, self.backlogs, self.cluster_tails, self.metrics)
         self.drains = DrainSupervisor(
             self.store, self.backlogs, self.metrics, self.reactor, s.node_name,
-            DrainSettings(
-                buffer=s.drain_buffer, http_target_bytes=s.http_drain_target_bytes,
-                tcp_target_bytes=s.tcp_drain_target_bytes, http_linger=s.http_drain_linger,
-                http_timeout=s.http_drain_timeout, backoff_max=s.drain_backoff_max,
-                spool_bytes=s.drain_spool_bytes, spool_age=s.drain_spool_age,
-                syslog_idle=s.syslog_drain_idle, redis_timeout=s.redis_timeout,
-                pushback=s.drain_pushback,
-            ),
+            DrainSettings.from_settings(s),
             make_client(self.reactor, load_trust_root(s.drain_ca_file)),
             load_trust_root(s.drain_ca_file),
             emit=self.router.emit,

@@ -8,12 +8,17 @@ import socket
 from twisted.python import usage
 
 from logplex import __version__
+from logplex.config import Settings
 
 ENV = {
     "config-redis": "LOGPLEX_CONFIG_REDIS_URL",
     "shard-redis": "LOGPLEX_SHARD_URLS",
     "auth": "LOGPLEX_AUTH",
 }
+
+
+# One source for every default: the Settings a node runs with when given no option.
+DEFAULTS = Settings()
 
 
 def _positive_int(name):
@@ -35,7 +40,7 @@ def _positive_float(name):
             number = float(value)
         except ValueError:
             raise usage.UsageError(f"--{name} must be a number, not {value!r}.") from None
-        if number <= 0:
+        if not number > 0:  # NaN too
             raise usage.UsageError(f"--{name} must be greater than zero.")
         return number
 
@@ -70,87 +75,87 @@ class Options(usage.Options):
     ]
 
     optParameters = [
-        ["api", None, "tcp:8001", "Management API listener (Twisted endpoint description)."],
-        ["logs", None, "tcp:8601", "HTTP log input listener for POST /logs (endpoint description)."],
+        ["api", None, DEFAULTS.api, "Management API listener (Twisted endpoint description)."],
+        ["logs", None, DEFAULTS.logs, "HTTP log input listener for POST /logs (endpoint description)."],
         ["config-redis", None, None,
          "Config Redis URL, redis://[:password@]host:port/db or unix:///path "
          "(env LOGPLEX_CONFIG_REDIS_URL). Default: an embedded redis-server."],
-        ["data-dir", None, "./logplex-data", "Where the embedded Redis keeps its data."],
+        ["data-dir", None, DEFAULTS.data_dir, "Where the embedded Redis keeps its data."],
         ["node-name", None, socket.gethostname(), "This node's name in the cluster."],
         ["api-url", None, None,
          "Public base URL of the API, used in session URLs. Default: from --api."],
         ["auth", None, None,
          "USER:PASSWORD of a credential (full_api, any_channel) ensured at start (env LOGPLEX_AUTH)."],
-        ["history", None, 1500, "Lines kept in each channel's backlog.", _positive_int("history")],
-        ["backlog-expiry", None, 7 * 86400, "Seconds an idle channel's backlog is kept.",
+        ["history", None, DEFAULTS.history, "Lines kept in each channel's backlog.", _positive_int("history")],
+        ["backlog-expiry", None, DEFAULTS.backlog_expiry, "Seconds an idle channel's backlog is kept.",
          _positive_int("backlog-expiry")],
-        ["max-drains", None, 6, "Drains allowed per channel.", _positive_int("max-drains")],
-        ["session-expiry", None, 360, "Seconds a session URL can be used.",
+        ["max-drains", None, DEFAULTS.max_drains, "Drains allowed per channel.", _positive_int("max-drains")],
+        ["session-expiry", None, DEFAULTS.session_expiry, "Seconds a session URL can be used.",
          _positive_int("session-expiry")],
-        ["drain-buffer", None, 1024, "Messages held in memory per drain.",
+        ["drain-buffer", None, DEFAULTS.drain_buffer, "Messages held in memory per drain.",
          _positive_int("drain-buffer")],
-        ["http-drain-target-bytes", None, 100 * 1024, "Target size of an HTTP drain batch.",
+        ["http-drain-target-bytes", None, DEFAULTS.http_drain_target_bytes, "Target size of an HTTP drain batch.",
          _positive_int("http-drain-target-bytes")],
-        ["tcp-drain-target-bytes", None, 64 * 1024, "Target size of a syslog drain write.",
+        ["tcp-drain-target-bytes", None, DEFAULTS.tcp_drain_target_bytes, "Target size of a syslog drain write.",
          _positive_int("tcp-drain-target-bytes")],
-        ["http-drain-linger", None, 0.25,
+        ["http-drain-linger", None, DEFAULTS.http_drain_linger,
          "Seconds an HTTP drain waits to fill a batch before sending a smaller one.",
          _positive_float("http-drain-linger")],
-        ["http-drain-timeout", None, 30.0, "Seconds an HTTP drain waits for an answer.",
+        ["http-drain-timeout", None, DEFAULTS.http_drain_timeout, "Seconds an HTTP drain waits for an answer.",
          _positive_float("http-drain-timeout")],
-        ["drain-backoff-max", None, 30.0, "Longest wait between retries of a failing drain, seconds.",
+        ["drain-backoff-max", None, DEFAULTS.drain_backoff_max, "Longest wait between retries of a failing drain, seconds.",
          _positive_float("drain-backoff-max")],
-        ["drain-spool-bytes", None, 64 * 1024 * 1024,
+        ["drain-spool-bytes", None, DEFAULTS.drain_spool_bytes,
          "Bytes a drain may spool in Redis (per node) before the oldest are dropped.",
          _positive_int("drain-spool-bytes")],
-        ["drain-spool-age", None, 86400.0, "Seconds a spooled message may wait before it is dropped.",
+        ["drain-spool-age", None, DEFAULTS.drain_spool_age, "Seconds a spooled message may wait before it is dropped.",
          _positive_float("drain-spool-age")],
-        ["drain-pushback", None, 0.1,
+        ["drain-pushback", None, DEFAULTS.drain_pushback,
          "Hold back senders while a drain of their channel has a full buffer and its endpoint "
          "answers within this many seconds (the node, not the endpoint, is behind); 0: never.",
          _non_negative_float("drain-pushback")],
         ["drain-ca-file", None, None,
          "PEM bundle of CAs to verify drain endpoints with, instead of the system's."],
-        ["syslog-drain-idle", None, 300.0, "Seconds before an idle syslog drain connection is closed.",
+        ["syslog-drain-idle", None, DEFAULTS.syslog_drain_idle, "Seconds before an idle syslog drain connection is closed.",
          _positive_float("syslog-drain-idle")],
-        ["tail-buffer", None, 1024, "Lines held for a slow tail before L11 drops.",
+        ["tail-buffer", None, DEFAULTS.tail_buffer, "Lines held for a slow tail before L11 drops.",
          _positive_int("tail-buffer")],
-        ["max-frame", None, 64 * 1024, "Largest syslog frame accepted, in bytes.",
+        ["max-frame", None, DEFAULTS.max_frame, "Largest syslog frame accepted, in bytes.",
          _positive_int("max-frame")],
-        ["max-body", None, 10 * 1024 * 1024, "Largest HTTP request body accepted, in bytes.",
+        ["max-body", None, DEFAULTS.max_body, "Largest HTTP request body accepted, in bytes.",
          _positive_int("max-body")],
-        ["max-header-bytes", None, 16 * 1024, "Largest HTTP request line plus headers, in bytes.",
+        ["max-header-bytes", None, DEFAULTS.max_header_bytes, "Largest HTTP request line plus headers, in bytes.",
          _positive_int("max-header-bytes")],
-        ["max-json", None, 64 * 1024, "Largest JSON body the API reads, in bytes.",
+        ["max-json", None, DEFAULTS.max_json, "Largest JSON body the API reads, in bytes.",
          _positive_int("max-json")],
-        ["max-connections", None, 10_000, "Open connections allowed per listener; more are refused.",
+        ["max-connections", None, DEFAULTS.max_connections, "Open connections allowed per listener; more are refused.",
          _positive_int("max-connections")],
-        ["syslog-idle-timeout", None, 3600.0, "Seconds a syslog connection may stay silent.",
+        ["syslog-idle-timeout", None, DEFAULTS.syslog_idle_timeout, "Seconds a syslog connection may stay silent.",
          _positive_float("syslog-idle-timeout")],
-        ["frame-timeout", None, 30.0, "Seconds a syslog frame may take to arrive once it has started.",
+        ["frame-timeout", None, DEFAULTS.frame_timeout, "Seconds a syslog frame may take to arrive once it has started.",
          _positive_float("frame-timeout")],
-        ["http-header-timeout", None, 10.0, "Seconds an HTTP client has to send its request headers.",
+        ["http-header-timeout", None, DEFAULTS.http_header_timeout, "Seconds an HTTP client has to send its request headers.",
          _positive_float("http-header-timeout")],
-        ["http-request-timeout", None, 60.0, "Seconds an HTTP client has to send its whole request.",
+        ["http-request-timeout", None, DEFAULTS.http_request_timeout, "Seconds an HTTP client has to send its whole request.",
          _positive_float("http-request-timeout")],
-        ["http-idle-timeout", None, 120.0, "Seconds an idle HTTP keep-alive connection is kept.",
+        ["http-idle-timeout", None, DEFAULTS.http_idle_timeout, "Seconds an idle HTTP keep-alive connection is kept.",
          _positive_float("http-idle-timeout")],
-        ["login-failures", None, 10,
+        ["login-failures", None, DEFAULTS.login_failures,
          "Failed logins per client address and minute before it is refused (429).",
          _positive_int("login-failures")],
-        ["flush-interval", None, 0.05, "Seconds between backlog write batches.",
+        ["flush-interval", None, DEFAULTS.flush_interval, "Seconds between backlog write batches.",
          _positive_float("flush-interval")],
         ["manhole", None, None,
          "Admin shell (SSH, keys only) endpoint, e.g. tcp:2222; a tcp: port without interface= "
          "binds to loopback. Off unless given."],
         ["manhole-keys", None, None, "authorized_keys file of the keys allowed into the admin shell."],
-        ["heartbeat", None, 5.0,
+        ["heartbeat", None, DEFAULTS.heartbeat,
          "Seconds between this node's heartbeats; a node silent for 3 of them is gone from /v3/nodes.",
          _positive_float("heartbeat")],
         ["workers", None, 1,
          "Worker processes sharing this node's listeners, each a cluster member (use one per core).",
          _positive_int("workers")],
-        ["redis-timeout", None, 5.0, "Seconds a Redis command may take before it counts as failed.",
+        ["redis-timeout", None, DEFAULTS.redis_timeout, "Seconds a Redis command may take before it counts as failed.",
          _positive_float("redis-timeout")],
     ]
 
@@ -182,7 +187,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if not self["syslog"]:
-            self["syslog"] = ["tcp:6001"]
+            self["syslog"] = list(DEFAULTS.syslog)
         if self["config-redis"] is None:
             self["config-redis"] = os.environ.get(ENV["config-redis"]) or None
         if not self["shard-redis"] and os.environ.get(ENV["shard-redis"]):

@@ -21,6 +21,18 @@ def test_defaults_are_specs():
     assert s.data_dir == "./logplex-data" and not s.allow_private_drains
 
 
+def test_the_command_line_defaults_are_the_settings_defaults(monkeypatch):
+    for name in ("LOGPLEX_CONFIG_REDIS_URL", "LOGPLEX_SHARD_URLS", "LOGPLEX_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    # One source: a node given no option runs with Settings() exactly (but its host's name).
+    s = Settings.from_options(parse([]))
+    assert s == Settings(node_name=s.node_name)
+
+
+def test_pushback_can_be_turned_off():
+    assert Settings.from_options(parse(["--drain-pushback", "0"])).drain_pushback == 0
+
+
 def test_repeatable_listeners_and_shards():
     s = Settings.from_options(parse([
         "--syslog", "tcp:6001", "--syslog", "ssl:6514:privateKey=k.pem:certKey=c.pem",
@@ -47,6 +59,7 @@ def test_environment_fallbacks(monkeypatch):
 @pytest.mark.parametrize("args", [
     ["--auth", "nopassword"], ["--history", "0"], ["--history", "many"],
     ["--config-redis", "http://x"], ["--shard-redis", "redis://h:port/0"],
+    ["--flush-interval", "nan"], ["--drain-pushback", "-1"], ["--drain-pushback", "nan"],
 ])
 def test_bad_options_are_usage_errors(args):
     with pytest.raises(usage.UsageError):

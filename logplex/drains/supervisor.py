@@ -8,6 +8,7 @@ import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from logplex.config import Settings
 from logplex.drains.core import Backoff
 from logplex.drains.http import HttpDrainTransport
 from logplex.drains.spool import Spool
@@ -23,20 +24,36 @@ log = Logger()
 SYSLOG_CHUNK_BYTES = 128 * 1024
 
 
+_NODE = Settings()
+
+
 @attrs.frozen
 class DrainSettings:
-    buffer: int = 1024
-    http_target_bytes: int = 100 * 1024
-    tcp_target_bytes: int = 64 * 1024
-    http_linger: float = 0.25
+    """What the drains take of a node's Settings (whose defaults they share)."""
+
+    buffer: int = _NODE.drain_buffer
+    http_target_bytes: int = _NODE.http_drain_target_bytes
+    tcp_target_bytes: int = _NODE.tcp_drain_target_bytes
+    http_linger: float = _NODE.http_drain_linger
     tcp_linger: float = 0.05
-    http_timeout: float = 30.0
-    backoff_max: float = 30.0
-    spool_bytes: int = 64 * 1024 * 1024
-    spool_age: float = 86400.0
-    syslog_idle: float = 300.0
-    redis_timeout: float = 5.0
-    pushback: float = 0.1
+    http_timeout: float = _NODE.http_drain_timeout
+    backoff_max: float = _NODE.drain_backoff_max
+    spool_bytes: int = _NODE.drain_spool_bytes
+    spool_age: float = _NODE.drain_spool_age
+    syslog_idle: float = _NODE.syslog_drain_idle
+    redis_timeout: float = _NODE.redis_timeout
+    pushback: float = _NODE.drain_pushback
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> DrainSettings:
+        return cls(
+            buffer=s.drain_buffer, http_target_bytes=s.http_drain_target_bytes,
+            tcp_target_bytes=s.tcp_drain_target_bytes, http_linger=s.http_drain_linger,
+            http_timeout=s.http_drain_timeout, backoff_max=s.drain_backoff_max,
+            spool_bytes=s.drain_spool_bytes, spool_age=s.drain_spool_age,
+            syslog_idle=s.syslog_drain_idle, redis_timeout=s.redis_timeout,
+            pushback=s.drain_pushback,
+        )
 
 
 class DrainSupervisor:
