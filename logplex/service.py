@@ -19,6 +19,7 @@ from logplex.drains.http import load_trust_root, make_client
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.ingest.http import LogInput
 from logplex.ingest.syslog import SyslogFactory
+from logplex.listen import with_backlog
 from logplex.metrics import Metrics
 from logplex.redis.cluster import ClusterTails, NodeRegistry
 from logplex.redis.config import ConfigStore
@@ -196,7 +197,7 @@ class LogplexNode(MultiService):
         if fd is not None:
             port = adopt(self.reactor, description, fd, factory)
         else:
-            port = await serverFromString(self.reactor, description).listen(factory)
+            port = await serverFromString(self.reactor, with_backlog(description)).listen(factory)
         self.ports.setdefault(kind, []).append(port)
         return port
 

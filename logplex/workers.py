@@ -24,6 +24,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from logplex.config import Settings
+from logplex.listen import LISTEN_BACKLOG, with_backlog
 from logplex.redis.embedded import EmbeddedRedis
 
 log = Logger()
@@ -58,12 +59,12 @@ def reuseport_sockets(reactor, description: str, count: int) -> list[socket.sock
     The address comes from the endpoint Twisted parses from the description
     (TCP or TLS over TCP); a port of 0 becomes the port the first one got.
     """
-    endpoint = serverFromString(reactor, description)
+    endpoint = serverFromString(reactor, with_backlog(description))
     port = getattr(endpoint, "_port", None)
     if port is None:
         raise ValueError(f"--workers needs TCP (or TLS) listeners; {description!r} is neither.")
     interface = getattr(endpoint, "_interface", "") or ""
-    backlog = getattr(endpoint, "_backlog", 50)
+    backlog = getattr(endpoint, "_backlog", LISTEN_BACKLOG)
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     out = []
     for _ in range(count):
