@@ -376,6 +376,8 @@ def run_path(path: str, rate: float, gen: str, args, peers: dict) -> dict:
     try:
         return _run(path, rate, gen, args, peers, tmp, r)
     except (ingest.NodeDied, SystemExit, Exception) as e:  # one failed run must not end the others
+        if isinstance(e, SystemExit) and not isinstance(e.code, str):
+            raise  # SIGTERM or Ctrl-C: the whole run stops (a timed-out wait exits with a text)
         r["error"] = f"{type(e).__name__}: {e}"[-2000:]
         print(f"peers: {path} ({gen}, rate {round(rate) or 'max'}) failed: {r['error']}", file=sys.stderr)
         return r
