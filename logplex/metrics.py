@@ -36,6 +36,8 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_tail_bus_dropped_total": ("counter", "Lines for tails on other nodes that the bus could not carry."),
     "logplex_sessions_created_total": ("counter", "Sessions created through this node."),
     "logplex_drain_l10_total": ("counter", "L10 notices sent to drains."),
+    "logplex_senders_held_total": ("counter", "Reads and POSTs held back until a drain had room (pushback)."),
+    "logplex_senders_held_seconds_total": ("counter", "Seconds senders were held back (pushback)."),
     "logplex_redis_command_seconds": ("summary", "Round trips to Redis (backlog flushes, config reads and writes)."),
     "logplex_sender_losses_total": ("counter", "Losses HTTP senders reported (Logplex-Drop-Count, Logplex-Lost-Count)."),
 }

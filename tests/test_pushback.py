@@ -307,3 +307,32 @@ def test_a_held_post_answers_only_when_the_drain_has_room():
     assert router.backlogs.messages("app-1") == [cooked("held")]
     holds.hold.callback(None)
     assert parse_reply(transport.value()).status == 204
+
+
+def test_a_held_drain_sends_what_it_has_without_waiting_for_the_linger():
+    # Held senders cannot fill a batch: waiting the linger would only stretch the hold.
+    worker, endpoint, spool, clock = make_worker(capacity=20)
+    fill(worker, clock, 20)
+    worker.push([msg(i) for i in range(20, 45)])
+    held = worker.wait()
+    clock.advance(0.01)
+    endpoint.answer()
+    clock.advance(0)
+    assert endpoint.pending, "the rest of the buffer waits for the linger"
+    while not held.called:
+        endpoint.answer()
+        clock.advance(0)
+    assert clock.seconds() < worker.linger
+
+
+def test_a_retry_in_flight_holds_nobody():
+    worker, endpoint, spool, clock = make_worker()
+    fill(worker, clock, 100)
+    endpoint.answer(Outcome.retry_later("HTTP 503 from the drain endpoint"))
+    clock.advance(1)  # the retry goes out, quickly, like the failure came back
+    assert endpoint.pending
+    worker.push([msg(i) for i in range(100, 300)])
+    assert not worker.holding()
+    endpoint.answer()  # it worked again
+    worker.push([msg(i) for i in range(300, 500)])
+    assert worker.holding()

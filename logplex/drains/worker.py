@@ -211,6 +211,8 @@ class DrainWorker:
         """Pushback is on, and the endpoint is working and quick."""
         if not self.pushback or self.stopped or self._retrying or self.last_rtt >= self.pushback:
             return False
+        if self.backoff.failures:
+            return False  # a retry in flight: the endpoint has not worked since it failed
         return self.inflight is None or self.reactor.seconds() - self._sent_at < self.pushback
 
     def wait(self) -> defer.Deferred:
@@ -242,7 +244,8 @@ class DrainWorker:
         if self.spool_chunks or queue.overflow or queue.memory_bytes >= self.target_bytes:
             delay = 0
         elif queue.memory:
-            delay = self.linger
+            # Held senders cannot fill a batch: what there is goes at once.
+            delay = 0 if self._holders else self.linger
         else:
             return
         if self._timer is not None and self._timer.active():
