@@ -222,7 +222,9 @@ def test_a_hold_never_lasts_longer_than_the_pushback():
     assert not held.called
     clock.advance(0.001)
     assert held.called
-    # The drain answering later does not fire it twice.
+    # The sender stopped waiting: the drain no longer counts it as held.
+    assert worker.state()["holding_senders"] is False
+    # And the drain answering later does not fire it twice.
     endpoint.answer()
 
 

@@ -93,7 +93,7 @@ class DrainSupervisor:
                 if worker.holding():
                     if waits is None:
                         waits = []
-                    waits.append(worker.wait())
+                    waits.append((worker, worker.wait()))
         if waits is None:
             return None
         self.metrics.inc("logplex_senders_held_total")
@@ -102,19 +102,23 @@ class DrainSupervisor:
         left = [len(waits)]
 
         def finish():
-            if not done.called:
-                self.metrics.inc("logplex_senders_held_seconds_total", self.reactor.seconds() - started)
-                done.callback(None)
+            self.metrics.inc("logplex_senders_held_seconds_total", self.reactor.seconds() - started)
+            done.callback(None)
 
-        timer = self.reactor.callLater(self.settings.pushback, finish)
+        def timed_out():
+            for worker, wait in waits:
+                worker.forget(wait)
+            finish()
+
+        timer = self.reactor.callLater(self.settings.pushback, timed_out)
 
         def one(_):
             left[0] -= 1
-            if left[0] == 0 and timer.active():
+            if left[0] == 0:
                 timer.cancel()
                 finish()
 
-        for wait in waits:
+        for _, wait in waits:
             wait.addCallback(one)
         return done
 

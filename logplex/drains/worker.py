@@ -221,6 +221,11 @@ class DrainWorker:
         self._holders.append(d)
         return d
 
+    def forget(self, d: defer.Deferred) -> None:
+        """A sender stopped waiting on its own (its hold timed out)."""
+        if d in self._holders:
+            self._holders.remove(d)
+
     def _release(self, force: bool = False) -> None:
         if not self._holders:
             return
@@ -248,12 +253,12 @@ class DrainWorker:
             delay = 0 if self._holders else self.linger
         else:
             return
+        at_once = direct and not delay and not self._pumping
         if self._timer is not None and self._timer.active():
-            if delay or self._timer.getTime() <= self.reactor.seconds():
-                if not (direct and not delay and not self._pumping):
-                    return
+            if (delay or self._timer.getTime() <= self.reactor.seconds()) and not at_once:
+                return  # already due as soon as it should be
             self._timer.cancel()
-        if direct and not delay and not self._pumping:
+        if at_once:
             self._timer = None
             self._pump()
             return
