@@ -6,6 +6,7 @@ import json
 import re
 import uuid
 from typing import Awaitable, Callable
+from urllib.parse import unquote
 
 import attrs
 from twisted.internet import defer
@@ -196,6 +197,16 @@ def error_reply(status: int, message: str, headers: dict | None = None) -> Reply
     return Reply(status, {"error": message}, headers or {})
 
 
+def decode_path(raw: bytes) -> str:
+    """The request path with its percent-escapes decoded, segment by segment.
+
+    A client may escape a channel id's ':' or '@'; an escaped '/' stays
+    escaped, so it can never split a segment in two and reach another route.
+    """
+    return "/".join(unquote(segment, errors="replace").replace("/", "%2F")
+                    for segment in raw.decode("latin-1").split("/"))
+
+
 class Dispatcher(Resource):
     """A leaf resource that matches (method, path) against routes and runs async handlers.
 
@@ -218,7 +229,7 @@ class Dispatcher(Resource):
         if isinstance(request_id, str):
             request_id = request_id.encode()
         request.setHeader(b"request-id", request_id[:200])
-        path = request.path.decode("latin-1")
+        path = decode_path(request.path)
         allowed = []
         for r in self.routes:
             match = r.pattern.match(path)

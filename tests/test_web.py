@@ -111,6 +111,17 @@ def test_a_route_gets_its_groups(app):
     assert app.get(b"/things/abc/parts/7").json() == {"thing": "abc", "part": "7"}
 
 
+def test_percent_escapes_in_a_path_are_decoded_before_matching(app):
+    assert app.get(b"/things/%61bc").json() == {"thing": "abc"}
+    assert app.get(b"/things/abc/parts/%37").json() == {"thing": "abc", "part": "7"}
+
+
+def test_an_escaped_slash_never_splits_a_segment(app):
+    # /things/abc%2Fparts%2F7 is one segment, not /things/abc/parts/7.
+    reply = app.get(b"/things/abc%2Fparts%2F7")
+    assert reply.status == 404
+
+
 @pytest.mark.parametrize("path", [b"/nothing", b"/things/", b"/things/ABC", b"/things/abc/extra", b"/"])
 def test_an_unknown_path_is_a_json_404(app, path):
     reply = app.get(path)

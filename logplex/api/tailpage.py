@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import time
 from importlib import resources
-from urllib.parse import unquote
 
 from twisted.internet import task
 from twisted.logger import Logger
@@ -173,8 +172,7 @@ class TailPage:
 
     # -- the stream ---------------------------------------------------------------------------
     async def stream(self, request, channel_id) -> object:
-        # The page encodes the id as a path segment (":" and "@" are allowed in ids).
-        channel_id = unquote(channel_id)
+        # The page encodes the id as a path segment; the Dispatcher has decoded it.
         cred = await self._credential(request)
         if not cred.can_read(channel_id):
             raise HttpError(403, f"This credential cannot read channel {channel_id}.")

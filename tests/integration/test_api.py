@@ -430,6 +430,17 @@ def test_v3_add_token(node):
     assert node.api("GET", f"/v3/channels/{channel_id}").json()["tokens"] == {**tokens, "router": token["token"]}
 
 
+def test_a_v3_channel_id_may_be_percent_encoded(node):
+    channel_id = f"app:{unique()}@eu"
+    assert node.api("PUT", f"/v3/channels/{channel_id}", {"tokens": ["web"]}).status == 201
+    encoded = channel_id.replace(":", "%3A").replace("@", "%40")
+    answer = node.api("GET", f"/v3/channels/{encoded}")
+    assert answer.status == 200, answer
+    assert answer.json()["channel"] == channel_id
+    assert node.api("DELETE", f"/v3/channels/{encoded}").status in (200, 204)
+    assert_error(node.api("GET", f"/v3/channels/{channel_id}"), 404)
+
+
 def test_v3_unknown_channel_is_404(node):
     answer = node.api("GET", f"/v3/channels/{unique()}")
     assert_error(answer, 404)
