@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import json
 
+import attrs
+import pytest
+
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
@@ -12,7 +15,7 @@ from twisted.python.failure import Failure
 
 from logplex import secrets
 from logplex.api.management import ManagementApi
-from logplex.api.tailpage import KEEPALIVE_SECONDS, TailPage
+from logplex.api.tailpage import KEEPALIVE_SECONDS, RECHECK_SECONDS, TailPage
 from logplex.auth import Authenticator
 from logplex.metrics import Metrics
 from logplex.model import ANY_CHANNEL, FULL_API, NO_TAIL, READ_CHANNEL, Credential
@@ -283,6 +286,27 @@ def test_a_quiet_stream_gets_a_keepalive_comment_and_a_closed_one_stops_it():
     node.reactor.advance(KEEPALIVE_SECONDS)
     assert [k for k, _ in events(transport)].count("comment") == 1
     protocol.connectionLost(Failure(ConnectionDone()))
+    assert node.tails.count() == 0
+    assert not node.reactor.getDelayedCalls()
+
+
+@pytest.mark.parametrize("change", ["deleted", "channel withdrawn", "secret changed"])
+def test_a_stream_ends_within_a_second_when_its_credential_is_revoked(change):
+    node = Node()
+    protocol, transport = node.open_stream("/v3/channels/web-app/stream", user="reader")
+    node.reactor.advance(RECHECK_SECONDS)
+    assert node.tails.count() == 1 and events(transport)[-1][0] == "ready"
+    old = node.cache.creds["reader"]
+    if change == "deleted":
+        node.cache.set_credential("reader", None)
+    elif change == "channel withdrawn":
+        node.cache.set_credential("reader", attrs.evolve(old, channels=frozenset({"gone-app"})))
+    else:
+        node.cache.set_credential("reader", attrs.evolve(old, secret_hash=secrets.hash_secret("new", n=2**4)))
+    node.reactor.advance(RECHECK_SECONDS)
+    kind, data = events(transport)[-1]
+    assert kind == "revoked" and "sign in again" in data["msg"]
+    assert parse_reply(transport.value()).complete
     assert node.tails.count() == 0
     assert not node.reactor.getDelayedCalls()
 

@@ -51,6 +51,9 @@ PAGE_HEADERS = {
 NO_STORE = {b"cache-control": b"no-store"}
 # A comment now and then keeps proxies from closing a quiet stream.
 KEEPALIVE_SECONDS = 15.0
+# How often an open stream checks that its credential still may read the channel.
+RECHECK_SECONDS = 1.0
+REVOKED = "Your credential was deleted or changed, or may no longer read this channel: sign in again."
 # How many channel names /tail/channels offers a full_api credential.
 MAX_LISTED_CHANNELS = 1000
 
@@ -199,7 +202,7 @@ class TailPage:
             # Registered before the backlog is read, so nothing falls in between.
             tail = event_tail(spec, request.write, api.metrics, api.tail_buffer, self.clock)
             api.tails.add(tail)
-            keepalive = task.LoopingCall(self._keepalive, tail, request)
+            keepalive = task.LoopingCall(self._watch, tail, request, cred, channel_id, [api.reactor.seconds()])
             keepalive.clock = api.reactor
 
         def finished(_):
@@ -233,12 +236,22 @@ class TailPage:
         request.registerProducer(tail, True)
         tail.go_live(backlog)
         if not ended:
-            keepalive.start(KEEPALIVE_SECONDS, now=False)
+            keepalive.start(RECHECK_SECONDS, now=False)
         log.info("tail_page_started channel={channel} credential={cred}", channel=channel_id, cred=cred.id)
         return STREAMING
 
-    @staticmethod
-    def _keepalive(tail: TailSession, request) -> None:
-        # Not into a transport that asked us to wait: the comment is only a sign of life.
-        if not tail.paused and not request.finished:
-            request.write(b": keepalive\n\n")
+    def _watch(self, tail: TailSession, request, cred, channel_id: str, last_keepalive: list[float]) -> None:
+        """Every RECHECK_SECONDS: end the stream of a revoked credential; now and then a keepalive."""
+        if request.finished:
+            return
+        if self.api.store.cache.creds.get(cred.id) != cred or not cred.can_read(channel_id):
+            log.info("tail_page_revoked channel={channel} credential={cred}", channel=channel_id, cred=cred.id)
+            request.write(sse({"msg": REVOKED}, "revoked"))
+            request.finish()
+            return
+        now = self.api.reactor.seconds()
+        if now - last_keepalive[0] >= KEEPALIVE_SECONDS:
+            last_keepalive[0] = now
+            # Not into a transport that asked us to wait: the comment is only a sign of life.
+            if not tail.paused:
+                request.write(b": keepalive\n\n")

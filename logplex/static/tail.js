@@ -225,7 +225,7 @@
         } else {
           setState("closed", "Backlog only");
         }
-      } else if (ev.type === "notice") {
+      } else if (ev.type === "notice" || ev.type === "revoked") {
         rows.push(noteRow(String(ev.data.msg || "")));
       }
     }
