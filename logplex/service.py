@@ -16,6 +16,7 @@ from logplex.api.tailpage import TailPage
 from logplex.auth import Authenticator, LoginThrottle
 from logplex.config import Settings
 from logplex.drains.http import load_trust_root, make_client
+from logplex.drains.resolver import PublicOnlyReactor
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.ingest.http import LogInput
 from logplex.ingest.syslog import SyslogFactory
@@ -97,12 +98,16 @@ class LogplexNode(MultiService):
         self.registry = NodeRegistry(config_redis, s.node_name, self.reactor, interval=s.heartbeat,
                                      timeout=s.redis_timeout)
         self.router = Router(self.store.cache, self.backlogs, self.cluster_tails, self.metrics)
+        # Drains connect through a resolver that refuses private addresses,
+        # unless the operator allows them.
+        drain_reactor = self.reactor if s.allow_private_drains else PublicOnlyReactor(self.reactor)
         self.drains = DrainSupervisor(
             self.store, self.backlogs, self.metrics, self.reactor, s.node_name,
             DrainSettings.from_settings(s),
-            make_client(self.reactor, load_trust_root(s.drain_ca_file)),
+            make_client(drain_reactor, load_trust_root(s.drain_ca_file)),
             load_trust_root(s.drain_ca_file),
             emit=self.router.emit,
+            connect_reactor=drain_reactor,
         )
         self.router.drains = self.drains.publish
         self.router.hold = self.drains.hold

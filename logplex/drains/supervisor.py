@@ -58,7 +58,8 @@ class DrainSettings:
 
 class DrainSupervisor:
     def __init__(self, store, backlogs, metrics, reactor, node: str, settings: DrainSettings,
-                 http_client, trust_root=None, emit=lambda channel, message: None) -> None:
+                 http_client, trust_root=None, emit=lambda channel, message: None,
+                 connect_reactor=None) -> None:
         self.store = store
         self.backlogs = backlogs
         self.metrics = metrics
@@ -68,6 +69,8 @@ class DrainSupervisor:
         self.http_client = http_client
         self.trust_root = trust_root
         self.emit = emit
+        # What syslog drains connect with (the HTTP client was made with the same).
+        self.connect_reactor = connect_reactor or reactor
         self.workers: dict[int, DrainWorker] = {}
         self.by_channel: dict[str, list[DrainWorker]] = {}
         self.stopping = False
@@ -159,7 +162,7 @@ class DrainSupervisor:
     def _transport(self, drain: Drain):
         if urlsplit(drain.url).scheme in ("http", "https"):
             return HttpDrainTransport(drain, self.http_client, self.reactor, self.settings.http_timeout)
-        return SyslogDrainTransport(drain, self.reactor, self.trust_root,
+        return SyslogDrainTransport(drain, self.connect_reactor, self.trust_root,
                                     idle_timeout=self.settings.syslog_idle,
                                     max_delay=self.settings.backoff_max)
 

@@ -1,0 +1,70 @@
+"""Drain connections only to public addresses, whatever a drain's host name resolves to.
+
+The API refuses drain URLs that are literally loopback, link-local or private
+addresses; a host name is checked here, when a connection is made, against
+every address it resolves to at that moment (so DNS rebinding gains nothing).
+Unless --allow-private-drains, the drains connect through a reactor whose
+name resolver drops such addresses: a name with no public address fails to
+connect like a name that does not resolve, and the drain retries with backoff.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IHostnameResolver, IReactorPluggableNameResolver, IResolutionReceiver
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from logplex.api.validate import is_private_host
+
+log = Logger()
+
+
+@implementer(IResolutionReceiver)
+class _PublicOnly:
+    def __init__(self, receiver, host: str) -> None:
+        self.receiver = receiver
+        self.host = host
+        self.refused: list[str] = []
+
+    def resolutionBegan(self, resolution) -> None:
+        self.receiver.resolutionBegan(resolution)
+
+    def addressResolved(self, address) -> None:
+        if is_private_host(address.host):
+            self.refused.append(address.host)
+        else:
+            self.receiver.addressResolved(address)
+
+    def resolutionComplete(self) -> None:
+        if self.refused:
+            log.warn("drain_private_address_refused host={host} addresses={addresses}",
+                     host=self.host, addresses=",".join(self.refused))
+        self.receiver.resolutionComplete()
+
+
+@implementer(IHostnameResolver)
+class PublicOnlyResolver:
+    """Resolves like the resolver it wraps, leaving out loopback, link-local and private addresses."""
+
+    def __init__(self, resolver) -> None:
+        self.resolver = resolver
+
+    def resolveHostName(self, resolutionReceiver, hostName, portNumber=0, addressTypes=None,
+                        transportSemantics="TCP"):
+        return self.resolver.resolveHostName(_PublicOnly(resolutionReceiver, hostName), hostName,
+                                             portNumber, addressTypes, transportSemantics)
+
+
+@implementer(IReactorPluggableNameResolver)
+class PublicOnlyReactor:
+    """The reactor, with PublicOnlyResolver as its name resolver: what drain connections are made with."""
+
+    def __init__(self, reactor) -> None:
+        self._reactor = reactor
+        self.nameResolver = PublicOnlyResolver(reactor.nameResolver)
+
+    def installNameResolver(self, resolver):
+        raise NotImplementedError("drains keep their own resolver")
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
