@@ -28,6 +28,7 @@ class Settings:
     http_drain_timeout: float = 30.0
     drain_backoff_max: float = 30.0
     drain_spool_bytes: int = 64 * 1024 * 1024
+    drain_spool_total_bytes: int = 1024 * 1024 * 1024
     drain_spool_age: float = 86400.0
     drain_pushback: float = 0.1
     drain_ca_file: str | None = None

@@ -108,6 +108,10 @@ class Options(usage.Options):
         ["drain-spool-bytes", None, DEFAULTS.drain_spool_bytes,
          "Bytes a drain may spool in Redis (per node) before the oldest are dropped.",
          _positive_int("drain-spool-bytes")],
+        ["drain-spool-total-bytes", None, DEFAULTS.drain_spool_total_bytes,
+         "Bytes all of this node's drain spools may take together; past it, a drain that spools "
+         "more drops its own oldest.",
+         _positive_int("drain-spool-total-bytes")],
         ["drain-spool-age", None, DEFAULTS.drain_spool_age, "Seconds a spooled message may wait before it is dropped.",
          _positive_float("drain-spool-age")],
         ["drain-pushback", None, DEFAULTS.drain_pushback,

@@ -53,14 +53,20 @@ class MemorySpool:
         if self.broken:
             raise ConnectionError("spool Redis down")
 
-    def push(self, chunk, count, at_head=False, protect=""):
-        return defer.maybeDeferred(self._push, chunk, count, at_head, protect)
+    @property
+    def bytes(self):
+        return sum(map(len, self.chunks))
 
-    def _push(self, chunk, count, at_head, protect):
+    def push(self, chunk, count, at_head=False, protect="", max_bytes=None):
+        return defer.maybeDeferred(self._push, chunk, count, at_head, protect, max_bytes)
+
+    def _push(self, chunk, count, at_head, protect, max_bytes):
         self._check()
+        self.pushed_with = max_bytes
+        bound = self.max_bytes if max_bytes is None else min(self.max_bytes, max_bytes)
         self.chunks.insert(0, chunk) if at_head else self.chunks.append(chunk)
         dropped = 0
-        while sum(map(len, self.chunks)) > self.max_bytes and len(self.chunks) > 1:
+        while self.bytes > bound and len(self.chunks) > 1:
             victim = 1 if protect and decode_chunk(self.chunks[0])[0] == protect else 0
             dropped += len(decode_chunk(self.chunks.pop(victim))[1])
         self.dropped += dropped
@@ -250,3 +256,49 @@ def test_a_deleted_drain_frees_its_spool():
     assert spool.chunks
     worker.discard()
     assert spool.chunks == []
+
+
+def test_the_nodes_spool_budget_is_shared_and_a_drain_past_it_drops_only_its_own_oldest():
+    from logplex.drains.supervisor import DrainSettings, DrainSupervisor
+
+    class Store:
+        drain_listeners: list = []
+
+    class Backlogs:
+        on_change: list = []
+
+    clock = Clock()
+    metrics = Metrics()
+    budget = 20_000
+    supervisor = DrainSupervisor(Store(), Backlogs(), metrics, clock, "node-1",
+                                 DrainSettings(spool_total_bytes=budget), http_client=None)
+    workers = {}
+    for drain_id in (1, 2):
+        endpoint = Endpoint()
+        endpoint.answer = Outcome.retry_later("HTTP 503 from the drain endpoint")
+        worker = DrainWorker(Drain(drain_id, f"app-{drain_id}", "d.tok", "https://logs.example.com/"),
+                             endpoint, MemorySpool(), clock, metrics, capacity=10, target_bytes=4000,
+                             backoff=Backoff(initial=0.5, cap=30, rand=lambda: 0.5))
+        worker.spool_allowance = supervisor._allowance(worker)
+        supervisor.workers[drain_id] = worker
+        worker.start()
+        workers[drain_id] = worker
+    first, second = workers[1], workers[2]
+
+    # The first drain's endpoint fails while 600 lines (~35 KB) arrive: it spools up to the budget.
+    for n in range(0, 600, 50):
+        first.push([msg(i) for i in range(n, n + 50)])
+        clock.advance(1)
+    held_by_first = list(first.spool.chunks)
+    assert budget - 4500 < first.spool.bytes <= budget + 4500
+    assert first.dropped > 0  # its own oldest, counted for its L10
+
+    # The second drain fails too: only what the first leaves of the budget is its to use.
+    for n in range(0, 300, 50):
+        second.push([msg(i) for i in range(n, n + 50)])
+        clock.advance(1)
+    assert first.spool.chunks == held_by_first  # never another drain's lines
+    assert len(second.spool.chunks) == 1 and second.dropped > 0
+    assert second.spool.pushed_with == max(0, budget - first.spool.bytes)
+    assert supervisor.spool_total() == first.spool.bytes + second.spool.bytes
+    assert b"logplex_drain_spool_bytes %d" % supervisor.spool_total() in metrics.exposition()

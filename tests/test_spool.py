@@ -52,6 +52,8 @@ class SpoolTests(unittest.TestCase):
         self.assertEqual(meta.get(b"bytes", 0), expected_bytes, (meta, len(chunks)))
         self.assertEqual(meta.get(b"messages", 0), expected_messages, (meta, len(chunks)))
         self.assertEqual(await spool.depth(), (len(chunks), expected_messages))
+        # And the spool's own idea of its size, which the node's total is made of.
+        self.assertEqual(spool.bytes, expected_bytes)
 
     async def frame_ids(self, spool: Spool) -> list[str]:
         return [decode_chunk(c)[0] for c in await self.raw_chunks(spool)]
@@ -75,6 +77,37 @@ class SpoolTests(unittest.TestCase):
         self.assertFalse(await c.ack("fa"))
         self.assertTrue(await b.ack("fb"))
         self.assertEqual(await a.depth(), (1, 3))
+
+    async def test_every_operation_leaves_the_spool_knowing_its_size(self):
+        s = self.spool()
+        for i in range(3):
+            await s.push(*chunk(f"f{i}", i * 10, 4))
+            await self.assertMetaExact(s)
+        self.assertTrue(await s.ack("f0"))
+        self.assertEqual(s.bytes, sum(map(len, await self.raw_chunks(s))))
+        nxt = await s.ack_next("f1")
+        self.assertEqual(decode_chunk(nxt)[0], "f2")
+        self.assertEqual(s.bytes, sum(map(len, await self.raw_chunks(s))))
+        self.assertIsNone(await s.ack_next("f2"))
+        self.assertEqual(s.bytes, 0)
+        await s.push(*chunk("f3", 30, 4))
+        await s.delete()
+        self.assertEqual(s.bytes, 0)
+
+    async def test_a_tighter_bound_for_one_push_drops_the_oldest_of_this_spool_only(self):
+        s, other = self.spool(1), self.spool(2)
+        for i in range(3):
+            await other.push(*chunk(f"o{i}", i * 10, 4))
+            await s.push(*chunk(f"s{i}", i * 10, 4))
+        one = len(chunk("s9", 90, 4)[0])
+        # The node's total is nearly used up: this push may keep about two chunks.
+        dropped = await s.push(*chunk("s3", 30, 4), max_bytes=2 * one)
+        self.assertEqual(dropped, 8)
+        self.assertEqual(await self.frame_ids(s), ["s2", "s3"])
+        self.assertEqual(await self.frame_ids(other), ["o0", "o1", "o2"])
+        await self.assertMetaExact(s)
+        # A bound looser than the spool's own changes nothing.
+        self.assertEqual(await s.push(*chunk("s4", 40, 4), max_bytes=10**12), 0)
 
     # -- order ------------------------------------------------------------------------------
     async def test_empty(self):

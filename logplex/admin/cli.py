@@ -361,7 +361,7 @@ def channel_lines(doc: dict) -> list[str]:
     return lines
 
 
-STATE_FIELDS = ("delivered", "dropped", "retried", "buffered", "spool_depth")
+STATE_FIELDS = ("delivered", "dropped", "retried", "buffered", "spool_depth", "holding_senders")
 
 
 def drain_lines(doc: dict) -> list[str]:

@@ -3,7 +3,9 @@
 One list per drain and node, bounded in bytes: the scripts keep the list and
 its byte and message counts in step atomically, and a push over the bound
 drops whole chunks from the head (the oldest) and says exactly how many
-messages went, so the L10 count is exact.
+messages went, so the L10 count is exact. Every script also answers the
+bytes the list holds afterwards, which is how a node keeps the sum of its
+spools within --drain-spool-total-bytes.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ while tonumber(redis.call('HGET', KEYS[2], 'bytes')) > tonumber(ARGV[3])
   redis.call('HINCRBY', KEYS[2], 'messages', -n)
   dropped = dropped + n
 end
-return dropped
+return {dropped, tonumber(redis.call('HGET', KEYS[2], 'bytes'))}
 """
 
 # KEYS: list, meta. ARGV: frame id of the head chunk just delivered: removed
@@ -52,9 +54,10 @@ if head and string.sub(head, 1, #ARGV[1] + 3) == '1 ' .. ARGV[1] .. ' ' then
   removed = 1
 end
 """
-_ACK = _REMOVE_HEAD + "return removed"
+_BYTES = "tonumber(redis.call('HGET', KEYS[2], 'bytes') or 0)"
+_ACK = _REMOVE_HEAD + "return {removed, " + _BYTES + "}"
 # The same, answering the next chunk: one round trip per batch while a spool drains.
-_ACK_NEXT = _REMOVE_HEAD + "return redis.call('LINDEX', KEYS[1], 0)"
+_ACK_NEXT = _REMOVE_HEAD + "return {redis.call('LINDEX', KEYS[1], 0), " + _BYTES + "}"
 
 
 def spool_key(drain_id: int, node: str) -> bytes:
@@ -70,39 +73,56 @@ class Spool:
         self.reactor = reactor
         self.max_bytes = max_bytes
         self.timeout = timeout
+        # What the list held after the last script this node ran on it.
+        self.bytes = 0
 
     def _bounded(self, d: defer.Deferred) -> defer.Deferred:
         return d.addTimeout(self.timeout, self.reactor)
 
-    def push(self, chunk: bytes, count: int, at_head: bool = False, protect: str = "") -> defer.Deferred:
+    def push(self, chunk: bytes, count: int, at_head: bool = False, protect: str = "",
+             max_bytes: int | None = None) -> defer.Deferred:
         """Append a chunk (or put it back in front); fires with the messages dropped to fit.
 
-        protect names a chunk (by frame id) that is being delivered: it is never dropped.
+        protect names a chunk (by frame id) that is being delivered: it is
+        never dropped. max_bytes, when given, is a tighter bound than the
+        spool's own (the node's total is nearly used up).
         """
+        bound = self.max_bytes if max_bytes is None else min(self.max_bytes, max_bytes)
         d = self.redis.eval(_PUSH, [self.key, self.meta],
-                            [chunk, count, self.max_bytes, "1" if at_head else "0", protect])
-        return self._bounded(d).addCallback(int)
+                            [chunk, count, bound, "1" if at_head else "0", protect])
+        return self._bounded(d).addCallback(self._counted)
+
+    def _counted(self, answer):
+        first, size = answer
+        self.bytes = int(size or 0)
+        return first
 
     def head(self) -> defer.Deferred:
         return self._bounded(self.redis.lindex(self.key, 0))
 
     def ack(self, frame_id: str) -> defer.Deferred:
         d = self.redis.eval(_ACK, [self.key, self.meta], [frame_id])
-        return self._bounded(d).addCallback(lambda n: int(n) == 1)
+        return self._bounded(d).addCallback(self._counted).addCallback(lambda n: int(n) == 1)
 
     def ack_next(self, frame_id: str) -> defer.Deferred:
         """Remove the delivered head chunk (if it still is the head); fires with the next, or None."""
-        return self._bounded(self.redis.eval(_ACK_NEXT, [self.key, self.meta], [frame_id]))
+        d = self.redis.eval(_ACK_NEXT, [self.key, self.meta], [frame_id])
+        return self._bounded(d).addCallback(self._counted)
 
     def depth(self) -> defer.Deferred:
         """(chunks, messages) in the spool."""
         d = self._bounded(self.redis.llen(self.key))
 
         def with_messages(chunks):
-            return self._bounded(self.redis.hget(self.meta, "messages")).addCallback(
-                lambda n: (int(chunks), int(n or 0)))
+            return self._bounded(self.redis.hmget(self.meta, ["messages", "bytes"])).addCallback(
+                lambda counts: found(chunks, *counts))
+
+        def found(chunks, messages, size):
+            self.bytes = int(size or 0)
+            return int(chunks), int(messages or 0)
 
         return d.addCallback(with_messages)
 
     def delete(self) -> defer.Deferred:
+        self.bytes = 0
         return self._bounded(self.redis.delete([self.key, self.meta]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Callable
 from urllib.parse import urlsplit
 
 import attrs
@@ -39,6 +40,7 @@ class DrainSettings:
     http_timeout: float = _NODE.http_drain_timeout
     backoff_max: float = _NODE.drain_backoff_max
     spool_bytes: int = _NODE.drain_spool_bytes
+    spool_total_bytes: int = _NODE.drain_spool_total_bytes
     spool_age: float = _NODE.drain_spool_age
     syslog_idle: float = _NODE.syslog_drain_idle
     redis_timeout: float = _NODE.redis_timeout
@@ -50,7 +52,8 @@ class DrainSettings:
             buffer=s.drain_buffer, http_target_bytes=s.http_drain_target_bytes,
             tcp_target_bytes=s.tcp_drain_target_bytes, http_linger=s.http_drain_linger,
             http_timeout=s.http_drain_timeout, backoff_max=s.drain_backoff_max,
-            spool_bytes=s.drain_spool_bytes, spool_age=s.drain_spool_age,
+            spool_bytes=s.drain_spool_bytes, spool_total_bytes=s.drain_spool_total_bytes,
+            spool_age=s.drain_spool_age,
             syslog_idle=s.syslog_drain_idle, redis_timeout=s.redis_timeout,
             pushback=s.drain_pushback,
         )
@@ -76,6 +79,7 @@ class DrainSupervisor:
         self.stopping = False
         metrics.gauge_callback("logplex_drain_spool_depth", self._spool_depths)
         metrics.gauge_callback("logplex_drain_buffered", self._buffered)
+        metrics.gauge_callback("logplex_drain_spool_bytes", lambda: [({}, self.spool_total())])
 
     # The router's drain sink: the hot path.
     def publish(self, channel_id: str, messages: list[bytes]) -> None:
@@ -166,6 +170,18 @@ class DrainSupervisor:
                                     idle_timeout=self.settings.syslog_idle,
                                     max_delay=self.settings.backoff_max)
 
+    def spool_total(self) -> int:
+        """Bytes all of this node's drain spools hold (as their last writes and acks said)."""
+        return sum(w.spool.bytes for w in self.workers.values() if w.spool is not None)
+
+    def _allowance(self, worker: DrainWorker) -> Callable[[], int]:
+        """What the worker's spool may hold: the node's budget less what the others hold."""
+        def allowance() -> int:
+            others = self.spool_total() - worker.spool.bytes
+            return max(0, self.settings.spool_total_bytes - others)
+
+        return allowance
+
     def _add(self, drain: Drain) -> None:
         s = self.settings
         http = urlsplit(drain.url).scheme in ("http", "https")
@@ -183,6 +199,7 @@ class DrainSupervisor:
             emit=self.emit,
             pushback=s.pushback,
         )
+        worker.spool_allowance = self._allowance(worker)
         self.workers[drain.id] = worker
         self.by_channel.setdefault(drain.channel_id, []).append(worker)
         worker.start()

@@ -54,6 +54,7 @@ class DrainWorker:
         max_age: float = 86400.0,
         emit: Callable[[str, bytes], None] = lambda channel, message: None,
         pushback: float = 0.0,
+        spool_allowance: Callable[[], int] | None = None,
     ) -> None:
         self.drain = drain
         self.transport = transport
@@ -87,6 +88,9 @@ class DrainWorker:
         self.last_error_at: float | None = None
         self._labels = {"drain": str(drain.id)}
         self.pushback = pushback
+        # Bytes this drain's spool may hold given what the node's other
+        # spools hold (--drain-spool-total-bytes); None: only its own bound.
+        self.spool_allowance = spool_allowance
         self.last_rtt = 0.0
         self._sent_at = 0.0
         self._holders: list[defer.Deferred] = []
@@ -198,7 +202,8 @@ class DrainWorker:
             # Decided when the write runs, not when it was queued.
             batch = self.inflight
             protect = batch.frame_id if batch is not None and batch.from_spool else ""
-            return self.spool.push(chunk, len(messages), at_head, protect)
+            allowance = self.spool_allowance() if self.spool_allowance is not None else None
+            return self.spool.push(chunk, len(messages), at_head, protect, allowance)
 
         return self._op(push).addCallbacks(pushed, failed)
 

@@ -205,10 +205,10 @@ def test_drains_add_list_show_remove(node, run):
     path = f"/v3/channels/{channel}/drains/{drain['id']}"
     wait_for(lambda: node.api("GET", path).json()["state"], lambda state: state is not None)
     shown = ok(run("drains", "show", channel, str(drain["id"]))).splitlines()
-    # the keys padded to the longest, "spool depth:"
-    assert shown[:3] == [f"id:{' ' * 11}{drain['id']}", f"url:{' ' * 10}{url}", f"token:{' ' * 8}{drain['token']}"]
+    # the keys padded to the longest, "holding senders:"
+    assert shown[:3] == [f"id:{' ' * 15}{drain['id']}", f"url:{' ' * 14}{url}", f"token:{' ' * 12}{drain['token']}"]
     assert [line.split(":")[0] for line in shown[3:]] == [
-        "delivered", "dropped", "retried", "buffered", "spool depth", "last error"]
+        "delivered", "dropped", "retried", "buffered", "spool depth", "holding senders", "last error"]
     as_json = json.loads(ok(run("--json", "drains", "show", channel, str(drain["id"]))))
     api = node.api("GET", path).json()
     assert {k: v for k, v in as_json.items() if k != "state"} == {k: v for k, v in api.items() if k != "state"}
