@@ -21,43 +21,30 @@ ENV = {
 DEFAULTS = Settings()
 
 
-def _positive_int(name):
-    def check(value: str) -> int:
+def _checked(name: str, convert, kind: str, ok, rule: str):
+    """A coerce function for usage.Options: a clear UsageError for --name when the value is wrong."""
+    def check(value: str):
         try:
-            number = int(value)
+            number = convert(value)
         except ValueError:
-            raise usage.UsageError(f"--{name} must be a whole number, not {value!r}.") from None
-        if number <= 0:
-            raise usage.UsageError(f"--{name} must be greater than zero.")
+            raise usage.UsageError(f"--{name} must be {kind}, not {value!r}.") from None
+        if not ok(number):  # written so that NaN fails too
+            raise usage.UsageError(f"--{name} must be {rule}.")
         return number
 
     return check
+
+
+def _positive_int(name):
+    return _checked(name, int, "a whole number", lambda n: n > 0, "greater than zero")
 
 
 def _positive_float(name):
-    def check(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a number, not {value!r}.") from None
-        if not number > 0:  # NaN too
-            raise usage.UsageError(f"--{name} must be greater than zero.")
-        return number
-
-    return check
+    return _checked(name, float, "a number", lambda n: n > 0, "greater than zero")
 
 
 def _non_negative_float(name):
-    def check(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a number, not {value!r}.") from None
-        if not number >= 0 or number == float("inf"):
-            raise usage.UsageError(f"--{name} must be zero or more.")
-        return number
-
-    return check
+    return _checked(name, float, "a number", lambda n: 0 <= n < float("inf"), "zero or more")
 
 
 class Options(usage.Options):

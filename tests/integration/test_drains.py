@@ -172,15 +172,14 @@ def drain_world():
         shutil.rmtree(root, ignore_errors=True)
 
 
-class DrainTests(unittest.TestCase):
-    timeout = 60
+class NodeCase(unittest.TestCase):
+    """Plumbing for trial tests against real nodes: API calls in threads, waits on conditions.
 
-    @pytest.fixture(autouse=True)
-    def _world(self, drain_world):
-        self.world = drain_world
-        self.node = drain_world.node
+    Subclasses set self.node (the default node) and channel_prefix.
+    """
 
-    # -- plumbing ------------------------------------------------------------------------------
+    channel_prefix = "drains"
+
     def blocking(self, fn: Callable, *args: Any, **kwargs: Any) -> defer.Deferred:
         return threads.deferToThread(fn, *args, **kwargs)
 
@@ -213,17 +212,10 @@ class DrainTests(unittest.TestCase):
 
     async def channel(self, node: Node | None = None) -> tuple[str, str]:
         """A new channel with an `app` token: (channel id, token)."""
-        channel_id = unique("drains")
+        channel_id = unique(self.channel_prefix)
         answer = await self.api("PUT", f"/v3/channels/{channel_id}", {"tokens": ["app"]}, node)
         self.assertEqual(answer.status, 201, answer)
         return channel_id, answer.json()["tokens"]["app"]
-
-    async def add_drain(self, channel_id: str, url: str, node: Node | None = None) -> tuple[int, str]:
-        answer = await self.api("POST", f"/v3/channels/{channel_id}/drains", {"url": url}, node)
-        self.assertEqual(answer.status, 201, answer)
-        doc = answer.json()
-        self.assertTrue(doc["token"].startswith("d."), doc)
-        return doc["id"], doc["token"]
 
     async def state(self, channel_id: str, drain_id: int, node: Node | None = None) -> dict:
         answer = await self.api("GET", f"/v3/channels/{channel_id}/drains/{drain_id}", node=node)
@@ -235,6 +227,28 @@ class DrainTests(unittest.TestCase):
         return await self.until(lambda: self.state(channel_id, drain_id, node), done, timeout,
                                 what, node)
 
+    async def backlog(self, channel_id: str, node: Node | None = None) -> list[bytes]:
+        answer = await self.api("GET", f"/v3/channels/{channel_id}/logs?num=1500", node=node)
+        self.assertEqual(answer.status, 200, answer)
+        return decode_logplex1(answer.body)
+
+
+class DrainTests(NodeCase):
+    timeout = 60
+
+    @pytest.fixture(autouse=True)
+    def _world(self, drain_world):
+        self.world = drain_world
+        self.node = drain_world.node
+
+    # -- plumbing ------------------------------------------------------------------------------
+    async def add_drain(self, channel_id: str, url: str, node: Node | None = None) -> tuple[int, str]:
+        answer = await self.api("POST", f"/v3/channels/{channel_id}/drains", {"url": url}, node)
+        self.assertEqual(answer.status, 201, answer)
+        doc = answer.json()
+        self.assertTrue(doc["token"].startswith("d."), doc)
+        return doc["id"], doc["token"]
+
     async def sender(self, token: str, node: Node | None = None) -> Sender:
         sender = await self.blocking(Sender, (node or self.node).syslog_port, token)
         self.addCleanup(sender.close)
@@ -242,11 +256,6 @@ class DrainTests(unittest.TestCase):
 
     async def send(self, sender: Sender, lines: list[str], **kwargs: Any) -> None:
         await self.blocking(sender.send, lines, **kwargs)
-
-    async def backlog(self, channel_id: str, node: Node | None = None) -> list[bytes]:
-        answer = await self.api("GET", f"/v3/channels/{channel_id}/logs?num=1500", node=node)
-        self.assertEqual(answer.status, 200, answer)
-        return decode_logplex1(answer.body)
 
     async def redis_client(self, url: str):
         client = connect(parse_redis_url(url), poolsize=1, reply_timeout=5)

@@ -40,7 +40,7 @@ from logplex.drains.spool import spool_key
 from tests.integration.conftest import (Node, basic, decode_logplex1, http_request, logplex1, octet,
                                        syslog_message, unique)
 from tests.integration.procs import RedisServer
-from tests.integration.test_drains import Sender, http_frame, metric_samples, start_node, stop_node, texts
+from tests.integration.test_drains import NodeCase, Sender, http_frame, metric_samples, start_node, stop_node, texts
 from tests.sinks import HttpSink
 
 ON_NODE = "pushback-on"
@@ -178,7 +178,8 @@ def pushback_world():
         shutil.rmtree(root, ignore_errors=True)
 
 
-class PushbackTests(unittest.TestCase):
+class PushbackTests(NodeCase):
+    channel_prefix = "pushback"
     timeout = 60
 
     @pytest.fixture(autouse=True)
@@ -187,43 +188,6 @@ class PushbackTests(unittest.TestCase):
         self.node = pushback_world.on
 
     # -- plumbing (as in test_drains.py) --------------------------------------------------------
-    def blocking(self, fn: Callable, *args: Any, **kwargs: Any) -> defer.Deferred:
-        return threads.deferToThread(fn, *args, **kwargs)
-
-    async def sleep(self, seconds: float) -> None:
-        await task.deferLater(reactor, seconds, lambda: None)
-
-    async def until(self, fetch: Callable, done: Callable[[Any], bool], timeout: float,
-                    what: str, node: Node | None = None) -> Any:
-        """await fetch() every 50 ms until done(value); fails, saying what and the last value, after timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = await fetch()
-            if done(value):
-                return value
-            if time.monotonic() >= deadline:
-                log = (node or self.node).proc.log_text()[-3000:]
-                self.fail(f"{what}: not within {timeout} s; last seen {value!r}\n--- node log\n{log}")
-            await self.sleep(0.05)
-
-    async def started(self, sink: HttpSink) -> HttpSink:
-        await sink.start()
-        self.addCleanup(sink.stop)
-        return sink
-
-    async def api(self, method: str, path: str, body: Any = None, node: Node | None = None):
-        node = node or self.node
-        if body is None:
-            return await self.blocking(node.api, method, path)
-        return await self.blocking(node.api, method, path, body)
-
-    async def channel(self, node: Node | None = None) -> tuple[str, str]:
-        """A new channel with an `app` token: (channel id, token)."""
-        channel_id = unique("pushback")
-        answer = await self.api("PUT", f"/v3/channels/{channel_id}", {"tokens": ["app"]}, node)
-        self.assertEqual(answer.status, 201, answer)
-        return channel_id, answer.json()["tokens"]["app"]
-
     async def add_drain(self, channel_id: str, url: str, node: Node | None = None) -> int:
         answer = await self.api("POST", f"/v3/channels/{channel_id}/drains", {"url": url}, node)
         self.assertEqual(answer.status, 201, answer)
@@ -239,16 +203,6 @@ class PushbackTests(unittest.TestCase):
         answer = await self.api("DELETE", f"/v3/channels/{channel_id}/drains/{drain_id}", node=node)
         self.assertEqual(answer.status, 204, answer)
 
-    async def state(self, channel_id: str, drain_id: int, node: Node | None = None) -> dict:
-        answer = await self.api("GET", f"/v3/channels/{channel_id}/drains/{drain_id}", node=node)
-        self.assertEqual(answer.status, 200, answer)
-        return answer.json()["state"]
-
-    async def wait_state(self, channel_id: str, drain_id: int, done: Callable[[dict], bool],
-                         what: str, timeout: float = 10, node: Node | None = None) -> dict:
-        return await self.until(lambda: self.state(channel_id, drain_id, node), done, timeout,
-                                what, node)
-
     async def samples(self, node: Node | None = None) -> dict[str, float]:
         return await self.blocking(metric_samples, node or self.node)
 
@@ -256,11 +210,6 @@ class PushbackTests(unittest.TestCase):
         """(logplex_senders_held_total, logplex_senders_held_seconds_total); 0 before the first hold."""
         samples = await self.samples(node)
         return samples.get(HELD, 0), samples.get(HELD_SECONDS, 0)
-
-    async def backlog(self, channel_id: str, node: Node | None = None) -> list[bytes]:
-        answer = await self.api("GET", f"/v3/channels/{channel_id}/logs?num=1500", node=node)
-        self.assertEqual(answer.status, 200, answer)
-        return decode_logplex1(answer.body)
 
     async def flood(self, token: str, lines: list[str], node: Node | None = None) -> Flood:
         flood = await self.blocking(Flood, (node or self.node).syslog_port, token, lines)
