@@ -280,6 +280,8 @@ class ConfigStore:
         self._reconcile: task.LoopingCall | None = None
         self._loading: defer.Deferred | None = None
         self._load_waiters: list[defer.Deferred] = []
+        self._retry = None  # a reload after a failed one
+        self._stopped = False
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> None:
@@ -293,6 +295,9 @@ class ConfigStore:
         self._reconcile.start(self.reconcile_interval, now=False)
 
     def stop(self):
+        self._stopped = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         if self._reconcile is not None and self._reconcile.running:
             self._reconcile.stop()
         if self._feed is not None:
@@ -330,7 +335,21 @@ class ConfigStore:
     # -- the cache ----------------------------------------------------------
     def _on_feed_connected(self) -> None:
         # Notifications may have been missed while the feed was down.
-        self.load().addErrback(lambda f: log.warn("config_reload_failed error={e!r}", e=f.getErrorMessage()))
+        self.load().addErrback(self._catch_up_later, "reload")
+
+    def _catch_up_later(self, failure, what: str) -> None:
+        """A reload or refresh failed (the command connection may still be
+        reconnecting after an outage the feed already got over): reload the
+        whole config in a second, and again until it works, rather than wait
+        for the next reconcile."""
+        log.warn("config_{what}_failed error={e!r}", what=what, e=failure.getErrorMessage())
+        if self._stopped or self._retry is not None and self._retry.active():
+            return
+        self._retry = self.reactor.callLater(1.0, self._retry_load)
+
+    def _retry_load(self) -> None:
+        self._retry = None
+        self.load().addErrback(self._catch_up_later, "reload")
 
     def _on_feed(self, channel: bytes, message: bytes) -> None:
         kind, _, ident = message.partition(b" ")
@@ -342,7 +361,7 @@ class ConfigStore:
             for listener in self.feed_listeners.get(kind, ()):
                 listener(message)
             return
-        d.addErrback(lambda f: log.warn("config_refresh_failed error={e!r}", e=f.getErrorMessage()))
+        d.addErrback(self._catch_up_later, "refresh")
 
     def _reconcile_tick(self):
         d = self._call(self.redis.get(VERSION))

@@ -108,6 +108,24 @@ class ConfigStoreTests(TestCase):
         await self.b._reconcile_tick()
         assert "ghost" in self.b.cache.channels
 
+    async def test_a_refresh_that_fails_is_retried_without_waiting_for_the_reconcile(self):
+        # After a config Redis outage the feed may be back before the command
+        # connection is: the refresh a notification asks for then fails.
+        real_hget, failed = self.b.redis.hget, []
+
+        def hget_failing_once(*args):
+            if not failed:
+                failed.append(args)
+                return defer.fail(ConnectionError("not connected yet"))
+            return real_hget(*args)
+
+        self.b.redis.hget = hget_failing_once
+        await self.a.put_channel("late", ["web"])
+        await until(lambda: failed)
+        assert "late" not in self.b.cache.channels
+        # Within seconds: the reconcile would take up to 30.
+        await until(lambda: "late" in self.b.cache.channels, timeout=3.0)
+
     async def test_credentials_are_stored_hashed_and_ensured(self):
         await self.a.ensure_credential("admin", "secret")
         raw = connect(self.address, poolsize=1)
