@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer, reactor
+import socket
+
+from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import DNSLookupError
@@ -11,7 +13,12 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from logplex.drains.http import HttpDrainTransport, is_certificate_error, make_client
 from logplex.drains.resolver import PublicOnlyReactor, PublicOnlyResolver
+from logplex.drains.syslog import SyslogDrainTransport
+from logplex.model import Drain
+
+LINE = b"<134>1 2026-11-24T10:00:00+00:00 host app web.1 - - hello"
 
 
 class FixedResolver:
@@ -79,3 +86,58 @@ class RealConnectionTests(unittest.TestCase):
         with self.assertRaises(DNSLookupError):
             yield HostnameEndpoint(PublicOnlyReactor(reactor), "localhost", number, timeout=5).connect(
                 Factory.forProtocol(Protocol))
+
+
+class DrainErrorTests(unittest.TestCase):
+    """What a drain whose host resolves only to private addresses says in its state."""
+
+    @defer.inlineCallbacks
+    def listening(self):
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Protocol))
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @defer.inlineCallbacks
+    def test_an_http_drain_says_why_it_cannot_connect(self):
+        number = yield self.listening()
+        client = make_client(PublicOnlyReactor(reactor), connect_timeout=5)
+        drain = Drain(1, "app", "d.tok", f"http://localhost:{number}/logs")
+        outcome = yield HttpDrainTransport(drain, client, reactor, timeout=5).send([LINE], "f1")
+        self.assertTrue(outcome.retry)
+        self.assertIn("localhost resolves only to loopback, link-local or private addresses", outcome.error)
+        # Not a certificate problem: no L14 goes into the channel for it.
+        self.assertFalse(outcome.certificate_error)
+
+    @defer.inlineCallbacks
+    def test_a_syslog_drain_says_why_it_cannot_connect(self):
+        number = yield self.listening()
+        drain = Drain(2, "app", "d.tok", f"syslog://localhost:{number}")
+        transport = SyslogDrainTransport(drain, PublicOnlyReactor(reactor), connect_timeout=5)
+        self.addCleanup(transport.stop)
+        outcome = yield transport.send([LINE], "f1")
+        self.assertIn("localhost resolves only to loopback, link-local or private addresses", outcome.error)
+        self.assertFalse(outcome.certificate_error)
+
+
+def test_an_unknown_name_is_not_a_certificate_error():
+    from twisted.python.failure import Failure
+    assert not is_certificate_error(Failure(DNSLookupError("Couldn't find the hostname 'nope.invalid'")))
+
+
+class FailedConnectionTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_refused_connection_stops_its_service_cleanly(self):
+        # Stopping the service from inside its own failure used to be refused
+        # as re-entrant (an unhandled error, which fails this test), leaving it
+        # reconnecting on its own behind the drain's back.
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        number = closed.getsockname()[1]
+        closed.close()  # nothing listens there: connections are refused
+        transport = SyslogDrainTransport(Drain(3, "app", "d.tok", f"syslog://127.0.0.1:{number}"), reactor,
+                                         connect_timeout=5)
+        outcome = yield transport.send([LINE], "f1")
+        self.assertIn("refused", outcome.error)
+        self.assertIsNone(transport.service)
+        yield task.deferLater(reactor, 0, lambda: None)  # the turn on which it is stopped
+        yield transport.stop()

@@ -8,6 +8,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import defer
+from twisted.internet.error import DNSLookupError
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
@@ -15,6 +16,7 @@ from zope.interface import implementer
 
 from logplex import __version__
 from logplex.drains.core import Outcome, http_body, parse_retry_after
+from logplex.drains.resolver import resolved_only_private
 from logplex.model import Drain
 
 # 408 Request Timeout and 429 Too Many Requests are the receiver asking for
@@ -53,6 +55,8 @@ def make_client(reactor, trust_root=None, connect_timeout: float = 10.0) -> HTTP
 
 def is_certificate_error(failure) -> bool:
     """Whether a connection failure is the receiver's certificate failing verification."""
+    if failure.check(DNSLookupError):
+        return False  # its text names the "hostname", but no certificate was seen
     reasons = getattr(failure.value, "reasons", None) or [failure]
     for reason in reasons:
         value = getattr(reason, "value", reason)
@@ -64,7 +68,10 @@ def is_certificate_error(failure) -> bool:
     return False
 
 
-def describe(failure) -> str:
+def describe(failure, host: str | None = None) -> str:
+    if failure.check(DNSLookupError) and resolved_only_private(host):
+        return (f"{host} resolves only to loopback, link-local or private addresses, "
+                "which this node does not send drains to")
     reasons = getattr(failure.value, "reasons", None)
     if reasons:
         return "; ".join(str(getattr(r, "value", r)) for r in reasons)
@@ -91,6 +98,7 @@ class HttpDrainTransport:
         if parts.port:
             netloc += f":{parts.port}"
         self.url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+        self.host = parts.hostname
         self._pending: set[defer.Deferred] = set()
 
     def send(self, messages: list[bytes], frame_id: str) -> defer.Deferred:
@@ -132,10 +140,10 @@ class HttpDrainTransport:
         if failure.check(defer.CancelledError) and not self._pending:
             return Outcome.retry_later("stopped")
         if is_certificate_error(failure):
-            return Outcome.retry_later(describe(failure), certificate_error=True)
+            return Outcome.retry_later(describe(failure, self.host), certificate_error=True)
         if failure.check(defer.TimeoutError, defer.CancelledError):
             return Outcome.retry_later(f"no answer within {self.timeout:g} s")
-        return Outcome.retry_later(describe(failure))
+        return Outcome.retry_later(describe(failure, self.host))
 
     def stop(self) -> defer.Deferred:
         for d in list(self._pending):

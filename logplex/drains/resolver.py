@@ -18,6 +18,16 @@ from logplex.api.validate import is_private_host
 
 log = Logger()
 
+# Host names whose latest resolution had only addresses drains may not use,
+# so that a drain's last_error can say why it cannot connect.
+_private_only: set[str] = set()
+_REMEMBERED = 10_000
+
+
+def resolved_only_private(host: str | None) -> bool:
+    """Whether the latest resolution of host had addresses, all of them refused."""
+    return host in _private_only
+
 
 @implementer(IResolutionReceiver)
 class _PublicOnly:
@@ -25,6 +35,7 @@ class _PublicOnly:
         self.receiver = receiver
         self.host = host
         self.refused: list[str] = []
+        self.passed = False
 
     def resolutionBegan(self, resolution) -> None:
         self.receiver.resolutionBegan(resolution)
@@ -33,12 +44,19 @@ class _PublicOnly:
         if is_private_host(address.host):
             self.refused.append(address.host)
         else:
+            self.passed = True
             self.receiver.addressResolved(address)
 
     def resolutionComplete(self) -> None:
         if self.refused:
             log.warn("drain_private_address_refused host={host} addresses={addresses}",
                      host=self.host, addresses=",".join(self.refused))
+        if self.refused and not self.passed:
+            if len(_private_only) >= _REMEMBERED:
+                _private_only.clear()
+            _private_only.add(self.host)
+        else:
+            _private_only.discard(self.host)
         self.receiver.resolutionComplete()
 
 

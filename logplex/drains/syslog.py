@@ -163,8 +163,9 @@ class SyslogDrainTransport:
 
         def failed(failure):
             # Start afresh next time: a half-open TLS session must not be reused.
-            self._drop_connection()
-            return Outcome.retry_later(describe(failure), certificate_error=is_certificate_error(failure))
+            self._drop_connection(later=True)
+            return Outcome.retry_later(describe(failure, self.host),
+                                       certificate_error=is_certificate_error(failure))
 
         return d.addCallbacks(write, failed)
 
@@ -174,13 +175,23 @@ class SyslogDrainTransport:
         else:
             self._idle = self.reactor.callLater(self.idle_timeout, self._drop_connection)
 
-    def _drop_connection(self) -> defer.Deferred:
+    def _drop_connection(self, later: bool = False) -> defer.Deferred:
+        """Forget the connection and stop its service.
+
+        later: called from inside the service's own failure (whenConnected
+        failing): stopping it right there is re-entrant, which ClientService
+        refuses, and it would go on reconnecting on its own. So it is stopped
+        on the next turn of the reactor; the next send starts a new one.
+        """
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
         self._current = None
         service, self.service = self.service, None
         if service is None:
+            return defer.succeed(None)
+        if later:
+            self.reactor.callLater(0, service.stopService)
             return defer.succeed(None)
         return defer.maybeDeferred(service.stopService)
 
