@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
@@ -258,3 +259,70 @@ def test_a_token_listener_whose_token_is_gone_drops_and_counts(node):
     assert node.backlog.calls == []
     assert node.metric("logplex_messages_unknown_token_total") == 1
     assert not transport.disconnecting
+
+
+FRAME_TIMEOUT = 30.0
+
+
+def timed_node() -> tuple[Node, Clock]:
+    """A node whose listener cuts a frame that takes longer than FRAME_TIMEOUT to arrive."""
+    clock = Clock()
+    node = Node()
+    node.factory = SyslogFactory(node.router, node.metrics, MAX_FRAME,
+                                 frame_timeout=FRAME_TIMEOUT, clock=clock)
+    return node, clock
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(min_value=1, max_value=8), st.floats(min_value=0.0, max_value=1.0),
+                                st.floats(min_value=0.0, max_value=FRAME_TIMEOUT - 0.1)),
+                      min_size=5, max_size=60))
+def test_a_steady_sender_is_never_cut_while_its_frames_keep_completing(steps):
+    # Reads that end at a random point inside a later frame (seldom on a
+    # boundary), up to almost FRAME_TIMEOUT apart, for many times the
+    # timeout: every frame arrives in at most two reads, so none is late.
+    node, clock = timed_node()
+    protocol, transport = node.connect()
+    frames = [octet_frame(message(WEB_TOKEN, f"steady line {i}")) for i in range(sum(n for n, _, _ in steps) + 1)]
+    starts = [0]
+    for frame in frames:
+        starts.append(starts[-1] + len(frame))
+    stream = b"".join(frames)
+    sent, index = 0, 0
+    for frames_on, fraction, pause in steps:
+        index += frames_on
+        end = starts[index] + int(fraction * (len(frames[index]) - 1))
+        clock.advance(pause)
+        protocol.dataReceived(stream[sent:end])
+        sent = end
+        assert not transport.disconnecting
+    protocol.dataReceived(stream[sent:])
+    assert node.backlog.messages("app-1") == [cooked("app", f"steady line {i}") for i in range(len(frames))]
+    assert node.metrics.get("logplex_syslog_timeouts_total", reason="frame") == 0
+
+
+def test_a_frame_that_stalls_after_completed_frames_is_cut_one_timeout_after_it_began():
+    node, clock = timed_node()
+    protocol, transport = node.connect()
+    first, second = octet_frame(message(WEB_TOKEN, "one")), octet_frame(message(WEB_TOKEN, "two"))
+    protocol.dataReceived(first[:10])
+    clock.advance(FRAME_TIMEOUT - 1)
+    protocol.dataReceived(first[10:] + second[:10])  # "one" completes; "two" begins now
+    clock.advance(FRAME_TIMEOUT - 1)
+    assert not transport.disconnecting
+    protocol.dataReceived(second[10:12])  # "two" trickles on: no completed frame, no new deadline
+    clock.advance(1)
+    assert transport.disconnecting
+    assert node.metrics.get("logplex_syslog_timeouts_total", reason="frame") == 1
+    assert node.backlog.messages("app-1") == [cooked("app", "one")]
+
+
+def test_a_read_that_ends_on_a_boundary_clears_the_frame_deadline():
+    node, clock = timed_node()
+    protocol, transport = node.connect()
+    frame = octet_frame(message(WEB_TOKEN, "one"))
+    protocol.dataReceived(frame[:10])
+    protocol.dataReceived(frame[10:])
+    clock.advance(FRAME_TIMEOUT * 10)
+    assert not transport.disconnecting
+    assert clock.getDelayedCalls() == []

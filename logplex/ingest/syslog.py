@@ -50,18 +50,27 @@ class SyslogProtocol(Protocol):
         self._close()
         self.transport.abortConnection()
 
-    def _watch_time(self) -> None:
+    def _watch_time(self, completed: bool) -> None:
+        """Push the idle deadline back; give the frame now pending its own deadline.
+
+        The frame deadline belongs to one frame: when this read completed a
+        frame, whatever is pending now is a newer frame and starts a fresh
+        deadline. A steady sender whose reads seldom end on a frame boundary
+        is never cut off while its frames keep completing.
+        """
         factory = self.factory
         if self._idle is not None:
             self._idle.reset(factory.idle_timeout)
-        if factory.frame_timeout:
-            if self.framer.pending:
-                if self._frame_deadline is None:
-                    self._frame_deadline = factory.clock.callLater(
-                        factory.frame_timeout, self._timed_out, "frame")
-            elif self._frame_deadline is not None:
+        if not factory.frame_timeout:
+            return
+        if not self.framer.pending:
+            if self._frame_deadline is not None:
                 self._frame_deadline.cancel()
                 self._frame_deadline = None
+        elif self._frame_deadline is None:
+            self._frame_deadline = factory.clock.callLater(factory.frame_timeout, self._timed_out, "frame")
+        elif completed:
+            self._frame_deadline.reset(factory.frame_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -79,7 +88,7 @@ class SyslogProtocol(Protocol):
             if messages:
                 self._route(messages)
             return
-        self._watch_time()
+        self._watch_time(bool(messages))
         if messages:
             self._route(messages)
 

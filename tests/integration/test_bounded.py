@@ -51,6 +51,7 @@ from array import array
 
 import pytest
 
+from tests.integration.cluster import backlog, wait_until
 from tests.integration.conftest import start_node, stop_node
 from tests.integration.procs import REPO_ROOT, RedisServer
 
@@ -707,5 +708,33 @@ def test_a_started_frame_is_cut_frame_timeout_after_its_first_byte(tmp_path_fact
                     closed_after = time.monotonic() - began
         print(f"\n[bounded] frame started at 0 s was cut after {closed_after} s (--frame-timeout {timeout})")
         assert closed_after is not None and closed_after <= timeout + 1.0, closed_after
+    finally:
+        stop_node(node)
+
+
+def test_a_steady_sender_whose_reads_end_mid_frame_is_never_cut(tmp_path_factory, bounded_redis):
+    """The frame deadline belongs to one frame: a sender whose writes always end
+    inside a frame, for several times --frame-timeout, loses nothing."""
+    timeout = 1.0
+    node = new_node(tmp_path_factory, bounded_redis, "--frame-timeout", str(timeout))
+    try:
+        channel, tokens = node.channel("app")
+        texts = [f"steady {i}" for i in range(60)]
+        stream = b"".join(syslog_frame(tokens["app"], t) for t in texts)
+        step = len(stream) // len(texts)
+        with socket.create_connection(("127.0.0.1", node.syslog_port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            began = time.monotonic()
+            # Writes of 1.5 frames, 0.1 s apart for 4 s: every read
+            # ends mid-frame, and some frame is always pending.
+            for start in range(0, len(stream), step * 3 // 2):
+                sock.sendall(stream[start:start + step * 3 // 2])
+                time.sleep(0.1)  # the sender's pace, not a wait for the node
+            took = time.monotonic() - began
+        assert took > 3 * timeout, took
+        lines = wait_until(lambda: backlog(node, channel), lambda got: len(got) >= len(texts), 10,
+                           "every steady line in the backlog")
+        assert [line.rstrip().rsplit(b" ", 1)[-1] for line in lines] == [t.split()[-1].encode() for t in texts]
+        assert metrics(node).get('logplex_syslog_timeouts_total{reason="frame"}', 0) == 0
     finally:
         stop_node(node)
