@@ -2,7 +2,7 @@
 
     /work/venv/bin/python bench/hostile.py                     # 10 s quiet, 30 s hostile, 10 s after
     /work/venv/bin/python bench/hostile.py --hostile 60 --json out.json
-    /work/venv/bin/python bench/hostile.py --only bomb,trickle  # some attacks, not all
+    /work/venv/bin/python bench/hostile.py --only drains,gunzip  # some attacks, not all
 
 One redis-server and one node (started as bench/drains.py starts them, with
 --allow-private-drains so that the hostile endpoints can live on loopback). A
