@@ -19,3 +19,17 @@ def redis_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line at the end naming what was skipped for lack of a tool (README: 'Running the tests')."""
+    from tests.tools import missing_tools
+
+    reasons = []
+    for report in terminalreporter.stats.get("skipped", []):
+        if isinstance(report.longrepr, tuple):
+            reasons.append(str(report.longrepr[2]))
+    missing = missing_tools(reasons)
+    if missing:
+        listed = "; ".join(f"{what}: {n} test{'s' if n > 1 else ''}" for what, n in sorted(missing.items()))
+        terminalreporter.write_line(f"skipped for lack of a tool: {listed}")

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.integration.procs import REPO_ROOT
+from tests.tools import skip_missing
 
 HEADLESS_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = os.path.join(REPO_ROOT, "tests", "artifacts")
@@ -42,10 +43,9 @@ def chromium_paths() -> tuple[str, str]:
     except ImportError:
         missing.append("selenium (pip)")
     if missing:
-        reason = "browser tests need " + ", ".join(missing) + " (apt-get install chromium chromium-driver)"
         if os.environ.get("LOGPLEX_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+            pytest.fail("browser tests need " + ", ".join(missing))
+        skip_missing(", ".join(missing), "apt-get install chromium chromium-driver")
     return browser, driver
 
 

@@ -53,6 +53,7 @@ from tests.integration.senders import (
     run_loggen,
     send_logger,
 )
+from tests.tools import skip_missing
 
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 # Where "localhost" leads: the TLS listeners bind there, so that senders that
@@ -68,7 +69,7 @@ def need(available: object, what: str) -> None:
     if IN_CI:
         pytest.fail(f"{what} (CI=true: .ci/run install_sender_tools should have provided it)",
                     pytrace=False)
-    pytest.skip(f"{what}; .ci/run's install_sender_tools provides it (with CI=true this fails)")
+    skip_missing(what, "apt-get install rsyslog rsyslog-gnutls util-linux openssl; syslog-ng as .ci/run unpacks it")
 
 
 def need_logger() -> None:
