@@ -195,9 +195,26 @@ def test_a_refused_batch_is_dropped_and_counted_and_delivery_goes_on():
     endpoint.answer = Outcome.ok()
     worker.push([msg(2)])
     clock.advance(0.25)
-    assert endpoint.delivered() == [msg(2)]
+    l10, *rest = endpoint.delivered()
+    assert rest == [msg(2)]
+    # The receiver hears of the refused line in the next batch it takes, as from logplex.
+    assert b"Error L10 (output buffer overflow): 1 messages dropped since " in l10
     state = worker.state()
     assert state["dropped"] == 1 and state["last_error"] == "HTTP 400 from the drain endpoint"
+
+
+def test_a_refused_batch_that_carried_an_l10_owes_both_counts():
+    worker, endpoint, _, clock, _ = make()
+    worker.queue.count_lost(5, "spool full")
+    endpoint.answer = Outcome.rejected("HTTP 413 from the drain endpoint")
+    worker.push([msg(1), msg(2)])
+    clock.advance(0.25)
+    endpoint.answer = Outcome.ok()
+    worker.push([msg(3)])
+    clock.advance(0.25)
+    l10, *rest = endpoint.delivered()
+    assert rest == [msg(3)]
+    assert b": 7 messages dropped since " in l10
 
 
 def test_certificate_failures_are_told_to_the_channel_at_most_once_a_minute():

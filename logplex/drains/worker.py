@@ -368,10 +368,10 @@ class DrainWorker:
             self._retry_in(self.backoff.next_delay(outcome.retry_after))
             return
         self.inflight = None
-        self.dropped += n
-        self.metrics.inc("logplex_drain_dropped_total", n, reason="rejected", **self._labels)
-        # The endpoint refused the batch with its L10: say it again next time.
+        # The endpoint refused the batch, and its L10 with it: the next
+        # delivered batch tells both (logplex does the same).
         self.queue.owe(batch.lost, batch.lost_since)
+        self.queue.count_lost(n, "rejected")
         if batch.from_spool:
             self._op(self.spool.ack, batch.frame_id)
             self._spooled_out(n)

@@ -378,13 +378,17 @@ class DrainTests(NodeCase):
         await sink.wait_for_attempts(k + 1, timeout=5)
         fourth = texts("d", 5)
         await self.send(sender, fourth)
-        await sink.wait_for(15, timeout=5)
+        await sink.wait_for(16, timeout=5)
         bad = sink.requests[k]
         self.assertEqual(bad.status, 400)
         self.assertEqual(bad.frames, [http_frame(t) for t in third])
         # Refused, so not retried: that frame id never comes again.
         self.assertEqual([r.frame_id for r in sink.requests].count(bad.frame_id), 1)
-        self.assertEqual(sink.messages(), [http_frame(t) for t in first + second + fourth])
+        # The next delivered batch opens with logplex's L10 for the refused lines.
+        *delivered, l10 = sink.messages()[:11]
+        self.assertEqual(delivered, [http_frame(t) for t in first + second])
+        self.assertIn(b" heroku logplex - Error L10 (output buffer overflow): 5 messages dropped since ", l10)
+        self.assertEqual(sink.messages()[11:], [http_frame(t) for t in fourth])
         state = await self.wait_state(channel_id, drain_id, lambda s: s["delivered"] == 15,
                                       "delivered reaches 15")
         self.assertEqual(state["dropped"], 5)
