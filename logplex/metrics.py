@@ -47,6 +47,7 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_logins_throttled_total": ("counter",
                                        "Logins refused with 429 before any password hashing, per listener and "
                                        "reason (address, concurrent, credential)."),
+    "logplex_api_cross_origin_refused_total": ("counter", "API writes refused with 403: sent from another origin."),
 }
 
 

@@ -1,4 +1,4 @@
-"""Password guessing against a real node: concurrency, listeners and credentials.
+"""Password guessing against a real node: concurrency, listeners, credentials and cross-site forms.
 
 Loopback has a whole /8 on Linux, so a test can speak from 127.0.0.2,
 127.0.0.3, ... to play another client address.
@@ -207,3 +207,31 @@ def test_a_credential_guessed_from_many_addresses_is_throttled_but_its_known_sec
     # and other credentials are not affected.
     assert timed(node.api_port, "GET", "/v3/nodes", credential, new_address())[0] == 200
     assert timed(node.api_port, "GET", "/v3/nodes", ADMIN, new_address())[0] == 200
+
+
+# -- 3. cross-site requests --------------------------------------------------------------------
+
+
+def test_a_cross_site_form_post_cannot_create_a_drain(node):
+    channel, _ = node.channel("app")
+    form = b'{"url": "https://attacker.example/drain", "x": "="}'
+    for origin in ("https://attacker.example", "null", f"http://127.0.0.1:{node.api_port + 1}"):
+        answer = node.api("POST", f"/v3/channels/{channel}/drains", form,
+                          headers={"Content-Type": "text/plain", "Origin": origin})
+        assert answer.status == 403, (origin, answer)
+        assert "origin" in answer.json()["error"].lower()
+    assert node.api("GET", f"/v3/channels/{channel}").json().get("drains", []) == []
+    assert metric(node, "logplex_api_cross_origin_refused_total") >= 3
+
+
+def test_writes_without_an_origin_or_from_the_api_itself_still_work(node):
+    channel = "ch-" + uuid.uuid4().hex
+    # curl -d: no Origin, a form content type.
+    made = node.api("PUT", f"/v3/channels/{channel}", b'{"tokens": ["app"]}',
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert made.status == 201, made
+    same = node.api("POST", f"/v3/channels/{channel}/tokens", b'{"name": "web"}',
+                    headers={"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{node.api_port}"})
+    assert same.status == 201, same
+    # Reads carry no risk and keep working from anywhere (the tail page reads with GET).
+    assert node.api("GET", f"/v3/channels/{channel}", headers={"Origin": "https://elsewhere.example"}).status == 200
