@@ -66,6 +66,7 @@ def _dummy_hash() -> str:
     real one, so the time of a 401 does not tell which ids exist. Random
     bytes in place of a digest: nothing needs to be hashed to make it.
     """
+    # secrets.hash_secret's own default cost, so the two take the same time.
     salt, digest = (base64.urlsafe_b64encode(os.urandom(n)).decode().rstrip("=") for n in (16, 32))
     return f"scrypt${secrets._N}${secrets._R}${secrets._P}${salt}${digest}"
 
