@@ -43,6 +43,11 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_senders_held_seconds_total": ("counter", "Seconds senders were held back (pushback)."),
     "logplex_redis_command_seconds": ("summary", "Round trips to Redis (backlog flushes, config reads and writes)."),
     "logplex_sender_losses_total": ("counter", "Losses HTTP senders reported (Logplex-Drop-Count, Logplex-Lost-Count)."),
+    "logplex_logins_failed_total": ("counter", "Logins refused with 401 (wrong credential id or secret), per listener."),
+    "logplex_logins_throttled_total": ("counter",
+                                       "Logins refused with 429 before any password hashing, per listener and "
+                                       "reason (address, concurrent, credential)."),
+    "logplex_api_cross_origin_refused_total": ("counter", "API writes refused with 403: sent from another origin."),
 }
 
 

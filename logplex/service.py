@@ -112,7 +112,9 @@ class LogplexNode(MultiService):
         self.router.drains = self.drains.publish
         self.router.hold = self.drains.hold
         self.auth = Authenticator(self.store.cache, self.reactor)
-        self.throttle = LoginThrottle(self.reactor, limit=s.login_failures)
+        # One throttle per listener: guesses at the log input do not lock
+        # operators out of the API, nor the other way round.
+        self.throttle = LoginThrottle(self.reactor, limit=s.login_failures, metrics=self.metrics, listener="api")
         self.api = ManagementApi(
             self.store, self.backlogs, self.tails, self.auth, self.metrics,
             api_url=s.api_url or "", history=s.history,
@@ -143,7 +145,8 @@ class LogplexNode(MultiService):
         # Drains start (and resume their spools) before any input is accepted.
         self.drains.start()
         logs = LogInput(self.store, self.router, self.auth, self.metrics, s.max_body, s.max_frame,
-                        throttle=self.throttle)
+                        throttle=LoginThrottle(self.reactor, limit=s.login_failures, metrics=self.metrics,
+                                               listener="logs"))
         await self._listen("logs", s.logs, self._site(logs.resource()))
         factories = []
         # One factory per listener: --max-connections holds for each.

@@ -132,7 +132,8 @@ class Options(usage.Options):
         ["http-idle-timeout", None, DEFAULTS.http_idle_timeout, "Seconds an idle HTTP keep-alive connection is kept.",
          _positive_float("http-idle-timeout")],
         ["login-failures", None, DEFAULTS.login_failures,
-         "Failed logins per client address and minute before it is refused (429).",
+         "Failed logins per client address (IPv6: its /64), listener and minute before it is refused "
+         "(429); a credential id is refused new secrets after ten times as many from any addresses.",
          _positive_int("login-failures")],
         ["flush-interval", None, DEFAULTS.flush_interval, "Seconds between backlog write batches.",
          _positive_float("flush-interval")],

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from urllib.parse import urlsplit
 
+import attrs
 from twisted.logger import Logger
 
 from logplex import syslog
@@ -19,6 +21,8 @@ from logplex.web import STREAMING, Dispatcher, HttpError, Reply, error_reply, re
 log = Logger()
 
 NO_TAIL_WARNING = b"Tailing is switched off for this channel."
+# Requests that change nothing: a page of any origin may send them.
+SAFE_METHODS = {b"GET", b"HEAD", b"OPTIONS"}
 
 
 def v2_channel_id(channel_id: str):
@@ -108,6 +112,9 @@ class ManagementApi:
             route("DELETE", r"/v3/credentials/([A-Za-z0-9._@-]+)", g(self.delete_credential)),
             *extra_routes,
         ]
+        # Every write, whatever it does, is refused to other origins' pages.
+        routes = [r if r.method in SAFE_METHODS else attrs.evolve(r, handler=self._same_origin(r.handler))
+                  for r in routes]
         return Dispatcher(routes, self._config_error)
 
     # -- plumbing -------------------------------------------------------------------
@@ -116,6 +123,38 @@ class ManagementApi:
         if isinstance(e, ConfigError):
             return error_reply(e.status, e.message)
         return None
+
+    def _same_origin(self, handler):
+        """Wrap a write: refused (403) when a browser says another origin's page sent it.
+
+        A browser attaches cached Basic credentials to a form post from any
+        site, and a text/plain body is read as JSON: without this, any page
+        an operator visits could create drains. Browsers send Origin on such
+        requests; curl and other programs send none and are not affected.
+        Checked before the login, so such a request costs no KDF and no
+        failure on the operator's address.
+        """
+
+        async def checked(request, *args):
+            origin = request.getHeader(b"origin")
+            if origin is not None and not self._own_origin(request, origin):
+                self.metrics.inc("logplex_api_cross_origin_refused_total")
+                shown = origin.decode("latin-1")[:100]
+                raise HttpError(403, f"This API does not accept writes from a web page of another origin "
+                                     f"({shown}); send the request from {self.api_url} itself, or from a "
+                                     f"program that sends no Origin header (such as curl).")
+            return await handler(request, *args)
+
+        return checked
+
+    def _own_origin(self, request, origin: bytes) -> bool:
+        """Whether origin is the one this request came to, or the --api-url's."""
+        seen = _origin(origin.decode("latin-1"))
+        if seen is None:
+            return False  # "null" (a sandboxed page, a file) or garbage
+        scheme = "https" if request.isSecure() else "http"
+        host = (request.getHeader(b"host") or b"").decode("latin-1")
+        return seen in (_origin(f"{scheme}://{host}"), _origin(self.api_url))
 
     def _guard(self, handler):
         """Wrap a handler: node booted, caller holds a full_api credential."""
@@ -441,6 +480,18 @@ class ManagementApi:
                 out.append(syslog.output_message(fields))
         return Reply(200, encode_logplex1(out), {b"logplex-msg-count": str(len(out)).encode()},
                      content_type=b"application/logplex-1")
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin or URL, default ports filled in; None if it has none."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
 def describe_credential(cred) -> dict:

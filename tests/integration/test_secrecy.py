@@ -42,9 +42,10 @@ from tests.integration.conftest import (
     basic, http_request, logplex1, octet, start_node, stop_node, syslog_message, unique, wait_for,
 )
 
-# Failed logins a minute per address; two come before the run of wrong passwords.
+# Failed logins a minute per address and listener; two (one per listener) come
+# before the run of wrong passwords, of which the API listener counts six.
 LOGIN_FAILURES = 7
-EARLIER_FAILURES = 2
+WRONG_PASSWORDS = 9
 
 
 # -- receivers ---------------------------------------------------------------------------------------
@@ -332,7 +333,7 @@ def _run(node, s: Seen, http_sink, syslog_sink, readers) -> None:
     _fail(s, "token as a drain URL", node.api("POST", f"/v3/channels/{channel}/drains", {"url": web}), 422)
     _fail(s, "no such credential", node.api("DELETE", f"/v3/credentials/{uuid.uuid4().hex}"), 404)
     # Wrong passwords (one of them a real secret of another credential) until the throttle answers.
-    for n in range(LOGIN_FAILURES - EARLIER_FAILURES):
+    for n in range(WRONG_PASSWORDS):
         wrong = f"wrong-{n}-{uuid.uuid4().hex}"
         s.secrets[f"wrong password {n}"] = wrong
         target = [("api", lambda w=wrong: node.api("GET", "/v3/nodes", auth=(operator[0], w))),
@@ -473,6 +474,6 @@ def test_the_config_redis_holds_credentials_as_slow_hashes_only(seen):
 
 def test_failed_logins_were_throttled_per_address(seen):
     statuses = [status for what, status, _ in seen.errors if what.startswith("wrong password")]
-    assert statuses == [401] * (LOGIN_FAILURES - EARLIER_FAILURES)
+    assert statuses == [401] * WRONG_PASSWORDS
     ((_, status, body),) = [e for e in seen.errors if e[0] == "throttled"]
     assert status == 429 and b"Too many failed logins" in body
