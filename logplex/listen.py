@@ -46,9 +46,15 @@ def with_backlog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
     return description
 
 
+def normalised(description: str) -> str:
+    """The description with its type in lower case: Twisted finds "TCP6:" (a plugin) but not "TCP:" or "SSL:"."""
+    kind, fields = description_fields(description)
+    return ":".join([kind, *fields])
+
+
 def server_endpoint(reactor, description: str) -> IStreamServerEndpoint:
     """The endpoint a listener description names, with the node's accept queue and TLS policy."""
-    endpoint = serverFromString(reactor, with_backlog(description))
+    endpoint = serverFromString(reactor, with_backlog(normalised(description)))
     if isinstance(endpoint, SSL4ServerEndpoint):
         # Twisted parsed the key, certificate, chain and DH parameters into
         # CertificateOptions; the same material is served under our policy.

@@ -19,7 +19,7 @@ from logplex.drains.resolver import PublicOnlyReactor
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.ingest.http import LogInput
 from logplex.ingest.syslog import SyslogFactory
-from logplex.listen import server_endpoint
+from logplex.listen import description_fields, server_endpoint
 from logplex.metrics import Metrics
 from logplex.redis.cluster import ClusterTails, NodeRegistry
 from logplex.redis.config import ConfigStore
@@ -257,7 +257,7 @@ def _default_api_url(description: str, port) -> str:
         # Bound to every interface: the host name is the best guess at a
         # public address; --api-url says it exactly.
         interface = socket.gethostname()
-    scheme = "https" if description.startswith(("ssl:", "tls:")) else "http"
+    scheme = "https" if description_fields(description)[0] in ("ssl", "tls") else "http"
     if ":" in interface:
         interface = f"[{interface}]"
     return f"{scheme}://{interface}:{host.port}"
