@@ -1,19 +1,64 @@
-"""Listening sockets: a deeper accept queue than Twisted's default of 50.
+"""Listening sockets: how a listener's endpoint description becomes the endpoint the node listens on.
 
-When a node restarts, every sender of a busy cluster reconnects within a
-second or two; with a queue of 50 the rest of their SYNs are dropped and
-retried seconds later. An explicit `backlog=` in an endpoint description
-wins; the kernel caps the figure at net.core.somaxconn.
+Every listener (API, /logs, syslog, the admin shell; in one process or
+under --workers) goes through `server_endpoint`, so each gets:
+
+- a deeper accept queue than Twisted's default of 50. When a node
+  restarts, every sender of a busy cluster reconnects within a second or
+  two; with a queue of 50 the rest of their SYNs are dropped and retried
+  seconds later. An explicit `backlog=` in a description wins; the kernel
+  caps the figure at net.core.somaxconn.
+- for `ssl:`, the node's TLS policy (logplex.tls): TLS 1.2+, forward-secret
+  AEAD suites, ALPN that reaches the real factory.
 """
 
 from __future__ import annotations
 
+import re
+
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
+
+from logplex.tls import ServerTLS
+
 LISTEN_BACKLOG = 1024
-_TYPES_WITH_BACKLOG = ("tcp:", "tcp6:", "ssl:", "unix:")
+_TYPES_WITH_BACKLOG = ("tcp", "tcp6", "ssl", "unix")
+# Fields are separated by colons; a backslash escapes one (as in "\:\:1").
+_FIELD_SEPARATOR = re.compile(r"(?<!\\):")
+
+
+def description_fields(description: str) -> tuple[str, list[str]]:
+    """(endpoint type in lower case, the other fields as written) of an endpoint description."""
+    fields = _FIELD_SEPARATOR.split(description)
+    return fields[0].lower(), fields[1:]
+
+
+def has_argument(description: str, name: str) -> bool:
+    """Whether the description gives the keyword argument name= (keywords are case-sensitive in Twisted)."""
+    return any(field.startswith(name + "=") for field in description_fields(description)[1])
 
 
 def with_backlog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
     """The endpoint description with backlog= added where the type takes one and none is given."""
-    if description.startswith(_TYPES_WITH_BACKLOG) and "backlog=" not in description:
+    kind, _ = description_fields(description)
+    if kind in _TYPES_WITH_BACKLOG and not has_argument(description, "backlog"):
         return f"{description}:backlog={backlog}"
     return description
+
+
+def normalised(description: str) -> str:
+    """The description with its type in lower case: Twisted finds "TCP6:" (a plugin) but not "TCP:" or "SSL:"."""
+    kind, fields = description_fields(description)
+    return ":".join([kind, *fields])
+
+
+def server_endpoint(reactor, description: str) -> IStreamServerEndpoint:
+    """The endpoint a listener description names, with the node's accept queue and TLS policy."""
+    endpoint = serverFromString(reactor, with_backlog(normalised(description)))
+    if isinstance(endpoint, SSL4ServerEndpoint):
+        # Twisted parsed the key, certificate, chain and DH parameters into
+        # CertificateOptions; the same material is served under our policy.
+        # (SSL4ServerEndpoint keeps them in _sslContextFactory, its only
+        # store for them; tests/test_listen.py notices if that changes.)
+        endpoint._sslContextFactory = ServerTLS(endpoint._sslContextFactory)
+    return endpoint

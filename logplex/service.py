@@ -6,7 +6,6 @@ import socket
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from logplex import __version__
@@ -20,7 +19,7 @@ from logplex.drains.resolver import PublicOnlyReactor
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.ingest.http import LogInput
 from logplex.ingest.syslog import SyslogFactory
-from logplex.listen import with_backlog
+from logplex.listen import description_fields, server_endpoint
 from logplex.metrics import Metrics
 from logplex.redis.cluster import ClusterTails, NodeRegistry
 from logplex.redis.config import ConfigStore
@@ -173,7 +172,11 @@ class LogplexNode(MultiService):
             resource, max_body=s.max_body, header_timeout=s.http_header_timeout,
             request_timeout=s.http_request_timeout, idle_timeout=s.http_idle_timeout,
             max_header_bytes=s.max_header_bytes, metrics=self.metrics, reactor=self.reactor)
-        return ConnectionCap(site, s.max_connections, self.metrics)
+        # ALPN offers http/1.1 only, even where Twisted could speak h2 (the h2
+        # package installed): the header size, header and request deadlines
+        # are enforced by the HTTP/1.1 channel, and an h2 connection would
+        # carry requests past them.
+        return ConnectionCap(site, s.max_connections, self.metrics, negotiable=(b"http/1.1",))
 
     def shard_pool(self, url: str):
         """The connection pool of a shard URL ("config" is the config Redis's)."""
@@ -205,7 +208,7 @@ class LogplexNode(MultiService):
         if fd is not None:
             port = adopt(self.reactor, description, fd, factory)
         else:
-            port = await serverFromString(self.reactor, with_backlog(description)).listen(factory)
+            port = await server_endpoint(self.reactor, description).listen(factory)
         self.ports.setdefault(kind, []).append(port)
         return port
 
@@ -257,7 +260,7 @@ def _default_api_url(description: str, port) -> str:
         # Bound to every interface: the host name is the best guess at a
         # public address; --api-url says it exactly.
         interface = socket.gethostname()
-    scheme = "https" if description.startswith(("ssl:", "tls:")) else "http"
+    scheme = "https" if description_fields(description)[0] in ("ssl", "tls") else "http"
     if ":" in interface:
         interface = f"[{interface}]"
     return f"{scheme}://{interface}:{host.port}"

@@ -47,6 +47,26 @@ def _non_negative_float(name):
     return _checked(name, float, "a number", lambda n: 0 <= n < float("inf"), "zero or more")
 
 
+def _check_manhole(description: str) -> None:
+    """A UsageError unless --manhole names a tcp:, tcp6: or unix: endpoint that parses."""
+    from twisted.internet.endpoints import serverFromString
+
+    from logplex.admin.manhole import MANHOLE_TYPES, loopback_only
+    from logplex.listen import description_fields, normalised
+
+    kind, _ = description_fields(description)
+    if kind not in MANHOLE_TYPES:
+        raise usage.UsageError(
+            f"--manhole takes a tcp:, tcp6: or unix: endpoint (e.g. tcp:2222), not {kind}:.")
+    try:
+        # Parsed only, not listened on: a reactor is not needed yet.
+        serverFromString(None, normalised(loopback_only(description)))
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError(
+            f"--manhole {description!r} is not an endpoint description ({e}). Write e.g. tcp:2222 or "
+            "tcp6:2222:interface=\\:\\:1 (a colon inside a value is escaped with a backslash).") from None
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -138,8 +158,8 @@ class Options(usage.Options):
         ["flush-interval", None, DEFAULTS.flush_interval, "Seconds between backlog write batches.",
          _positive_float("flush-interval")],
         ["manhole", None, None,
-         "Admin shell (SSH, keys only) endpoint, e.g. tcp:2222; a tcp: port without interface= "
-         "binds to loopback. Off unless given."],
+         "Admin shell (SSH, keys only) endpoint, e.g. tcp:2222; a tcp: or tcp6: port without interface= "
+         "binds to loopback (127.0.0.1, ::1). Off unless given."],
         ["manhole-keys", None, None, "authorized_keys file of the keys allowed into the admin shell."],
         ["heartbeat", None, DEFAULTS.heartbeat,
          "Seconds between this node's heartbeats; a node silent for 3 of them is gone from /v3/nodes.",
@@ -190,6 +210,8 @@ class Options(usage.Options):
             user, sep, password = self["auth"].partition(":")
             if not sep or not user or not password:
                 raise usage.UsageError("--auth must be USER:PASSWORD, both non-empty.")
+        if self["manhole"]:
+            _check_manhole(self["manhole"])
         if self["manhole"] and not self["manhole-keys"]:
             raise usage.UsageError("--manhole needs --manhole-keys FILE (authorized_keys format).")
         if self["manhole-keys"] and not os.path.isfile(self["manhole-keys"]):

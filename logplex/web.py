@@ -10,10 +10,12 @@ from urllib.parse import unquote
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import http, server
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
 log = Logger()
 
@@ -124,13 +126,30 @@ class LogplexSite(server.Site):
         pass
 
 
+@implementer(IProtocolNegotiationFactory)
 class ConnectionCap(WrappingFactory):
-    """At most `limit` connections open on a listener; the next are refused and counted."""
+    """At most `limit` connections open on a listener; the next are refused and counted.
 
-    def __init__(self, wrapped, limit: int | None, metrics) -> None:
+    Under TLS, ALPN sees this wrapper, not the factory it wraps: it answers
+    for the wrapped factory, limited to `negotiable` when given. (The wrapped
+    protocol reads the negotiated protocol through ProtocolWrapper, which
+    forwards what it lacks to the TLS transport.)
+    """
+
+    def __init__(self, wrapped, limit: int | None, metrics, *,
+                 negotiable: tuple[bytes, ...] | None = None) -> None:
         super().__init__(wrapped)
         self.limit = limit
         self.metrics = metrics
+        # (self.protocols is WrappingFactory's: the open connections.)
+        self.negotiable = None if negotiable is None else tuple(negotiable)
+
+    def acceptableProtocols(self) -> list[bytes]:
+        negotiating = IProtocolNegotiationFactory(self.wrappedFactory, None)
+        spoken = list(negotiating.acceptableProtocols()) if negotiating is not None else []
+        if self.negotiable is None:
+            return spoken
+        return [p for p in spoken if p in self.negotiable]
 
     def buildProtocol(self, addr):
         if self.limit is not None and len(self.protocols) >= self.limit:

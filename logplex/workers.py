@@ -19,12 +19,11 @@ import sys
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from logplex.config import Settings
-from logplex.listen import LISTEN_BACKLOG, with_backlog
+from logplex.listen import LISTEN_BACKLOG, server_endpoint
 from logplex.redis.embedded import EmbeddedRedis
 
 log = Logger()
@@ -59,7 +58,7 @@ def reuseport_sockets(reactor, description: str, count: int) -> list[socket.sock
     The address comes from the endpoint Twisted parses from the description
     (TCP or TLS over TCP); a port of 0 becomes the port the first one got.
     """
-    endpoint = serverFromString(reactor, with_backlog(description))
+    endpoint = server_endpoint(reactor, description)
     port = getattr(endpoint, "_port", None)
     if port is None:
         raise ValueError(f"--workers needs TCP (or TLS) listeners; {description!r} is neither.")
@@ -82,12 +81,13 @@ def reuseport_sockets(reactor, description: str, count: int) -> list[socket.sock
 def adopt(reactor, description: str, fd: int, factory):
     """Serve an inherited listening socket as the endpoint description would.
 
-    TLS endpoints are recreated from the description for their context; the
-    socket itself comes from the master.
+    TLS endpoints are recreated from the description for their context (under
+    the node's TLS policy, as in one process); the socket itself comes from
+    the master.
     """
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    endpoint = serverFromString(reactor, description)
+    endpoint = server_endpoint(reactor, description)
     context = getattr(endpoint, "_sslContextFactory", None)
     if context is not None:
         factory = TLSMemoryBIOFactory(context, False, factory)

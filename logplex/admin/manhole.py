@@ -15,18 +15,32 @@ from twisted.conch.insults import insults
 from twisted.conch.ssh import keys
 from twisted.cred import portal
 from twisted.internet import defer
+from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from logplex.listen import description_fields, has_argument
 from logplex.model import ANY_CHANNEL, CHANNEL_FLAGS, FULL_API, PERMISSIONS
 
 
+# Where a TCP endpoint takes its interface as a positional field (after the
+# port): tcp:PORT:INTERFACE, tcp6:PORT:BACKLOG:INTERFACE.
+_INTERFACE_POSITION = {"tcp": 1, "tcp6": 2}
+LOOPBACK = {"tcp": "127.0.0.1", "tcp6": "::1"}
+MANHOLE_TYPES = ("tcp", "tcp6", "unix")
+
+
 def loopback_only(description: str) -> str:
-    """A tcp: endpoint without an interface binds to loopback, not to every address."""
-    if description.startswith(("tcp:", "tcp6:")) and "interface=" not in description:
-        return description + ":interface=" + ("::1" if description.startswith("tcp6:") else "127.0.0.1")
-    return description
+    """A tcp: or tcp6: endpoint (in any case) that names no interface binds to loopback, not to every address."""
+    kind, fields = description_fields(description)
+    if kind not in LOOPBACK:
+        return description
+    positional = [f for f in fields if "=" not in f]
+    if has_argument(description, "interface") or len(positional) > _INTERFACE_POSITION[kind]:
+        return description
+    # Quoted: "::1" unescaped would be three more fields, not one address.
+    return ":".join([kind, *fields, "interface=" + quoteStringArgument(LOOPBACK[kind])])
 
 
 @implementer(IAuthorizedKeysDB)

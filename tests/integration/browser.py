@@ -49,7 +49,7 @@ def chromium_paths() -> tuple[str, str]:
     return browser, driver
 
 
-def start_chromium(width: int = 1280, height: int = 860):
+def start_chromium(width: int = 1280, height: int = 860, extra_flags: tuple[str, ...] = ()):
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -63,6 +63,8 @@ def start_chromium(width: int = 1280, height: int = 860):
     options.add_argument("--lang=en-US")
     # /dev/shm is small in containers; Chromium then writes to /tmp instead.
     options.add_argument("--disable-dev-shm-usage")
+    for flag in extra_flags:
+        options.add_argument(flag)
     os.makedirs(ARTIFACTS, exist_ok=True)
     service = Service(executable_path=driver, log_output=os.path.join(ARTIFACTS, "chromedriver.log"))
     return webdriver.Chrome(service=service, options=options)

@@ -100,3 +100,53 @@ def test_the_shell_listens_on_loopback_only_and_keeps_its_host_key(shell):
     assert not any(addr.endswith(f":{port:04X}") and addr != f"0100007F:{port:04X}" for addr in listening)
     host_key = os.path.join(node.proc.data_dir, "manhole_host_key")
     assert oct(os.stat(host_key).st_mode & 0o777) == "0o600"
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses (as the kernel writes them) of every TCP and TCP6 socket listening on port."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            address, _, hex_port = fields[1].rpartition(":")
+            if fields[3] == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+LOOPBACK4 = "0100007F"
+LOOPBACK6 = "00000000000000000000000001000000"
+
+
+@pytest.mark.parametrize("kind, loopback", [("tcp6", LOOPBACK6), ("TCP6", LOOPBACK6), ("TCP", LOOPBACK4)])
+def test_every_spelling_of_a_tcp_manhole_binds_loopback_only(tmp_path_factory, redis, kind, loopback):
+    """tcp6:PORT used to stop the node at start, TCP6:PORT bound every interface."""
+    keys = tmp_path_factory.mktemp("keys6")
+    key = make_key(str(keys / "admin"))
+    authorized = keys / "authorized_keys"
+    authorized.write_bytes(open(key + ".pub", "rb").read())
+    port = free_port()
+    node = start_node(tmp_path_factory, redis, "--manhole", f"{kind}:{port}", "--manhole-keys", str(authorized))
+    try:
+        assert listening_addresses(port) == {loopback}
+        host = "::1" if loopback == LOOPBACK6 else "127.0.0.1"
+        answer = subprocess.run(
+            ["ssh", "-i", key, "-p", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"admin@{host}", "switches()"],
+            capture_output=True, timeout=30)
+        assert answer.returncode == 0 and b"deny_logs_ingress" in answer.stdout, answer.stderr
+    finally:
+        stop_node(node)
+
+
+def test_a_named_interface_is_kept(tmp_path_factory, redis):
+    keys = tmp_path_factory.mktemp("keysany")
+    authorized = keys / "authorized_keys"
+    authorized.write_bytes(open(make_key(str(keys / "admin")) + ".pub", "rb").read())
+    port = free_port()
+    node = start_node(tmp_path_factory, redis, "--manhole", f"tcp6:{port}:interface=\\:\\:",
+                      "--manhole-keys", str(authorized))
+    try:
+        assert listening_addresses(port) == {"00000000000000000000000000000000"}
+    finally:
+        stop_node(node)

@@ -3,6 +3,8 @@
 The browser signs in with a credential, picks a channel, reads the backlog,
 sees lines sent over TCP syslog arrive live, filters, pauses and resumes; a
 page that stops reading is told by the node how many lines it lost (L11).
+Over HTTPS (an ssl: API), Chromium trusts the node's key through
+--ignore-certificate-errors-spki-list: that key only, no blanket ignore.
 """
 
 from __future__ import annotations
@@ -348,3 +350,54 @@ def test_the_page_reconnects_when_its_node_comes_back(tail_node, browser):
     assert shown == ["before the restart",
                      "Reconnected. Lines sent while the page was disconnected are not shown.",
                      "after the restart"]
+
+
+# -- over HTTPS ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def https_site(tmp_path_factory, redis):
+    """A node whose API (and so the page) is an ssl: listener with an RSA test certificate."""
+    from tests.integration.conftest import Node
+    from tests.integration.tls import HttpsNodeProcess, RsaPki
+
+    pki = RsaPki(str(tmp_path_factory.mktemp("rsa-tail")))
+    proc = HttpsNodeProcess(str(tmp_path_factory.mktemp("https-node")), redis.url, pki,
+                            ["--login-failures", "1000000"])
+    proc.start()
+    yield Node(proc, [proc.syslog_port]), pki
+    stop_node(Node(proc, []))
+
+
+@pytest.fixture(scope="module")
+def https_browser(https_site):
+    """Chromium trusting the node's key, and only it (not every certificate error)."""
+    from tests.integration.browser import start_chromium
+
+    _, pki = https_site
+    driver = start_chromium(extra_flags=(f"--ignore-certificate-errors-spki-list={pki.spki_sha256}",))
+    driver.set_page_load_timeout(15)
+    yield driver
+    driver.quit()
+
+
+def test_the_page_works_over_https_with_alpn(https_site, https_browser):
+    from tests.integration.tls import https_request
+
+    node, pki = https_site
+    page = Page(https_browser, node)
+    page.open()
+    assert https_browser.current_url.startswith("https://")
+    # Chromium offers h2 and http/1.1 over ALPN; the node answers http/1.1.
+    protocol = page.js("return (performance.getEntriesByType('navigation')[0] || {}).nextHopProtocol")
+    assert protocol == "http/1.1", https_browser.page_source[:500]
+    channel = f"https-{time.monotonic_ns()}"
+    made = https_request(node.api_port, pki, "PUT", f"/v3/channels/{channel}", {"tokens": ["app"]})
+    assert made.status == 201, made
+    token = made.json()["tokens"]["app"]
+    send(node, token, (134, "web.1", "backlog over https"))
+    page.sign_in("admin", "secret")
+    eventually(lambda: page.visible("watch"))
+    page.watch(channel)
+    assert page.wait_messages(lambda m: m == ["backlog over https"]) == ["backlog over https"]
+    assert eventually(page.state, lambda s: s == "live") == "live"
+    send(node, token, (134, "web.1", "live over https"))
+    assert page.wait_messages(lambda m: m[-1:] == ["live over https"])[-1:] == ["live over https"]
