@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import socket
+import sys
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from logplex import __version__
@@ -24,7 +28,7 @@ from logplex.metrics import Metrics
 from logplex.redis.cluster import ClusterTails, NodeRegistry
 from logplex.redis.config import ConfigStore
 from logplex.redis.connection import connect, parse_redis_url
-from logplex.redis.embedded import EmbeddedRedis
+from logplex.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from logplex.redis.shardmap import CONFIG, load as load_shard_map, load_or_init
 from logplex.redis.shards import Backlogs
 from logplex.router import Router
@@ -38,9 +42,13 @@ log = Logger()
 class LogplexNode(MultiService):
     """Boots in order: Redis, config cache (API answers 503 until then), then log inputs."""
 
-    def __init__(self, settings: Settings, reactor, inherited_fds: list[int] | None = None) -> None:
+    def __init__(self, settings: Settings, reactor, inherited_fds: list[int] | None = None, *,
+                 exit_on_failure: bool = False) -> None:
         super().__init__()
         self.settings = settings
+        # Under twistd, which exits 0 whatever happened: a node that could
+        # not start makes its process exit 1 once twistd has cleaned up.
+        self.exit_on_failure = exit_on_failure
         # Listening sockets handed down by a --workers master, in listeners() order.
         self.inherited = dict(zip([d for _, d in listeners(settings)], inherited_fds or []))
         self.reactor = reactor
@@ -65,10 +73,18 @@ class LogplexNode(MultiService):
         d.addCallbacks(self.booted.callback, self._boot_failed)
 
     def _boot_failed(self, failure) -> None:
-        log.failure("node_start_failed", failure)
+        if failure.check(StartFailed, EmbeddedRedisError):
+            # A cause the operator can fix: one line that says what to do.
+            log.critical("node_start_failed reason={reason}", reason=str(failure.value))
+        else:
+            log.failure("node_start_failed", failure)
         self.booted.errback(failure)
-        if self.reactor.running and not self.stopping:
-            self.reactor.stop()
+        if self.exit_on_failure:
+            exit_status_at_exit(1)
+        if not self.stopping:
+            # Also when the failure came before the reactor ran (the embedded
+            # Redis found another node's socket): never stay up serving nothing.
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     async def _boot(self) -> None:
         s = self.settings
@@ -208,7 +224,13 @@ class LogplexNode(MultiService):
         if fd is not None:
             port = adopt(self.reactor, description, fd, factory)
         else:
-            port = await server_endpoint(self.reactor, description).listen(factory)
+            try:
+                port = await server_endpoint(self.reactor, description).listen(factory)
+            except CannotListenError as e:
+                raise StartFailed(
+                    f"The {kind} listener cannot listen on {description}: {e.socketError}. Stop what "
+                    f"uses that address, or give the node another one (--{kind})."
+                ) from None
         self.ports.setdefault(kind, []).append(port)
         return port
 
@@ -251,6 +273,21 @@ class LogplexNode(MultiService):
                 pass
         # The embedded Redis (a child service) stops last.
         await defer.maybeDeferred(super().stopService)
+
+
+class StartFailed(Exception):
+    """A node cannot start for a reason its operator can fix; the message says how."""
+
+
+def exit_status_at_exit(status: int) -> None:
+    """Make this process exit with status after everything else has run (twistd exits 0)."""
+
+    def leave() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    atexit.register(leave)
 
 
 def _default_api_url(description: str, port) -> str:

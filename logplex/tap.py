@@ -240,4 +240,4 @@ def makeService(options: Options, reactor=None):
     settings = Settings.from_options(options)
     if options["workers"] > 1:
         return WorkerMaster(settings, options["workers"], reactor)
-    return LogplexNode(settings, reactor)
+    return LogplexNode(settings, reactor, exit_on_failure=True)
