@@ -25,6 +25,7 @@ from logplex.ingest.http import LogInput
 from logplex.ingest.syslog import SyslogFactory
 from logplex.listen import description_fields, server_endpoint
 from logplex.metrics import Metrics
+from logplex.model import FULL_API
 from logplex.redis.cluster import ClusterTails, NodeRegistry
 from logplex.redis.config import ConfigStore
 from logplex.redis.connection import connect, parse_redis_url
@@ -177,10 +178,13 @@ class LogplexNode(MultiService):
         # must not send logs to listeners that are not bound yet.
         self.ready = True
         log.info(
-            "node_ready version={version} node={node} api={api} logs={logs} syslog={syslog}",
+            "node_ready version={version} node={node} api={api} logs={logs} syslog={syslog} api_url={url}",
             version=__version__, node=s.node_name, api=self.addresses("api"),
-            logs=self.addresses("logs"), syslog=self.addresses("syslog"),
+            logs=self.addresses("logs"), syslog=self.addresses("syslog"), url=self.api.api_url,
         )
+        if not any(FULL_API in cred.perms for cred in self.store.cache.creds.values()):
+            log.warn("node_has_no_api_credential: every API call will be refused (401) until one "
+                     "exists; start the node with --auth USER:PASSWORD (or LOGPLEX_AUTH) to have one")
 
     def _site(self, resource) -> ConnectionCap:
         s = self.settings
@@ -295,12 +299,23 @@ def _default_api_url(description: str, port) -> str:
     interface = getattr(host, "host", "")
     if interface in ("", "0.0.0.0", "::"):
         # Bound to every interface: the host name is the best guess at a
-        # public address; --api-url says it exactly.
-        interface = socket.gethostname()
+        # public address, if it resolves at all; --api-url says it exactly.
+        interface = _resolvable(socket.gethostname()) or "localhost"
     scheme = "https" if description_fields(description)[0] in ("ssl", "tls") else "http"
     if ":" in interface:
         interface = f"[{interface}]"
     return f"{scheme}://{interface}:{host.port}"
+
+
+def _resolvable(name: str) -> str | None:
+    """name if it resolves to an address, else None (once, at start: a blocking look-up is fine)."""
+    try:
+        socket.getaddrinfo(name, None)
+    except (OSError, UnicodeError):
+        log.warn("api_url_host_unresolvable host={host!r}: session URLs name localhost instead; "
+                 "set --api-url to the URL clients reach this node's API at", host=name)
+        return None
+    return name
 
 
 def _sleep(reactor, seconds: float) -> defer.Deferred:

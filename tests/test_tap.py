@@ -72,3 +72,22 @@ def test_token_bound_listeners():
     for bad in ("tcp:6010", "abc=tcp:6010", "t.abc="):
         with pytest.raises(usage.UsageError):
             parse(["--syslog-token", bad])
+
+
+def test_session_urls_name_the_listening_address_or_a_host_name_that_resolves(monkeypatch):
+    from twisted.internet.address import IPv4Address
+
+    from logplex import service
+
+    class Port:
+        def __init__(self, host: str) -> None:
+            self.address = IPv4Address("TCP", host, 8001)
+
+        def getHost(self):
+            return self.address
+
+    assert service._default_api_url("tcp:8001:interface=127.0.0.1", Port("127.0.0.1")) == "http://127.0.0.1:8001"
+    monkeypatch.setattr(service.socket, "gethostname", lambda: "no-such-host.invalid")
+    assert service._default_api_url("tcp:8001", Port("0.0.0.0")) == "http://localhost:8001"
+    monkeypatch.setattr(service.socket, "gethostname", lambda: "localhost")
+    assert service._default_api_url("ssl:8001:privateKey=k.pem", Port("0.0.0.0")) == "https://localhost:8001"

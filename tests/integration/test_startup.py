@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 import urllib.request
 
 from tests.integration.procs import REPO_ROOT, NodeProcess
@@ -52,3 +53,27 @@ def test_a_second_node_on_the_same_data_dir_exits_and_the_first_serves_on(tmp_pa
             assert answer.status == 200
     finally:
         first.stop()
+
+
+def test_a_node_without_auth_says_the_api_will_refuse_everything_and_names_its_url(tmp_path):
+    node = NodeProcess(str(tmp_path / "node"), None)
+    command = node.command()
+    at = command.index("--auth")
+    del command[at:at + 2]
+    os.makedirs(node.dir, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.Popen(command, cwd=node.dir, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        logged = ""
+        while "node_has_no_api_credential" not in logged and time.monotonic() < deadline:
+            time.sleep(0.1)
+            if os.path.exists(node.log_path):
+                with open(node.log_path, encoding="utf-8", errors="replace") as f:
+                    logged = f.read()
+        assert "every API call will be refused (401) until one exists; start the node with --auth" in logged
+        assert f"api_url=http://127.0.0.1:{node.api_port}" in logged
+    finally:
+        proc.terminate()
+        proc.wait(30)
