@@ -37,6 +37,65 @@ class IngressDenied(Exception):
     """The node's operators switched log ingress off."""
 
 
+# Why a message was dropped, as the node's log says it.
+MALFORMED = "malformed: neither RFC 5424 nor RFC 3164"
+UNKNOWN_TOKEN = "unknown token"
+UNKNOWN_TAG = "malformed: an RFC 3164 line whose tag is not a token"
+
+
+def redact_token(app_name: bytes) -> str:
+    """Enough of an unknown token to recognise a typo by, never the whole of it."""
+    shown = app_name[:8].decode("ascii", "replace")
+    return f"{shown}… ({len(app_name)} bytes)" if len(app_name) > 8 else shown
+
+
+class DropReport:
+    """Dropped messages, told to the node's log: the first of a kind at once, then at most
+    one line per kind and `interval` with the count since, so a token typo shows up in
+    the log without a flood of lines.
+
+    A kind is (reason, detail). Pure: the clock and the line writer are given; a
+    timer calls flush() to tell what waited. At most max_kinds are told apart; past
+    that, new kinds are counted under their reason alone.
+    """
+
+    def __init__(self, clock: Callable[[], float], emit: Callable[[str, str, int], None],
+                 interval: float = 60.0, max_kinds: int = 10_000) -> None:
+        self.clock = clock
+        self.emit = emit
+        self.interval = interval
+        self.max_kinds = max_kinds
+        self.kinds: dict[tuple[str, str], list] = {}  # kind -> [last told at, count not told yet]
+
+    def add(self, reason: str, detail: str, n: int) -> None:
+        kind = (reason, detail)
+        entry = self.kinds.get(kind)
+        if entry is None:
+            if len(self.kinds) >= self.max_kinds:
+                kind = (reason, "(and others)")
+                entry = self.kinds.get(kind)
+            if entry is None:
+                entry = self.kinds[kind] = [None, 0]
+        now = self.clock()
+        if entry[0] is None or now - entry[0] >= self.interval:
+            self.emit(kind[0], kind[1], entry[1] + n)
+            entry[0], entry[1] = now, 0
+        else:
+            entry[1] += n
+
+    def flush(self) -> None:
+        """Tell what waited a whole interval; forget kinds quiet for one."""
+        now = self.clock()
+        for kind, entry in list(self.kinds.items()):
+            if now - entry[0] < self.interval:
+                continue
+            if entry[1]:
+                self.emit(kind[0], kind[1], entry[1])
+                entry[0], entry[1] = now, 0
+            else:
+                del self.kinds[kind]
+
+
 class Router:
     def __init__(
         self,
@@ -47,8 +106,10 @@ class Router:
         drains: DrainSink | None = None,
         clock: Callable[[], float] = time.time,
         hold: DrainHold | None = None,
+        drops: DropReport | None = None,
     ) -> None:
         self.clock = clock
+        self.drops = drops
         self.cache = cache
         self.backlogs = backlogs
         self.tails = tails
@@ -86,6 +147,7 @@ class Router:
         cook = syslog.cook
         by_channel: dict[str, list[bytes]] = {}
         malformed = unknown = 0
+        dropped: dict[tuple[str, str], int] | None = None  # made on the first drop only
         for message in messages:
             parts = split_header(message)
             old_style = False
@@ -95,6 +157,7 @@ class Router:
                 parts = split_header(converted) if converted is not None else None
                 if parts is None:
                     malformed += 1
+                    dropped = _tally(dropped, MALFORMED, "")
                     continue
                 old_style = True
             target = route or routes.get(parts[3])
@@ -103,8 +166,10 @@ class Router:
                 # otherwise the line is not in logplex's format at all.
                 if old_style:
                     malformed += 1
+                    dropped = _tally(dropped, UNKNOWN_TAG, "")
                 else:
                     unknown += 1
+                    dropped = _tally(dropped, UNKNOWN_TOKEN, redact_token(parts[3]))
                 continue
             channel_id, name = target
             cooked = cook(parts, name)
@@ -113,6 +178,9 @@ class Router:
                 by_channel[channel_id] = [cooked]
             else:
                 batch.append(cooked)
+        if dropped and self.drops is not None:
+            for (reason, detail), n in dropped.items():
+                self.drops.add(reason, detail, n)
         if malformed:
             metrics.inc("logplex_messages_malformed_total", malformed)
         if unknown:
@@ -138,3 +206,9 @@ class Router:
     def emit(self, channel_id: str, message: bytes) -> None:
         """A message of the router's own (L10, L14 …) into a channel, like any other."""
         self._fan_out({channel_id: [message]})
+
+
+def _tally(counts: dict | None, reason: str, detail: str) -> dict:
+    counts = counts if counts is not None else {}
+    counts[(reason, detail)] = counts.get((reason, detail), 0) + 1
+    return counts

@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
@@ -32,7 +33,7 @@ from logplex.redis.connection import connect, parse_redis_url
 from logplex.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from logplex.redis.shardmap import CONFIG, load as load_shard_map, load_or_init
 from logplex.redis.shards import Backlogs
-from logplex.router import Router
+from logplex.router import DropReport, Router
 from logplex.tails import TailRegistry
 from logplex.web import ConnectionCap, LogplexSite
 from logplex.workers import adopt, listeners
@@ -60,6 +61,11 @@ class LogplexNode(MultiService):
         if settings.config_redis is None:
             self.embedded = EmbeddedRedis(settings.data_dir, reactor=reactor)
             self.embedded.setServiceParent(self)
+        # Dropped lines (unknown tokens, malformed syslog) in the log, a line per kind a minute.
+        self.drops = DropReport(reactor.seconds, _log_drop)
+        flusher = TimerService(self.drops.interval, self.drops.flush)
+        flusher.clock = reactor
+        flusher.setServiceParent(self)
         self.ports: dict[str, list] = {}
         self.store: ConfigStore | None = None
         self.booted: defer.Deferred = defer.Deferred()
@@ -113,7 +119,7 @@ class LogplexNode(MultiService):
         self.store.feed_listeners[b"tail"] = [self.cluster_tails.on_feed]
         self.registry = NodeRegistry(config_redis, s.node_name, self.reactor, interval=s.heartbeat,
                                      timeout=s.redis_timeout)
-        self.router = Router(self.store.cache, self.backlogs, self.cluster_tails, self.metrics)
+        self.router = Router(self.store.cache, self.backlogs, self.cluster_tails, self.metrics, drops=self.drops)
         # Drains connect through a resolver that refuses private addresses,
         # unless the operator allows them.
         drain_reactor = self.reactor if s.allow_private_drains else PublicOnlyReactor(self.reactor)
@@ -277,6 +283,12 @@ class LogplexNode(MultiService):
                 pass
         # The embedded Redis (a child service) stops last.
         await defer.maybeDeferred(super().stopService)
+
+
+def _log_drop(reason: str, detail: str, count: int) -> None:
+    log.warn("messages_dropped reason={reason!r} {detail}count={count} (the next such line within "
+             "a minute waits and counts)", reason=reason, detail=f"token={detail!r} " if detail else "",
+             count=count)
 
 
 class StartFailed(Exception):

@@ -5,7 +5,7 @@ import pytest
 from logplex.metrics import Metrics
 from logplex.model import NO_REDIS, NO_TAIL, Channel, Drain, Token
 from logplex.redis.config import ConfigCache
-from logplex.router import IngressDenied, Router
+from logplex.router import MALFORMED, UNKNOWN_TOKEN, DropReport, IngressDenied, Router
 
 
 class Sink:
@@ -98,3 +98,60 @@ def test_rfc3164_lines_are_routed_when_their_tag_is_a_token():
     assert backlog.appended == [("app1", [b"<13>1 2026-11-24T10:00:01+00:00 myhost web 7 - - old style"])]
     assert metrics.get("logplex_messages_unknown_token_total") == 0
     assert metrics.get("logplex_messages_malformed_total") == 1
+
+
+class Lines:
+    """DropReport's writer and clock, in memory."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.told = []
+
+    def clock(self):
+        return self.now
+
+    def emit(self, reason, detail, count):
+        self.told.append((reason, detail, count))
+
+
+def test_dropped_lines_are_told_at_once_then_once_a_minute_with_the_count():
+    lines = Lines()
+    drops = DropReport(lines.clock, lines.emit)
+    drops.add("unknown token", "t.abcdef… (38 bytes)", 1)
+    drops.add("unknown token", "t.abcdef… (38 bytes)", 5)
+    drops.add("unknown token", "t.123456… (38 bytes)", 2)
+    assert lines.told == [("unknown token", "t.abcdef… (38 bytes)", 1), ("unknown token", "t.123456… (38 bytes)", 2)]
+    lines.now += 30
+    drops.flush()  # not a minute yet: nothing more
+    assert len(lines.told) == 2
+    drops.add("unknown token", "t.abcdef… (38 bytes)", 4)
+    lines.now += 30
+    drops.flush()
+    assert lines.told[2:] == [("unknown token", "t.abcdef… (38 bytes)", 9)]
+    lines.now += 60
+    drops.flush()  # quiet for a minute: forgotten, so the next one is told at once
+    assert drops.kinds == {}
+    drops.add("unknown token", "t.abcdef… (38 bytes)", 1)
+    assert lines.told[-1] == ("unknown token", "t.abcdef… (38 bytes)", 1)
+
+
+def test_drop_kinds_are_bounded_in_number():
+    lines = Lines()
+    drops = DropReport(lines.clock, lines.emit, max_kinds=3)
+    for i in range(100):
+        drops.add("unknown token", f"t.{i:06d}", 1)
+    assert len(drops.kinds) == 4  # three told apart, the rest counted together
+    assert lines.told[-1] == ("unknown token", "(and others)", 1)
+
+
+def test_the_router_reports_unknown_tokens_redacted_and_malformed_lines_by_reason():
+    lines = Lines()
+    drops = DropReport(lines.clock, lines.emit)
+    sink = Sink()
+    router = Router(make_cache(), sink, sink, Metrics(), drops=drops)
+    secret = "t.0f1e2d3c-aaaa-4bbb-8ccc-123456789abc"
+    router.route([msg(secret, "typo"), msg(secret, "typo again"), b"garbage", msg("t.one", "fine")])
+    assert (UNKNOWN_TOKEN, "t.0f1e2d… (38 bytes)", 2) in lines.told
+    assert (MALFORMED, "", 1) in lines.told
+    assert all(secret not in detail for _, detail, _ in lines.told)
+    assert sink.appended == [("app1", [msg("web", "fine")])]

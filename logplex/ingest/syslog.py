@@ -6,7 +6,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from logplex.framing import DEFAULT_MAX_FRAME, FramingError, SyslogFramer
-from logplex.router import IngressDenied, Router
+from logplex.router import UNKNOWN_TOKEN, IngressDenied, Router, redact_token
 
 log = Logger()
 
@@ -163,6 +163,8 @@ class SyslogFactory(Factory):
         if target is None:
             self.metrics.inc("logplex_messages_received_total", len(messages))
             self.metrics.inc("logplex_messages_unknown_token_total", len(messages))
+            if self.router.drops is not None:
+                self.router.drops.add(UNKNOWN_TOKEN, redact_token(self.token) + " (this listener's)", len(messages))
             return None
         return self.router.route_held(messages, target)
 

@@ -6,6 +6,7 @@ import gzip
 import http.client
 import socket
 import time
+import uuid
 
 import pytest
 
@@ -168,6 +169,20 @@ def test_unknown_tokens_and_malformed_lines_are_dropped_and_counted(node):
         # The connection is still open and still routed.
         s.sendall(octet(syslog_message(app, "web.1", "third")))
         assert node.wait_backlog(channel_id, 3)[-1] == line("app", "web.1", "third")
+
+
+def test_unknown_tokens_are_in_the_nodes_log_once_a_minute_with_a_count_never_whole(node):
+    typo = f"t.{uuid.uuid4()}"
+    before = node.metric("logplex_messages_unknown_token_total")
+    with connect(node.syslog_port) as s:
+        for i in range(50):
+            s.sendall(octet(syslog_message(typo, "web.1", f"lost {i}")))
+    assert wait_for(lambda: node.metric("logplex_messages_unknown_token_total") - before, lambda n: n == 50) == 50
+    told = [entry for entry in node.proc.log_text().splitlines() if f"token='{typo[:8]}" in entry]
+    # The first at once; the other 49 wait for the minute's line, not 49 more lines.
+    assert len(told) == 1, told
+    assert "messages_dropped reason='unknown token' " in told[0] and "count=1 " in told[0]
+    assert typo not in node.proc.log_text()
 
 
 def test_a_deleted_channels_token_is_unknown(node):
