@@ -185,14 +185,6 @@ class GzipBody:
 _NONZERO = re.compile(rb"[^\0]")
 
 
-def gunzip(body: bytes, limit: int, max_members: int = 1000) -> bytes:
-    """Every member of a gzip (or zlib) body at once, bounded: for callers that need no slicing."""
-    inflating = GzipBody(body, limit, max_members=max_members)
-    while not inflating.step():
-        pass
-    return inflating.result()
-
-
 class LogInput:
     """`POST /logs`: authorizes the sender, inflates and frames its body, and routes the frames."""
 
