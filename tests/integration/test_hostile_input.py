@@ -76,8 +76,10 @@ def test_a_body_of_empty_gzip_members_is_refused_and_nobody_waits_meanwhile(node
             others.append(took)
     finally:
         thread.join(30)
-    assert max(health) < 0.5, f"/healthcheck waited {max(health):.2f} s while the hostile body was processed"
-    assert max(others) < 0.5, f"another sender waited {max(others):.2f} s"
+    # Before: 3 s for 2 MB of such members, 61 s for 10 MB. The margin is
+    # for a busy CI machine; here it measures about 15 ms.
+    assert max(health) < 1, f"/healthcheck waited {max(health):.2f} s while the hostile body was processed"
+    assert max(others) < 1, f"another sender waited {max(others):.2f} s"
     answer = result["answer"]
     assert answer.status == 400, answer
     assert "gzip members" in answer.json()["error"]
