@@ -12,6 +12,8 @@ import pytest
 from tests.integration.conftest import (
     ADMIN, basic, http_request, logplex1, start_node, stop_node, syslog_message, wait_for,
 )
+from tests.integration.procs import free_port
+from tests.integration.tls import HOST, HttpsNodeProcess, RsaPki
 
 HEADER_TIMEOUT = 1.0
 
@@ -99,14 +101,16 @@ def test_a_gzip_bomb_is_413_without_stalling_the_node(node):
 
 # -- slowloris --------------------------------------------------------------------------------
 def trickle_until_closed(port: int, data: bytes, *, gap: float, give_up: float,
-                         first: bytes = b"") -> float | None:
+                         first: bytes = b"", wrap=None) -> float | None:
     """Send `first`, then `data` one byte every `gap` seconds: seconds until the node closed the connection
-    (None if it was still open after `give_up` seconds)."""
+    (None if it was still open after `give_up` seconds). `wrap` turns the TCP socket into, say, a TLS one."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    started = time.monotonic()
     try:
+        if wrap is not None:
+            sock = wrap(sock)
         if first:
             sock.sendall(first)
-        started = time.monotonic()
         i = 0
         while time.monotonic() - started < give_up:
             try:
@@ -115,12 +119,11 @@ def trickle_until_closed(port: int, data: bytes, *, gap: float, give_up: float,
                     i += 1
                 sock.settimeout(gap)
                 while True:
-                    chunk = sock.recv(65536)
-                    if not chunk:
+                    if not sock.recv(65536):
                         return time.monotonic() - started
             except TimeoutError:
                 continue
-            except (ConnectionResetError, BrokenPipeError):
+            except OSError:  # a reset, or TLS's view of one
                 return time.monotonic() - started
         return None
     finally:
@@ -183,3 +186,36 @@ def test_a_frame_id_longer_than_256_bytes_is_400(node):
                           headers={"Logplex-Frame-Id": "g" * 256}).status == 204
     lines = node.wait_backlog(channel, 2)
     assert [line.rsplit(" ", 1)[-1] for line in lines] == ["id", "marker"], lines
+
+
+# -- the same over TLS -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tls_node(tmp_path_factory, redis):
+    pki = RsaPki(str(tmp_path_factory.mktemp("rsa")))
+    logs_port = free_port()
+    proc = HttpsNodeProcess(str(tmp_path_factory.mktemp("node")), redis.url, pki, [
+        "--logs", pki.endpoint(logs_port), "--http-header-timeout", str(HEADER_TIMEOUT)])
+    proc.start()
+    yield proc, pki, {"api": proc.api_port, "logs": logs_port}
+    code = proc.stop()
+    assert code in (0, -15), proc.log_text()[-3000:]
+
+
+@pytest.mark.parametrize("listener", ["api", "logs"])
+def test_a_tls_handshake_that_stalls_is_cut_off(tls_node, listener):
+    _, _, ports = tls_node
+    # The first byte of a ClientHello record, and nothing more.
+    took = trickle_until_closed(ports[listener], b"\x16\x03\x01", gap=0.25, give_up=HEADER_TIMEOUT + 3)
+    assert took is not None, "a TLS handshake that never finished was never cut off"
+    assert took < HEADER_TIMEOUT + 1.5
+
+
+@pytest.mark.parametrize("listener", ["api", "logs"])
+def test_a_request_line_that_trickles_over_tls_is_cut_off(tls_node, listener):
+    _, pki, ports = tls_node
+    context = pki.client(alpn=["h2", "http/1.1"])
+    took = trickle_until_closed(ports[listener], b"GET /healthcheck-and-some-more HTTP/1.1", gap=0.25,
+                                give_up=HEADER_TIMEOUT + 3,
+                                wrap=lambda sock: context.wrap_socket(sock, server_hostname=HOST))
+    assert took is not None, "a TLS client trickling its request line was never cut off"
+    assert took < HEADER_TIMEOUT + 1.5
