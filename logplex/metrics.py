@@ -48,6 +48,8 @@ DECLARED: dict[str, tuple[str, str]] = {
                                        "Logins refused with 429 before any password hashing, per listener and "
                                        "reason (address, concurrent, credential)."),
     "logplex_api_cross_origin_refused_total": ("counter", "API writes refused with 403: sent from another origin."),
+    "logplex_http_slow_clients_total": ("counter", "HTTP connections cut off for sending a request head or body too slowly, by part."),
+    "logplex_http_refused_total": ("counter", "POST /logs requests refused for their body or headers, by reason."),
 }
 
 

@@ -168,7 +168,8 @@ class LogplexNode(MultiService):
         self.drains.start()
         logs = LogInput(self.store, self.router, self.auth, self.metrics, s.max_body, s.max_frame,
                         throttle=LoginThrottle(self.reactor, limit=s.login_failures, metrics=self.metrics,
-                                               listener="logs"))
+                                               listener="logs"),
+                        reactor=self.reactor)
         await self._listen("logs", s.logs, self._site(logs.resource()))
         factories = []
         # One factory per listener: --max-connections holds for each.

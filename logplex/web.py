@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import http, server
+from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
@@ -22,35 +23,104 @@ log = Logger()
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 
 
+class LimitedChannel(http.HTTPChannel):
+    """An HTTP/1.1 connection whose every request head (request line and
+    headers) must arrive within the site's header_timeout.
+
+    The clock starts at the connection's first moment, and again at the
+    first byte of each later request on a keep-alive connection, so a
+    client trickling a request line (or headers) a byte at a time cannot
+    pin a connection: Twisted's own idle timeout restarts with every byte.
+    A keep-alive connection that sends nothing is the idle timeout's.
+    """
+
+    _head_deadline = None
+    # True while the channel waits for (the rest of) a request head.
+    _awaiting_head = True
+    _cut_off = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._arm_head_deadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._awaiting_head and self._head_deadline is None and data and not self._handlingRequest:
+            self._arm_head_deadline()
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        # The head is in: the body has the request's own deadline.
+        self._awaiting_head = False
+        self._cancel_head_deadline()
+        super().allHeadersReceived()
+
+    def requestDone(self, request) -> None:
+        # The next request's head is timed from its first byte; data the
+        # client pipelined meanwhile is replayed by the base method and
+        # counts as that first byte.
+        self._awaiting_head = True
+        super().requestDone(request)
+
+    def connectionLost(self, reason) -> None:
+        self._cancel_head_deadline()
+        super().connectionLost(reason)
+
+    def _arm_head_deadline(self) -> None:
+        site = getattr(self, "site", None)
+        timeout = getattr(site, "header_timeout", None)
+        if timeout and not self._cut_off:
+            self._head_deadline = site.reactor.callLater(timeout, self._head_too_slow)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_deadline is not None and self._head_deadline.active():
+            self._head_deadline.cancel()
+        self._head_deadline = None
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        self._cut_off = True
+        wrapper = getattr(self, "_wrapper", None)
+        if wrapper is not None and wrapper._channel is not self:
+            # ALPN chose HTTP/2 and another channel serves the connection.
+            return
+        cut_off_slow_client(self, "headers")
+
+
+def cut_off_slow_client(channel, part: str) -> None:
+    """Close a client that was too slow sending `part` of a request, and count it."""
+    site = channel.site
+    site.metrics.inc("logplex_http_slow_clients_total", part=part)
+    transport = channel.transport
+    peer = getattr(transport.getPeer(), "host", "?") if transport is not None else "?"
+    log.info("http_client_too_slow part={part} peer={peer}", part=part, peer=peer)
+    if transport is not None:
+        transport.abortConnection()
+
+
+def _limited_channel(site) -> _GenericHTTPChannelProtocol:
+    # Site.protocol, called as a method: Twisted's own factory builds the
+    # same wrapper (which switches to HTTP/2 when ALPN chose it) around a
+    # plain HTTPChannel.
+    return _GenericHTTPChannelProtocol(LimitedChannel())
+
+
 class LimitedRequest(server.Request):
     """A request that stops storing its body past the site's max_body, and
-    that must arrive in time.
+    whose body must arrive in time.
 
     The handler answers 413 instead of the node holding an unbounded upload
-    in memory. A client that takes longer than the site's header_timeout to
-    send its headers, or request_timeout to send the whole request (a
-    slowloris, a stalled upload), is cut off: it cannot pin a connection and
-    its buffers.
+    in memory. A client that takes longer than the site's request_timeout
+    to send its body once the headers are in (a stalled upload) is cut off;
+    the headers themselves are timed by LimitedChannel.
     """
 
     body_too_large = False
     _received = 0
     _deadline = None
 
-    def __init__(self, channel, *args, **kwargs):
-        super().__init__(channel, *args, **kwargs)
-        site = getattr(channel, "site", None)
-        if site is not None and getattr(site, "header_timeout", None):
-            self._deadline = site.reactor.callLater(site.header_timeout, self._too_slow, "headers")
-
     def _too_slow(self, what: str) -> None:
         self._deadline = None
-        site = self.channel.site
-        site.metrics.inc("logplex_http_slow_clients_total", part=what)
-        log.info("http_client_too_slow part={part} peer={peer}", part=what,
-                 peer=getattr(self.getClientAddress(), "host", "?"))
-        if self.channel.transport is not None:
-            self.channel.transport.abortConnection()
+        cut_off_slow_client(self.channel, what)
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -88,7 +158,10 @@ class LimitedRequest(server.Request):
 
 
 class LogplexSite(server.Site):
+    """A Site whose connections and requests are bounded in time and bytes (see LimitedChannel, LimitedRequest)."""
+
     requestFactory = LimitedRequest
+    protocol = _limited_channel
     displayTracebacks = False
 
     def __init__(self, resource, max_body: int = DEFAULT_MAX_BODY, *, header_timeout: float | None = None,
@@ -114,6 +187,8 @@ class LogplexSite(server.Site):
 
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            protocol._channel._wrapper = protocol
         if self.max_header_bytes is not None and protocol is not None:
             # The request line and headers together: a client cannot make the
             # node buffer more than this before its request is even parsed.

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import base64
 import gzip
+import tracemalloc
 import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet import task
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 
+import logplex.ingest.http
 from logplex import secrets
 from logplex.auth import Authenticator
 from logplex.framing import encode_logplex1
-from logplex.ingest.http import LogInput
+from logplex.ingest.http import FrameIdMemory, GzipBody, GzipError, LogInput
 from logplex.metrics import Metrics
 from logplex.model import ANY_CHANNEL, FULL_API, Credential
 from logplex.redis.config import ConfigCache
@@ -25,8 +30,9 @@ from tests.helpers import (
     RecordingBacklog,
     RecordingTails,
     fill_cache,
-    http_exchange,
+    connect,
     make_site_reactor,
+    parse_reply,
     raw_request,
 )
 
@@ -69,9 +75,10 @@ class Node:
         self.router = Router(self.cache, self.backlog, RecordingTails(), self.metrics)
         self.checks = 0
         self.auth = Authenticator(self.cache, reactor=None, check=self.check)
+        self.reactor = make_site_reactor()
         self.input = LogInput(self.store, self.router, self.auth, self.metrics,
-                              max_body=max_body, max_frame=MAX_FRAME)
-        self.site = LogplexSite(self.input.resource(), max_body=max_body, reactor=make_site_reactor())
+                              max_body=max_body, max_frame=MAX_FRAME, reactor=self.reactor)
+        self.site = LogplexSite(self.input.resource(), max_body=max_body, reactor=self.reactor)
 
     def check(self, secret: str, stored: str) -> bool:
         self.checks += 1
@@ -79,6 +86,22 @@ class Node:
 
     def post(self, body: bytes = b"", auth: bytes | None = None, content_type: bytes | None = b"application/logplex-1",
              chunks: list[bytes] | None = None, **extra: bytes) -> HttpReply:
+        transport = self.send(body, auth, content_type, chunks, **extra)
+        # A compressed body is inflated in slices, one per reactor turn.
+        for _ in range(10_000):
+            if answered(transport):
+                break
+            self.reactor.advance(0)
+        reply = parse_reply(transport.value())
+        assert reply.complete
+        # Every answer, whatever it is, carries a Request-Id.
+        assert reply.header(b"request-id")
+        return reply
+
+    def send(self, body: bytes = b"", auth: bytes | None = None,
+             content_type: bytes | None = b"application/logplex-1", chunks: list[bytes] | None = None,
+             **extra: bytes):
+        """Send one POST /logs on a new connection; its transport, whatever the answer is so far."""
         headers = {}
         if auth is not None:
             headers[b"Authorization"] = auth
@@ -86,15 +109,17 @@ class Node:
             headers[b"Content-Type"] = content_type
         for name, value in extra.items():
             headers[name.replace("_", "-").encode()] = value
-        reply = http_exchange(self.site, raw_request(b"POST", b"/logs", headers, body, chunks))
-        assert reply.complete
-        # Every answer, whatever it is, carries a Request-Id.
-        assert reply.header(b"request-id")
-        return reply
+        protocol, transport = connect(self.site)
+        protocol.dataReceived(raw_request(b"POST", b"/logs", headers, body, chunks))
+        return transport
 
     def error(self, reply: HttpReply) -> str:
         assert reply.header(b"content-type") == b"application/json"
         return reply.json()["error"]
+
+
+def answered(transport) -> bool:
+    return b"\r\n\r\n" in transport.value()
 
 
 @pytest.fixture
@@ -339,3 +364,202 @@ def test_arbitrary_bodies_never_get_a_500(body, gzipped, count):
     assert reply.status in (204, 400, 413)
     if reply.status != 204:
         assert node.error(reply)
+
+
+# --- compressed bodies: linear, bounded, sliced ---------------------------------------------
+
+def inflate(body: bytes, limit: int = 1 << 20, **options) -> tuple[bytes, GzipBody]:
+    inflating = GzipBody(body, limit, **options)
+    for _ in range(1_000_000):
+        if inflating.step():
+            return inflating.result(), inflating
+    raise AssertionError("GzipBody never finished")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    members=st.lists(st.tuples(st.binary(max_size=3000), st.sampled_from(["gzip", "zlib"]),
+                               st.integers(0, 70)), min_size=1, max_size=6),
+    slice_in=st.integers(1, 4096),
+    slice_out=st.integers(1, 4096),
+)
+def test_every_member_is_inflated_whatever_the_slices(members, slice_in, slice_out):
+    body = b"".join((gzip.compress(data) if kind == "gzip" else zlib.compress(data)) + b"\0" * padding
+                    for data, kind, padding in members)
+    out, inflating = inflate(body, slice_in=slice_in, slice_out=slice_out)
+    assert out == b"".join(data for data, _, _ in members)
+    assert inflating.members == len(members)
+
+
+def test_an_empty_body_inflates_to_nothing():
+    assert inflate(b"")[0] == b""
+
+
+class CountingZlib:
+    """zlib, counting the input bytes handed to inflaters: the copying a body costs."""
+
+    error = zlib.error
+
+    def __init__(self) -> None:
+        self.fed = 0
+
+    def decompressobj(self, **kw):
+        inner = zlib.decompressobj(**kw)
+        counter = self
+
+        class Counted:
+            def decompress(self, data, max_length=0):
+                counter.fed += len(data)
+                return inner.decompress(data, max_length)
+
+            def __getattr__(self, name):
+                return getattr(inner, name)
+
+        return Counted()
+
+
+@pytest.mark.parametrize("members", [1_000, 20_000])
+def test_inflating_many_tiny_members_costs_linear_work(monkeypatch, members):
+    """The old loop handed each member the whole rest of the body: 10 MB of empty members took 61 s."""
+    counting = CountingZlib()
+    monkeypatch.setattr(logplex.ingest.http, "zlib", counting)
+    body = gzip.compress(b"") * members
+    inflate(body, max_members=members)
+    assert counting.fed <= 2 * len(body) + 1024 * members
+
+
+def test_each_step_is_bounded_in_input_and_output():
+    bomb = gzip.compress(b"\0" * (8 << 20))
+    inflating = GzipBody(bomb, 1 << 20, slice_in=4096, slice_out=64 * 1024)
+    sizes = []
+    with pytest.raises(GzipError) as refused:
+        while not inflating.step():
+            sizes.append(inflating.size)
+    assert refused.value.reason == "gzip_too_large"
+    assert max(b - a for a, b in zip([0, *sizes], sizes)) <= 64 * 1024
+    # It stopped as soon as it passed the limit, not after inflating the bomb.
+    assert inflating.size <= (1 << 20) + 64 * 1024
+
+
+def test_more_members_than_the_limit_are_refused():
+    with pytest.raises(GzipError) as refused:
+        inflate(gzip.compress(b"x") * 11, max_members=10)
+    assert refused.value.reason == "gzip_members"
+    assert "more than 10 gzip members" in refused.value.message
+    assert inflate(gzip.compress(b"x") * 10, max_members=10)[0] == b"x" * 10
+
+
+@pytest.mark.parametrize("body", [b"\0" * 100, gzip.compress(b"abc") + b"junk"], ids=["zeros", "trailing junk"])
+def test_what_is_not_gzip_is_malformed(body):
+    with pytest.raises(GzipError) as refused:
+        inflate(body)
+    assert refused.value.reason == "gzip_malformed"
+
+
+def test_too_many_gzip_members_are_a_counted_400():
+    node = Node(max_body=1 << 20)
+    body = gzip.compress(encode_logplex1([message("x", "a")])) + gzip.compress(b"") * 1000
+    reply = node.post(body, token_auth(), Content_Encoding=b"gzip")
+    assert reply.status == 400
+    assert "more than 1000 gzip members" in node.error(reply)
+    assert node.metrics.get("logplex_http_refused_total", reason="gzip_members") == 1
+    assert node.backlog.calls == []
+
+
+def test_a_gzip_bomb_is_a_counted_413():
+    node = Node(max_body=256)
+    reply = node.post(gzip.compress(b"9" * 100_000), token_auth(), Content_Encoding=b"gzip")
+    assert reply.status == 413
+    assert node.metrics.get("logplex_http_refused_total", reason="gzip_too_large") == 1
+
+
+def big_gzip_body(count: int) -> bytes:
+    return gzip.compress(encode_logplex1([message("x", f"line {i:06d} " + "y" * 50) for i in range(count)]))
+
+
+class ReactorTurns:
+    """Stands in for the reactor's turns the inflating cooperator waits for:
+    a Clock's advance(0) would run every turn at once."""
+
+    def __init__(self, node: Node) -> None:
+        self.pending: list = []
+        # One slice a turn, whatever this machine's speed.
+        node.input.cooperator = task.Cooperator(terminationPredicateFactory=lambda: lambda: True,
+                                                scheduler=self.pending.append)
+
+    def turn(self) -> None:
+        self.pending.pop(0)()
+
+
+def test_a_compressed_body_is_inflated_in_slices_while_others_are_served():
+    node = Node(max_body=4 << 20)
+    turns = ReactorTurns(node)
+    hostile = node.send(big_gzip_body(30_000), token_auth(), Content_Encoding=b"gzip")
+    turns.turn()
+    assert not answered(hostile)
+    # Another sender, meanwhile, is answered at once.
+    other = node.send(encode_logplex1([message("x", "other")]), token_auth(OTHER_TOKEN))
+    assert parse_reply(other.value()).status == 204
+    count = 1
+    while not answered(hostile):
+        turns.turn()
+        count += 1
+    assert count > 5
+    assert parse_reply(hostile.value()).status == 204
+    assert len(node.backlog.messages("app-1")) == 30_000
+
+
+def test_a_sender_that_leaves_while_its_body_is_inflated_gets_nothing_routed():
+    node = Node(max_body=4 << 20)
+    turns = ReactorTurns(node)
+    protocol, transport = connect(node.site)
+    protocol.dataReceived(raw_request(b"POST", b"/logs", {
+        b"Authorization": token_auth(), b"Content-Type": b"application/logplex-1",
+        b"Content-Encoding": b"gzip"}, big_gzip_body(30_000)))
+    turns.turn()
+    protocol.connectionLost(Failure(ConnectionDone()))
+    while turns.pending:
+        turns.turn()
+    assert node.backlog.calls == []
+    assert node.metrics.get("logplex_http_requests_total", status="499") == 1
+
+
+# --- frame ids: bounded in bytes ------------------------------------------------------------
+
+def test_a_frame_id_over_256_bytes_is_a_counted_400(node):
+    body = encode_logplex1([message("x", "a")])
+    reply = node.post(body, token_auth(), Logplex_Frame_Id=b"f" * 257)
+    assert reply.status == 400
+    assert node.error(reply) == ("The Logplex-Frame-Id header is 257 bytes long; send an id of at most "
+                                 "256 bytes (log-shuttle sends 32 hex digits).")
+    assert node.metrics.get("logplex_http_refused_total", reason="frame_id_too_long") == 1
+    assert node.backlog.calls == []
+    assert node.post(body, token_auth(), Logplex_Frame_Id=b"f" * 256).status == 204
+
+
+def test_frame_id_memory_holds_at_most_its_count_in_a_fixed_size_each():
+    memory = FrameIdMemory(size=20_000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(30_000):
+            memory.remember(b"('app-%d', 'web') " % i + b"%0256d" % i)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(memory) == 20_000
+    assert held <= memory.max_bytes
+    # The newest are kept, the oldest forgotten.
+    assert memory.seen(b"('app-29999', 'web') " + b"%0256d" % 29_999)
+    assert not memory.seen(b"('app-0', 'web') " + b"%0256d" % 0)
+
+
+def test_frame_ids_are_forgotten_after_their_ttl():
+    clock = task.Clock()
+    memory = FrameIdMemory(ttl=600, clock=clock.seconds)
+    memory.remember(b"a")
+    clock.advance(599)
+    assert memory.seen(b"a")
+    clock.advance(2)
+    assert not memory.seen(b"a")
+    assert len(memory) == 0
