@@ -145,7 +145,7 @@ class Options(usage.Options):
          _positive_float("syslog-idle-timeout")],
         ["frame-timeout", None, DEFAULTS.frame_timeout, "Seconds a syslog frame may take to arrive once it has started.",
          _positive_float("frame-timeout")],
-        ["http-header-timeout", None, DEFAULTS.http_header_timeout, "Seconds an HTTP client has to send its request headers.",
+        ["http-header-timeout", None, DEFAULTS.http_header_timeout, "Seconds an HTTP client has to send its request line and headers, from connecting (or from the first byte of a later keep-alive request).",
          _positive_float("http-header-timeout")],
         ["http-request-timeout", None, DEFAULTS.http_request_timeout, "Seconds an HTTP client has to send its whole request.",
          _positive_float("http-request-timeout")],
