@@ -169,7 +169,7 @@ class LogplexNode(MultiService):
         logs = LogInput(self.store, self.router, self.auth, self.metrics, s.max_body, s.max_frame,
                         throttle=LoginThrottle(self.reactor, limit=s.login_failures, metrics=self.metrics,
                                                listener="logs"),
-                        reactor=self.reactor)
+                        reactor=self.reactor, ready=lambda: self.ready and not self.stopping)
         await self._listen("logs", s.logs, self._site(logs.resource()))
         factories = []
         # One factory per listener: --max-connections holds for each.

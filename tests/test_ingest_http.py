@@ -563,3 +563,21 @@ def test_frame_ids_are_forgotten_after_their_ttl():
     clock.advance(2)
     assert not memory.seen(b"a")
     assert len(memory) == 0
+
+
+def healthcheck(node: Node) -> HttpReply:
+    protocol, transport = connect(node.site)
+    protocol.dataReceived(raw_request(b"GET", b"/healthcheck", {}, b"", None))
+    return parse_reply(transport.value())
+
+
+def test_healthcheck_is_ok_only_while_the_node_takes_logs(node):
+    reply = healthcheck(node)
+    assert (reply.status, reply.body) == (200, b"OK")
+    node.router.deny_ingress = True  # the admin shell's switch: a balancer should go elsewhere
+    reply = healthcheck(node)
+    assert (reply.status, reply.body) == (503, b"INGRESS OFF")
+    node.router.deny_ingress = False
+    node.store.loaded = False
+    reply = healthcheck(node)
+    assert (reply.status, reply.body) == (503, b"SYSTEM BOOTING")

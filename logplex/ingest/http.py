@@ -8,6 +8,7 @@ import re
 import time
 import zlib
 from collections import OrderedDict
+from typing import Callable
 
 from twisted.internet import task
 from twisted.logger import Logger
@@ -195,7 +196,8 @@ class LogInput:
 
     def __init__(self, store: ConfigStore, router: Router, auth: Authenticator, metrics,
                  max_body: int, max_frame: int, throttle: LoginThrottle | None = None,
-                 reactor=None, max_gzip_members: int = 1000) -> None:
+                 reactor=None, max_gzip_members: int = 1000, ready: Callable[[], bool] | None = None) -> None:
+        self.ready = ready or (lambda: True)
         if reactor is None:
             reactor = _reactor()
         self.reactor = reactor
@@ -216,7 +218,18 @@ class LogInput:
         self.frame_ids = FrameIdMemory()
 
     def resource(self) -> Dispatcher:
-        return Dispatcher([route("POST", "/logs", self.post_logs)])
+        # logplex accepts /logs/ too, and serves /healthcheck here for the
+        # load balancers in front of the log input.
+        return Dispatcher([route("POST", "/logs/?", self.post_logs),
+                           route("GET", "/healthcheck", self.healthcheck)])
+
+    async def healthcheck(self, request) -> Reply:
+        """200 OK while this node takes logs; 503 while it boots or its ingress is switched off."""
+        if not (self.store.loaded and self.ready()):
+            return Reply(503, b"SYSTEM BOOTING", content_type=b"text/plain")
+        if self.router.deny_ingress:
+            return Reply(503, b"INGRESS OFF", content_type=b"text/plain")
+        return Reply(200, b"OK", content_type=b"text/plain")
 
     async def post_logs(self, request) -> Reply:
         try:

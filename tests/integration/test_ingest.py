@@ -268,6 +268,25 @@ def test_post_logs_with_a_token(node):
     assert node.backlog(other_channel) == []
 
 
+def test_post_logs_with_a_trailing_slash_is_the_same_as_without(node):
+    # logplex's own suite posts to /logs/.
+    channel_id, tokens = node.channel("app")
+    body = logplex1([syslog_message(tokens["app"], "web.1", "slash")])
+    answer = http_request(node.logs_port, "POST", "/logs/", body,
+                          {"Authorization": token_auth(tokens["app"]), "Content-Type": "application/logplex-1"})
+    assert answer.status == 204, answer
+    assert node.wait_backlog(channel_id, 1) == [line("app", "web.1", "slash")]
+    refused = http_request(node.logs_port, "POST", "/logs/", body, {"Content-Type": "application/logplex-1"})
+    assert refused.status == 401, refused
+
+
+def test_the_log_input_answers_healthcheck_for_its_load_balancer(node):
+    answer = http_request(node.logs_port, "GET", "/healthcheck")
+    assert (answer.status, answer.body) == (200, b"OK"), answer
+    assert answer.headers.get("content-type") == "text/plain", answer
+    assert http_request(node.logs_port, "POST", "/healthcheck", b"").status == 405
+
+
 def test_post_logs_chunked_without_content_length(node):
     channel_id, tokens = node.channel("app")
     body = logplex1([syslog_message(tokens["app"], "web.1", f"chunk {i}") for i in range(4)])
