@@ -21,15 +21,18 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import attrs
 from OpenSSL import SSL
 from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 from logplex import __version__
@@ -42,6 +45,9 @@ from logplex.model import Drain
 RETRY_STATUSES = {408, 429}
 # What is kept of an answer's body: enough for a receiver's error sentence.
 ANSWER_BYTES = 4096
+# All an answer may take on the wire before its body is cut: status line,
+# headers and chunk framing are part of it.
+ANSWER_WIRE_BYTES = 64 * 1024
 # What of it (or of a Location) goes into a drain's last_error.
 EXCERPT_CHARS = 200
 
@@ -79,8 +85,100 @@ def make_client(reactor, trust_root=None, connect_timeout: float = 10.0) -> Drai
     pool.cachedConnectionTimeout = 120
     pool.retryAutomatically = False  # a retry is ours to make, under the same frame id
     policy = TrustRootPolicy(trust_root) if trust_root is not None else BrowserLikePolicyForHTTPS()
-    agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=connect_timeout)
+    agent = Agent.usingEndpointFactory(reactor, DrainEndpoints(reactor, policy, connect_timeout), pool=pool)
     return DrainHttpClient(agent, reactor)
+
+
+class AnswerTooLong(Exception):
+    """A drain endpoint's answer ran past ANSWER_WIRE_BYTES before its body was cut."""
+
+
+class _AnswerBound(ProtocolWrapper):
+    """Drops a connection once the answer to a request runs past a number of bytes, headers included.
+
+    Twisted's HTTP client parser keeps every header line it is sent, so an
+    endpoint could otherwise grow the node's memory for as long as the
+    timeout lets it. Every write starts a new request, and a new count.
+    """
+
+    def __init__(self, factory: _BoundedConnections, wrappedProtocol) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self.limit = factory.limit
+        self.received = 0
+        self.overrun = False
+
+    def write(self, data: bytes) -> None:
+        self.received = 0
+        super().write(data)
+
+    def writeSequence(self, data) -> None:
+        self.received = 0
+        super().writeSequence(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.overrun:
+            return
+        self.received += len(data)
+        if self.received > self.limit:
+            self.overrun = True
+            self.transport.abortConnection()
+            return
+        super().dataReceived(data)
+
+    def stopProducing(self) -> None:
+        # Only a response body's reader asks this, when it wants no more of
+        # it: the rest is never read, so the connection is closed at once
+        # and never reused (over TLS too, without waiting on the peer).
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.overrun:
+            reason = Failure(AnswerTooLong(
+                f"an answer of more than {self.limit // 1024} KiB (status line, headers and the first "
+                f"{ANSWER_BYTES // 1024} KiB of body): the connection was dropped"))
+        super().connectionLost(reason)
+
+
+class _BoundedConnections(WrappingFactory):
+    protocol = _AnswerBound
+
+    def __init__(self, wrappedFactory, limit: int) -> None:
+        super().__init__(wrappedFactory)
+        self.limit = limit
+
+
+class _BoundedEndpoint:
+    """An endpoint whose connections carry _AnswerBound under the HTTP protocol (and over TLS)."""
+
+    def __init__(self, endpoint, limit: int) -> None:
+        self.endpoint = endpoint
+        self.limit = limit
+
+    def connect(self, factory) -> defer.Deferred:
+        d = self.endpoint.connect(_BoundedConnections(factory, self.limit))
+        # The pool keeps, and talks to, the HTTP protocol itself.
+        return d.addCallback(lambda wrapper: wrapper.wrappedProtocol)
+
+
+@implementer(IAgentEndpointFactory)
+class DrainEndpoints:
+    """Where the drains' Agent connects: TCP for http, TLS over it for https, every answer bounded in bytes."""
+
+    def __init__(self, reactor, policy: IPolicyForHTTPS, connect_timeout: float,
+                 limit: int = ANSWER_WIRE_BYTES) -> None:
+        self.reactor = reactor
+        self.policy = policy
+        self.connect_timeout = connect_timeout
+        self.limit = limit
+
+    def endpointForURI(self, uri):
+        endpoint = HostnameEndpoint(self.reactor, uri.host.decode("ascii"), uri.port,
+                                    timeout=self.connect_timeout)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        elif uri.scheme != b"http":
+            raise SchemeNotSupported(f"an HTTP drain is http:// or https://, not {uri.scheme!r}")
+        return _BoundedEndpoint(endpoint, self.limit)
 
 
 class ExchangeTimeout(Exception):

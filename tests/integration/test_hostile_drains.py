@@ -43,6 +43,8 @@ HUGE_BYTES = 400 * 1024 * 1024
 # How much a node's peak RSS may grow while it reads one hostile answer.
 RSS_GROWTH_LIMIT = 40 * 1024 * 1024
 CHUNK = 64 * 1024
+# A header section without end: 1000-byte header lines.
+HEADER_LINES = (b"X-Junk: " + b"a" * 990 + b"\r\n") * (CHUNK * 4 // 1000 + 1)
 
 
 def gzip_bomb(size: int) -> bytes:
@@ -135,6 +137,10 @@ class _Connection(Protocol):
             self.left = HUGE_BYTES
             # A pull producer: written as fast as the client reads, no faster.
             self.transport.registerProducer(self, False)
+        elif mode == "headers":
+            write(b"HTTP/1.1 200 OK\r\n")
+            self.left = HUGE_BYTES
+            self.transport.registerProducer(self, False)
         elif mode == "trickle":
             write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000000\r\n\r\n")
             self.trickle = task.LoopingCall(self.drip)
@@ -151,7 +157,10 @@ class _Connection(Protocol):
         n = min(CHUNK * 4, self.left)
         self.left -= n
         self.current.written += n
-        self.transport.write(bytes(n))
+        if self.current.mode == "headers":
+            self.transport.write(HEADER_LINES[:n])
+        else:
+            self.transport.write(bytes(n))
         if not self.left:
             self.transport.unregisterProducer()
 
@@ -173,7 +182,8 @@ class HostileEndpoint:
     Modes: "ok" (204), "cookie" (204 with a Set-Cookie naming this endpoint),
     "redirect" (303 to `location`), "bomb" (200, a gzip body inflating to
     BOMB_BYTES), "huge" (200, HUGE_BYTES of body as fast as it is read),
-    "trickle" (200, then a byte every 100 ms, never done).
+    "trickle" (200, then a byte every 100 ms, never done), "headers" (a
+    status line, then header lines as fast as they are read, never done).
     """
 
     def __init__(self, name: str, mode: str = "ok", location: str = "") -> None:
@@ -360,6 +370,26 @@ class HostileDrainTests(NodeCase):
         self.assertTrue(request.closed_by_client)
         # What the kernel's socket buffers hold, not what the body declared.
         self.assertLess(request.written, HUGE_BYTES // 10)
+
+    async def test_an_endless_header_section_is_cut_off(self):
+        endpoint = await self.endpoint("headers")
+        endpoint.behave("headers", times=1)
+        channel_id, drain_id, sender = await self.drain_to(endpoint.url)
+        pid = self.node.proc.pid
+        before, _ = rss(pid)
+        reset_peak(pid)
+        await self.blocking(sender.send, texts("headers", 5))
+        state = await self.wait_state(channel_id, drain_id, lambda s: s["delivered"] == 5,
+                                      "the batch is delivered on a retry", timeout=30)
+        _, peak = rss(pid)
+        first = endpoint.seen[0]
+        print(f"\nheaders: node RSS {before / 2**20:.0f} MB before, peak {peak / 2**20:.0f} MB during "
+              f"(+{(peak - before) / 2**20:.0f} MB); endpoint wrote {first.written:,} bytes")
+        self.assertLess(peak - before, RSS_GROWTH_LIMIT)
+        self.assertTrue(first.closed_by_client)
+        self.assertLess(first.written, 16 * 2**20)
+        self.assertGreaterEqual(state["retried"], 1)
+        self.assertIn("header", state["last_error"])
 
     # -- 2. the timeout covers the whole exchange ----------------------------------------------
     async def test_a_trickled_body_times_out_and_the_batch_is_retried(self):
