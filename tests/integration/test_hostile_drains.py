@@ -23,12 +23,12 @@ from collections.abc import Callable
 import attrs
 import pytest
 from twisted.internet import reactor, task
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from tests.certs import TestCA
+from tests.certs import Issued, TestCA, server_context
 from tests.integration.conftest import Node
 from tests.integration.procs import RedisServer
 from tests.integration.test_drains import NodeCase, Sender, http_frame, start_node, stop_node, texts
@@ -186,8 +186,9 @@ class HostileEndpoint:
     status line, then header lines as fast as they are read, never done).
     """
 
-    def __init__(self, name: str, mode: str = "ok", location: str = "") -> None:
+    def __init__(self, name: str, mode: str = "ok", location: str = "", tls: Issued | None = None) -> None:
         self.name = name
+        self.tls = tls
         self.standing = mode
         self.queued: collections.deque[str] = collections.deque()
         self.location = location
@@ -214,6 +215,8 @@ class HostileEndpoint:
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"https://localhost:{self.port.getHost().port}/logs"
         return f"http://127.0.0.1:{self.port.getHost().port}/logs"
 
     def delivered(self) -> list[bytes]:
@@ -227,7 +230,11 @@ class HostileEndpoint:
 
     async def start(self) -> HostileEndpoint:
         factory = Factory.forProtocol(lambda: _Connection(self))
-        self.port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        if self.tls is None:
+            endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        else:
+            endpoint = SSL4ServerEndpoint(reactor, 0, server_context(self.tls), interface="127.0.0.1")
+        self.port = await endpoint.listen(factory)
         return self
 
     async def stop(self) -> None:
@@ -302,8 +309,9 @@ class HostileDrainTests(NodeCase):
         self.world = hostile_world
         self.node = hostile_world.node
 
-    async def endpoint(self, name: str, mode: str = "ok", location: str = "") -> HostileEndpoint:
-        endpoint = await HostileEndpoint(name, mode, location).start()
+    async def endpoint(self, name: str, mode: str = "ok", location: str = "",
+                       tls: Issued | None = None) -> HostileEndpoint:
+        endpoint = await HostileEndpoint(name, mode, location, tls).start()
         self.addCleanup(endpoint.stop)
         return endpoint
 
@@ -326,13 +334,13 @@ class HostileDrainTests(NodeCase):
             return list(endpoint.seen)
         return await self.until(look, done, timeout, what)
 
-    async def attack(self, mode: str) -> tuple[HostileEndpoint, dict, int, int]:
+    async def attack(self, mode: str, tls: Issued | None = None) -> tuple[HostileEndpoint, dict, int, int]:
         """Five lines to a drain whose endpoint answers in `mode`.
 
         Returns the endpoint, the drain's state once the batch is delivered,
         and the node's RSS before and its peak RSS during the attack.
         """
-        endpoint = await self.endpoint(mode, mode)
+        endpoint = await self.endpoint(mode, mode, tls=tls)
         channel_id, drain_id, sender = await self.drain_to(endpoint.url)
         endpoint.bomb()  # made before the attack: it is the test's memory, not the node's
         pid = self.node.proc.pid
@@ -342,7 +350,7 @@ class HostileDrainTests(NodeCase):
         state = await self.wait_state(channel_id, drain_id, lambda s: s["delivered"] == 5,
                                       f"the batch answered by {mode} is delivered", timeout=30)
         _, peak = rss(pid)
-        print(f"\n{mode}: node RSS {before / 2**20:.0f} MB before, peak {peak / 2**20:.0f} MB during "
+        print(f"\n{mode}{' over TLS' if tls else ''}: node RSS {before / 2**20:.0f} MB before, peak {peak / 2**20:.0f} MB during "
               f"(+{(peak - before) / 2**20:.0f} MB); endpoint wrote {endpoint.seen[0].written:,} bytes")
 
         async def closed() -> int:
@@ -369,6 +377,13 @@ class HostileDrainTests(NodeCase):
         [request] = endpoint.seen
         self.assertTrue(request.closed_by_client)
         # What the kernel's socket buffers hold, not what the body declared.
+        self.assertLess(request.written, HUGE_BYTES // 10)
+
+    async def test_an_endless_body_over_tls_is_cut_off(self):
+        endpoint, state, before, peak = await self.attack("huge", tls=self.world.first_ca.issue(["localhost"]))
+        self.assertLess(peak - before, RSS_GROWTH_LIMIT)
+        [request] = endpoint.seen
+        self.assertTrue(request.closed_by_client)
         self.assertLess(request.written, HUGE_BYTES // 10)
 
     async def test_an_endless_header_section_is_cut_off(self):
