@@ -18,6 +18,7 @@ from logplex.drains.resolver import PublicOnlyReactor, PublicOnlyResolver
 from logplex.drains.syslog import SyslogDrainTransport
 from logplex.model import Drain
 
+RESOLVES_PRIVATE = "localhost resolves only to addresses that are not public"
 LINE = b"<134>1 2026-11-24T10:00:00+00:00 host app web.1 - - hello"
 
 
@@ -67,6 +68,19 @@ def test_only_public_addresses_are_passed_on():
     assert receiver.complete
 
 
+def test_addresses_that_are_not_globally_routable_are_left_out():
+    receiver = resolve(
+        IPv4Address("TCP", "100.100.100.200", 443),  # shared address space: cloud metadata
+        IPv6Address("TCP", "2002:7f00:1::", 443),  # 6to4 of 127.0.0.1
+        IPv6Address("TCP", "fec0::1", 443),  # site-local
+        IPv6Address("TCP", "64:ff9b::a9fe:a9fe", 443),  # NAT64 of 169.254.169.254
+        IPv6Address("TCP", "::ffff:100.64.0.1", 443),
+        IPv6Address("TCP", "fe80::1%lo", 443),
+        IPv6Address("TCP", "64:ff9b::5db8:d822", 443),  # NAT64 of 93.184.216.34: public
+    )
+    assert receiver.addresses == ["64:ff9b::5db8:d822"]
+
+
 def test_a_name_with_only_private_addresses_resolves_to_nothing():
     receiver = resolve(IPv4Address("TCP", "192.168.0.10", 443))
     assert receiver.addresses == [] and receiver.complete
@@ -104,7 +118,7 @@ class DrainErrorTests(unittest.TestCase):
         drain = Drain(1, "app", "d.tok", f"http://localhost:{number}/logs")
         outcome = yield HttpDrainTransport(drain, client, reactor, timeout=5).send([LINE], "f1")
         self.assertTrue(outcome.retry)
-        self.assertIn("localhost resolves only to loopback, link-local or private addresses", outcome.error)
+        self.assertIn(RESOLVES_PRIVATE, outcome.error)
         # Not a certificate problem: no L14 goes into the channel for it.
         self.assertFalse(outcome.certificate_error)
 
@@ -115,7 +129,7 @@ class DrainErrorTests(unittest.TestCase):
         transport = SyslogDrainTransport(drain, PublicOnlyReactor(reactor), connect_timeout=5)
         self.addCleanup(transport.stop)
         outcome = yield transport.send([LINE], "f1")
-        self.assertIn("localhost resolves only to loopback, link-local or private addresses", outcome.error)
+        self.assertIn(RESOLVES_PRIVATE, outcome.error)
         self.assertFalse(outcome.certificate_error)
 
 

@@ -92,14 +92,45 @@ def drain_url(value: object, allow_private: bool) -> str:
     if not allow_private and is_private_host(host):
         raise HttpError(
             422,
-            "Invalid drain destination: loopback, link-local and private addresses are refused.",
+            f"Invalid drain destination: {host} is not a public internet address (loopback, private, "
+            "link-local, shared and reserved addresses are refused); point the drain at a public host, "
+            "or run the node with --allow-private-drains.",
         )
     return value
 
 
+# Blocks that Python's ipaddress (3.11) counts as global although IANA's
+# special-purpose registries do not: 6to4 (deprecated, RFC 7526) and its relay
+# anycast, site-local (RFC 3879), NAT64 local use (RFC 8215), documentation
+# (RFC 9637) and SRv6 SIDs (RFC 9602). Newer Pythons agree; older ones need this.
+_NOT_GLOBAL = tuple(ipaddress.ip_network(n) for n in (
+    "2002::/16", "192.88.99.0/24", "fec0::/10", "64:ff9b:1::/48", "3fff::/20", "5f00::/16"))
+# NAT64's well-known prefix (RFC 6052): a gateway connects to the IPv4
+# address in the last 32 bits, so that address is the one to judge.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether address is globally routable unicast: the only kind a tenant may point the router at.
+
+    An IPv4 address carried in IPv6 (IPv4-mapped, NAT64) is judged as the
+    IPv4 address a connection reaches; 6to4, Teredo and IPv4-compatible
+    addresses are refused outright (deprecated, and they would hide one).
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif address in _NAT64:
+            address = ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    if not address.is_global or address.is_multicast or address.is_reserved:
+        return False
+    return not any(address in network for network in _NOT_GLOBAL)
+
+
 def is_private_host(host: str) -> bool:
-    """Whether host is, literally, an address a tenant must not point the router at."""
-    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+    """Whether host is, literally, an address (or a name of this machine) a tenant must not point the router at."""
+    name = host.lower().rstrip(".")
+    if name in ("localhost", "localhost.localdomain") or name.endswith(".localhost"):
         return True
     try:
         address = ipaddress.ip_address(host.strip("[]"))
@@ -110,9 +141,4 @@ def is_private_host(host: str) -> bool:
             address = ipaddress.IPv4Address(socket.inet_aton(host))
         except (OSError, ValueError, UnicodeError):
             return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return (
-        address.is_private or address.is_loopback or address.is_link_local
-        or address.is_multicast or address.is_reserved or address.is_unspecified
-    )
+    return not is_public_address(address)

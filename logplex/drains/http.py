@@ -1,17 +1,38 @@
-"""HTTP(S) drains: a batch is one POST of an application/logplex-1 body, through treq."""
+"""HTTP(S) drains: a batch is one POST of an application/logplex-1 body to an endpoint the node does not trust.
+
+Every drain endpoint is a tenant's choice, so what it answers is read as
+hostile: at most ANSWER_BYTES of a body are kept (the rest is not read: the
+connection is dropped), nothing is decompressed, no redirect is followed, no
+cookie is stored or sent, and --http-drain-timeout bounds the whole exchange
+(connect, send, headers and body), not only the wait for headers.
+
+The POST goes through twisted.web's Agent, the layer treq is built on, and
+not through treq's HTTPClient: that client wraps every request in a
+CookieAgent (one jar for the whole node) and a ContentDecoderAgent (gzip),
+with no way to turn either off.
+"""
 
 from __future__ import annotations
 
 import base64
-from urllib.parse import unquote, urlsplit, urlunsplit
+import re
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import attrs
 from OpenSSL import SSL
-from treq.client import HTTPClient
 from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import DNSLookupError
-from twisted.internet.ssl import Certificate, optionsForClientTLS
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.error import SchemeNotSupported
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 from logplex import __version__
@@ -22,6 +43,16 @@ from logplex.model import Drain
 # 408 Request Timeout and 429 Too Many Requests are the receiver asking for
 # a retry; so is every 5xx. Any other 4xx says the batch itself is refused.
 RETRY_STATUSES = {408, 429}
+# What is kept of an answer's body: enough for a receiver's error sentence.
+ANSWER_BYTES = 4096
+# All an answer may take on the wire before its body is cut: status line,
+# headers and chunk framing are part of it.
+ANSWER_WIRE_BYTES = 64 * 1024
+# What of it (or of a Location) goes into a drain's last_error.
+EXCERPT_CHARS = 200
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+_UNPRINTABLE = re.compile(r"[^ -~]+")
 
 
 @implementer(IPolicyForHTTPS)
@@ -36,21 +67,296 @@ class TrustRootPolicy:
 
 
 def load_trust_root(ca_file: str | None):
-    """None for the platform's trust store, else the certificates in ca_file."""
+    """None for the platform's trust store, else every CA certificate in the PEM file ca_file."""
     if not ca_file:
         return None
     with open(ca_file, "rb") as f:
-        return Certificate.loadPEM(f.read())
+        pems = _PEM_CERTIFICATE.findall(f.read())
+    if not pems:
+        raise ValueError(f"--drain-ca-file {ca_file} holds no PEM certificate "
+                         "(-----BEGIN CERTIFICATE----- ...): give a file of one or more CA certificates.")
+    return trustRootFromCertificates([Certificate.loadPEM(pem) for pem in pems])
 
 
-def make_client(reactor, trust_root=None, connect_timeout: float = 10.0) -> HTTPClient:
+def make_client(reactor, trust_root=None, connect_timeout: float = 10.0) -> DrainHttpClient:
     """The node's one HTTP client for every HTTP drain: persistent, pooled connections."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 4
     pool.cachedConnectionTimeout = 120
     pool.retryAutomatically = False  # a retry is ours to make, under the same frame id
     policy = TrustRootPolicy(trust_root) if trust_root is not None else BrowserLikePolicyForHTTPS()
-    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=connect_timeout))
+    agent = Agent.usingEndpointFactory(reactor, DrainEndpoints(reactor, policy, connect_timeout), pool=pool)
+    return DrainHttpClient(agent, reactor)
+
+
+class AnswerTooLong(Exception):
+    """A drain endpoint's answer ran past ANSWER_WIRE_BYTES before its body was cut."""
+
+
+class _AnswerBound(ProtocolWrapper):
+    """Drops a connection once the answer to a request runs past a number of bytes, headers included.
+
+    Twisted's HTTP client parser keeps every header line it is sent, so an
+    endpoint could otherwise grow the node's memory for as long as the
+    timeout lets it. Every write starts a new request, and a new count.
+    """
+
+    def __init__(self, factory: _BoundedConnections, wrappedProtocol) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self.limit = factory.limit
+        self.received = 0
+        self.overrun = False
+
+    def write(self, data: bytes) -> None:
+        self.received = 0
+        super().write(data)
+
+    def writeSequence(self, data) -> None:
+        self.received = 0
+        super().writeSequence(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.overrun:
+            return
+        self.received += len(data)
+        if self.received > self.limit:
+            self.overrun = True
+            self.transport.abortConnection()
+            return
+        super().dataReceived(data)
+
+    def stopProducing(self) -> None:
+        # Only a response body's reader asks this, when it wants no more of
+        # it: the rest is never read, so the connection is closed at once
+        # and never reused (over TLS too, without waiting on the peer).
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.overrun:
+            reason = Failure(AnswerTooLong(
+                f"an answer of more than {self.limit // 1024} KiB (status line, headers and the first "
+                f"{ANSWER_BYTES // 1024} KiB of body): the connection was dropped"))
+        super().connectionLost(reason)
+
+
+class _BoundedConnections(WrappingFactory):
+    protocol = _AnswerBound
+
+    def __init__(self, wrappedFactory, limit: int) -> None:
+        super().__init__(wrappedFactory)
+        self.limit = limit
+
+
+class _BoundedEndpoint:
+    """An endpoint whose connections carry _AnswerBound under the HTTP protocol (and over TLS)."""
+
+    def __init__(self, endpoint, limit: int) -> None:
+        self.endpoint = endpoint
+        self.limit = limit
+
+    def connect(self, factory) -> defer.Deferred:
+        d = self.endpoint.connect(_BoundedConnections(factory, self.limit))
+        # The pool keeps, and talks to, the HTTP protocol itself.
+        return d.addCallback(lambda wrapper: wrapper.wrappedProtocol)
+
+
+@implementer(IAgentEndpointFactory)
+class DrainEndpoints:
+    """Where the drains' Agent connects: TCP for http, TLS over it for https, every answer bounded in bytes."""
+
+    def __init__(self, reactor, policy: IPolicyForHTTPS, connect_timeout: float,
+                 limit: int = ANSWER_WIRE_BYTES) -> None:
+        self.reactor = reactor
+        self.policy = policy
+        self.connect_timeout = connect_timeout
+        self.limit = limit
+
+    def endpointForURI(self, uri):
+        endpoint = HostnameEndpoint(self.reactor, uri.host.decode("ascii"), uri.port,
+                                    timeout=self.connect_timeout)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        elif uri.scheme != b"http":
+            raise SchemeNotSupported(f"an HTTP drain is http:// or https://, not {uri.scheme!r}")
+        return _BoundedEndpoint(endpoint, self.limit)
+
+
+class ExchangeTimeout(Exception):
+    """A drain endpoint did not complete its answer within --http-drain-timeout."""
+
+
+@attrs.frozen
+class Answer:
+    """What a drain endpoint answered: its status, headers and the first ANSWER_BYTES of its body."""
+
+    code: int
+    headers: Headers
+    body: bytes
+    cut: bool = False  # the body went on past what was kept
+
+    def header(self, name: bytes) -> bytes | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    def excerpt(self) -> str:
+        """The start of the body as one line of printable text, "" if it is empty or encoded."""
+        if (self.header(b"content-encoding") or b"identity").strip().lower() != b"identity":
+            return ""
+        return printable(self.body.decode("utf-8", "replace"))
+
+
+def printable(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """text as one short line of printable ASCII: what an endpoint says, fit for last_error."""
+    text = _UNPRINTABLE.sub(" ", text).strip()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@implementer(IBodyProducer)
+class _BytesBody:
+    """A request body that is already in memory: written at once."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer) -> defer.Deferred:
+        consumer.write(self.body)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _FirstBytes(Protocol):
+    """Reads a response body up to `limit` bytes; past them it drops the connection instead of reading on.
+
+    `finished` fires with (the bytes kept, whether the body went on) once the
+    body ends, fails, or is cut. A connection dropped mid-body is not given
+    back to the pool, so nothing else ever reads the rest of it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.kept: list[bytes] = []
+        self.size = 0
+        self.finished: defer.Deferred = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished.called:
+            return
+        room = self.limit - self.size
+        if len(data) > room:
+            self.kept.append(data[:room])
+            self.size = self.limit
+            self.stop()
+            self.finished.callback((b"".join(self.kept), True))
+            return
+        self.kept.append(data)
+        self.size += len(data)
+
+    def stop(self) -> None:
+        """Stop reading: close the connection under this response (it is never reused)."""
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.finished.called:
+            return
+        # A body that broke off after the status line still leaves the status:
+        # what the endpoint made of the batch. Only a 2xx body would be a loss
+        # to us, and we throw bodies away.
+        cut = not reason.check(ResponseDone, PotentialDataLoss)
+        self.finished.callback((b"".join(self.kept), cut))
+
+
+class _Exchange:
+    """One POST and its answer, bounded as a whole by a timeout."""
+
+    def __init__(self, agent: IAgent, reactor: IReactorTime, limit: int, timeout: float) -> None:
+        self.agent = agent
+        self.limit = limit
+        self.timeout = timeout
+        self.done: defer.Deferred = defer.Deferred(self._cancel)
+        self.pending: defer.Deferred | None = None  # the request, until its headers arrive
+        self.body: _FirstBytes | None = None
+        self.phase = "no answer"
+        self.over = False  # cancelled or timed out: what comes later is thrown away
+        self.timer = reactor.callLater(timeout, self._expire)
+
+    def start(self, url: bytes, headers: Headers, body: bytes) -> defer.Deferred:
+        self.pending = self.agent.request(b"POST", url, headers, _BytesBody(body))
+        self.pending.addCallbacks(self._answered, self._failed)
+        return self.done
+
+    def _answered(self, response) -> None:
+        self.pending = None
+        self.body = _FirstBytes(self.limit)
+        self.phase = f"HTTP {response.code}, then a body that did not end"
+        response.deliverBody(self.body)
+        if self.over:
+            self.body.stop()
+            return
+        self.body.finished.addCallback(self._read, response)
+
+    def _read(self, kept: tuple[bytes, bool], response) -> None:
+        if self.over:
+            return
+        self._finish()
+        body, cut = kept
+        self.done.callback(Answer(response.code, response.headers, body, cut))
+
+    def _failed(self, failure: Failure) -> None:
+        self.pending = None
+        if self.over:
+            return
+        self._finish()
+        self.done.errback(failure)
+
+    def _expire(self) -> None:
+        self.over = True
+        error = ExchangeTimeout(f"{self.phase} within {self.timeout:g} s")
+        self._stop()
+        self.done.errback(error)
+
+    def _cancel(self, _: defer.Deferred) -> None:
+        # The drain stopped: Deferred.cancel fails self.done with CancelledError.
+        self.over = True
+        self._finish()
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+        if self.body is not None:
+            self.body.stop()
+
+    def _finish(self) -> None:
+        if self.timer.active():
+            self.timer.cancel()
+
+
+class DrainHttpClient:
+    """POSTs to untrusted drain endpoints: no redirects, no cookies, no decoding, bounded answers and time.
+
+    `agent` is a bare Agent (with the node's pool and TLS policy): nothing
+    wrapped around it follows a Location, keeps a Set-Cookie or inflates a body.
+    """
+
+    def __init__(self, agent: IAgent, reactor: IReactorTime, answer_bytes: int = ANSWER_BYTES) -> None:
+        self.agent = agent
+        self.reactor = reactor
+        self.answer_bytes = answer_bytes
+
+    def post(self, url: bytes, headers: Headers, body: bytes, timeout: float) -> defer.Deferred:
+        """Fires with the endpoint's Answer, or fails (ExchangeTimeout after `timeout` seconds in all)."""
+        exchange = _Exchange(self.agent, self.reactor, self.answer_bytes, timeout)
+        return exchange.start(url, headers, body)
 
 
 def is_certificate_error(failure) -> bool:
@@ -70,8 +376,8 @@ def is_certificate_error(failure) -> bool:
 
 def describe(failure, host: str | None = None) -> str:
     if failure.check(DNSLookupError) and resolved_only_private(host):
-        return (f"{host} resolves only to loopback, link-local or private addresses, "
-                "which this node does not send drains to")
+        return (f"{host} resolves only to addresses that are not public (loopback, private, "
+                "link-local, shared or reserved), which this node does not send drains to")
     reasons = getattr(failure.value, "reasons", None)
     if reasons:
         return "; ".join(str(getattr(r, "value", r)) for r in reasons)
@@ -79,7 +385,9 @@ def describe(failure, host: str | None = None) -> str:
 
 
 class HttpDrainTransport:
-    def __init__(self, drain: Drain, client: HTTPClient, reactor, timeout: float = 30.0) -> None:
+    """Delivers a drain's batches to its HTTP(S) endpoint and says what became of each."""
+
+    def __init__(self, drain: Drain, client: DrainHttpClient, reactor, timeout: float = 30.0) -> None:
         self.drain = drain
         self.client = client
         self.reactor = reactor
@@ -89,6 +397,8 @@ class HttpDrainTransport:
             b"Content-Type": [b"application/logplex-1"],
             b"Logplex-Drain-Token": [drain.token.encode()],
             b"User-Agent": [b"Logplex/" + __version__.encode()],
+            # Whatever the endpoint does with it, an answer is never inflated here.
+            b"Accept-Encoding": [b"identity"],
         }
         if parts.username is not None:
             credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
@@ -97,55 +407,60 @@ class HttpDrainTransport:
         netloc = parts.hostname if ":" not in (parts.hostname or "") else f"[{parts.hostname}]"
         if parts.port:
             netloc += f":{parts.port}"
-        self.url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+        url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+        # The API takes printable ASCII only; a URL stored otherwise is percent-encoded.
+        self.url = quote(url, safe="/:?#[]@!$&'()*+,;=%~").encode("ascii")
         self.host = parts.hostname
         self._pending: set[defer.Deferred] = set()
+        self._stopping = False
 
     def send(self, messages: list[bytes], frame_id: str) -> defer.Deferred:
         body, count = http_body(messages)
         if not count:
             return defer.succeed(Outcome.ok())
-        headers = dict(self.headers)
-        headers[b"Logplex-Msg-Count"] = [str(count).encode()]
-        headers[b"Logplex-Frame-Id"] = [frame_id.encode()]
-        d = self.client.post(self.url, data=body, headers=headers, timeout=self.timeout)
-        d.addCallbacks(self._answered, self._failed)
+        headers = Headers(self.headers)
+        headers.setRawHeaders(b"Logplex-Msg-Count", [str(count).encode()])
+        headers.setRawHeaders(b"Logplex-Frame-Id", [frame_id.encode()])
+        d = self.client.post(self.url, headers, body, self.timeout)
         self._pending.add(d)
         d.addBoth(self._forget, d)
-        return d
+        return d.addCallbacks(self._classify, self._failed)
 
     def _forget(self, result, d):
         self._pending.discard(d)
         return result
 
-    def _answered(self, response):
-        # Read the body whatever it is: an unread body never gives its
-        # connection back to the pool.
-        d = response.content()
-        d.addErrback(lambda _: b"")
-        return d.addCallback(lambda _: self._classify(response))
-
-    def _classify(self, response) -> Outcome:
-        code = response.code
+    def _classify(self, answer: Answer) -> Outcome:
+        code = answer.code
         if 200 <= code < 300:
             return Outcome.ok()
         error = f"HTTP {code} from the drain endpoint"
+        if 300 <= code < 400:
+            # Following it would send the batch (and the drain token) where
+            # the drain does not point, past the address checks.
+            location = printable((answer.header(b"location") or b"").decode("latin-1"))
+            error += (": redirects are not followed; point the drain at the URL it redirects to"
+                      + (f" ({location})" if location else ""))
+            return Outcome.retry_later(error)
+        excerpt = answer.excerpt()
+        if excerpt:
+            error += f": {excerpt}"
         if code in RETRY_STATUSES or code >= 500:
-            retry_after = parse_retry_after(
-                response.headers.getRawHeaders(b"retry-after", [None])[0], self.reactor.seconds())
+            retry_after = parse_retry_after(answer.header(b"retry-after"), self.reactor.seconds())
             return Outcome.retry_later(error, retry_after)
         return Outcome.rejected(error)
 
     def _failed(self, failure) -> Outcome:
-        if failure.check(defer.CancelledError) and not self._pending:
+        if failure.check(defer.CancelledError) and self._stopping:
             return Outcome.retry_later("stopped")
+        if failure.check(ExchangeTimeout):
+            return Outcome.retry_later(str(failure.value))
         if is_certificate_error(failure):
             return Outcome.retry_later(describe(failure, self.host), certificate_error=True)
-        if failure.check(defer.TimeoutError, defer.CancelledError):
-            return Outcome.retry_later(f"no answer within {self.timeout:g} s")
         return Outcome.retry_later(describe(failure, self.host))
 
     def stop(self) -> defer.Deferred:
+        self._stopping = True
         for d in list(self._pending):
             d.cancel()
         return defer.succeed(None)

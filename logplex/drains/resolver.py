@@ -1,20 +1,24 @@
 """Drain connections only to public addresses, whatever a drain's host name resolves to.
 
-The API refuses drain URLs that are literally loopback, link-local or private
-addresses; a host name is checked here, when a connection is made, against
-every address it resolves to at that moment (so DNS rebinding gains nothing).
-Unless --allow-private-drains, the drains connect through a reactor whose
-name resolver drops such addresses: a name with no public address fails to
-connect like a name that does not resolve, and the drain retries with backoff.
+The API refuses drain URLs whose host is literally an address that is not
+globally routable (loopback, private, link-local, shared, reserved, or such an
+IPv4 address carried in IPv6); a host name is checked here, when a connection
+is made, against every address it resolves to at that moment (so DNS
+rebinding gains nothing). Unless --allow-private-drains, the drains connect
+through a reactor whose name resolver drops such addresses (IP literals pass
+through it too): a name with no public address fails to connect like a name
+that does not resolve, and the drain retries with backoff.
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 from twisted.internet.interfaces import IHostnameResolver, IReactorPluggableNameResolver, IResolutionReceiver
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from logplex.api.validate import is_private_host
+from logplex.api.validate import is_public_address
 
 log = Logger()
 
@@ -22,6 +26,15 @@ log = Logger()
 # so that a drain's last_error can say why it cannot connect.
 _private_only: set[str] = set()
 _REMEMBERED = 10_000
+
+
+def refused(host: str) -> bool:
+    """Whether a resolved address is one drains may not connect to."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return True  # not an address: nothing a drain should connect to
+    return not is_public_address(address)
 
 
 def resolved_only_private(host: str | None) -> bool:
@@ -41,7 +54,7 @@ class _PublicOnly:
         self.receiver.resolutionBegan(resolution)
 
     def addressResolved(self, address) -> None:
-        if is_private_host(address.host):
+        if refused(address.host):
             self.refused.append(address.host)
         else:
             self.passed = True
@@ -62,7 +75,7 @@ class _PublicOnly:
 
 @implementer(IHostnameResolver)
 class PublicOnlyResolver:
-    """Resolves like the resolver it wraps, leaving out loopback, link-local and private addresses."""
+    """Resolves like the resolver it wraps, leaving out every address that is not globally routable."""
 
     def __init__(self, resolver) -> None:
         self.resolver = resolver
