@@ -10,14 +10,22 @@ under --workers) goes through `server_endpoint`, so each gets:
   caps the figure at net.core.somaxconn.
 - for `ssl:`, the node's TLS policy (logplex.tls): TLS 1.2+, forward-secret
   AEAD suites, ALPN that reaches the real factory.
+- for `haproxy:` in front of any of them, the PROXY protocol (v1 and v2,
+  Twisted's parser): the client address the header reports is what the node
+  sees (logs, login throttles). In front of `ssl:` the header comes first, in
+  the clear, as a load balancer in TCP mode sends it (HAProxy's send-proxy),
+  then the TLS handshake.
 """
 
 from __future__ import annotations
 
 import re
 
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory  # proxyEndpoint's own factory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from logplex.tls import ServerTLS
 
@@ -52,8 +60,42 @@ def normalised(description: str) -> str:
     return ":".join([kind, *fields])
 
 
+def proxied(description: str) -> tuple[bool, str]:
+    """(whether the description asks for the PROXY protocol, the description of the listener behind it)."""
+    kind, fields = description_fields(description)
+    if kind == "haproxy":
+        return True, ":".join(fields)
+    return False, description
+
+
+def behind_proxy(factory, context=None):
+    """factory as a PROXY-protocol listener serves it: the header first, then TLS (with context), then factory."""
+    if context is not None:
+        factory = TLSMemoryBIOFactory(context, False, factory)
+    return HAProxyWrappingFactory(factory)
+
+
+@implementer(IStreamServerEndpoint)
+class ProxiedEndpoint:
+    """A listener behind a load balancer that speaks the PROXY protocol (v1 or v2)."""
+
+    def __init__(self, reactor, inner: IStreamServerEndpoint) -> None:
+        self.reactor = reactor
+        self.inner = inner
+
+    def listen(self, factory):
+        if isinstance(self.inner, SSL4ServerEndpoint):
+            # The header precedes the handshake: listen in the clear, then TLS.
+            tcp = TCP4ServerEndpoint(self.reactor, self.inner._port, self.inner._backlog, self.inner._interface)
+            return tcp.listen(behind_proxy(factory, self.inner._sslContextFactory))
+        return self.inner.listen(behind_proxy(factory))
+
+
 def server_endpoint(reactor, description: str) -> IStreamServerEndpoint:
     """The endpoint a listener description names, with the node's accept queue and TLS policy."""
+    is_proxied, inner = proxied(description)
+    if is_proxied:
+        return ProxiedEndpoint(reactor, server_endpoint(reactor, inner))
     endpoint = serverFromString(reactor, with_backlog(normalised(description)))
     if isinstance(endpoint, SSL4ServerEndpoint):
         # Twisted parsed the key, certificate, chain and DH parameters into

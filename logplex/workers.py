@@ -23,7 +23,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from logplex.config import Settings
-from logplex.listen import LISTEN_BACKLOG, server_endpoint
+from logplex.listen import LISTEN_BACKLOG, behind_proxy, proxied, server_endpoint
 from logplex.redis.embedded import EmbeddedRedis
 
 log = Logger()
@@ -58,7 +58,7 @@ def reuseport_sockets(reactor, description: str, count: int) -> list[socket.sock
     The address comes from the endpoint Twisted parses from the description
     (TCP or TLS over TCP); a port of 0 becomes the port the first one got.
     """
-    endpoint = server_endpoint(reactor, description)
+    endpoint = server_endpoint(reactor, proxied(description)[1])
     port = getattr(endpoint, "_port", None)
     if port is None:
         raise ValueError(f"--workers needs TCP (or TLS) listeners; {description!r} is neither.")
@@ -87,9 +87,12 @@ def adopt(reactor, description: str, fd: int, factory):
     """
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    endpoint = server_endpoint(reactor, description)
+    is_proxied, inner = proxied(description)
+    endpoint = server_endpoint(reactor, inner)
     context = getattr(endpoint, "_sslContextFactory", None)
-    if context is not None:
+    if is_proxied:
+        factory = behind_proxy(factory, context)
+    elif context is not None:
         factory = TLSMemoryBIOFactory(context, False, factory)
     family = socket.socket(fileno=os.dup(fd)).family
     return reactor.adoptStreamPort(fd, family, factory)

@@ -11,11 +11,13 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
+from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from logplex.listen import LISTEN_BACKLOG, normalised, server_endpoint, with_backlog
+from logplex.listen import LISTEN_BACKLOG, ProxiedEndpoint, normalised, server_endpoint, with_backlog
 from logplex.metrics import Metrics
 from logplex.tls import ServerTLS, choose_protocol
 from logplex.web import ConnectionCap
@@ -179,3 +181,21 @@ def test_the_chosen_protocol_is_the_listeners_first_that_the_client_offered(spok
     chosen = choose_protocol(spoken, offered)
     common = [p for p in spoken if p in offered]
     assert chosen == (common[0] if common else None)
+
+
+def test_a_proxied_listener_gets_the_deep_queue_and_the_tls_policy_of_the_one_behind_it(issued):
+    reactor = MemoryReactor()
+    plain = server_endpoint(reactor, "haproxy:tcp:6001:interface=127.0.0.1")
+    assert isinstance(plain, ProxiedEndpoint) and plain.inner._backlog == LISTEN_BACKLOG
+    tls = server_endpoint(reactor, "HAPROXY:" + endpoint_description(issued, 6514))
+    assert isinstance(tls.inner._sslContextFactory, ServerTLS)
+    # The PROXY header comes before the TLS handshake: the port listens in the clear,
+    # with the PROXY parser first, TLS behind it, then the listener's own factory.
+    site = Factory.forProtocol(Protocol)
+    tls.listen(site)
+    (port, factory, backlog, interface), = reactor.tcpServers
+    assert (port, backlog, interface) == (6514, LISTEN_BACKLOG, "127.0.0.1")
+    assert isinstance(factory, HAProxyWrappingFactory)
+    assert isinstance(factory.wrappedFactory, TLSMemoryBIOFactory)
+    assert factory.wrappedFactory.wrappedFactory is site
+    assert reactor.sslServers == []
