@@ -77,7 +77,7 @@ class Options(usage.Options):
 
     optFlags = [
         ["allow-private-drains", None,
-         "Allow drains to loopback, link-local and private addresses (tests, closed networks)."],
+         "Allow drains to addresses that are not globally routable: loopback, private, link-local, shared (100.64/10) and reserved ones (tests, closed networks)."],
         ["metrics-auth", None, "GET /metrics asks for a full_api credential like the API."],
     ]
 

@@ -70,8 +70,9 @@ SCHEMAS: dict[str, dict] = {
         "maxLength": 2048,
         "pattern": DRAIN_URL_PATTERN,
         "description": "http://, https://, syslog://, syslog+tls:// or syslog+udp://; a syslog URL "
-                       "names its port. Loopback, link-local and private addresses are refused (422) "
-                       "unless the node runs with --allow-private-drains.",
+                       "names its port. Addresses that are not globally routable (loopback, private, "
+                       "link-local, shared, reserved) are refused (422) unless the node runs with "
+                       "--allow-private-drains.",
         "examples": ["https://logs.example.com/drain", "syslog+tls://logs.example.com:6514"],
     },
     "Drain": {
