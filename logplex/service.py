@@ -123,11 +123,12 @@ class LogplexNode(MultiService):
         # Drains connect through a resolver that refuses private addresses,
         # unless the operator allows them.
         drain_reactor = self.reactor if s.allow_private_drains else PublicOnlyReactor(self.reactor)
+        drain_trust = load_trust_root(s.drain_ca_file)
         self.drains = DrainSupervisor(
             self.store, self.backlogs, self.metrics, self.reactor, s.node_name,
             DrainSettings.from_settings(s),
-            make_client(drain_reactor, load_trust_root(s.drain_ca_file)),
-            load_trust_root(s.drain_ca_file),
+            make_client(drain_reactor, drain_trust),
+            drain_trust,
             emit=self.router.emit,
             connect_reactor=drain_reactor,
         )

@@ -210,6 +210,12 @@ class Options(usage.Options):
             user, sep, password = self["auth"].partition(":")
             if not sep or not user or not password:
                 raise usage.UsageError("--auth must be USER:PASSWORD, both non-empty.")
+        if self["drain-ca-file"]:
+            from logplex.drains.http import load_trust_root
+            try:
+                load_trust_root(self["drain-ca-file"])
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(f"--drain-ca-file: {e}") from None
         if self["manhole"]:
             _check_manhole(self["manhole"])
         if self["manhole"] and not self["manhole-keys"]:

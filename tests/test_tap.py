@@ -91,3 +91,12 @@ def test_session_urls_name_the_listening_address_or_a_host_name_that_resolves(mo
     assert service._default_api_url("tcp:8001", Port("0.0.0.0")) == "http://localhost:8001"
     monkeypatch.setattr(service.socket, "gethostname", lambda: "localhost")
     assert service._default_api_url("ssl:8001:privateKey=k.pem", Port("0.0.0.0")) == "https://localhost:8001"
+
+
+def test_a_drain_ca_file_without_certificates_is_a_usage_error_naming_it(tmp_path):
+    empty = tmp_path / "ca.pem"
+    empty.write_text("not a certificate\n")
+    for path, said in ((empty, "holds no PEM certificate"), (tmp_path / "missing.pem", "No such file")):
+        with pytest.raises(usage.UsageError) as refused:
+            parse(["--drain-ca-file", str(path)])
+        assert said in str(refused.value) and str(path) in str(refused.value)
