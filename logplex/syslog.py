@@ -40,11 +40,11 @@ _PRI_VERSIONS = frozenset(
     for width in (1, 2, 3)
     if len(str(pri)) <= width
 )
-# RFC 5424's PRINTUSASCII (33-126) and the SP between fields: what a header may
-# hold. The table maps those to SP and every other byte to NUL, so one
-# C-level translate() and a memchr check all header fields at once on the hot
-# path (faster than translate() deleting the allowed bytes).
-_HEADER_BYTES = bytes(range(32, 127))
+# RFC 5424's PRINTUSASCII (33-126), and with the SP between fields what a
+# header may hold. The table maps those to SP and every other byte to NUL, so
+# one C-level translate() and a memchr check all header fields at once on the
+# hot path (faster than translate() deleting the allowed bytes).
+_PRINTUSASCII = bytes(range(33, 127))
 _HEADER_CHECK = bytes(32 if 32 <= c <= 126 else 0 for c in range(256))
 
 
@@ -69,7 +69,7 @@ def split_header(message: bytes) -> list[bytes] | None:
 
 def is_header_field(value: bytes) -> bool:
     """Whether ``value`` may be an RFC 5424 header field: 1 or more PRINTUSASCII bytes."""
-    return bool(value) and not value.translate(None, _HEADER_BYTES[1:])
+    return bool(value) and not value.translate(None, _PRINTUSASCII)
 
 
 def cook(parts: list[bytes], name: bytes) -> bytes:
@@ -189,7 +189,7 @@ def _tail_unescape(match: re.Match) -> bytes:
     hex_digits, char = match.groups()
     if hex_digits is not None:
         return bytes((int(hex_digits, 16),))
-    return _TAIL_UNESCAPES[char]
+    return _TAIL_UNESCAPES.get(char, match.group())
 
 
 def unescape_tail_msg(text: bytes) -> bytes:
