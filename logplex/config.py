@@ -34,6 +34,7 @@ class Settings:
     drain_ca_file: str | None = None
     syslog_drain_idle: float = 300.0
     tail_buffer: int = 1024
+    tail_buffer_bytes: int = 1024 * 1024
     max_frame: int = 64 * 1024
     max_body: int = 10 * 1024 * 1024
     max_header_bytes: int = 16 * 1024

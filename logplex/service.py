@@ -142,6 +142,7 @@ class LogplexNode(MultiService):
             self.store, self.backlogs, self.tails, self.auth, self.metrics,
             api_url=s.api_url or "", history=s.history,
             allow_private_drains=s.allow_private_drains, tail_buffer=s.tail_buffer,
+            tail_buffer_bytes=s.tail_buffer_bytes,
             reactor=self.reactor, drain_state=self.drains.state, nodes=self.registry.live,
             metrics_auth=s.metrics_auth, ready=lambda: self.ready and not self.stopping,
             throttle=self.throttle, max_json=s.max_json,

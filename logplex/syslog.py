@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 
 import attrs
 
@@ -39,6 +40,12 @@ _PRI_VERSIONS = frozenset(
     for width in (1, 2, 3)
     if len(str(pri)) <= width
 )
+# RFC 5424's PRINTUSASCII (33-126), and with the SP between fields what a
+# header may hold. The table maps those to SP and every other byte to NUL, so
+# one C-level translate() and a memchr check all header fields at once on the
+# hot path (faster than translate() deleting the allowed bytes).
+_PRINTUSASCII = bytes(range(33, 127))
+_HEADER_CHECK = bytes(32 if 32 <= c <= 126 else 0 for c in range(256))
 
 
 def split_header(message: bytes) -> list[bytes] | None:
@@ -48,11 +55,21 @@ def split_header(message: bytes) -> list[bytes] | None:
     rest]`` where ``rest`` is STRUCTURED-DATA and the optional MSG, untouched.
     A message that ends after MSGID has no STRUCTURED-DATA, which RFC 5424
     requires, so it is malformed; a NILVALUE SD (``-`` or ``- ``) is fine.
+    A header field with a byte outside PRINTUSASCII (a control character such
+    as LF or NUL, DEL, or any non-ASCII byte) is malformed too: RFC 5424 allows
+    none there, and such a field would break every line and frame it is put in.
     """
     parts = message.split(_SP, 6)
     if len(parts) != 7 or parts[0] not in _PRI_VERSIONS or _EMPTY in parts:
         return None
+    if 0 in message[: len(message) - len(parts[6])].translate(_HEADER_CHECK):
+        return None
     return parts
+
+
+def is_header_field(value: bytes) -> bool:
+    """Whether ``value`` may be an RFC 5424 header field: 1 or more PRINTUSASCII bytes."""
+    return bool(value) and not value.translate(None, _PRINTUSASCII)
 
 
 def cook(parts: list[bytes], name: bytes) -> bytes:
@@ -139,20 +156,60 @@ def parse(message: bytes) -> Fields | None:
     )
 
 
+# What MSG may not show as it is in a text tail: every C0 control but TAB
+# (which neither ends nor rewrites a line), DEL, and the backslash that starts
+# an escape, so that an escape always means what it says.
+_TAIL_UNSAFE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f\\]")
+# The same bytes as NUL, every other as SP: translate() and a memchr tell at C
+# speed (5 times a regex search's) whether a message needs escaping at all.
+_TAIL_CHECK = bytes(0 if _TAIL_UNSAFE.match(bytes((c,))) else 32 for c in range(256))
+_TAIL_ESCAPES = {bytes((c,)): b"\\x%02x" % c for c in (*range(0x20), 0x7F)}
+_TAIL_ESCAPES.update({b"\n": b"\\n", b"\r": b"\\r", b"\\": b"\\\\"})
+_TAIL_UNESCAPE = re.compile(rb"\\(?:x([0-9a-f]{2})|(.))", re.DOTALL)
+_TAIL_UNESCAPES = {b"n": b"\n", b"r": b"\r", b"\\": b"\\"}
+
+
+def _tail_escape(match: re.Match) -> bytes:
+    return _TAIL_ESCAPES[match.group()]
+
+
+def escape_tail_msg(msg: bytes) -> bytes:
+    """MSG as a text tail shows it: LF as ``\\n``, CR as ``\\r``, a backslash as
+    ``\\\\``, other C0 controls (not TAB) and DEL as ``\\xNN``; the rest as it is.
+
+    One message is then one line whatever its sender wrote, a terminal shows no
+    escape sequence of theirs, and unescape_tail_msg gives the bytes back.
+    """
+    if 0 not in msg.translate(_TAIL_CHECK):
+        return msg
+    return _TAIL_UNSAFE.sub(_tail_escape, msg)
+
+
+def _tail_unescape(match: re.Match) -> bytes:
+    hex_digits, char = match.groups()
+    if hex_digits is not None:
+        return bytes((int(hex_digits, 16),))
+    return _TAIL_UNESCAPES.get(char, match.group())
+
+
+def unescape_tail_msg(text: bytes) -> bytes:
+    """The MSG bytes escape_tail_msg made ``text`` of."""
+    return _TAIL_UNESCAPE.sub(_tail_unescape, text)
+
+
 def tail_line(fields: Fields) -> bytes:
-    """One line of a tail session: b"TIMESTAMP APPNAME[PROCID]: MSG\\n"."""
+    """One line of a tail session: b"TIMESTAMP APPNAME[PROCID]: MSG\\n", MSG escaped.
+
+    A single LF ending MSG is the line's own end (logplex-1 senders end every
+    message with one), not escaped; any other control character is.
+    """
+    msg = fields.msg
+    if msg[-1:] == b"\n":
+        msg = msg[:-1]
+    msg = escape_tail_msg(msg)
     if fields.procid == NILVALUE:
-        line = b"%s %s: %s" % (fields.timestamp, fields.appname, fields.msg)
-    else:
-        line = b"%s %s[%s]: %s" % (
-            fields.timestamp,
-            fields.appname,
-            fields.procid,
-            fields.msg,
-        )
-    if line.endswith(b"\n"):
-        return line
-    return line + b"\n"
+        return b"%s %s: %s\n" % (fields.timestamp, fields.appname, msg)
+    return b"%s %s[%s]: %s\n" % (fields.timestamp, fields.appname, fields.procid, msg)
 
 
 def output_message(fields: Fields) -> bytes:
@@ -268,7 +325,9 @@ def from_rfc3164(message: bytes, now: float) -> bytes | None:
     if tag.endswith(b"]") and b"[" in tag:
         tag, _, pid = tag[:-1].partition(b"[")
         procid = pid or b"-"
-    if not tag or len(tag) > 128 or b" " in tag or not procid.isascii():
+    host = host or b"-"
+    procid = procid.replace(b" ", b"_")
+    # Its fields become RFC 5424 header fields, held to the same bytes.
+    if len(tag) > 128 or not (is_header_field(tag) and is_header_field(host) and is_header_field(procid)):
         return None
-    return b"<%d>1 %s %s %s %s - - %s" % (
-        pri, stamp.isoformat().encode(), host or b"-", tag, procid.replace(b" ", b"_"), msg)
+    return b"<%d>1 %s %s %s %s - - %s" % (pri, stamp.isoformat().encode(), host, tag, procid, msg)

@@ -10,6 +10,12 @@ from logplex import syslog
 from logplex.model import SessionSpec
 
 DEFAULT_TAIL_BUFFER = 1024
+DEFAULT_TAIL_BUFFER_BYTES = 1024 * 1024
+# The most a tail hands its response in one write. Twisted's transports pause
+# their producer once more than 64 KiB wait in them, so a reader that does not
+# read makes the transport hold at most about this much plus its own 64 KiB;
+# the rest waits in the tail's own bounded buffer.
+WRITE_BYTES = 64 * 1024
 
 
 def l11_line(dropped: int, since: float, now: float) -> bytes:
@@ -44,31 +50,39 @@ class TailFilter:
 
 
 class TailBuffer:
-    """Lines waiting for a slow reader, at most `size`; the rest dropped and counted.
+    """Lines waiting for a slow reader, at most `size` lines and `max_bytes` bytes;
+    the oldest past either bound dropped and counted.
 
     When the reader catches up it first gets one L11 line saying how many
     lines it missed and since when, then the newest lines kept.
     """
 
     def __init__(self, size: int = DEFAULT_TAIL_BUFFER, clock: Callable[[], float] = time.time,
-                 notice: Callable[[int, float, float], bytes] = l11_line) -> None:
+                 notice: Callable[[int, float, float], bytes] = l11_line,
+                 max_bytes: int = DEFAULT_TAIL_BUFFER_BYTES) -> None:
         self.size = size
+        self.max_bytes = max_bytes
         self.clock = clock
         # How the loss is told: (dropped, since, now) -> bytes; the L11 line by default.
         self.notice = notice
         self.lines: deque[bytes] = deque()
+        self.bytes = 0
         self.dropped = 0
         self.dropped_since: float | None = None
         self.dropped_total = 0
 
     def put(self, lines: list[bytes]) -> int:
-        """Queue lines; returns how many older lines this pushed out."""
-        self.lines.extend(lines)
-        excess = len(self.lines) - self.size
-        if excess <= 0:
+        """Queue lines; returns how many lines this pushed out (older ones, or a line
+        larger than max_bytes itself)."""
+        queue = self.lines
+        queue.extend(lines)
+        self.bytes += sum(map(len, lines))
+        if len(queue) <= self.size and self.bytes <= self.max_bytes:
             return 0
-        for _ in range(excess):
-            self.lines.popleft()
+        excess = 0
+        while len(queue) > self.size or self.bytes > self.max_bytes:
+            self.bytes -= len(queue.popleft())
+            excess += 1
         self.count_dropped(excess)
         return excess
 
@@ -78,15 +92,29 @@ class TailBuffer:
         self.dropped += n
         self.dropped_total += n
 
-    def take(self) -> bytes:
-        """Everything waiting, as one write, with the L11 line first if lines were lost."""
+    def take(self, limit: int | None = None) -> bytes:
+        """What is waiting, as one write, with the L11 line first if lines were lost.
+
+        With ``limit``, only the oldest lines up to about that many bytes (at
+        least one line); the rest stays for the next take.
+        """
         chunks = []
         if self.dropped:
             chunks.append(self.notice(self.dropped, self.dropped_since, self.clock()))
             self.dropped = 0
             self.dropped_since = None
-        chunks.extend(self.lines)
-        self.lines.clear()
+        queue = self.lines
+        if limit is None or self.bytes <= limit:
+            chunks.extend(queue)
+            queue.clear()
+            self.bytes = 0
+        else:
+            size = 0
+            while queue and size < limit:
+                line = queue.popleft()
+                chunks.append(line)
+                size += len(line)
+            self.bytes -= size
         return b"".join(chunks)
 
 
@@ -102,47 +130,76 @@ class TailSession:
         clock: Callable[[], float] = time.time,
         render: Callable[[syslog.Fields], bytes] = syslog.tail_line,
         notice: Callable[[int, float, float], bytes] = l11_line,
+        buffer_bytes: int = DEFAULT_TAIL_BUFFER_BYTES,
     ) -> None:
         self.spec = spec
         self.channel_id = spec.channel_id
         self.filter = TailFilter(spec.ps, spec.source, render)
         self.write = write
         self.metrics = metrics
-        self.buffer = TailBuffer(buffer_size, clock, notice)
+        self.buffer = TailBuffer(buffer_size, clock, notice, buffer_bytes)
         self.paused = False
         # While the backlog is read, live messages are held here (bounded
-        # like the buffer) so that none falls between backlog and tail.
-        self.held: list[bytes] | None = []
+        # like the buffer, in lines and bytes) so that none falls between
+        # backlog and tail.
+        self.held: deque[bytes] | None = deque()
+        self.held_bytes = 0
 
     def deliver(self, messages: list[bytes]) -> None:
-        if self.held is not None:
-            self.held.extend(messages)
-            if len(self.held) > self.buffer.size:
-                dropped = len(self.held) - self.buffer.size
-                del self.held[:dropped]
+        held = self.held
+        if held is not None:
+            held.extend(messages)
+            self.held_bytes += sum(map(len, messages))
+            dropped = 0
+            while len(held) > self.buffer.size or self.held_bytes > self.buffer.max_bytes:
+                self.held_bytes -= len(held.popleft())
+                dropped += 1
+            if dropped:
                 self.buffer.count_dropped(dropped)
                 self.metrics.inc("logplex_tail_dropped_total", dropped)
             return
         lines = self.filter.lines(messages)
         if not lines:
             return
-        if self.paused or self.buffer.lines or self.buffer.dropped:
-            dropped = self.buffer.put(lines)
-            if dropped:
-                self.metrics.inc("logplex_tail_dropped_total", dropped)
-            return
-        self.metrics.inc("logplex_tail_lines_total", len(lines))
-        self.write(b"".join(lines))
+        if not (self.paused or self.buffer.lines or self.buffer.dropped):
+            sent = self._send(lines)
+            if sent == len(lines):
+                return
+            # The transport asked us to wait: the rest waits in the buffer.
+            lines = lines[sent:]
+        dropped = self.buffer.put(lines)
+        if dropped:
+            self.metrics.inc("logplex_tail_dropped_total", dropped)
+        if not self.paused:
+            # A loss while the backlog was read is told (L11) before these lines.
+            self._flush()
+
+    def _send(self, lines: list[bytes]) -> int:
+        """Write lines, WRITE_BYTES at a time, until the transport pauses us; how many went."""
+        if sum(map(len, lines)) <= WRITE_BYTES:
+            self.metrics.inc("logplex_tail_lines_total", len(lines))
+            self.write(b"".join(lines))
+            return len(lines)
+        sent, n = 0, len(lines)
+        while sent < n and not self.paused:
+            start, size = sent, 0
+            while sent < n and size < WRITE_BYTES:
+                size += len(lines[sent])
+                sent += 1
+            self.metrics.inc("logplex_tail_lines_total", sent - start)
+            self.write(b"".join(lines[start:sent]))
+        return sent
 
     def go_live(self, backlog: list[bytes]) -> None:
         """The backlog has been written: deliver what was held, minus what the backlog had."""
-        held, self.held = self.held or [], None
+        held, self.held = self.held or (), None
+        self.held_bytes = 0
         seen = set(backlog[-len(held):]) if held and backlog else set()
         fresh = [m for m in held if m not in seen]
         if fresh:
             self.deliver(fresh)
         elif self.buffer.dropped and not self.paused:
-            self.resumeProducing()
+            self._flush()
 
     # IPushProducer, for the transport of the response
     def pauseProducing(self) -> None:
@@ -150,12 +207,20 @@ class TailSession:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        waiting = len(self.buffer.lines)
-        if self.buffer.dropped:
-            self.metrics.inc("logplex_tail_l11_total")
-        data = self.buffer.take()
-        if data:
-            self.metrics.inc("logplex_tail_lines_total", waiting)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write what the buffer holds until it is empty or the transport pauses us."""
+        # WRITE_BYTES at a time, so that a transport that fills up again pauses
+        # us with the rest still in the buffer, not in the transport.
+        buffer = self.buffer
+        while not self.paused and (buffer.lines or buffer.dropped):
+            if buffer.dropped:
+                self.metrics.inc("logplex_tail_l11_total")
+            waiting = len(buffer.lines)
+            data = buffer.take(WRITE_BYTES)
+            if waiting > len(buffer.lines):
+                self.metrics.inc("logplex_tail_lines_total", waiting - len(buffer.lines))
             self.write(data)
 
     def stopProducing(self) -> None:

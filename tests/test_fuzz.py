@@ -180,7 +180,12 @@ PIECES = [
     b"\xed\xa0\x80", b"9", b"\x85", b"\x0b",
 ]
 assert len(PIECES) <= 64
-COMMON_FIELDS = [b"-", b"host", b"web.1", b"2026-11-24T10:00:00Z", b"\xff\x00", b"[", b"]", b'"', b"<13>1"]
+COMMON_FIELDS = [b"-", b"host", b"web.1", b"2026-11-24T10:00:00Z", b"[", b"]", b'"', b"<13>1"]
+# RFC 5424's PRINTUSASCII: every byte a header field may hold.
+PRINTUSASCII = bytes(range(33, 127))
+# Bytes no header field may hold (SP aside, which separates them): what a
+# forger puts there to break a tail's lines, a terminal or a drain's frames.
+BAD_HEADER_BYTES = [b"\n", b"\x00", b"\r", b"\x1b", b"\t", b"\x7f", b"\x85", b"\xff", b"\xc3\xa9"]
 MONTHS = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"]
 MONTH_DAYS = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]  # 2026
 
@@ -282,10 +287,29 @@ def pieces(stream, cuts: list[int]) -> list:
 # -- syslog messages ------------------------------------------------------------------------------
 
 def field(f: Fuzz, max_size: int = 12) -> bytes:
-    """A non-empty header field: any bytes but SP."""
+    """A non-empty header field: PRINTUSASCII bytes."""
     if f.chance(3):
         return f.pick(COMMON_FIELDS)
-    return f.blob(max_size).replace(b" ", b"_") or b"-"
+    return f.blob(max_size).translate(FIELD_BYTES) or b"-"
+
+
+# Any byte to a PRINTUSASCII one, so that a field's shape still follows the draw.
+FIELD_BYTES = bytes(PRINTUSASCII[c % len(PRINTUSASCII)] for c in range(256))
+
+
+def bad_field(f: Fuzz) -> bytes:
+    """A header field with at least one byte RFC 5424 does not allow there."""
+    good = field(f)
+    at = f.below(len(good) + 1)
+    bad = f.pick(BAD_HEADER_BYTES) if f.chance(2) else bytes((f.pick([*range(32), *range(127, 256)]),))
+    return good[:at] + bad + good[at:]
+
+
+def forged(f: Fuzz, appname: bytes) -> bytes:
+    """A message whose header is well-formed but for one field (not APP-NAME) with a bad byte."""
+    fields = rfc5424(f, appname)[1]
+    fields[f.pick(["ts", "host", "procid", "msgid"])] = bad_field(f)
+    return assemble(fields)
 
 
 def sd_name(f: Fuzz) -> bytes:
@@ -340,7 +364,7 @@ def rfc3164(f: Fuzz, tag: bytes) -> tuple[bytes, bytes]:
     hour, minute, second = f.below(24), f.below(60), f.below(60)
     day_text = b"%2d" % day if f.chance(2) else b"%02d" % day
     stamp = b"%s %s %02d:%02d:%02d" % (MONTHS[month - 1], day_text, hour, minute, second)
-    host = None if f.chance(3) else (bytes(c for c in f.blob(10) if c not in b" [:") or b"h")
+    host = None if f.chance(3) else (bytes(c for c in f.blob(10).translate(FIELD_BYTES) if c not in b"[:") or b"h")
     pid = b"%d" % f.below(100_000) if f.chance(2) else None
     text = f.blob(30)
     tagged = tag + (b"[%s]" % pid if pid is not None else b"") + b": " + text
@@ -497,10 +521,22 @@ def parser_case(raw: bytes) -> None:
             # reader splits it on its first six spaces and has every field back.
             assert line.split(b" ", 6) == [b"<%d>1" % fields_of_m.pri, fields_of_m.timestamp, b"host",
                                            fields_of_m.appname, fields_of_m.procid, b"-", fields_of_m.msg]
-            assert syslog.tail_line(fields_of_m).endswith(b"\n")
+            tail = syslog.tail_line(fields_of_m)
+            # One message, one line; the MSG it shows is the sender's, bar a logplex-1 ending LF.
+            assert tail.count(b"\n") == 1 and tail.endswith(b"\n"), tail
+            head = fields_of_m.timestamp + b" " + fields_of_m.appname + (
+                b"" if fields_of_m.procid == b"-" else b"[" + fields_of_m.procid + b"]") + b": "
+            assert tail.startswith(head), tail
+            shown = tail[len(head):-1]
+            assert syslog.unescape_tail_msg(shown) == fields_of_m.msg.removesuffix(b"\n")
         if line is not None:
             outputs.append(line)
             parsed_outputs.append(fields_of_m is not None)
+
+    # However a sender breaks one header field, the message is malformed (so the
+    # router never passes it on: drains' output_line relies on that).
+    bad = forged(f, field(f, 48))
+    assert syslog.split_header(bad) is None and syslog.parse(bad) is None, bad
 
     body, count = http_body(messages)
     assert count == len(outputs)
@@ -556,7 +592,9 @@ def router_case(raw: bytes) -> None:
     note(f"raw={raw!r}")  # (this hypothesis prints bytes arguments empty)
     f = Fuzz(raw)
     router, backlog, tails, drained, metrics = router_node()
-    items = [("b", *b_message(f)) if f.chance(3) else ("junk", a_or_no_token(f), None)
+    items = [("b", *b_message(f)) if f.chance(3) else
+             ("forged", forged(f, B_TOKEN.encode()), None) if f.chance(6) else
+             ("junk", a_or_no_token(f), None)
              for _ in range(f.below(25))]
     messages = [m for _, m, _ in items]
     expected_b = [cooked for kind, _, cooked in items if kind == "b"]
@@ -574,6 +612,8 @@ def router_case(raw: bytes) -> None:
     assert metrics.get("logplex_messages_received_total") == len(messages)
     assert routed + metrics.get("logplex_messages_malformed_total") + metrics.get(
         "logplex_messages_unknown_token_total") == len(messages)
+    # B's token with a broken header field is malformed: counted, and nowhere.
+    assert metrics.get("logplex_messages_malformed_total") >= sum(kind == "forged" for kind, _, _ in items)
 
 
 # == d. POST /logs ==================================================================================

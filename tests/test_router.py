@@ -65,6 +65,22 @@ def test_unknown_and_malformed_are_counted_and_the_rest_routed():
     assert metrics.get("logplex_messages_routed_total") == 1
 
 
+def test_a_header_with_a_control_character_is_malformed_on_every_route():
+    metrics = Metrics()
+    backlog, tails, drained = Sink(), Sink(tails={"app1"}), []
+    router = Router(make_cache(), backlog, tails, metrics, lambda c, m: drained.append((c, m)))
+    forged = [
+        msg("t.one", "x", procid="web.1\n2026-11-24T10:00:00+00:00 heroku[router]: at=info"),
+        msg("t.one", "x").replace(b"host", b"ho\x00st"),
+        b"<13>Nov 24 10:00:01 host t.one[\x1b[2J]: an RFC 3164 line",
+    ]
+    # Whether APP-NAME picks the channel or the sender's credential does (POST /logs).
+    assert router.route(forged + [msg("t.one", "kept\nin MSG")]) == 1
+    assert router.route(forged, route=("app1", b"web")) == 0
+    assert metrics.get("logplex_messages_malformed_total") == 2 * len(forged)
+    assert backlog.appended == tails.published == drained == [("app1", [msg("web", "kept\nin MSG")])]
+
+
 def test_a_fixed_route_overrides_app_name():
     backlog = Sink()
     router = Router(make_cache(), backlog, Sink(), Metrics())

@@ -30,9 +30,12 @@ ESCAPED_SD = b"<13>1 " + TS + b' myhost t.abc web.1 - [a@1 x="q\\]r s" y="\\"\\\
 WITH_BOM = b"<13>1 " + TS + b" myhost t.abc web.1 - - \xef\xbb\xbfh\xc3\xa9llo"
 
 
-# A header field: anything without a space (RFC 5424 asks for PRINTUSASCII,
-# but the router only relies on the spaces).
-header_field = st.binary(min_size=1, max_size=40).filter(lambda b: b" " not in b)
+# A header field: RFC 5424's PRINTUSASCII (33-126), at least one.
+PRINTUSASCII = bytes(range(33, 127))
+header_field = st.binary(min_size=1, max_size=40).map(lambda b: bytes(PRINTUSASCII[c % 94] for c in b))
+# A byte no header field may hold: a control character, SP aside (it separates
+# fields), DEL, or anything outside ASCII.
+bad_header_byte = st.integers(0, 255).filter(lambda c: not 32 <= c <= 126).map(lambda c: bytes((c,)))
 
 
 @st.composite
@@ -107,6 +110,39 @@ class TestSplitHeader:
     )
     def test_malformed(self, message: bytes) -> None:
         assert split_header(message) is None
+
+    @pytest.mark.parametrize(
+        "message",
+        [
+            pytest.param(b"<13>1 " + TS + b" h app web.1\n2026-11-24T10:00:00Z heroku[router]: x - - m",
+                         id="LF in PROCID"),
+            pytest.param(b"<13>1 " + TS + b"\x00 h app p - - x", id="NUL in TIMESTAMP"),
+            pytest.param(b"<13>1 " + TS + b" h\x1b[2J app p - - x", id="ESC in HOSTNAME"),
+            pytest.param(b"<13>1 " + TS + b" h\xc3\xa9 app p - - x", id="UTF-8 in HOSTNAME"),
+            pytest.param(b"<13>1 " + TS + b" h app\t p - - x", id="TAB in APP-NAME"),
+            pytest.param(b"<13>1 " + TS + b" h app p ID\x7f - x", id="DEL in MSGID"),
+        ],
+    )
+    def test_a_header_field_outside_printusascii_is_malformed(self, message: bytes) -> None:
+        assert split_header(message) is None
+        assert parse(message) is None
+
+    @settings(max_examples=300, deadline=None)
+    @given(messages(), st.integers(1, 5), st.data(), bad_header_byte)
+    def test_any_header_with_a_control_byte_is_malformed(
+        self, message: bytes, index: int, data: st.DataObject, bad: bytes
+    ) -> None:
+        parts = split_header(message)
+        assert parts is not None
+        field = parts[index]
+        at = data.draw(st.integers(0, len(field)))
+        parts[index] = field[:at] + bad + field[at:]
+        assert split_header(b" ".join(parts)) is None
+
+    @settings(max_examples=200, deadline=None)
+    @given(messages(), st.binary(max_size=40))
+    def test_msg_may_hold_any_bytes(self, message: bytes, msg: bytes) -> None:
+        assert split_header(message + b" " + msg) is not None
 
 
 class TestCook:
@@ -237,6 +273,34 @@ class TestTailLine:
     def test_empty_msg(self) -> None:
         assert tail_line(fields(msg=b"")) == b"2012-12-10T03:00:48Z+00:00 app[console.1]: \n"
 
+    def test_a_forged_line_stays_in_its_message(self) -> None:
+        forged = b"hi\n2012-12-10T03:00:49Z+00:00 heroku[router]: at=info status=200"
+        assert tail_line(fields(msg=forged)) == (
+            b"2012-12-10T03:00:48Z+00:00 app[console.1]: hi\\n2012-12-10T03:00:49Z+00:00 heroku[router]: "
+            b"at=info status=200\n")
+
+    @pytest.mark.parametrize("msg, shown", [
+        (b"a\r\nb", b"a\\r\\nb"),
+        (b"nul\x00 esc\x1b[2J del\x7f", b"nul\\x00 esc\\x1b[2J del\\x7f"),
+        (b"C:\\temp\\n", b"C:\\\\temp\\\\n"),  # a backslash is doubled: \\n is never a line break
+        (b"tab\there", b"tab\there"),  # TAB neither ends nor rewrites a line
+        (b"two\n\n", b"two\\n"),  # only one ending LF is the line's own
+        (b"h\xc3\xa9 \xff", b"h\xc3\xa9 \xff"),  # bytes past ASCII are the reader's charset's to show
+    ])
+    def test_control_characters_are_escaped(self, msg: bytes, shown: bytes) -> None:
+        assert tail_line(fields(msg=msg)) == b"2012-12-10T03:00:48Z+00:00 app[console.1]: " + shown + b"\n"
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.binary(max_size=80), st.sampled_from([b"console.1", b"-"]))
+    def test_any_msg_is_one_line_and_comes_back(self, msg: bytes, procid: bytes) -> None:
+        line = tail_line(fields(msg=msg, procid=procid))
+        assert line.count(b"\n") == 1 and line.endswith(b"\n")
+        assert b"\r" not in line and b"\x00" not in line and b"\x1b" not in line
+        prefix = b"2012-12-10T03:00:48Z+00:00 app" + (b": " if procid == b"-" else b"[console.1]: ")
+        assert line.startswith(prefix)
+        # Back to the bytes the sender wrote, less the one LF that ends a logplex-1 message.
+        assert syslog.unescape_tail_msg(line[len(prefix):-1]) == msg.removesuffix(b"\n")
+
 
 class TestOutputMessage:
     def test_format(self) -> None:
@@ -328,6 +392,9 @@ def test_rfc3164_lines_become_rfc5424(line, expected):
 @pytest.mark.parametrize("line", [
     b"<13>bad", b"<999>Nov 24 10:00:01 h t: x", b"<13>Foo 24 10:00:01 h t: x",
     b"<13>Nov 31 10:00:01 h t: x", b"<13>Nov 24 25:00:01 h t: x", b"no pri at all", b"",
+    # Control characters in what becomes a header field.
+    b"<13>Nov 24 10:00:01 h\x00 t: x", b"<13>Nov 24 10:00:01 h t\x1b[1]: x",
+    b"<13>Nov 24 10:00:01 h t[4\n2]: x", b"<13>Nov 24 10:00:01 h t[\xe9]: x",
 ])
 def test_lines_that_are_not_rfc3164_are_refused(line):
     assert syslog.from_rfc3164(line, NOV_24_2026) is None

@@ -15,7 +15,7 @@ from logplex.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, p
 from logplex.framing import encode_logplex1
 from logplex.model import FULL_API, NO_TAIL, PERMISSIONS, READ_CHANNEL, SessionSpec
 from logplex.redis.config import ConfigError, ConfigStore
-from logplex.tails import TailFilter, TailRegistry, TailSession
+from logplex.tails import DEFAULT_TAIL_BUFFER_BYTES, TailFilter, TailRegistry, TailSession
 from logplex.web import STREAMING, Dispatcher, HttpError, Reply, error_reply, read_json, route
 
 log = Logger()
@@ -43,6 +43,7 @@ class ManagementApi:
         history: int = 1500,
         allow_private_drains: bool = False,
         tail_buffer: int = 1024,
+        tail_buffer_bytes: int = DEFAULT_TAIL_BUFFER_BYTES,
         reactor,
         drain_state=lambda drain_id: None,
         nodes=None,
@@ -67,6 +68,7 @@ class ManagementApi:
         self.history = history
         self.allow_private_drains = allow_private_drains
         self.tail_buffer = tail_buffer
+        self.tail_buffer_bytes = tail_buffer_bytes
         self.reactor = reactor
         self.deny_tail_sessions = False
 
@@ -342,7 +344,8 @@ class ManagementApi:
         tail = None
         if live:
             # Registered before the backlog is read, so nothing falls in between.
-            tail = TailSession(spec, request.write, self.metrics, self.tail_buffer)
+            tail = TailSession(spec, request.write, self.metrics, self.tail_buffer,
+                               buffer_bytes=self.tail_buffer_bytes)
             self.tails.add(tail)
             request.notifyFinish().addBoth(lambda _: self.tails.remove(tail))
         try:

@@ -26,7 +26,7 @@ from logplex import syslog
 from logplex.api import validate
 from logplex.model import FULL_API, NO_TAIL, READ_CHANNEL, SessionSpec
 from logplex.auth import login, parse_basic
-from logplex.tails import TailFilter, TailSession, l11_line
+from logplex.tails import DEFAULT_TAIL_BUFFER_BYTES, TailFilter, TailSession, l11_line
 from logplex.web import STREAMING, HttpError, Reply, route
 
 log = Logger()
@@ -101,9 +101,11 @@ def l11_event(dropped: int, since: float, now: float) -> bytes:
     }, "l11")
 
 
-def event_tail(spec: SessionSpec, write, metrics, buffer_size: int, clock=time.time) -> TailSession:
+def event_tail(spec: SessionSpec, write, metrics, buffer_size: int, clock=time.time,
+               buffer_bytes: int = DEFAULT_TAIL_BUFFER_BYTES) -> TailSession:
     """A tail session that writes events: the same holding, buffering, backpressure and L11."""
-    return TailSession(spec, write, metrics, buffer_size, clock, render=line_event, notice=l11_event)
+    return TailSession(spec, write, metrics, buffer_size, clock, render=line_event, notice=l11_event,
+                       buffer_bytes=buffer_bytes)
 
 
 class TailPage:
@@ -200,7 +202,8 @@ class TailPage:
         ended = []
         if spec.tail:
             # Registered before the backlog is read, so nothing falls in between.
-            tail = event_tail(spec, request.write, api.metrics, api.tail_buffer, self.clock)
+            tail = event_tail(spec, request.write, api.metrics, api.tail_buffer, self.clock,
+                              api.tail_buffer_bytes)
             api.tails.add(tail)
             keepalive = task.LoopingCall(self._watch, tail, request, cred, channel_id, [api.reactor.seconds()])
             keepalive.clock = api.reactor
