@@ -14,6 +14,8 @@ ANY_CHANNEL = "any_channel"
 # browser tail page and for people who should see an app's logs, nothing more.
 READ_CHANNEL = "read_channel"
 PERMISSIONS = frozenset({FULL_API, ANY_CHANNEL, READ_CHANNEL})
+# The port a syslog drain URL without one means, as in logplex: RFC 6587's and RFC 5425's.
+SYSLOG_DEFAULT_PORTS = {"syslog": 601, "syslog+tls": 6514}
 
 # Channel flags, as logplex's operators used them.
 NO_TAIL = "no_tail"

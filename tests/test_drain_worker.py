@@ -319,3 +319,34 @@ def test_the_nodes_spool_budget_is_shared_and_a_drain_past_it_drops_only_its_own
     assert second.spool.pushed_with == max(0, budget - first.spool.bytes)
     assert supervisor.spool_total() == first.spool.bytes + second.spool.bytes
     assert b"logplex_drain_spool_bytes %d" % supervisor.spool_total() in metrics.exposition()
+
+
+def test_a_stored_udp_drain_is_refused_with_a_reason_never_sent_over_tcp():
+    # Drains of syslog+udp:// were accepted once; the API refuses them now.
+    from logplex.drains.supervisor import DrainSettings, DrainSupervisor
+
+    class Store:
+        drain_listeners: list = []
+
+    class Backlogs:
+        on_change: list = []
+
+    clock = Clock()
+    supervisor = DrainSupervisor(Store(), Backlogs(), Metrics(), clock, "node-1", DrainSettings(), http_client=None)
+    transport = supervisor._transport(Drain(1, "app-1", "d.tok", "syslog+udp://logs.example.com:514"))
+    worker = DrainWorker(Drain(1, "app-1", "d.tok", "syslog+udp://logs.example.com:514"), transport, MemorySpool(),
+                         clock, Metrics(), capacity=10, target_bytes=4000)
+    worker.push([msg(1)])
+    clock.advance(1)
+    state = worker.state()
+    assert state["dropped"] == 1 and state["delivered"] == 0
+    assert "syslog+udp:// drains are not supported; re-create the drain as syslog://" in state["last_error"]
+
+
+def test_a_syslog_url_without_a_port_means_logplexs_default_ports():
+    from logplex.drains.syslog import SyslogDrainTransport
+
+    plain = SyslogDrainTransport(Drain(1, "app-1", "d.tok", "syslog://logs.example.com"), Clock())
+    tls = SyslogDrainTransport(Drain(2, "app-1", "d.tok", "syslog+tls://logs.example.com"), Clock())
+    given = SyslogDrainTransport(Drain(3, "app-1", "d.tok", "syslog://logs.example.com:1514"), Clock())
+    assert (plain.port, tls.port, given.port) == (601, 6514, 1514)

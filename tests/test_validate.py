@@ -13,19 +13,28 @@ from logplex.web import HttpError
 @pytest.mark.parametrize("url", [
     "https://logs.example.com/drain?key=1", "http://user:pw@example.com:8080/x",
     "syslog://logs.example.com:514", "syslog+tls://logs.example.com:6514",
+    "syslog://logs.example.com", "syslog+tls://logs.example.com",  # ports 601 and 6514, as in logplex
 ])
 def test_good_drain_urls(url):
     assert validate.drain_url(url, allow_private=False) == url
 
 
 @pytest.mark.parametrize("url", [
-    "", "example.com", "ftp://example.com/", "syslog://example.com", "https://",
+    "", "example.com", "ftp://example.com/", "https://",
     "http://example.com:notaport/", 42, None,
 ])
 def test_bad_drain_urls_are_422(url):
     with pytest.raises(HttpError) as e:
         validate.drain_url(url, allow_private=True)
     assert e.value.status == 422
+
+
+@pytest.mark.parametrize("url", ["syslog+udp://logs.example.com:514", "udpsyslog://logs.example.com"])
+def test_udp_drains_are_refused_saying_why_and_what_to_use(url):
+    with pytest.raises(HttpError) as e:
+        validate.drain_url(url, allow_private=True)
+    assert e.value.status == 422
+    assert "lost without a trace" in e.value.message and "syslog+tls://" in e.value.message
 
 
 @pytest.mark.parametrize("url", [

@@ -28,7 +28,7 @@ _REST = r"(?:[/?#][!-~]*)?"
 # syslog schemes with a required one.
 DRAIN_URL_PATTERN = (
     rf"^(?:https?://{_AUTHORITY}(?::{_PORT})?{_REST}"
-    rf"|syslog(?:\+tls|\+udp)?://{_AUTHORITY}:{_PORT}{_REST})$"
+    rf"|syslog(?:\+tls)?://{_AUTHORITY}(?::{_PORT})?{_REST})$"
 )
 NUMBER_STRING_PATTERN = r"^\s*-?[0-9]+\s*$"
 
@@ -69,8 +69,8 @@ SCHEMAS: dict[str, dict] = {
         "minLength": 1,
         "maxLength": 2048,
         "pattern": DRAIN_URL_PATTERN,
-        "description": "http://, https://, syslog://, syslog+tls:// or syslog+udp://; a syslog URL "
-                       "names its port. Addresses that are not globally routable (loopback, private, "
+        "description": "http://, https://, syslog:// (port 601 unless given) or syslog+tls:// (port "
+                       "6514 unless given); UDP syslog is refused. Addresses that are not globally routable (loopback, private, "
                        "link-local, shared, reserved) are refused (422) unless the node runs with "
                        "--allow-private-drains.",
         "examples": ["https://logs.example.com/drain", "syslog+tls://logs.example.com:6514"],

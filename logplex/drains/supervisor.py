@@ -10,12 +10,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from logplex.config import Settings
-from logplex.drains.core import Backoff
+from logplex.drains.core import Backoff, Outcome
 from logplex.drains.http import HttpDrainTransport
 from logplex.drains.spool import Spool
 from logplex.drains.syslog import SyslogDrainTransport
 from logplex.drains.worker import DrainWorker
-from logplex.model import Drain
+from logplex.model import SYSLOG_DEFAULT_PORTS, Drain
 
 log = Logger()
 
@@ -164,8 +164,14 @@ class DrainSupervisor:
                 worker.spool.redis = self.backlogs.pool_for(worker.drain.channel_id)
 
     def _transport(self, drain: Drain):
-        if urlsplit(drain.url).scheme in ("http", "https"):
+        scheme = urlsplit(drain.url).scheme
+        if scheme in ("http", "https"):
             return HttpDrainTransport(drain, self.http_client, self.reactor, self.settings.http_timeout)
+        if scheme not in SYSLOG_DEFAULT_PORTS:
+            # A UDP drain stored before they were refused: say so rather than
+            # send TCP to a port that listens for datagrams.
+            return RefusedTransport(f"{scheme}:// drains are not supported; re-create the drain as "
+                                    "syslog:// or syslog+tls://")
         return SyslogDrainTransport(drain, self.connect_reactor, self.trust_root,
                                     idle_timeout=self.settings.syslog_idle,
                                     max_delay=self.settings.backoff_max)
@@ -234,3 +240,16 @@ class DrainSupervisor:
         self.workers.clear()
         self.by_channel.clear()
         return defer.DeferredList([w.stop() for w in workers], consumeErrors=True)
+
+
+class RefusedTransport:
+    """A drain this node cannot deliver to: every batch is refused (dropped, counted, last_error says why)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def send(self, messages: list[bytes], frame_id: str) -> defer.Deferred:
+        return defer.succeed(Outcome.rejected(self.reason))
+
+    def stop(self) -> defer.Deferred:
+        return defer.succeed(None)

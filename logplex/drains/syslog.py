@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from logplex.drains.core import Outcome, syslog_frames
 from logplex.drains.http import describe, is_certificate_error
-from logplex.model import Drain
+from logplex.model import SYSLOG_DEFAULT_PORTS, Drain
 
 
 class NotReady(Exception):
@@ -108,7 +108,7 @@ class SyslogDrainTransport:
         self.max_delay = max_delay
         parts = urlsplit(drain.url)
         self.tls = parts.scheme == "syslog+tls"
-        self.host, self.port = parts.hostname, parts.port
+        self.host, self.port = parts.hostname, parts.port or SYSLOG_DEFAULT_PORTS[parts.scheme]
         self.token = drain.token.encode()
         self.trust_root = trust_root
         self.service: ClientService | None = None
