@@ -63,6 +63,7 @@ from logplex.model import ANY_CHANNEL, FULL_API, READ_CHANNEL, Channel, Credenti
 from logplex.redis import config as config_module
 from logplex.redis.config import ConfigCache, ConfigStore
 from logplex.redis.connection import RedisAddress
+from logplex.redis.shards import within_bytes
 from logplex.router import Router
 from logplex.tails import TailFilter, TailRegistry
 from logplex.web import LogplexSite
@@ -998,9 +999,10 @@ class Backlogs:
     def __init__(self, lines: dict[str, list[bytes]]) -> None:
         self.lines = lines
 
-    def recent(self, channel_id: str, num: int):
+    def recent(self, channel_id: str, num: int, max_bytes: int | None = None):
         lines = self.lines.get(channel_id, [])
-        return defer.succeed(lines[-num:] if num else [])
+        lines = lines[-num:] if num else []
+        return defer.succeed(within_bytes(lines, max_bytes) if max_bytes is not None else lines)
 
     def delete(self, channel_id: str):
         self.lines.pop(channel_id, None)

@@ -157,3 +157,13 @@ def test_merge_backlog_does_not_repeat_lines_written_meanwhile():
     assert merge_backlog([b"a", b"b", b"c"], [b"b", b"c", b"d"], 10) == [b"a", b"b", b"c", b"d"]
     assert merge_backlog([b"a", b"b"], [b"c"], 2) == [b"b", b"c"]
     assert merge_backlog([b"a"], [], 5) == [b"a"]
+
+
+def test_within_bytes_keeps_the_newest_lines_that_fit_and_always_the_newest():
+    from logplex.redis.shards import within_bytes
+
+    lines = [b"a" * 10, b"b" * 10, b"c" * 10, b"d" * 10]
+    assert within_bytes(lines, 25) == [b"c" * 10, b"d" * 10]
+    assert within_bytes(lines, 40) == lines
+    assert within_bytes([b"x" * 100], 10) == [b"x" * 100]  # a reader always gets the newest line
+    assert within_bytes([], 10) == []

@@ -20,6 +20,7 @@ from logplex.auth import Authenticator
 from logplex.metrics import Metrics
 from logplex.model import ANY_CHANNEL, FULL_API, NO_TAIL, READ_CHANNEL, Credential
 from logplex.redis.config import ConfigCache
+from logplex.redis.shards import within_bytes
 from logplex.tails import TailRegistry
 from logplex.web import LogplexSite
 from tests.helpers import connect, fill_cache, http_exchange, make_site_reactor, parse_reply, raw_request
@@ -59,24 +60,25 @@ class Backlogs:
         self.hold = False
         self.fail = False
 
-    def recent(self, channel_id: str, num: int) -> defer.Deferred:
+    def recent(self, channel_id: str, num: int, max_bytes: int | None = None) -> defer.Deferred:
         if self.fail:
             return defer.fail(ConnectionError("shard down"))
         d = defer.Deferred()
         if self.hold:
-            self.waiting.append((d, channel_id, num))
+            self.waiting.append((d, channel_id, num, max_bytes))
         else:
-            d.callback(self._recent(channel_id, num))
+            d.callback(self._recent(channel_id, num, max_bytes))
         return d
 
-    def _recent(self, channel_id: str, num: int) -> list[bytes]:
+    def _recent(self, channel_id: str, num: int, max_bytes: int | None) -> list[bytes]:
         lines = self.lines.get(channel_id, [])
-        return lines[-num:] if num else []
+        lines = lines[-num:] if num else []
+        return within_bytes(lines, max_bytes) if max_bytes is not None else lines
 
     def release(self) -> None:
         waiting, self.waiting = self.waiting, []
-        for d, channel_id, num in waiting:
-            d.callback(self._recent(channel_id, num))
+        for d, channel_id, num, max_bytes in waiting:
+            d.callback(self._recent(channel_id, num, max_bytes))
 
 
 class Node:

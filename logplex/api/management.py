@@ -349,7 +349,7 @@ class ManagementApi:
             self.tails.add(tail)
             request.notifyFinish().addBoth(lambda _: self.tails.remove(tail))
         try:
-            backlog = await self.backlogs.recent(spec.channel_id, spec.num)
+            backlog = await self.backlogs.recent(spec.channel_id, spec.num, self.tail_buffer_bytes)
         except Exception:
             if tail is not None:
                 self.tails.remove(tail)
@@ -473,7 +473,7 @@ class ManagementApi:
         raw = request.args.get(b"num", [b"100"])[0].decode("latin-1")
         num = validate.number(raw, "num", 100, 0, self.history)
         try:
-            backlog = await self.backlogs.recent(channel_id, num)
+            backlog = await self.backlogs.recent(channel_id, num, self.tail_buffer_bytes)
         except Exception:
             raise HttpError(503, "The channel's backlog shard is not answering; try again.") from None
         out = []

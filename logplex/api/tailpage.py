@@ -218,7 +218,7 @@ class TailPage:
         # Before the wait: a reader gone during the backlog read is noticed.
         request.notifyFinish().addBoth(finished)
         try:
-            backlog = await api.backlogs.recent(channel_id, spec.num)
+            backlog = await api.backlogs.recent(channel_id, spec.num, api.tail_buffer_bytes)
         except Exception:
             if tail is not None:
                 api.tails.remove(tail)

@@ -193,6 +193,38 @@ class BacklogWriter:
         return self.flush()
 
 
+# The newest ARGV[1] lines of a backlog, newest first, but no more bytes than
+# ARGV[2] (the newest line always, whatever its size): read a page at a time
+# inside Redis, so neither Redis nor the node holds more than that for one
+# reader, whatever the lines' sizes. Atomic, so no write shifts a page.
+_RECENT = """
+local want, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out, total, start = {}, 0, 0
+while #out < want do
+  local page = redis.call('LRANGE', KEYS[1], start, start + math.min(99, want - #out - 1))
+  if #page == 0 then break end
+  for _, line in ipairs(page) do
+    if #out > 0 and total + #line > budget then return out end
+    out[#out + 1] = line
+    total = total + #line
+  end
+  start = start + #page
+end
+return out
+"""
+
+
+def within_bytes(lines: list[bytes], max_bytes: int) -> list[bytes]:
+    """The newest of lines (oldest first) that fit in max_bytes; the newest one always."""
+    total, keep = 0, 0
+    for line in reversed(lines):
+        total += len(line)
+        if keep and total > max_bytes:
+            break
+        keep += 1
+    return lines[len(lines) - keep:]
+
+
 def merge_backlog(stored: list[bytes], unwritten: list[bytes], num: int) -> list[bytes]:
     """Stored lines (oldest first) and lines still on their way, without repeating
     those that were written while the read was in flight; the newest num."""
@@ -260,17 +292,26 @@ class Backlogs:
     def append(self, channel_id: str, messages: list[bytes]) -> None:
         self.writers[self.ring.shard(channel_id)].append(channel_id, messages)
 
-    def recent(self, channel_id: str, num: int) -> defer.Deferred:
-        """Up to num most recent messages of a channel, oldest first."""
+    def recent(self, channel_id: str, num: int, max_bytes: int | None = None) -> defer.Deferred:
+        """Up to num most recent messages of a channel, oldest first, and (with max_bytes)
+        no more bytes than that: a reader of a backlog of huge lines holds a bounded answer."""
         if num <= 0:
             return defer.succeed([])
         name = self.ring.shard(channel_id)
         # Lines routed but not flushed yet are part of the backlog too: a
         # session must not miss what arrived in the last flush interval.
         unwritten = self.writers[name].unwritten(channel_id)
-        d = self.pools[name].lrange(backlog_key(channel_id), 0, num - 1)
+        if max_bytes is None:
+            d = self.pools[name].lrange(backlog_key(channel_id), 0, num - 1)
+        else:
+            d = self.pools[name].eval(_RECENT, [backlog_key(channel_id)], [num, max_bytes])
         d.addTimeout(self.timeout, self.reactor)
-        return d.addCallback(lambda newest_first: merge_backlog(newest_first[::-1], unwritten, num))
+
+        def merged(newest_first: list[bytes]) -> list[bytes]:
+            lines = merge_backlog(newest_first[::-1], unwritten, num)
+            return lines if max_bytes is None else within_bytes(lines, max_bytes)
+
+        return d.addCallback(merged)
 
     def delete(self, channel_id: str) -> defer.Deferred:
         d = self.pool_for(channel_id).delete(backlog_key(channel_id))

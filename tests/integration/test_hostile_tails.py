@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import http.client
+import select
 import socket
 import threading
 import time
@@ -296,3 +297,44 @@ def read_until(sock: socket.socket, marker: bytes, timeout: float = 10) -> bytes
     except TimeoutError:
         pass
     return data
+
+
+N_READERS = 5
+
+
+def test_readers_of_a_backlog_of_huge_lines_get_a_bounded_answer(node):
+    """A session URL needs no credential and may be opened again and again: each answer's
+    backlog is the newest lines that fit in --tail-buffer-bytes, read from Redis a page at
+    a time, so readers that never read cannot make the node hold history x max-frame each."""
+    channel_id, tokens = node.channel("app")
+    text = "h" * (LINE_BYTES - 100)
+    flood(node, tokens["app"], text)  # 400 lines of 60 KiB: 24 MiB of backlog
+    path = "/sessions/" + node.session(channel_id, tail=False, num=1500).rsplit("/sessions/", 1)[1]
+    sampler = RssSampler(node.proc.pid)
+    before = sampler.highest
+    socks = []
+    try:
+        for _ in range(N_READERS):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", node.api_port))
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path.encode())
+            socks.append(s)
+        # Each answer has begun (its backlog read and written as far as the socket takes it).
+        for s in socks:
+            assert select.select([s], [], [], 10)[0], "a reader got no answer within 10 s"
+        highest = sampler.stop()
+        answer = read_until(socks[0], b"0\r\n\r\n", timeout=20)
+    finally:
+        for s in socks:
+            s.close()
+    lines = answer.count(b" app[web.1]: flood ")
+    assert answer.endswith(b"0\r\n\r\n"), answer[-200:]
+    # The newest lines, as many as fit in 1 MiB: 17 of 60 KiB.
+    assert lines == TAIL_BUFFER_BYTES // LINE_BYTES, lines
+    assert b"flood 399 " in answer and b"flood 382 " not in answer
+    growth = highest - before
+    bound = SLACK_MIB * MIB + N_READERS * 2 * (TAIL_BUFFER_BYTES + 100 * LINE_BYTES)
+    print(f"\n[hostile tails] {N_READERS} readers of a session of 400 lines of 60 KiB: +{growth / MIB:.0f} MiB "
+          f"(bound +{bound / MIB:.0f} MiB), {lines} lines in an answer")
+    assert growth <= bound, f"node RSS grew {growth / MIB:.0f} MiB, over the bound of {bound / MIB:.0f} MiB"
