@@ -132,7 +132,8 @@ class Options(usage.Options):
         ["tail-buffer", None, DEFAULTS.tail_buffer, "Lines held for a slow tail before L11 drops.",
          _positive_int("tail-buffer")],
         ["tail-buffer-bytes", None, DEFAULTS.tail_buffer_bytes,
-         "Bytes of lines held for a slow tail before L11 drops (whichever of this and --tail-buffer comes first).",
+         "Bytes of lines held for a slow tail before L11 drops (whichever of this and --tail-buffer comes first); "
+         "also the most backlog bytes one session, tail page or logs read answers with.",
          _positive_int("tail-buffer-bytes")],
         ["max-frame", None, DEFAULTS.max_frame, "Largest syslog frame accepted, in bytes.",
          _positive_int("max-frame")],
