@@ -411,6 +411,19 @@ class Cli:
         doc = self.api.call("PUT", channel_path(name), {"tokens": self.args.tokens or []})
         self.show(doc, lambda: channel_lines(doc))
 
+    def channels_list(self) -> None:
+        channels: list[dict] = []
+        after = None
+        while True:  # every page, in channel id order
+            query = urllib.parse.urlencode({"limit": 500, **({"after": after} if after else {})})
+            page = self.api.call("GET", "/v3/channels?" + query)
+            channels += page["channels"]
+            after = page.get("next")
+            if not after:
+                break
+        rows = ((c["channel"], ",".join(c.get("tokens") or []) or "-", c.get("drains", 0)) for c in channels)
+        self.show({"channels": channels}, lambda: table(rows, ("CHANNEL", "TOKENS", "DRAINS")))
+
     def channels_show(self) -> None:
         name = self.args.name
         doc = self.api.call("GET", channel_path(name), missing=f'channel "{name}" does not exist')
@@ -581,7 +594,8 @@ def parser() -> Parser:
         p.set_defaults(handler=handler)
         return p
 
-    channels = group("channels", "create, show and delete channels")
+    channels = group("channels", "list, create, show and delete channels")
+    leaf(channels, "list", Cli.channels_list, "every channel, with its token names and drain count")
     p = leaf(channels, "create", Cli.channels_create, "create a channel (refused if it exists)")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--token", dest="tokens", action="append", metavar="NAME",

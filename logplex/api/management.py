@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from urllib.parse import urlsplit
 
@@ -99,6 +100,7 @@ class ManagementApi:
             route("POST", "/v3/sessions", g(self.create_session)),
             route("GET", r"/sessions/([A-Za-z0-9-]+)", self.read_session),
             # v3
+            route("GET", "/v3/channels", g(self.list_channels_v3)),
             route("PUT", f"/v3/channels/{ch}", g(self.put_channel_v3)),
             route("GET", f"/v3/channels/{ch}", g(self.get_channel_v3)),
             route("DELETE", f"/v3/channels/{ch}", g(self.delete_channel_v3)),
@@ -468,10 +470,21 @@ class ManagementApi:
         except Exception:
             raise HttpError(503, "The config Redis is not answering; try again shortly.") from None
 
+    async def list_channels_v3(self, request) -> Reply:
+        """A page of channels in id order, with token names (never tokens) and drain counts."""
+        limit = _query_number(request, b"limit", 100, 1, 1000)
+        after = request.args.get(b"after", [b""])[0].decode("utf-8", "replace")
+        # The page's smallest ids, without sorting every channel of a large cluster.
+        ids = heapq.nsmallest(limit + 1, (c for c in self.store.cache.channels if c > after))
+        page = [{"channel": channel_id,
+                 "tokens": sorted(t.name for t in self.store.tokens_of(channel_id)),
+                 "drains": sum(1 for d in self.store.drains_of(channel_id) if d.url)}
+                for channel_id in ids[:limit]]
+        return Reply(200, {"channels": page, "next": ids[limit - 1] if len(ids) > limit else None})
+
     async def channel_logs_v3(self, request, channel_id) -> Reply:
         self._channel(channel_id)
-        raw = request.args.get(b"num", [b"100"])[0].decode("latin-1")
-        num = validate.number(raw, "num", 100, 0, self.history)
+        num = _query_number(request, b"num", 100, 0, self.history)
         try:
             backlog = await self.backlogs.recent(channel_id, num, self.tail_buffer_bytes)
         except Exception:
@@ -483,6 +496,15 @@ class ManagementApi:
                 out.append(syslog.output_message(fields))
         return Reply(200, encode_logplex1(out), {b"logplex-msg-count": str(len(out)).encode()},
                      content_type=b"application/logplex-1")
+
+
+def _query_number(request, name: bytes, default: int, low: int, high: int) -> int:
+    """A number from the query string, clamped; as logplex, one that is not a number is ignored."""
+    raw = request.args.get(name, [None])[0]
+    try:
+        return validate.number(None if raw is None else raw.decode("latin-1"), name.decode(), default, low, high)
+    except HttpError:
+        return default
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:

@@ -155,6 +155,24 @@ SCHEMAS: dict[str, dict] = {
         },
         "additionalProperties": False,
     },
+    "ChannelPage": {
+        "type": "object",
+        "required": ["channels", "next"],
+        "properties": {
+            "channels": {"type": "array", "items": {
+                "type": "object",
+                "required": ["channel", "tokens", "drains"],
+                "properties": {
+                    "channel": {"type": "string"},
+                    "tokens": {"type": "array", "items": {"type": "string"}, "description": "Token names."},
+                    "drains": {"type": "integer", "minimum": 0},
+                },
+                "additionalProperties": False,
+            }},
+            "next": {"type": ["string", "null"]},
+        },
+        "additionalProperties": False,
+    },
     "NewChannelV2": {
         "type": "object",
         "required": ["channel_id", "tokens"],
@@ -425,6 +443,15 @@ PATHS: dict[str, dict] = {
         {"200": answer("Nodes heard from within their heartbeat TTL.",
                        json_content({"type": "array", "items": ref("Node")}))})},
     # -- v3 --
+    "/v3/channels": {"get": operation(
+        "listChannels", "A page of channels, in id order, with token names and drain counts", "v3",
+        {"200": answer("Up to limit channels after `after`; `next` is the `after` of the next page, "
+                       "null on the last.", json_content(ref("ChannelPage")))},
+        params=[{"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "string", "default": "100"},
+                 "description": "Channels per page, a number clamped to 1..1000; anything else is ignored (100)."},
+                {"name": "after", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "The last channel id of the previous page."}])},
     "/v3/channels/{channel}": {
         "parameters": [CHANNEL],
         "put": operation(
@@ -470,11 +497,11 @@ PATHS: dict[str, dict] = {
         {"200": text("Frames in logplex's output format, oldest first.", "application/logplex-1",
                      {"Logplex-Msg-Count": {"required": True,
                                             "schema": {"type": "integer", "minimum": 0}}}),
-         "404": use("NotFound"),
-         "422": error("num is not a number.")},
+         "404": use("NotFound")},
         params=[CHANNEL, {"name": "num", "in": "query", "required": False,
-                          "schema": {"type": "integer", "default": 100},
-                          "description": "How many lines, clamped to 0..--history."}])},
+                          "schema": {"type": "string", "default": "100"},
+                          "description": "How many lines, a number clamped to 0..--history; anything "
+                                         "else is ignored (100), as in logplex."}])},
     # -- credentials --
     "/v3/credentials": {
         "post": operation(

@@ -568,6 +568,9 @@ def _shuttle_main(argv: Sequence[str]) -> int:
     flag("gzip", action="store_true")
     flag("skip-verify", action="store_true")
     flag("verbose", action="store_true")
+    # log-shuttle POSTs from this many outlets side by side; this stand-in posts
+    # one batch after another, which is what -num-outlets 1 asks for.
+    flag("num-outlets", type=int, default=4)
     # Go's flag package takes -name=value for every flag (-gzip=true for a
     # boolean); argparse only --name=value, and booleans without a value.
     booleans = {"gzip", "skip-verify", "verbose"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -555,12 +556,46 @@ def test_channel_logs_in_logplex_output_format(node):
 
 
 def test_channel_logs_of_an_empty_or_unknown_channel(node):
-    channel_id, _ = node.channel("app")
+    channel_id, tokens = node.channel("app")
     answer = node.api("GET", f"/v3/channels/{channel_id}/logs?num=5")
     assert answer.status == 200, answer
     assert answer.header("Logplex-Msg-Count") == "0" and answer.body == b""
     assert_error(node.api("GET", f"/v3/channels/{unique()}/logs"), 404)
-    assert_error(node.api("GET", f"/v3/channels/{channel_id}/logs?num=lots"), 422)
+    # As logplex: a num that is not a number is ignored, and the default of 100 applies.
+    assert node.post_logs(logplex1([syslog_message(tokens["app"], "web.1", "one line")]),
+                          auth=basic(*ADMIN)).status == 204
+    answer = wait_for(lambda: node.api("GET", f"/v3/channels/{channel_id}/logs?num=lots"),
+                      lambda a: a.header("Logplex-Msg-Count") == "1")
+    assert answer.status == 200 and answer.header("Logplex-Msg-Count") == "1", answer
+
+
+def test_channels_are_listed_a_page_at_a_time_with_token_names_and_never_tokens(node):
+    prefix = unique("list")
+    made = {}
+    for i in range(5):
+        channel_id = f"{prefix}-{i}"
+        answer = node.api("PUT", f"/v3/channels/{channel_id}", {"tokens": ["web", "app"] if i % 2 else []})
+        made[channel_id] = answer.json().get("tokens", {})
+    node.api("POST", f"/v3/channels/{prefix}-1/drains", {"url": "https://logs.example.com/in"})
+    seen, after, pages = [], "", 0
+    while True:
+        answer = node.api("GET", f"/v3/channels?limit=2&after={after}")
+        assert answer.status == 200, answer
+        page = answer.json()
+        assert len(page["channels"]) <= 2
+        seen += page["channels"]
+        pages += 1
+        if page["next"] is None:
+            break
+        after = page["next"]
+    ids = [c["channel"] for c in seen]
+    assert ids == sorted(ids) and len(ids) == len(set(ids))
+    mine = {c["channel"]: c for c in seen if c["channel"].startswith(prefix)}
+    assert mine[f"{prefix}-0"] == {"channel": f"{prefix}-0", "tokens": [], "drains": 0}
+    assert mine[f"{prefix}-1"] == {"channel": f"{prefix}-1", "tokens": ["app", "web"], "drains": 1}
+    listed = json.dumps(seen)
+    assert not any(token in listed for tokens in made.values() for token in tokens.values())
+    assert pages >= 3
 
 
 # -- methods and paths ----------------------------------------------------------------------------------

@@ -128,6 +128,18 @@ def test_channel_create_show_add_token_delete(node, run):
         assert fails(run(*args), 1) == f'logplex: channel "{channel}" does not exist (404)\n', args
 
 
+def test_channels_list_shows_every_channel_with_token_names(node, run):
+    channel = unique("cli")
+    ok(run("channels", "create", channel, "--token", "web", "--token", "app"))
+    listed = ok(run("channels", "list"))
+    assert listed.startswith("CHANNEL")
+    row = next(line for line in listed.splitlines() if line.startswith(channel + " "))
+    assert row.split() == [channel, "app,web", "0"]
+    assert "t." not in row
+    everything = json.loads(ok(run("--json", "channels", "list")))["channels"]
+    assert {"channel": channel, "tokens": ["app", "web"], "drains": 0} in everything
+
+
 def test_channel_without_tokens_and_json(node, run):
     channel = unique("cli")
     assert ok(run("channels", "create", channel)) == channel_text(channel, {})
