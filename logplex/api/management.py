@@ -193,14 +193,14 @@ class ManagementApi:
             raise HttpError(404, f"Channel {channel_id} has no drain {drain_id}.")
         return drain
 
-    def _drain_url(self, body: dict, required: bool) -> str | None:
+    def _drain_url(self, body: dict, required: bool, malformed: int = 422) -> str | None:
         url = body.get("url")
         if url is None and not required:
             return None
-        return validate.drain_url(url, self.allow_private_drains)
+        return validate.drain_url(url, self.allow_private_drains, malformed)
 
-    def _body(self, request) -> dict:
-        return validate.json_object(read_json(request, self.max_json))
+    def _body(self, request, status: int = 422) -> dict:
+        return validate.json_object(read_json(request, self.max_json), status)
 
     # -- health and metrics -----------------------------------------------------------
     async def openapi(self, request) -> Reply:
@@ -270,7 +270,7 @@ class ManagementApi:
         return Reply(201, {"name": token.name, "token": token.id})
 
     async def add_token_v1(self, request, channel_id) -> Reply:
-        name = validate.token_name(self._body(request).get("name"))
+        name = validate.token_name(self._body(request).get("name"), missing=400)
         token = await self.store.add_token(self._channel(channel_id).id, name)
         return Reply(201, token.id.encode(), content_type=b"text/plain")
 
@@ -387,7 +387,7 @@ class ManagementApi:
 
     async def put_channel_v3(self, request, channel_id) -> Reply:
         validate.channel_id(channel_id)
-        names = validate.token_names(self._body(request).get("tokens"))
+        names = validate.token_names(self._body(request, 400).get("tokens"), malformed=400)
         created = await self.store.put_channel(channel_id, names)
         return Reply(201 if created else 200, self._v3_description(channel_id))
 
@@ -399,17 +399,18 @@ class ManagementApi:
         return Reply(204)
 
     async def add_token_v3(self, request, channel_id) -> Reply:
-        name = validate.token_name(self._body(request).get("name"))
+        # logplex's v3: no name is 400, a new token 200.
+        name = validate.token_name(self._body(request, 400).get("name"), missing=400)
         self._channel(channel_id)
         token = await self.store.add_token(channel_id, name)
-        return Reply(201, {"token": token.id, "name": token.name})
+        return Reply(200, {"token": token.id, "name": token.name})
 
     def _drain_location(self, channel_id: str, drain_id: int) -> dict:
         return {b"location": f"{self.api_url}/v3/channels/{channel_id}/drains/{drain_id}".encode()}
 
     async def add_drain_v3(self, request, channel_id) -> Reply:
         self._channel(channel_id)
-        url = self._drain_url(self._body(request), required=False)
+        url = self._drain_url(self._body(request, 400), required=False, malformed=400)
         drain = await self.store.add_drain(channel_id, url)
         doc = {"id": drain.id, "token": drain.token}
         if url:
@@ -425,7 +426,7 @@ class ManagementApi:
 
     async def put_drain_v3(self, request, channel_id, drain_id) -> Reply:
         self._drain(channel_id, drain_id)
-        url = self._drain_url(self._body(request), required=True)
+        url = self._drain_url(self._body(request, 400), required=True, malformed=400)
         drain = await self.store.set_drain_url(channel_id, int(drain_id), url)
         return Reply(200, drain.describe())
 

@@ -350,7 +350,9 @@ def text(description: str, media_type: str = "text/plain", headers: dict | None 
 
 
 RESPONSES = {
-    "BadJson": error("The body is not JSON (or not UTF-8 JSON), or a member has the wrong type."),
+    "BadJson": error("The body is not JSON (or not UTF-8 JSON), or a member has the wrong type; on v3 (as "
+                     "logplex's v3), also a body that is not an object, a token without a name, or a "
+                     "drain URL that is not a URL."),
     "NotFound": error("No such channel, drain, credential or session."),
     "Conflict": error("The channel already has a drain to that URL."),
     "TooLarge": error("The body is larger than --max-json (64 KiB) or --max-body."),
@@ -469,13 +471,14 @@ PATHS: dict[str, dict] = {
     },
     "/v3/channels/{channel}/tokens": {"post": operation(
         "addToken", "Add a token", "v3",
-        {"201": answer("The new token.", json_content(ref("NamedToken"))), "404": use("NotFound")},
+        {"200": answer("The new token (200, as logplex's v3 answers).", json_content(ref("NamedToken"))),
+         "404": use("NotFound")},
         params=[CHANNEL], body="TokenBody", body_required=True)},
     "/v3/channels/{channel}/drains": {"post": operation(
         "addDrain", "Add a drain, or reserve one (no url)", "v3",
         {"201": answer("The drain.", json_content(ref("NewDrainV3")), LOCATION),
          "404": use("NotFound"), "409": use("Conflict"),
-         "422": error("Not a JSON object, an invalid or refused URL, or the channel already has "
+         "422": error("A refused URL (not a public address, UDP), or the channel already has "
                       "--max-drains drains.")},
         params=[CHANNEL], body="NewDrainV3Body")},
     "/v3/channels/{channel}/drains/{drain}": {
@@ -580,7 +583,8 @@ PATHS: dict[str, dict] = {
         params=[V2_CHANNEL])},
     "/v2/channels/{channel}/tokens": {"post": operation(
         "addTokenV2", "Add a token", "v2",
-        {"201": answer("The new token.", json_content(ref("NamedToken"))), "404": use("NotFound")},
+        {"201": answer("The new token.", json_content(ref("NamedToken"))),
+         "404": use("NotFound")},
         params=[V2_CHANNEL], body="TokenBody", body_required=True)},
     "/channels/{channel}/token": {"post": operation(
         "addTokenV1", "Add a token; the token comes back as text", "v1",
@@ -590,7 +594,7 @@ PATHS: dict[str, dict] = {
         "addDrainV2", "Add a drain", "v2",
         {"201": answer("The drain.", json_content(ref("Drain"))), "404": use("NotFound"),
          "409": use("Conflict"),
-         "422": error("Not a JSON object, an invalid or refused URL, or the channel already has "
+         "422": error("A refused URL (not a public address, UDP), or the channel already has "
                       "--max-drains drains.")},
         params=[V2_CHANNEL], body="DrainUrlBody", body_required=True)},
     "/channels/{channel}/drains/tokens": {"post": operation(

@@ -33,25 +33,31 @@ def channel_id(value: str) -> str:
     return value
 
 
-def token_name(value: object) -> str:
-    if not isinstance(value, str) or not TOKEN_NAME.fullmatch(value):
+def token_name(value: object, missing: int = 422) -> str:
+    """A token name; no name at all (or not a string) is `missing` (logplex's v1 and v3 answer 400)."""
+    if not isinstance(value, str):
+        raise HttpError(missing, "A token needs a 'name': a string of 1-48 printable ASCII characters "
+                                 "without spaces.")
+    if not TOKEN_NAME.fullmatch(value):
         raise HttpError(
             422, "A token name is a string of 1-48 printable ASCII characters without spaces."
         )
     return value
 
 
-def token_names(value: object) -> list[str]:
+def token_names(value: object, malformed: int = 422) -> list[str]:
+    """Token names; what is not a list of strings is `malformed` (logplex's v3 answers 400)."""
     if value is None:
         return []
     if not isinstance(value, list):
-        raise HttpError(422, "'tokens' must be a list of token names.")
-    return sorted({token_name(v) for v in value})
+        raise HttpError(malformed, "invalid payload: 'tokens' must be a list of token names.")
+    return sorted({token_name(v, missing=malformed) for v in value})
 
 
-def json_object(body: object) -> dict:
+def json_object(body: object, status: int = 422) -> dict:
+    """The body as a JSON object, or HttpError(status): logplex's v3 answers 400 "invalid payload", v2 422."""
     if not isinstance(body, dict):
-        raise HttpError(422, "The body must be a JSON object.")
+        raise HttpError(status, "invalid payload: the body must be a JSON object.")
     return body
 
 
@@ -68,19 +74,20 @@ def number(value: object, name: str, default: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
-def drain_url(value: object, allow_private: bool) -> str:
-    """A drain destination, or 422 saying what is wrong with it."""
+def drain_url(value: object, allow_private: bool, malformed: int = 422) -> str:
+    """A drain destination, or an HttpError saying what is wrong with it: `malformed` (logplex's
+    v3 answers 400, v2 422) for what is not a drain URL at all, 422 for one that is refused."""
     if not isinstance(value, str) or not value or len(value) > 2048:
-        raise HttpError(422, "Invalid drain destination: 'url' must be a URL string.")
+        raise HttpError(malformed, "Invalid drain destination: 'url' must be a URL string.")
     if not value.isascii() or not value.isprintable() or " " in value:
         raise HttpError(
-            422, "Invalid drain destination: a URL is printable ASCII without spaces "
-                 "(percent-encode anything else).")
+            malformed, "Invalid drain destination: a URL is printable ASCII without spaces "
+                       "(percent-encode anything else).")
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError:
-        raise HttpError(422, f"Invalid drain destination: {value!r} is not a URL.") from None
+        raise HttpError(malformed, f"Invalid drain destination: {value!r} is not a URL.") from None
     if parts.scheme in UDP_SCHEMES:
         raise HttpError(
             422,
@@ -89,13 +96,13 @@ def drain_url(value: object, allow_private: bool) -> str:
         )
     if parts.scheme not in DRAIN_SCHEMES:
         raise HttpError(
-            422,
+            malformed,
             "Invalid drain destination: the scheme must be one of "
             + ", ".join(sorted(DRAIN_SCHEMES)) + ".",
         )
     host = parts.hostname
     if not host:
-        raise HttpError(422, "Invalid drain destination: the URL names no host.")
+        raise HttpError(malformed, "Invalid drain destination: the URL names no host.")
     if not allow_private and is_private_host(host):
         raise HttpError(
             422,

@@ -212,7 +212,7 @@ def test_drains_add_list_show_remove(node, run):
     assert ok(run("channels", "show", channel)) == channel_text(
         channel, node.api("GET", f"/v3/channels/{channel}").json()["tokens"], {drain["id"]: url})
     assert fails(run("drains", "add", channel, url), 1).endswith("(409)\n")
-    assert fails(run("drains", "add", channel, "gopher://x"), 1).endswith("(422)\n")
+    assert fails(run("drains", "add", channel, "gopher://x"), 1).endswith("(400)\n")
 
     path = f"/v3/channels/{channel}/drains/{drain['id']}"
     wait_for(lambda: node.api("GET", path).json()["state"], lambda state: state is not None)
