@@ -265,7 +265,7 @@ def test_records_from_before_channel_identity_keep_working_until_the_channel_is_
     redis_command(redis, "HSET", "lp:tokens", token, json.dumps({"channel_id": channel_id, "name": "app"}))
     redis_command(redis, "SADD", f"lp:chtok:{channel_id}", token)
     redis_command(redis, "HSET", "lp:creds", user, json.dumps({
-        "hash": secrets.hash_secret(secret, n=2**4), "perms": ["read_channel"], "note": "", "channels": [channel_id]}))
+        "hash": secrets.hash_secret(secret), "perms": ["read_channel"], "note": "", "channels": [channel_id]}))
     redis_command(redis, "SET", f"lp:session:{session_id}", json.dumps({
         "channel_id": channel_id, "num": 10, "tail": False, "ps": None, "source": None}), "EX", 300)
     redis_command(redis, "PUBLISH", "lp:config", f"channel {channel_id}")
