@@ -211,7 +211,7 @@ def test_a_read_channel_grant_ends_with_its_channel_and_never_reads_a_new_one_of
             stream.close()
     for node in (a, b):
         answer = wait_until(lambda: http_request(node.api_port, "GET", stream_path, headers=reader),
-                            lambda r: r.status != 200, WITHIN, "the old grant refused")
+                            lambda r: r.status == 403, WITHIN, "the old grant refused (once b knows the new channel)")
         assert answer.status == 403, answer
         assert answer.json()["error"] == (
             f"This credential was granted an earlier channel named {channel_id}, which was deleted; "
@@ -221,7 +221,9 @@ def test_a_read_channel_grant_ends_with_its_channel_and_never_reads_a_new_one_of
     # A grant made now reads the new channel.
     again = a.api("POST", "/v3/credentials", {"perms": ["read_channel"], "channels": [channel_id]})
     fresh = {"Authorization": basic(again.json()["id"], again.json()["secret"])}
-    answer = http_request(b.api_port, "HEAD", stream_path, headers=fresh)
+    # (On b once the new credential has reached it through the feed.)
+    answer = wait_until(lambda: http_request(b.api_port, "HEAD", stream_path, headers=fresh),
+                        lambda r: r.status != 401, WITHIN, "the new grant known to b")
     assert answer.status == 200, answer
 
 
