@@ -263,10 +263,15 @@ class ManagementApi:
     async def _delete_channel(self, channel_id: str) -> None:
         self._channel(channel_id)
         await self.store.delete_channel(channel_id)
+        await self._clear_backlog(channel_id)
+
+    async def _clear_backlog(self, channel_id: str) -> None:
+        """Delete a backlog: of a deleted channel, and again when a channel of its name is made
+        (a DELETE whose shard was down, or a late write from another node, left it lines)."""
         try:
             await self.backlogs.delete(channel_id)
         except Exception as e:
-            # The backlog expires by itself; the channel is gone either way.
+            # The backlog expires by itself; the channel is gone (or made) either way.
             log.warn("backlog_delete_failed channel={channel} error={e}", channel=channel_id, e=repr(e))
 
     async def channel_info_v1(self, request, channel_id) -> Reply:
@@ -418,6 +423,8 @@ class ManagementApi:
         validate.channel_id(channel_id)
         names = validate.token_names(self._body(request).get("tokens"))
         created = await self.store.put_channel(channel_id, names)
+        if created:
+            await self._clear_backlog(channel_id)
         return Reply(201 if created else 200, self._v3_description(channel_id))
 
     async def get_channel_v3(self, request, channel_id) -> Reply:

@@ -256,6 +256,16 @@ def test_lines_routed_just_before_the_delete_do_not_land_in_the_new_backlog(pair
     assert backlog_texts(a, channel_id) == ["the first new line"]
 
 
+def test_a_new_channel_starts_empty_even_where_a_delete_left_backlog_lines(pair, redis):
+    a, _ = pair
+    channel_id = unique()
+    # As if a DELETE found its shard down, or another node's write landed after it.
+    redis_command(redis, "LPUSH", f"lp:log:{channel_id}", b"<13>1 2024-05-06T07:08:09+00:00 h app old - - left over")
+    made = a.api("PUT", f"/v3/channels/{channel_id}", {"tokens": ["app"]})
+    assert made.status == 201, made
+    assert backlog_texts(a, channel_id) == []
+
+
 # -- records written before channels had an identity -------------------------------------------------------------
 def test_records_from_before_channel_identity_keep_working_until_the_channel_is_deleted(pair, redis):
     a, b = pair
