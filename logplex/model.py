@@ -109,6 +109,10 @@ class Drain:
         return {"id": self.id, "token": self.token, "url": self.url}
 
 
+def _named(pairs) -> frozenset[tuple[str, str]]:
+    return frozenset((name, inc) for name, inc in pairs if inc != LEGACY_INCARNATION)
+
+
 @attrs.frozen
 class Credential:
     """An API user; secret_hash is a KDF string from logplex.secrets, never the secret."""
@@ -120,15 +124,15 @@ class Credential:
     channels: frozenset[str] = frozenset()  # what read_channel covers, by name
     # (name, incarnation) of the channels granted: a grant reads the channel
     # it was made for, never a later one of the same name. A name missing
-    # here (a grant stored before channels had an identity) is LEGACY_INCARNATION.
-    incarnations: frozenset[tuple[str, str]] = frozenset()
+    # here (a grant stored before channels had an identity) is LEGACY_INCARNATION,
+    # which is why it is never kept here: one record, one way to say it.
+    incarnations: frozenset[tuple[str, str]] = attrs.field(default=frozenset(), converter=_named)
 
     def to_json(self) -> str:
         doc = {"hash": self.secret_hash, "perms": sorted(self.perms), "note": self.note,
                "channels": sorted(self.channels)}
-        named = {name: inc for name, inc in self.incarnations if inc != LEGACY_INCARNATION}
-        if named:
-            doc["incarnations"] = dict(sorted(named.items()))
+        if self.incarnations:
+            doc["incarnations"] = dict(sorted(self.incarnations))
         return json.dumps(doc)
 
     @classmethod

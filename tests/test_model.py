@@ -66,3 +66,9 @@ def test_a_session_reads_only_the_channel_it_was_made_for():
     assert SessionSpec.from_json("s", spec.to_json().encode()) == spec
     legacy = SessionSpec.from_json("s", b'{"channel_id": "app", "num": 5, "tail": true, "ps": null, "source": null}')
     assert legacy.reads(Channel("app")) and not legacy.reads(first)
+
+
+def test_a_grant_of_a_legacy_channel_is_one_record_in_memory_and_stored():
+    cred = reader(Channel("app"))
+    assert cred.incarnations == frozenset() and cred.can_read(Channel("app"))
+    assert Credential.from_json("reader", cred.to_json().encode()) == cred
