@@ -26,6 +26,8 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_node_info": ("gauge", "This node's name and version, as labels (always 1)."),
     "logplex_tail_lines_total": ("counter", "Lines sent to live tails."),
     "logplex_tail_dropped_total": ("counter", "Lines dropped by slow tails (L11)."),
+    "logplex_tails_ended_total": ("counter", "Live tails and streams ended because their channel was deleted."),
+    "logplex_backlog_forgotten_total": ("counter", "Messages of a deleted channel not written to its backlog (deleted with it)."),
     "logplex_connections_total": ("counter", "Syslog connections accepted."),
     "logplex_active_connections": ("gauge", "Open syslog connections."),
     "logplex_active_tails": ("gauge", "Live tail sessions on this node."),

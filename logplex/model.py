@@ -31,18 +31,42 @@ def new_drain_token() -> str:
     return "d." + str(uuid.uuid4())
 
 
+# The incarnation of a channel stored before channels had one: a stable
+# default, so such a channel, its sessions and the grants naming it keep
+# matching each other until the channel is deleted. A channel made since
+# always has a random incarnation, never this one.
+LEGACY_INCARNATION = ""
+
+
+def new_incarnation() -> str:
+    return uuid.uuid4().hex
+
+
 @attrs.frozen
 class Channel:
+    """A channel; its id is a name a new owner may take after a DELETE, its
+    incarnation is what tells this channel from every other of that name."""
+
     id: str
     flags: frozenset[str] = frozenset()
+    incarnation: str = LEGACY_INCARNATION
+
+    @classmethod
+    def new(cls, channel_id: str) -> Channel:
+        """A channel about to be made: an incarnation no other channel had."""
+        return cls(id=channel_id, incarnation=new_incarnation())
 
     def to_json(self) -> str:
-        return json.dumps({"flags": sorted(self.flags)})
+        doc: dict = {"flags": sorted(self.flags)}
+        if self.incarnation != LEGACY_INCARNATION:
+            doc["incarnation"] = self.incarnation
+        return json.dumps(doc)
 
     @classmethod
     def from_json(cls, channel_id: str, data: bytes) -> Channel:
         doc = json.loads(data)
-        return cls(id=channel_id, flags=frozenset(doc.get("flags", ())))
+        return cls(id=channel_id, flags=frozenset(doc.get("flags", ())),
+                   incarnation=doc.get("incarnation") or LEGACY_INCARNATION)
 
 
 @attrs.frozen
@@ -85,6 +109,10 @@ class Drain:
         return {"id": self.id, "token": self.token, "url": self.url}
 
 
+def _named(pairs) -> frozenset[tuple[str, str]]:
+    return frozenset((name, inc) for name, inc in pairs if inc != LEGACY_INCARNATION)
+
+
 @attrs.frozen
 class Credential:
     """An API user; secret_hash is a KDF string from logplex.secrets, never the secret."""
@@ -93,11 +121,19 @@ class Credential:
     secret_hash: str
     perms: frozenset[str] = frozenset()
     note: str = ""
-    channels: frozenset[str] = frozenset()  # what read_channel covers
+    channels: frozenset[str] = frozenset()  # what read_channel covers, by name
+    # (name, incarnation) of the channels granted: a grant reads the channel
+    # it was made for, never a later one of the same name. A name missing
+    # here (a grant stored before channels had an identity) is LEGACY_INCARNATION,
+    # which is why it is never kept here: one record, one way to say it.
+    incarnations: frozenset[tuple[str, str]] = attrs.field(default=frozenset(), converter=_named)
 
     def to_json(self) -> str:
-        return json.dumps({"hash": self.secret_hash, "perms": sorted(self.perms), "note": self.note,
-                           "channels": sorted(self.channels)})
+        doc = {"hash": self.secret_hash, "perms": sorted(self.perms), "note": self.note,
+               "channels": sorted(self.channels)}
+        if self.incarnations:
+            doc["incarnations"] = dict(sorted(self.incarnations))
+        return json.dumps(doc)
 
     @classmethod
     def from_json(cls, cred_id: str, data: bytes) -> Credential:
@@ -108,14 +144,25 @@ class Credential:
             perms=frozenset(doc.get("perms", ())),
             note=doc.get("note", ""),
             channels=frozenset(doc.get("channels", ())),
+            incarnations=frozenset((doc.get("incarnations") or {}).items()),
         )
 
     def has(self, perm: str) -> bool:
         return perm in self.perms
 
-    def can_read(self, channel_id: str) -> bool:
-        """Tail and read the backlog of this channel."""
-        return FULL_API in self.perms or (READ_CHANNEL in self.perms and channel_id in self.channels)
+    def granted(self, channel_id: str) -> str | None:
+        """The incarnation of the channel of this name that read_channel grants, or None."""
+        if READ_CHANNEL not in self.perms or channel_id not in self.channels:
+            return None
+        return dict(self.incarnations).get(channel_id, LEGACY_INCARNATION)
+
+    def may_read_name(self, channel_id: str) -> bool:
+        """Whether some channel of this name was ever granted: a 403 rather than a 404 otherwise."""
+        return FULL_API in self.perms or self.granted(channel_id) is not None
+
+    def can_read(self, channel: Channel) -> bool:
+        """Tail and read the backlog of this channel: the one granted, not only one of its name."""
+        return FULL_API in self.perms or self.granted(channel.id) == channel.incarnation
 
 
 @attrs.frozen
@@ -128,17 +175,21 @@ class SessionSpec:
     tail: bool = False
     ps: str | None = None
     source: str | None = None
+    # The channel's incarnation when the session was made: a session never
+    # reads a later channel of the same name.
+    incarnation: str = LEGACY_INCARNATION
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "channel_id": self.channel_id,
-                "num": self.num,
-                "tail": self.tail,
-                "ps": self.ps,
-                "source": self.source,
-            }
-        )
+        doc = {
+            "channel_id": self.channel_id,
+            "num": self.num,
+            "tail": self.tail,
+            "ps": self.ps,
+            "source": self.source,
+        }
+        if self.incarnation != LEGACY_INCARNATION:
+            doc["incarnation"] = self.incarnation
+        return json.dumps(doc)
 
     @classmethod
     def from_json(cls, session_id: str, data: bytes) -> SessionSpec:
@@ -150,4 +201,9 @@ class SessionSpec:
             tail=doc["tail"],
             ps=doc["ps"],
             source=doc["source"],
+            incarnation=doc.get("incarnation") or LEGACY_INCARNATION,
         )
+
+    def reads(self, channel: Channel) -> bool:
+        """Whether this session was made for this channel, not an earlier one of its name."""
+        return channel.id == self.channel_id and channel.incarnation == self.incarnation

@@ -115,8 +115,13 @@ class LogplexNode(MultiService):
         # One connection for the bus: what a node publishes stays in order.
         self.cluster_tails = ClusterTails(
             self.tails, connect(config_address, poolsize=1, reply_timeout=s.redis_timeout),
-            config_address, s.node_name, self.reactor, self.metrics, timeout=s.redis_timeout)
+            config_address, s.node_name, self.reactor, self.metrics, timeout=s.redis_timeout,
+            incarnation_of=self._incarnation_of)
         self.store.feed_listeners[b"tail"] = [self.cluster_tails.on_feed]
+        # A channel deleted (or deleted and made again): its tails end, and
+        # its lines still queued here never reach the new channel's backlog.
+        self.store.identity_listeners += [self.tails.end_channel,
+                                          lambda channel_id, now: self.backlogs.forget(channel_id)]
         self.registry = NodeRegistry(config_redis, s.node_name, self.reactor, interval=s.heartbeat,
                                      timeout=s.redis_timeout)
         self.router = Router(self.store.cache, self.backlogs, self.cluster_tails, self.metrics, drops=self.drops)
@@ -206,6 +211,10 @@ class LogplexNode(MultiService):
         # are enforced by the HTTP/1.1 channel, and an h2 connection would
         # carry requests past them.
         return ConnectionCap(site, s.max_connections, self.metrics, negotiable=(b"http/1.1",))
+
+    def _incarnation_of(self, channel_id: str) -> str | None:
+        channel = self.store.cache.channels.get(channel_id)
+        return None if channel is None else channel.incarnation
 
     def shard_pool(self, url: str):
         """The connection pool of a shard URL ("config" is the config Redis's)."""

@@ -7,7 +7,7 @@ from collections import deque
 from typing import Callable
 
 from logplex import syslog
-from logplex.model import SessionSpec
+from logplex.model import Channel, SessionSpec
 
 DEFAULT_TAIL_BUFFER = 1024
 DEFAULT_TAIL_BUFFER_BYTES = 1024 * 1024
@@ -233,6 +233,8 @@ class TailRegistry:
     def __init__(self, metrics) -> None:
         self.metrics = metrics
         self.by_channel: dict[str, set[TailSession]] = {}
+        # How each tail is ended when its channel is (see end_channel).
+        self._enders: dict[TailSession, Callable[[], None]] = {}
         # The cluster bus hooks these to start and stop hearing a channel.
         self.on_first_tail: Callable[[str], None] = lambda channel_id: None
         self.on_last_tail: Callable[[str], None] = lambda channel_id: None
@@ -241,7 +243,10 @@ class TailRegistry:
     def count(self) -> int:
         return sum(len(s) for s in self.by_channel.values())
 
-    def add(self, tail: TailSession) -> None:
+    def add(self, tail: TailSession, end: Callable[[], None] | None = None) -> None:
+        """Register a tail; `end` tells its reader the channel is gone and closes its response."""
+        if end is not None:
+            self._enders[tail] = end
         tails = self.by_channel.get(tail.channel_id)
         if tails is None:
             tails = self.by_channel[tail.channel_id] = set()
@@ -249,6 +254,7 @@ class TailRegistry:
         tails.add(tail)
 
     def remove(self, tail: TailSession) -> None:
+        self._enders.pop(tail, None)
         tails = self.by_channel.get(tail.channel_id)
         if tails is not None and tail in tails:
             tails.discard(tail)
@@ -259,6 +265,22 @@ class TailRegistry:
     def has_tails(self, channel_id: str) -> bool:
         return channel_id in self.by_channel
 
-    def publish(self, channel_id: str, messages: list[bytes]) -> None:
+    def publish(self, channel_id: str, messages: list[bytes], incarnation: str | None = None) -> None:
+        """Deliver to the channel's tails; with an incarnation, only to tails of that channel
+        (lines from another node name the channel they were routed to)."""
         for tail in list(self.by_channel.get(channel_id, ())):
-            tail.deliver(messages)
+            if incarnation is None or tail.spec.incarnation == incarnation:
+                tail.deliver(messages)
+
+    def end_channel(self, channel_id: str, now: Channel | None) -> int:
+        """The channel was deleted (now is None) or replaced by `now`, a new one of its name:
+        end every tail made for the old one. Returns how many were ended."""
+        stale = [t for t in self.by_channel.get(channel_id, ()) if now is None or not t.spec.reads(now)]
+        for tail in stale:
+            end = self._enders.get(tail)
+            self.remove(tail)
+            if end is not None:
+                end()
+        if stale:
+            self.metrics.inc("logplex_tails_ended_total", len(stale))
+        return len(stale)

@@ -974,8 +974,9 @@ class DictRedis:
         return b"ok"
 
     def _set_channel(self, a):
-        channel, doc = a
-        if channel not in self._h(config_module.CHANNELS):
+        channel, doc, incarnation = a
+        stored = self._h(config_module.CHANNELS).get(channel)
+        if stored is None or (json.loads(stored).get("incarnation") or "").encode() != incarnation:
             return b"nochannel"
         self._h(config_module.CHANNELS)[channel] = doc
         self._announce()

@@ -167,3 +167,64 @@ def test_within_bytes_keeps_the_newest_lines_that_fit_and_always_the_newest():
     assert within_bytes(lines, 40) == lines
     assert within_bytes([b"x" * 100], 10) == [b"x" * 100]  # a reader always gets the newest line
     assert within_bytes([], 10) == []
+
+
+class ShardPool(FakeRedis):
+    """A shard's pool: pipelined flushes (answered by the test) and DEL, recorded in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.log = []
+
+    def pipeline(self):
+        self.log.append("flush")
+        return super().pipeline()
+
+    def delete(self, key):
+        self.log.append(("DEL", key))
+        return defer.succeed(1)
+
+
+def backlogs():
+    from logplex.redis.shards import Backlogs
+
+    clock, metrics, pool = Clock(), Metrics(), ShardPool()
+    b = Backlogs(clock, metrics, lambda url: pool, history=100, expiry=3600, interval=0.05)
+    b.configure({"shard-0": "redis://shard"})
+    return b, pool, clock, metrics
+
+
+def test_a_deleted_channels_queued_lines_are_dropped_and_counted_not_written_later():
+    b, pool, clock, metrics = backlogs()
+    b.append("gone", [b"1", b"2"])
+    b.append("kept", [b"x"])
+    d = b.delete("gone")
+    assert d.called and pool.log == [("DEL", backlog_key("gone"))]
+    clock.advance(0.05)
+    assert pool.executed == [[("LPUSH", backlog_key("kept"), b"x"), ("LTRIM", backlog_key("kept"), 0, 99),
+                              ("EXPIRE", backlog_key("kept"), 3600)]]
+    assert metrics.get("logplex_backlog_forgotten_total") == 2
+
+
+def test_a_backlog_is_deleted_after_a_write_in_flight_with_its_lines_has_landed():
+    b, pool, clock, metrics = backlogs()
+    b.append("gone", [b"1"])
+    clock.advance(0.05)  # in flight
+    b.append("gone", [b"2"])
+    d = b.delete("gone")
+    assert not d.called and pool.log == ["flush"]
+    pool.replies[0].callback([])
+    assert d.called and pool.log == ["flush", ("DEL", backlog_key("gone"))]
+    assert b.writers["shard-0"].unwritten("gone") == []
+
+
+def test_lines_of_a_failed_write_put_back_in_the_queue_are_dropped_before_the_delete():
+    b, pool, clock, metrics = backlogs()
+    b.append("gone", [b"1"])
+    clock.advance(0.05)
+    d = b.delete("gone")
+    pool.replies[0].errback(ConnectionError("shard down"))
+    assert d.called and pool.log == ["flush", ("DEL", backlog_key("gone"))]
+    clock.advance(5)
+    assert len(pool.executed) == 1  # nothing of it is written again
+    assert metrics.get("logplex_backlog_forgotten_total") == 1

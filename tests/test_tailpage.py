@@ -18,7 +18,7 @@ from logplex.api.management import ManagementApi
 from logplex.api.tailpage import KEEPALIVE_SECONDS, RECHECK_SECONDS, TailPage
 from logplex.auth import Authenticator
 from logplex.metrics import Metrics
-from logplex.model import ANY_CHANNEL, FULL_API, NO_TAIL, READ_CHANNEL, Credential
+from logplex.model import ANY_CHANNEL, FULL_API, NO_TAIL, READ_CHANNEL, Channel, Credential
 from logplex.redis.config import ConfigCache
 from logplex.redis.shards import within_bytes
 from logplex.tails import TailRegistry
@@ -348,3 +348,58 @@ def test_switched_off_tails_and_a_silent_shard_are_503():
     answer = node.get("/v3/channels/web-app/stream")
     assert answer.status == 503 and "backlog" in answer.json()["error"]
     assert node.tails.count() == 0
+
+
+# -- a channel's identity ------------------------------------------------------------------------------
+def deleted(node: Node, channel_id: str) -> None:
+    """What the config store does on every node when a channel is deleted: cache, then tails."""
+    node.cache.replace_channel(channel_id, None, (), ())
+    node.tails.end_channel(channel_id, None)
+
+
+def test_a_stream_ends_at_once_with_a_revoked_event_when_its_channel_is_deleted():
+    node = Node()
+    protocol, transport = node.open_stream("/v3/channels/web-app/stream", user="reader")
+    assert events(transport)[-1][0] == "ready"
+    deleted(node, "web-app")
+    assert events(transport)[-1] == ("revoked", {"msg": "Channel web-app was deleted: this stream has ended."})
+    assert parse_reply(transport.value()).complete
+    assert node.tails.count() == 0
+    assert not node.reactor.getDelayedCalls()
+    assert node.metrics.get("logplex_tails_ended_total") == 1
+
+
+def test_a_stream_whose_channel_was_replaced_unannounced_ends_within_a_second():
+    node = Node()
+    protocol, transport = node.open_stream("/v3/channels/web-app/stream", user="admin")
+    # The cache changed without the registry being told (the safety net).
+    node.cache.channels["web-app"] = Channel.new("web-app")
+    node.tails.publish("web-app", [cooked("app", "web.1", "new owner")], node.cache.channels["web-app"].incarnation)
+    node.reactor.advance(RECHECK_SECONDS)
+    assert events(transport)[-1] == ("revoked", {"msg": "Channel web-app was deleted: this stream has ended."})
+    assert "new owner" not in messages(transport)
+    assert parse_reply(transport.value()).complete and node.tails.count() == 0
+
+
+def test_a_grant_of_an_earlier_channel_of_the_name_reads_nothing_of_the_new_one():
+    node = Node()
+    node.cache.replace_channel("web-app", Channel.new("web-app"), (), ())
+    answer = node.get("/v3/channels/web-app/stream", user="reader")
+    assert answer.status == 403
+    assert answer.json()["error"] == (
+        "This credential was granted an earlier channel named web-app, which was deleted; "
+        "it cannot read the new one: ask for a new credential.")
+    assert node.get("/tail/channels", user="reader").json()["channels"] == []
+    # A credential allowed every channel reads the new one.
+    assert node.get("/v3/channels/web-app/stream?num=0", user="admin").status == 200
+
+
+def test_a_channel_deleted_during_the_backlog_read_is_answered_404_not_streamed():
+    node = Node()
+    node.backlogs.hold = True
+    protocol, transport = node.open_stream("/v3/channels/web-app/stream", user="reader")
+    deleted(node, "web-app")
+    node.backlogs.release()
+    reply = parse_reply(transport.value())
+    assert reply.status == 404 and node.tails.count() == 0
+    assert not node.reactor.getDelayedCalls()

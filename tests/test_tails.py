@@ -214,3 +214,39 @@ def test_every_line_is_sent_once_in_order_or_counted_and_memory_stays_bounded(st
     assert numbers == sorted(set(numbers))
     assert len(numbers) + metrics.get("logplex_tail_dropped_total") == fed
     assert metrics.get("logplex_tail_lines_total") == len(numbers)
+
+
+def test_ending_a_channel_ends_the_tails_of_its_old_incarnations_only():
+    from logplex.model import Channel
+
+    metrics = Metrics()
+    registry = TailRegistry(metrics)
+    first, successor = Channel.new("app1"), Channel.new("app1")
+    ended, last = [], []
+    registry.on_last_tail = last.append
+    old = TailSession(SessionSpec(id="old", channel_id="app1", incarnation=first.incarnation), [].append, metrics)
+    new = TailSession(SessionSpec(id="new", channel_id="app1", incarnation=successor.incarnation), [].append,
+                      metrics)
+    registry.add(old, lambda: ended.append("old"))
+    registry.add(new, lambda: ended.append("new"))
+    assert registry.end_channel("app1", successor) == 1
+    assert ended == ["old"] and registry.by_channel == {"app1": {new}} and last == []
+    # Deleted: every tail of the name ends, and the channel is no longer heard.
+    assert registry.end_channel("app1", None) == 1
+    assert ended == ["old", "new"] and not registry.has_tails("app1") and last == ["app1"]
+    assert metrics.get("logplex_tails_ended_total") == 2
+    assert registry.end_channel("app1", None) == 0
+
+
+def test_lines_naming_an_incarnation_reach_only_its_tails():
+    registry = TailRegistry(Metrics())
+    written = {}
+    for name in ("a", "b", ""):
+        tail = TailSession(SessionSpec(id=name, channel_id="app1", incarnation=name),
+                           written.setdefault(name, []).append, Metrics())
+        tail.go_live([])
+        registry.add(tail)
+    registry.publish("app1", [msg("app", "web.1", "to a")], "a")
+    registry.publish("app1", [msg("app", "web.1", "to all")])
+    assert written == {"a": [line("app", "web.1", "to a"), line("app", "web.1", "to all")],
+                       "b": [line("app", "web.1", "to all")], "": [line("app", "web.1", "to all")]}

@@ -26,6 +26,19 @@ NO_TAIL_WARNING = b"Tailing is switched off for this channel."
 SAFE_METHODS = {b"GET", b"HEAD", b"OPTIONS"}
 
 
+def channel_ended(channel_id: str) -> bytes:
+    """The last line of a live tail whose channel was deleted."""
+    return f"Channel {channel_id} was deleted: this tail has ended.".encode()
+
+
+def session_gone(spec: SessionSpec, channel) -> HttpError:
+    """Why a session cannot be read: its channel is gone, or another channel has its name."""
+    if channel is None:
+        return HttpError(404, f"Channel {spec.channel_id} no longer exists.")
+    return HttpError(410, f"This session was made for an earlier channel named {spec.channel_id}, "
+                          f"which was deleted; make a new session.")
+
+
 def v2_channel_id(channel_id: str):
     """v2 answers carry integer channel ids, as logplex's clients expect."""
     return int(channel_id) if channel_id.isdigit() else channel_id
@@ -250,10 +263,15 @@ class ManagementApi:
     async def _delete_channel(self, channel_id: str) -> None:
         self._channel(channel_id)
         await self.store.delete_channel(channel_id)
+        await self._clear_backlog(channel_id)
+
+    async def _clear_backlog(self, channel_id: str) -> None:
+        """Delete a backlog: of a deleted channel, and again when a channel of its name is made
+        (a DELETE whose shard was down, or a late write from another node, left it lines)."""
         try:
             await self.backlogs.delete(channel_id)
         except Exception as e:
-            # The backlog expires by itself; the channel is gone either way.
+            # The backlog expires by itself; the channel is gone (or made) either way.
             log.warn("backlog_delete_failed channel={channel} error={e}", channel=channel_id, e=repr(e))
 
     async def channel_info_v1(self, request, channel_id) -> Reply:
@@ -307,7 +325,8 @@ class ManagementApi:
             channel_id = str(channel_id)
         if not isinstance(channel_id, str) or not channel_id:
             raise HttpError(400, "'channel_id' is required.")
-        if self.store.channel(channel_id) is None:
+        channel = self.store.channel(channel_id)
+        if channel is None:
             raise HttpError(422, "channel not found")
         for key in ("ps", "source"):
             value = body.get(key)
@@ -322,6 +341,8 @@ class ManagementApi:
             tail=tail not in (False, None, "false", "0", 0),
             ps=body.get("ps") or None,
             source=body.get("source") or None,
+            # The session reads this channel, never a later one of its name.
+            incarnation=channel.incarnation,
         )
         await self.store.create_session(spec)
         self.metrics.inc("logplex_sessions_created_total")
@@ -340,15 +361,25 @@ class ManagementApi:
         if spec is None:
             raise HttpError(404, "No such session (or it expired).")
         channel = self.store.channel(spec.channel_id)
-        if channel is None:
-            raise HttpError(404, f"Channel {spec.channel_id} no longer exists.")
+        if channel is None or not spec.reads(channel):
+            raise session_gone(spec, channel)
         live = spec.tail and NO_TAIL not in channel.flags and not self.deny_tail_sessions
         tail = None
+        # The channel deleted: before the answer started (an error instead), or while live.
+        ended = {"gone": False, "live": False}
+
+        def end() -> None:
+            ended["gone"] = True
+            if ended["live"] and not request.finished:
+                request.write(syslog.utc_timestamp(self.reactor.seconds()) + b" Logplex: "
+                              + channel_ended(spec.channel_id) + b"\n")
+                request.finish()
+
         if live:
             # Registered before the backlog is read, so nothing falls in between.
             tail = TailSession(spec, request.write, self.metrics, self.tail_buffer,
                                buffer_bytes=self.tail_buffer_bytes)
-            self.tails.add(tail)
+            self.tails.add(tail, end)
             request.notifyFinish().addBoth(lambda _: self.tails.remove(tail))
         try:
             backlog = await self.backlogs.recent(spec.channel_id, spec.num, self.tail_buffer_bytes)
@@ -356,6 +387,8 @@ class ManagementApi:
             if tail is not None:
                 self.tails.remove(tail)
             raise HttpError(503, "The channel's backlog shard is not answering; try again.") from None
+        if ended["gone"]:
+            raise session_gone(spec, self.store.channel(spec.channel_id))
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         if tail is None:
@@ -369,6 +402,7 @@ class ManagementApi:
             request.finish()
             return STREAMING
         request.registerProducer(tail, True)
+        ended["live"] = True
         tail.go_live(backlog)
         log.info("tail_started channel={channel} session={session}", channel=spec.channel_id, session=spec.id)
         return STREAMING
@@ -389,6 +423,8 @@ class ManagementApi:
         validate.channel_id(channel_id)
         names = validate.token_names(self._body(request, 400).get("tokens"), malformed=400)
         created = await self.store.put_channel(channel_id, names)
+        if created:
+            await self._clear_backlog(channel_id)
         return Reply(201 if created else 200, self._v3_description(channel_id))
 
     async def get_channel_v3(self, request, channel_id) -> Reply:
@@ -449,7 +485,17 @@ class ManagementApi:
             raise HttpError(422, "'channels' must be a list of channel ids.")
         if (READ_CHANNEL in perms) != bool(channels):
             raise HttpError(422, "A read_channel credential names its channels, and only it does.")
-        cred, secret = await self.store.create_credential(perms, note, channels=channels)
+        # A grant names a channel that exists: its identity, not only its name.
+        granted = []
+        for channel_id in sorted(set(channels)):
+            if self.store.channel(channel_id) is None:
+                # Perhaps just made on another node: ask the config Redis, not only the cache.
+                await self.store.refresh_channel(channel_id)
+            channel = self.store.channel(channel_id)
+            if channel is None:
+                raise HttpError(404, f"Channel {channel_id} does not exist: make it before granting it.")
+            granted.append(channel)
+        cred, secret = await self.store.create_credential(perms, note, channels=granted)
         # The only time the secret is shown: only its hash is kept.
         return Reply(201, {**describe_credential(cred), "secret": secret})
 

@@ -317,7 +317,8 @@ SCHEMAS: dict[str, dict] = {
                 "type": "array",
                 "items": {"type": "string"},
                 "description": "The channels a read_channel credential may read: required with "
-                               "read_channel, refused without it.",
+                               "read_channel, refused without it. Each must exist: the grant is "
+                               "for that channel, never a later one of the same name.",
             },
         },
         "if": {"required": ["perms"], "properties": {"perms": {"contains": {"const": "read_channel"}}}},
@@ -509,7 +510,8 @@ PATHS: dict[str, dict] = {
     "/v3/credentials": {
         "post": operation(
             "createCredential", "Create a credential; its secret is shown this once", "credentials",
-            {"201": answer("The credential and its secret.", json_content(ref("NewCredential")))},
+            {"201": answer("The credential and its secret.", json_content(ref("NewCredential"))),
+             "404": error("A channel named in 'channels' does not exist.")},
             body="CredentialBody"),
         "get": operation(
             "listCredentials", "List the credentials (without secrets)", "credentials",
@@ -551,8 +553,10 @@ PATHS: dict[str, dict] = {
     "/sessions/{session}": {"get": operation(
         "readSession", "Read a session: backlog lines, then live ones if it tails", "sessions",
         {"200": text("Chunked text, one line per message, oldest first: TIMESTAMP SOURCE[PS]: MSG. "
-                     "A tail stays open."),
+                     "A tail stays open; when its channel is deleted it ends with a line saying so."),
          "404": use("NotFound"),
+         "410": error("The session was made for an earlier channel of this name, since deleted: "
+                      "make a new session."),
          "503": error("The config Redis or the channel's backlog shard is not answering.")},
         guarded=False,
         params=[path_param("session", {"type": "string", "pattern": SESSION_ID_PATTERN},

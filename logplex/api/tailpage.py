@@ -54,11 +54,18 @@ KEEPALIVE_SECONDS = 15.0
 # How often an open stream checks that its credential still may read the channel.
 RECHECK_SECONDS = 1.0
 REVOKED = "Your credential was deleted or changed, or may no longer read this channel: sign in again."
+# A grant names one channel: after a DELETE, a new channel of the same name is another's.
+EARLIER_CHANNEL = ("This credential was granted an earlier channel named {channel}, which was deleted; "
+                   "it cannot read the new one: ask for a new credential.")
 # How many channel names /tail/channels offers a full_api credential.
 MAX_LISTED_CHANNELS = 1000
 
 SIGN_IN = "Sign in with a credential id and secret (HTTP Basic)."
 NO_TAIL_WARNING = "Tailing is switched off for this channel."
+
+
+def channel_ended(channel_id: str) -> str:
+    return f"Channel {channel_id} was deleted: this stream has ended."
 
 
 def sse(data: dict, event: str | None = None) -> bytes:
@@ -169,7 +176,7 @@ class TailPage:
             listed = names[:MAX_LISTED_CHANNELS]
             doc = {"credential": cred.id, "channels": listed, "any": True, "more": len(names) > len(listed)}
         elif cred.has(READ_CHANNEL):
-            names = sorted(c for c in cred.channels if c in existing)
+            names = sorted(c for c in cred.channels if c in existing and cred.can_read(existing[c]))
             doc = {"credential": cred.id, "channels": names, "any": False, "more": False}
         else:
             raise HttpError(403, "This credential cannot read any channel.")
@@ -179,12 +186,14 @@ class TailPage:
     async def stream(self, request, channel_id) -> object:
         # The page encodes the id as a path segment; the Dispatcher has decoded it.
         cred = await self._credential(request)
-        if not cred.can_read(channel_id):
+        if not cred.may_read_name(channel_id):
             raise HttpError(403, f"This credential cannot read channel {channel_id}.")
         api = self.api
         channel = api.store.channel(channel_id)
         if channel is None:
             raise HttpError(404, f"Channel {channel_id} does not exist.")
+        if not cred.can_read(channel):
+            raise HttpError(403, EARLIER_CHANNEL.format(channel=channel_id))
         if api.deny_tail_sessions:
             raise HttpError(503, "Tail sessions are switched off on this node.")
         args = {k.decode("latin-1"): v[0].decode("utf-8", "replace") for k, v in request.args.items() if v}
@@ -195,16 +204,25 @@ class TailPage:
             tail=NO_TAIL not in channel.flags,
             ps=args.get("ps") or None,
             source=args.get("source") or None,
+            incarnation=channel.incarnation,
         )
         if request.method == b"HEAD":
             return Reply(200, b"", dict(NO_STORE), content_type=b"text/event-stream")
         tail = keepalive = None
         ended = []
+        # The channel deleted: before the answer started (an error instead), or while live.
+        channel_gone = {"gone": False, "live": False}
+
+        def end() -> None:
+            channel_gone["gone"] = True
+            if channel_gone["live"]:
+                self._end(request, channel_id, cred, channel_ended(channel_id), "tail_page_channel_ended")
+
         if spec.tail:
             # Registered before the backlog is read, so nothing falls in between.
             tail = event_tail(spec, request.write, api.metrics, api.tail_buffer, self.clock,
                               api.tail_buffer_bytes)
-            api.tails.add(tail)
+            api.tails.add(tail, end)
             keepalive = task.LoopingCall(self._watch, tail, request, cred, channel_id, [api.reactor.seconds()])
             keepalive.clock = api.reactor
 
@@ -225,6 +243,10 @@ class TailPage:
             raise HttpError(503, "The channel's backlog shard is not answering; try again.") from None
         if ended:
             return STREAMING
+        if channel_gone["gone"]:
+            if api.store.channel(channel_id) is None:
+                raise HttpError(404, f"Channel {channel_id} does not exist.")
+            raise HttpError(403, EARLIER_CHANNEL.format(channel=channel_id))
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
@@ -237,20 +259,33 @@ class TailPage:
             request.finish()
             return STREAMING
         request.registerProducer(tail, True)
+        channel_gone["live"] = True
         tail.go_live(backlog)
         if not ended:
             keepalive.start(RECHECK_SECONDS, now=False)
         log.info("tail_page_started channel={channel} credential={cred}", channel=channel_id, cred=cred.id)
         return STREAMING
 
-    def _watch(self, tail: TailSession, request, cred, channel_id: str, last_keepalive: list[float]) -> None:
-        """Every RECHECK_SECONDS: end the stream of a revoked credential; now and then a keepalive."""
+    def _end(self, request, channel_id: str, cred, why: str, event: str) -> None:
+        """End a live stream with a `revoked` event saying why; the page shows it and stops."""
         if request.finished:
             return
-        if self.api.store.cache.creds.get(cred.id) != cred or not cred.can_read(channel_id):
-            log.info("tail_page_revoked channel={channel} credential={cred}", channel=channel_id, cred=cred.id)
-            request.write(sse({"msg": REVOKED}, "revoked"))
-            request.finish()
+        log.info(event + " channel={channel} credential={cred}", channel=channel_id, cred=cred.id)
+        request.write(sse({"msg": why}, "revoked"))
+        request.finish()
+
+    def _watch(self, tail: TailSession, request, cred, channel_id: str, last_keepalive: list[float]) -> None:
+        """Every RECHECK_SECONDS: end the stream of a revoked credential or a deleted channel;
+        now and then a keepalive."""
+        if request.finished:
+            return
+        channel = self.api.store.channel(channel_id)
+        if channel is None or not tail.spec.reads(channel):
+            # The registry ends such a stream at once; this is the safety net.
+            self._end(request, channel_id, cred, channel_ended(channel_id), "tail_page_channel_ended")
+            return
+        if self.api.store.cache.creds.get(cred.id) != cred or not cred.can_read(channel):
+            self._end(request, channel_id, cred, REVOKED, "tail_page_revoked")
             return
         now = self.api.reactor.seconds()
         if now - last_keepalive[0] >= KEEPALIVE_SECONDS:

@@ -5,6 +5,10 @@ tails that channel, and a node subscribes only to the channels it tails:
 nobody receives traffic nobody reads. Interest is announced in the config
 Redis (a hash of node|channel with an expiry, refreshed while the tail
 lives) and on the change feed, so a node that dies stops counting by itself.
+
+Each batch on the bus names the incarnation of the channel it was routed
+to, so a tail of a deleted channel never hears a new channel of its name,
+even from a node that learnt of the change before this one did.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Callable
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -39,8 +44,11 @@ class ClusterTails:
     """The router's tail sink for a cluster: local tails, plus the bus for remote ones."""
 
     def __init__(self, local: TailRegistry, redis, address, node: str, reactor, metrics,
-                 flush_interval: float = 0.01, timeout: float = 5.0) -> None:
+                 flush_interval: float = 0.01, timeout: float = 5.0,
+                 incarnation_of: Callable[[str], str | None] = lambda channel_id: None) -> None:
         self.timeout = timeout
+        # The channel's incarnation in this node's config cache (None: not known).
+        self.incarnation_of = incarnation_of
         self.local = local
         self.redis = redis  # one connection: publishes from a node stay in order
         self.node = node
@@ -48,7 +56,8 @@ class ClusterTails:
         self.metrics = metrics
         self.flush_interval = flush_interval
         self.remote: dict[str, dict[str, float]] = {}  # channel -> {node: expiry}
-        self.pending: dict[str, list[bytes]] = {}
+        # (channel, incarnation it was routed to) -> lines for the bus
+        self.pending: dict[tuple[str, str | None], list[bytes]] = {}
         self._flush_call = None
         self._prefix = node.encode() + b"\n"
         self.subscription = Subscription(address, self._on_message, self._on_connected, reactor)
@@ -65,9 +74,10 @@ class ClusterTails:
         if channel_id in self.local.by_channel:
             self.local.publish(channel_id, messages)
         if channel_id in self.remote:
-            queued = self.pending.get(channel_id)
+            key = (channel_id, self.incarnation_of(channel_id))
+            queued = self.pending.get(key)
             if queued is None:
-                self.pending[channel_id] = list(messages)
+                self.pending[key] = list(messages)
             else:
                 queued.extend(messages)
             if self._flush_call is None:
@@ -77,14 +87,18 @@ class ClusterTails:
         # One PUBLISH per channel per tick, whatever the number of messages.
         self._flush_call = None
         batches, self.pending = self.pending, {}
-        for channel_id, messages in batches.items():
+        for (channel_id, incarnation), messages in batches.items():
             if not self.subscription.connected:
                 # The bus Redis is away: nobody could receive this. Dropped
                 # and counted now, rather than queued without bound and sent
                 # before the other nodes have subscribed again.
                 self.metrics.inc("logplex_tail_bus_dropped_total", len(messages))
                 continue
-            payload = self._prefix + encode_logplex1(messages)
+            # "node incarnation\n": a node of the previous version reads the
+            # whole first line as a node name, which is never its own.
+            prefix = self._prefix if incarnation is None else (
+                self.node.encode() + b" " + incarnation.encode() + b"\n")
+            payload = prefix + encode_logplex1(messages)
             d = self.redis.publish(tail_channel(channel_id), payload)
             d.addTimeout(self.timeout, self.reactor)
             d.addCallbacks(self._published, self._publish_failed,
@@ -107,13 +121,16 @@ class ClusterTails:
     def _on_message(self, channel: bytes, payload: bytes) -> None:
         if channel == FEED:
             return
-        sender, _, body = payload.partition(b"\n")
+        first, _, body = payload.partition(b"\n")
+        sender, named, incarnation = first.partition(b" ")
         if sender == self.node.encode():
             return
         channel_id = channel[len(b"lp:tail:"):].decode()
         messages = decode_logplex1(body, 1 << 30)
         self.metrics.inc("logplex_tail_bus_received_total", len(messages))
-        self.local.publish(channel_id, messages)
+        # Only the tails of the channel these lines were routed to (any tail
+        # of the name when a node of the previous version sent them).
+        self.local.publish(channel_id, messages, incarnation.decode() if named else None)
 
     def on_feed(self, message: bytes) -> None:
         """`tail +channel node` / `tail -channel node` from the change feed."""

@@ -147,9 +147,12 @@ if #drains > 0 then redis.call('HDEL', 'lp:drains', unpack(drains)) end
 redis.call('DEL', 'lp:chtok:' .. ARGV[1], 'lp:chdrain:' .. ARGV[1])
 """ + _ANNOUNCE + "return 'ok'"
 
-# ARGV: channel, channel json
+# ARGV: channel, channel json, its incarnation. Only that incarnation is
+# changed: a channel deleted and made again meanwhile is another channel.
 _SET_CHANNEL = """
-if redis.call('HEXISTS', 'lp:channels', ARGV[1]) == 0 then return 'nochannel' end
+local doc = redis.call('HGET', 'lp:channels', ARGV[1])
+if not doc then return 'nochannel' end
+if (cjson.decode(doc)['incarnation'] or '') ~= ARGV[3] then return 'nochannel' end
 redis.call('HSET', 'lp:channels', ARGV[1], ARGV[2])
 """ + _ANNOUNCE + "return 'ok'"
 
@@ -274,6 +277,10 @@ class ConfigStore:
         self.loaded_at: float | None = None
         self.version = b""
         self.drain_listeners: list[Callable[[str], None]] = []
+        # Told (channel id, the channel now or None) when a channel this node
+        # knew is deleted or replaced by a new one of the same name: what was
+        # made for the old one (tails, streams) ends.
+        self.identity_listeners: list[Callable[[str, Channel | None], None]] = []
         # Other notifications on the feed (b"tail", b"shards"), by kind.
         self.feed_listeners: dict[bytes, list[Callable[[bytes], None]]] = {}
         self._feed: Subscription | None = None
@@ -403,6 +410,7 @@ class ConfigStore:
         tokens = await self._call(self.redis.hgetall(TOKENS))
         drains = await self._call(self.redis.hgetall(DRAINS))
         creds = await self._call(self.redis.hgetall(CREDS))
+        before = dict(self.cache.channels)
         changed = self.cache.replace_all(
             [Channel.from_json(k.decode(), v) for k, v in channels.items()],
             [Token.from_json(k.decode(), v) for k, v in tokens.items()],
@@ -419,6 +427,8 @@ class ConfigStore:
         )
         for channel_id in changed:
             self._drains_changed(channel_id)
+        for channel_id, old in before.items():
+            self._identity_check(channel_id, old)
 
     def refresh_channel(self, channel_id: str) -> defer.Deferred:
         return defer.ensureDeferred(self._refresh_channel(channel_id))
@@ -426,6 +436,7 @@ class ConfigStore:
     async def _refresh_channel(self, channel_id: str) -> None:
         raw = await self._call(self.redis.hget(CHANNELS, channel_id))
         if raw is None:
+            before = self.cache.channels.get(channel_id)
             changed = self.cache.replace_channel(channel_id, None, (), ())
         else:
             token_ids = sorted(await self._call(self.redis.smembers(channel_tokens_key(channel_id))))
@@ -438,12 +449,16 @@ class ConfigStore:
             if drain_ids:
                 docs = await self._call(self.redis.hmget(DRAINS, drain_ids))
                 drains = [Drain.from_json(int(i), d) for i, d in zip(drain_ids, docs) if d]
+            # Read only now: what the cache held just before it changes.
+            before = self.cache.channels.get(channel_id)
             changed = self.cache.replace_channel(
                 channel_id, Channel.from_json(channel_id, raw), tokens, drains
             )
         self.loaded_at = self.reactor.seconds()
         if changed:
             self._drains_changed(channel_id)
+        if before is not None:
+            self._identity_check(channel_id, before)
 
     def refresh_credential(self, cred_id: str) -> defer.Deferred:
         d = self._call(self.redis.hget(CREDS, cred_id))
@@ -453,6 +468,19 @@ class ConfigStore:
             )
         )
         return d
+
+    def _identity_check(self, channel_id: str, old: Channel) -> None:
+        """Tell the identity listeners if the channel `old` is gone (deleted, or another of its name)."""
+        now = self.cache.channels.get(channel_id)
+        if now is not None and now.incarnation == old.incarnation:
+            return
+        log.info("channel_ended channel={channel} successor={successor}", channel=channel_id,
+                 successor=now is not None)
+        for listener in self.identity_listeners:
+            try:
+                listener(channel_id, now)
+            except Exception:
+                log.failure("identity_listener_failed channel={channel}", channel=channel_id)
 
     def _drains_changed(self, channel_id: str) -> None:
         for listener in self.drain_listeners:
@@ -477,7 +505,7 @@ class ConfigStore:
             number = await self._call(self.redis.incr(CHANNEL_SEQ))
             channel_id = str(int(number))
             tokens = [Token(new_token_id(), channel_id, n) for n in token_names]
-            outcome = await self._put_channel(Channel(channel_id), tokens, [], create_only=True)
+            outcome = await self._put_channel(Channel.new(channel_id), tokens, [], create_only=True)
             if outcome != "exists":
                 return self.cache.channels[channel_id], tokens
 
@@ -492,13 +520,14 @@ class ConfigStore:
         have = {t.name for t in current.values()}
         add = [Token(new_token_id(), channel_id, n) for n in sorted(wanted - have)]
         remove = [t.id for t in current.values() if t.name not in wanted]
-        existing = self.cache.channels.get(channel_id) or Channel(channel_id)
-        outcome = await self._put_channel(existing, add, remove, create_only=False)
+        outcome = await self._put_channel(Channel.new(channel_id), add, remove, create_only=False)
         return outcome == "created"
 
     async def _put_channel(
         self, channel: Channel, add: list[Token], remove: list[str], *, create_only: bool
     ) -> str:
+        """Add and remove tokens; `channel` is written only if no channel of its name exists,
+        so it must be a new one (Channel.new): never an old incarnation brought back."""
         args = [channel.id, channel.to_json(), "1" if create_only else "0"]
         for t in add:
             args += [t.id, t.to_json()]
@@ -510,7 +539,11 @@ class ConfigStore:
         return outcome
 
     async def set_channel_flags(self, channel_id: str, flags: frozenset[str]) -> None:
-        outcome = await self._eval(_SET_CHANNEL, [channel_id, Channel(channel_id, flags).to_json()])
+        current = self.cache.channels.get(channel_id)
+        if current is None:
+            raise NotFound(f"Channel {channel_id} does not exist.")
+        changed = Channel(channel_id, flags, current.incarnation)
+        outcome = await self._eval(_SET_CHANNEL, [channel_id, changed.to_json(), current.incarnation])
         if outcome == b"nochannel":
             raise NotFound(f"Channel {channel_id} does not exist.")
         await self.refresh_channel(channel_id)
@@ -527,7 +560,7 @@ class ConfigStore:
             if channel_id not in self.cache.channels:
                 raise NotFound(f"Channel {channel_id} does not exist.")
         token = Token(new_token_id(), channel_id, name)
-        await self._put_channel(self.cache.channels[channel_id], [token], [], create_only=False)
+        await self._put_channel(Channel.new(channel_id), [token], [], create_only=False)
         return token
 
     # -- drains -----------------------------------------------------------------
@@ -574,15 +607,18 @@ class ConfigStore:
 
     async def create_credential(
         self, perms: Iterable[str] = (FULL_API,), note: str = "", cred_id: str | None = None,
-        secret: str | None = None, channels: Iterable[str] = (),
+        secret: str | None = None, channels: Iterable[Channel] = (),
     ) -> tuple[Credential, str]:
+        """A new credential; read_channel grants name `channels` by identity, not only by name."""
+        channels = list(channels)
         secret = secret or secrets.new_secret()
         cred = Credential(
             id=cred_id or uuid.uuid4().hex,
             secret_hash=secrets.hash_secret(secret),
             perms=frozenset(perms),
             note=note,
-            channels=frozenset(channels),
+            channels=frozenset(c.id for c in channels),
+            incarnations=frozenset((c.id, c.incarnation) for c in channels),
         )
         await self.put_credential(cred)
         return cred, secret

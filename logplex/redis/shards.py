@@ -173,6 +173,29 @@ class BacklogWriter:
         if self.pending_count > self.max_pending:
             self._shed()
 
+    def forget(self, channel_id: str) -> int:
+        """Drop the queued lines of a deleted channel (they must not land in the backlog of a
+        new channel of its name); returns how many."""
+        queued = self.pending.pop(channel_id, None)
+        if not queued:
+            return 0
+        self._order.remove(channel_id)
+        self.pending_count -= len(queued)
+        return len(queued)
+
+    def landed(self, channel_id: str) -> defer.Deferred:
+        """Fires once no write in flight carries lines of this channel."""
+        if self._flushing is None or channel_id not in self.in_flight:
+            return defer.succeed(None)
+        waiter: defer.Deferred = defer.Deferred()
+
+        def fire(result):
+            waiter.callback(None)
+            return result
+
+        self._flushing.addBoth(fire)
+        return waiter
+
     def unwritten(self, channel_id: str) -> list[bytes]:
         """A channel's lines not yet known to be in Redis, oldest first."""
         return self.in_flight.get(channel_id, []) + self.pending.get(channel_id, [])
@@ -313,9 +336,28 @@ class Backlogs:
 
         return d.addCallback(merged)
 
+    def forget(self, channel_id: str) -> int:
+        """A deleted channel's lines still queued on this node are dropped, and counted."""
+        if self.ring is None:
+            return 0
+        dropped = self.writers[self.ring.shard(channel_id)].forget(channel_id)
+        if dropped:
+            self.metrics.inc("logplex_backlog_forgotten_total", dropped)
+        return dropped
+
     def delete(self, channel_id: str) -> defer.Deferred:
+        """Delete a channel's backlog, with nothing of it left to be written afterwards."""
+        return defer.ensureDeferred(self._delete(channel_id))
+
+    async def _delete(self, channel_id: str) -> None:
+        writer = self.writers[self.ring.shard(channel_id)]
+        self.forget(channel_id)
+        # A write in flight may carry its lines: delete once it has landed
+        # (or failed and put them back in the queue, to be dropped now).
+        await writer.landed(channel_id)
+        self.forget(channel_id)
         d = self.pool_for(channel_id).delete(backlog_key(channel_id))
-        return d.addTimeout(self.timeout, self.reactor)
+        await d.addTimeout(self.timeout, self.reactor)
 
     def stop(self) -> defer.Deferred:
         return defer.DeferredList([w.stop() for w in self.writers.values()])

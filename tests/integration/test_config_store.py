@@ -22,7 +22,9 @@ async def until(predicate, timeout=5.0):
         await task.deferLater(reactor, 0.01, lambda: None)
 
 
-class ConfigStoreTests(TestCase):
+class Stores(TestCase):
+    """Two stores (nodes a and b) on one real Redis."""
+
     timeout = 30
 
     def setUp(self):
@@ -45,6 +47,8 @@ class ConfigStoreTests(TestCase):
         await store.load()
         return store
 
+
+class ConfigStoreTests(Stores):
     async def test_a_change_on_one_node_is_in_force_on_the_other(self):
         await self.a.put_channel("app", ["web", "worker"])
         await until(lambda: "app" in self.b.cache.channels and len(self.b.cache.routes) == 2)
@@ -156,3 +160,66 @@ class ConfigStoreTests(TestCase):
         with pytest.raises(Unavailable):
             await self.a.put_channel("other", [])
         assert "app" in self.a.cache.channels and self.a.cache.routes
+
+
+class ChannelIdentityTests(Stores):
+    """A channel's incarnation: made once, kept by every change, new after a DELETE."""
+
+    async def test_every_node_is_told_when_a_channel_it_knew_is_deleted_or_replaced(self):
+        told = []
+        self.b.identity_listeners.append(lambda channel_id, now: told.append((channel_id, now)))
+        await self.a.put_channel("app", ["web"])
+        await until(lambda: "app" in self.b.cache.channels)
+        first = self.b.cache.channels["app"]
+        assert first.incarnation and first == self.a.cache.channels["app"]
+        # Changes of the same channel are no news.
+        await self.a.put_channel("app", ["web", "worker"])
+        await self.a.add_token("app", "late")
+        await self.a.set_channel_flags("app", frozenset({"no_tail"}))
+        await until(lambda: self.b.cache.channels["app"].flags == {"no_tail"})
+        assert self.b.cache.channels["app"].incarnation == first.incarnation and told == []
+        await self.a.delete_channel("app")
+        await self.a.put_channel("app", ["web"])
+        await until(lambda: self.b.cache.channels.get("app", first) != first)
+        second = self.b.cache.channels["app"]
+        assert second.incarnation not in ("", first.incarnation)
+        # Seen as one change or as two (deleted, then made), never as nothing.
+        assert told in ([("app", second)], [("app", None)])
+
+    async def test_a_full_reload_tells_of_a_channel_replaced_while_the_feed_was_down(self):
+        await self.a.put_channel("app", ["web"])
+        await until(lambda: "app" in self.b.cache.channels)
+        told = []
+        self.b.identity_listeners.append(lambda channel_id, now: told.append((channel_id, now)))
+        raw = connect(self.address, poolsize=1)
+        self.addCleanup(raw.disconnect)
+        await raw.hset(b"lp:channels", b"app", json.dumps({"flags": [], "incarnation": "replaced"}))
+        await self.b.load()
+        assert told == [("app", self.b.cache.channels["app"])]
+        assert self.b.cache.channels["app"].incarnation == "replaced"
+
+    async def test_flags_are_set_only_on_the_channel_they_were_read_from(self):
+        await self.a.put_channel("app", ["web"])
+        stale = self.a.cache.channels["app"]
+        await self.b.refresh_channel("app")
+        await self.b.delete_channel("app")
+        await self.b.put_channel("app", ["web"])
+        # a has not heard yet: its flags must not land on the new channel.
+        self.a.cache.channels["app"] = stale
+        with pytest.raises(NotFound):
+            await self.a.set_channel_flags("app", frozenset({"no_tail"}))
+        await self.a.refresh_channel("app")
+        assert self.a.cache.channels["app"].flags == frozenset()
+
+    async def test_a_channel_stored_without_an_incarnation_keeps_the_legacy_one_through_changes(self):
+        raw = connect(self.address, poolsize=1)
+        self.addCleanup(raw.disconnect)
+        await raw.hset(b"lp:channels", b"old", json.dumps({"flags": []}))
+        await self.a.refresh_channel("old")
+        assert self.a.cache.channels["old"].incarnation == ""
+        await self.a.put_channel("old", ["web"])
+        await self.a.set_channel_flags("old", frozenset({"no_redis"}))
+        assert json.loads(await raw.hget(b"lp:channels", b"old")) == {"flags": ["no_redis"]}
+        await self.a.delete_channel("old")
+        await self.a.put_channel("old", ["web"])
+        assert self.a.cache.channels["old"].incarnation != ""

@@ -510,6 +510,14 @@ def _seventh_reservation(w: World) -> Answer:
     return w.admin("POST", f"/channels/{channel}/drains/tokens")
 
 
+def _session_of_a_replaced_channel(w: World) -> Answer:
+    channel, _ = w.v3_channel("app")
+    url = w.admin("POST", "/v3/sessions", {"channel_id": channel}).json()["url"]
+    w.admin("DELETE", f"/v3/channels/{channel}")
+    w.admin("PUT", f"/v3/channels/{channel}", {"tokens": ["app"]})
+    return http_request(w.api_node.api_port, "GET", "/sessions/" + url.rsplit("/sessions/", 1)[1])
+
+
 def _new_credential(w: World) -> str:
     return w.admin("POST", "/v3/credentials", {"perms": ["any_channel"]}).json()["id"]
 
@@ -548,6 +556,8 @@ SPECIFIC: dict[tuple[str, str], Recipe] = {
     ("channelLogs", "404"): lambda w: w.admin("GET", f"/v3/channels/{unique()}/logs"),
     # credentials
     ("createCredential", "201"): lambda w: w.admin("POST", "/v3/credentials", {"perms": ["any_channel"]}),
+    ("createCredential", "404"): lambda w: w.admin("POST", "/v3/credentials",
+                                                   {"perms": ["read_channel"], "channels": [unique()]}),
     ("listCredentials", "200"): lambda w: w.admin("GET", "/v3/credentials"),
     ("deleteCredential", "204"): lambda w: w.admin("DELETE", f"/v3/credentials/{_new_credential(w)}"),
     ("deleteCredential", "404"): lambda w: w.admin("DELETE", f"/v3/credentials/no-such-{uuid.uuid4().hex}"),
@@ -557,6 +567,7 @@ SPECIFIC: dict[tuple[str, str], Recipe] = {
     ("createSessionV1", "201"): lambda w: w.admin("POST", "/sessions", {"channel_id": w.channel}),
     ("readSession", "200"): lambda w: http_request(w.api_node.api_port, "GET", w.session_path()),
     ("readSession", "404"): lambda w: http_request(w.api_node.api_port, "GET", f"/sessions/{UNKNOWN_SESSION}"),
+    ("readSession", "410"): _session_of_a_replaced_channel,
     ("readSession", "503"): lambda w: w.booting.api("GET", f"/sessions/{UNKNOWN_SESSION}", auth=None),
     # v2 / v1
     ("createChannelV2", "201"): lambda w: w.admin("POST", "/channels", {"name": "x", "tokens": ["app"]}),

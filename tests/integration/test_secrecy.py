@@ -464,7 +464,7 @@ def test_the_config_redis_holds_credentials_as_slow_hashes_only(seen):
     assert set(ours) <= set(seen.creds)
     for cred_id, doc in seen.creds.items():
         stored = json.loads(doc)
-        assert set(stored) <= {"hash", "perms", "note", "channels"}, stored
+        assert set(stored) <= {"hash", "perms", "note", "channels", "incarnations"}, stored
         scheme, n, r, p, salt, digest = stored["hash"].split("$")
         assert scheme == "scrypt" and int(n) >= 2**14 and int(r) >= 8 and int(p) >= 1, stored["hash"]
         assert len(base64.urlsafe_b64decode(salt + "==")) >= 16 and len(base64.urlsafe_b64decode(digest + "==")) >= 32

@@ -1,0 +1,84 @@
+"""The cluster bus's tail traffic in memory: each batch names the channel incarnation it was routed to."""
+
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+
+from logplex.framing import encode_logplex1
+from logplex.metrics import Metrics
+from logplex.model import SessionSpec
+from logplex.redis.cluster import ClusterTails, tail_channel
+from logplex.redis.config import FEED
+from logplex.redis.connection import RedisAddress
+from logplex.tails import TailRegistry, TailSession
+
+
+def msg(text: str) -> bytes:
+    return f"<13>1 2026-11-24T10:00:00+00:00 host app web.1 - - {text}".encode()
+
+
+class Bus:
+    """What ClusterTails publishes (tail traffic; interest announcements aside)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[bytes, bytes]] = []
+
+    def hset(self, *args):
+        return defer.succeed(1)
+
+    def publish(self, channel, payload):
+        if channel != FEED:
+            self.published.append((channel, payload))
+        return defer.succeed(1)
+
+
+class Connected:
+    """The bus subscription's protocol, connected."""
+
+    connected = True
+
+    def subscribe(self, channels):
+        return defer.succeed(None)
+
+
+def cluster(incarnations: dict[str, str]):
+    reactor, metrics = MemoryReactorClock(), Metrics()
+    local, bus = TailRegistry(metrics), Bus()
+    tails = ClusterTails(local, bus, RedisAddress(host="bus"), "a", reactor, metrics,
+                         incarnation_of=incarnations.get)
+    tails.subscription._protocol = Connected()
+    return tails, local, bus, reactor
+
+
+def tail(local: TailRegistry, incarnation: str) -> list[bytes]:
+    written: list[bytes] = []
+    session = TailSession(SessionSpec(id=incarnation, channel_id="app", incarnation=incarnation),
+                          written.append, Metrics())
+    session.go_live([])
+    local.add(session)
+    return written
+
+
+def test_a_batch_for_another_node_names_the_incarnation_it_was_routed_to():
+    incarnations = {"app": "first"}
+    tails, _, bus, reactor = cluster(incarnations)
+    tails.remote["app"] = {"b": 1e12}
+    tails.publish("app", [msg("1")])
+    incarnations["app"] = "second"
+    tails.publish("app", [msg("2")])
+    reactor.advance(tails.flush_interval)
+    assert bus.published == [(tail_channel("app"), b"a first\n" + encode_logplex1([msg("1")])),
+                             (tail_channel("app"), b"a second\n" + encode_logplex1([msg("2")]))]
+
+
+def test_a_batch_from_another_node_reaches_only_tails_of_the_incarnation_it_names():
+    tails, local, _, _ = cluster({})
+    first, second = tail(local, "first"), tail(local, "second")
+    tails._on_message(tail_channel("app"), b"b second\n" + encode_logplex1([msg("for second")]))
+    assert first == [] and len(second) == 1 and b"for second" in second[0]
+    # From a node of the previous version: no incarnation, every tail of the name.
+    tails._on_message(tail_channel("app"), b"b\n" + encode_logplex1([msg("old node")]))
+    assert len(first) == 1 and len(second) == 2
+    # A channel stored before identity has the empty incarnation.
+    legacy = tail(local, "")
+    tails._on_message(tail_channel("app"), b"b \n" + encode_logplex1([msg("legacy")]))
+    assert len(legacy) == 1 and len(first) == 1 and len(second) == 2
