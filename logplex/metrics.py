@@ -43,6 +43,7 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_senders_held_seconds_total": ("counter", "Seconds senders were held back (pushback)."),
     "logplex_redis_command_seconds": ("summary", "Round trips to Redis (backlog flushes, config reads and writes)."),
     "logplex_sender_losses_total": ("counter", "Losses HTTP senders reported (Logplex-Drop-Count, Logplex-Lost-Count)."),
+    "logplex_redis_auth_failures_total": ("counter", "Redis connections refused at AUTH (wrong or missing password); retried with backoff."),
 }
 
 
