@@ -115,15 +115,19 @@ def _hostport(host: str, port: int) -> str:
 def redact(url: str) -> str:
     """The URL with its password and sentinel_password replaced by ***, for error messages."""
     scheme, sep, rest = url.partition("://")
-    if sep:
-        # The userinfo ends at the last "@" (as urlsplit reads it), which may be
-        # past a raw "/" or "?" in a badly written password: redact all of it.
-        userinfo, at, tail = rest.rpartition("@")
-        if at:
-            user, colon, _ = userinfo.partition(":")
-            rest = f"{user}{colon}{'***' if colon else ''}@{tail}"
-        url = f"{scheme}{sep}{rest}"
-    return re.sub(r"(sentinel_password=)[^&#]*", r"\1***", url)
+    if not sep:
+        scheme, rest = "", url
+    # The userinfo ends at the last "@" (as urlsplit reads it), which may be
+    # past a raw "/" or "?" in a badly written password: redact all of it.
+    userinfo, at, tail = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        # Without "://" there is no telling a user name from a password.
+        shown = f"{user}:***" if colon and sep else "***"
+        rest = f"{shown}@{tail}"
+    # A sentinel password with a raw "&" runs on into what looks like more
+    # parameters: hide the rest of the query too.
+    return re.sub(r"(sentinel_password=).*", r"\1***", f"{scheme}{sep}{rest}")
 
 
 def parse_redis_url(url: str, secrets: RedisSecrets | None = None) -> RedisAddress:
@@ -193,8 +197,10 @@ def _params(query: str, scheme: str, shown: str) -> dict[str, str]:
     for name, value in pairs:
         if name not in _PARAMS[scheme]:
             allowed = ", ".join(sorted(_PARAMS[scheme])) or "none"
+            # Only a name that looks like one is repeated: a misplaced secret is not.
+            named = repr(name) if re.fullmatch(r"[a-z_]{1,30}", name) else "(not a name)"
             raise BadRedisURL(
-                f"Redis URL {shown} has a parameter {name!r} that {scheme}:// does not take "
+                f"Redis URL {shown} has a parameter {named} that {scheme}:// does not take "
                 f"(it takes: {allowed}).")
         if name in params:
             raise BadRedisURL(f"Redis URL {shown} gives {name!r} twice.")
@@ -252,9 +258,9 @@ def _tls(params: dict[str, str], tls: bool, shown: str) -> dict[str, Any]:
             "certfile": certfile, "keyfile": keyfile}
 
 
-def check_redis_url(url: str) -> RedisAddress:
+def check_redis_url(url: str, secrets: RedisSecrets | None = None) -> RedisAddress:
     """parse_redis_url, then read the TLS files it names, so a wrong path fails at start."""
-    address = parse_redis_url(url)
+    address = parse_redis_url(url, secrets)
     if address.tls:
         try:
             _tls_options(address, address.host or "localhost")

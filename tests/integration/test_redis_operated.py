@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -83,6 +84,11 @@ def works(node: Node) -> list[str]:
     return texts_of(got, "web.1")
 
 
+def create_status(node: Node) -> int:
+    """What creating a channel answers: 201 while the node can write to its config Redis."""
+    return node.api("PUT", f"/v3/channels/{unique()}", {"tokens": ["app"]}).status
+
+
 def logged(proc: NodeProcess, text: str, timeout: float = 10.0) -> str:
     return wait_until(proc.log_text, lambda log: text in log, timeout, f"{text!r} in the node's log")
 
@@ -142,11 +148,11 @@ def test_an_auth_failure_is_retried_until_the_password_works_again(servers, node
     redis.call("CONFIG", "SET", "requirepass", "pw-second-x2")
     redis.call("CLIENT", "KILL", "TYPE", "normal", password="pw-second-x2")
     redis.call("CLIENT", "KILL", "TYPE", "pubsub", password="pw-second-x2")
-    logged(node.proc, "redis_auth_failed")
-    assert metric_sum(node, "logplex_redis_auth_failures_total") > 0
+    wait_until(lambda: create_status(node), lambda status: status != 201, 10, "the API failing")
     redis.call("CONFIG", "SET", "requirepass", "pw-first-x1", password="pw-second-x2")
-    wait_until(lambda: node.api("PUT", f"/v3/channels/{unique()}", {"tokens": ["app"]}).status,
-               lambda status: status == 201, 10, "the API working again")
+    # Before: txredisapi stopped reconnecting at the first WRONGPASS: 503 until a restart.
+    wait_until(lambda: create_status(node), lambda status: status == 201, 10, "the API working again")
+    assert metric_sum(node, "logplex_redis_auth_failures_total") > 0
     assert works(node) == ["over operated redis"]
     log = node.proc.log_text()
     assert "redis_auth_recovered" in log and "pw-second-x2" not in log and "pw-first-x1" not in log
@@ -162,12 +168,13 @@ def test_a_rotated_password_file_is_read_again_on_sighup(servers, nodes, tmp_pat
     # The rotation: Redis takes the new password first; clients log in again.
     redis.call("ACL", "SETUSER", "logplex", "resetpass", ">new-password")
     redis.call("CLIENT", "KILL", "USER", "logplex")
-    logged(node.proc, "redis_auth_failed")
+    wait_until(lambda: create_status(node), lambda status: status != 201, 10, "the API failing")
+    assert "redis_auth_failed" in node.proc.log_text()
     # Then the secret store writes the file and signals the node.
     secret.write_text("new-password\n")
     os.kill(node.proc.pid, signal.SIGHUP)
-    wait_until(lambda: node.api("PUT", f"/v3/channels/{unique()}", {"tokens": ["app"]}).status,
-               lambda status: status == 201, 10, "the API working with the new password")
+    wait_until(lambda: create_status(node), lambda status: status == 201, 10,
+               "the API working with the new password")
     assert works(node) == ["over operated redis"]
     assert "new-password" not in node.proc.log_text()
 
@@ -179,6 +186,24 @@ def test_a_redis_cluster_node_is_refused_at_start(servers, nodes, tmp_path):
     proc = spawn_node(nodes, tmp_path, redis.url)
     proc._proc.wait(20)  # it stops by itself
     assert "runs in cluster mode (cluster_enabled:1)" in proc.log_text()
+    # Nor can an operator add one as a shard.
+    config = launched(servers, OperatedRedis(str(tmp_path / "config")))
+    added = admin_shards(config.url, "add", redis.url)
+    assert added.returncode == 1 and "runs in cluster mode (cluster_enabled:1)" in added.stderr
+    assert config.call("HGETALL", "lp:shards") == []
+
+
+def test_the_admin_shard_commands_say_what_is_wrong_with_a_url():
+    done = admin_shards("redis://:Zq9pw@127.0.0.1:notaport/0", "list")
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("logplex shards: Redis URL 'redis://:***@127.0.0.1:notaport/0' has a port "
+                                   "that is not a number from 1 to 65535.")
+
+
+def admin_shards(config_url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "logplex.admin.shards", "--config-redis", config_url, *args],
+                          env=dict(os.environ, PYTHONPATH=REPO_ROOT), capture_output=True, text=True,
+                          timeout=30)
 
 
 # -- Sentinel --------------------------------------------------------------------------------------
