@@ -278,3 +278,35 @@ def test_a_standalone_redis_or_one_that_hides_info_is_accepted(reply):
     results = []
     d.addBoth(results.append)
     assert results == [None]
+
+
+# -- Sentinel: which primary -------------------------------------------------------------------
+class _Answers(connection._PrimaryWatch):
+    """A watch whose sentinels answer from a table: (config epoch, primary), None, or an error."""
+
+    def __init__(self, answers, clock):
+        address = parse_redis_url("redis+sentinel://a:1,b:2,c:3/svc")
+        super().__init__(clock, address, timeout=1.0)
+        self.answers = answers
+
+    async def _ask(self, host, port):
+        answer = self.answers[host]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_the_sentinel_with_the_newest_configuration_is_believed():
+    clock = Clock()
+    watch = _Answers({"a": (3, ("old", 1)), "b": (4, ("new", 2)), "c": ConnectionRefusedError()}, clock)
+    d = defer.ensureDeferred(watch.discover())
+    assert d.result == ("new", 2)
+
+
+def test_no_sentinel_naming_a_primary_is_an_error_that_says_why():
+    clock = Clock()
+    watch = _Answers({"a": None, "b": ConnectionRefusedError("refused"), "c": None}, clock)
+    failures = []
+    defer.ensureDeferred(watch.discover()).addErrback(failures.append)
+    assert failures[0].check(connection.txredisapi.MasterNotFoundError)
+    assert "a:1: no healthy primary" in failures[0].getErrorMessage()

@@ -525,22 +525,64 @@ class _SentinelQuery(txredisapi.RedisProtocol):
         self.ready.callback(self)
 
 
-@implementer(IStreamClientEndpoint)
-class _SentinelEndpoint:
-    """Asks the sentinels for SERVICE's primary before every connection attempt, then connects to it."""
+class _PrimaryWatch:
+    """Asks the sentinels of one service which node is its primary: at every connection
+    attempt, and every second for as long as a pool uses it.
 
-    def __init__(self, reactor, address: RedisAddress, factory, timeout: float) -> None:
+    Every sentinel is asked; the answer with the highest config epoch wins,
+    since a sentinel that has not heard of a failover yet still names the old
+    primary. The poll is what moves a pool whose primary was demoted while
+    still running (SENTINEL FAILOVER): the old one goes on taking writes
+    until the sentinels reconfigure it, which can take seconds more.
+    """
+
+    interval = 1.0
+    # After the first answer, how long the other sentinels have to give theirs.
+    grace = 0.3
+
+    def __init__(self, reactor, address: RedisAddress, timeout: float) -> None:
+        from twisted.internet.task import LoopingCall
+
         self.reactor = reactor
         self.address = address
-        self.factory = factory
         self.timeout = timeout
-        self.primary: tuple[str, int] | None = None
+        self.endpoints: list[_SentinelEndpoint] = []
+        # A poll that fails unexpectedly must not end the polling.
+        self._loop = LoopingCall(lambda: defer.ensureDeferred(self._poll()).addErrback(
+            lambda f: log.failure("redis_sentinel_poll_failed", f)))
+        self._loop.clock = reactor
+        self._polling = False
 
-    async def _ask(self, host: str, port: int) -> tuple[str, int] | None:
+    def add(self, endpoint: _SentinelEndpoint) -> None:
+        self.endpoints.append(endpoint)
+        if not self._loop.running:
+            self._loop.start(self.interval, now=False)
+
+    async def _poll(self) -> None:
+        # Pools that were disconnected leave; the last one out stops the poll.
+        self.endpoints = [e for e in self.endpoints if not e.factory.stopped]
+        if not self.endpoints:
+            self._loop.stop()
+            _WATCHES.pop(self.address, None)
+            return
+        if self._polling or not any(e.factory.pool for e in self.endpoints):
+            return  # reconnecting pools ask for themselves
+        self._polling = True
+        try:
+            primary = await self.discover()
+        except Exception:
+            return  # said by the next connection attempt, if it matters
+        finally:
+            self._polling = False
+        for endpoint in self.endpoints:
+            endpoint.primary_is(primary)
+
+    async def _ask(self, host: str, port: int) -> tuple[int, tuple[str, int]] | None:
         address, timeout = self.address, self.timeout
-        protocol_factory = Factory.forProtocol(_SentinelQuery)
         endpoint = _endpoint(self.reactor, address, host, port, timeout)
-        conn = await endpoint.connect(protocol_factory).addTimeout(timeout, self.reactor)
+        factory = Factory.forProtocol(_SentinelQuery)
+        factory.noisy = False  # one per question: no start/stop lines
+        conn = await endpoint.connect(factory).addTimeout(timeout, self.reactor)
         try:
             await conn.ready
             if address.sentinel_password:
@@ -551,49 +593,79 @@ class _SentinelEndpoint:
         state = masters.get(address.service)
         if not state or not state["is_master"] or state["is_sdown"] or state["is_odown"]:
             return None
-        return state["ip"], int(state["port"])
+        return int(state.get("config-epoch") or 0), (state["ip"], int(state["port"]))
 
-    async def _discover(self) -> tuple[str, int]:
-        answers: defer.Deferred = defer.Deferred()
+    async def discover(self) -> tuple[str, int]:
+        answers: list[tuple[int, tuple[str, int]]] = []
         errors: list[str] = []
+        settled: defer.Deferred = defer.Deferred()
         pending = len(self.address.sentinels)
 
-        def done(result, where):
+        def done(result, where: str) -> None:
             nonlocal pending
             pending -= 1
-            if isinstance(result, tuple) and not answers.called:
-                answers.callback(result)
-            elif not isinstance(result, tuple):
-                errors.append(f"{where}: {result.getErrorMessage() if hasattr(result, 'getErrorMessage') else 'no healthy primary'}")
-            if not pending and not answers.called:
-                answers.errback(txredisapi.MasterNotFoundError(
-                    f"no sentinel named a healthy primary of {self.address.service!r} ({'; '.join(errors)})"))
+            if isinstance(result, tuple):
+                answers.append(result)
+                if len(answers) == 1 and pending:
+                    self.reactor.callLater(self.grace, lambda: settled.called or settled.callback(None))
+            else:
+                reason = result.getErrorMessage() if result is not None else "no healthy primary"
+                errors.append(f"{where}: {reason}")
+            if not pending and not settled.called:
+                settled.callback(None)
 
-        # Every sentinel at once; the first that names a healthy primary wins.
         for host, port in self.address.sentinels:
             d = defer.ensureDeferred(self._ask(host, port))
             d.addBoth(done, _hostport(host, port))
-        return await answers
+        await settled
+        if not answers:
+            raise txredisapi.MasterNotFoundError(
+                f"no sentinel named a healthy primary of {self.address.service!r} ({'; '.join(errors)})")
+        return max(answers)[1]
+
+
+_WATCHES: dict[RedisAddress, _PrimaryWatch] = {}
+
+
+@implementer(IStreamClientEndpoint)
+class _SentinelEndpoint:
+    """Connects a pool to the primary the sentinels name, asking them before every attempt."""
+
+    def __init__(self, reactor, address: RedisAddress, factory, timeout: float) -> None:
+        self.address = address
+        self.factory = factory
+        self.timeout = timeout
+        self.reactor = reactor
+        self.primary: tuple[str, int] | None = None
+        # One poll per sentinel service in this process, whatever the number of pools.
+        watch = _WATCHES.get(address)
+        if watch is None:
+            watch = _WATCHES[address] = _PrimaryWatch(reactor, address, timeout)
+        self.watch = watch
+        watch.add(self)
+
+    def primary_is(self, primary: tuple[str, int]) -> None:
+        if self.primary is None or primary == self.primary:
+            return
+        log.info("redis_primary_changed address={address} old={old} new={new} action=reconnecting",
+                 address=self.address.describe(), old=_hostport(*self.primary), new=_hostport(*primary))
+        self.primary = primary
+        # Each connection reconnects through connect(), which asks again.
+        for conn in list(self.factory.pool):
+            conn.transport.loseConnection()
 
     def connect(self, protocolFactory):
         return defer.ensureDeferred(self._connect(protocolFactory))
 
     async def _connect(self, protocolFactory):
         try:
-            primary = await self._discover()
+            primary = await self.watch.discover()
         except txredisapi.MasterNotFoundError as e:
             log.warn("redis_sentinel_no_primary address={address} reason={reason}",
                      address=self.address.describe(), reason=str(e))
             raise
-        if primary != self.primary:
-            if self.primary is not None:
-                log.info("redis_primary_changed address={address} old={old} new={new}",
-                         address=self.address.describe(), old=_hostport(*self.primary),
-                         new=_hostport(*primary))
-                # The pool's other connections still talk to the old one.
-                for conn in list(self.factory.pool):
-                    conn.transport.loseConnection()
-            self.primary = primary
+        self.primary_is(primary)
+        self.primary = primary
         return await _endpoint(self.reactor, self.address, *primary, self.timeout).connect(protocolFactory)
 
 

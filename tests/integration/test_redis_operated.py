@@ -18,7 +18,7 @@ import pytest
 
 from tests.certs import TestCA
 from tests.integration.cluster import Pacer, Sender, metric_sum, texts_of, try_backlog, wait_until
-from tests.integration.conftest import REPO_ROOT, Node, unique
+from tests.integration.conftest import REPO_ROOT, Node, unique, wait_for
 from tests.integration.procs import NodeProcess, OperatedRedis, RedisTLS
 
 NODE_ARGS = ("--login-failures", "1000000", "--redis-timeout", "1")
@@ -82,6 +82,18 @@ def works(node: Node) -> list[str]:
     got = wait_until(lambda: try_backlog(node, channel_id) or [], lambda m: len(m) == 1, 5,
                      "the line in the backlog")
     return texts_of(got, "web.1")
+
+
+def lands_on(node: Node, redis: OperatedRedis) -> bool:
+    """Whether a line sent now to a new channel is in its backlog on this Redis."""
+    channel_id = unique()
+    answer = node.api("PUT", f"/v3/channels/{channel_id}", {"tokens": ["app"]})
+    if answer.status != 201:
+        return False
+    with Sender(node, answer.json()["tokens"]["app"], "web.1") as sender:
+        sender.send(["where does it land"])
+    # Written within a flush or two, if at all (the API would show it from memory sooner).
+    return wait_for(lambda: redis.call("LLEN", f"lp:log:{channel_id}"), lambda n: n == 1, 2.0) == 1
 
 
 def create_status(node: Node) -> int:
@@ -158,7 +170,7 @@ def test_an_auth_failure_is_retried_until_the_password_works_again(servers, node
     assert "redis_auth_recovered" in log and "pw-second-x2" not in log and "pw-first-x1" not in log
 
 
-def test_a_rotated_password_file_is_read_again_on_sighup(servers, nodes, tmp_path):
+def test_a_rotated_password_file_takes_effect_without_a_restart(servers, nodes, tmp_path):
     redis = launched(servers, OperatedRedis(str(tmp_path / "rotate"), password="old-password"))
     redis.call("ACL", "SETUSER", "logplex", "on", ">old-password", "~*", "&*", "+@all")
     secret = tmp_path / "redis-password"
@@ -173,6 +185,7 @@ def test_a_rotated_password_file_is_read_again_on_sighup(servers, nodes, tmp_pat
     # Then the secret store writes the file and signals the node.
     secret.write_text("new-password\n")
     os.kill(node.proc.pid, signal.SIGHUP)
+    logged(node.proc, "redis_password_file_reloaded ok=True")
     wait_until(lambda: create_status(node), lambda status: status == 201, 10,
                "the API working with the new password")
     assert works(node) == ["over operated redis"]
@@ -207,17 +220,23 @@ def admin_shards(config_url: str, *args: str) -> subprocess.CompletedProcess:
 
 
 # -- Sentinel --------------------------------------------------------------------------------------
-def sentinel_set(servers: list, tmp_path, down_after_ms: int = 1000):
-    """A primary, its replica and three sentinels watching them (quorum 2)."""
-    primary = launched(servers, OperatedRedis(str(tmp_path / "primary")))
-    replica = launched(servers, OperatedRedis(str(tmp_path / "replica"), extra=[
-        f"replicaof 127.0.0.1 {primary.port}"]))
+def sentinel_set(servers: list, tmp_path, down_after_ms: int = 1000, tls: RedisTLS | None = None,
+                 password: str | None = None, sentinel_password: str | None = None):
+    """A primary, its replica and three sentinels watching them (quorum 2): (primary, replica, sentinels, url)."""
+    common = ["tls-replication yes"] if tls else []
+    data_auth = [f"masterauth {password}"] if password else []
+    primary = launched(servers, OperatedRedis(str(tmp_path / "primary"), tls=tls, password=password,
+                                              extra=common + data_auth))
+    replica = launched(servers, OperatedRedis(str(tmp_path / "replica"), tls=tls, password=password,
+                                              extra=common + data_auth + [f"replicaof 127.0.0.1 {primary.port}"]))
     sentinels = [
-        launched(servers, OperatedRedis(str(tmp_path / f"sentinel{i}"), sentinel=True, extra=[
+        launched(servers, OperatedRedis(str(tmp_path / f"sentinel{i}"), sentinel=True, tls=tls,
+                                        password=sentinel_password, extra=common + [
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} 2",
             f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}",
             f"sentinel failover-timeout {SERVICE} 5000",
             f"sentinel parallel-syncs {SERVICE} 1",
+            *([f"sentinel auth-pass {SERVICE} {password}"] if password else []),
         ]))
         for i in range(3)
     ]
@@ -230,7 +249,13 @@ def sentinel_set(servers: list, tmp_path, down_after_ms: int = 1000):
                                [b"num-other-sentinels"]), lambda n: n == 2, 10,
                    "each sentinel knowing the others")
     hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
-    return primary, replica, sentinels, f"redis+sentinel://{hosts}/{SERVICE}/0"
+    scheme = "rediss+sentinel" if tls else "redis+sentinel"
+    userinfo = f":{password}@" if password else ""
+    query = [f"ssl_ca_certs={tls.ca_path}"] if tls else []
+    if sentinel_password:
+        query.append(f"sentinel_password={sentinel_password}")
+    url = f"{scheme}://{userinfo}{hosts}/{SERVICE}/0" + ("?" + "&".join(query) if query else "")
+    return primary, replica, sentinels, url
 
 
 def text_of(stored: bytes) -> str:
@@ -302,3 +327,32 @@ def test_sentinel_failover_under_load(servers, nodes, tmp_path):
     assert first_seen == sorted(first_seen)
     assert metric_sum(node, "logplex_backlog_dropped_total") == 0
     assert b"role:master" in replica.call("INFO", "replication")
+
+
+def test_tls_sentinels_with_passwords_and_a_planned_failover(ca, servers, nodes, tmp_path):
+    """rediss+sentinel://: TLS to the sentinels and the primary, a password for each.
+
+    SENTINEL FAILOVER promotes the replica while the old primary still runs
+    and takes writes until the sentinels reconfigure it (they then close its
+    clients). The node asks the sentinels every second and leaves it on its
+    own; what it wrote to the old primary in that second is lost when the old
+    primary resyncs from the new one: Sentinel's failover is not coordinated
+    with clients.
+    """
+    tls = RedisTLS(ca.issue(["localhost"]), ca.ca_path)
+    primary, replica, sentinels, url = sentinel_set(
+        servers, tmp_path, tls=tls, password="data-Pw-1", sentinel_password="sentinel-Pw-2")
+    node = start_node(nodes, tmp_path, url)
+    assert works(node) == ["over operated redis"]
+    sentinels[0].call("SENTINEL", "FAILOVER", SERVICE)
+    wait_until(lambda: primary_port(sentinels[0]), lambda p: p == replica.port, 15, "the replica promoted")
+    promoted = time.monotonic()
+    # The old primary takes writes until the sentinels reconfigure it: the
+    # node must leave it on its own, by asking the sentinels.
+    wait_until(lambda: lands_on(node, replica), bool, 10, "a new channel's backlog on the new primary")
+    assert time.monotonic() - promoted < 10
+    assert "redis_primary_changed" in node.proc.log_text()
+    wait_until(lambda: primary.call("INFO", "replication"), lambda i: b"role:slave" in i, 10,
+               "the old primary a replica")
+    log = node.proc.log_text()
+    assert "data-Pw-1" not in log and "sentinel-Pw-2" not in log
