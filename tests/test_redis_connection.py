@@ -310,3 +310,43 @@ def test_no_sentinel_naming_a_primary_is_an_error_that_says_why():
     defer.ensureDeferred(watch.discover()).addErrback(failures.append)
     assert failures[0].check(connection.txredisapi.MasterNotFoundError)
     assert "a:1: no healthy primary" in failures[0].getErrorMessage()
+
+
+# -- the command line ----------------------------------------------------------------------------
+def options(*argv: str):
+    from logplex.tap import Options
+
+    o = Options()
+    o.parseOptions(list(argv))
+    return o
+
+
+def test_the_command_line_refuses_a_wrong_redis_url_in_one_sentence():
+    from twisted.python.usage import UsageError
+
+    with pytest.raises(UsageError, match=r"^Redis URL 'rediss://:\*\*\*@h/0\?ssl_cert_reqs=maybe' has "):
+        options("--config-redis", "rediss://:pw@h/0?ssl_cert_reqs=maybe")
+    with pytest.raises(UsageError, match="redis://h:notaport/0. has a port"):
+        options("--shard-redis", "redis://h/0,redis://h:notaport/0")
+
+
+def test_an_acl_user_without_a_password_needs_the_password_file(tmp_path):
+    from twisted.python.usage import UsageError
+
+    with pytest.raises(UsageError, match="names user 'app' but no password"):
+        options("--config-redis", "redis://app@h/0")
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    parsed = options("--config-redis", "redis://app@h/0", "--redis-password-file", str(secret))
+    assert parsed["redis-password-file"] == str(secret)
+
+
+def test_a_password_file_that_cannot_be_used_is_refused_at_start(tmp_path):
+    from twisted.python.usage import UsageError
+
+    with pytest.raises(UsageError, match="cannot be read"):
+        options("--redis-password-file", str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(UsageError, match="is empty"):
+        options("--redis-password-file", str(empty))
