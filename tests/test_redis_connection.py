@@ -303,6 +303,25 @@ def test_the_sentinel_with_the_newest_configuration_is_believed():
     assert d.result == ("new", 2)
 
 
+def test_a_replica_being_promoted_is_the_primary_until_the_sentinels_confirm_or_time_out():
+    clock = Clock()
+    watch = _Answers({"a": (3, ("old", 1)), "b": (3, ("old", 1)), "c": (3, ("old", 1))}, clock)
+    pool = SimpleNamespace(pool=[], stopped=False)
+    endpoint = SimpleNamespace(factory=pool, seen=[], primary_is=lambda p: endpoint.seen.append(p))
+    watch.endpoints.append(endpoint)
+    watch.promoting(b"slave 10.0.0.2:6379 10.0.0.2 6379 @ other 10.0.0.1 6379")
+    assert defer.ensureDeferred(watch.discover()).result == ("old", 1)  # another service's
+    watch.promoting(b"slave 10.0.0.2:6379 10.0.0.2 6380 @ svc 10.0.0.1 6379")
+    assert endpoint.seen == [("10.0.0.2", 6380)]
+    assert defer.ensureDeferred(watch.discover()).result == ("10.0.0.2", 6380)
+    # An aborted failover: after promotion_wait the sentinels' answer counts again.
+    clock.advance(watch.promotion_wait)
+    assert defer.ensureDeferred(watch.discover()).result == ("old", 1)
+    watch.promoting(b"slave 10.0.0.2:6379 10.0.0.2 6380 @ svc 10.0.0.1 6379")
+    watch.switched(b"svc 10.0.0.1 6379 10.0.0.2 6380")
+    assert defer.ensureDeferred(watch.discover()).result == ("old", 1)  # as the table says
+
+
 def test_no_sentinel_naming_a_primary_is_an_error_that_says_why():
     clock = Clock()
     watch = _Answers({"a": None, "b": ConnectionRefusedError("refused"), "c": None}, clock)

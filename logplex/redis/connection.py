@@ -18,9 +18,10 @@ What we take from txredisapi 1.6, and where we go around it:
   stop-on-AUTH-failure, its master endpoint connects without TLS, it waits 10 s
   for a master before giving up, and its ROLE check compares the reply with a
   str, so with `charset=None` (our bytes) every primary looks like a replica.
-  `_SentinelEndpoint` asks the sentinels (TLS and `sentinel_password` as the
-  URL says) on every connection attempt over short-lived connections, reusing
-  txredisapi's parsing of `SENTINEL MASTERS`.
+  `_PrimaryWatch` asks the sentinels (TLS and `sentinel_password` as the URL
+  says) over short-lived connections, reusing txredisapi's parsing of
+  `SENTINEL MASTERS`, and follows their failover events over a subscription
+  made with txredisapi's `SubscriberProtocol`.
 """
 
 from __future__ import annotations
@@ -525,20 +526,51 @@ class _SentinelQuery(txredisapi.RedisProtocol):
         self.ready.callback(self)
 
 
-class _PrimaryWatch:
-    """Asks the sentinels of one service which node is its primary: at every connection
-    attempt, and every second for as long as a pool uses it.
+PROMOTING = b"+failover-state-send-slaveof-noone"
+SWITCHED = b"+switch-master"
 
-    Every sentinel is asked; the answer with the highest config epoch wins,
-    since a sentinel that has not heard of a failover yet still names the old
-    primary. The poll is what moves a pool whose primary was demoted while
-    still running (SENTINEL FAILOVER): the old one goes on taking writes
-    until the sentinels reconfigure it, which can take seconds more.
+
+class _SwitchListener(SubscriberProtocol):
+    """A subscriber to a sentinel's failover events: a replica being promoted, a new primary."""
+
+    def connectionMade(self):
+        d = super().connectionMade()
+        self.whenConnected().addCallback(lambda p: p.subscribe([PROMOTING, SWITCHED])).addErrback(
+            lambda f: log.warn("redis_sentinel_subscribe_failed error={e}", e=f.getErrorMessage()))
+        return d
+
+    def messageReceived(self, pattern, channel, message):
+        if channel == PROMOTING:
+            self.factory.watch.promoting(message)
+        elif channel == SWITCHED:
+            self.factory.watch.switched(message)
+
+
+class _SwitchFactory(txredisapi.RedisFactory):
+    protocol = _SwitchListener
+
+
+class _PrimaryWatch:
+    """Which node is the primary of one Sentinel service, for every pool of it in this process.
+
+    The sentinels are asked at every connection attempt, every second, and
+    when one announces +switch-master; every sentinel is asked and the answer
+    with the highest config epoch wins, since one that has not heard of a
+    failover yet still names the old primary. Asking at connection attempts
+    alone is not enough: a primary demoted while still running (SENTINEL
+    FAILOVER) goes on taking writes until the sentinels reconfigure it,
+    seconds later, and all of those are lost when it resyncs from the new
+    one. So the pools leave it as soon as a sentinel starts promoting a
+    replica (+failover-state-send-slaveof-noone).
     """
 
     interval = 1.0
     # After the first answer, how long the other sentinels have to give theirs.
     grace = 0.3
+    # How long a replica being promoted is taken for the primary before the
+    # sentinels confirm it (+switch-master); past it, a failover that was
+    # aborted leaves the pools to the sentinels' answer again.
+    promotion_wait = 10.0
 
     def __init__(self, reactor, address: RedisAddress, timeout: float) -> None:
         from twisted.internet.task import LoopingCall
@@ -552,11 +584,65 @@ class _PrimaryWatch:
             lambda f: log.failure("redis_sentinel_poll_failed", f)))
         self._loop.clock = reactor
         self._polling = False
+        self._again = False
+        self._listeners: list[_SwitchFactory] = []
+        self._promoting: tuple[tuple[str, int], float] | None = None
 
     def add(self, endpoint: _SentinelEndpoint) -> None:
         self.endpoints.append(endpoint)
         if not self._loop.running:
             self._loop.start(self.interval, now=False)
+            self._listen()
+
+    def _listen(self) -> None:
+        a = self.address
+        secrets = RedisSecrets(metrics=a.secrets.metrics, clock=self.reactor) if a.secrets else None
+        for host, port in a.sentinels:
+            factory = _SwitchFactory(None, None, 1, isLazy=True, charset=None, convertNumbers=False)
+            factory.watch = self
+            sentinel = RedisAddress(host=host, port=port, password=a.sentinel_password, tls=a.tls,
+                                    verify=a.verify, ca_certs=a.ca_certs, certfile=a.certfile,
+                                    keyfile=a.keyfile, secrets=secrets)
+            start_connecting(factory, sentinel, self.reactor, self.timeout)
+            self._listeners.append(factory)
+
+    def promoting(self, message: bytes) -> None:
+        """The replica a sentinel is promoting: leave the old primary now.
+
+        From here the old primary still takes writes, but its replica no longer
+        copies them: whatever it takes until the sentinels reconfigure it is
+        lost. The pools' writes wait in their queues for the new primary instead
+        (its ROLE says replica until the promotion is done, so they retry).
+        """
+        # "slave <ip>:<port> <ip> <port> @ <service> <old ip> <old port>"
+        parts = message.decode("utf-8", "replace").split()
+        try:
+            at = parts.index("@")
+            service, new = parts[at + 1], (parts[2], int(parts[3]))
+        except (ValueError, IndexError):
+            return
+        if service != self.address.service:
+            return
+        log.info("redis_sentinel_promoting address={address} new={new} action=leaving_old_primary",
+                 address=self.address.describe(), new=_hostport(*new))
+        self._promoting = (new, self.reactor.seconds() + self.promotion_wait)
+        for endpoint in self.endpoints:
+            endpoint.primary_is(new)
+
+    def switched(self, message: bytes) -> None:
+        # "<service> <old ip> <old port> <new ip> <new port>"
+        if message.split(b" ", 1)[0].decode("utf-8", "replace") != self.address.service:
+            return
+        self._promoting = None  # the sentinels' answer is the truth again
+        log.info("redis_sentinel_switch address={address} announced={announced}",
+                 address=self.address.describe(), announced=message.decode("utf-8", "replace"))
+        self.poll_now()
+
+    def poll_now(self) -> None:
+        if self._polling:
+            self._again = True  # the poll under way may have asked before the switch
+            return
+        defer.ensureDeferred(self._poll()).addErrback(lambda f: log.failure("redis_sentinel_poll_failed", f))
 
     async def _poll(self) -> None:
         # Pools that were disconnected leave; the last one out stops the poll.
@@ -564,6 +650,8 @@ class _PrimaryWatch:
         if not self.endpoints:
             self._loop.stop()
             _WATCHES.pop(self.address, None)
+            for listener in self._listeners:
+                listener.disconnect()
             return
         if self._polling or not any(e.factory.pool for e in self.endpoints):
             return  # reconnecting pools ask for themselves
@@ -574,6 +662,9 @@ class _PrimaryWatch:
             return  # said by the next connection attempt, if it matters
         finally:
             self._polling = False
+            if self._again:
+                self._again = False
+                self.reactor.callLater(0, self.poll_now)
         for endpoint in self.endpoints:
             endpoint.primary_is(primary)
 
@@ -596,6 +687,11 @@ class _PrimaryWatch:
         return int(state.get("config-epoch") or 0), (state["ip"], int(state["port"]))
 
     async def discover(self) -> tuple[str, int]:
+        if self._promoting is not None:
+            new, until = self._promoting
+            if self.reactor.seconds() < until:
+                return new
+            self._promoting = None
         answers: list[tuple[int, tuple[str, int]]] = []
         errors: list[str] = []
         settled: defer.Deferred = defer.Deferred()
