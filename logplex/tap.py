@@ -203,6 +203,9 @@ class Options(usage.Options):
         from logplex.redis.connection import BadRedisURL, check_redis_url
 
         password_file = self["redis-password-file"]
+        if password_file is not None and not self["config-redis"]:
+            raise usage.UsageError(
+                "--redis-password-file needs --config-redis: the embedded Redis has no password.")
         if password_file is not None:
             try:
                 with open(password_file, encoding="utf-8") as f:

@@ -364,8 +364,10 @@ def test_a_password_file_that_cannot_be_used_is_refused_at_start(tmp_path):
     from twisted.python.usage import UsageError
 
     with pytest.raises(UsageError, match="cannot be read"):
-        options("--redis-password-file", str(tmp_path / "missing"))
+        options("--config-redis", "redis://h", "--redis-password-file", str(tmp_path / "missing"))
     empty = tmp_path / "empty"
     empty.write_text("\n")
     with pytest.raises(UsageError, match="is empty"):
+        options("--config-redis", "redis://h", "--redis-password-file", str(empty))
+    with pytest.raises(UsageError, match="needs --config-redis"):
         options("--redis-password-file", str(empty))

@@ -192,6 +192,19 @@ def test_a_rotated_password_file_takes_effect_without_a_restart(servers, nodes, 
     assert "new-password" not in node.proc.log_text()
 
 
+def test_sighup_reaches_every_worker_and_ends_no_process(servers, nodes, tmp_path):
+    redis = launched(servers, OperatedRedis(str(tmp_path / "workers"), password="file-password"))
+    secret = tmp_path / "redis-password"
+    secret.write_text("file-password")
+    node = start_node(nodes, tmp_path, f"redis://127.0.0.1:{redis.port}/0", "--workers", "2",
+                      "--redis-password-file", str(secret))
+    os.kill(node.proc.pid, signal.SIGHUP)
+    wait_until(lambda: node.proc.log_text().count("redis_password_file_reloaded ok=True"), lambda n: n == 2,
+               10, "both workers reloading the password file")
+    assert node.proc._proc.poll() is None, "SIGHUP ended the master"
+    assert works(node) == ["over operated redis"]
+
+
 # -- Redis Cluster ----------------------------------------------------------------------------------
 def test_a_redis_cluster_node_is_refused_at_start(servers, nodes, tmp_path):
     redis = launched(servers, OperatedRedis(str(tmp_path / "cluster"), extra=[
