@@ -324,25 +324,41 @@ class RedisSecrets:
         if self.metrics is not None:
             self.metrics.inc("logplex_redis_auth_failures_total")
         self._failing.add(where)
+        suppressed = self._limit("auth " + where)
+        if suppressed is not None:
+            log.error(
+                "redis_auth_failed address={address} reason={reason} action=retrying "
+                "suppressed={suppressed} hint={hint}",
+                address=where, reason=reason, suppressed=suppressed,
+                hint="fix the password in the URL or --redis-password-file (then SIGHUP)")
+
+    def handshake_failed(self, address: RedisAddress, reason: str) -> None:
+        """A connection lost before it was ready (TLS refused, a replica, an error): logged, limited."""
+        where = address.describe()
+        suppressed = self._limit(f"handshake {where} {reason}")
+        if suppressed is not None:
+            log.warn("redis_handshake_failed address={address} reason={reason} action=retrying "
+                     "suppressed={suppressed}", address=where, reason=reason, suppressed=suppressed)
+
+    def _limit(self, key: str) -> int | None:
+        """None to stay silent, else how many of these were not logged since the last one.
+
+        One line per kind and address per log_every seconds: a node retries every
+        couple of seconds per connection, for as long as the cause lasts.
+        """
         now = self.clock.seconds()
-        # One line per address per log_every seconds: a node retries every
-        # couple of seconds per connection, for as long as the secret is wrong.
-        if now - self._last_log.get(where, float("-inf")) < self.log_every:
-            self._suppressed[where] = self._suppressed.get(where, 0) + 1
-            return
-        self._last_log[where] = now
-        log.error(
-            "redis_auth_failed address={address} reason={reason} action=retrying "
-            "suppressed={suppressed} hint={hint}",
-            address=where, reason=reason, suppressed=self._suppressed.pop(where, 0),
-            hint="fix the password in the URL or --redis-password-file (then SIGHUP)")
+        if now - self._last_log.get(key, float("-inf")) < self.log_every:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last_log[key] = now
+        return self._suppressed.pop(key, 0)
 
     def auth_succeeded(self, address: RedisAddress) -> None:
         where = address.describe()
         if where in self._failing:
             self._failing.discard(where)
-            self._last_log.pop(where, None)
-            self._suppressed.pop(where, None)
+            self._last_log.pop("auth " + where, None)
+            self._suppressed.pop("auth " + where, None)
             log.info("redis_auth_recovered address={address}", address=where)
 
 
@@ -448,8 +464,7 @@ class _Handshake:
             if address.is_sentinel:
                 role = await self.execute_command("ROLE").addTimeout(timeout, reactor)
                 if not role or role[0] != b"master":
-                    log.warn("redis_not_primary address={address} role={role} action=reconnecting",
-                             address=address.describe(), role=role and role[0])
+                    secrets.handshake_failed(address, f"not the primary (ROLE says {role and role[0]!r})")
                     self.transport.loseConnection()
                     return
         except txredisapi.ResponseError as e:
@@ -457,16 +472,14 @@ class _Handshake:
             if _is_auth_error(reason):
                 secrets.auth_failed(address, reason)
             else:
-                log.warn("redis_handshake_failed address={address} reason={reason} action=retrying",
-                         address=address.describe(), reason=reason)
+                secrets.handshake_failed(address, reason)
             self.transport.loseConnection()
             return
         except Exception as e:
             # A TLS failure shows here as a lost connection: say what TLS said.
             lost = getattr(self, "_lost_reason", None)
             reason = lost.getErrorMessage() if lost is not None else str(e) or e.__class__.__name__
-            log.warn("redis_handshake_failed address={address} reason={reason} action=retrying",
-                     address=address.describe(), reason=reason)
+            secrets.handshake_failed(address, reason)
             if self.transport is not None:
                 self.transport.abortConnection()
             return
