@@ -48,6 +48,7 @@ class Settings:
     login_failures: int = 10
     flush_interval: float = 0.05
     redis_timeout: float = 5.0
+    redis_password_file: str | None = None
     heartbeat: float = 5.0
     manhole: str | None = None
     manhole_keys: str | None = None

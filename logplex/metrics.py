@@ -52,6 +52,7 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_api_cross_origin_refused_total": ("counter", "API writes refused with 403: sent from another origin."),
     "logplex_http_slow_clients_total": ("counter", "HTTP connections cut off for sending a request head or body too slowly, by part."),
     "logplex_http_refused_total": ("counter", "POST /logs requests refused for their body or headers, by reason."),
+    "logplex_redis_auth_failures_total": ("counter", "Redis connections refused at AUTH (wrong or missing password); retried with backoff."),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import socket
 import sys
 
@@ -29,7 +30,9 @@ from logplex.metrics import Metrics
 from logplex.model import FULL_API
 from logplex.redis.cluster import ClusterTails, NodeRegistry
 from logplex.redis.config import ConfigStore
-from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.connection import (
+    RedisClusterRefused, RedisSecrets, connect, parse_redis_url, refuse_cluster_mode,
+)
 from logplex.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from logplex.redis.shardmap import CONFIG, load as load_shard_map, load_or_init
 from logplex.redis.shards import Backlogs
@@ -72,15 +75,18 @@ class LogplexNode(MultiService):
         self.stopping = False
         self.ready = False
         self._pools: list = []
+        # Passwords of Redis URLs that have none (--redis-password-file), re-read on SIGHUP.
+        self.redis_secrets = RedisSecrets(settings.redis_password_file, self.metrics, reactor)
 
     # -- start --------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
+        self._install_sighup()
         d = defer.ensureDeferred(self._boot())
         d.addCallbacks(self.booted.callback, self._boot_failed)
 
     def _boot_failed(self, failure) -> None:
-        if failure.check(StartFailed, EmbeddedRedisError):
+        if failure.check(StartFailed, EmbeddedRedisError, RedisClusterRefused):
             # A cause the operator can fix: one line that says what to do.
             log.critical("node_start_failed reason={reason}", reason=str(failure.value))
         else:
@@ -97,10 +103,9 @@ class LogplexNode(MultiService):
         s = self.settings
         if self.embedded is not None:
             await self.embedded.whenReady()
-            config_url = self.embedded.url
+            config_address = parse_redis_url(self.embedded.url)  # has no password
         else:
-            config_url = s.config_redis
-        config_address = parse_redis_url(config_url)
+            config_address = parse_redis_url(s.config_redis, secrets=self.redis_secrets)
         config_redis = self._pool(config_address)
         self._shard_pools = {CONFIG: config_redis}
         self.backlogs = Backlogs(
@@ -114,7 +119,8 @@ class LogplexNode(MultiService):
         self.tails = TailRegistry(self.metrics)
         # One connection for the bus: what a node publishes stays in order.
         self.cluster_tails = ClusterTails(
-            self.tails, connect(config_address, poolsize=1, reply_timeout=s.redis_timeout),
+            self.tails, connect(config_address, poolsize=1, reply_timeout=s.redis_timeout,
+                                reactor=self.reactor),
             config_address, s.node_name, self.reactor, self.metrics, timeout=s.redis_timeout,
             incarnation_of=self._incarnation_of)
         self.store.feed_listeners[b"tail"] = [self.cluster_tails.on_feed]
@@ -162,9 +168,15 @@ class LogplexNode(MultiService):
         if s.manhole:
             shell = manhole_factory(Admin(self).namespace(), s.manhole_keys, s.data_dir)
             await self._listen("manhole", loopback_only(s.manhole), shell)
+        # Before anything is read: a Redis Cluster node with no slots would
+        # make the config load retry for ever.
+        await self._refuse_cluster_mode([(config_redis, config_address)])
         self.store.start()
         await self._retry_until_loaded()
-        self.backlogs.configure(await load_or_init(config_redis, list(s.shard_redis)))
+        shard_map = await load_or_init(config_redis, list(s.shard_redis))
+        await self._refuse_cluster_mode([(self.shard_pool(url), parse_redis_url(url))
+                                         for url in sorted(set(shard_map.values()) - {CONFIG})])
+        self.backlogs.configure(shard_map)
         self.store.feed_listeners[b"shards"] = [self._shards_changed]
         self.cluster_tails.start()
         self.registry.start()
@@ -219,7 +231,7 @@ class LogplexNode(MultiService):
     def shard_pool(self, url: str):
         """The connection pool of a shard URL ("config" is the config Redis's)."""
         if url not in self._shard_pools:
-            self._shard_pools[url] = self._pool(parse_redis_url(url))
+            self._shard_pools[url] = self._pool(parse_redis_url(url, secrets=self.redis_secrets))
         return self._shard_pools[url]
 
     def _shards_changed(self, message: bytes) -> None:
@@ -236,8 +248,35 @@ class LogplexNode(MultiService):
                 log.warn("config_redis_unavailable error={e!r} action=retrying", e=str(e))
                 await _sleep(self.reactor, 1.0)
 
+    async def _refuse_cluster_mode(self, checks) -> None:
+        """Stop at start on a Redis Cluster node: it would half-work (MOVED, duplicates)."""
+        for pool, address in checks:
+            try:
+                await refuse_cluster_mode(pool, address, self.settings.redis_timeout, self.reactor)
+            except RedisClusterRefused:
+                raise  # _boot_failed says why, in one line
+            except Exception as e:
+                # Unreachable now: the node starts and says so; an operator
+                # who points it at a cluster later sees MOVED errors.
+                log.warn("redis_cluster_check_skipped address={address} reason={reason!r}",
+                         address=address.describe(), reason=str(e) or e.__class__.__name__)
+
+    def _install_sighup(self) -> None:
+        def hup(signum, frame):
+            self.reactor.callFromThread(self._reload_secrets)
+
+        try:
+            signal.signal(signal.SIGHUP, hup)
+        except ValueError:
+            pass  # not the main thread (a node inside a test): no signals to take
+
+    def _reload_secrets(self) -> None:
+        ok = self.redis_secrets.reload()
+        log.info("redis_password_file_reloaded ok={ok}", ok=ok)
+
     def _pool(self, address):
-        pool = connect(address, poolsize=2, reply_timeout=self.settings.redis_timeout)
+        pool = connect(address, poolsize=2, reply_timeout=self.settings.redis_timeout,
+                       reactor=self.reactor)
         self._pools.append(pool)
         return pool
 

@@ -85,7 +85,8 @@ class Options(usage.Options):
         ["api", None, DEFAULTS.api, "Management API listener (Twisted endpoint description)."],
         ["logs", None, DEFAULTS.logs, "HTTP log input listener for POST /logs (endpoint description)."],
         ["config-redis", None, None,
-         "Config Redis URL, redis://[:password@]host:port/db or unix:///path "
+         "Config Redis URL: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://… (TLS), "
+         "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB] or unix:///PATH "
          "(env LOGPLEX_CONFIG_REDIS_URL). Default: an embedded redis-server."],
         ["data-dir", None, DEFAULTS.data_dir, "Where the embedded Redis keeps its data."],
         ["node-name", None, socket.gethostname(), "This node's name in the cluster."],
@@ -173,6 +174,9 @@ class Options(usage.Options):
          _positive_int("workers")],
         ["redis-timeout", None, DEFAULTS.redis_timeout, "Seconds a Redis command may take before it counts as failed.",
          _positive_float("redis-timeout")],
+        ["redis-password-file", None, None,
+         "File whose content is the password of every Redis URL that has none; read again on "
+         "SIGHUP and on every reconnect, so a rotated password needs no restart."],
     ]
 
     def __init__(self) -> None:
@@ -226,13 +230,32 @@ class Options(usage.Options):
             raise usage.UsageError("--manhole needs --manhole-keys FILE (authorized_keys format).")
         if self["manhole-keys"] and not os.path.isfile(self["manhole-keys"]):
             raise usage.UsageError(f"--manhole-keys {self['manhole-keys']}: no such file.")
-        from logplex.redis.connection import BadRedisURL, parse_redis_url
+        self._check_redis_urls()
 
+    def _check_redis_urls(self) -> None:
+        from logplex.redis.connection import BadRedisURL, check_redis_url
+
+        password_file = self["redis-password-file"]
+        if password_file is not None and not self["config-redis"]:
+            raise usage.UsageError(
+                "--redis-password-file needs --config-redis: the embedded Redis has no password.")
+        if password_file is not None:
+            try:
+                with open(password_file, encoding="utf-8") as f:
+                    if not f.read().strip():
+                        raise usage.UsageError(f"--redis-password-file {password_file} is empty.")
+            except (OSError, UnicodeDecodeError) as e:
+                raise usage.UsageError(
+                    f"--redis-password-file {password_file} cannot be read ({e}).") from None
         for url in filter(None, [self["config-redis"], *self["shard-redis"]]):
             try:
-                parse_redis_url(url)
+                address = check_redis_url(url)
             except BadRedisURL as e:
                 raise usage.UsageError(str(e)) from None
+            if address.username and address.password is None and password_file is None:
+                raise usage.UsageError(
+                    f"Redis URL {address.describe()} names user {address.username!r} but no "
+                    "password: write USER:PASSWORD@ or give --redis-password-file.")
 
 
 def makeService(options: Options, reactor=None):

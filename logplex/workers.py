@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 
@@ -126,7 +127,20 @@ class WorkerMaster(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        # SIGHUP re-reads --redis-password-file in the workers; without a
+        # handler it would end the master.
+        try:
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self._forward_hup))
+        except ValueError:
+            pass  # not the main thread
         defer.ensureDeferred(self._start()).addErrback(self._failed)
+
+    def _forward_hup(self) -> None:
+        for transport in list(self.transports.values()):
+            try:
+                transport.signalProcess("HUP")
+            except Exception:
+                pass  # a worker that just ended
 
     def _failed(self, failure) -> None:
         log.failure("master_start_failed", failure)

@@ -9,7 +9,9 @@ import sys
 
 from twisted.internet import defer, task
 
-from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.connection import (
+    BadRedisURL, RedisClusterRefused, RedisSecrets, check_redis_url, connect, refuse_cluster_mode,
+)
 from logplex.redis.shardmap import CONFIG, add_shard, load, replace_shard
 
 
@@ -17,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m logplex.admin.shards", description=__doc__)
     parser.add_argument("--config-redis", default=os.environ.get("LOGPLEX_CONFIG_REDIS_URL"),
                         help="the cluster's config Redis URL (env LOGPLEX_CONFIG_REDIS_URL)")
+    parser.add_argument("--redis-password-file",
+                        help="password of every Redis URL that has none (as the nodes' option)")
     parser.add_argument("--history", type=int, default=1500,
                         help="backlog length to keep when merging (the nodes' --history)")
     parser.add_argument("--settle", type=float, default=2.0,
@@ -32,17 +36,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def run(reactor, args) -> dict:
-    config = connect(parse_redis_url(args.config_redis), poolsize=1)
+    secrets = RedisSecrets(args.redis_password_file, clock=reactor)
+
+    def address(url: str):
+        return check_redis_url(url, secrets=secrets)
+
+    config = connect(address(args.config_redis), poolsize=1, reactor=reactor)
     pools = {}
 
     def connect_url(url: str):
         if url == CONFIG:
             return config
         if url not in pools:
-            pools[url] = connect(parse_redis_url(url), poolsize=1)
+            pools[url] = connect(address(url), poolsize=1, reactor=reactor)
         return pools[url]
 
     try:
+        if args.command in ("replace", "add"):
+            # A shard may not be a Redis Cluster node: refuse before moving anything.
+            await refuse_cluster_mode(connect_url(args.url), address(args.url), 10.0, reactor)
         if args.command == "list":
             return await load(config)
         if args.command == "replace":
@@ -63,7 +75,7 @@ def main(argv=None) -> None:
     async def go(reactor):
         try:
             result = await run(reactor, args)
-        except (KeyError, ValueError, ConnectionError) as e:
+        except (KeyError, ValueError, ConnectionError, BadRedisURL, RedisClusterRefused) as e:
             sys.stderr.write(f"logplex shards: {e}\n")
             raise SystemExit(1)
         print(json.dumps(result, indent=2, sort_keys=True))

@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import txredisapi
-from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.logger import Logger
 
-from logplex.redis.connection import RedisAddress
+from logplex.redis.connection import RedisAddress, SubscriberProtocol, start_connecting
 
 log = Logger()
 
 
-class _Protocol(txredisapi.SubscriberProtocol):
+class _Protocol(SubscriberProtocol):
     def connectionMade(self):
         d = super().connectionMade()
         # Redis forgets subscriptions with the connection: restore them every time.
@@ -58,21 +57,12 @@ class Subscription:
 
     def start(self) -> None:
         address = self._address
-        factory = _Factory(
-            None, address.db, 1, isLazy=True, charset=None,
-            password=address.password, convertNumbers=False,
-        )
+        # AUTH, SELECT and the endpoint (TLS, Sentinel) come from the address.
+        factory = _Factory(None, None, 1, isLazy=True, charset=None, convertNumbers=False)
         factory.subscription = self
-        factory.reconnect = True
-        # Reconnect quickly: while this is down, tails on other nodes and the
+        # Reconnects quickly: while this is down, tails on other nodes and the
         # change feed are blind.
-        factory.initialDelay = 0.2
-        factory.maxDelay = 2.0
-        if address.path:
-            endpoint = UNIXClientEndpoint(self._reactor, address.path, timeout=5)
-        else:
-            endpoint = txredisapi._makeEndpoint(address.host, address.port, 5)
-        factory.startConnecting(endpoint)
+        start_connecting(factory, address, self._reactor, timeout=5)
         self._factory = factory
 
     def stop(self):

@@ -285,3 +285,152 @@ class NodeProcess:
             except OSError:
                 pass
         return "\n".join(parts)
+
+
+# -- Redis as production runs it: TLS, ACL users, passwords, Sentinel ------------------------------
+class RespClient:
+    """A blocking RESP2 client over TCP or TLS, for setting servers up from a test (ACL, CONFIG, SENTINEL)."""
+
+    def __init__(self, port: int, *, tls=None, username: str | None = None,
+                 password: str | None = None, timeout: float = 5.0) -> None:
+        import ssl
+
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls is not None:
+            context = ssl.create_default_context(cafile=tls.ca_path)
+            if tls.client is not None:
+                context.load_cert_chain(tls.client.cert_path, tls.client.key_path)
+            sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
+        self.sock = sock
+        self.file = sock.makefile("rb")
+        if password is not None:
+            self(*(["AUTH", username, password] if username else ["AUTH", password]))
+
+    def __call__(self, *args):
+        parts = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            data = arg if isinstance(arg, bytes) else str(arg).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        self.sock.sendall(b"".join(parts))
+        return self._read()
+
+    def _read(self):
+        line = self.file.readline()
+        if not line:
+            raise ConnectionError("Redis closed the connection")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else self.file.read(size + 2)[:-2]
+        if kind == b"*":
+            size = int(rest)
+            return None if size < 0 else [self._read() for _ in range(size)]
+        raise RuntimeError(f"unexpected reply {line!r}")
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class RedisTLS:
+    """The TLS set-up of an OperatedRedis: its certificate, the CA, and a client certificate if asked for."""
+
+    def __init__(self, server, ca_path: str, client=None, auth_clients: bool = False) -> None:
+        self.server = server  # tests.certs.Issued
+        self.ca_path = ca_path
+        self.client = client  # an Issued used as the client's certificate, or None
+        self.auth_clients = auth_clients
+
+
+class OperatedRedis(RedisServer):
+    """A redis-server as operators run it: TLS only, a password, replication, or a sentinel.
+
+    Extra configuration goes in as command-line directives; `call` talks to
+    it the way the server wants (TLS, AUTH) from the test.
+    """
+
+    def __init__(self, tmpdir: str, *, tls: RedisTLS | None = None, password: str | None = None,
+                 extra: Sequence[str] = (), sentinel: bool = False) -> None:
+        super().__init__(tmpdir)
+        self.tls = tls
+        self.password = password
+        self.extra = list(extra)
+        self.sentinel = sentinel
+
+    @property
+    def url(self) -> str:
+        scheme = "rediss" if self.tls else "redis"
+        query = f"?ssl_ca_certs={self.tls.ca_path}" if self.tls else ""
+        if self.tls and self.tls.client:
+            query += f"&ssl_certfile={self.tls.client.cert_path}&ssl_keyfile={self.tls.client.key_path}"
+        return f"{scheme}://127.0.0.1:{self.port}/0{query}"
+
+    def call(self, *args, username: str | None = None, password: str | None = None):
+        password = self.password if password is None and username is None else password
+        client = RespClient(self.port, tls=self.tls, username=username, password=password)
+        try:
+            return client(*args)
+        finally:
+            client.close()
+
+    def _pings(self) -> bool:
+        try:
+            self.call("PING")
+            return True
+        except (OSError, ConnectionError):
+            return False
+        except RuntimeError as e:
+            return "NOAUTH" in str(e) or "WRONGPASS" in str(e)
+
+    def _launch(self, timeout: float) -> bool:
+        if self.sentinel:
+            # A sentinel rewrites its configuration file: it needs one of its own.
+            conf = os.path.join(self.dir, f"sentinel-{self.port}.conf")
+            with open(conf, "w") as f:
+                f.write("\n".join(self.extra) + "\n")
+            args = [find_redis_server(), conf, "--sentinel"]
+        else:
+            args = [find_redis_server()]
+        args += ["--bind", "127.0.0.1", "--dir", self.dir, "--daemonize", "no",
+                 "--logfile", self.log_path]
+        if not self.sentinel:
+            args += ["--save", "", "--appendonly", "no", *self._directives()]
+        if self.tls:
+            args += ["--port", "0", "--tls-port", str(self.port),
+                     "--tls-cert-file", self.tls.server.cert_path,
+                     "--tls-key-file", self.tls.server.key_path,
+                     "--tls-ca-cert-file", self.tls.ca_path,
+                     "--tls-auth-clients", "yes" if self.tls.auth_clients else "no"]
+        else:
+            args += ["--port", str(self.port)]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
+        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._proc = None
+                return False
+            if self._pings():
+                return True
+            time.sleep(POLL)
+        self.kill()
+        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout} s:\n"
+                           f"{_tail(self.log_path)}")
+
+    def _directives(self) -> list[str]:
+        out = []
+        for line in self.extra:
+            name, _, value = line.partition(" ")
+            out += [f"--{name}", *value.split()]
+        return out
