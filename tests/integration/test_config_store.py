@@ -112,6 +112,16 @@ class ConfigStoreTests(Stores):
         await self.b._reconcile_tick()
         assert "ghost" in self.b.cache.channels
 
+    async def test_a_node_that_heard_every_write_does_not_reload_at_the_reconcile(self):
+        loads = []
+        real_load = self.b.load
+        self.b.load = lambda: loads.append(1) or real_load()
+        await self.a.put_channel("heard", ["web"])
+        await self.a.add_drain("heard", "https://logs.example.com/x")
+        await until(lambda: len(self.b.drains_of("heard")) == 1)
+        await self.b._reconcile_tick()
+        assert loads == []  # logged "version moved without a notification" after every write before
+
     async def test_a_refresh_that_fails_is_retried_without_waiting_for_the_reconcile(self):
         # After a config Redis outage the feed may be back before the command
         # connection is: the refresh a notification asks for then fails.
