@@ -14,14 +14,16 @@ from logplex.api import openapi as openapi_document
 from logplex.api import validate
 from logplex.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, parse_basic
 from logplex.framing import encode_logplex1
-from logplex.model import FULL_API, NO_TAIL, PERMISSIONS, READ_CHANNEL, SessionSpec
+from logplex.model import FULL_API, NO_REDIS, NO_TAIL, PERMISSIONS, READ_CHANNEL, SessionSpec
 from logplex.redis.config import ConfigError, ConfigStore
 from logplex.tails import DEFAULT_TAIL_BUFFER_BYTES, TailFilter, TailRegistry, TailSession
 from logplex.web import STREAMING, Dispatcher, HttpError, Reply, error_reply, read_json, route
 
 log = Logger()
 
-NO_TAIL_WARNING = b"Tailing is switched off for this channel."
+# logplex's own words, which its clients may look for.
+NO_TAIL_WARNING = b"Error L20 (Tail sessions forbidden) Tail sessions for this app are forbidden due to log volume."
+NO_REDIS_WARNING = b"Warning: log history discarded due to excessive volume."
 # Requests that change nothing: a page of any origin may send them.
 SAFE_METHODS = {b"GET", b"HEAD", b"OPTIONS"}
 
@@ -391,6 +393,8 @@ class ManagementApi:
             raise session_gone(spec, self.store.channel(spec.channel_id))
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if NO_REDIS in channel.flags:
+            request.setHeader(b"x-heroku-warning", NO_REDIS_WARNING)
         if tail is None:
             request.setHeader(b"connection", b"close")
         # Written even when empty: it sends the status line and headers, so a

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from tests.integration.cluster import redis as redis_command
 from tests.integration.conftest import (
     ADMIN,
     LOGPLEX1,
@@ -639,3 +640,19 @@ def test_wrong_method_on_a_known_path_is_405(node, method, path):
 @pytest.mark.parametrize("path", ["/", "/nope", "/v2/channels/abc/tokens/x", "/v4/channels/a"])
 def test_unknown_path_is_404(node, path):
     assert_error(node.api("GET", path), 404)
+
+
+def test_sessions_of_flagged_channels_say_so_in_logplexs_words(node, redis):
+    """logplex's operators switch tails (no_tail) and history (no_redis) off for a loud app."""
+    channel_id, _ = node.channel("app")
+    record = json.loads(redis_command(redis, "HGET", "lp:channels", channel_id))
+    record["flags"] = ["no_redis", "no_tail"]
+    redis_command(redis, "HSET", "lp:channels", channel_id, json.dumps(record))
+    redis_command(redis, "INCR", "lp:version")
+    redis_command(redis, "PUBLISH", "lp:config", f"channel {channel_id}")
+    path = node.session(channel_id, tail=True).split(str(node.api_port), 1)[1]
+    answer = wait_for(lambda: http_request(node.api_port, "GET", path), lambda a: b"Error L20" in a.body)
+    assert answer.status == 200, answer
+    assert answer.header("X-Heroku-Warning") == "Warning: log history discarded due to excessive volume."
+    assert answer.body.endswith(b" Logplex: Error L20 (Tail sessions forbidden) Tail sessions for this app "
+                                b"are forbidden due to log volume.\n"), answer.body
