@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tests.integration.conftest import Node, decode_logplex1, http_request, octet, syslog_message, unique
-from tests.integration.procs import NodeProcess, RedisServer
+from tests.integration.procs import NodeProcess, RedisServer, Resp, RespError
 
 NAMES = ("a", "b", "c")
 NODE_ARGS = ("--heartbeat", "1", "--redis-timeout", "1", "--allow-private-drains",
@@ -42,58 +42,6 @@ def wait_until(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: f
 
 
 # -- Redis, spoken directly --------------------------------------------------------------------
-class RespError(Exception):
-    pass
-
-
-class Resp:
-    """A minimal blocking RESP2 client: enough for KEYS, PUBSUB, HGETALL, SUBSCRIBE."""
-
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.file = self.sock.makefile("rb")
-
-    def send(self, *args: Any) -> None:
-        parts = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            data = arg if isinstance(arg, bytes) else str(arg).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        self.sock.sendall(b"".join(parts))
-
-    def read(self) -> Any:
-        line = self.file.readline()
-        if not line:
-            raise ConnectionError("Redis closed the connection")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            raise RespError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            if size < 0:
-                return None
-            data = self.file.read(size + 2)
-            return data[:-2]
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [self.read() for _ in range(size)]
-        raise RespError(f"unexpected reply {line!r}")
-
-    def __call__(self, *args: Any) -> Any:
-        self.send(*args)
-        return self.read()
-
-    def close(self) -> None:
-        try:
-            self.file.close()
-            self.sock.close()
-        except OSError:
-            pass
-
-
 def redis(server: RedisServer, *args: Any) -> Any:
     """One command on a fresh connection."""
     client = Resp(server.port)

@@ -227,28 +227,33 @@ class NodeProcess:
             f"--- node.log\n{_tail(self.log_path)}"
         )
 
-    def _launch(self, timeout: float) -> bool:
+    def environment(self) -> dict[str, str]:
+        """The environment a node runs in: this checkout first on PYTHONPATH."""
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p
-        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+        return env
+
+    def healthy(self) -> bool:
+        """Whether /healthcheck answers 200 now (a subclass asks as its API listener wants)."""
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/healthcheck", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _launch(self, timeout: float) -> bool:
         with open(self.out_path, "ab") as out:
             self._proc = subprocess.Popen(
-                self.command(), cwd=self.dir, env=env, stdin=subprocess.DEVNULL,
+                self.command(), cwd=self.dir, env=self.environment(), stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT,
             )
-        url = f"{self.api_url}/healthcheck"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 self._proc = None
                 return False
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return True
-            except (urllib.error.URLError, OSError):
-                pass
+            if self.healthy():
+                return True
             time.sleep(POLL)
         self.kill()
         return False
@@ -288,8 +293,13 @@ class NodeProcess:
 
 
 # -- Redis as production runs it: TLS, ACL users, passwords, Sentinel ------------------------------
-class RespClient:
-    """A blocking RESP2 client over TCP or TLS, for setting servers up from a test (ACL, CONFIG, SENTINEL)."""
+class RespError(Exception):
+    """An error reply from Redis."""
+
+
+class Resp:
+    """A minimal blocking RESP2 client over TCP or TLS, for tests to set servers up and look
+    inside them (ACL, CONFIG, SENTINEL, KEYS, PUBSUB, SUBSCRIBE)."""
 
     def __init__(self, port: int, *, tls=None, username: str | None = None,
                  password: str | None = None, timeout: float = 5.0) -> None:
@@ -306,15 +316,14 @@ class RespClient:
         if password is not None:
             self(*(["AUTH", username, password] if username else ["AUTH", password]))
 
-    def __call__(self, *args):
+    def send(self, *args) -> None:
         parts = [b"*%d\r\n" % len(args)]
         for arg in args:
             data = arg if isinstance(arg, bytes) else str(arg).encode()
             parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
         self.sock.sendall(b"".join(parts))
-        return self._read()
 
-    def _read(self):
+    def read(self):
         line = self.file.readline()
         if not line:
             raise ConnectionError("Redis closed the connection")
@@ -322,7 +331,7 @@ class RespClient:
         if kind == b"+":
             return rest
         if kind == b"-":
-            raise RuntimeError(rest.decode())
+            raise RespError(rest.decode())
         if kind == b":":
             return int(rest)
         if kind == b"$":
@@ -330,8 +339,19 @@ class RespClient:
             return None if size < 0 else self.file.read(size + 2)[:-2]
         if kind == b"*":
             size = int(rest)
-            return None if size < 0 else [self._read() for _ in range(size)]
-        raise RuntimeError(f"unexpected reply {line!r}")
+            return None if size < 0 else [self.read() for _ in range(size)]
+        raise RespError(f"unexpected reply {line!r}")
+
+    def __call__(self, *args):
+        self.send(*args)
+        return self.read()
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+            self.sock.close()
+        except OSError:
+            pass
 
     def close(self) -> None:
         try:
@@ -376,7 +396,7 @@ class OperatedRedis(RedisServer):
 
     def call(self, *args, username: str | None = None, password: str | None = None):
         password = self.password if password is None and username is None else password
-        client = RespClient(self.port, tls=self.tls, username=username, password=password)
+        client = Resp(self.port, tls=self.tls, username=username, password=password)
         try:
             return client(*args)
         finally:
@@ -388,7 +408,7 @@ class OperatedRedis(RedisServer):
             return True
         except (OSError, ConnectionError):
             return False
-        except RuntimeError as e:
+        except RespError as e:
             return "NOAUTH" in str(e) or "WRONGPASS" in str(e)
 
     def _launch(self, timeout: float) -> bool:

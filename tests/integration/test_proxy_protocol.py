@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import socket
 import ssl
 import struct
-import subprocess
 import time
 from collections.abc import Callable
 
@@ -20,7 +18,7 @@ import pytest
 
 from tests.certs import TestCA, endpoint_description
 from tests.integration.conftest import ADMIN, basic, logplex1, octet, syslog_message, unique, wait_for
-from tests.integration.procs import REPO_ROOT, NodeProcess, free_port
+from tests.integration.procs import NodeProcess, free_port
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -69,25 +67,12 @@ class ProxiedNode(NodeProcess):
             args[at + 1] = "haproxy:" + args[at + 1]
         return args + ["--syslog", "haproxy:" + self.tls_endpoint(self.tls_port)]
 
-    def _launch(self, timeout: float) -> bool:
-        # The base class asks /healthcheck without a PROXY header: ask with one.
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p))
-        with open(self.out_path, "ab") as out:
-            self._proc = subprocess.Popen(self.command(), cwd=self.dir, env=env, stdin=subprocess.DEVNULL,
-                                          stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self._proc = None
-                return False
-            try:
-                if http_through(self.api_port, proxy_v1("127.0.0.1", 1), "GET", "/healthcheck", {})[0] == 200:
-                    return True
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        return False
+    def healthy(self) -> bool:
+        # Every connection to this API must start with a PROXY header.
+        try:
+            return http_through(self.api_port, proxy_v1("127.0.0.1", 1), "GET", "/healthcheck", {})[0] == 200
+        except OSError:
+            return False
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,7 @@ def test_a_channel_a_line_a_tail_and_a_drain_as_the_readme_shows(quickstart_node
     if shutil.which("logger") is None:
         skip_missing("logger", "apt-get install bsdutils")
     node = quickstart_node
-    env = dict(os.environ, LOGPLEX_AUTH="admin:secret", LOGPLEX_URL=node.api_url,
-               PYTHONPATH=os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p))
+    env = dict(node.environment(), LOGPLEX_AUTH="admin:secret", LOGPLEX_URL=node.api_url)
 
     def logplex(*args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "logplex.admin.cli", *args], env=env,

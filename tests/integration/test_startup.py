@@ -8,14 +8,13 @@ import subprocess
 import time
 import urllib.request
 
-from tests.integration.procs import REPO_ROOT, NodeProcess
+from tests.integration.procs import NodeProcess
 
 
 def run_to_exit(node: NodeProcess, timeout: float = 60) -> tuple[int, str]:
     """Run the node's command until it exits by itself: (exit status, what it logged)."""
     os.makedirs(node.dir, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p))
-    done = subprocess.run(node.command(), cwd=node.dir, env=env, stdin=subprocess.DEVNULL,
+    done = subprocess.run(node.command(), cwd=node.dir, env=node.environment(), stdin=subprocess.DEVNULL,
                           capture_output=True, timeout=timeout)
     with open(node.log_path, encoding="utf-8", errors="replace") as f:
         return done.returncode, f.read() + done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
@@ -61,8 +60,7 @@ def test_a_node_without_auth_says_the_api_will_refuse_everything_and_names_its_u
     at = command.index("--auth")
     del command[at:at + 2]
     os.makedirs(node.dir, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.Popen(command, cwd=node.dir, env=env, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(command, cwd=node.dir, env=node.environment(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
