@@ -232,6 +232,6 @@ def test_writes_without_an_origin_or_from_the_api_itself_still_work(node):
     assert made.status == 201, made
     same = node.api("POST", f"/v3/channels/{channel}/tokens", b'{"name": "web"}',
                     headers={"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{node.api_port}"})
-    assert same.status == 201, same
+    assert same.status == 200, same  # a new token, as logplex's v3 answers
     # Reads carry no risk and keep working from anywhere (the tail page reads with GET).
     assert node.api("GET", f"/v3/channels/{channel}", headers={"Origin": "https://elsewhere.example"}).status == 200

@@ -330,7 +330,7 @@ def _run(node, s: Seen, http_sink, syslog_sink, readers) -> None:
     _fail(s, "token as a channel's token name", node.api("PUT", f"/v3/channels/{unique()}",
                                                          {"tokens": [web + " x"]}), 422)
     _fail(s, "session of no channel", node.api("POST", "/v2/sessions", {"channel_id": unique()}), 422)
-    _fail(s, "token as a drain URL", node.api("POST", f"/v3/channels/{channel}/drains", {"url": web}), 422)
+    _fail(s, "token as a drain URL", node.api("POST", f"/v3/channels/{channel}/drains", {"url": web}), 400)
     _fail(s, "no such credential", node.api("DELETE", f"/v3/credentials/{uuid.uuid4().hex}"), 404)
     # Wrong passwords (one of them a real secret of another credential) until the throttle answers.
     for n in range(WRONG_PASSWORDS):
