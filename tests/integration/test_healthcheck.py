@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 
 import pytest
 
-from tests.integration.conftest import http_request, wait_for
+from tests.integration.conftest import http_request, start_node, stop_node, wait_for
 from tests.integration.procs import REPO_ROOT, NodeProcess, RedisServer, free_port
+from tests.integration.test_manhole import make_key, ssh
 
 
 def health(port: int, path: str = "/healthcheck"):
@@ -103,3 +105,23 @@ def test_sigterm_is_503_stopping_on_both_listeners(cluster):
     answer = health(node.logs_port)
     assert (answer.status, answer.body) == (503, b"STOPPING")
     assert node.stop() in (0, -signal.SIGTERM)
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None and not os.environ.get("CI"), reason="OpenSSH client not installed")
+def test_the_admin_shells_ingress_switch_takes_the_node_out_of_the_balancer(tmp_path_factory, redis):
+    keys = tmp_path_factory.mktemp("keys")
+    key = make_key(str(keys / "admin"))
+    authorized = keys / "authorized_keys"
+    authorized.write_bytes(open(key + ".pub", "rb").read())
+    port = free_port()
+    node = start_node(tmp_path_factory, redis, "--manhole", f"tcp:{port}", "--manhole-keys", str(authorized))
+    try:
+        assert ssh(port, key, "deny_logs_ingress(True)").returncode == 0
+        seen = state(node.api_port)
+        assert seen[0] == 503 and seen[1]["status"] == "ingress off", seen
+        answer = health(node.logs_port)
+        assert (answer.status, answer.body) == (503, b"INGRESS OFF")
+        assert ssh(port, key, "deny_logs_ingress(False)").returncode == 0
+        assert state(node.api_port)[1]["status"] == "normal"
+    finally:
+        stop_node(node)
