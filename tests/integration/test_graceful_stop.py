@@ -32,12 +32,16 @@ def health(port: int) -> tuple[int, bytes] | None:
     return answer.status, answer.body
 
 
-@pytest.fixture
-def graceful_node(tmp_path_factory, redis):
-    node = start_node(tmp_path_factory, redis, "--stop-grace", str(GRACE))
-    yield node
-    if node.proc.pid is not None:
-        stop_node(node)
+@pytest.fixture(params=["one process", "--workers 2"])
+def graceful_node(request, tmp_path_factory, redis):
+    args = ["--stop-grace", str(GRACE)]
+    if request.param != "one process":
+        args += request.param.split()
+    node = start_node(tmp_path_factory, redis, *args)
+    try:
+        yield node
+    finally:
+        node.proc.kill()
 
 
 def test_sigterm_makes_healthcheck_503_at_once_while_senders_are_served_for_the_grace(
@@ -45,6 +49,12 @@ def test_sigterm_makes_healthcheck_503_at_once_while_senders_are_served_for_the_
     node = graceful_node
     channel_id, tokens = node.channel("app")
     token = tokens["app"]
+    auth = basic("token", token)
+    # Under --workers, each connection goes to either worker: all must know the token.
+    accepted = wait_for(lambda: [node.post_logs(logplex1([syslog_message(token, "warm-up", "before")]),
+                                                auth=auth).status for _ in range(10)],
+                        lambda statuses: statuses == [204] * 10)
+    assert accepted == [204] * 10
     # A syslog sender connected before the stop goes on sending during it.
     early = socket.create_connection(("127.0.0.1", node.syslog_port), timeout=5)
     sent_syslog = 0
@@ -55,6 +65,10 @@ def test_sigterm_makes_healthcheck_503_at_once_while_senders_are_served_for_the_
     noticed = time.monotonic() - signalled
     assert api is not None and api[0] == 503, api
     assert noticed <= 0.2, f"/healthcheck took {noticed:.2f} s to answer 503 after SIGTERM"
+    # Every worker says so (each connection may reach either).
+    stopping = wait_for(lambda: [health(node.api_port) for _ in range(10)],
+                        lambda answers: all(a is not None and a[0] == 503 for a in answers), timeout=0.5)
+    assert all(a is not None and a[0] == 503 for a in stopping), stopping
     answer = http_request(node.api_port, "GET", "/v3/healthcheck")
     assert answer.status == 503 and answer.json()["status"] == "stopping"
     assert health(node.logs_port) == (503, b"STOPPING")
@@ -64,7 +78,7 @@ def test_sigterm_makes_healthcheck_503_at_once_while_senders_are_served_for_the_
     i = 0
     while time.monotonic() - signalled < GRACE * 0.6:
         text = f"during grace {i}"
-        answer = node.post_logs(logplex1([syslog_message(token, "web.1", text)]), auth=basic("token", token))
+        answer = node.post_logs(logplex1([syslog_message(token, "web.1", text)]), auth=auth)
         assert answer.status == 204, (answer, time.monotonic() - signalled)
         acknowledged.append(text)
         early.sendall(octet(syslog_message(token, "syslog.1", f"over syslog {i}")))
@@ -89,12 +103,14 @@ def test_sigterm_makes_healthcheck_503_at_once_while_senders_are_served_for_the_
     # Nothing acknowledged is lost: another node reads every line from the backlog.
     reader = start_node(tmp_path_factory, redis)
     try:
-        lines = reader.wait_backlog(channel_id, len(acknowledged) + sent_syslog)
+        lines = wait_for(lambda: [line for line in reader.backlog(channel_id) if "warm-up" not in line],
+                         lambda got: len(got) >= len(acknowledged) + sent_syslog)
     finally:
         stop_node(reader)
     got = "\n".join(lines)
     missing = [text for text in acknowledged if text not in got]
     assert missing == [], f"{len(missing)} acknowledged lines lost: {missing[:5]}"
+    # And every syslog line sent during the grace, on an old connection or a new one.
     assert len(lines) == len(acknowledged) + sent_syslog
 
 
