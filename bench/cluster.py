@@ -85,7 +85,7 @@ def start_node(tmp, name, rport, history, workers=1):
     ports = {k: ib.free_port() for k in ("api", "logs", "syslog")}
     data = os.path.join(tmp, name)
     os.makedirs(data, exist_ok=True)
-    cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex",
+    cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex", "--stop-grace", "0",
            "--api", f"tcp:{ports['api']}:interface=127.0.0.1",
            "--logs", f"tcp:{ports['logs']}:interface=127.0.0.1",
            "--syslog", f"tcp:{ports['syslog']}:interface=127.0.0.1",

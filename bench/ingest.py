@@ -168,7 +168,7 @@ def run(args) -> dict:
                    "--appendonly", "no", "--dir", tmp], os.path.join(tmp, "redis.log"))
     wait_for(lambda: redis_call(rport, "PING") == b"+PONG", "redis-server", redis)
 
-    node_cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex",
+    node_cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex", "--stop-grace", "0",
                 "--api", f"tcp:{api_port}:interface=127.0.0.1",
                 "--logs", f"tcp:{logs_port}:interface=127.0.0.1",
                 "--syslog", f"tcp:{syslog_port}:interface=127.0.0.1",

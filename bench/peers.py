@@ -195,7 +195,7 @@ def start_node(tmp: str, args, rport: int, extra: list[str]):
     """A node on its own ports (as bench/drains.py starts one, plus a stable --node-name so that a
     restart on the same Redis is the same node); returns (process, api URL, ports, command, log)."""
     ports = {k: ingest.free_port() for k in ("api", "logs", "syslog")}
-    cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex",
+    cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex", "--stop-grace", "0",
            "--api", f"tcp:{ports['api']}:interface=127.0.0.1", "--logs", f"tcp:{ports['logs']}:interface=127.0.0.1",
            "--syslog", f"tcp:{ports['syslog']}:interface=127.0.0.1",
            "--config-redis", f"redis://127.0.0.1:{rport}/0", "--auth", "admin:secret",

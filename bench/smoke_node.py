@@ -46,7 +46,7 @@ def main():
     workdir = tempfile.mkdtemp(prefix="logplex-smoke-")
     log = open(os.path.join(workdir, "node.log"), "wb")
     node = subprocess.Popen(
-        [args.twistd, "-n", "--pidfile=", "logplex", "--auth", "admin:secret"],
+        [args.twistd, "-n", "--pidfile=", "logplex", "--stop-grace", "0", "--auth", "admin:secret"],
         cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
     )
     try:

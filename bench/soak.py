@@ -262,7 +262,7 @@ class Node:
         self.dir = os.path.join(root, "node")
         os.makedirs(self.dir)
         self.api_port, self.logs_port, self.syslog_port = (ib.free_port() for _ in range(3))
-        self.cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex",
+        self.cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex", "--stop-grace", "0",
                     "--api", f"tcp:{self.api_port}:interface=127.0.0.1",
                     "--logs", f"tcp:{self.logs_port}:interface=127.0.0.1",
                     "--syslog", f"tcp:{self.syslog_port}:interface=127.0.0.1",

@@ -50,6 +50,7 @@ class Settings:
     redis_timeout: float = 5.0
     redis_password_file: str | None = None
     heartbeat: float = 5.0
+    stop_grace: float = 5.0
     manhole: str | None = None
     manhole_keys: str | None = None
     allow_private_drains: bool = False

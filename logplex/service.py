@@ -23,6 +23,7 @@ from logplex.config import Settings
 from logplex.drains.http import load_trust_root, make_client
 from logplex.drains.resolver import PublicOnlyReactor
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
+from logplex.health import Health, assess, pool_connected
 from logplex.ingest.http import LogInput
 from logplex.ingest.syslog import SyslogFactory
 from logplex.listen import description_fields, server_endpoint
@@ -155,7 +156,7 @@ class LogplexNode(MultiService):
             allow_private_drains=s.allow_private_drains, tail_buffer=s.tail_buffer,
             tail_buffer_bytes=s.tail_buffer_bytes,
             reactor=self.reactor, drain_state=self.drains.state, nodes=self.registry.live,
-            metrics_auth=s.metrics_auth, ready=lambda: self.ready and not self.stopping,
+            metrics_auth=s.metrics_auth, health=self.health,
             throttle=self.throttle, max_json=s.max_json,
         )
         # The API listens first: a load balancer sees 503 SYSTEM BOOTING
@@ -188,7 +189,7 @@ class LogplexNode(MultiService):
         logs = LogInput(self.store, self.router, self.auth, self.metrics, s.max_body, s.max_frame,
                         throttle=LoginThrottle(self.reactor, limit=s.login_failures, metrics=self.metrics,
                                                listener="logs"),
-                        reactor=self.reactor, ready=lambda: self.ready and not self.stopping)
+                        reactor=self.reactor, health=self.health)
         await self._listen("logs", s.logs, self._site(logs.resource()))
         factories = []
         # One factory per listener: --max-connections holds for each.
@@ -295,6 +296,19 @@ class LogplexNode(MultiService):
         self.ports.setdefault(kind, []).append(port)
         return port
 
+    def health(self) -> Health:
+        """What /healthcheck answers, on the API and the log input: no Redis command is sent."""
+        router = getattr(self, "router", None)
+        shard_pools = getattr(getattr(self, "backlogs", None), "pools", {})
+        config_pool = getattr(self, "_shard_pools", {}).get(CONFIG)
+        return assess(
+            stopping=self.stopping,
+            ready=self.ready and self.store is not None and self.store.loaded,
+            ingress=router is None or not router.deny_ingress,
+            config_redis=None if config_pool is None else pool_connected(config_pool),
+            shards={name: pool_connected(pool) for name, pool in shard_pools.items()},
+        )
+
     def addresses(self, kind: str) -> list[str]:
         out = []
         for port in self.ports.get(kind, []):
@@ -307,7 +321,15 @@ class LogplexNode(MultiService):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        # /healthcheck answers 503 "stopping" from here on.
         self.stopping = True
+        grace = self.settings.stop_grace
+        if self.ready and grace > 0:
+            # A load balancer needs a few of its health checks to take this
+            # node out: until then the listeners accept and serve as before.
+            log.info("node_stopping grace={grace}s: /healthcheck answers 503 while the listeners "
+                     "still accept", grace=grace)
+            await _sleep(self.reactor, grace)
         # Nothing is acknowledged from here on: keep-alive HTTP senders get
         # 503 and retry elsewhere, syslog connections are closed (their
         # senders keep the messages), instead of a 204 for a line the

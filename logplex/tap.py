@@ -169,6 +169,10 @@ class Options(usage.Options):
         ["heartbeat", None, DEFAULTS.heartbeat,
          "Seconds between this node's heartbeats; a node silent for 3 of them is gone from /v3/nodes.",
          _positive_float("heartbeat")],
+        ["stop-grace", None, DEFAULTS.stop_grace,
+         "Seconds a stopping node (SIGTERM) keeps accepting and serving while /healthcheck already "
+         "answers 503, so a load balancer moves traffic away first; 0 closes the listeners at once.",
+         _non_negative_float("stop-grace")],
         ["workers", None, 1,
          "Worker processes sharing this node's listeners, each a cluster member (use one per core).",
          _positive_int("workers")],

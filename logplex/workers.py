@@ -215,15 +215,24 @@ class WorkerMaster(MultiService):
                 except Exception:
                     pass
             waits.append(worker.ended)
+        # The workers hold their own copies of the listening sockets: closing
+        # the master's now means that once the last worker closes its
+        # listeners after --stop-grace, new connections are refused (and
+        # retried elsewhere) instead of queued on a socket nobody accepts on.
+        self._close_sockets()
         if waits:
-            timeout = task.deferLater(self.reactor, 30, lambda: None)
+            # Each worker serves for --stop-grace seconds, then spills its drains.
+            timeout = task.deferLater(self.reactor, self.settings.stop_grace + 30, lambda: None)
             await defer.DeferredList([defer.DeferredList(waits), timeout], fireOnOneCallback=True)
         for index, transport in list(self.transports.items()):
             try:
                 transport.signalProcess("KILL")
             except Exception:
                 pass
+        self._close_sockets()
+        await defer.maybeDeferred(super().stopService)
+
+    def _close_sockets(self) -> None:
         for socks in getattr(self, "sockets", []):
             for sock in socks:
                 sock.close()
-        await defer.maybeDeferred(super().stopService)

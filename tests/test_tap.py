@@ -33,6 +33,13 @@ def test_pushback_can_be_turned_off():
     assert Settings.from_options(parse(["--drain-pushback", "0"])).drain_pushback == 0
 
 
+def test_stop_grace_is_five_seconds_unless_given_and_zero_closes_at_once():
+    assert Settings.from_options(parse([])).stop_grace == 5.0
+    assert Settings.from_options(parse(["--stop-grace", "0"])).stop_grace == 0
+    # The last one given wins: the tests' nodes pass 0, a test of the grace a later value.
+    assert Settings.from_options(parse(["--stop-grace", "0", "--stop-grace", "2.5"])).stop_grace == 2.5
+
+
 def test_repeatable_listeners_and_shards():
     s = Settings.from_options(parse([
         "--syslog", "tcp:6001", "--syslog", "ssl:6514:privateKey=k.pem:certKey=c.pem",
@@ -60,6 +67,7 @@ def test_environment_fallbacks(monkeypatch):
     ["--auth", "nopassword"], ["--history", "0"], ["--history", "many"],
     ["--config-redis", "http://x"], ["--shard-redis", "redis://h:port/0"],
     ["--flush-interval", "nan"], ["--drain-pushback", "-1"], ["--drain-pushback", "nan"],
+    ["--stop-grace", "-1"], ["--stop-grace", "inf"], ["--stop-grace", "soon"],
 ])
 def test_bad_options_are_usage_errors(args):
     with pytest.raises(usage.UsageError):

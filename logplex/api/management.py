@@ -14,6 +14,7 @@ from logplex.api import openapi as openapi_document
 from logplex.api import validate
 from logplex.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, parse_basic
 from logplex.framing import encode_logplex1
+from logplex.health import assess
 from logplex.model import FULL_API, NO_REDIS, NO_TAIL, PERMISSIONS, READ_CHANNEL, SessionSpec
 from logplex.redis.config import ConfigError, ConfigStore
 from logplex.tails import DEFAULT_TAIL_BUFFER_BYTES, TailFilter, TailRegistry, TailSession
@@ -64,14 +65,15 @@ class ManagementApi:
         drain_state=lambda drain_id: None,
         nodes=None,
         metrics_auth: bool = False,
-        ready=None,
+        health=None,
         throttle: LoginThrottle | None = None,
         max_json: int = 64 * 1024,
     ) -> None:
         self.throttle = throttle or LoginThrottle(reactor)
         self.max_json = max_json
-        # Healthy once the whole node is serving, not just its config loaded.
-        self.ready = ready or (lambda: True)
+        # What /healthcheck answers (logplex.health.Health); without one,
+        # whether the config is loaded.
+        self.health = health or self._loaded_health
         self.metrics_auth = metrics_auth
         self.nodes = nodes
         self.drain_state = drain_state
@@ -222,9 +224,12 @@ class ManagementApi:
         return await openapi_document.serve(request)
 
     async def healthcheck(self, request) -> Reply:
-        if not (self.store.loaded and self.ready()):
-            return Reply(503, b"SYSTEM BOOTING", content_type=b"text/plain")
-        return Reply(200, {"status": "normal"})
+        """200 while the node routes logs (status normal, or degraded with a Redis down), else 503."""
+        health = self.health()
+        return Reply(health.code, health.document())
+
+    def _loaded_health(self):
+        return assess(stopping=False, ready=self.store.loaded, ingress=True, config_redis=True, shards={})
 
     async def metrics_text(self, request) -> Reply:
         self.metrics.set("logplex_config_channels", len(self.store.cache.channels))

@@ -248,9 +248,33 @@ SCHEMAS: dict[str, dict] = {
     },
     "Health": {
         "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"const": "normal"}},
+        "description": "What the node is doing and the state of each Redis it depends on, as its connection "
+                       "pools know it (no Redis command is sent for a health check).",
+        "required": ["status", "config_redis", "shards"],
+        "properties": {
+            "status": {
+                "enum": ["normal", "degraded", "booting", "stopping", "ingress off"],
+                "description": "normal: serving, every Redis up. degraded: serving (200) with the config "
+                               "Redis or a shard down: routing to tails and drains goes on, backlog "
+                               "writes to a down shard are retried within their bound. booting: the "
+                               "configuration is not loaded yet or a listener is not bound yet (503). "
+                               "stopping: the node got SIGTERM and closes its listeners after "
+                               "--stop-grace seconds (503). ingress off: the admin shell switched log "
+                               "ingress off (503).",
+            },
+            "config_redis": ref("RedisState"),
+            "shards": {
+                "type": "object",
+                "description": "Each backlog shard by name (shard-0, shard-1, ...); empty until the "
+                               "shard map is loaded.",
+                "additionalProperties": ref("RedisState"),
+            },
+        },
         "additionalProperties": False,
+    },
+    "RedisState": {
+        "enum": ["up", "down"],
+        "description": "up: the node holds a connection to it that passed AUTH and SELECT.",
     },
     # -- request bodies (unknown members are ignored, so none forbids them) --
     "TokenList": {
@@ -418,18 +442,20 @@ def operation(op_id: str, summary: str, tag: str, responses: dict, *, guarded: b
 OK_TEXT = text("Done: the body is OK.")
 LOCATION = {"Location": {"required": True, "schema": {"type": "string", "format": "uri"}}}
 
+HEALTH_ANSWERS = {
+    "200": answer("Routing logs: status normal, or degraded when a Redis is down.",
+                  json_content(ref("Health"))),
+    "503": answer("Not routing logs: status booting, stopping or ingress off; a load balancer should "
+                  "send elsewhere.", json_content(ref("Health"))),
+}
+
 PATHS: dict[str, dict] = {
     # -- operations --
     "/healthcheck": {"get": operation(
-        "healthcheck", "Whether the node has loaded its configuration", "operations",
-        {"200": answer("Serving.", json_content(ref("Health"))),
-         "503": text("SYSTEM BOOTING: the configuration is not loaded yet.")},
-        guarded=False)},
+        "healthcheck", "Whether the node routes logs, and the state of each Redis", "operations",
+        HEALTH_ANSWERS, guarded=False)},
     "/v3/healthcheck": {"get": operation(
-        "healthcheckV3", "The same as /healthcheck", "operations",
-        {"200": answer("Serving.", json_content(ref("Health"))),
-         "503": text("SYSTEM BOOTING: the configuration is not loaded yet.")},
-        guarded=False)},
+        "healthcheckV3", "The same as /healthcheck", "operations", HEALTH_ANSWERS, guarded=False)},
     "/metrics": {"get": {
         **operation(
             "metrics", "Prometheus metrics", "operations",

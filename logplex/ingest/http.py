@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from logplex.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, parse_basic, parse_bearer
 from logplex.framing import FramingError, decode_logplex1
+from logplex.health import Health, assess
 from logplex.model import ANY_CHANNEL
 from logplex.redis.config import ConfigStore
 from logplex.router import IngressDenied, Router
@@ -196,8 +197,9 @@ class LogInput:
 
     def __init__(self, store: ConfigStore, router: Router, auth: Authenticator, metrics,
                  max_body: int, max_frame: int, throttle: LoginThrottle | None = None,
-                 reactor=None, max_gzip_members: int = 1000, ready: Callable[[], bool] | None = None) -> None:
-        self.ready = ready or (lambda: True)
+                 reactor=None, max_gzip_members: int = 1000, health: Callable[[], Health] | None = None) -> None:
+        # Without the node's health: whether the config is loaded and ingress is on.
+        self.health = health or self._own_health
         if reactor is None:
             reactor = _reactor()
         self.reactor = reactor
@@ -224,12 +226,13 @@ class LogInput:
                            route("GET", "/healthcheck", self.healthcheck)])
 
     async def healthcheck(self, request) -> Reply:
-        """200 OK while this node takes logs; 503 while it boots or its ingress is switched off."""
-        if not (self.store.loaded and self.ready()):
-            return Reply(503, b"SYSTEM BOOTING", content_type=b"text/plain")
-        if self.router.deny_ingress:
-            return Reply(503, b"INGRESS OFF", content_type=b"text/plain")
-        return Reply(200, b"OK", content_type=b"text/plain")
+        """200 OK while this node takes logs; 503 SYSTEM BOOTING, STOPPING or INGRESS OFF otherwise."""
+        health = self.health()
+        return Reply(health.code, health.words(), content_type=b"text/plain")
+
+    def _own_health(self) -> Health:
+        return assess(stopping=False, ready=self.store.loaded, ingress=not self.router.deny_ingress,
+                      config_redis=True, shards={})
 
     async def post_logs(self, request) -> Reply:
         try:

@@ -205,6 +205,9 @@ class NodeProcess:
             "--data-dir", self.data_dir,
             "--auth", "admin:secret",
             "--node-name", self.name,
+            # Tests stop many nodes: no grace period unless a test asks for one
+            # (a later --stop-grace in extra_args wins).
+            "--stop-grace", "0",
             *self.extra_args,
         ]
         return args

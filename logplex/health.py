@@ -1,0 +1,88 @@
+"""What /healthcheck says: the node's phase and each Redis dependency's state, known without a round trip."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+# The node's phases, as /healthcheck's "status" names them.
+NORMAL = "normal"
+DEGRADED = "degraded"  # serving, but a Redis dependency is down
+BOOTING = "booting"
+STOPPING = "stopping"
+INGRESS_OFF = "ingress off"
+
+UP = "up"
+DOWN = "down"
+
+# The log input answers in the words logplex's log input used.
+_WORDS = {NORMAL: b"OK", DEGRADED: b"OK", BOOTING: b"SYSTEM BOOTING",
+          STOPPING: b"STOPPING", INGRESS_OFF: b"INGRESS OFF"}
+
+
+@attrs.frozen
+class Health:
+    """One answer of /healthcheck: the status and the state of the config Redis and of each shard."""
+
+    status: str
+    config_redis: str = DOWN
+    shards: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def serving(self) -> bool:
+        """Whether a load balancer should send this node logs: the node can route them.
+
+        A Redis that is down does not stop routing (tails and drains go on,
+        backlog writes are retried and, past their bound, counted as drops),
+        and every node of a cluster shares the same Redis: taking them all
+        out of the balancer for it would lose every line instead of some.
+        """
+        return self.status in (NORMAL, DEGRADED)
+
+    @property
+    def code(self) -> int:
+        return 200 if self.serving else 503
+
+    def document(self) -> dict:
+        return {"status": self.status, "config_redis": self.config_redis, "shards": dict(self.shards)}
+
+    def words(self) -> bytes:
+        """The log input's plain-text answer: OK, SYSTEM BOOTING, STOPPING or INGRESS OFF."""
+        return _WORDS[self.status]
+
+
+def assess(*, stopping: bool, ready: bool, ingress: bool, config_redis: bool | None,
+           shards: Mapping[str, bool]) -> Health:
+    """The node's health from what it already knows: its phase and its pools' connections.
+
+    config_redis is None before the node has a config Redis pool at all.
+    A stopping node says so first (it will not come back), then a node
+    that is not ready (config not loaded, listeners not all bound), then
+    the admin shell's ingress switch.
+    """
+    config = UP if config_redis else DOWN
+    shard_states = tuple(sorted((name, UP if up else DOWN) for name, up in shards.items()))
+    if stopping:
+        status = STOPPING
+    elif not ready:
+        status = BOOTING
+    elif not ingress:
+        status = INGRESS_OFF
+    elif config == DOWN or any(state == DOWN for _, state in shard_states):
+        status = DEGRADED
+    else:
+        status = NORMAL
+    return Health(status, config, shard_states)
+
+
+def pool_connected(pool) -> bool:
+    """Whether a txredisapi pool holds at least one connection past its handshake (AUTH, SELECT).
+
+    The pool adds a connection once its handshake is done and removes it
+    when the connection is lost, so this is what the pool itself knows: no
+    command is sent. A Redis that hangs without closing its connections
+    shows as up until the connections time out.
+    """
+    factory = getattr(pool, "_factory", None)
+    return bool(factory is not None and getattr(factory, "size", 0))
