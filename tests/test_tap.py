@@ -108,3 +108,13 @@ def test_a_drain_ca_file_without_certificates_is_a_usage_error_naming_it(tmp_pat
         with pytest.raises(usage.UsageError) as refused:
             parse(["--drain-ca-file", str(path)])
         assert said in str(refused.value) and str(path) in str(refused.value)
+
+
+def test_every_option_is_in_the_readme():
+    options = Options()
+    names = {p[0] for p in options.optParameters} | {f[0] for f in options.optFlags}
+    names |= {n[4:].replace("_", "-") for n in dir(options) if n.startswith("opt_")}
+    import os
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.rst"), encoding="utf-8") as f:
+        readme = f.read()
+    assert sorted(n for n in names - {"help", "version"} if f"``--{n}" not in readme) == []
