@@ -6,10 +6,17 @@ from twisted.internet.testing import MemoryReactorClock
 from logplex.framing import encode_logplex1
 from logplex.metrics import Metrics
 from logplex.model import SessionSpec
-from logplex.redis.cluster import ClusterTails, tail_channel
-from logplex.redis.config import FEED
+from logplex.redis.cluster import ClusterTails
 from logplex.redis.connection import RedisAddress
+from logplex.redis.keys import RedisKeys
 from logplex.tails import TailRegistry, TailSession
+
+
+KEYS = RedisKeys("lp", 0)
+
+
+def tail_channel(channel_id: str) -> bytes:
+    return KEYS.tail(channel_id)
 
 
 def msg(text: str) -> bytes:
@@ -26,7 +33,7 @@ class Bus:
         return defer.succeed(1)
 
     def publish(self, channel, payload):
-        if channel != FEED:
+        if channel != KEYS.feed:
             self.published.append((channel, payload))
         return defer.succeed(1)
 
@@ -44,7 +51,7 @@ def cluster(incarnations: dict[str, str]):
     reactor, metrics = MemoryReactorClock(), Metrics()
     local, bus = TailRegistry(metrics), Bus()
     tails = ClusterTails(local, bus, RedisAddress(host="bus"), "a", reactor, metrics,
-                         incarnation_of=incarnations.get)
+                         incarnation_of=incarnations.get, keys=KEYS)
     tails.subscription._protocol = Connected()
     return tails, local, bus, reactor
 
