@@ -10,6 +10,10 @@ case (b) is the one the db number in every channel name exists for.
 from __future__ import annotations
 
 import http.server
+import json
+import os
+import subprocess
+import sys
 import threading
 import uuid
 
@@ -17,7 +21,7 @@ import pytest
 
 from tests.integration.cluster import Resp, Tail, metric_sum, open_tail, send_lines, wait_until
 from tests.integration.conftest import Node, decode_logplex1
-from tests.integration.procs import NodeProcess, RedisServer
+from tests.integration.procs import REPO_ROOT, NodeProcess, RedisServer
 
 NODE_ARGS = ("--allow-private-drains", "--heartbeat", "1", "--drain-backoff-max", "1",
              "--login-failures", "1000000")
@@ -171,3 +175,41 @@ def _keys(server: RedisServer, db: int) -> set[str]:
     finally:
         client.close()
 
+
+
+def test_the_admin_shard_commands_move_only_their_namespaces_data(shared, first, other):
+    second, db, namespace = other
+    channel_id = f"moved-{uuid.uuid4().hex[:8]}"  # the same name in both clusters
+    tokens = {}
+    for who, node in (("first", first), ("second", second)):
+        answer = node.api("PUT", f"/v3/channels/{channel_id}", {"tokens": ["app"]})
+        assert answer.status == 201, answer
+        tokens[who] = answer.json()["tokens"]["app"]
+        send_lines(node, [(tokens[who], "web.1", f"{who}-{i}") for i in range(3)])
+        assert len(node.wait_backlog(channel_id, 3)) == 3
+    config_url = f"redis://127.0.0.1:{shared.port}/{db}"
+    target_db = 9 if namespace != "lp" else 10  # a db of its own for each case
+    target_url = f"redis://127.0.0.1:{shared.port}/{target_db}"
+    listed = admin_shards(config_url, "--namespace", namespace, "list")
+    assert listed == {"shard-0": "config"}
+    moved = admin_shards(config_url, "--namespace", namespace, "replace", "shard-0", target_url)
+    assert moved["backlog_lines"] >= 3
+    # The second cluster's backlogs (and spools) went to the new db and it reads them there;
+    # the first's (same channel name, same server, and in case (a) the same db) never moved.
+    moved_keys = _keys(shared, target_db)
+    assert f"{namespace}:log:{channel_id}" in moved_keys
+    assert all(k.startswith(f"{namespace}:") for k in moved_keys), moved_keys
+    wait_until(lambda: second.backlog(channel_id), lambda lines: len(lines) == 3, 5.0, "second's backlog")
+    assert [x.rsplit(" ", 1)[-1] for x in second.backlog(channel_id)] == ["second-0", "second-1", "second-2"]
+    assert f"lp:log:{channel_id}" in _keys(shared, 0)
+    assert [x.rsplit(" ", 1)[-1] for x in first.backlog(channel_id)] == ["first-0", "first-1", "first-2"]
+    assert admin_shards(f"redis://127.0.0.1:{shared.port}/0", "list") == {"shard-0": "config"}
+
+
+def admin_shards(config_url: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "logplex.admin.shards", "--config-redis", config_url,
+                           "--settle", "0.5", *args],
+                          env=dict(os.environ, PYTHONPATH=REPO_ROOT), capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
