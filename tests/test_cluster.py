@@ -89,3 +89,22 @@ def test_a_batch_from_another_node_reaches_only_tails_of_the_incarnation_it_name
     legacy = tail(local, "")
     tails._on_message(tail_channel("app"), b"b \n" + encode_logplex1([msg("legacy")]))
     assert len(legacy) == 1 and len(first) == 1 and len(second) == 2
+
+
+def test_a_cluster_on_another_db_publishes_and_hears_only_its_own_channel_names():
+    reactor, metrics = MemoryReactorClock(), Metrics()
+    local, bus = TailRegistry(metrics), Bus()
+    on_db_5 = RedisKeys("lp", 5)
+    tails = ClusterTails(local, bus, RedisAddress(host="bus", db=5), "a", reactor, metrics,
+                         incarnation_of={"app": "one"}.get, keys=on_db_5)
+    tails.subscription._protocol = Connected()
+    tails.remote["app"] = {"b": 1e12}
+    tails.publish("app", [msg("1")])
+    reactor.advance(tails.flush_interval)
+    assert [channel for channel, _ in bus.published] == [b"lp:5:tail:app"]
+    # db 0's tail traffic (pub/sub crosses dbs) is another cluster's: not a line reaches a tail.
+    written = tail(local, "one")
+    tails._on_message(KEYS.tail("app"), b"b one\n" + encode_logplex1([msg("from db 0")]))
+    assert written == [] and metrics.get("logplex_tail_bus_received_total") == 0
+    tails._on_message(on_db_5.tail("app"), b"b one\n" + encode_logplex1([msg("from db 5")]))
+    assert len(written) == 1 and b"from db 5" in written[0]
