@@ -49,6 +49,7 @@ class Settings:
     flush_interval: float = 0.05
     redis_timeout: float = 5.0
     redis_password_file: str | None = None
+    namespace: str = "lp"
     heartbeat: float = 5.0
     stop_grace: float = 5.0
     manhole: str | None = None

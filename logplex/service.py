@@ -35,6 +35,7 @@ from logplex.redis.connection import (
     RedisClusterRefused, RedisSecrets, connect, parse_redis_url, refuse_cluster_mode,
 )
 from logplex.redis.embedded import EmbeddedRedis, EmbeddedRedisError
+from logplex.redis.keys import RedisKeys
 from logplex.redis.shardmap import CONFIG, load as load_shard_map, load_or_init
 from logplex.redis.shards import Backlogs
 from logplex.router import DropReport, Router
@@ -108,14 +109,16 @@ class LogplexNode(MultiService):
         else:
             config_address = parse_redis_url(s.config_redis, secrets=self.redis_secrets)
         config_redis = self._pool(config_address)
+        # Pub/sub ignores the db: the db is in every channel name (and the namespace in every name).
+        keys = RedisKeys(s.namespace, config_address.db)
         self._shard_pools = {CONFIG: config_redis}
         self.backlogs = Backlogs(
             self.reactor, self.metrics, self.shard_pool, s.redis_timeout, history=s.history,
-            expiry=s.backlog_expiry, interval=s.flush_interval,
+            expiry=s.backlog_expiry, interval=s.flush_interval, keys=keys,
         )
         self.store = ConfigStore(
             config_redis, config_address, self.reactor, max_drains=s.max_drains,
-            session_expiry=s.session_expiry, timeout=s.redis_timeout, metrics=self.metrics,
+            session_expiry=s.session_expiry, timeout=s.redis_timeout, metrics=self.metrics, keys=keys,
         )
         self.tails = TailRegistry(self.metrics)
         # One connection for the bus: what a node publishes stays in order.
@@ -123,14 +126,14 @@ class LogplexNode(MultiService):
             self.tails, connect(config_address, poolsize=1, reply_timeout=s.redis_timeout,
                                 reactor=self.reactor),
             config_address, s.node_name, self.reactor, self.metrics, timeout=s.redis_timeout,
-            incarnation_of=self._incarnation_of)
+            incarnation_of=self._incarnation_of, keys=keys)
         self.store.feed_listeners[b"tail"] = [self.cluster_tails.on_feed]
         # A channel deleted (or deleted and made again): its tails end, and
         # its lines still queued here never reach the new channel's backlog.
         self.store.identity_listeners += [self.tails.end_channel,
                                           lambda channel_id, now: self.backlogs.forget(channel_id)]
         self.registry = NodeRegistry(config_redis, s.node_name, self.reactor, interval=s.heartbeat,
-                                     timeout=s.redis_timeout)
+                                     timeout=s.redis_timeout, keys=keys)
         self.router = Router(self.store.cache, self.backlogs, self.cluster_tails, self.metrics, drops=self.drops)
         # Drains connect through a resolver that refuses private addresses,
         # unless the operator allows them.
@@ -142,7 +145,7 @@ class LogplexNode(MultiService):
             make_client(drain_reactor, drain_trust),
             drain_trust,
             emit=self.router.emit,
-            connect_reactor=drain_reactor,
+            connect_reactor=drain_reactor, keys=keys,
         )
         self.router.drains = self.drains.publish
         self.router.hold = self.drains.hold
@@ -174,7 +177,7 @@ class LogplexNode(MultiService):
         await self._refuse_cluster_mode([(config_redis, config_address)])
         self.store.start()
         await self._retry_until_loaded()
-        shard_map = await load_or_init(config_redis, list(s.shard_redis))
+        shard_map = await load_or_init(config_redis, keys, list(s.shard_redis))
         await self._refuse_cluster_mode([(self.shard_pool(url), parse_redis_url(url))
                                          for url in sorted(set(shard_map.values()) - {CONFIG})])
         self.backlogs.configure(shard_map)
@@ -236,7 +239,7 @@ class LogplexNode(MultiService):
         return self._shard_pools[url]
 
     def _shards_changed(self, message: bytes) -> None:
-        d = defer.ensureDeferred(load_shard_map(self.store.redis))
+        d = defer.ensureDeferred(load_shard_map(self.store.redis, self.store.keys))
         d.addCallback(self.backlogs.configure)
         d.addErrback(lambda f: log.warn("shard_map_reload_failed error={e!r}", e=f.getErrorMessage()))
 

@@ -47,6 +47,16 @@ def _non_negative_float(name):
     return _checked(name, float, "a number", lambda n: 0 <= n < float("inf"), "zero or more")
 
 
+def _namespace(value: str) -> str:
+    """A coerce function for --namespace: a UsageError that says what a namespace may hold."""
+    from logplex.redis.keys import BadNamespace, check_namespace
+
+    try:
+        return check_namespace(value)
+    except BadNamespace as e:
+        raise usage.UsageError(f"--namespace: {e}") from None
+
+
 def _check_manhole(description: str) -> None:
     """A UsageError unless --manhole names a tcp:, tcp6: or unix: endpoint that parses."""
     from twisted.internet.endpoints import serverFromString
@@ -178,6 +188,10 @@ class Options(usage.Options):
          _positive_int("workers")],
         ["redis-timeout", None, DEFAULTS.redis_timeout, "Seconds a Redis command may take before it counts as failed.",
          _positive_float("redis-timeout")],
+        ["namespace", None, DEFAULTS.namespace,
+         "Prefix of every Redis key and pub/sub channel of this cluster (1-32 letters, digits, "
+         "'_' or '-'): clusters sharing one Redis server need different namespaces or dbs.",
+         _namespace],
         ["redis-password-file", None, None,
          "File whose content is the password of every Redis URL that has none; read again on "
          "SIGHUP and on every reconnect, so a rotated password needs no restart."],

@@ -6,10 +6,17 @@ from twisted.internet.testing import MemoryReactorClock
 from logplex.framing import encode_logplex1
 from logplex.metrics import Metrics
 from logplex.model import SessionSpec
-from logplex.redis.cluster import ClusterTails, tail_channel
-from logplex.redis.config import FEED
+from logplex.redis.cluster import ClusterTails
 from logplex.redis.connection import RedisAddress
+from logplex.redis.keys import RedisKeys
 from logplex.tails import TailRegistry, TailSession
+
+
+KEYS = RedisKeys("lp", 0)
+
+
+def tail_channel(channel_id: str) -> bytes:
+    return KEYS.tail(channel_id)
 
 
 def msg(text: str) -> bytes:
@@ -26,7 +33,7 @@ class Bus:
         return defer.succeed(1)
 
     def publish(self, channel, payload):
-        if channel != FEED:
+        if channel != KEYS.feed:
             self.published.append((channel, payload))
         return defer.succeed(1)
 
@@ -44,7 +51,7 @@ def cluster(incarnations: dict[str, str]):
     reactor, metrics = MemoryReactorClock(), Metrics()
     local, bus = TailRegistry(metrics), Bus()
     tails = ClusterTails(local, bus, RedisAddress(host="bus"), "a", reactor, metrics,
-                         incarnation_of=incarnations.get)
+                         incarnation_of=incarnations.get, keys=KEYS)
     tails.subscription._protocol = Connected()
     return tails, local, bus, reactor
 
@@ -82,3 +89,22 @@ def test_a_batch_from_another_node_reaches_only_tails_of_the_incarnation_it_name
     legacy = tail(local, "")
     tails._on_message(tail_channel("app"), b"b \n" + encode_logplex1([msg("legacy")]))
     assert len(legacy) == 1 and len(first) == 1 and len(second) == 2
+
+
+def test_a_cluster_on_another_db_publishes_and_hears_only_its_own_channel_names():
+    reactor, metrics = MemoryReactorClock(), Metrics()
+    local, bus = TailRegistry(metrics), Bus()
+    on_db_5 = RedisKeys("lp", 5)
+    tails = ClusterTails(local, bus, RedisAddress(host="bus", db=5), "a", reactor, metrics,
+                         incarnation_of={"app": "one"}.get, keys=on_db_5)
+    tails.subscription._protocol = Connected()
+    tails.remote["app"] = {"b": 1e12}
+    tails.publish("app", [msg("1")])
+    reactor.advance(tails.flush_interval)
+    assert [channel for channel, _ in bus.published] == [b"lp:5:tail:app"]
+    # db 0's tail traffic (pub/sub crosses dbs) is another cluster's: not a line reaches a tail.
+    written = tail(local, "one")
+    tails._on_message(KEYS.tail("app"), b"b one\n" + encode_logplex1([msg("from db 0")]))
+    assert written == [] and metrics.get("logplex_tail_bus_received_total") == 0
+    tails._on_message(on_db_5.tail("app"), b"b one\n" + encode_logplex1([msg("from db 5")]))
+    assert len(written) == 1 and b"from db 5" in written[0]

@@ -7,6 +7,7 @@ from logplex.drains.core import Backoff, Outcome, decode_chunk
 from logplex.drains.worker import DrainWorker
 from logplex.metrics import Metrics
 from logplex.model import Drain
+from logplex.redis.keys import RedisKeys
 
 DRAIN = Drain(7, "app", "d.tok", "https://logs.example.com/")
 
@@ -288,7 +289,8 @@ def test_the_nodes_spool_budget_is_shared_and_a_drain_past_it_drops_only_its_own
     metrics = Metrics()
     budget = 20_000
     supervisor = DrainSupervisor(Store(), Backlogs(), metrics, clock, "node-1",
-                                 DrainSettings(spool_total_bytes=budget), http_client=None)
+                                 DrainSettings(spool_total_bytes=budget), http_client=None,
+                                 keys=RedisKeys("lp", 0))
     workers = {}
     for drain_id in (1, 2):
         endpoint = Endpoint()
@@ -332,7 +334,8 @@ def test_a_stored_udp_drain_is_refused_with_a_reason_never_sent_over_tcp():
         on_change: list = []
 
     clock = Clock()
-    supervisor = DrainSupervisor(Store(), Backlogs(), Metrics(), clock, "node-1", DrainSettings(), http_client=None)
+    supervisor = DrainSupervisor(Store(), Backlogs(), Metrics(), clock, "node-1", DrainSettings(), http_client=None,
+                                 keys=RedisKeys("lp", 0))
     transport = supervisor._transport(Drain(1, "app-1", "d.tok", "syslog+udp://logs.example.com:514"))
     worker = DrainWorker(Drain(1, "app-1", "d.tok", "syslog+udp://logs.example.com:514"), transport, MemorySpool(),
                          clock, Metrics(), capacity=10, target_bytes=4000)

@@ -63,6 +63,7 @@ from logplex.model import ANY_CHANNEL, FULL_API, READ_CHANNEL, Channel, Credenti
 from logplex.redis import config as config_module
 from logplex.redis.config import ConfigCache, ConfigStore
 from logplex.redis.connection import RedisAddress
+from logplex.redis.keys import RedisKeys
 from logplex.redis.shards import within_bytes
 from logplex.router import Router
 from logplex.tails import TailFilter, TailRegistry
@@ -825,6 +826,9 @@ def post_logs_case(raw: bytes) -> None:
 
 # == e. the management API ==========================================================================
 
+# Today's key names: a node with the default namespace on db 0.
+KEYS = RedisKeys("lp", 0)
+
 class DictRedis:
     """The commands ConfigStore sends, and its Lua scripts, over dictionaries; every answer fires at once."""
 
@@ -895,7 +899,7 @@ class DictRedis:
         return self.sets.setdefault(name, set())
 
     def _announce(self) -> None:
-        self.incr(config_module.VERSION)
+        self.incr(KEYS.version)
 
     @staticmethod
     def _url_of(doc: bytes | None) -> bytes | None:
@@ -904,31 +908,31 @@ class DictRedis:
 
     def _add_drain(self, a):
         channel, drain_id, doc, url, most = a
-        if channel not in self._h(config_module.CHANNELS):
+        if channel not in self._h(KEYS.channels):
             return b"nochannel"
         members = self._s(b"lp:chdrain:" + channel)
         if len(members) >= int(most):
             return b"max"
-        if url and any(self._url_of(self._h(config_module.DRAINS).get(i)) == url for i in members):
+        if url and any(self._url_of(self._h(KEYS.drains).get(i)) == url for i in members):
             return b"dup"
-        self._h(config_module.DRAINS)[drain_id] = doc
+        self._h(KEYS.drains)[drain_id] = doc
         members.add(drain_id)
         self._announce()
         return b"ok"
 
     def _set_drain_url(self, a):
         channel, drain_id, url = a
-        doc = self._h(config_module.DRAINS).get(drain_id)
+        doc = self._h(KEYS.drains).get(drain_id)
         if doc is None:
             return b"nodrain"
         drain = json.loads(doc)
         if drain["channel_id"].encode() != channel:
             return b"nodrain"
         for other in self._s(b"lp:chdrain:" + channel):
-            if other != drain_id and self._url_of(self._h(config_module.DRAINS).get(other)) == url:
+            if other != drain_id and self._url_of(self._h(KEYS.drains).get(other)) == url:
                 return b"dup"
         drain["url"] = url.decode("utf-8")
-        self._h(config_module.DRAINS)[drain_id] = json.dumps(drain).encode()
+        self._h(KEYS.drains)[drain_id] = json.dumps(drain).encode()
         self._announce()
         return b"ok"
 
@@ -938,13 +942,13 @@ class DictRedis:
         if drain_id not in members:
             return b"nodrain"
         members.discard(drain_id)
-        self._h(config_module.DRAINS).pop(drain_id, None)
+        self._h(KEYS.drains).pop(drain_id, None)
         self._announce()
         return b"ok"
 
     def _put_channel(self, a):
         channel, doc, create_only = a[:3]
-        channels = self._h(config_module.CHANNELS)
+        channels = self._h(KEYS.channels)
         exists = channel in channels
         if exists and create_only == b"1":
             return b"exists"
@@ -953,38 +957,38 @@ class DictRedis:
         members = self._s(b"lp:chtok:" + channel)
         i = 3
         while a[i] != b"--":
-            self._h(config_module.TOKENS)[a[i]] = a[i + 1]
+            self._h(KEYS.tokens)[a[i]] = a[i + 1]
             members.add(a[i])
             i += 2
         for token in a[i + 1:]:
-            self._h(config_module.TOKENS).pop(token, None)
+            self._h(KEYS.tokens).pop(token, None)
             members.discard(token)
         self._announce()
         return b"updated" if exists else b"created"
 
     def _delete_channel(self, a):
         (channel,) = a
-        if self._h(config_module.CHANNELS).pop(channel, None) is None:
+        if self._h(KEYS.channels).pop(channel, None) is None:
             return b"nochannel"
         for token in self.sets.pop(b"lp:chtok:" + channel, set()):
-            self._h(config_module.TOKENS).pop(token, None)
+            self._h(KEYS.tokens).pop(token, None)
         for drain in self.sets.pop(b"lp:chdrain:" + channel, set()):
-            self._h(config_module.DRAINS).pop(drain, None)
+            self._h(KEYS.drains).pop(drain, None)
         self._announce()
         return b"ok"
 
     def _set_channel(self, a):
         channel, doc, incarnation = a
-        stored = self._h(config_module.CHANNELS).get(channel)
+        stored = self._h(KEYS.channels).get(channel)
         if stored is None or (json.loads(stored).get("incarnation") or "").encode() != incarnation:
             return b"nochannel"
-        self._h(config_module.CHANNELS)[channel] = doc
+        self._h(KEYS.channels)[channel] = doc
         self._announce()
         return b"ok"
 
     def _put_cred(self, a):
         cred_id, doc = a
-        creds = self._h(config_module.CREDS)
+        creds = self._h(KEYS.creds)
         if doc == b"":
             if creds.pop(cred_id, None) is None:
                 return b"nocred"
@@ -1015,22 +1019,22 @@ def seeded_redis() -> DictRedis:
     channel 1 with a drain; three credentials."""
     r = DictRedis()
     for channel, token, name, drain_id in ((A_CHANNEL, A_TOKEN, "a-app", 1), (B_CHANNEL, B_TOKEN, "b-app", 2)):
-        r._h(config_module.CHANNELS)[channel.encode()] = Channel(channel).to_json().encode()
-        r._h(config_module.TOKENS)[token.encode()] = Token(token, channel, name).to_json().encode()
+        r._h(KEYS.channels)[channel.encode()] = Channel(channel).to_json().encode()
+        r._h(KEYS.tokens)[token.encode()] = Token(token, channel, name).to_json().encode()
         r._s(b"lp:chtok:" + channel.encode()).add(token.encode())
         drain = Drain(drain_id, channel, f"d.{uuid.UUID(int=drain_id)}", f"https://{channel}.example/logs")
-        r._h(config_module.DRAINS)[b"%d" % drain_id] = drain.to_json().encode()
+        r._h(KEYS.drains)[b"%d" % drain_id] = drain.to_json().encode()
         r._s(b"lp:chdrain:" + channel.encode()).add(b"%d" % drain_id)
-    r._h(config_module.CHANNELS)[b"1"] = Channel("1").to_json().encode()
-    r._h(config_module.DRAINS)[b"3"] = Drain(3, "1", f"d.{uuid.UUID(int=3)}", "syslog://v2.example:514").to_json().encode()
+    r._h(KEYS.channels)[b"1"] = Channel("1").to_json().encode()
+    r._h(KEYS.drains)[b"3"] = Drain(3, "1", f"d.{uuid.UUID(int=3)}", "syslog://v2.example:514").to_json().encode()
     r._s(b"lp:chdrain:1").add(b"3")
-    r.strings[config_module.CHANNEL_SEQ] = b"1"
-    r.strings[config_module.DRAIN_SEQ] = b"3"
+    r.strings[KEYS.channel_seq] = b"1"
+    r.strings[KEYS.drain_seq] = b"3"
     for cred in (Credential("admin", fast_hash(ADMIN_SECRET), frozenset({FULL_API, ANY_CHANNEL})),
                  Credential("shuttle", fast_hash(SHUTTLE_SECRET), frozenset({ANY_CHANNEL})),
                  Credential("reader", fast_hash(READER_SECRET), frozenset({READ_CHANNEL}),
                             channels=frozenset({A_CHANNEL}))):
-        r._h(config_module.CREDS)[cred.id.encode()] = cred.to_json().encode()
+        r._h(KEYS.creds)[cred.id.encode()] = cred.to_json().encode()
     return r
 
 
@@ -1040,17 +1044,17 @@ SEEDED = seeded_redis().snapshot()
 def records(r: DictRedis) -> tuple[list, list, list, list]:
     """The config a node loads from this Redis: channels, tokens, drains, credentials."""
     h = r.hashes
-    return ([Channel.from_json(k.decode(), v) for k, v in h.get(config_module.CHANNELS, {}).items()],
-            [Token.from_json(k.decode(), v) for k, v in h.get(config_module.TOKENS, {}).items()],
-            [Drain.from_json(int(k), v) for k, v in h.get(config_module.DRAINS, {}).items()],
-            [Credential.from_json(k.decode(), v) for k, v in h.get(config_module.CREDS, {}).items()])
+    return ([Channel.from_json(k.decode(), v) for k, v in h.get(KEYS.channels, {}).items()],
+            [Token.from_json(k.decode(), v) for k, v in h.get(KEYS.tokens, {}).items()],
+            [Drain.from_json(int(k), v) for k, v in h.get(KEYS.drains, {}).items()],
+            [Credential.from_json(k.decode(), v) for k, v in h.get(KEYS.creds, {}).items()])
 
 
 def sentinel(r: DictRedis) -> tuple:
     """Everything the config Redis holds of tenant B."""
     b = B_CHANNEL.encode()
-    return (r.hashes[config_module.CHANNELS].get(b), r.hashes[config_module.TOKENS].get(B_TOKEN.encode()),
-            r.hashes[config_module.DRAINS].get(b"2"), r.sets.get(b"lp:chtok:" + b), r.sets.get(b"lp:chdrain:" + b))
+    return (r.hashes[KEYS.channels].get(b), r.hashes[KEYS.tokens].get(B_TOKEN.encode()),
+            r.hashes[KEYS.drains].get(b"2"), r.sets.get(b"lp:chtok:" + b), r.sets.get(b"lp:chdrain:" + b))
 
 
 class ApiNode:
@@ -1063,7 +1067,7 @@ class ApiNode:
     def __init__(self) -> None:
         self.redis = DictRedis()
         self.reactor = MemoryReactorClock()
-        self.store = ConfigStore(self.redis, RedisAddress(host="dict"), self.reactor, max_drains=3)
+        self.store = ConfigStore(self.redis, RedisAddress(host="dict"), self.reactor, max_drains=3, keys=KEYS)
         self.metrics = Metrics()
         self.tails = TailRegistry(self.metrics)
         self.backlogs = Backlogs({})

@@ -25,6 +25,7 @@ from logplex.ingest.syslog import SyslogFactory
 from logplex.metrics import Metrics
 from logplex.model import Drain
 from logplex.redis.config import ConfigCache
+from logplex.redis.keys import RedisKeys
 from logplex.router import Router
 from logplex.web import LogplexSite
 from tests.helpers import (
@@ -187,7 +188,7 @@ def make_supervisor():
     cache = ConfigCache()
     metrics = Metrics()
     supervisor = DrainSupervisor(Store(cache), Backlogs(), metrics, clock, "node-1",
-                                 DrainSettings(pushback=PUSHBACK), http_client=None)
+                                 DrainSettings(pushback=PUSHBACK), http_client=None, keys=RedisKeys("lp", 0))
     worker, endpoint, _, _ = make_worker()
     worker.reactor = clock
     worker.queue.clock = clock.seconds

@@ -4,7 +4,11 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from logplex.metrics import Metrics
-from logplex.redis.shards import BacklogWriter, ShardRing, backlog_key
+from logplex.redis.keys import RedisKeys
+from logplex.redis.shards import BacklogWriter, ShardRing
+
+KEYS = RedisKeys("lp", 0)
+backlog_key = KEYS.backlog
 
 
 def test_every_channel_maps_to_one_of_the_shards_and_stays_there():
@@ -63,7 +67,7 @@ def writer(**kw):
     clock = Clock()
     redis = FakeRedis()
     metrics = Metrics()
-    w = BacklogWriter(redis, clock, metrics, history=100, expiry=3600, interval=0.05, **kw)
+    w = BacklogWriter(redis, clock, metrics, history=100, expiry=3600, interval=0.05, keys=KEYS, **kw)
     return w, redis, clock, metrics
 
 
@@ -189,7 +193,7 @@ def backlogs():
     from logplex.redis.shards import Backlogs
 
     clock, metrics, pool = Clock(), Metrics(), ShardPool()
-    b = Backlogs(clock, metrics, lambda url: pool, history=100, expiry=3600, interval=0.05)
+    b = Backlogs(clock, metrics, lambda url: pool, history=100, expiry=3600, interval=0.05, keys=KEYS)
     b.configure({"shard-0": "redis://shard"})
     return b, pool, clock, metrics
 

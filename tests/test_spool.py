@@ -7,10 +7,12 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from logplex.drains.core import decode_chunk, encode_chunk
-from logplex.drains.spool import Spool, spool_key
+from logplex.drains.spool import Spool
 from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.keys import RedisKeys
 
 NODE = "node-a"
+KEYS = RedisKeys("lp", 0)
 
 
 def msg(n: int) -> bytes:
@@ -34,7 +36,7 @@ class SpoolTests(unittest.TestCase):
         self.addCleanup(self.redis.disconnect)
 
     def spool(self, drain_id: int = 7, node: str = NODE, max_bytes: int = 10**9) -> Spool:
-        return Spool(self.redis, drain_id, node, reactor, max_bytes)
+        return Spool(self.redis, drain_id, node, reactor, max_bytes, keys=KEYS)
 
     async def raw_chunks(self, spool: Spool) -> list[bytes]:
         return list(await self.redis.lrange(spool.key, 0, -1))
@@ -63,7 +65,7 @@ class SpoolTests(unittest.TestCase):
         s = self.spool(42, "n1")
         self.assertEqual(s.key, b"lp:spool:42:n1")
         self.assertEqual(s.meta, b"lp:spool:42:n1:meta")
-        self.assertEqual(spool_key(42, "n1"), s.key)
+        self.assertEqual(KEYS.spool(42, "n1"), s.key)
         self.assertNotEqual(self.spool(42, "n2").key, s.key)
         self.assertNotEqual(self.spool(43, "n1").key, s.key)
 
@@ -312,7 +314,7 @@ class SpoolTests(unittest.TestCase):
 
     # -- Redis unavailable ----------------------------------------------------------------------
     async def test_operations_fail_within_the_timeout_when_redis_is_gone(self):
-        s = Spool(self.redis, 7, NODE, reactor, 10**9, timeout=0.5)
+        s = Spool(self.redis, 7, NODE, reactor, 10**9, timeout=0.5, keys=KEYS)
         await s.push(*chunk("f1", 0, 1))
         self.server.kill()
         began = reactor.seconds()

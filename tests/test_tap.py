@@ -82,6 +82,14 @@ def test_token_bound_listeners():
             parse(["--syslog-token", bad])
 
 
+def test_the_namespace_defaults_to_todays_prefix_and_takes_letters_digits_underscores_dashes():
+    assert Settings.from_options(parse([])).namespace == "lp"
+    assert Settings.from_options(parse(["--namespace", "team-a_2"])).namespace == "team-a_2"
+    for bad in ("", "a:b", "x" * 33, "two words", "lp*"):
+        with pytest.raises(usage.UsageError, match="--namespace: .*1 to 32 letters, digits, '_' or '-'"):
+            parse(["--namespace", bad])
+
+
 def test_session_urls_name_the_listening_address_or_a_host_name_that_resolves(monkeypatch):
     from twisted.internet.address import IPv4Address
 

@@ -287,7 +287,7 @@ class Admin:
         from logplex.redis.shardmap import replace_shard
 
         return defer.ensureDeferred(replace_shard(
-            self.node.store.redis, self.node.shard_pool, name, url,
+            self.node.store.redis, self.node.shard_pool, name, url, keys=self.node.store.keys,
             history=self.node.settings.history, reactor=self.node.reactor))
 
     def add_shard(self, url: str) -> defer.Deferred:
@@ -295,7 +295,7 @@ class Admin:
         from logplex.redis.shardmap import add_shard
 
         return defer.ensureDeferred(add_shard(
-            self.node.store.redis, self.node.shard_pool, url,
+            self.node.store.redis, self.node.shard_pool, url, keys=self.node.store.keys,
             history=self.node.settings.history, reactor=self.node.reactor))
 
     def drains_state(self) -> dict:

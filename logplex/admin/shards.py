@@ -12,13 +12,23 @@ from twisted.internet import defer, task
 from logplex.redis.connection import (
     BadRedisURL, RedisClusterRefused, RedisSecrets, check_redis_url, connect, refuse_cluster_mode,
 )
+from logplex.redis.keys import BadNamespace, RedisKeys, check_namespace
 from logplex.redis.shardmap import CONFIG, add_shard, load, replace_shard
+
+
+def _namespace(value: str) -> str:
+    try:
+        return check_namespace(value)
+    except BadNamespace as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m logplex.admin.shards", description=__doc__)
     parser.add_argument("--config-redis", default=os.environ.get("LOGPLEX_CONFIG_REDIS_URL"),
                         help="the cluster's config Redis URL (env LOGPLEX_CONFIG_REDIS_URL)")
+    parser.add_argument("--namespace", default="lp", type=_namespace,
+                        help="the cluster's namespace (the nodes' --namespace; default lp)")
     parser.add_argument("--redis-password-file",
                         help="password of every Redis URL that has none (as the nodes' option)")
     parser.add_argument("--history", type=int, default=1500,
@@ -41,7 +51,9 @@ async def run(reactor, args) -> dict:
     def address(url: str):
         return check_redis_url(url, secrets=secrets)
 
-    config = connect(address(args.config_redis), poolsize=1, reactor=reactor)
+    config_address = address(args.config_redis)
+    keys = RedisKeys(args.namespace, config_address.db)
+    config = connect(config_address, poolsize=1, reactor=reactor)
     pools = {}
 
     def connect_url(url: str):
@@ -56,11 +68,11 @@ async def run(reactor, args) -> dict:
             # A shard may not be a Redis Cluster node: refuse before moving anything.
             await refuse_cluster_mode(connect_url(args.url), address(args.url), 10.0, reactor)
         if args.command == "list":
-            return await load(config)
+            return await load(config, keys)
         if args.command == "replace":
-            return await replace_shard(config, connect_url, args.name, args.url,
+            return await replace_shard(config, connect_url, args.name, args.url, keys=keys,
                                        history=args.history, settle=args.settle, reactor=reactor)
-        return await add_shard(config, connect_url, args.url, history=args.history,
+        return await add_shard(config, connect_url, args.url, keys=keys, history=args.history,
                                settle=args.settle, reactor=reactor)
     finally:
         for pool in [config, *pools.values()]:

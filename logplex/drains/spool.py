@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
+from logplex.redis.keys import RedisKeys
+
 # KEYS: list, meta. ARGV: chunk, message count, max bytes, '1' to push at the head,
 # frame id of a chunk being delivered right now ('' if none): never dropped, or
 # its messages would be counted lost and delivered both.
@@ -60,16 +62,14 @@ _ACK = _REMOVE_HEAD + "return {removed, " + _BYTES + "}"
 _ACK_NEXT = _REMOVE_HEAD + "return {redis.call('LINDEX', KEYS[1], 0), " + _BYTES + "}"
 
 
-def spool_key(drain_id: int, node: str) -> bytes:
-    return b"lp:spool:%d:%s" % (drain_id, node.encode())
-
-
 class Spool:
+    """One drain's spool on one node, on the shard that holds its channel's backlog."""
+
     def __init__(self, redis, drain_id: int, node: str, reactor, max_bytes: int,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, *, keys: RedisKeys) -> None:
         self.redis = redis
-        self.key = spool_key(drain_id, node)
-        self.meta = self.key + b":meta"
+        self.key = keys.spool(drain_id, node)
+        self.meta = keys.spool_meta(self.key)
         self.reactor = reactor
         self.max_bytes = max_bytes
         self.timeout = timeout

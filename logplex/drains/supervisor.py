@@ -16,6 +16,7 @@ from logplex.drains.spool import Spool
 from logplex.drains.syslog import SyslogDrainTransport
 from logplex.drains.worker import DrainWorker
 from logplex.model import SYSLOG_DEFAULT_PORTS, Drain
+from logplex.redis.keys import RedisKeys
 
 log = Logger()
 
@@ -62,7 +63,8 @@ class DrainSettings:
 class DrainSupervisor:
     def __init__(self, store, backlogs, metrics, reactor, node: str, settings: DrainSettings,
                  http_client, trust_root=None, emit=lambda channel, message: None,
-                 connect_reactor=None) -> None:
+                 connect_reactor=None, *, keys: RedisKeys) -> None:
+        self.keys = keys  # where spools live: the cluster's key schema
         self.store = store
         self.backlogs = backlogs
         self.metrics = metrics
@@ -194,7 +196,7 @@ class DrainSupervisor:
         shard = self.backlogs.pool_for(drain.channel_id)
         worker = DrainWorker(
             drain, self._transport(drain),
-            Spool(shard, drain.id, self.node, self.reactor, s.spool_bytes, s.redis_timeout),
+            Spool(shard, drain.id, self.node, self.reactor, s.spool_bytes, s.redis_timeout, keys=self.keys),
             self.reactor, self.metrics,
             capacity=s.buffer,
             target_bytes=s.http_target_bytes if http else s.tcp_target_bytes,

@@ -24,20 +24,14 @@ from twisted.logger import Logger
 from logplex import __version__
 from logplex.framing import decode_logplex1, encode_logplex1
 from logplex.redis.bus import Subscription
-from logplex.redis.config import FEED
+from logplex.redis.keys import RedisKeys
 from logplex.tails import TailRegistry
 
 log = Logger()
 
-TAILING = b"lp:tailing"
-NODES = b"lp:nodes"
 INTEREST_TTL = 30.0
 # A node is gone when it missed this many heartbeats.
 MISSED_HEARTBEATS = 3
-
-
-def tail_channel(channel_id: str) -> bytes:
-    return b"lp:tail:" + channel_id.encode()
 
 
 class ClusterTails:
@@ -45,7 +39,9 @@ class ClusterTails:
 
     def __init__(self, local: TailRegistry, redis, address, node: str, reactor, metrics,
                  flush_interval: float = 0.01, timeout: float = 5.0,
-                 incarnation_of: Callable[[str], str | None] = lambda channel_id: None) -> None:
+                 incarnation_of: Callable[[str], str | None] = lambda channel_id: None, *,
+                 keys: RedisKeys) -> None:
+        self.keys = keys
         self.timeout = timeout
         # The channel's incarnation in this node's config cache (None: not known).
         self.incarnation_of = incarnation_of
@@ -99,7 +95,7 @@ class ClusterTails:
             prefix = self._prefix if incarnation is None else (
                 self.node.encode() + b" " + incarnation.encode() + b"\n")
             payload = prefix + encode_logplex1(messages)
-            d = self.redis.publish(tail_channel(channel_id), payload)
+            d = self.redis.publish(self.keys.tail(channel_id), payload)
             d.addTimeout(self.timeout, self.reactor)
             d.addCallbacks(self._published, self._publish_failed,
                            callbackArgs=(channel_id, len(messages)),
@@ -119,13 +115,13 @@ class ClusterTails:
 
     # -- the bus's side -------------------------------------------------------------------
     def _on_message(self, channel: bytes, payload: bytes) -> None:
-        if channel == FEED:
+        channel_id = self.keys.channel_of_tail(channel)
+        if channel_id is None:
             return
         first, _, body = payload.partition(b"\n")
         sender, named, incarnation = first.partition(b" ")
         if sender == self.node.encode():
             return
-        channel_id = channel[len(b"lp:tail:"):].decode()
         messages = decode_logplex1(body, 1 << 30)
         self.metrics.inc("logplex_tail_bus_received_total", len(messages))
         # Only the tails of the channel these lines were routed to (any tail
@@ -168,25 +164,25 @@ class ClusterTails:
                     remote.setdefault(channel_id, {})[node] = self.reactor.seconds() + left
             self.remote = remote
 
-        return self.redis.hgetall(TAILING).addTimeout(self.timeout, self.reactor).addCallback(loaded)
+        return self.redis.hgetall(self.keys.tailing).addTimeout(self.timeout, self.reactor).addCallback(loaded)
 
     # -- this node's interest -----------------------------------------------------------------
     def _first_tail(self, channel_id: str) -> None:
-        self.subscription.subscribe([tail_channel(channel_id)])
+        self.subscription.subscribe([self.keys.tail(channel_id)])
         self._announce(channel_id, True)
 
     def _last_tail(self, channel_id: str) -> None:
-        self.subscription.unsubscribe([tail_channel(channel_id)])
+        self.subscription.unsubscribe([self.keys.tail(channel_id)])
         self._announce(channel_id, False)
 
     def _announce(self, channel_id: str, on: bool):
         field = f"{self.node}|{channel_id}"
         if on:
-            d = self.redis.hset(TAILING, field, str(time.time() + INTEREST_TTL))
+            d = self.redis.hset(self.keys.tailing, field, str(time.time() + INTEREST_TTL))
         else:
-            d = self.redis.hdel(TAILING, field)
+            d = self.redis.hdel(self.keys.tailing, field)
         sign = "+" if on else "-"
-        d.addCallback(lambda _: self.redis.publish(FEED, f"tail {sign}{channel_id} {self.node}"))
+        d.addCallback(lambda _: self.redis.publish(self.keys.feed, f"tail {sign}{channel_id} {self.node}"))
         # txredisapi waits for a connection without limit; a stop must not.
         d.addTimeout(self.timeout, self.reactor)
         return d.addErrback(lambda f: log.warn("tail_interest_announce_failed error={e!r}", e=f.getErrorMessage()))
@@ -221,7 +217,8 @@ class NodeRegistry:
     """This node's heartbeat in the config Redis, and the list of live nodes."""
 
     def __init__(self, redis, node: str, reactor, api_url: str = "", interval: float = 5.0,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, *, keys: RedisKeys) -> None:
+        self.keys = keys
         self.timeout = timeout
         self.redis = redis
         self.node = node
@@ -236,7 +233,7 @@ class NodeRegistry:
         doc = json.dumps({"version": __version__, "started_at": self.started, "seen_at": time.time(),
                           "ttl": self.interval * MISSED_HEARTBEATS, "api_url": self.api_url,
                           "pid": os.getpid()})
-        d = self.redis.hset(NODES, self.node, doc).addTimeout(self.timeout, self.reactor)
+        d = self.redis.hset(self.keys.nodes, self.node, doc).addTimeout(self.timeout, self.reactor)
         return d.addErrback(lambda f: log.warn("node_heartbeat_failed error={e!r}", e=f.getErrorMessage()))
 
     def start(self) -> None:
@@ -245,12 +242,12 @@ class NodeRegistry:
     def stop(self) -> defer.Deferred:
         if self._beat.running:
             self._beat.stop()
-        return self.redis.hdel(NODES, self.node).addTimeout(self.timeout, self.reactor).addErrback(
+        return self.redis.hdel(self.keys.nodes, self.node).addTimeout(self.timeout, self.reactor).addErrback(
             lambda _: None)
 
     async def live(self) -> list[dict]:
         """Nodes heard from within their own TTL; the dead are removed as they are found."""
-        entries = await self.redis.hgetall(NODES).addTimeout(self.timeout, self.reactor)
+        entries = await self.redis.hgetall(self.keys.nodes).addTimeout(self.timeout, self.reactor)
         now = time.time()
         out, dead = [], []
         for name, raw in entries.items():
@@ -262,5 +259,5 @@ class NodeRegistry:
                         "uptime": round(now - doc["started_at"], 1), "api_url": doc.get("api_url", ""),
                         "pid": doc.get("pid")})
         if dead:
-            await self.redis.hdel(NODES, dead).addTimeout(self.timeout, self.reactor)
+            await self.redis.hdel(self.keys.nodes, dead).addTimeout(self.timeout, self.reactor)
         return sorted(out, key=lambda n: n["node"])

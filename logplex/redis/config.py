@@ -26,30 +26,9 @@ from logplex.model import (
 )
 from logplex.redis.bus import Subscription
 from logplex.redis.connection import RedisAddress
+from logplex.redis.keys import RedisKeys
 
 log = Logger()
-
-CHANNELS = b"lp:channels"
-TOKENS = b"lp:tokens"
-DRAINS = b"lp:drains"
-CREDS = b"lp:creds"
-VERSION = b"lp:version"
-FEED = b"lp:config"
-CHANNEL_SEQ = b"lp:seq:channel"
-DRAIN_SEQ = b"lp:seq:drain"
-
-
-def channel_tokens_key(channel_id: str) -> bytes:
-    return b"lp:chtok:" + channel_id.encode()
-
-
-def channel_drains_key(channel_id: str) -> bytes:
-    return b"lp:chdrain:" + channel_id.encode()
-
-
-def session_key(session_id: str) -> bytes:
-    return b"lp:session:" + session_id.encode()
-
 
 class ConfigError(Exception):
     """A request the config cannot satisfy; status is the HTTP answer it maps to."""
@@ -73,98 +52,105 @@ class Unavailable(ConfigError):
     status = 503
 
 
+# Every script names what it touches through these locals, which ConfigStore._eval
+# gives as KEYS in this order: the key schema (logplex.redis.keys) spells them.
+# `feed` is a pub/sub channel, not a key; it travels with the keys so that no
+# name is spelled inside a script. chtok and chdrain are the channel's sets
+# (nil for a credential script).
+_NAMES = """
+local version, feed, channels, tokens, drains, creds, chtok, chdrain = unpack(KEYS)
+"""
+
 # Every script ends by bumping the version and announcing the channel on the
 # feed, inside the same atomic step as the write, so a node either sees the
 # notification or sees a new version at its next reconcile.
 _ANNOUNCE = """
-redis.call('INCR', 'lp:version')
-redis.call('PUBLISH', 'lp:config', 'channel ' .. ARGV[1])
+redis.call('INCR', version)
+redis.call('PUBLISH', feed, 'channel ' .. ARGV[1])
 """
 
 # ARGV: channel, drain id, drain json, url ('' = reserve), max drains
-_ADD_DRAIN = """
-if redis.call('HEXISTS', 'lp:channels', ARGV[1]) == 0 then return 'nochannel' end
-local set = 'lp:chdrain:' .. ARGV[1]
-if redis.call('SCARD', set) >= tonumber(ARGV[5]) then return 'max' end
+_ADD_DRAIN = _NAMES + """
+if redis.call('HEXISTS', channels, ARGV[1]) == 0 then return 'nochannel' end
+if redis.call('SCARD', chdrain) >= tonumber(ARGV[5]) then return 'max' end
 if ARGV[4] ~= '' then
-  for _, id in ipairs(redis.call('SMEMBERS', set)) do
-    local doc = redis.call('HGET', 'lp:drains', id)
+  for _, id in ipairs(redis.call('SMEMBERS', chdrain)) do
+    local doc = redis.call('HGET', drains, id)
     if doc and cjson.decode(doc)['url'] == ARGV[4] then return 'dup' end
   end
 end
-redis.call('HSET', 'lp:drains', ARGV[2], ARGV[3])
-redis.call('SADD', set, ARGV[2])
+redis.call('HSET', drains, ARGV[2], ARGV[3])
+redis.call('SADD', chdrain, ARGV[2])
 """ + _ANNOUNCE + "return 'ok'"
 
 # ARGV: channel, drain id, url
-_SET_DRAIN_URL = """
-local doc = redis.call('HGET', 'lp:drains', ARGV[2])
+_SET_DRAIN_URL = _NAMES + """
+local doc = redis.call('HGET', drains, ARGV[2])
 if not doc then return 'nodrain' end
 local drain = cjson.decode(doc)
 if drain['channel_id'] ~= ARGV[1] then return 'nodrain' end
-for _, id in ipairs(redis.call('SMEMBERS', 'lp:chdrain:' .. ARGV[1])) do
+for _, id in ipairs(redis.call('SMEMBERS', chdrain)) do
   if id ~= ARGV[2] then
-    local other = redis.call('HGET', 'lp:drains', id)
+    local other = redis.call('HGET', drains, id)
     if other and cjson.decode(other)['url'] == ARGV[3] then return 'dup' end
   end
 end
 drain['url'] = ARGV[3]
-redis.call('HSET', 'lp:drains', ARGV[2], cjson.encode(drain))
+redis.call('HSET', drains, ARGV[2], cjson.encode(drain))
 """ + _ANNOUNCE + "return 'ok'"
 
 # ARGV: channel, drain id
-_DELETE_DRAIN = """
-if redis.call('SREM', 'lp:chdrain:' .. ARGV[1], ARGV[2]) == 0 then return 'nodrain' end
-redis.call('HDEL', 'lp:drains', ARGV[2])
+_DELETE_DRAIN = _NAMES + """
+if redis.call('SREM', chdrain, ARGV[2]) == 0 then return 'nodrain' end
+redis.call('HDEL', drains, ARGV[2])
 """ + _ANNOUNCE + "return 'ok'"
 
 # ARGV: channel, channel json, create only (1/0), then pairs of (token id, token json)
 # to add, then '--', then token ids to remove.
-_PUT_CHANNEL = """
-local exists = redis.call('HEXISTS', 'lp:channels', ARGV[1]) == 1
+_PUT_CHANNEL = _NAMES + """
+local exists = redis.call('HEXISTS', channels, ARGV[1]) == 1
 if exists and ARGV[3] == '1' then return 'exists' end
-if not exists then redis.call('HSET', 'lp:channels', ARGV[1], ARGV[2]) end
-local set = 'lp:chtok:' .. ARGV[1]
+if not exists then redis.call('HSET', channels, ARGV[1], ARGV[2]) end
 local i = 4
 while ARGV[i] ~= '--' do
-  redis.call('HSET', 'lp:tokens', ARGV[i], ARGV[i + 1])
-  redis.call('SADD', set, ARGV[i])
+  redis.call('HSET', tokens, ARGV[i], ARGV[i + 1])
+  redis.call('SADD', chtok, ARGV[i])
   i = i + 2
 end
 for j = i + 1, #ARGV do
-  redis.call('HDEL', 'lp:tokens', ARGV[j])
-  redis.call('SREM', set, ARGV[j])
+  redis.call('HDEL', tokens, ARGV[j])
+  redis.call('SREM', chtok, ARGV[j])
 end
 """ + _ANNOUNCE + "if exists then return 'updated' end return 'created'"
 
 # ARGV: channel
-_DELETE_CHANNEL = """
-if redis.call('HDEL', 'lp:channels', ARGV[1]) == 0 then return 'nochannel' end
-local toks = redis.call('SMEMBERS', 'lp:chtok:' .. ARGV[1])
-if #toks > 0 then redis.call('HDEL', 'lp:tokens', unpack(toks)) end
-local drains = redis.call('SMEMBERS', 'lp:chdrain:' .. ARGV[1])
-if #drains > 0 then redis.call('HDEL', 'lp:drains', unpack(drains)) end
-redis.call('DEL', 'lp:chtok:' .. ARGV[1], 'lp:chdrain:' .. ARGV[1])
+_DELETE_CHANNEL = _NAMES + """
+if redis.call('HDEL', channels, ARGV[1]) == 0 then return 'nochannel' end
+local toks = redis.call('SMEMBERS', chtok)
+if #toks > 0 then redis.call('HDEL', tokens, unpack(toks)) end
+local ids = redis.call('SMEMBERS', chdrain)
+if #ids > 0 then redis.call('HDEL', drains, unpack(ids)) end
+redis.call('DEL', chtok, chdrain)
 """ + _ANNOUNCE + "return 'ok'"
 
 # ARGV: channel, channel json, its incarnation. Only that incarnation is
 # changed: a channel deleted and made again meanwhile is another channel.
-_SET_CHANNEL = """
-local doc = redis.call('HGET', 'lp:channels', ARGV[1])
+_SET_CHANNEL = _NAMES + """
+local doc = redis.call('HGET', channels, ARGV[1])
 if not doc then return 'nochannel' end
 if (cjson.decode(doc)['incarnation'] or '') ~= ARGV[3] then return 'nochannel' end
-redis.call('HSET', 'lp:channels', ARGV[1], ARGV[2])
+redis.call('HSET', channels, ARGV[1], ARGV[2])
 """ + _ANNOUNCE + "return 'ok'"
 
 # ARGV: credential id, json ('' = delete)
-_PUT_CRED = """
+_PUT_CRED = _NAMES + """
 if ARGV[2] == '' then
-  if redis.call('HDEL', 'lp:creds', ARGV[1]) == 0 then return 'nocred' end
+  if redis.call('HDEL', creds, ARGV[1]) == 0 then return 'nocred' end
 else
-  redis.call('HSET', 'lp:creds', ARGV[1], ARGV[2])
+  redis.call('HSET', creds, ARGV[1], ARGV[2])
 end
-redis.call('INCR', 'lp:version')
-redis.call('PUBLISH', 'lp:config', 'cred ' .. ARGV[1])
+redis.call('INCR', version)
+redis.call('PUBLISH', feed, 'cred ' .. ARGV[1])
 return 'ok'
 """
 
@@ -258,6 +244,7 @@ class ConfigStore:
         address: RedisAddress,
         reactor,
         *,
+        keys: RedisKeys,
         max_drains: int = 6,
         session_expiry: int = 360,
         reconcile_interval: float = 30.0,
@@ -267,6 +254,7 @@ class ConfigStore:
         self.metrics = metrics
         self.redis = redis
         self.address = address
+        self.keys = keys
         self.reactor = reactor
         self.max_drains = max_drains
         self.session_expiry = session_expiry
@@ -295,7 +283,7 @@ class ConfigStore:
         self._feed = Subscription(
             self.address, self._on_feed, self._on_feed_connected, reactor=self.reactor
         )
-        self._feed.subscribe([FEED])
+        self._feed.subscribe([self.keys.feed])
         self._feed.start()
         self._reconcile = task.LoopingCall(self._reconcile_tick)
         self._reconcile.clock = self.reactor
@@ -336,8 +324,13 @@ class ConfigStore:
 
         return d.addErrback(unavailable)
 
-    def _eval(self, script: str, args: list) -> defer.Deferred:
-        return self._call(self.redis.eval(script, [], [_arg(a) for a in args]))
+    def _eval(self, script: str, args: list, channel_id: str | None = None) -> defer.Deferred:
+        """Run a config script; its KEYS are the names _NAMES binds, those of channel_id's sets last."""
+        k = self.keys
+        names = [k.version, k.feed, k.channels, k.tokens, k.drains, k.creds]
+        if channel_id is not None:
+            names += [k.channel_tokens(channel_id), k.channel_drains(channel_id)]
+        return self._call(self.redis.eval(script, names, [_arg(a) for a in args]))
 
     # -- the cache ----------------------------------------------------------
     def _on_feed_connected(self) -> None:
@@ -379,7 +372,7 @@ class ConfigStore:
             self.version = b"%d" % (int(self.version or b"0") + 1)
 
     def _reconcile_tick(self):
-        d = self._call(self.redis.get(VERSION))
+        d = self._call(self.redis.get(self.keys.version))
 
         def compare(version):
             if (version or b"") != self.version:
@@ -413,11 +406,11 @@ class ConfigStore:
                 waiter.callback(None)
 
     async def _load(self) -> None:
-        version = await self._call(self.redis.get(VERSION))
-        channels = await self._call(self.redis.hgetall(CHANNELS))
-        tokens = await self._call(self.redis.hgetall(TOKENS))
-        drains = await self._call(self.redis.hgetall(DRAINS))
-        creds = await self._call(self.redis.hgetall(CREDS))
+        version = await self._call(self.redis.get(self.keys.version))
+        channels = await self._call(self.redis.hgetall(self.keys.channels))
+        tokens = await self._call(self.redis.hgetall(self.keys.tokens))
+        drains = await self._call(self.redis.hgetall(self.keys.drains))
+        creds = await self._call(self.redis.hgetall(self.keys.creds))
         before = dict(self.cache.channels)
         changed = self.cache.replace_all(
             [Channel.from_json(k.decode(), v) for k, v in channels.items()],
@@ -442,20 +435,20 @@ class ConfigStore:
         return defer.ensureDeferred(self._refresh_channel(channel_id))
 
     async def _refresh_channel(self, channel_id: str) -> None:
-        raw = await self._call(self.redis.hget(CHANNELS, channel_id))
+        raw = await self._call(self.redis.hget(self.keys.channels, channel_id))
         if raw is None:
             before = self.cache.channels.get(channel_id)
             changed = self.cache.replace_channel(channel_id, None, (), ())
         else:
-            token_ids = sorted(await self._call(self.redis.smembers(channel_tokens_key(channel_id))))
-            drain_ids = sorted(await self._call(self.redis.smembers(channel_drains_key(channel_id))))
+            token_ids = sorted(await self._call(self.redis.smembers(self.keys.channel_tokens(channel_id))))
+            drain_ids = sorted(await self._call(self.redis.smembers(self.keys.channel_drains(channel_id))))
             tokens = []
             if token_ids:
-                docs = await self._call(self.redis.hmget(TOKENS, token_ids))
+                docs = await self._call(self.redis.hmget(self.keys.tokens, token_ids))
                 tokens = [Token.from_json(t.decode(), d) for t, d in zip(token_ids, docs) if d]
             drains = []
             if drain_ids:
-                docs = await self._call(self.redis.hmget(DRAINS, drain_ids))
+                docs = await self._call(self.redis.hmget(self.keys.drains, drain_ids))
                 drains = [Drain.from_json(int(i), d) for i, d in zip(drain_ids, docs) if d]
             # Read only now: what the cache held just before it changes.
             before = self.cache.channels.get(channel_id)
@@ -469,7 +462,7 @@ class ConfigStore:
             self._identity_check(channel_id, before)
 
     def refresh_credential(self, cred_id: str) -> defer.Deferred:
-        d = self._call(self.redis.hget(CREDS, cred_id))
+        d = self._call(self.redis.hget(self.keys.creds, cred_id))
         d.addCallback(
             lambda raw: self.cache.set_credential(
                 cred_id, Credential.from_json(cred_id, raw) if raw else None
@@ -510,7 +503,7 @@ class ConfigStore:
     async def create_channel_v2(self, token_names: list[str]) -> tuple[Channel, list[Token]]:
         """A channel with the next free integer id (v2 API)."""
         while True:
-            number = await self._call(self.redis.incr(CHANNEL_SEQ))
+            number = await self._call(self.redis.incr(self.keys.channel_seq))
             channel_id = str(int(number))
             tokens = [Token(new_token_id(), channel_id, n) for n in token_names]
             outcome = await self._put_channel(Channel.new(channel_id), tokens, [], create_only=True)
@@ -541,7 +534,7 @@ class ConfigStore:
             args += [t.id, t.to_json()]
         args.append("--")
         args += remove
-        outcome = (await self._eval(_PUT_CHANNEL, args)).decode()
+        outcome = (await self._eval(_PUT_CHANNEL, args, channel.id)).decode()
         if outcome != "exists":
             await self.refresh_channel(channel.id)
         return outcome
@@ -551,13 +544,14 @@ class ConfigStore:
         if current is None:
             raise NotFound(f"Channel {channel_id} does not exist.")
         changed = Channel(channel_id, flags, current.incarnation)
-        outcome = await self._eval(_SET_CHANNEL, [channel_id, changed.to_json(), current.incarnation])
+        outcome = await self._eval(_SET_CHANNEL, [channel_id, changed.to_json(), current.incarnation],
+                                   channel_id)
         if outcome == b"nochannel":
             raise NotFound(f"Channel {channel_id} does not exist.")
         await self.refresh_channel(channel_id)
 
     async def delete_channel(self, channel_id: str) -> None:
-        outcome = await self._eval(_DELETE_CHANNEL, [channel_id])
+        outcome = await self._eval(_DELETE_CHANNEL, [channel_id], channel_id)
         await self.refresh_channel(channel_id)
         if outcome == b"nochannel":
             raise NotFound(f"Channel {channel_id} does not exist.")
@@ -574,12 +568,13 @@ class ConfigStore:
     # -- drains -----------------------------------------------------------------
     async def add_drain(self, channel_id: str, url: str | None) -> Drain:
         """Create a drain, or reserve an id and token for one when url is None."""
-        drain_id = int(await self._call(self.redis.incr(DRAIN_SEQ)))
+        drain_id = int(await self._call(self.redis.incr(self.keys.drain_seq)))
         drain = Drain(drain_id, channel_id, new_drain_token(), url)
         outcome = (
             await self._eval(
                 _ADD_DRAIN,
                 [channel_id, drain_id, drain.to_json(), url or "", self.max_drains],
+                channel_id,
             )
         ).decode()
         if outcome == "nochannel":
@@ -594,7 +589,7 @@ class ConfigStore:
         return drain
 
     async def set_drain_url(self, channel_id: str, drain_id: int, url: str) -> Drain:
-        outcome = (await self._eval(_SET_DRAIN_URL, [channel_id, drain_id, url])).decode()
+        outcome = (await self._eval(_SET_DRAIN_URL, [channel_id, drain_id, url], channel_id)).decode()
         if outcome == "nodrain":
             raise NotFound(f"Channel {channel_id} has no drain {drain_id}.")
         if outcome == "dup":
@@ -603,7 +598,7 @@ class ConfigStore:
         return self.cache.drains[drain_id]
 
     async def delete_drain(self, channel_id: str, drain_id: int) -> None:
-        outcome = await self._eval(_DELETE_DRAIN, [channel_id, drain_id])
+        outcome = await self._eval(_DELETE_DRAIN, [channel_id, drain_id], channel_id)
         if outcome == b"nodrain":
             raise NotFound(f"Channel {channel_id} has no drain {drain_id}.")
         await self.refresh_channel(channel_id)
@@ -633,7 +628,7 @@ class ConfigStore:
 
     async def ensure_credential(self, cred_id: str, secret: str) -> None:
         """The --auth credential: exists with this secret, full_api and any_channel."""
-        raw = await self._call(self.redis.hget(CREDS, cred_id))
+        raw = await self._call(self.redis.hget(self.keys.creds, cred_id))
         perms = frozenset({FULL_API, ANY_CHANNEL})
         if raw:
             cred = Credential.from_json(cred_id, raw)
@@ -651,11 +646,11 @@ class ConfigStore:
     # -- sessions -------------------------------------------------------------------------
     async def create_session(self, spec: SessionSpec) -> None:
         await self._call(
-            self.redis.set(session_key(spec.id), spec.to_json(), expire=self.session_expiry)
+            self.redis.set(self.keys.session(spec.id), spec.to_json(), expire=self.session_expiry)
         )
 
     async def session(self, session_id: str) -> SessionSpec | None:
-        raw = await self._call(self.redis.get(session_key(session_id)))
+        raw = await self._call(self.redis.get(self.keys.session(session_id)))
         return SessionSpec.from_json(session_id, raw) if raw else None
 
 

@@ -9,11 +9,9 @@ from typing import Callable, Sequence
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from logplex.redis.keys import RedisKeys
+
 log = Logger()
-
-
-def backlog_key(channel_id: str) -> bytes:
-    return b"lp:log:" + channel_id.encode()
 
 
 class ShardRing:
@@ -69,8 +67,10 @@ class BacklogWriter:
         max_pending: int = 200_000,
         timeout: float = 5.0,
         shard_name: str = "",
+        keys: RedisKeys,
     ) -> None:
         self.redis = redis
+        self.keys = keys
         self.reactor = reactor
         self.metrics = metrics
         self.history = history
@@ -141,7 +141,7 @@ class BacklogWriter:
         try:
             pipe = await self.redis.pipeline().addTimeout(self.timeout, self.reactor)
             for channel_id, messages in batch.items():
-                key = backlog_key(channel_id)
+                key = self.keys.backlog(channel_id)
                 pipe.execute_command("LPUSH", key, *messages)
                 pipe.execute_command("LTRIM", key, 0, self.history - 1)
                 pipe.execute_command("EXPIRE", key, self.expiry)
@@ -270,9 +270,10 @@ class Backlogs:
     the map can change while the node runs (`configure`).
     """
 
-    def __init__(self, reactor, metrics, connect: Callable[[str], object], timeout: float = 5.0,
-                 **writer_options) -> None:
+    def __init__(self, reactor, metrics, connect: Callable[[str], object], timeout: float = 5.0, *,
+                 keys: RedisKeys, **writer_options) -> None:
         self.reactor = reactor
+        self.keys = keys
         self.metrics = metrics
         self.connect = connect
         self.timeout = timeout
@@ -295,7 +296,7 @@ class Backlogs:
                 self.writers[name].redis = pool
             else:
                 self.writers[name] = BacklogWriter(
-                    pool, self.reactor, self.metrics, timeout=self.timeout, shard_name=name,
+                    pool, self.reactor, self.metrics, timeout=self.timeout, shard_name=name, keys=self.keys,
                     **self.writer_options)
             self.urls[name] = url
         for name in set(self.urls) - set(shard_map):
@@ -325,9 +326,9 @@ class Backlogs:
         # session must not miss what arrived in the last flush interval.
         unwritten = self.writers[name].unwritten(channel_id)
         if max_bytes is None:
-            d = self.pools[name].lrange(backlog_key(channel_id), 0, num - 1)
+            d = self.pools[name].lrange(self.keys.backlog(channel_id), 0, num - 1)
         else:
-            d = self.pools[name].eval(_RECENT, [backlog_key(channel_id)], [num, max_bytes])
+            d = self.pools[name].eval(_RECENT, [self.keys.backlog(channel_id)], [num, max_bytes])
         d.addTimeout(self.timeout, self.reactor)
 
         def merged(newest_first: list[bytes]) -> list[bytes]:
@@ -356,7 +357,7 @@ class Backlogs:
         # (or failed and put them back in the queue, to be dropped now).
         await writer.landed(channel_id)
         self.forget(channel_id)
-        d = self.pool_for(channel_id).delete(backlog_key(channel_id))
+        d = self.pool_for(channel_id).delete(self.keys.backlog(channel_id))
         await d.addTimeout(self.timeout, self.reactor)
 
     def stop(self) -> defer.Deferred:

@@ -288,11 +288,12 @@ import sys
 from twisted.internet import defer, task
 from logplex.redis.config import ConfigStore
 from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.keys import RedisKeys
 
 async def main(reactor, url, user, secret, perms):
     address = parse_redis_url(url)
     redis = connect(address)
-    store = ConfigStore(redis, address, reactor)
+    store = ConfigStore(redis, address, reactor, keys=RedisKeys("lp", address.db))
     await store.create_credential(perms.split(","), note="integration test", cred_id=user, secret=secret)
     await redis.disconnect()
 

@@ -10,6 +10,7 @@ from twisted.trial.unittest import TestCase
 
 from logplex.redis.config import ConfigStore, NotFound, Conflict, ConfigError, Unavailable
 from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.keys import RedisKeys
 from tests.integration.procs import RedisServer
 
 
@@ -41,7 +42,7 @@ class Stores(TestCase):
     async def node(self, **kw):
         pool = connect(self.address, poolsize=2, reply_timeout=2)
         self.addCleanup(pool.disconnect)
-        store = ConfigStore(pool, self.address, reactor, timeout=2, **kw)
+        store = ConfigStore(pool, self.address, reactor, timeout=2, keys=RedisKeys("lp", 0), **kw)
         store.start()
         self.addCleanup(store.stop)
         await store.load()

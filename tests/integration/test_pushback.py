@@ -36,7 +36,7 @@ import redis as redis_py
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from logplex.drains.spool import spool_key
+from logplex.redis.keys import RedisKeys
 from tests.integration.conftest import (Node, basic, decode_logplex1, http_request, logplex1, octet,
                                        syslog_message, unique)
 from tests.integration.procs import RedisServer
@@ -217,7 +217,7 @@ class PushbackTests(NodeCase):
         return flood
 
     async def spool_watch(self, drain_id: int, node_name: str) -> SpoolWatch:
-        watch = await self.blocking(SpoolWatch, self.world.redis.port, spool_key(drain_id, node_name))
+        watch = await self.blocking(SpoolWatch, self.world.redis.port, RedisKeys("lp", 0).spool(drain_id, node_name))
         self.addCleanup(watch.close)
         return watch
 
