@@ -100,3 +100,15 @@ def test_the_fast_output_path_gives_exactly_what_the_full_parser_gives():
         f = syslog.parse(m)
         line = b"<%d>1 %s d.t %s %s - - %s\n" % (f.pri, f.timestamp, f.appname, f.procid, f.msg)
         assert syslog_frames([m], b"d.t") == b"%d %s" % (len(line), line)
+
+
+def test_memory_is_bounded_in_bytes_as_well_as_messages():
+    q = DrainQueue(capacity=1024, clock=lambda: 5.0, capacity_bytes=100_000)
+    big = [b"x" * 30_000 for _ in range(10)]
+    q.push(big)
+    # 3 of 30 KB fit in 100 KB; the rest went on, in order, towards the spool.
+    assert list(q.memory) == big[-3:] and q.memory_bytes == 90_000
+    assert q.overflow == big[:-3] and q.overflow_bytes == 210_000
+    q2 = DrainQueue(capacity=1024, clock=lambda: 5.0, capacity_bytes=100)
+    q2.push([b"y" * 500])
+    assert list(q2.memory) == [b"y" * 500]  # the newest message always stays

@@ -1,5 +1,7 @@
 """Shard choice and batched backlog writes."""
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
@@ -111,6 +113,41 @@ def test_a_failed_flush_is_retried_in_order_before_newer_messages():
     clock.advance(1.0)
     assert redis.executed[1][0] == ("LPUSH", backlog_key("a"), b"1", b"2", b"3")
     assert metrics.get("logplex_backlog_dropped_total", shard="") == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("append"), st.sampled_from("abc"), st.lists(st.binary(max_size=30), max_size=6)),
+    st.tuples(st.just("tick"), st.booleans(), st.just([])),
+    st.tuples(st.just("forget"), st.sampled_from("abc"), st.just([]))), max_size=40))
+def test_the_queues_byte_count_is_what_it_holds_whatever_happens(steps):
+    w, redis, clock, metrics = writer(max_pending=12, max_pending_bytes=150)
+    answered = 0
+    for kind, arg, lines in steps:
+        if kind == "append":
+            w.append(arg, lines)
+        elif kind == "forget":
+            w.forget(arg)
+        else:
+            clock.advance(0.05)
+            while answered < len(redis.replies):  # answer every flush sent, or fail it
+                reply = redis.replies[answered]
+                answered += 1
+                reply.callback(None) if arg else reply.errback(ConnectionError("shard down"))
+        assert w.pending_bytes == sum(len(line) for lines in w.pending.values() for line in lines)
+        assert w.pending_count == sum(map(len, w.pending.values()))
+        assert w.pending_count <= 12 and w.pending_bytes <= 150
+
+
+def test_the_queue_is_bounded_in_bytes_too():
+    w, redis, clock, metrics = writer(max_pending=1000, max_pending_bytes=100)
+    w.append("a", [b"a" * 40, b"b" * 40])
+    w.append("b", [b"c" * 40])  # 120 bytes: the oldest line goes
+    assert (w.pending_count, w.pending_bytes) == (2, 80)
+    assert metrics.get("logplex_backlog_dropped_total", shard="") == 1
+    assert w.unwritten("a") == [b"b" * 40] and w.unwritten("b") == [b"c" * 40]
+    clock.advance(0.05)
+    assert w.pending_bytes == 0
 
 
 def test_the_queue_is_bounded_and_what_is_shed_is_counted():

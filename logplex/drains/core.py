@@ -112,6 +112,10 @@ def parse_retry_after(value: bytes | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+# What one drain keeps in memory at most, in bytes, besides its --drain-buffer messages.
+MEMORY_BYTES = 4 * 1024 * 1024
+
+
 class DrainQueue:
     """The messages of one drain not yet handed to the endpoint, in order.
 
@@ -122,9 +126,12 @@ class DrainQueue:
     """
 
     def __init__(self, capacity: int, clock: Callable[[], float], overflow_limit: int | None = None,
-                 overflow_bytes: int = 16 * 1024 * 1024,
+                 overflow_bytes: int = 16 * 1024 * 1024, capacity_bytes: int = MEMORY_BYTES,
                  on_lost: Callable[[int, str], None] = lambda n, why: None) -> None:
         self.capacity = capacity
+        # Memory holds at most `capacity` messages and `capacity_bytes` bytes:
+        # a tenant's 64 KiB lines must not make 1,024 of them 64 MiB per drain.
+        self.capacity_bytes = capacity_bytes
         # While the spool takes writes, overflow waits for them up to
         # overflow_bytes (a burst is not dropped just because one chunk is in
         # flight); when the spool cannot take them (`degraded`), past
@@ -147,14 +154,22 @@ class DrainQueue:
         self.memory.extend(messages)
         self.memory_bytes += sum(map(len, messages))
         excess = len(self.memory) - self.capacity
-        if excess > 0:
+        if excess > 0 or self.memory_bytes > self.capacity_bytes:
             popleft = self.memory.popleft
-            moved = [popleft() for _ in range(excess)]
+            moved = [popleft() for _ in range(max(0, excess))]
             size = sum(map(len, moved))
+            while self.memory_bytes - size > self.capacity_bytes and len(self.memory) > 1:
+                moved.append(popleft())
+                size += len(moved[-1])
             self.memory_bytes -= size
             self.overflow.extend(moved)
             self.overflow_bytes += size
             self._bound_overflow()
+
+    @property
+    def half_full(self) -> bool:
+        """Memory past half its bound, in messages or bytes."""
+        return len(self.memory) > self.capacity // 2 or self.memory_bytes > self.capacity_bytes // 2
 
     def _bound_overflow(self) -> None:
         if self.degraded:

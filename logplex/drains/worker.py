@@ -235,7 +235,7 @@ class DrainWorker:
         if not self._holders:
             return
         queue = self.queue
-        if not force and self._may_hold() and (queue.overflow or len(queue.memory) > queue.capacity // 2):
+        if not force and self._may_hold() and (queue.overflow or queue.half_full):
             return  # still full: half the buffer must be free before senders go on
         holders, self._holders = self._holders, []
         for d in holders:

@@ -65,6 +65,7 @@ class BacklogWriter:
         expiry: int = 7 * 86400,
         interval: float = 0.05,
         max_pending: int = 200_000,
+        max_pending_bytes: int = 64 * 1024 * 1024,
         timeout: float = 5.0,
         shard_name: str = "",
         keys: RedisKeys,
@@ -77,10 +78,13 @@ class BacklogWriter:
         self.expiry = expiry
         self.interval = interval
         self.max_pending = max_pending
+        # Lines are up to --max-frame (64 KiB): 200,000 of them must not mean 12 GiB.
+        self.max_pending_bytes = max_pending_bytes
         self.timeout = timeout
         self.shard_name = shard_name
         self.pending: dict[str, list[bytes]] = {}
         self.pending_count = 0
+        self.pending_bytes = 0
         self._order: deque[str] = deque()
         self._call = None
         self._flushing: defer.Deferred | None = None
@@ -94,14 +98,16 @@ class BacklogWriter:
         else:
             queued.extend(messages)
         self.pending_count += len(messages)
+        self.pending_bytes += sum(map(len, messages))
         excess = len(queued) - self.history
         if excess > 0:
             # Lines the LTRIM would cut right after the LPUSH are superseded,
             # not lost: the backlog is the newest `history` lines either way.
+            self.pending_bytes -= sum(map(len, queued[:excess]))
             del queued[:excess]
             self.pending_count -= excess
             self.metrics.inc("logplex_backlog_superseded_total", excess, shard=self.shard_name)
-        if self.pending_count > self.max_pending:
+        if self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes:
             self._shed()
         if self._call is None and self._flushing is None:
             self._call = self.reactor.callLater(self.interval, self.flush)
@@ -109,14 +115,18 @@ class BacklogWriter:
     def _shed(self) -> None:
         # Drop from the channels that have waited longest, oldest lines first:
         # a backlog is a recent history, so the newest lines matter most.
-        excess = self.pending_count - self.max_pending
-        while excess > 0 and self._order:
+        while (self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes) \
+                and self._order:
             channel_id = self._order[0]
             queued = self.pending[channel_id]
-            cut = min(excess, len(queued))
+            cut = min(max(0, self.pending_count - self.max_pending), len(queued))
+            size = sum(map(len, queued[:cut]))
+            while cut < len(queued) and self.pending_bytes - size > self.max_pending_bytes:
+                size += len(queued[cut])
+                cut += 1
             del queued[:cut]
-            excess -= cut
             self.pending_count -= cut
+            self.pending_bytes -= size
             self.metrics.inc("logplex_backlog_dropped_total", cut, shard=self.shard_name)
             if not queued:
                 del self.pending[channel_id]
@@ -130,7 +140,7 @@ class BacklogWriter:
         if not self.pending:
             return defer.succeed(None)
         batch, self.pending, self._order = self.pending, {}, deque()
-        count, self.pending_count = self.pending_count, 0
+        count, self.pending_count, self.pending_bytes = self.pending_count, 0, 0
         self.in_flight = batch
         self._flushing = defer.ensureDeferred(self._write(batch, count))
         self._flushing.addBoth(self._flushed)
@@ -170,7 +180,8 @@ class BacklogWriter:
                 self.pending[channel_id] = newer[channel_id]
                 self._order.append(channel_id)
         self.pending_count += count
-        if self.pending_count > self.max_pending:
+        self.pending_bytes += sum(len(line) for lines in batch.values() for line in lines)
+        if self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes:
             self._shed()
 
     def forget(self, channel_id: str) -> int:
@@ -181,6 +192,7 @@ class BacklogWriter:
             return 0
         self._order.remove(channel_id)
         self.pending_count -= len(queued)
+        self.pending_bytes -= sum(map(len, queued))
         return len(queued)
 
     def landed(self, channel_id: str) -> defer.Deferred:
