@@ -28,6 +28,9 @@ class Health:
     status: str
     config_redis: str = DOWN
     shards: tuple[tuple[str, str], ...] = ()
+    # "refused" while the node refuses what the config Redis holds (empty,
+    # another cluster's, older) and routes from the config it holds.
+    config: str = "current"
 
     @property
     def serving(self) -> bool:
@@ -45,7 +48,11 @@ class Health:
         return 200 if self.serving else 503
 
     def document(self) -> dict:
-        return {"status": self.status, "config_redis": self.config_redis, "shards": dict(self.shards)}
+        document = {"status": self.status, "config_redis": self.config_redis, "shards": dict(self.shards)}
+        if self.config != "current":
+            # Only then: the answer a monitor already parses does not change.
+            document["config"] = self.config
+        return document
 
     def words(self) -> bytes:
         """The log input's plain-text answer: OK, SYSTEM BOOTING, STOPPING or INGRESS OFF."""
@@ -53,13 +60,14 @@ class Health:
 
 
 def assess(*, stopping: bool, ready: bool, ingress: bool, config_redis: bool | None,
-           shards: Mapping[str, bool]) -> Health:
+           shards: Mapping[str, bool], config_refused: bool = False) -> Health:
     """The node's health from what it already knows: its phase and its pools' connections.
 
     config_redis is None before the node has a config Redis pool at all.
     A stopping node says so first (it will not come back), then a node
     that is not ready (config not loaded, listeners not all bound), then
-    the admin shell's ingress switch.
+    the admin shell's ingress switch. A node that refuses the config
+    Redis's contents still routes (from its cache): degraded, not down.
     """
     config = UP if config_redis else DOWN
     shard_states = tuple(sorted((name, UP if up else DOWN) for name, up in shards.items()))
@@ -69,11 +77,11 @@ def assess(*, stopping: bool, ready: bool, ingress: bool, config_redis: bool | N
         status = BOOTING
     elif not ingress:
         status = INGRESS_OFF
-    elif config == DOWN or any(state == DOWN for _, state in shard_states):
+    elif config == DOWN or config_refused or any(state == DOWN for _, state in shard_states):
         status = DEGRADED
     else:
         status = NORMAL
-    return Health(status, config, shard_states)
+    return Health(status, config, shard_states, "refused" if config_refused else "current")
 
 
 def pool_connected(pool) -> bool:

@@ -53,6 +53,7 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_http_slow_clients_total": ("counter", "HTTP connections cut off for sending a request head or body too slowly, by part."),
     "logplex_http_refused_total": ("counter", "POST /logs requests refused for their body or headers, by reason."),
     "logplex_redis_auth_failures_total": ("counter", "Redis connections refused at AUTH (wrong or missing password); retried with backoff."),
+    "logplex_config_reseeds_total": ("counter", "Times this node re-seeded an empty or older config Redis from its cache."),
 }
 
 

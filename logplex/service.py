@@ -187,6 +187,10 @@ class LogplexNode(MultiService):
         if s.auth:
             user, _, password = s.auth.partition(":")
             await self.store.ensure_credential(user, password)
+            # A re-seeded config Redis has the credential's hash back; ensure it all the same.
+            self.store.recovered_listeners.append(lambda: defer.ensureDeferred(
+                self.store.ensure_credential(user, password)).addErrback(
+                    lambda f: log.warn("auth_credential_not_ensured error={e!r}", e=f.getErrorMessage())))
         # Drains start (and resume their spools) before any input is accepted.
         self.drains.start()
         logs = LogInput(self.store, self.router, self.auth, self.metrics, s.max_body, s.max_frame,
@@ -310,6 +314,7 @@ class LogplexNode(MultiService):
             ingress=router is None or not router.deny_ingress,
             config_redis=None if config_pool is None else pool_connected(config_pool),
             shards={name: pool_connected(pool) for name, pool in shard_pools.items()},
+            config_refused=self.store is not None and self.store.refused is not None,
         )
 
     def addresses(self, kind: str) -> list[str]:

@@ -108,3 +108,11 @@ def successResultOf(d: defer.Deferred):
     d.addBoth(results.append)
     assert len(results) == 1, "the healthcheck waited on something"
     return results[0]
+
+
+def test_a_node_refusing_the_config_redis_contents_is_degraded_and_says_so():
+    # It still routes from the config it holds: a load balancer keeps it (200).
+    health = assess(stopping=False, ready=True, ingress=True, config_redis=True,
+                    shards={"shard-0": True}, config_refused=True)
+    assert (health.code, health.document()) == (
+        200, {"status": "degraded", "config_redis": "up", "shards": {"shard-0": "up"}, "config": "refused"})

@@ -79,6 +79,8 @@ class DrainSupervisor:
         self.workers: dict[int, DrainWorker] = {}
         self.by_channel: dict[str, list[DrainWorker]] = {}
         self.stopping = False
+        # Drains gone from the config without a tombstone: worker stopped, spool kept.
+        self.kept: dict[int, DrainWorker] = {}
         metrics.gauge_callback("logplex_drain_spool_depth", self._spool_depths)
         metrics.gauge_callback("logplex_drain_buffered", self._buffered)
         metrics.gauge_callback("logplex_drain_spool_bytes", lambda: [({}, self.spool_total())])
@@ -134,6 +136,7 @@ class DrainSupervisor:
     def start(self) -> None:
         self.store.drain_listeners.append(self.sync)
         self.backlogs.on_change.append(self.respool)
+        self.store.tombstone_listeners.append(self.tombstoned)
         for channel_id in list(self.store.cache.channel_drains):
             self.sync(channel_id)
 
@@ -146,7 +149,14 @@ class DrainSupervisor:
         for drain_id, worker in current.items():
             drain = wanted.get(drain_id)
             if drain is None:
-                self._remove(worker, discard=True)
+                # Only a drain deleted through the API loses its spool: one that
+                # merely vanished (a config Redis that lost its data) keeps it.
+                deleted = drain_id in self.store.tombstones
+                if not deleted:
+                    self.kept[drain_id] = worker
+                    log.warn("drain_vanished drain={drain} action=spool_kept reason='gone from the config "
+                             "without being deleted'", drain=drain_id)
+                self._remove(worker, discard=deleted)
             elif drain.url != worker.drain.url:
                 # A new destination: the same queue and spool, a new transport.
                 old = worker.transport
@@ -157,7 +167,16 @@ class DrainSupervisor:
                 log.info("drain_url_changed drain={drain}", drain=drain_id)
         for drain_id, drain in wanted.items():
             if drain_id not in current:
+                self.kept.pop(drain_id, None)  # back: its new worker resumes the spool
                 self._add(drain)
+
+    def tombstoned(self, drain_id: int) -> None:
+        """A drain was deleted through the API: a spool kept for it goes now."""
+        worker = self.kept.pop(drain_id, None)
+        if worker is not None and drain_id not in self.workers:
+            log.info("drain_spool_deleted drain={drain} reason=tombstone", drain=drain_id)
+            # After the stop's spill (the worker's operations run in order).
+            worker.discard()
 
     def respool(self) -> None:
         """The shard map changed: each spool follows its channel's shard."""

@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Callable, Iterable
 
+import attrs
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -61,6 +62,11 @@ _NAMES = """
 local version, feed, channels, tokens, drains, creds, chtok, chdrain = unpack(KEYS)
 """
 
+# A drain deleted through the API is announced as such ("drain-deleted ID", before
+# its channel's announcement, so a node knows it when it refreshes the channel):
+# only then does a node delete the drain's spool. A drain that merely vanishes
+# from the config (a config Redis that lost its data) keeps its spool.
+#
 # Every script ends by bumping the version and announcing the channel on the
 # feed, inside the same atomic step as the write, so a node either sees the
 # notification or sees a new version at its next reconcile.
@@ -103,6 +109,7 @@ redis.call('HSET', drains, ARGV[2], cjson.encode(drain))
 _DELETE_DRAIN = _NAMES + """
 if redis.call('SREM', chdrain, ARGV[2]) == 0 then return 'nodrain' end
 redis.call('HDEL', drains, ARGV[2])
+redis.call('PUBLISH', feed, 'drain-deleted ' .. ARGV[2])
 """ + _ANNOUNCE + "return 'ok'"
 
 # ARGV: channel, channel json, create only (1/0), then pairs of (token id, token json)
@@ -130,6 +137,7 @@ local toks = redis.call('SMEMBERS', chtok)
 if #toks > 0 then redis.call('HDEL', tokens, unpack(toks)) end
 local ids = redis.call('SMEMBERS', chdrain)
 if #ids > 0 then redis.call('HDEL', drains, unpack(ids)) end
+for _, id in ipairs(ids) do redis.call('PUBLISH', feed, 'drain-deleted ' .. id) end
 redis.call('DEL', chtok, chdrain)
 """ + _ANNOUNCE + "return 'ok'"
 
@@ -153,6 +161,105 @@ redis.call('INCR', version)
 redis.call('PUBLISH', feed, 'cred ' .. ARGV[1])
 return 'ok'
 """
+
+
+# KEYS: cluster id, epoch, version, feed, channels, tokens, drains, creds, channel seq,
+# drain seq, then (chtok, chdrain) of each channel in the document's order.
+# ARGV: the cluster id, epoch and version the node holds, then the document.
+# Runs only while the Redis has no cluster id or the node's, and an older
+# generation than the node's: a second node, or a stale one, changes nothing.
+_RESEED = """
+local cluster, epochk, version, feed, channels, tokens, drains, creds, chseq, drseq = unpack(KEYS, 1, 10)
+local cur = redis.call('GET', cluster)
+if cur and cur ~= ARGV[1] then return 'foreign' end
+local epoch_now = tonumber(redis.call('GET', epochk) or '0')
+local ver_now = tonumber(redis.call('GET', version) or '0')
+local epoch_held, ver_held = tonumber(ARGV[2]), tonumber(ARGV[3])
+if cur and (epoch_now > epoch_held or (epoch_now == epoch_held and ver_now >= ver_held)) then
+  return 'current'
+end
+local doc = cjson.decode(ARGV[4])
+local max_channel = tonumber(redis.call('GET', chseq) or '0')
+for i, ch in ipairs(doc['channels']) do
+  local id, json = ch[1], ch[2]
+  redis.call('HSET', channels, id, json)
+  if string.match(id, '^%d+$') and tonumber(id) > max_channel then max_channel = tonumber(id) end
+  for _, t in ipairs(ch[3]) do
+    redis.call('HSET', tokens, t[1], t[2])
+    redis.call('SADD', KEYS[9 + 2 * i], t[1])
+  end
+  for _, d in ipairs(ch[4]) do
+    redis.call('HSET', drains, d[1], d[2])
+    redis.call('SADD', KEYS[10 + 2 * i], d[1])
+  end
+end
+for _, c in ipairs(doc['creds']) do redis.call('HSET', creds, c[1], c[2]) end
+redis.call('SET', chseq, string.format('%d', max_channel))
+local max_drain = tonumber(redis.call('GET', drseq) or '0')
+if doc['max_drain'] > max_drain then max_drain = doc['max_drain'] end
+redis.call('SET', drseq, string.format('%d', max_drain))
+redis.call('SET', cluster, ARGV[1])
+redis.call('SET', epochk, string.format('%d', math.max(epoch_now, epoch_held) + 1))
+redis.call('SET', version, string.format('%d', math.max(ver_now, ver_held) + 1))
+redis.call('PUBLISH', feed, 'reseeded')
+return 'ok'
+"""
+
+# Why a node refuses what the config Redis holds, as config_refused logs it.
+EMPTY = "empty"
+FOREIGN = "foreign"
+OLDER = "older"
+
+
+@attrs.frozen
+class Generation:
+    """What identifies a config: its cluster's id, and how far it got (re-seeds, then writes)."""
+
+    cluster_id: bytes | None
+    epoch: int = 0
+    version: int = 0
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        return (self.epoch, self.version)
+
+    def describe(self) -> str:
+        return f"{self.epoch}.{self.version}"
+
+
+def judge(held: Generation | None, found: Generation) -> str | None:
+    """None when a node holding `held` may adopt the config `found`; otherwise why not.
+
+    A node that holds nothing yet adopts anything (the first node seeds the
+    cluster id before it reads). A node that holds a config never adopts one
+    without a cluster id (a config Redis that lost its data), another
+    cluster's, or an older one (a restore of an old snapshot): it would
+    forget every channel, token, drain and credential at once.
+    """
+    if held is None or held.cluster_id is None:
+        return None
+    if found.cluster_id is None:
+        return EMPTY
+    if found.cluster_id != held.cluster_id:
+        return FOREIGN
+    if found.rank < held.rank:
+        return OLDER
+    return None
+
+
+def refusal_sentence(reason: str, held: Generation, found: Generation) -> str:
+    """What a refused write answers: what the config Redis holds and what happens next."""
+    what = {
+        EMPTY: "has lost the cluster's config (it holds no cluster id: restarted without its data?)",
+        FOREIGN: f"holds another cluster's config (cluster id {(found.cluster_id or b'').decode()!r}, "
+                 f"this node's is {(held.cluster_id or b'').decode()!r})",
+        OLDER: f"holds an older config (generation {found.describe()}, this node holds {held.describe()})",
+    }[reason]
+    then = ("; a node re-seeds it from its copy within seconds, then writes work again"
+            if reason != FOREIGN else
+            "; check --config-redis and --namespace, or move the other cluster's keys away")
+    return (f"The config Redis {what}. This node keeps routing with the config it holds and "
+            f"refuses changes until then{then}.")
 
 
 class ConfigCache:
@@ -277,6 +384,20 @@ class ConfigStore:
         self._load_waiters: list[defer.Deferred] = []
         self._retry = None  # a reload after a failed one
         self._stopped = False
+        # The generation of the config the cache holds (None before the first load),
+        # read from the config Redis only (never counted from notifications).
+        self.held: Generation | None = None
+        # Why this node refuses what the config Redis holds (None: it does not).
+        self.refused: str | None = None
+        self.refusal: str = ""  # the sentence refused writes answer
+        # Told when the node adopts the config again after refusing one (the
+        # --auth credential is ensured again then).
+        self.recovered_listeners: list[Callable[[], object]] = []
+        # Drains deleted through the API (newest last, bounded): only these lose their spools.
+        self.tombstones: dict[int, None] = {}
+        self.tombstone_listeners: list[Callable[[int], None]] = []
+        self.reseed_lock_seconds = 10
+        self._lock_value = uuid.uuid4().hex
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> None:
@@ -324,8 +445,15 @@ class ConfigStore:
 
         return d.addErrback(unavailable)
 
+    def _writable(self) -> None:
+        """Refuse a write (503) while the node refuses what the config Redis holds."""
+        if self.refused is not None:
+            raise Unavailable(self.refusal)
+
     def _eval(self, script: str, args: list, channel_id: str | None = None) -> defer.Deferred:
         """Run a config script; its KEYS are the names _NAMES binds, those of channel_id's sets last."""
+        if self.refused is not None:
+            return defer.fail(Unavailable(self.refusal))
         k = self.keys
         names = [k.version, k.feed, k.channels, k.tokens, k.drains, k.creds]
         if channel_id is not None:
@@ -353,6 +481,15 @@ class ConfigStore:
 
     def _on_feed(self, channel: bytes, message: bytes) -> None:
         kind, _, ident = message.partition(b" ")
+        if kind == b"drain-deleted":
+            if ident.isdigit():
+                self._tombstone(int(ident))
+            return
+        if kind in (b"channel", b"cred", b"reseeded") and (self.refused is not None or kind == b"reseeded"):
+            # Nothing from a config this node refuses lands in its cache: it
+            # judges the whole config again instead.
+            self.load().addErrback(self._catch_up_later, "reload")
+            return
         if kind == b"channel":
             d = self.refresh_channel(ident.decode())
         elif kind == b"cred":
@@ -372,9 +509,14 @@ class ConfigStore:
             self.version = b"%d" % (int(self.version or b"0") + 1)
 
     def _reconcile_tick(self):
-        d = self._call(self.redis.get(self.keys.version))
+        d = self._call(self.redis.mget([self.keys.version, self.keys.cluster_id]))
 
-        def compare(version):
+        def compare(found):
+            version, cluster_id = found
+            if self.refused is not None:
+                return self.load()  # judged again; re-seeded if still refused
+            if self.held is not None and cluster_id != self.held.cluster_id:
+                return self.load()
             if (version or b"") != self.version:
                 log.info("config_reconcile_reload reason='version moved without a notification'")
                 return self.load()
@@ -405,12 +547,28 @@ class ConfigStore:
             else:
                 waiter.callback(None)
 
+    async def _found(self) -> Generation:
+        """The generation the config Redis holds now."""
+        cluster_id, epoch, version = await self._call(
+            self.redis.mget([self.keys.cluster_id, self.keys.epoch, self.keys.version]))
+        return Generation(cluster_id, int(epoch or 0), int(version or 0))
+
     async def _load(self) -> None:
+        if self.held is None:
+            # The first node to find a config Redis without a cluster id (a new
+            # cluster, or one older than cluster ids) gives it one.
+            await self._call(self.redis.set(self.keys.cluster_id, uuid.uuid4().hex, only_if_not_exists=True))
+        found = await self._found()
         version = await self._call(self.redis.get(self.keys.version))
         channels = await self._call(self.redis.hgetall(self.keys.channels))
         tokens = await self._call(self.redis.hgetall(self.keys.tokens))
         drains = await self._call(self.redis.hgetall(self.keys.drains))
         creds = await self._call(self.redis.hgetall(self.keys.creds))
+        reason = judge(self.held, found)
+        if reason is not None:
+            self._refuse(reason, found)
+            await self._reseed()
+            return
         before = dict(self.cache.channels)
         changed = self.cache.replace_all(
             [Channel.from_json(k.decode(), v) for k, v in channels.items()],
@@ -419,8 +577,18 @@ class ConfigStore:
             [Credential.from_json(k.decode(), v) for k, v in creds.items()],
         )
         self.version = version or b""
+        self.held = found
         self.loaded = True
         self.loaded_at = self.reactor.seconds()
+        if self.refused is not None:
+            log.info("config_adopted_again generation={generation} after='config_refused reason={reason}'",
+                     generation=found.describe(), reason=self.refused)
+            self.refused = None
+            for listener in self.recovered_listeners:
+                try:
+                    listener()
+                except Exception:
+                    log.failure("recovered_listener_failed")
         log.info(
             "config_loaded channels={channels} tokens={tokens} drains={drains}",
             channels=len(self.cache.channels), tokens=len(self.cache.tokens),
@@ -435,6 +603,14 @@ class ConfigStore:
         return defer.ensureDeferred(self._refresh_channel(channel_id))
 
     async def _refresh_channel(self, channel_id: str) -> None:
+        if self.refused is not None:
+            return
+        # A refresh reads one channel: it must read it from the config the
+        # cache holds, not from a config Redis that lost it meanwhile.
+        found = await self._found()
+        if judge(self.held, found) is not None:
+            await self.load()
+            return
         raw = await self._call(self.redis.hget(self.keys.channels, channel_id))
         if raw is None:
             before = self.cache.channels.get(channel_id)
@@ -450,6 +626,8 @@ class ConfigStore:
             if drain_ids:
                 docs = await self._call(self.redis.hmget(self.keys.drains, drain_ids))
                 drains = [Drain.from_json(int(i), d) for i, d in zip(drain_ids, docs) if d]
+            if self.refused is not None:
+                return
             # Read only now: what the cache held just before it changes.
             before = self.cache.channels.get(channel_id)
             changed = self.cache.replace_channel(
@@ -464,11 +642,78 @@ class ConfigStore:
     def refresh_credential(self, cred_id: str) -> defer.Deferred:
         d = self._call(self.redis.hget(self.keys.creds, cred_id))
         d.addCallback(
-            lambda raw: self.cache.set_credential(
+            lambda raw: None if self.refused is not None else self.cache.set_credential(
                 cred_id, Credential.from_json(cred_id, raw) if raw else None
             )
         )
         return d
+
+    # -- refusing a config, and re-seeding the config Redis -----------------------------
+    def _refuse(self, reason: str, found: Generation) -> None:
+        """Keep the cache as it is, refuse writes, and say why (once per reason)."""
+        held = self.held or Generation(None)
+        self.refusal = refusal_sentence(reason, held, found)
+        if self.refused != reason:
+            log.warn("config_refused reason={reason} held={held} found={found} cluster={cluster!r} "
+                     "action=routing_from_cache", reason=reason, held=held.describe(),
+                     found=found.describe(), cluster=(found.cluster_id or b"").decode())
+        self.refused = reason
+        # Judge again in a second: the winner's re-seed, or an operator's fix.
+        if not self._stopped and (self._retry is None or not self._retry.active()):
+            self._retry = self.reactor.callLater(1.0, self._retry_load)
+
+    async def _reseed(self) -> None:
+        """Write the cache back to the config Redis, if this node wins the re-seed lock.
+
+        The script itself re-seeds only a Redis still without a cluster id, or
+        with this cluster's and an older generation: a foreign config is never
+        overwritten, and a node that loses the race changes nothing.
+        """
+        if self.refused == FOREIGN or self.held is None:
+            return
+        won = await self._call(self.redis.set(self.keys.reseed_lock, self._lock_value,
+                                              expire=self.reseed_lock_seconds, only_if_not_exists=True))
+        if not won:
+            return  # another node re-seeds: its "reseeded" notification makes this one reload
+        k, held = self.keys, self.held
+        names = [k.cluster_id, k.epoch, k.version, k.feed, k.channels, k.tokens, k.drains, k.creds,
+                 k.channel_seq, k.drain_seq]
+        document = {"channels": [], "creds": [[c.id, c.to_json()] for c in self.cache.creds.values()],
+                    "max_drain": max(self.cache.drains, default=0)}
+        for channel in self.cache.channels.values():
+            names += [k.channel_tokens(channel.id), k.channel_drains(channel.id)]
+            document["channels"].append([
+                channel.id, channel.to_json(),
+                [[t.id, t.to_json()] for t in self.cache.channel_tokens.get(channel.id, {}).values()],
+                [[str(d.id), d.to_json()] for d in self.cache.channel_drains.get(channel.id, {}).values()],
+            ])
+        args = [held.cluster_id, held.epoch, held.version, json.dumps(document)]
+        outcome = (await self._call(self.redis.eval(_RESEED, names, [_arg(a) for a in args]))).decode()
+        if outcome != "ok":
+            log.info("config_reseed_skipped outcome={outcome}", outcome=outcome)
+            return
+        if self.metrics is not None:
+            self.metrics.inc("logplex_config_reseeds_total")
+        log.warn("config_reseeded reason={reason} channels={channels} tokens={tokens} drains={drains} "
+                 "credentials={creds} note='sessions were not re-seeded: session URLs made before are gone'",
+                 reason=self.refused, channels=len(self.cache.channels), tokens=len(self.cache.tokens),
+                 drains=len(self.cache.drains), creds=len(self.cache.creds))
+        # Adopt what was just written (a generation above any node's) at once.
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = self.reactor.callLater(0, self._retry_load)
+
+    def _tombstone(self, drain_id: int) -> None:
+        """A drain deleted through the API: its spools may go."""
+        self.tombstones.pop(drain_id, None)
+        self.tombstones[drain_id] = None
+        while len(self.tombstones) > 10_000:
+            self.tombstones.pop(next(iter(self.tombstones)))
+        for listener in self.tombstone_listeners:
+            try:
+                listener(drain_id)
+            except Exception:
+                log.failure("tombstone_listener_failed drain={drain}", drain=drain_id)
 
     def _identity_check(self, channel_id: str, old: Channel) -> None:
         """Tell the identity listeners if the channel `old` is gone (deleted, or another of its name)."""
@@ -502,6 +747,7 @@ class ConfigStore:
 
     async def create_channel_v2(self, token_names: list[str]) -> tuple[Channel, list[Token]]:
         """A channel with the next free integer id (v2 API)."""
+        self._writable()
         while True:
             number = await self._call(self.redis.incr(self.keys.channel_seq))
             channel_id = str(int(number))
@@ -515,6 +761,7 @@ class ConfigStore:
 
         Tokens whose name is kept keep their value; returns True when created.
         """
+        self._writable()
         await self.refresh_channel(channel_id)
         current = self.cache.channel_tokens.get(channel_id, {})
         wanted = set(token_names)
@@ -551,7 +798,12 @@ class ConfigStore:
         await self.refresh_channel(channel_id)
 
     async def delete_channel(self, channel_id: str) -> None:
+        drain_ids = list(self.cache.channel_drains.get(channel_id, {}))
         outcome = await self._eval(_DELETE_CHANNEL, [channel_id], channel_id)
+        if outcome == b"ok":
+            # Before the refresh: the spools go with the drains (the feed says so to the others).
+            for drain_id in drain_ids:
+                self._tombstone(drain_id)
         await self.refresh_channel(channel_id)
         if outcome == b"nochannel":
             raise NotFound(f"Channel {channel_id} does not exist.")
@@ -568,6 +820,7 @@ class ConfigStore:
     # -- drains -----------------------------------------------------------------
     async def add_drain(self, channel_id: str, url: str | None) -> Drain:
         """Create a drain, or reserve an id and token for one when url is None."""
+        self._writable()
         drain_id = int(await self._call(self.redis.incr(self.keys.drain_seq)))
         drain = Drain(drain_id, channel_id, new_drain_token(), url)
         outcome = (
@@ -601,6 +854,7 @@ class ConfigStore:
         outcome = await self._eval(_DELETE_DRAIN, [channel_id, drain_id], channel_id)
         if outcome == b"nodrain":
             raise NotFound(f"Channel {channel_id} has no drain {drain_id}.")
+        self._tombstone(drain_id)  # before the refresh that stops its worker
         await self.refresh_channel(channel_id)
 
     # -- credentials ----------------------------------------------------------------
@@ -628,6 +882,7 @@ class ConfigStore:
 
     async def ensure_credential(self, cred_id: str, secret: str) -> None:
         """The --auth credential: exists with this secret, full_api and any_channel."""
+        self._writable()
         raw = await self._call(self.redis.hget(self.keys.creds, cred_id))
         perms = frozenset({FULL_API, ANY_CHANNEL})
         if raw:

@@ -175,3 +175,19 @@ class RedisKeys:
         prefix = self._channel_prefix + b"tail:"
         return name[len(prefix):].decode() if name.startswith(prefix) else None
 
+
+    # -- the config Redis: its identity and generation (issue 15) -------------------------------
+    @property
+    def cluster_id(self) -> bytes:
+        """String: the cluster's random id, set by the first node that finds the config Redis without one."""
+        return self._key_prefix + b"cluster"
+
+    @property
+    def epoch(self) -> bytes:
+        """Counter bumped by every re-seed: with the version, the config's generation."""
+        return self._key_prefix + b"epoch"
+
+    @property
+    def reseed_lock(self) -> bytes:
+        """String with an expiry: the node re-seeding the config Redis from its cache."""
+        return self._key_prefix + b"reseed-lock"
