@@ -509,15 +509,13 @@ class ConfigStore:
             self.version = b"%d" % (int(self.version or b"0") + 1)
 
     def _reconcile_tick(self):
-        d = self._call(self.redis.mget([self.keys.version, self.keys.cluster_id]))
+        d = defer.ensureDeferred(self._found())
 
         def compare(found):
-            version, cluster_id = found
-            if self.refused is not None:
-                return self.load()  # judged again; re-seeded if still refused
-            if self.held is not None and cluster_id != self.held.cluster_id:
-                return self.load()
-            if (version or b"") != self.version:
+            if self.refused is not None or judge(self.held, found) is not None:
+                return self.load()  # judged again; refused (and re-seeded) or adopted
+            version = b"%d" % found.version if found.version else b""
+            if version != self.version:
                 log.info("config_reconcile_reload reason='version moved without a notification'")
                 return self.load()
 
@@ -611,6 +609,8 @@ class ConfigStore:
         if judge(self.held, found) is not None:
             await self.load()
             return
+        if self.held is not None and found.rank > self.held.rank:
+            self.held = found  # read from Redis: how far the config this node holds has got
         raw = await self._call(self.redis.hget(self.keys.channels, channel_id))
         if raw is None:
             before = self.cache.channels.get(channel_id)

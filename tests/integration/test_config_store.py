@@ -234,3 +234,86 @@ class ChannelIdentityTests(Stores):
         await self.a.delete_channel("old")
         await self.a.put_channel("old", ["web"])
         assert self.a.cache.channels["old"].incarnation != ""
+
+
+class GenerationTests(Stores):
+    """A config Redis that comes back empty, older or foreign is never adopted; one store re-seeds it."""
+
+    async def _setup(self):
+        from logplex.metrics import Metrics
+
+        self.metrics = {"a": Metrics(), "b": Metrics()}
+        self.a = await self.node(max_drains=2, metrics=self.metrics["a"])
+        self.b = await self.node(max_drains=2, metrics=self.metrics["b"])
+
+    def raw(self):
+        raw = connect(self.address, poolsize=1)
+        self.addCleanup(raw.disconnect)
+        return raw
+
+    def reseeds(self):
+        return sum(m.get("logplex_config_reseeds_total") for m in self.metrics.values())
+
+    async def test_an_empty_config_redis_is_refused_and_reseeded_by_exactly_one_store(self):
+        await self.a.put_channel("app", ["web"])
+        drain = await self.a.add_drain("app", "https://logs.example.com/x")
+        await self.a.ensure_credential("admin", "secret")
+        await until(lambda: drain.id in self.b.cache.drains and "admin" in self.b.cache.creds)
+        channel = self.a.cache.channels["app"]
+        held = self.a.held
+        assert held.cluster_id and held.version >= 2  # read back by the refreshes of its writes
+        self.redis_server.restart()  # no persistence: it comes back empty, on the same port
+        await until(lambda: self.reseeds() == 1, timeout=10)
+        # Neither cache ever lost anything, and both adopt the re-seeded config.
+        for store in (self.a, self.b):
+            assert store.cache.channels["app"] == channel  # the same incarnation
+            assert drain.id in store.cache.drains and "admin" in store.cache.creds
+        await until(lambda: self.a.refused is None and self.b.refused is None and self.a.held == self.b.held)
+        assert self.a.held.cluster_id == held.cluster_id and self.a.held.rank > held.rank
+        raw = self.raw()
+        assert await raw.hget(b"lp:creds", b"admin") == self.a.cache.creds["admin"].to_json().encode()
+        # Writes work again, and a new drain never takes an id a spool may still hold.
+        newer = await self.b.add_drain("app", "https://logs.example.com/y")
+        assert newer.id > drain.id
+        await until(lambda: newer.id in self.a.cache.drains)
+        assert self.reseeds() == 1
+
+    async def test_an_older_config_is_refused_with_a_sentence_then_reseeded(self):
+        await self.a.put_channel("app", ["web"])
+        await self.a.put_channel("app", ["web", "worker"])
+        raw = self.raw()
+        await raw.set(b"lp:version", b"1")  # as a restore of an old snapshot would
+        await self.b.load()
+        assert self.b.refused in ("older", None)  # None: it already re-seeded and adopted
+        await until(lambda: self.reseeds() == 1 and self.b.refused is None and self.a.refused is None,
+                    timeout=10)
+        assert {t.name for t in self.b.tokens_of("app")} == {"web", "worker"}
+        assert int(await raw.get(b"lp:epoch")) == 1
+
+    async def test_writes_are_refused_while_the_config_is_foreign_and_nothing_is_overwritten(self):
+        await self.a.put_channel("app", ["web"])
+        raw = self.raw()
+        ours = await raw.get(b"lp:cluster")
+        await raw.set(b"lp:cluster", b"another")
+        await self.a.load()
+        assert self.a.refused == "foreign"
+        with pytest.raises(Unavailable) as e:
+            await self.a.put_channel("app", ["web", "more"])
+        assert "another cluster's config" in e.value.message
+        assert "app" in self.a.cache.channels  # still routing from its cache
+        assert await raw.get(b"lp:cluster") == b"another" and self.reseeds() == 0
+        await raw.set(b"lp:cluster", ours)
+        await self.a.load()
+        assert self.a.refused is None
+        await self.a.put_channel("app", ["web", "more"])
+
+    async def test_a_drain_deleted_through_the_api_leaves_a_tombstone_on_every_node(self):
+        await self.a.put_channel("app", ["web"])
+        one = await self.a.add_drain("app", "https://logs.example.com/1")
+        two = await self.a.add_drain("app", "https://logs.example.com/2")
+        await until(lambda: two.id in self.b.cache.drains)
+        await self.a.delete_drain("app", one.id)
+        assert one.id in self.a.tombstones
+        await until(lambda: one.id in self.b.tombstones)
+        await self.b.delete_channel("app")
+        await until(lambda: two.id in self.a.tombstones and two.id in self.b.tombstones)
