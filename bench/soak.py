@@ -1181,9 +1181,67 @@ def case_partial(args) -> dict:
         w.close()
 
 
+def case_empty_config(args) -> dict:
+    """The config Redis SIGKILLed and started again at once WITHOUT its data (no SAVE), under load, the
+    drain failing (500) so it spools: the node must refuse the empty config, re-seed it from its cache
+    and lose nothing. 6 min (1 min with --quick)."""
+    w = World("empty-config", args)
+    check = Check()
+    try:
+        w.start_load()
+        before, rss_before, pid = metrics(w.node), w.node.rss(), w.node.proc.pid
+        w.sink_mode("error")
+        w.run_for(scaled(args, 120))
+        spool_before = w.spool_bytes()
+        w.cfg.kill()
+        w.cfg.start()  # empty: these Redis servers run without persistence
+        restarted_at = time.time()
+        w.event(f"config Redis SIGKILLed and started again empty (spool {spool_before} bytes)")
+        back = None
+        while time.time() - restarted_at < 30:
+            status, _, _ = api(w.node, "PUT", "/v3/channels/after", {"tokens": ["late"]})
+            if status == 201:
+                back = round(time.time() - restarted_at, 1)
+                break
+            time.sleep(0.25)
+        w.event(f"API writes answer again after {back} s (the --auth credential works)")
+        spool_after = w.spool_bytes()
+        health = api(w.node, "GET", "/healthcheck")
+        w.run_for(scaled(args, 60))
+        w.sink_mode("ok")
+        w.run_for(scaled(args, 180))
+        w.stop_load()
+        expected = w.expected()
+        w.settle(expected)
+        after = metrics(w.node)
+        rx = w.receivers(expected)
+        d = drain_metrics(before, after)
+        reseeds = int(after.get("logplex_config_reseeds_total", 0))
+        check("node stayed up (same process)", w.node.alive() and w.node.proc.pid == pid, True, w.node.alive())
+        check("the spool was kept through the empty config", spool_after > 0, "> 0 bytes", spool_after)
+        check("writes came back by themselves after one re-seed", back is not None and reseeds == 1,
+              "201 and 1 re-seed", [back, reseeds])
+        unknown = int(after.get("logplex_messages_unknown_token_total", 0)
+                      - before.get("logplex_messages_unknown_token_total", 0))
+        check("nothing dropped as an unknown token", unknown == 0, 0, unknown)
+        for receiver in ("sink", "tail", "backlog"):
+            check(f"{receiver} lost nothing", lost(rx, receiver) == 0, 0, lost(rx, receiver))
+        sent = sum(w.http.acked) + sum(w.tcp.written)
+        return finish(w, check, {
+            "load": f"{args.rate:g} msg/s", "writes_back_after_s": back, "reseeds": reseeds,
+            "spool_bytes_before_after": [spool_before, spool_after], "health_after": health[:2],
+            "summary": {"sent": sent, "delivered (unique)": sum((w.sink_stats() or {}).get("unique", {}).values()),
+                        "lost at drain": lost(rx, "sink"), "duplicates at drain": rx["sink_duplicates"],
+                        "writes back after s": back, "re-seeds": reseeds},
+            "metrics": d, "receivers": rx, "rss_mib": [rss_before, w.node.rss()],
+        }, lost_cell=f"drain {lost(rx, 'sink')}, tail {lost(rx, 'tail')}, backlog {lost(rx, 'backlog')}")
+    finally:
+        w.close()
+
+
 CASES = {"shard": case_shard, "config": case_config, "drain": case_drain,
          "sigterm": lambda a: restart_case(a, signal.SIGTERM), "sigkill": lambda a: restart_case(a, signal.SIGKILL),
-         "partial": case_partial}
+         "partial": case_partial, "empty-config": case_empty_config}
 
 
 def finish(w: World, check: Check, figures: dict, lost_cell: str) -> dict:
