@@ -164,8 +164,11 @@ return 'ok'
 
 
 # KEYS: cluster id, epoch, version, feed, channels, tokens, drains, creds, channel seq,
-# drain seq, then (chtok, chdrain) of each channel in the document's order.
-# ARGV: the cluster id, epoch and version the node holds, then the document.
+# drain seq, then (chtok, chdrain) of each channel in the document's order, then the sets
+# of the channels the Redis holds and the node does not (deleted since, when it is older).
+# ARGV: the cluster id, epoch and version the node holds, the document, and '1' to
+# replace what the Redis holds (an older config: what was deleted since stays deleted)
+# or '0' to add to it (an empty one: a write that landed before anyone noticed stays).
 # Runs only while the Redis has no cluster id or the node's, and an older
 # generation than the node's: a second node, or a stale one, changes nothing.
 _RESEED = """
@@ -179,6 +182,10 @@ if cur and (epoch_now > epoch_held or (epoch_now == epoch_held and ver_now >= ve
   return 'current'
 end
 local doc = cjson.decode(ARGV[4])
+if ARGV[5] == '1' then
+  redis.call('DEL', channels, tokens, drains, creds)
+  for i = 11 + 2 * #doc['channels'], #KEYS do redis.call('DEL', KEYS[i]) end
+end
 local max_channel = tonumber(redis.call('GET', chseq) or '0')
 for i, ch in ipairs(doc['channels']) do
   local id, json = ch[1], ch[2]
@@ -687,7 +694,13 @@ class ConfigStore:
                 [[t.id, t.to_json()] for t in self.cache.channel_tokens.get(channel.id, {}).values()],
                 [[str(d.id), d.to_json()] for d in self.cache.channel_drains.get(channel.id, {}).values()],
             ])
-        args = [held.cluster_id, held.epoch, held.version, json.dumps(document)]
+        replace = self.refused == OLDER
+        if replace:
+            # The sets of channels deleted since the snapshot go too (the drain limit counts them).
+            present = {c.decode() for c in await self._call(self.redis.hkeys(k.channels))}
+            for channel_id in sorted(present - set(self.cache.channels)):
+                names += [k.channel_tokens(channel_id), k.channel_drains(channel_id)]
+        args = [held.cluster_id, held.epoch, held.version, json.dumps(document), "1" if replace else "0"]
         outcome = (await self._call(self.redis.eval(_RESEED, names, [_arg(a) for a in args]))).decode()
         if outcome != "ok":
             log.info("config_reseed_skipped outcome={outcome}", outcome=outcome)

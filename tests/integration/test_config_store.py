@@ -280,15 +280,27 @@ class GenerationTests(Stores):
 
     async def test_an_older_config_is_refused_with_a_sentence_then_reseeded(self):
         await self.a.put_channel("app", ["web"])
-        await self.a.put_channel("app", ["web", "worker"])
+        await self.a.put_channel("gone", ["web"])
+        await self.a.add_drain("gone", "https://logs.example.com/x")
         raw = self.raw()
-        await raw.set(b"lp:version", b"1")  # as a restore of an old snapshot would
+        snapshot = {key: await raw.execute_command("DUMP", key) for key in await raw.keys(b"lp:*")}
+        await self.a.delete_channel("gone")
+        await self.a.put_channel("app", ["web", "worker"])
+        await until(lambda: "gone" not in self.b.cache.channels and len(self.b.tokens_of("app")) == 2)
+        # A restore of the snapshot taken before those writes.
+        await raw.flushdb()
+        for key, value in snapshot.items():
+            await raw.execute_command("RESTORE", key, 0, value)
         await self.b.load()
         assert self.b.refused in ("older", None)  # None: it already re-seeded and adopted
         await until(lambda: self.reseeds() == 1 and self.b.refused is None and self.a.refused is None,
                     timeout=10)
         assert {t.name for t in self.b.tokens_of("app")} == {"web", "worker"}
         assert int(await raw.get(b"lp:epoch")) == 1
+        # What was deleted since the snapshot stays deleted: the channel, its tokens and drain sets.
+        assert await raw.hget(b"lp:channels", b"gone") is None
+        assert not await raw.exists(b"lp:chdrain:gone") and not await raw.exists(b"lp:chtok:gone")
+        assert len(await raw.hgetall(b"lp:tokens")) == 2
 
     async def test_writes_are_refused_while_the_config_is_foreign_and_nothing_is_overwritten(self):
         await self.a.put_channel("app", ["web"])
