@@ -119,6 +119,7 @@ class LogplexNode(MultiService):
         self.store = ConfigStore(
             config_redis, config_address, self.reactor, max_drains=s.max_drains,
             session_expiry=s.session_expiry, timeout=s.redis_timeout, metrics=self.metrics, keys=keys,
+            node=s.node_name,
         )
         self.tails = TailRegistry(self.metrics)
         # One connection for the bus: what a node publishes stays in order.

@@ -212,6 +212,12 @@ redis.call('PUBLISH', feed, 'reseeded')
 return 'ok'
 """
 
+# KEYS: the re-seed lock; ARGV: this node's lock value. Frees the lock only if it is still ours.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 'ok'
+"""
+
 # Why a node refuses what the config Redis holds, as config_refused logs it.
 EMPTY = "empty"
 FOREIGN = "foreign"
@@ -364,6 +370,7 @@ class ConfigStore:
         reconcile_interval: float = 30.0,
         timeout: float = 5.0,
         metrics=None,
+        node: str | None = None,
     ) -> None:
         self.metrics = metrics
         self.redis = redis
@@ -404,6 +411,7 @@ class ConfigStore:
         self.tombstones: dict[int, None] = {}
         self.tombstone_listeners: list[Callable[[int], None]] = []
         self.reseed_lock_seconds = 10
+        self.node = node  # this node's name: its own heartbeat is not another node's
         self._lock_value = uuid.uuid4().hex
 
     # -- life cycle ---------------------------------------------------------
@@ -558,8 +566,28 @@ class ConfigStore:
             self.redis.mget([self.keys.cluster_id, self.keys.epoch, self.keys.version]))
         return Generation(cluster_id, int(epoch or 0), int(version or 0))
 
+    async def _others_alive(self) -> bool:
+        """Whether another node's heartbeat (NodeRegistry's) is within its TTL."""
+        entries = await self._call(self.redis.hgetall(self.keys.nodes))
+        now = time.time()
+        for name, raw in entries.items():
+            try:
+                doc = json.loads(raw)
+                if name.decode() != self.node and now - doc["seen_at"] <= doc.get("ttl", 15.0):
+                    return True
+            except (ValueError, KeyError, TypeError):
+                continue
+        return False
+
     async def _load(self) -> None:
-        if self.held is None:
+        if self.held is None and await self._call(self.redis.get(self.keys.cluster_id)) is None:
+            if await self._call(self.redis.get(self.keys.version)) is None and await self._others_alive():
+                # A config Redis that lost its data while the cluster runs: one of
+                # the running nodes re-seeds it within seconds. A cluster id made
+                # now would make their config foreign to it, and they would all
+                # refuse it for good.
+                raise Unavailable("The config Redis is empty while other nodes of the cluster are alive; "
+                                  "waiting for one of them to re-seed it from its copy.")
             # The first node to find a config Redis without a cluster id (a new
             # cluster, or one older than cluster ids) gives it one.
             await self._call(self.redis.set(self.keys.cluster_id, uuid.uuid4().hex, only_if_not_exists=True))
@@ -704,6 +732,8 @@ class ConfigStore:
         outcome = (await self._call(self.redis.eval(_RESEED, names, [_arg(a) for a in args]))).decode()
         if outcome != "ok":
             log.info("config_reseed_skipped outcome={outcome}", outcome=outcome)
+            # Nothing written: the next attempt (this node's or another's) need not wait for the expiry.
+            await self._call(self.redis.eval(_UNLOCK, [k.reseed_lock], [self._lock_value]))
             return
         if self.metrics is not None:
             self.metrics.inc("logplex_config_reseeds_total")

@@ -329,3 +329,22 @@ class GenerationTests(Stores):
         await until(lambda: one.id in self.b.tombstones)
         await self.b.delete_channel("app")
         await until(lambda: two.id in self.a.tombstones and two.id in self.b.tombstones)
+
+    async def test_a_node_starting_on_an_empty_config_redis_while_others_run_waits_for_their_reseed(self):
+        import time as _time
+
+        await self.a.put_channel("app", ["web"])
+        raw = self.raw()
+        await raw.flushdb()  # lost its data
+        await raw.hset(b"lp:nodes", b"a", json.dumps({"seen_at": _time.time(), "ttl": 15.0}))
+        pool = connect(self.address, poolsize=1, reply_timeout=2)
+        self.addCleanup(pool.disconnect)
+        newcomer = ConfigStore(pool, self.address, reactor, timeout=2, keys=RedisKeys("lp", 0), node="new")
+        with pytest.raises(Unavailable) as e:
+            await newcomer.load()
+        assert "waiting for one of them to re-seed it" in e.value.message
+        assert await raw.get(b"lp:cluster") is None  # it made none of its own
+        await self.a.load()  # a notices: refuses, re-seeds
+        await until(lambda: self.reseeds() == 1)
+        await newcomer.load()
+        assert newcomer.held.cluster_id == self.a.held.cluster_id and "app" in newcomer.cache.channels
