@@ -413,6 +413,7 @@ class ConfigStore:
         self.reseed_lock_seconds = 10
         self.node = node  # this node's name: its own heartbeat is not another node's
         self._lock_value = uuid.uuid4().hex
+        self._refreshes: dict[str, list[int]] = {}
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> None:
@@ -636,18 +637,44 @@ class ConfigStore:
         return defer.ensureDeferred(self._refresh_channel(channel_id))
 
     async def _refresh_channel(self, channel_id: str) -> None:
+        # Refreshes of one channel overlap (a write's own, its notification's):
+        # one started earlier and finishing later must not put older data back.
+        # [last started, last applied, running], while any runs.
+        tickets = self._refreshes.setdefault(channel_id, [0, 0, 0])
+        tickets[0] += 1
+        tickets[2] += 1
+        ticket = tickets[0]
+        try:
+            await self._refresh_channel_once(channel_id, ticket, tickets)
+        finally:
+            tickets[2] -= 1
+            if tickets[2] == 0 and self._refreshes.get(channel_id) is tickets:
+                del self._refreshes[channel_id]
+
+    def _superseded(self, ticket: int, tickets: list[int]) -> bool:
+        """Whether a refresh started after this one has already landed; else this one lands now."""
+        if ticket < tickets[1]:
+            return True
+        tickets[1] = ticket
+        return False
+
+    async def _refresh_channel_once(self, channel_id: str, ticket: int, tickets: list[int]) -> None:
         if self.refused is not None:
             return
         # A refresh reads one channel: it must read it from the config the
-        # cache holds, not from a config Redis that lost it meanwhile.
-        found = await self._found()
+        # cache holds, not from a config Redis that lost it meanwhile. Both
+        # asked at once: a refresh takes no longer than before.
+        found, raw = await defer.gatherResults(
+            [defer.ensureDeferred(self._found()), self._call(self.redis.hget(self.keys.channels, channel_id))],
+            consumeErrors=True).addErrback(lambda f: f.value.subFailure)
         if judge(self.held, found) is not None:
             await self.load()
             return
         if self.held is not None and found.rank > self.held.rank:
             self.held = found  # read from Redis: how far the config this node holds has got
-        raw = await self._call(self.redis.hget(self.keys.channels, channel_id))
         if raw is None:
+            if self._superseded(ticket, tickets):
+                return
             before = self.cache.channels.get(channel_id)
             changed = self.cache.replace_channel(channel_id, None, (), ())
         else:
@@ -661,7 +688,7 @@ class ConfigStore:
             if drain_ids:
                 docs = await self._call(self.redis.hmget(self.keys.drains, drain_ids))
                 drains = [Drain.from_json(int(i), d) for i, d in zip(drain_ids, docs) if d]
-            if self.refused is not None:
+            if self.refused is not None or self._superseded(ticket, tickets):
                 return
             # Read only now: what the cache held just before it changes.
             before = self.cache.channels.get(channel_id)
