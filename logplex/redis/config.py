@@ -651,6 +651,18 @@ class ConfigStore:
             if tickets[2] == 0 and self._refreshes.get(channel_id) is tickets:
                 del self._refreshes[channel_id]
 
+    async def _still_ours(self) -> bool:
+        """Before a refresh takes something out of the cache: is the config Redis still the one it
+        was read from? (Not one that lost its data meanwhile: that would look like deletions.)
+        Asked only then, so that the refreshes that add or change cost no more than before."""
+        found = await self._found()
+        if judge(self.held, found) is not None:
+            await self.load()
+            return False
+        if self.held is not None and found.rank > self.held.rank:
+            self.held = found  # read from Redis: how far the config this node holds has got
+        return True
+
     def _superseded(self, ticket: int, tickets: list[int]) -> bool:
         """Whether a refresh started after this one has already landed; else this one lands now."""
         if ticket < tickets[1]:
@@ -661,18 +673,10 @@ class ConfigStore:
     async def _refresh_channel_once(self, channel_id: str, ticket: int, tickets: list[int]) -> None:
         if self.refused is not None:
             return
-        # A refresh reads one channel: it must read it from the config the
-        # cache holds, not from a config Redis that lost it meanwhile. Both
-        # asked at once: a refresh takes no longer than before.
-        found, raw = await defer.gatherResults(
-            [defer.ensureDeferred(self._found()), self._call(self.redis.hget(self.keys.channels, channel_id))],
-            consumeErrors=True).addErrback(lambda f: f.value.subFailure)
-        if judge(self.held, found) is not None:
-            await self.load()
-            return
-        if self.held is not None and found.rank > self.held.rank:
-            self.held = found  # read from Redis: how far the config this node holds has got
+        raw = await self._call(self.redis.hget(self.keys.channels, channel_id))
         if raw is None:
+            if channel_id in self.cache.channels and not await self._still_ours():
+                return
             if self._superseded(ticket, tickets):
                 return
             before = self.cache.channels.get(channel_id)
@@ -688,6 +692,10 @@ class ConfigStore:
             if drain_ids:
                 docs = await self._call(self.redis.hmget(self.keys.drains, drain_ids))
                 drains = [Drain.from_json(int(i), d) for i, d in zip(drain_ids, docs) if d]
+            removes = (set(self.cache.channel_tokens.get(channel_id, {})) - {t.id for t in tokens}
+                       or set(self.cache.channel_drains.get(channel_id, {})) - {d.id for d in drains})
+            if removes and not await self._still_ours():
+                return
             if self.refused is not None or self._superseded(ticket, tickets):
                 return
             # Read only now: what the cache held just before it changes.

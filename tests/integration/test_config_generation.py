@@ -114,7 +114,10 @@ class EmptyConfigRedisTests(unittest.TestCase):
         self.assertTrue(any("config_refused reason=empty" in text and "config_reseeded" in text for text in logs))
 
         sent = {s.procid: s.sent for s in senders}
-        messages = await self.blocking(backlog, w.a, channel_id, 1500)
+        # The last lines reach the shard within a flush interval.
+        messages = await self.blocking(
+            wait_until, lambda: backlog(w.a, channel_id, 1500),
+            lambda m: all(len(texts_of(m, p)) >= len(lines) for p, lines in sent.items()), 5.0, "the backlog")
         for procid, lines in sent.items():
             got = texts_of(messages, procid)
             self.assertEqual([t for t in lines if t not in set(got)], [], f"lost at the backlog ({procid})")

@@ -261,7 +261,7 @@ class GenerationTests(Stores):
         await until(lambda: drain.id in self.b.cache.drains and "admin" in self.b.cache.creds)
         channel = self.a.cache.channels["app"]
         held = self.a.held
-        assert held.cluster_id and held.version >= 2  # read back by the refreshes of its writes
+        assert held.cluster_id
         self.redis_server.restart()  # no persistence: it comes back empty, on the same port
         await until(lambda: self.reseeds() == 1, timeout=10)
         # Neither cache ever lost anything, and both adopt the re-seeded config.
