@@ -186,3 +186,8 @@ class RedisKeys:
     def shard_merge(self) -> bytes:
         """Hash: the merge a shard map change still owes (plan JSON, version); absent when none."""
         return self._key_prefix + b"shardmap:merge"
+
+    def moved_mark(self, key: bytes) -> bytes:
+        """String with an expiry, next to a backlog or spool moved onto a shard: which move
+        wrote it there, so that a move resumed after a crash never copies it twice."""
+        return self._key_prefix + b"moved:" + key

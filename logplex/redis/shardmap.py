@@ -44,28 +44,58 @@ async def load(config_redis, keys: RedisKeys) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in (await config_redis.hgetall(keys.shards)).items()}
 
 
-async def _merge_list(source, target, key: bytes, history: int | None, reactor) -> int:
-    """Append source's list under what target already has (source's lines are older)."""
+# On the target Redis, in one step: a moved backlog's lines (older) appended under what it
+# holds, trimmed to the history, and a mark naming the move. A move re-run after a crash
+# between this and the source's deletion finds its mark and copies nothing twice.
+# KEYS: backlog, mark. ARGV: move, history (0: no trim), expiry, lines...
+_APPEND_ONCE = """
+local key, mark = KEYS[1], KEYS[2]
+if redis.call('GET', mark) == ARGV[1] then return 0 end
+for i = 4, #ARGV, 1000 do redis.call('RPUSH', key, unpack(ARGV, i, math.min(i + 999, #ARGV))) end
+if #ARGV > 3 and tonumber(ARGV[2]) > 0 then
+  redis.call('LTRIM', key, 0, tonumber(ARGV[2]) - 1)
+  redis.call('EXPIRE', key, tonumber(ARGV[3]))
+end
+redis.call('SET', mark, ARGV[1], 'EX', 604800)
+return #ARGV - 3
+"""
+
+# The same for a spool: chunks (given newest first) in front of the target's, counts added.
+# KEYS: spool, its meta, mark. ARGV: move, bytes, messages, chunks...
+_PREPEND_ONCE = """
+local key, meta, mark = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('GET', mark) == ARGV[1] then return 0 end
+for i = 4, #ARGV, 1000 do redis.call('LPUSH', key, unpack(ARGV, i, math.min(i + 999, #ARGV))) end
+if #ARGV > 3 then
+  redis.call('HINCRBY', meta, 'bytes', ARGV[2])
+  redis.call('HINCRBY', meta, 'messages', ARGV[3])
+end
+redis.call('SET', mark, ARGV[1], 'EX', 604800)
+return #ARGV - 3
+"""
+
+
+async def _merge_list(source, target, key: bytes, history: int | None, move: str, keys: RedisKeys) -> int:
+    """Append source's list under what target already has (source's lines are older), once."""
     items = await source.lrange(key, 0, -1)
-    if items:
-        await target.execute_command("RPUSH", key, *items)
-        if history:
-            await target.ltrim(key, 0, history - 1)
-            await target.expire(key, 7 * 86400)
+    mark = keys.moved_mark(key)
+    await target.eval(_APPEND_ONCE, [key, mark], [move, str(history or 0), str(7 * 86400), *items])
     await source.delete(key)
+    await target.delete(mark)
     return len(items)
 
 
-async def _merge_spool(source, target, key: bytes) -> int:
-    """Spool chunks moved in front of the target's (they are older), counts kept."""
+async def _merge_spool(source, target, key: bytes, move: str, keys: RedisKeys) -> int:
+    """Spool chunks moved in front of the target's (they are older), counts kept, once."""
     meta_key = RedisKeys.spool_meta(key)
     chunks = await source.lrange(key, 0, -1)
     meta = await source.hgetall(meta_key)
-    if chunks:
-        await target.execute_command("LPUSH", key, *reversed(chunks))
-        for field in (b"bytes", b"messages"):
-            await target.hincrby(meta_key, field, int(meta.get(field, 0)))
+    mark = keys.moved_mark(key)
+    await target.eval(_PREPEND_ONCE, [key, meta_key, mark],
+                      [move, str(int(meta.get(b"bytes", 0))), str(int(meta.get(b"messages", 0))),
+                       *reversed(chunks)])
     await source.delete([key, meta_key])
+    await target.delete(mark)
     return len(chunks)
 
 
@@ -143,11 +173,12 @@ async def wait_for_nodes(config_redis, keys: RedisKeys, version: int, timeout: f
         await task.deferLater(reactor, poll, lambda: None)
 
 
-async def _move(config_redis, connect, plan: dict, *, keys: RedisKeys, history: int) -> dict:
+async def _move(config_redis, connect, plan: dict, version: int, *, keys: RedisKeys,
+                history: int) -> dict:
     """Move every backlog and spool that is not where the plan's new map puts it.
 
-    Idempotent but for one key: a run stopped between copying a key and deleting its source
-    leaves that key's lines on both Redis, and the next run appends them again (none lost).
+    Re-runnable: a run stopped anywhere leaves each key on its source, its target or both
+    with the target's mark, and the next run completes it without a line copied twice.
     """
     old, new = plan["old"], plan["new"]
     ring = ShardRing(sorted(new))
@@ -162,7 +193,8 @@ async def _move(config_redis, connect, plan: dict, *, keys: RedisKeys, history: 
         for key in await _scan(source, keys.backlog_pattern):
             target_url = new[ring.shard(keys.channel_of_backlog(key))]
             if target_url != source_url:
-                lines += await _merge_list(source, connect(target_url), key, history, None)
+                lines += await _merge_list(source, connect(target_url), key, history,
+                                           f"{version} {source_url}", keys)
                 channels += 1
         for key in await _scan(source, keys.spool_pattern):
             drain_id = keys.drain_of_spool(key)
@@ -175,7 +207,7 @@ async def _move(config_redis, connect, plan: dict, *, keys: RedisKeys, history: 
             else:
                 continue
             if target_url != source_url:
-                chunks += await _merge_spool(source, connect(target_url), key)
+                chunks += await _merge_spool(source, connect(target_url), key, f"{version} {source_url}", keys)
     return {"channels_moved": channels, "backlog_lines": lines, "spool_chunks_moved": chunks}
 
 
@@ -185,7 +217,7 @@ async def _finish(config_redis, connect, plan: dict, version: int, *, keys: Redi
     for the old map have had `settle` seconds to land, move the data; then forget the plan."""
     await wait_for_nodes(config_redis, keys, version, wait, reactor)
     await task.deferLater(reactor, settle, lambda: None)
-    moved = await _move(config_redis, connect, plan, keys=keys, history=history)
+    moved = await _move(config_redis, connect, plan, version, keys=keys, history=history)
     await config_redis.delete(keys.shard_merge)
     return {"op": plan["op"], "shard": plan["shard"], "version": version, **moved}
 

@@ -9,15 +9,22 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.keys import RedisKeys
+from logplex.redis.shardmap import _move
 
 from tests.integration.cluster import (
     NODE_ARGS, Pacer, Sender, World, backlog, backlog_keys, metric_sum, redis, send_lines, texts_of,
     wait_until,
 )
 from tests.integration.conftest import unique
-from tests.integration.procs import NodeProcess, Resp
+from tests.integration.procs import NodeProcess, RedisServer, Resp
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECONCILE = 1.0
@@ -221,3 +228,54 @@ def test_an_interrupted_merge_is_completed_by_the_next_run(world):
         assert texts_of(backlog(b, channel_id), "one") == [f"one {channel_id}"], channel_id
     # Nothing left to resume: the next run says so.
     assert admin(world, "resume") == {"resumed": None}
+
+
+class InterruptedMoveTests(TestCase):
+    """A move stopped between copying a key and deleting its source, on real Redis servers."""
+
+    timeout = 30
+
+    def setUp(self):
+        self.servers = [RedisServer(tempfile.mkdtemp(prefix="logplex-move-")) for _ in range(2)]
+        for server in self.servers:
+            server.start()
+            self.addCleanup(server.stop)
+        self.source, self.target = (connect(parse_redis_url(s.url), poolsize=1) for s in self.servers)
+        self.addCleanup(lambda: defer.gatherResults([self.source.disconnect(), self.target.disconnect()]))
+
+    async def test_a_move_resumed_after_dying_mid_key_copies_nothing_twice(self):
+        keys = RedisKeys("lp", 0)
+        src, tgt = self.servers[0].url, self.servers[1].url
+        backlog_key, spool_key = keys.backlog("x"), keys.spool(7, "n1")
+        await self.source.rpush(backlog_key, [b"old-2", b"old-1"])
+        await self.target.rpush(backlog_key, [b"new-1"])  # written by the nodes since the switch
+        await self.source.rpush(spool_key, [b"chunk-1", b"chunk-2"])
+        await self.source.hset(keys.spool_meta(spool_key), "bytes", 10)
+        await self.source.hset(keys.spool_meta(spool_key), "messages", 4)
+        await self.target.rpush(spool_key, [b"chunk-3"])
+        await self.target.hset(keys.spool_meta(spool_key), "bytes", 5)
+        await self.target.hset(keys.spool_meta(spool_key), "messages", 2)
+        await self.source.hset(keys.drains, "7", json.dumps({"channel_id": "x"}))
+        plan = {"op": "replace", "shard": "shard-0", "old": {"shard-0": src}, "new": {"shard-0": tgt}}
+        pools = {src: self.source, tgt: self.target}
+
+        class DiesAtFirstDelete:
+            """The source as the admin saw it: the process died before its first delete."""
+
+            def __getattr__(self, name):
+                return getattr(pools[src], name)
+
+            def delete(self, *args):
+                raise ConnectionError("the admin process died here")
+
+        dying = {src: DiesAtFirstDelete(), tgt: self.target}
+        with self.assertRaises(ConnectionError):
+            await _move(self.source, dying.__getitem__, plan, 3, keys=keys, history=1500)
+        moved = await _move(self.source, pools.__getitem__, plan, 3, keys=keys, history=1500)
+        self.assertEqual((moved["channels_moved"], moved["spool_chunks_moved"]), (1, 2))
+        self.assertEqual(await self.target.lrange(backlog_key, 0, -1), [b"new-1", b"old-2", b"old-1"])
+        self.assertEqual(await self.target.lrange(spool_key, 0, -1), [b"chunk-1", b"chunk-2", b"chunk-3"])
+        self.assertEqual(await self.target.hgetall(keys.spool_meta(spool_key)),
+                         {b"bytes": b"15", b"messages": b"6"})
+        self.assertEqual(await self.source.keys("lp:log:*") + await self.source.keys("lp:spool:*"), [])
+        self.assertEqual(await self.target.keys("lp:moved:*"), [])
