@@ -185,7 +185,8 @@ class LogplexNode(MultiService):
         # for a change this node did not hear of; its version goes out in the heartbeat.
         self.shard_maps = ShardMapFollower(
             config_redis, keys, self.backlogs.configure, self.reactor, self.metrics,
-            interval=s.reconcile_interval, timeout=s.redis_timeout, on_version=lambda v: self.registry.heartbeat())
+            interval=s.reconcile_interval, timeout=s.redis_timeout,
+            on_version=lambda version: self.registry.heartbeat())
         self.registry.shard_map_version = lambda: self.shard_maps.version
         self.shard_maps.follow(*await load_versioned(config_redis, keys))
         self.store.feed_listeners[b"shards"] = [self.shard_maps.on_feed]

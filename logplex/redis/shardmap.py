@@ -5,7 +5,6 @@ shard) and move the backlogs and spools the change displaces, resumably."""
 from __future__ import annotations
 
 import json
-
 import time
 from typing import Callable
 
@@ -207,7 +206,8 @@ async def _move(config_redis, connect, plan: dict, version: int, *, keys: RedisK
             else:
                 continue
             if target_url != source_url:
-                chunks += await _merge_spool(source, connect(target_url), key, f"{version} {source_url}", keys)
+                chunks += await _merge_spool(source, connect(target_url), key,
+                                             f"{version} {source_url}", keys)
     return {"channels_moved": channels, "backlog_lines": lines, "spool_chunks_moved": chunks}
 
 

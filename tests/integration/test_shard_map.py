@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 from twisted.internet import defer
@@ -230,6 +231,31 @@ def test_an_interrupted_merge_is_completed_by_the_next_run(world):
     assert admin(world, "resume") == {"resumed": None}
 
 
+def test_the_move_waits_for_a_node_on_the_old_map_names_it_and_resume_completes_it(world):
+    b = world.b
+    tokens = channels(world, 20)
+    # A live node that never reports the new map (an older logplex, or one cut off the feed).
+    laggard = json.dumps({"version": "old", "started_at": time.time(), "seen_at": time.time(), "ttl": 60,
+                          "api_url": "", "pid": 1})
+    redis(world.cfg, "HSET", "lp:nodes", "laggard", laggard)
+    try:
+        added = world.redis_server()
+        proc = subprocess.run(
+            [sys.executable, "-m", "logplex.admin.shards", "--config-redis", world.cfg.url, "--settle", "0.5",
+             "--wait", "1", "add", added.url],
+            env=dict(os.environ, PYTHONPATH=REPO_ROOT), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1
+        assert "Node laggard did not report shard map version" in proc.stderr, proc.stderr
+        assert "logplex.admin.shards resume" in proc.stderr
+        assert redis(world.cfg, "EXISTS", "lp:shardmap:merge") == 1
+    finally:
+        redis(world.cfg, "HDEL", "lp:nodes", "laggard")
+    resumed = admin(world, "resume")["resumed"]
+    assert resumed["op"] == "add" and resumed["channels_moved"] >= 1, resumed
+    for channel_id in tokens:
+        assert texts_of(backlog(b, channel_id), "one") == [f"one {channel_id}"], channel_id
+
+
 class InterruptedMoveTests(TestCase):
     """A move stopped between copying a key and deleting its source, on real Redis servers."""
 
@@ -241,7 +267,8 @@ class InterruptedMoveTests(TestCase):
             server.start()
             self.addCleanup(server.stop)
         self.source, self.target = (connect(parse_redis_url(s.url), poolsize=1) for s in self.servers)
-        self.addCleanup(lambda: defer.gatherResults([self.source.disconnect(), self.target.disconnect()]))
+        self.addCleanup(lambda: defer.gatherResults([self.source.disconnect(),
+                                                     self.target.disconnect()]))
 
     async def test_a_move_resumed_after_dying_mid_key_copies_nothing_twice(self):
         keys = RedisKeys("lp", 0)
