@@ -24,6 +24,7 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_backlog_dropped_total": ("counter", "Messages not written to a backlog (shard down or queue full)."),
     "logplex_backlog_superseded_total": ("counter", "Messages not written because newer ones fill the backlog's history."),
     "logplex_node_info": ("gauge", "This node's name and version, as labels (always 1)."),
+    "logplex_shard_map_version": ("gauge", "Version of the shard map this node writes backlogs by."),
     "logplex_tail_lines_total": ("counter", "Lines sent to live tails."),
     "logplex_tail_dropped_total": ("counter", "Lines dropped by slow tails (L11)."),
     "logplex_tails_ended_total": ("counter", "Live tails and streams ended because their channel was deleted."),

@@ -36,7 +36,7 @@ from logplex.redis.connection import (
 )
 from logplex.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from logplex.redis.keys import RedisKeys
-from logplex.redis.shardmap import CONFIG, load as load_shard_map, load_or_init
+from logplex.redis.shardmap import CONFIG, ShardMapFollower, load_or_init, load_versioned
 from logplex.redis.shards import Backlogs
 from logplex.router import DropReport, Router
 from logplex.tails import TailRegistry
@@ -119,6 +119,7 @@ class LogplexNode(MultiService):
         self.store = ConfigStore(
             config_redis, config_address, self.reactor, max_drains=s.max_drains,
             session_expiry=s.session_expiry, timeout=s.redis_timeout, metrics=self.metrics, keys=keys,
+            reconcile_interval=s.reconcile_interval,
         )
         self.tails = TailRegistry(self.metrics)
         # One connection for the bus: what a node publishes stays in order.
@@ -180,8 +181,16 @@ class LogplexNode(MultiService):
         shard_map = await load_or_init(config_redis, keys, list(s.shard_redis))
         await self._refuse_cluster_mode([(self.shard_pool(url), parse_redis_url(url))
                                          for url in sorted(set(shard_map.values()) - {CONFIG})])
-        self.backlogs.configure(shard_map)
-        self.store.feed_listeners[b"shards"] = [self._shards_changed]
+        # The shard map is followed through the feed, and checked every --reconcile-interval
+        # for a change this node did not hear of; its version goes out in the heartbeat.
+        self.shard_maps = ShardMapFollower(
+            config_redis, keys, self.backlogs.configure, self.reactor, self.metrics,
+            interval=s.reconcile_interval, timeout=s.redis_timeout,
+            on_version=lambda version: self.registry.heartbeat())
+        self.registry.shard_map_version = lambda: self.shard_maps.version
+        self.shard_maps.follow(*await load_versioned(config_redis, keys))
+        self.store.feed_listeners[b"shards"] = [self.shard_maps.on_feed]
+        self.shard_maps.start()
         self.cluster_tails.start()
         self.registry.start()
         if s.auth:
@@ -237,11 +246,6 @@ class LogplexNode(MultiService):
         if url not in self._shard_pools:
             self._shard_pools[url] = self._pool(parse_redis_url(url, secrets=self.redis_secrets))
         return self._shard_pools[url]
-
-    def _shards_changed(self, message: bytes) -> None:
-        d = defer.ensureDeferred(load_shard_map(self.store.redis, self.store.keys))
-        d.addCallback(self.backlogs.configure)
-        d.addErrback(lambda f: log.warn("shard_map_reload_failed error={e!r}", e=f.getErrorMessage()))
 
     async def _retry_until_loaded(self) -> None:
         while True:
@@ -343,6 +347,8 @@ class LogplexNode(MultiService):
         for kind in ("syslog", "logs", "api", "manhole"):
             for port in self.ports.pop(kind, []):
                 await defer.maybeDeferred(port.stopListening)
+        if getattr(self, "shard_maps", None) is not None:
+            self.shard_maps.stop()
         if getattr(self, "cluster_tails", None) is not None:
             await self.cluster_tails.stop()
             await self.registry.stop()

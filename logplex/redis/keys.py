@@ -175,3 +175,19 @@ class RedisKeys:
         prefix = self._channel_prefix + b"tail:"
         return name[len(prefix):].decode() if name.startswith(prefix) else None
 
+
+    # -- the config Redis: the shard map's version and its merge in progress -----------------
+    @property
+    def shard_map_version(self) -> bytes:
+        """Counter bumped by every change of the shard map (absent: version 0)."""
+        return self._key_prefix + b"shardmap:version"
+
+    @property
+    def shard_merge(self) -> bytes:
+        """Hash: the merge a shard map change still owes (plan JSON, version); absent when none."""
+        return self._key_prefix + b"shardmap:merge"
+
+    def moved_mark(self, key: bytes) -> bytes:
+        """String with an expiry, next to a backlog or spool moved onto a shard: which move
+        wrote it there, so that a move resumed after a crash never copies it twice."""
+        return self._key_prefix + b"moved:" + key
