@@ -41,6 +41,7 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_drain_l10_total": ("counter", "L10 notices sent to drains."),
     "logplex_drain_spool_bytes": ("gauge", "Bytes all of this node's drain spools hold in Redis."),
     "logplex_drain_spool_depth": ("gauge", "Messages in a drain's spool in Redis, per drain."),
+    "logplex_spool_adopted_total": ("counter", "Spooled messages of departed nodes this node took over to deliver."),
     "logplex_drain_buffered": ("gauge", "Messages a drain holds in memory, per drain."),
     "logplex_senders_held_total": ("counter", "Reads and POSTs held back until a drain had room (pushback)."),
     "logplex_senders_held_seconds_total": ("counter", "Seconds senders were held back (pushback)."),

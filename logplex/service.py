@@ -22,6 +22,7 @@ from logplex.auth import Authenticator, LoginThrottle
 from logplex.config import Settings
 from logplex.drains.http import load_trust_root, make_client
 from logplex.drains.resolver import PublicOnlyReactor
+from logplex.drains.adoption import SpoolAdopter
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.health import Health, assess, pool_connected
 from logplex.ingest.http import LogInput
@@ -149,6 +150,9 @@ class LogplexNode(MultiService):
             connect_reactor=drain_reactor, keys=keys,
         )
         self.router.drains = self.drains.publish
+        self.adopter = SpoolAdopter(config_redis, self.drains, self.registry, s.node_name, self.reactor,
+                                    self.metrics, s.spool_adopt_after, s.redis_timeout, keys=keys)
+        self.drains.spool_recorder = self.adopter.record
         self.router.hold = self.drains.hold
         self.auth = Authenticator(self.store.cache, self.reactor)
         # One throttle per listener: guesses at the log input do not lock
@@ -196,8 +200,11 @@ class LogplexNode(MultiService):
         if s.auth:
             user, _, password = s.auth.partition(":")
             await self.store.ensure_credential(user, password)
-        # Drains start (and resume their spools) before any input is accepted.
+        # Drains start (and resume their spools) before any input is accepted;
+        # not while another node is adopting this node's spools.
+        await self.adopter.wait_own_lease()
         self.drains.start()
+        self.adopter.start()
         logs = LogInput(self.store, self.router, self.auth, self.metrics, s.max_body, s.max_frame,
                         throttle=LoginThrottle(self.reactor, limit=s.login_failures, metrics=self.metrics,
                                                listener="logs"),
@@ -353,6 +360,7 @@ class LogplexNode(MultiService):
             await self.cluster_tails.stop()
             await self.registry.stop()
         if getattr(self, "drains", None) is not None:
+            self.adopter.stop()
             await self.drains.stop()
         if getattr(self, "backlogs", None) is not None:
             await self.backlogs.stop()

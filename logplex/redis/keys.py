@@ -191,3 +191,17 @@ class RedisKeys:
         """String with an expiry, next to a backlog or spool moved onto a shard: which move
         wrote it there, so that a move resumed after a crash never copies it twice."""
         return self._key_prefix + b"moved:" + key
+
+    # -- the config Redis: spool adoption (a departed node's spools) --------------------------
+    @property
+    def spoolers(self) -> bytes:
+        """Set: the names of the nodes that ever spooled (and whose spools were not all adopted)."""
+        return self._key_prefix + b"spoolers"
+
+    def spooled_drains(self, node: str) -> bytes:
+        """Set: the drain ids a node spooled for (where to look for its spools)."""
+        return self._key_prefix + b"spooled:" + node.encode()
+
+    def adoption_lease(self, node: str) -> bytes:
+        """String with an expiry: the name of the node adopting this departed node's spools."""
+        return self._key_prefix + b"adopting:" + node.encode()
