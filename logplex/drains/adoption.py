@@ -74,9 +74,13 @@ def departed(spoolers: set[str], registry: dict[str, dict], me: str, now: float,
     return out
 
 
-def lease_ms(adopt_after: float, redis_timeout: float) -> int:
-    """How long a lease lives unrenewed: several Redis round trips, whatever the settings."""
-    return int(max(5.0, 3 * redis_timeout, adopt_after) * 1000)
+def lease_ms(redis_timeout: float) -> int:
+    """How long a lease lives unrenewed: a move and a renewal take two round trips at most.
+
+    Short, because a node that starts waits while a lease on its name is held
+    (at most this long, should the adopter die holding it).
+    """
+    return int(max(5.0, 4 * redis_timeout) * 1000)
 
 
 # -- the Twisted part ------------------------------------------------------------------------------
@@ -96,7 +100,7 @@ class SpoolAdopter:
         self.timeout = timeout
         self.keys = keys
         self.clock = clock
-        self.lease_ms = lease_ms(adopt_after, timeout)
+        self.lease_ms = lease_ms(timeout)
         self.absent_since: dict[str, float] = {}
         self._loop = task.LoopingCall(self._round)
         self._loop.clock = reactor
