@@ -20,9 +20,9 @@ from logplex.api.management import ManagementApi
 from logplex.api.tailpage import TailPage
 from logplex.auth import Authenticator, LoginThrottle
 from logplex.config import Settings
+from logplex.drains.adoption import SpoolAdopter
 from logplex.drains.http import load_trust_root, make_client
 from logplex.drains.resolver import PublicOnlyReactor
-from logplex.drains.adoption import SpoolAdopter
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.health import Health, assess, pool_connected
 from logplex.ingest.http import LogInput
