@@ -239,10 +239,10 @@ def attack_drains(base: str, stop, report: dict) -> None:
                            {"url": f"http://127.0.0.1:{endpoint.port}/{path}"})
         report.setdefault("drains_created", []).append(status)
     stop.wait()
-    status, body = api(base, "GET", "/v3/channels/hostile/drains")
+    status, body = api(base, "GET", "/v3/channels/hostile")
     states = {}
     if status == 200:
-        for drain in json.loads(body) if body.startswith(b"[") else json.loads(body).get("drains", []):
+        for drain in json.loads(body).get("drains", []):
             s, b = api(base, "GET", f"/v3/channels/hostile/drains/{drain['id']}")
             if s == 200:
                 states[drain["url"].rsplit("/", 1)[-1]] = {

@@ -1181,6 +1181,86 @@ def case_partial(args) -> dict:
         w.close()
 
 
+def case_departed_node(args) -> dict:
+    """Two nodes; the drain fails (500) while node soak spools; soak is SIGKILLed and never started
+    again (autoscaling, a lost VM); the receiver recovers. Node peer must adopt soak's spool after
+    --spool-adopt-after and deliver it, in order, once; then soak comes back under its own name and
+    must deliver none of it again."""
+    adopt_after, buffer = 5.0, 100
+    # A small --drain-buffer: most of what the failing drain holds is in its spool (what a
+    # SIGKILL cannot take away), not in the node's memory (which it can).
+    extra = ["--heartbeat", "1", "--spool-adopt-after", str(adopt_after), "--drain-buffer", str(buffer)]
+    w = World("departed-node", args, node_args=extra)
+    check = Check()
+    peer = Node(os.path.join(w.root, "peer"), w.cfg, w.shard, ["--history", str(args.history), *extra,
+                                                               "--node-name", "peer"])
+    try:
+        peer.start()
+        w.start_load()
+        before, rss_before = metrics(w.node), w.node.rss()
+        w.run_for(scaled(args, 20))
+        w.sink_mode("error")
+        w.run_for(scaled(args, 15))
+        # The senders stop first: an HTTP sender would retry its batch at a dead node for ever.
+        w.stop_load()
+        spool_at_kill = w.spool_bytes()
+        killed_at = time.time()
+        w.node.signal(signal.SIGKILL)
+        w.event(f"node soak SIGKILLed, not started again; its spool holds {spool_at_kill} bytes")
+        w.sink_mode("ok")
+        expected = w.expected()
+        end = time.monotonic() + 60
+        while w.spool_bytes() != 0 and time.monotonic() < end:
+            time.sleep(0.2)
+        took = [round(time.time() - killed_at, 1)]
+        w.event(f"soak's spool {'empty' if w.spool_bytes() == 0 else 'NOT empty'} {took[0]} s after the kill")
+        w.settle(expected, quiet=10, limit=120, tail=False)
+        emptied = w.spool_bytes()
+        adopted = int(metrics(peer).get("logplex_spool_adopted_total", 0))
+        adopted_log = [line for line in open(peer.log_path, errors="replace").read().splitlines()
+                       if "spool_adopted" in line]
+        rx = w.receivers(expected)
+        dups_before_return = rx["sink_duplicates"]
+        # soak returns under its own name: nothing of its old spool may arrive a second time.
+        w.node.start()
+        w.event("node soak started again under its own name")
+        w.run_for(scaled(args, 10))
+        rx = w.receivers(expected)
+        sink_missing = {sid: sorted(expected[sid] - sink_seqs(w, sid)) for sid in ("h", "t")}
+        stored = backlog(w.shard, "soak")
+        routed_lost = len(expected["t"] - stored.get("t", set()))
+        # Lost with soak's memory: acked h lines, and t lines the router had (in the backlog).
+        memory_lost = len(sink_missing["h"]) + max(0, len(sink_missing["t"]) - routed_lost)
+        target = 100 * 1024
+        batch = target // (len(message("app", "h", 0, "%.6f" % time.time())) - 2) + 1
+        sent = len(expected["h"]) + len(expected["t"])
+        delivered = sum(v["got"] for v in rx["sink"].values())
+        dups = sum(rx["sink_duplicates"].values())
+        check("soak's spool was adopted and emptied", emptied == 0 and adopted > 0, "0 bytes left, adopted > 0",
+              [emptied, adopted])
+        check("nothing delivered twice, before or after soak returned", not dups, 0,
+              [dups_before_return, rx["sink_duplicates"]])
+        check(f"lost only what soak held in memory (<= --drain-buffer + one batch, {buffer} + {batch})",
+              memory_lost <= buffer + batch, f"<= {buffer + batch}", memory_lost)
+        result = {
+            "load": f"{args.rate:g} msg/s to soak until its SIGKILL", "spool_bytes_at_kill": spool_at_kill,
+            "adopted_messages": adopted, "adopted_log": adopted_log[:5], "spool_empty_s_after_kill": took[0],
+            "sent_total": sent, "delivered": delivered, "lost": sent - delivered, "lost_in_soak_memory": memory_lost,
+            "duplicates": rx["sink_duplicates"], "receivers": rx, "metrics": drain_metrics(before, metrics(w.node)),
+            "rss_mib": [rss_before, w.node.rss()],
+            "summary": {"sent": sent, "delivered": delivered, "lost": sent - delivered, "duplicates": dups,
+                        "adopted by peer": adopted, "spool bytes at kill": spool_at_kill,
+                        "spool empty s after kill": took[0]},
+        }
+        return finish(w, check, result, lost_cell=f"drain {sent - delivered} (soak's memory at the kill: "
+                                                   f"{memory_lost}); duplicates {dups}; adopted {adopted}")
+    finally:
+        if peer.proc is not None and peer.proc.poll() is None:
+            peer.proc.terminate()
+            peer.proc.wait(30)
+        w.close()
+
+
 def case_empty_config(args) -> dict:
     """The config Redis SIGKILLed and started again at once WITHOUT its data (no SAVE), under load, the
     drain failing (500) so it spools: the node must refuse the empty config, re-seed it from its cache
@@ -1241,7 +1321,7 @@ def case_empty_config(args) -> dict:
 
 CASES = {"shard": case_shard, "config": case_config, "drain": case_drain,
          "sigterm": lambda a: restart_case(a, signal.SIGTERM), "sigkill": lambda a: restart_case(a, signal.SIGKILL),
-         "partial": case_partial, "empty-config": case_empty_config}
+         "partial": case_partial, "departed-node": case_departed_node, "empty-config": case_empty_config}
 
 
 def finish(w: World, check: Check, figures: dict, lost_cell: str) -> dict:

@@ -51,6 +51,8 @@ class Settings:
     redis_password_file: str | None = None
     namespace: str = "lp"
     heartbeat: float = 5.0
+    reconcile_interval: float = 30.0
+    spool_adopt_after: float = 60.0
     stop_grace: float = 5.0
     manhole: str | None = None
     manhole_keys: str | None = None

@@ -20,6 +20,7 @@ from logplex.api.management import ManagementApi
 from logplex.api.tailpage import TailPage
 from logplex.auth import Authenticator, LoginThrottle
 from logplex.config import Settings
+from logplex.drains.adoption import SpoolAdopter
 from logplex.drains.http import load_trust_root, make_client
 from logplex.drains.resolver import PublicOnlyReactor
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
@@ -36,7 +37,7 @@ from logplex.redis.connection import (
 )
 from logplex.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from logplex.redis.keys import RedisKeys
-from logplex.redis.shardmap import CONFIG, load as load_shard_map, load_or_init
+from logplex.redis.shardmap import CONFIG, ShardMapFollower, load_or_init, load_versioned
 from logplex.redis.shards import Backlogs
 from logplex.router import DropReport, Router
 from logplex.tails import TailRegistry
@@ -120,6 +121,7 @@ class LogplexNode(MultiService):
             config_redis, config_address, self.reactor, max_drains=s.max_drains,
             session_expiry=s.session_expiry, timeout=s.redis_timeout, metrics=self.metrics, keys=keys,
             node=s.node_name,
+            reconcile_interval=s.reconcile_interval,
         )
         self.tails = TailRegistry(self.metrics)
         # One connection for the bus: what a node publishes stays in order.
@@ -149,6 +151,9 @@ class LogplexNode(MultiService):
             connect_reactor=drain_reactor, keys=keys,
         )
         self.router.drains = self.drains.publish
+        self.adopter = SpoolAdopter(config_redis, self.drains, self.registry, s.node_name, self.reactor,
+                                    self.metrics, s.spool_adopt_after, s.redis_timeout, keys=keys)
+        self.drains.spool_recorder = self.adopter.record
         self.router.hold = self.drains.hold
         self.auth = Authenticator(self.store.cache, self.reactor)
         # One throttle per listener: guesses at the log input do not lock
@@ -181,8 +186,16 @@ class LogplexNode(MultiService):
         shard_map = await load_or_init(config_redis, keys, list(s.shard_redis))
         await self._refuse_cluster_mode([(self.shard_pool(url), parse_redis_url(url))
                                          for url in sorted(set(shard_map.values()) - {CONFIG})])
-        self.backlogs.configure(shard_map)
-        self.store.feed_listeners[b"shards"] = [self._shards_changed]
+        # The shard map is followed through the feed, and checked every --reconcile-interval
+        # for a change this node did not hear of; its version goes out in the heartbeat.
+        self.shard_maps = ShardMapFollower(
+            config_redis, keys, self.backlogs.configure, self.reactor, self.metrics,
+            interval=s.reconcile_interval, timeout=s.redis_timeout,
+            on_version=lambda version: self.registry.heartbeat())
+        self.registry.shard_map_version = lambda: self.shard_maps.version
+        self.shard_maps.follow(*await load_versioned(config_redis, keys))
+        self.store.feed_listeners[b"shards"] = [self.shard_maps.on_feed]
+        self.shard_maps.start()
         self.cluster_tails.start()
         self.registry.start()
         if s.auth:
@@ -192,8 +205,11 @@ class LogplexNode(MultiService):
             self.store.recovered_listeners.append(lambda: defer.ensureDeferred(
                 self.store.ensure_credential(user, password)).addErrback(
                     lambda f: log.warn("auth_credential_not_ensured error={e!r}", e=f.getErrorMessage())))
-        # Drains start (and resume their spools) before any input is accepted.
+        # Drains start (and resume their spools) before any input is accepted;
+        # not while another node is adopting this node's spools.
+        await self.adopter.wait_own_lease()
         self.drains.start()
+        self.adopter.start()
         logs = LogInput(self.store, self.router, self.auth, self.metrics, s.max_body, s.max_frame,
                         throttle=LoginThrottle(self.reactor, limit=s.login_failures, metrics=self.metrics,
                                                listener="logs"),
@@ -242,11 +258,6 @@ class LogplexNode(MultiService):
         if url not in self._shard_pools:
             self._shard_pools[url] = self._pool(parse_redis_url(url, secrets=self.redis_secrets))
         return self._shard_pools[url]
-
-    def _shards_changed(self, message: bytes) -> None:
-        d = defer.ensureDeferred(load_shard_map(self.store.redis, self.store.keys))
-        d.addCallback(self.backlogs.configure)
-        d.addErrback(lambda f: log.warn("shard_map_reload_failed error={e!r}", e=f.getErrorMessage()))
 
     async def _retry_until_loaded(self) -> None:
         while True:
@@ -349,10 +360,13 @@ class LogplexNode(MultiService):
         for kind in ("syslog", "logs", "api", "manhole"):
             for port in self.ports.pop(kind, []):
                 await defer.maybeDeferred(port.stopListening)
+        if getattr(self, "shard_maps", None) is not None:
+            self.shard_maps.stop()
         if getattr(self, "cluster_tails", None) is not None:
             await self.cluster_tails.stop()
             await self.registry.stop()
         if getattr(self, "drains", None) is not None:
+            self.adopter.stop()
             await self.drains.stop()
         if getattr(self, "backlogs", None) is not None:
             await self.backlogs.stop()

@@ -179,6 +179,14 @@ class Options(usage.Options):
         ["heartbeat", None, DEFAULTS.heartbeat,
          "Seconds between this node's heartbeats; a node silent for 3 of them is gone from /v3/nodes.",
          _positive_float("heartbeat")],
+        ["reconcile-interval", None, DEFAULTS.reconcile_interval,
+         "Seconds between this node's checks that its config and shard map are the cluster's "
+         "newest: a change notification it missed is caught within this time.",
+         _positive_float("reconcile-interval")],
+        ["spool-adopt-after", None, DEFAULTS.spool_adopt_after,
+         "Seconds a node that spooled may be gone from the registry before a live node takes over "
+         "its drain spools and delivers them.",
+         _positive_float("spool-adopt-after")],
         ["stop-grace", None, DEFAULTS.stop_grace,
          "Seconds a stopping node (SIGTERM) keeps accepting and serving while /healthcheck already "
          "answers 503, so a load balancer moves traffic away first; 0 closes the listeners at once.",

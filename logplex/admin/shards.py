@@ -1,4 +1,6 @@
-"""`python -m logplex.admin.shards`: list the cluster's shards, replace a shard's URL, add a shard."""
+"""`python -m logplex.admin.shards`: list the cluster's shards; add, replace or remove one, moving
+the data the change displaces once every live node follows the new map; resume a move that
+was interrupted (add, replace and remove also finish an interrupted one first)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from logplex.redis.connection import (
     BadRedisURL, RedisClusterRefused, RedisSecrets, check_redis_url, connect, refuse_cluster_mode,
 )
 from logplex.redis.keys import BadNamespace, RedisKeys, check_namespace
-from logplex.redis.shardmap import CONFIG, add_shard, load, replace_shard
+from logplex.redis.shardmap import (
+    CONFIG, NodesBehind, ShardChangeRefused, add_shard, load, remove_shard, replace_shard, resume,
+)
 
 
 def _namespace(value: str) -> str:
@@ -34,7 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--history", type=int, default=1500,
                         help="backlog length to keep when merging (the nodes' --history)")
     parser.add_argument("--settle", type=float, default=2.0,
-                        help="seconds to let nodes switch before moving data")
+                        help="seconds to let nodes flush writes queued for the old map before moving data")
+    parser.add_argument("--wait", type=float, default=60.0,
+                        help="seconds to wait for every live node to follow the new map before "
+                             "giving up (the move then waits for `resume`)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the shard map")
     replace = sub.add_parser("replace", help="point a shard at another Redis, moving its data")
@@ -42,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     replace.add_argument("url")
     add = sub.add_parser("add", help="add a shard; about 1/N of the channels move to it")
     add.add_argument("url")
+    remove = sub.add_parser("remove", help="take a shard out, moving its data where the ring now puts it")
+    remove.add_argument("name")
+    sub.add_parser("resume", help="finish moving the data of an interrupted add, replace or remove")
     return parser
 
 
@@ -69,11 +79,14 @@ async def run(reactor, args) -> dict:
             await refuse_cluster_mode(connect_url(args.url), address(args.url), 10.0, reactor)
         if args.command == "list":
             return await load(config, keys)
+        options = dict(keys=keys, history=args.history, settle=args.settle, wait=args.wait, reactor=reactor)
+        if args.command == "resume":
+            return {"resumed": await resume(config, connect_url, **options)}
         if args.command == "replace":
-            return await replace_shard(config, connect_url, args.name, args.url, keys=keys,
-                                       history=args.history, settle=args.settle, reactor=reactor)
-        return await add_shard(config, connect_url, args.url, keys=keys, history=args.history,
-                               settle=args.settle, reactor=reactor)
+            return await replace_shard(config, connect_url, args.name, args.url, **options)
+        if args.command == "remove":
+            return await remove_shard(config, connect_url, args.name, **options)
+        return await add_shard(config, connect_url, args.url, **options)
     finally:
         for pool in [config, *pools.values()]:
             await pool.disconnect()
@@ -87,7 +100,8 @@ def main(argv=None) -> None:
     async def go(reactor):
         try:
             result = await run(reactor, args)
-        except (KeyError, ValueError, ConnectionError, BadRedisURL, RedisClusterRefused) as e:
+        except (KeyError, ValueError, ConnectionError, BadRedisURL, RedisClusterRefused, NodesBehind,
+                ShardChangeRefused) as e:
             sys.stderr.write(f"logplex shards: {e}\n")
             raise SystemExit(1)
         print(json.dumps(result, indent=2, sort_keys=True))

@@ -243,6 +243,9 @@ SCHEMAS: dict[str, dict] = {
             "uptime": {"type": "number", "minimum": 0, "description": "Seconds."},
             "api_url": {"type": "string"},
             "pid": {"type": ["integer", "null"]},
+            "shard_map_version": {"type": ["integer", "null"],
+                                  "description": "The shard map version the node writes by (null: a node "
+                                                 "that does not report it)."},
         },
         "additionalProperties": False,
     },

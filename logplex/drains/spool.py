@@ -62,6 +62,43 @@ _ACK = _REMOVE_HEAD + "return {removed, " + _BYTES + "}"
 _ACK_NEXT = _REMOVE_HEAD + "return {redis.call('LINDEX', KEYS[1], 0), " + _BYTES + "}"
 
 
+# KEYS: a departed node's list and meta, this node's list and meta. ARGV: max
+# bytes, frame id of a chunk being delivered right now ('' if none). Moves every
+# chunk of the departed spool, in order, to the tail of this node's spool in one
+# step (so a returning node finds nothing, and nothing is moved twice), then
+# keeps this node's bound the way a push does: the oldest whole chunks go.
+_ADOPT = """
+local chunks, messages = 0, 0
+while true do
+  local chunk = redis.call('LMOVE', KEYS[1], KEYS[3], 'LEFT', 'RIGHT')
+  if not chunk then break end
+  local n = tonumber(string.match(chunk, '^1 %S+ (%d+) '))
+  redis.call('HINCRBY', KEYS[4], 'bytes', #chunk)
+  redis.call('HINCRBY', KEYS[4], 'messages', n)
+  chunks = chunks + 1
+  messages = messages + n
+end
+redis.call('DEL', KEYS[2])
+local protected = '1 ' .. ARGV[2] .. ' '
+local dropped, dropped_chunks = 0, 0
+while chunks > 0 and tonumber(redis.call('HGET', KEYS[4], 'bytes')) > tonumber(ARGV[1])
+      and redis.call('LLEN', KEYS[3]) > 1 do
+  local head = redis.call('LPOP', KEYS[3])
+  if ARGV[2] ~= '' and string.sub(head, 1, #protected) == protected then
+    local victim = redis.call('LPOP', KEYS[3])
+    redis.call('LPUSH', KEYS[3], head)
+    head = victim
+  end
+  local n = tonumber(string.match(head, '^1 %S+ (%d+) '))
+  redis.call('HINCRBY', KEYS[4], 'bytes', -#head)
+  redis.call('HINCRBY', KEYS[4], 'messages', -n)
+  dropped = dropped + n
+  dropped_chunks = dropped_chunks + 1
+end
+return {chunks, messages, dropped_chunks, dropped, tonumber(redis.call('HGET', KEYS[4], 'bytes') or 0)}
+"""
+
+
 class Spool:
     """One drain's spool on one node, on the shard that holds its channel's backlog."""
 
@@ -75,6 +112,13 @@ class Spool:
         self.timeout = timeout
         # What the list held after the last script this node ran on it.
         self.bytes = 0
+        self.drain_id = drain_id
+        self.node = node
+        self.keys = keys
+        # Called once, at the first write: the config Redis learns this node
+        # spools for this drain (where an adopter looks if the node departs).
+        self.on_first_write = None
+        self._announced = False
 
     def _bounded(self, d: defer.Deferred) -> defer.Deferred:
         return d.addTimeout(self.timeout, self.reactor)
@@ -88,9 +132,43 @@ class Spool:
         spool's own (the node's total is nearly used up).
         """
         bound = self.max_bytes if max_bytes is None else min(self.max_bytes, max_bytes)
+        self.announce()
         d = self.redis.eval(_PUSH, [self.key, self.meta],
                             [chunk, count, bound, "1" if at_head else "0", protect])
         return self._bounded(d).addCallback(self._counted)
+
+    def announce(self) -> None:
+        """Say once (through on_first_write) that this node spools for this drain."""
+        if not self._announced and self.on_first_write is not None:
+            self._announced = True
+
+            def again(failure) -> None:
+                # Not recorded: the next write tries again (unrecorded, this
+                # spool could not be adopted if the node departed).
+                self._announced = False
+
+            d = defer.maybeDeferred(self.on_first_write, self.drain_id)
+            d.addErrback(again)
+
+    def adopt(self, departed: str, protect: str = "", max_bytes: int | None = None) -> defer.Deferred:
+        """Move a departed node's spool of this drain to the tail of this one, atomically.
+
+        Fires with (chunks, messages) moved and (chunks, messages) dropped
+        from the head to keep the bound (the oldest go, as for a push).
+        """
+        bound = self.max_bytes if max_bytes is None else min(self.max_bytes, max_bytes)
+        theirs = self.keys.spool(self.drain_id, departed)
+        d = self.redis.eval(_ADOPT, [theirs, self.keys.spool_meta(theirs), self.key, self.meta],
+                            [bound, protect])
+
+        def moved(answer):
+            chunks, messages, dropped_chunks, dropped, size = (int(x or 0) for x in answer)
+            self.bytes = size
+            if chunks:
+                self.announce()
+            return chunks, messages, dropped_chunks, dropped
+
+        return self._bounded(d).addCallback(moved)
 
     def _counted(self, answer):
         first, size = answer

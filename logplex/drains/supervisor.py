@@ -227,6 +227,7 @@ class DrainSupervisor:
             pushback=s.pushback,
         )
         worker.spool_allowance = self._allowance(worker)
+        self._watch_spool(worker.spool)
         self.workers[drain.id] = worker
         self.by_channel.setdefault(drain.channel_id, []).append(worker)
         worker.start()
@@ -261,6 +262,40 @@ class DrainSupervisor:
         self.workers.clear()
         self.by_channel.clear()
         return defer.DeferredList([w.stop() for w in workers], consumeErrors=True)
+
+    # -- spool adoption (logplex/drains/adoption.py) -------------------------------------------
+    # Called with a drain id at a spool's first write: set by the node to record,
+    # in the config Redis, that it spools for that drain.
+    spool_recorder: Callable[[int], defer.Deferred] | None = None
+
+    def _watch_spool(self, spool: Spool) -> None:
+        spool.on_first_write = lambda drain_id: (
+            self.spool_recorder(drain_id) if self.spool_recorder is not None else None)
+
+    def adopt_spool(self, worker: DrainWorker, departed: str) -> defer.Deferred:
+        """Move a departed node's spool of this worker's drain to the tail of the worker's own.
+
+        It runs in line with the worker's other spool operations, so its
+        counts stay exact; the worker then delivers it from the spool (which
+        always goes before memory), after what it had spooled already.
+        Fires with (chunks, messages, chunks dropped, messages dropped).
+        """
+        def move() -> defer.Deferred:
+            batch = worker.inflight
+            protect = batch.frame_id if batch is not None and batch.from_spool and batch.messages else ""
+            allowance = worker.spool_allowance() if worker.spool_allowance is not None else None
+            return worker.spool.adopt(departed, protect, allowance)
+
+        def moved(result):
+            chunks, messages, dropped_chunks, dropped = result
+            worker.spool_chunks += chunks - dropped_chunks
+            worker.spool_messages += messages - dropped
+            if dropped:
+                worker.queue.count_lost(dropped, "spool full")
+            worker._kick()
+            return result
+
+        return worker._op(move).addCallback(moved)
 
 
 class RefusedTransport:

@@ -226,13 +226,15 @@ class NodeRegistry:
         self.api_url = api_url
         self.started = time.time()
         self.interval = interval
+        # The shard map version this node uses (None: not known yet), reported with each beat.
+        self.shard_map_version: Callable[[], int | None] = lambda: None
         self._beat = task.LoopingCall(self.heartbeat)
         self._beat.clock = reactor
 
     def heartbeat(self):
         doc = json.dumps({"version": __version__, "started_at": self.started, "seen_at": time.time(),
                           "ttl": self.interval * MISSED_HEARTBEATS, "api_url": self.api_url,
-                          "pid": os.getpid()})
+                          "pid": os.getpid(), "shard_map_version": self.shard_map_version()})
         d = self.redis.hset(self.keys.nodes, self.node, doc).addTimeout(self.timeout, self.reactor)
         return d.addErrback(lambda f: log.warn("node_heartbeat_failed error={e!r}", e=f.getErrorMessage()))
 
@@ -257,7 +259,7 @@ class NodeRegistry:
                 continue
             out.append({"node": name.decode(), "version": doc["version"],
                         "uptime": round(now - doc["started_at"], 1), "api_url": doc.get("api_url", ""),
-                        "pid": doc.get("pid")})
+                        "pid": doc.get("pid"), "shard_map_version": doc.get("shard_map_version")})
         if dead:
             await self.redis.hdel(self.keys.nodes, dead).addTimeout(self.timeout, self.reactor)
         return sorted(out, key=lambda n: n["node"])

@@ -176,6 +176,35 @@ class RedisKeys:
         return name[len(prefix):].decode() if name.startswith(prefix) else None
 
 
+    # -- the config Redis: the shard map's version and its merge in progress -----------------
+    @property
+    def shard_map_version(self) -> bytes:
+        """Counter bumped by every change of the shard map (absent: version 0)."""
+        return self._key_prefix + b"shardmap:version"
+
+    @property
+    def shard_merge(self) -> bytes:
+        """Hash: the merge a shard map change still owes (plan JSON, version); absent when none."""
+        return self._key_prefix + b"shardmap:merge"
+
+    def moved_mark(self, key: bytes) -> bytes:
+        """String with an expiry, next to a backlog or spool moved onto a shard: which move
+        wrote it there, so that a move resumed after a crash never copies it twice."""
+        return self._key_prefix + b"moved:" + key
+
+    # -- the config Redis: spool adoption (a departed node's spools) --------------------------
+    @property
+    def spoolers(self) -> bytes:
+        """Set: the names of the nodes that ever spooled (and whose spools were not all adopted)."""
+        return self._key_prefix + b"spoolers"
+
+    def spooled_drains(self, node: str) -> bytes:
+        """Set: the drain ids a node spooled for (where to look for its spools)."""
+        return self._key_prefix + b"spooled:" + node.encode()
+
+    def adoption_lease(self, node: str) -> bytes:
+        """String with an expiry: the name of the node adopting this departed node's spools."""
+        return self._key_prefix + b"adopting:" + node.encode()
     # -- the config Redis: its identity and generation (issue 15) -------------------------------
     @property
     def cluster_id(self) -> bytes:

@@ -91,6 +91,8 @@ class BacklogWriter:
         self.in_flight: dict[str, list[bytes]] = {}
 
     def append(self, channel_id: str, messages: list[bytes]) -> None:
+        if not messages:
+            return
         queued = self.pending.get(channel_id)
         if queued is None:
             queued = self.pending[channel_id] = list(messages)
@@ -188,7 +190,7 @@ class BacklogWriter:
         """Drop the queued lines of a deleted channel (they must not land in the backlog of a
         new channel of its name); returns how many."""
         queued = self.pending.pop(channel_id, None)
-        if not queued:
+        if queued is None:
             return 0
         self._order.remove(channel_id)
         self.pending_count -= len(queued)

@@ -165,6 +165,10 @@ def test_workers_listeners_follow_the_same_tls_policy(workers_site):
             # A worker may still be loading its config (503): any answer but 201 is retried.
             assert time.monotonic() < deadline, "no worker created the channel"
             time.sleep(0.1)
+    # Every worker knows the channel (its feed brings it within milliseconds): eight
+    # connections in a row, spread over both workers by the kernel, find it.
+    wait_for(lambda: [site.api("GET", f"/v3/channels/{channel_id}").status for _ in range(8)],
+             lambda statuses: statuses == [200] * 8, timeout=10)
     for i in range(4):
         with tls_connect(site.syslog_port, site.pki, ["syslog", "h2"]) as tls:
             assert tls.selected_alpn_protocol() is None
