@@ -650,9 +650,13 @@ def test_sessions_of_flagged_channels_say_so_in_logplexs_words(node, redis):
     redis_command(redis, "HSET", "lp:channels", channel_id, json.dumps(record))
     redis_command(redis, "INCR", "lp:version")
     redis_command(redis, "PUBLISH", "lp:config", f"channel {channel_id}")
-    path = node.session(channel_id, tail=True).split(str(node.api_port), 1)[1]
-    answer = wait_for(lambda: http_request(node.api_port, "GET", path), lambda a: b"Error L20" in a.body)
-    assert answer.status == 200, answer
+    # The flags are in force once a plain (non-tail) session says so.
+    plain = node.session(channel_id).split(str(node.api_port), 1)[1]
+    answer = wait_for(lambda: http_request(node.api_port, "GET", plain),
+                      lambda a: a.header("X-Heroku-Warning") is not None)
     assert answer.header("X-Heroku-Warning") == "Warning: log history discarded due to excessive volume."
+    path = node.session(channel_id, tail=True).split(str(node.api_port), 1)[1]
+    answer = http_request(node.api_port, "GET", path)
+    assert answer.status == 200, answer
     assert answer.body.endswith(b" Logplex: Error L20 (Tail sessions forbidden) Tail sessions for this app "
                                 b"are forbidden due to log volume.\n"), answer.body
