@@ -865,9 +865,15 @@ class DictRedis:
     def get(self, key):
         return defer.succeed(self.strings.get(self._b(key)))
 
-    def set(self, key, value, expire=None):
-        self.strings[self._b(key)] = self._b(value)
+    def set(self, key, value, expire=None, pexpire=None, only_if_not_exists=False, only_if_exists=False):
+        key = self._b(key)
+        if only_if_not_exists and key in self.strings or only_if_exists and key not in self.strings:
+            return defer.succeed(None)
+        self.strings[key] = self._b(value)
         return defer.succeed(True)
+
+    def mget(self, keys):
+        return defer.succeed([self.strings.get(self._b(k)) for k in keys])
 
     def incr(self, key):
         key = self._b(key)
@@ -1090,7 +1096,10 @@ class ApiNode:
         self.redis.strings = dict(strings)
         self.redis.hashes = {k: dict(v) for k, v in hashes.items()}
         self.redis.sets = {k: set(v) for k, v in sets.items()}
-        self.store.cache.replace_all(*records(self.redis))
+        # A fresh world: the node holds no config yet, as at its start, and loads this one.
+        self.store.held = self.store.refused = None
+        self.store.load()
+        assert self.store.loaded and self.store.refused is None
         self.api.allow_private_drains = allow_private_drains
         self.api.deny_tail_sessions = False
         self.api.throttle.failures.clear()
