@@ -85,7 +85,7 @@ def drain_url(value: object, allow_private: bool, malformed: int = 422) -> str:
                        "(percent-encode anything else).")
     try:
         parts = urlsplit(value)
-        port = parts.port
+        parts.port  # a port that is not a number raises here
     except ValueError:
         raise HttpError(malformed, f"Invalid drain destination: {value!r} is not a URL.") from None
     if parts.scheme in UDP_SCHEMES:

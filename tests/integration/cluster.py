@@ -9,6 +9,7 @@ HttpSink) call it through deferToThread, the plain pytest tests directly.
 from __future__ import annotations
 
 import http.client
+import http.server
 import os
 import shutil
 import socket
@@ -421,3 +422,38 @@ def command_line(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+class ThreadSink:
+    """An HTTP drain endpoint in a thread: 503 while `failing`, else it keeps every logplex-1 line."""
+
+    def __init__(self, failing: bool = False) -> None:
+        self.lines: list[bytes] = []
+        self.failing = failing
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status = 503 if sink.failing else 200
+                if not sink.failing:
+                    sink.lines.extend(decode_logplex1(body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/logs"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def texts(self) -> list[str]:
+        return [line.decode().rsplit(" - ", 1)[-1].strip() for line in list(self.lines)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)

@@ -356,13 +356,6 @@ class Resp:
         except OSError:
             pass
 
-    def close(self) -> None:
-        try:
-            self.file.close()
-            self.sock.close()
-        except OSError:
-            pass
-
 
 class RedisTLS:
     """The TLS set-up of an OperatedRedis: its certificate, the CA, and a client certificate if asked for."""

@@ -9,54 +9,20 @@ case (b) is the one the db number in every channel name exists for.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 import uuid
 
 import pytest
 
-from tests.integration.cluster import Resp, Tail, metric_sum, open_tail, send_lines, wait_until
-from tests.integration.conftest import Node, decode_logplex1
+from tests.integration.cluster import Resp, Tail, ThreadSink, metric_sum, open_tail, send_lines, wait_until
+from tests.integration.conftest import Node
 from tests.integration.procs import REPO_ROOT, NodeProcess, RedisServer
 
 NODE_ARGS = ("--allow-private-drains", "--heartbeat", "1", "--drain-backoff-max", "1",
              "--login-failures", "1000000")
-
-
-class DrainSink:
-    """An HTTP drain endpoint in a thread: every logplex-1 line it was sent."""
-
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-        sink = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                sink.lines.extend(decode_logplex1(body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/logs"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def texts(self) -> list[str]:
-        return [line.decode().rsplit(" - ", 1)[-1].strip() for line in list(self.lines)]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +59,7 @@ def other(request, tmp_path_factory, shared):
     node.proc.stop()
 
 
-def make_channel(node: Node, channel_id: str, sink: DrainSink) -> str:
+def make_channel(node: Node, channel_id: str, sink: ThreadSink) -> str:
     answer = node.api("PUT", f"/v3/channels/{channel_id}", {"tokens": ["app"]})
     assert answer.status == 201, answer
     assert node.api("POST", f"/v3/channels/{channel_id}/drains", {"url": sink.url}).status == 201
@@ -103,7 +69,7 @@ def make_channel(node: Node, channel_id: str, sink: DrainSink) -> str:
 def test_two_clusters_on_one_redis_never_see_each_others_data(shared, first, other):
     second, db, namespace = other
     channel_id = f"shared-{uuid.uuid4().hex[:8]}"  # the same name in both clusters
-    sinks = {"first": DrainSink(), "second": DrainSink()}
+    sinks = {"first": ThreadSink(), "second": ThreadSink()}
     tails: list[Tail] = []
     try:
         tokens = {"first": make_channel(first, channel_id, sinks["first"]),
@@ -174,7 +140,6 @@ def _keys(server: RedisServer, db: int) -> set[str]:
         return {k.decode() for k in client("KEYS", "*")}
     finally:
         client.close()
-
 
 
 def test_the_admin_shard_commands_move_only_their_namespaces_data(shared, first, other):

@@ -8,53 +8,16 @@ under its own name: it finds nothing left to deliver, so nothing arrives twice.
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 
 import pytest
 
-from tests.integration.cluster import metric_sum, send_lines, wait_until
-from tests.integration.conftest import Node, decode_logplex1
+from tests.integration.cluster import ThreadSink, metric_sum, send_lines, wait_until
+from tests.integration.conftest import Node
 from tests.integration.procs import NodeProcess, RedisServer, Resp
 
 NODE_ARGS = ("--allow-private-drains", "--heartbeat", "1", "--drain-backoff-max", "0.5",
              "--redis-timeout", "1", "--drain-buffer", "16", "--spool-adopt-after", "2", "--login-failures", "1000000")
-
-
-class FlakySink:
-    """An HTTP drain endpoint in a thread: 503 while failing, else it keeps every line."""
-
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-        self.failing = True
-        sink = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status = 503 if sink.failing else 200
-                if not sink.failing:
-                    sink.lines.extend(decode_logplex1(body))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/logs"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def texts(self) -> list[str]:
-        return [line.decode().rsplit(" - ", 1)[-1].strip() for line in list(self.lines)]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)
 
 
 def start(tmp_path_factory, server: RedisServer, name: str) -> Node:
@@ -76,7 +39,7 @@ def spooled(server: RedisServer, drain_id: int, node: str) -> int:
 def world(tmp_path_factory):
     server = RedisServer(str(tmp_path_factory.mktemp("adopt-redis")))
     server.start()
-    sink = FlakySink()
+    sink = ThreadSink(failing=True)
     nodes: list[Node] = []
     yield server, sink, nodes, tmp_path_factory
     for node in nodes:
