@@ -1,6 +1,54 @@
 """Packaging for logplex, a distributed syslog router on Twisted."""
 
-from setuptools import find_packages, setup
+import sys
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """Builds logplex._hot when it can; when it cannot, says so and installs the pure-Python modules.
+
+    logplex runs the same without the extension (logplex.hotpath logs which
+    path runs), only slower, so a machine without a C compiler must still
+    install it.
+    """
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as e:  # noqa: BLE001 - any failure leaves the pure modules
+            self._skipped(e)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as e:  # noqa: BLE001
+            self._skipped(e)
+
+    def _skipped(self, error: Exception) -> None:
+        print(f"logplex: the optional compiled extension logplex._hot was not built ({error}); "
+              "logplex installs its pure-Python modules, which do the same more slowly.",
+              file=sys.stderr)
+
+
+def hot_extensions() -> list[Extension]:
+    """logplex._hot, cythonized, or none when Cython is missing (a build without it is pure Python)."""
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("logplex: Cython is not installed, so the optional extension logplex._hot is not built.",
+              file=sys.stderr)
+        return []
+    try:
+        # The generated C goes under build/, not next to the .pyx.
+        return cythonize([Extension("logplex._hot", ["logplex/_hot.pyx"])],
+                         build_dir="build/cython", quiet=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"logplex: cythonizing logplex/_hot.pyx failed ({e}); installing pure Python.",
+              file=sys.stderr)
+        return []
+
 
 setup(
     name="logplex",
@@ -25,7 +73,11 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "prometheus_client>=0.20", "selenium>=4.10",
-                 "openapi-spec-validator>=0.7", "jsonschema>=4.18", "schemathesis>=4.32,<5"],
+                 "openapi-spec-validator>=0.7", "jsonschema>=4.18", "schemathesis>=4.32,<5",
+                 # To build logplex._hot in place for the tests (setup.py build_ext --inplace).
+                 "Cython>=3"],
     },
+    ext_modules=hot_extensions(),
+    cmdclass={"build_ext": OptionalBuildExt},
     entry_points={"console_scripts": ["logplex = logplex.admin.cli:main"]},
 )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from logplex import hotpath
+
 DEFAULT_MAX_FRAME = 65536
 
 # Longer counts cannot be a length we accept; the limit bounds how much of a
@@ -133,6 +135,16 @@ def _scan(data: bytes, pos: int, out: list[bytes], max_frame: int, lines: bool) 
     return n
 
 
+# The scanner the framer and decode_logplex1 use: _scan, or its compiled twin
+# (logplex/_hot.pyx), which frames the common case itself and hands every
+# unusual frame to _scan and every trailer to _strip, so the rules stay here.
+scan = _scan
+_hot = hotpath.compiled()
+if _hot is not None:
+    _hot.bind_framing(_scan, _strip)
+    scan = _hot.scan
+
+
 # What the bytes at the start of the next feed belong to.
 _BETWEEN = 0  # a frame boundary, perhaps after some digits of a count
 _COUNTED = 1  # the body of an octet-counted frame
@@ -203,7 +215,7 @@ class SyslogFramer:
             # At most ten bytes, and only when a read split a count.
             data = self._head + data
             self._head = b""
-        stop = _scan(data, pos, out, self._max_frame, True)
+        stop = scan(data, pos, out, self._max_frame, True)
         if stop < len(data):
             self._hold(data, stop)
 
@@ -273,7 +285,7 @@ def decode_logplex1(body: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[byt
     empty are dropped. Raises FramingError unless the whole body is frames.
     """
     out: list[bytes] = []
-    stop = _scan(body, 0, out, max_frame, False)
+    stop = scan(body, 0, out, max_frame, False)
     if stop < len(body):
         sp = body.find(_SP, stop)
         if sp < 0:

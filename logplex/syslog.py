@@ -7,6 +7,8 @@ import re
 
 import attrs
 
+from logplex import hotpath
+
 FACILITY_KERN = 0
 FACILITY_USER = 1
 FACILITY_DAEMON = 3
@@ -75,6 +77,19 @@ def is_header_field(value: bytes) -> bool:
 def cook(parts: list[bytes], name: bytes) -> bytes:
     """The message of ``parts`` again, with APP-NAME (the token) replaced by ``name``."""
     return _SP.join((parts[0], parts[1], parts[2], name, parts[4], parts[5], parts[6]))
+
+
+# The pure functions above stay reachable (the compiled twins hand them every
+# unusual message, and tests compare the two); with logplex._hot built, the
+# module's split_header and cook are its twins, which handle plain RFC 5424
+# headers themselves and hand anything else to these.
+pure_split_header = split_header
+pure_cook = cook
+_hot = hotpath.compiled()
+if _hot is not None:
+    _hot.bind_syslog(pure_split_header, pure_cook)
+    split_header = _hot.split_header  # noqa: F811
+    cook = _hot.cook  # noqa: F811
 
 
 @attrs.frozen

@@ -1,0 +1,529 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled twins of logplex's per-message loops; logplex.hotpath decides whether they run.
+
+Each function here gives exactly what its pure-Python twin gives (tests/test_hot.py
+checks that on adversarial input). A function handles only the common,
+well-formed case itself and hands anything unusual (a bad or incomplete frame,
+a trailer to strip, a header that is not plain RFC 5424, structured data, input
+that is not ``bytes``) to the Python function named in its docstring, so the
+rules for the edge cases exist once, in Python.
+
+The framing and syslog twins get their Python fallbacks through ``bind_framing``
+and ``bind_syslog`` (those modules call them while importing, so this module
+imports nothing of logplex at import time and no import cycle can form). The
+drain-format twins call logplex.syslog's parser, looked up when first needed.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.string cimport memchr, memcpy
+
+# logplex.hotpath refuses a build whose API differs from the one it expects
+# (a stale in-place build after this file changed its functions).
+API = 1
+
+ctypedef const unsigned char* cbytes
+
+cdef enum:
+    # Every trailer byte (NUL, LF, CR) is <= this (framing._HIGHEST_TRAILER).
+    HIGHEST_TRAILER = 13
+    # framing._MAX_COUNT_DIGITS.
+    MAX_COUNT_DIGITS = 10
+
+# The Python functions anything unusual is handed to (set by bind_*).
+cdef object _py_scan = None
+cdef object _py_strip = None
+cdef object _py_split_header = None
+cdef object _py_cook = None
+
+
+cdef inline cbytes _chars(bytes data):
+    return <cbytes>PyBytes_AS_STRING(data)
+
+
+cdef inline bytes _slice(cbytes p, Py_ssize_t start, Py_ssize_t end):
+    # A new bytes object straight from the buffer: no slice object, no bounds logic.
+    return PyBytes_FromStringAndSize(<const char*>p + start, end - start)
+
+
+# == framing ==========================================================================================
+
+def bind_framing(scan, strip):
+    """Give ``scan`` framing's pure ``_scan`` and ``_strip`` to hand unusual frames to."""
+    global _py_scan, _py_strip
+    _py_scan = scan
+    _py_strip = strip
+
+
+def scan(data, Py_ssize_t pos, out, Py_ssize_t max_frame, lines):
+    """framing._scan, compiled: the messages of the complete frames in ``data[pos:]`` appended to ``out``.
+
+    Handled here: stray NUL/LF/CR between frames, octet-counted frames with a
+    1-10 digit count within ``max_frame`` that are complete in ``data``, and
+    (when ``lines``) LF-terminated frames within ``max_frame``. A message with a
+    trailer goes through framing._strip. Anything else (an incomplete frame, a
+    bad or oversized count, a frame that is not counted in a logplex-1 body) is
+    handed, from its first byte, to framing._scan, which decides: it returns
+    where the incomplete frame starts or raises the FramingError.
+    """
+    if type(data) is not bytes or type(out) is not list:
+        return _py_scan(data, pos, out, max_frame, lines)
+    cdef bytes buf = <bytes>data
+    cdef list messages = <list>out
+    cdef cbytes p = _chars(buf)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+    cdef bint by_line = bool(lines)
+    cdef Py_ssize_t i, start, end, lf, digits_end
+    cdef long long length
+    cdef unsigned char c, last
+    cdef cbytes found
+    if pos < 0:
+        return _py_scan(data, pos, out, max_frame, lines)
+    while pos < n:
+        c = p[pos]
+        if 48 <= c <= 57:
+            # The count: at most MAX_COUNT_DIGITS digits then SP, read in place
+            # (the pure code slices the field and calls isdigit() and int()).
+            length = 0
+            i = pos
+            digits_end = pos + MAX_COUNT_DIGITS
+            while i < n and i < digits_end and 48 <= p[i] <= 57:
+                length = length * 10 + (p[i] - 48)
+                i += 1
+            if i >= n or p[i] != 32 or length > max_frame:
+                return _py_scan(data, pos, out, max_frame, lines)
+            start = i + 1
+            end = start + <Py_ssize_t>length
+            if end > n:
+                return _py_scan(data, pos, out, max_frame, lines)
+            if length:
+                last = p[end - 1]
+                if last > HIGHEST_TRAILER:
+                    messages.append(_slice(p, start, end))
+                elif last == 10 and length > 1 and p[end - 2] > HIGHEST_TRAILER:
+                    # log-shuttle's and syslog drains' counted LF.
+                    messages.append(_slice(p, start, end - 1))
+                else:
+                    _append_stripped(messages, _slice(p, start, end))
+            pos = end
+        elif c == 10 or c == 13 or c == 0:
+            pos += 1
+        elif not by_line:
+            return _py_scan(data, pos, out, max_frame, lines)
+        else:
+            found = <cbytes>memchr(p + pos, 10, n - pos)
+            if found == NULL:
+                return _py_scan(data, pos, out, max_frame, lines)
+            lf = found - p
+            if lf - pos > max_frame:
+                return _py_scan(data, pos, out, max_frame, lines)
+            # data[pos] is no trailer byte, so lf - 1 >= pos.
+            if p[lf - 1] > HIGHEST_TRAILER:
+                messages.append(_slice(p, pos, lf))
+            else:
+                _append_stripped(messages, _slice(p, pos, lf))
+            pos = lf + 1
+    return n
+
+
+cdef inline void _append_stripped(list messages, bytes message) except *:
+    message = _py_strip(message)
+    if message:
+        messages.append(message)
+
+
+# == syslog ===========================================================================================
+
+def bind_syslog(split_header, cook):
+    """Give the twins syslog's pure ``split_header`` and ``cook`` to hand unusual messages to."""
+    global _py_split_header, _py_cook
+    _py_split_header = split_header
+    _py_cook = cook
+
+
+def split_header(message):
+    """syslog.split_header, compiled: the 7 header parts of a plain RFC 5424 message.
+
+    Accepted here: ``<PRI>1`` with PRI 0-191 in 1-3 digits, five non-empty
+    fields of PRINTUSASCII bytes each ended by one SP, and a non-empty rest;
+    one pass over the header, no translate() copy, no split list to check.
+    Anything else (malformed, RFC 3164, not bytes) gets syslog.split_header's
+    answer, None or parts.
+    """
+    if type(message) is not bytes:
+        return _py_split_header(message)
+    cdef bytes buf = <bytes>message
+    cdef cbytes p = _chars(buf)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+    cdef Py_ssize_t i = 1, field, start
+    cdef Py_ssize_t ends[6]
+    cdef int pri = 0
+    cdef unsigned char c
+    if n < 5 or p[0] != 60:  # "<"
+        return _py_split_header(message)
+    while i < n and i < 4 and 48 <= p[i] <= 57:
+        pri = pri * 10 + (p[i] - 48)
+        i += 1
+    if i == 1 or pri > 191 or i + 2 >= n or p[i] != 62 or p[i + 1] != 49 or p[i + 2] != 32:
+        return _py_split_header(message)  # not "<PRI>1 "
+    ends[0] = i + 2
+    for field in range(1, 6):
+        start = ends[field - 1] + 1
+        i = start
+        while i < n:
+            c = p[i]
+            if c == 32:
+                break
+            if c < 33 or c > 126:
+                return _py_split_header(message)  # a byte no header field may hold
+            i += 1
+        if i >= n or i == start:
+            return _py_split_header(message)  # too few fields, or an empty one
+        ends[field] = i
+    if ends[5] + 1 >= n:
+        return _py_split_header(message)  # nothing after MSGID
+    return [
+        _slice(p, 0, ends[0]),
+        _slice(p, ends[0] + 1, ends[1]),
+        _slice(p, ends[1] + 1, ends[2]),
+        _slice(p, ends[2] + 1, ends[3]),
+        _slice(p, ends[3] + 1, ends[4]),
+        _slice(p, ends[4] + 1, ends[5]),
+        _slice(p, ends[5] + 1, n),
+    ]
+
+
+def cook(parts, name):
+    """syslog.cook, compiled: the 7 parts joined by SP with ``name`` as APP-NAME, in one allocation.
+
+    Anything but a list of 7 bytes and a bytes name goes to syslog.cook.
+    """
+    if type(parts) is not list or type(name) is not bytes:
+        return _py_cook(parts, name)
+    cdef list items = <list>parts
+    if len(items) != 7:
+        return _py_cook(parts, name)
+    cdef Py_ssize_t k, total = 6
+    cdef object piece
+    for k in range(7):
+        piece = name if k == 3 else items[k]
+        if type(piece) is not bytes:
+            return _py_cook(parts, name)
+        total += PyBytes_GET_SIZE(<bytes>piece)
+    cdef bytes result = PyBytes_FromStringAndSize(NULL, total)
+    cdef char* w = PyBytes_AS_STRING(result)
+    cdef Py_ssize_t size
+    for k in range(7):
+        piece = name if k == 3 else items[k]
+        size = PyBytes_GET_SIZE(<bytes>piece)
+        memcpy(w, PyBytes_AS_STRING(<bytes>piece), size)
+        w += size
+        if k < 6:
+            w[0] = 32
+            w += 1
+    return result
+
+
+# == drain formats (drains/core.py) ====================================================================
+# Not wired in by logplex itself yet: drains.core keeps its pure functions until
+# these replace them there. Their fallback for a message with structured data
+# (or otherwise not plain) is logplex.syslog's parser, as in drains.core.
+
+cdef object _syslog = None
+cdef bytes _BOM = b"\xef\xbb\xbf"
+
+
+cdef object _syslog_module():
+    global _syslog
+    if _syslog is None:
+        from logplex import syslog
+        _syslog = syslog
+    return _syslog
+
+
+# Where drains.core._plain finds the pieces of a plain message, as offsets.
+cdef struct Plain:
+    Py_ssize_t ends[6]      # the first six SPs of the message
+    Py_ssize_t msg_start    # MSG after "- " (and a BOM); msg ends at the message's end
+
+
+cdef bint _find_plain(cbytes p, Py_ssize_t n, Plain* plain) noexcept:
+    """drains.core._plain's test, in place: at least six SPs, no zero-padded PRI
+    (but ``<0>1``), and the rest after the sixth SP ``-`` or ``- ...``."""
+    cdef Py_ssize_t pos = 0, k
+    cdef cbytes found
+    for k in range(6):
+        found = <cbytes>memchr(p + pos, 32, n - pos)
+        if found == NULL:
+            return False
+        plain.ends[k] = found - p
+        pos = plain.ends[k] + 1
+    # parts[0][1:2] == b"0" and parts[0] != b"<0>1"
+    if plain.ends[0] >= 2 and p[1] == 48 and not (
+            plain.ends[0] == 4 and p[0] == 60 and p[2] == 62 and p[3] == 49):
+        return False
+    pos = plain.ends[5] + 1  # the rest: SD and MSG
+    if n - pos >= 2 and p[pos] == 45 and p[pos + 1] == 32:
+        pos += 2
+    elif n - pos == 1 and p[pos] == 45:
+        pos += 1
+    else:
+        return False
+    if n - pos >= 3 and p[pos] == 0xEF and p[pos + 1] == 0xBB and p[pos + 2] == 0xBF:
+        pos += 3
+    plain.msg_start = pos
+    return True
+
+
+def plain(message: bytes):
+    """drains.core._plain, compiled: (header parts, MSG) of a message without structured data, else None."""
+    cdef cbytes p = _chars(message)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(message)
+    cdef Plain found
+    if not _find_plain(p, n, &found):
+        return None
+    parts = [_slice(p, 0, found.ends[0])]
+    for k in range(1, 6):
+        parts.append(_slice(p, found.ends[k - 1] + 1, found.ends[k]))
+    parts.append(_slice(p, found.ends[5] + 1, n))
+    return parts, _slice(p, found.msg_start, n)
+
+
+cdef inline Py_ssize_t _plain_line_size(Py_ssize_t n, Plain* f) noexcept:
+    # b"%s %s host %s %s - %s" % (pri, ts, app, procid, msg): the parts' bytes,
+    # "host", 5 SPs and "- ".
+    return (f.ends[0] + (f.ends[1] - f.ends[0] - 1) + (f.ends[3] - f.ends[2] - 1)
+            + (f.ends[4] - f.ends[3] - 1) + (n - f.msg_start) + 4 + 5 + 2)
+
+
+cdef inline char* _put(char* w, cbytes p, Py_ssize_t start, Py_ssize_t end) noexcept:
+    memcpy(w, p + start, end - start)
+    return w + (end - start)
+
+
+cdef char* _write_plain_line(char* w, cbytes p, Py_ssize_t n, Plain* f) noexcept:
+    w = _put(w, p, 0, f.ends[0])                      # PRI and VERSION
+    w[0] = 32
+    w = _put(w + 1, p, f.ends[0] + 1, f.ends[1])      # TIMESTAMP
+    memcpy(w, b" host ", 6)
+    w = _put(w + 6, p, f.ends[2] + 1, f.ends[3])      # APP-NAME
+    w[0] = 32
+    w = _put(w + 1, p, f.ends[3] + 1, f.ends[4])      # PROCID
+    memcpy(w, b" - ", 3)
+    return _put(w + 3, p, f.msg_start, n)             # MSG
+
+
+def output_line(message: bytes):
+    """drains.core.output_line, compiled: ``<PRI>1 TS host APPNAME PROCID - MSG``, or None.
+
+    A message that is not plain goes to syslog.parse and syslog.output_message.
+    """
+    cdef cbytes p = _chars(message)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(message)
+    cdef Plain f
+    if not _find_plain(p, n, &f):
+        return _parsed_line(message)
+    cdef bytes line = PyBytes_FromStringAndSize(NULL, _plain_line_size(n, &f))
+    _write_plain_line(PyBytes_AS_STRING(line), p, n, &f)
+    return line
+
+
+cdef object _parsed_line(bytes message):
+    syslog = _syslog_module()
+    fields = syslog.parse(message)
+    return syslog.output_message(fields) if fields is not None else None
+
+
+cdef inline int _digits(Py_ssize_t value) noexcept:
+    cdef int count = 1
+    while value >= 10:
+        value //= 10
+        count += 1
+    return count
+
+
+cdef char* _write_count(char* w, Py_ssize_t value, int width) noexcept:
+    # The decimal digits of value, written from the last one back.
+    cdef int k
+    for k in range(width - 1, -1, -1):
+        w[k] = <char>(48 + value % 10)
+        value //= 10
+    return w + width
+
+
+cdef class _Buffer:
+    """A growing C buffer a body is written into, copied once into bytes at the end.
+
+    One allocation per body instead of one bytes object per message plus a join.
+    """
+
+    cdef char* data
+    cdef Py_ssize_t size
+    cdef Py_ssize_t capacity
+
+    def __cinit__(self, Py_ssize_t capacity):
+        self.capacity = capacity if capacity > 64 else 64
+        self.data = <char*>PyMem_Malloc(self.capacity)
+        self.size = 0
+        if self.data == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        PyMem_Free(self.data)
+
+    cdef char* reserve(self, Py_ssize_t more) except NULL:
+        """Room for ``more`` bytes at the end; where they go."""
+        cdef Py_ssize_t want = self.size + more
+        cdef Py_ssize_t capacity = self.capacity
+        cdef char* grown
+        if want > capacity:
+            while capacity < want:
+                capacity *= 2
+            grown = <char*>PyMem_Realloc(self.data, capacity)
+            if grown == NULL:
+                raise MemoryError()
+            self.data = grown
+            self.capacity = capacity
+        return self.data + self.size
+
+    cdef bytes take(self):
+        return PyBytes_FromStringAndSize(self.data, self.size)
+
+
+def http_body(messages):
+    """drains.core.http_body, compiled: an application/logplex-1 body of output lines, and its count."""
+    cdef _Buffer out = _Buffer(16384)
+    cdef Py_ssize_t count = 0, n, size
+    cdef int width
+    cdef cbytes p
+    cdef char* w
+    cdef Plain f
+    cdef bytes message
+    for item in messages:
+        message = <bytes?>item
+        p = _chars(message)
+        n = PyBytes_GET_SIZE(message)
+        if _find_plain(p, n, &f):
+            # b"%d %s\n" % (len(line) + 1, line), written in place.
+            size = _plain_line_size(n, &f) + 1
+            width = _digits(size)
+            w = out.reserve(width + 1 + size)
+            w = _write_count(w, size, width)
+            w[0] = 32
+            w = _write_plain_line(w + 1, p, n, &f)
+            w[0] = 10
+            out.size += width + 1 + size
+        else:
+            line = _parsed_line(message)
+            if line is None:
+                continue
+            _frame_into(out, <bytes>line, b"", b"\n")
+        count += 1
+    return out.take(), count
+
+
+cdef void _frame_into(_Buffer out, bytes body, bytes head, bytes tail) except *:
+    """b"%d %s%s%s" % (len(head + body + tail), head, body, tail) appended to ``out``."""
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(body) + PyBytes_GET_SIZE(tail)
+    cdef int width = _digits(size)
+    cdef char* w = out.reserve(width + 1 + size)
+    w = _write_count(w, size, width)
+    w[0] = 32
+    w += 1
+    memcpy(w, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
+    w += PyBytes_GET_SIZE(head)
+    memcpy(w, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
+    w += PyBytes_GET_SIZE(body)
+    memcpy(w, PyBytes_AS_STRING(tail), PyBytes_GET_SIZE(tail))
+    out.size += width + 1 + size
+
+
+def syslog_frames(messages, drain_token: bytes):
+    """drains.core.syslog_frames, compiled: octet-counted frames with the drain token as HOSTNAME."""
+    cdef _Buffer out = _Buffer(16384)
+    cdef Py_ssize_t n, size, token_size = PyBytes_GET_SIZE(drain_token)
+    cdef int width
+    cdef cbytes p
+    cdef cbytes token = _chars(drain_token)
+    cdef char* w
+    cdef Plain f
+    cdef bytes message
+    for item in messages:
+        message = <bytes?>item
+        p = _chars(message)
+        n = PyBytes_GET_SIZE(message)
+        if _find_plain(p, n, &f):
+            # b"%s %s %s %s %s - - %s\n" % (pri, ts, token, app, procid, msg)
+            size = (f.ends[0] + (f.ends[1] - f.ends[0] - 1) + token_size + (f.ends[3] - f.ends[2] - 1)
+                    + (f.ends[4] - f.ends[3] - 1) + (n - f.msg_start) + 5 + 5)
+            width = _digits(size)
+            w = out.reserve(width + 1 + size)
+            w = _write_count(w, size, width)
+            w[0] = 32
+            w = _put(w + 1, p, 0, f.ends[0])
+            w[0] = 32
+            w = _put(w + 1, p, f.ends[0] + 1, f.ends[1])
+            w[0] = 32
+            w = _put(w + 1, token, 0, token_size)
+            w[0] = 32
+            w = _put(w + 1, p, f.ends[2] + 1, f.ends[3])
+            w[0] = 32
+            w = _put(w + 1, p, f.ends[3] + 1, f.ends[4])
+            memcpy(w, b" - - ", 5)
+            w = _put(w + 5, p, f.msg_start, n)
+            w[0] = 10
+            out.size += width + 1 + size
+        else:
+            fields = _syslog_module().parse(message)
+            if fields is None:
+                continue
+            line = b"<%d>1 %s %s %s %s - - %s\n" % (fields.pri, fields.timestamp, drain_token,
+                                                    fields.appname, fields.procid, fields.msg)
+            _frame_into(out, <bytes>line, b"", b"")
+    return out.take()
+
+
+# == RESP (redis/connection.py) ========================================================================
+
+def build_command(tuple args, encode):
+    """redis.connection._Protocol._build_command, compiled: one RESP array of bulk strings.
+
+    ``encode`` (the protocol's _encode_value) turns an argument that is not
+    bytes into bytes, as in the pure method. Two passes: sizes, then one
+    allocation written in place.
+    """
+    cdef Py_ssize_t count = len(args), k, total, size
+    cdef list encoded = None
+    cdef object arg
+    for k in range(count):
+        if type(args[k]) is not bytes:
+            if encoded is None:
+                encoded = list(args)
+            arg = encode(args[k])
+            # As b"%s" % arg would: any bytes-like value, nothing else.
+            encoded[k] = arg if type(arg) is bytes else bytes(memoryview(arg))
+    cdef tuple items = tuple(encoded) if encoded is not None else args
+    # b"*%d\r\n" then b"$%d\r\n%s\r\n" per argument.
+    total = 1 + _digits(count) + 2
+    for k in range(count):
+        size = PyBytes_GET_SIZE(<bytes>items[k])
+        total += 1 + _digits(size) + 2 + size + 2
+    cdef bytes result = PyBytes_FromStringAndSize(NULL, total)
+    cdef char* w = PyBytes_AS_STRING(result)
+    w[0] = 42  # "*"
+    w = _write_count(w + 1, count, _digits(count))
+    w[0] = 13
+    w[1] = 10
+    w += 2
+    for k in range(count):
+        size = PyBytes_GET_SIZE(<bytes>items[k])
+        w[0] = 36  # "$"
+        w = _write_count(w + 1, size, _digits(size))
+        w[0] = 13
+        w[1] = 10
+        memcpy(w + 2, PyBytes_AS_STRING(<bytes>items[k]), size)
+        w += 2 + size
+        w[0] = 13
+        w[1] = 10
+        w += 2
+    return result
