@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logplex import framing, hotpath, syslog
+from logplex import framing, syslog
 from logplex.drains import core as drain_core
 from logplex.redis import connection
 
@@ -269,16 +269,3 @@ def test_twins_agree_on_non_bytes() -> None:
     for odd_parts, name in ((tuple(parts), b"n"), (parts, "n"), (parts[:6], b"n"), (parts + [b"z"], b"n"),
                             ([*parts[:2], 5, *parts[3:]], b"n")):
         assert outcome(_hot.cook, odd_parts, name) == outcome(syslog.pure_cook, odd_parts, name)
-
-
-def test_modules_run_the_path_hotpath_names() -> None:
-    """framing and syslog bind the compiled twins exactly when hotpath says the compiled path runs."""
-    if hotpath.compiled() is None:
-        assert hotpath.HOT_PATH.startswith("pure (")
-        assert framing.scan is framing._scan and syslog.split_header is syslog.pure_split_header
-    else:
-        assert hotpath.HOT_PATH == "compiled"
-        assert framing.scan is _hot.scan and syslog.split_header is _hot.split_header
-        assert syslog.cook is _hot.cook
-    if os.environ.get("LOGPLEX_REQUIRE_COMPILED") == "1" and os.environ.get(hotpath.PURE_ENV, "") in ("", "0"):
-        assert hotpath.HOT_PATH == "compiled", hotpath.HOT_PATH
