@@ -74,8 +74,9 @@ setup(
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "prometheus_client>=0.20", "selenium>=4.10",
                  "openapi-spec-validator>=0.7", "jsonschema>=4.18", "schemathesis>=4.32,<5",
-                 # To build logplex._hot in place for the tests (setup.py build_ext --inplace).
-                 "Cython>=3"],
+                 # To build logplex._hot in place for the tests (setup.py build_ext
+                 # --inplace); a venv of Python 3.12+ has no setuptools of its own.
+                 "Cython>=3", "setuptools>=61"],
     },
     ext_modules=hot_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
