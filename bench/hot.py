@@ -4,6 +4,8 @@ Stages, each over realistic ~200-byte log-shuttle messages:
 
 - framer: SyslogFramer.feed of 64 KiB reads of octet-counted frames;
 - route: syslog.split_header then syslog.cook (the router's per-message work);
+- header_app+cook_message: the compiled pair a router could call instead (the
+  pure column is split_header+cook again);
 - drain body: drains.core.http_body of a 1,000-message batch;
 - resp: _Protocol._build_command of one LPUSH of 1,000 messages (a backlog flush).
 
@@ -84,6 +86,20 @@ def route_stage(split_header: Callable, cook: Callable) -> Callable[[], int]:
     return run
 
 
+def token_stage() -> Callable[[], int]:
+    """The router's alternative pair: APP-NAME alone to route, then the cooked message in one go."""
+    header_app, cook_message = _hot.header_app, _hot.cook_message
+
+    def run() -> int:
+        out = []
+        append = out.append
+        for message in MESSAGES:
+            header_app(message)
+            append(cook_message(message, b"app"))
+        return len(out)
+    return run
+
+
 def body_stage(http_body: Callable) -> Callable[[], int]:
     def run() -> int:
         return http_body(COOKED)[1]
@@ -103,6 +119,8 @@ STAGES: dict[str, dict[str, Callable[[], int]]] = {
     "framer": {"pure": framer_stage(framing._scan), "compiled": framer_stage(_hot.scan)},
     "split_header+cook": {"pure": route_stage(syslog.pure_split_header, syslog.pure_cook),
                           "compiled": route_stage(_hot.split_header, _hot.cook)},
+    "header_app+cook_message": {"pure": route_stage(syslog.pure_split_header, syslog.pure_cook),
+                                "compiled": token_stage()},
     "drain body": {"pure": body_stage(drain_core.http_body), "compiled": body_stage(_hot.http_body)},
     "resp": {"pure": resp_stage(lambda args: connection._Protocol._build_command(PROTOCOL, *args)),
              "compiled": resp_stage(lambda args: _hot.build_command(args, PROTOCOL._encode_value))},
@@ -153,14 +171,14 @@ def main() -> None:
         run = STAGES[stage][path]
         print(sum(run() for _ in range(int(calls))))
         return
-    header = f"{'stage':<20}{'pure ns/msg':>13}{'compiled':>10}{'speed-up':>10}"
+    header = f"{'stage':<24}{'pure ns/msg':>13}{'compiled':>10}{'speed-up':>10}"
     if args.instructions:
         header += f"{'pure instr/msg':>16}{'compiled':>10}"
     print(header)
     for stage, paths in STAGES.items():
         pure = ns_per_message(paths["pure"], args.repeat)
         fast = ns_per_message(paths["compiled"], args.repeat)
-        line = f"{stage:<20}{pure:>13.0f}{fast:>10.0f}{pure / fast:>9.1f}x"
+        line = f"{stage:<24}{pure:>13.0f}{fast:>10.0f}{pure / fast:>9.1f}x"
         if args.instructions:
             line += f"{callgrind_instructions(stage, 'pure', args.calls):>16.0f}"
             line += f"{callgrind_instructions(stage, 'compiled', args.calls):>10.0f}"

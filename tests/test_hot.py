@@ -180,12 +180,27 @@ def check_framing(rng: random.Random, data: bytes) -> None:
         assert decode_run(_hot.scan, data, max_frame) == decode_run(framing._scan, data, max_frame)
 
 
+def pure_header_app(message: bytes) -> bytes | None:
+    """What header_app must give: APP-NAME of split_header's parts."""
+    parts = syslog.pure_split_header(message)
+    return None if parts is None else parts[3]
+
+
+def pure_cook_message(message: bytes, name: bytes) -> bytes | None:
+    """What cook_message must give: cook of split_header's parts."""
+    parts = syslog.pure_split_header(message)
+    return None if parts is None else syslog.pure_cook(parts, name)
+
+
 def check_message(rng: random.Random, msg: bytes) -> None:
     parts = outcome(_hot.split_header, msg)
     assert parts == outcome(syslog.pure_split_header, msg)
+    name = rng.choice([b"app-name", b"", b"\xc3\xa9", field(rng)])
     if parts[0] == "ok" and parts[1] is not None:
-        name = rng.choice([b"app-name", b"", b"\xc3\xa9", field(rng)])
         assert outcome(_hot.cook, parts[1], name) == outcome(syslog.pure_cook, parts[1], name)
+    # The router's alternative pair: the token alone, then the cooked message.
+    assert outcome(_hot.header_app, msg) == outcome(pure_header_app, msg)
+    assert outcome(_hot.cook_message, msg, name) == outcome(pure_cook_message, msg, name)
     assert outcome(_hot.plain, msg) == outcome(drain_core._plain, msg)
     assert outcome(_hot.output_line, msg) == outcome(drain_core.output_line, msg)
 
@@ -264,6 +279,7 @@ def test_twins_agree_on_non_bytes() -> None:
     """Input that is not bytes goes to the pure function: the same answer or error."""
     for value in (bytearray(b"<13>1 a b c d e f"), memoryview(b"1 x"), "<13>1 a b c d e f", None):
         assert outcome(_hot.split_header, value) == outcome(syslog.pure_split_header, value)
+        assert outcome(_hot.cook_message, value, b"n") == outcome(pure_cook_message, value, b"n")
         assert outcome(_hot.scan, value, 0, [], 100, True) == outcome(framing._scan, value, 0, [], 100, True)
     parts = [b"<13>1", b"t", b"h", b"a", b"p", b"m", b"- x"]
     for odd_parts, name in ((tuple(parts), b"n"), (parts, "n"), (parts[:6], b"n"), (parts + [b"z"], b"n"),
