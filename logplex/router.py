@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
+from twisted.internet.defer import DeferredList
+
 from logplex import syslog
 from logplex.model import NO_REDIS, NO_TAIL
 from logplex.redis.config import ConfigCache
@@ -29,8 +31,10 @@ class TailSink(Protocol):
 
 DrainSink = Callable[[str, list[bytes]], None]
 # Given the channels a batch went to: None, or a Deferred the sender should
-# wait for before it sends more (a drain of theirs is full and keeping up).
-DrainHold = Callable[[Iterable[str]], "Deferred | None"]
+# wait for before it sends more (a drain of theirs is full and keeping up, or
+# the backlog writer of their shard is past half its bound).
+Hold = Callable[[Iterable[str]], "Deferred | None"]
+DrainHold = Hold
 
 
 class IngressDenied(Exception):
@@ -107,6 +111,7 @@ class Router:
         clock: Callable[[], float] = time.time,
         hold: DrainHold | None = None,
         drops: DropReport | None = None,
+        backlog_hold: Hold | None = None,
     ) -> None:
         self.clock = clock
         self.drops = drops
@@ -116,6 +121,7 @@ class Router:
         self.metrics = metrics
         self.drains = drains
         self.hold = hold
+        self.backlog_hold = backlog_hold
         # Node-wide switches an operator flips from the admin shell.
         self.deny_ingress = False
         self.deny_redis = False
@@ -132,9 +138,13 @@ class Router:
     def route_held(self, messages: list[bytes], route: tuple[str, bytes] | None = None) -> Deferred | None:
         """Route a batch like route(); a Deferred when its sender should wait before sending more."""
         by_channel = self._route(messages, route)[1]
-        if self.hold is None or not by_channel or self.deny_drains:
+        if not by_channel:
             return None
-        return self.hold(by_channel)
+        backlog = self.backlog_hold(by_channel) if self.backlog_hold is not None and not self.deny_redis else None
+        drains = self.hold(by_channel) if self.hold is not None and not self.deny_drains else None
+        if backlog is None or drains is None:
+            return backlog or drains
+        return DeferredList([backlog, drains])
 
     def _route(self, messages: list[bytes], route: tuple[str, bytes] | None) -> tuple[int, dict]:
         metrics = self.metrics

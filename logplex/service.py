@@ -137,7 +137,8 @@ class LogplexNode(MultiService):
                                           lambda channel_id, now: self.backlogs.forget(channel_id)]
         self.registry = NodeRegistry(config_redis, s.node_name, self.reactor, interval=s.heartbeat,
                                      timeout=s.redis_timeout, keys=keys)
-        self.router = Router(self.store.cache, self.backlogs, self.cluster_tails, self.metrics, drops=self.drops)
+        self.router = Router(self.store.cache, self.backlogs, self.cluster_tails, self.metrics, drops=self.drops,
+                             backlog_hold=self.backlogs.hold)
         # Drains connect through a resolver that refuses private addresses,
         # unless the operator allows them.
         drain_reactor = self.reactor if s.allow_private_drains else PublicOnlyReactor(self.reactor)

@@ -171,3 +171,28 @@ def test_the_router_reports_unknown_tokens_redacted_and_malformed_lines_by_reaso
     assert (MALFORMED, "", 1) in lines.told
     assert all(secret not in detail for _, detail, _ in lines.told)
     assert sink.appended == [("app1", [msg("web", "fine")])]
+
+
+def test_a_sender_waits_for_both_a_congested_backlog_writer_and_a_full_drain():
+    from twisted.internet.defer import Deferred
+
+    backlog_wait, drain_wait, asked = Deferred(), Deferred(), []
+
+    def backlog_hold(channels):
+        asked.append(("backlog", sorted(channels)))
+        return backlog_wait
+
+    def drain_hold(channels):
+        asked.append(("drains", sorted(channels)))
+        return drain_wait
+
+    router = Router(make_cache(), Sink(), Sink(), Metrics(), hold=drain_hold, backlog_hold=backlog_hold)
+    held = router.route_held([msg("t.one", "a"), msg("t.two", "b")])
+    assert asked == [("backlog", ["app1", "app2"]), ("drains", ["app1", "app2"])]
+    backlog_wait.callback(None)
+    assert not held.called
+    drain_wait.callback(None)
+    assert held.called
+    # With ingress to Redis switched off, the backlog writer holds nobody.
+    router.deny_redis = True
+    assert router.route_held([msg("t.two", "c")]) is drain_wait

@@ -46,14 +46,76 @@ class ShardRing:
         return self.shards[self.index(channel_id)]
 
 
-class BacklogWriter:
-    """Appends to channel backlogs on one shard, one pipelined flush per tick.
+# One flush of a shard's new lines, however many channels they went to: one
+# command and one integer reply, where LPUSH + LTRIM + EXPIRE per channel in a
+# pipeline cost a Deferred and a parsed reply per command (bench/backlog_write.py
+# measures both). KEYS: the channels' backlogs. ARGV: the last index kept
+# (history - 1), the expiry in seconds, then per key its line count and its
+# lines, oldest first. LPUSH takes at most a thousand lines a call: Lua's
+# unpack has a stack limit of about eight thousand.
+WRITE_SCRIPT = """
+local last, expiry, at = tonumber(ARGV[1]), tonumber(ARGV[2]), 3
+for i = 1, #KEYS do
+  local key, to = KEYS[i], at + tonumber(ARGV[at])
+  local from, length = at + 1, 0
+  while from <= to do
+    local upto = math.min(to, from + 999)
+    length = redis.call('LPUSH', key, unpack(ARGV, from, upto))
+    from = upto + 1
+  end
+  if length > last + 1 then redis.call('LTRIM', key, 0, last) end
+  redis.call('EXPIRE', key, expiry)
+  at = to + 1
+end
+return #KEYS
+"""
 
-    The router appends batches; at most one flush is in flight. A flush
-    writes, per channel, one LPUSH of all its new messages, an LTRIM to the
-    history size and an EXPIRE. While Redis is slow or down, messages wait in
-    a bounded queue; past the bound the oldest are dropped and counted.
+# A flush is cut into script calls of about this many bytes of lines, by
+# channel (a channel's lines of one flush stay in one call): Redis runs a
+# script without serving anyone else, and a few MiB take it milliseconds.
+WRITE_CALL_BYTES = 4 * 1024 * 1024
+
+
+def write_arguments(keys: RedisKeys, batch: dict[str, list[bytes]], history: int,
+                    expiry: int) -> tuple[list[str], list]:
+    """(KEYS, ARGV) of WRITE_SCRIPT for these channels' lines."""
+    names, args = [], [history - 1, expiry]
+    for channel_id, lines in batch.items():
+        names.append(keys.backlog(channel_id))
+        args.append(len(lines))
+        args.extend(lines)
+    return names, args
+
+
+def write_calls(batch: dict[str, list[bytes]], max_bytes: int = WRITE_CALL_BYTES) -> list[dict[str, list[bytes]]]:
+    """The batch cut, by channel, into parts of about max_bytes of lines each."""
+    calls, part, size = [], {}, 0
+    for channel_id, lines in batch.items():
+        part[channel_id] = lines
+        size += sum(map(len, lines))
+        if size >= max_bytes:
+            calls.append(part)
+            part, size = {}, 0
+    if part:
+        calls.append(part)
+    return calls
+
+
+class BacklogWriter:
+    """Appends to channel backlogs on one shard, one flush per tick whatever the channels.
+
+    The router appends batches; at most one flush is in flight, and it is one
+    WRITE_SCRIPT call per few MiB of lines, not commands per channel. When
+    the queue passes half its bound while Redis keeps answering, the writer
+    pushes back: hold() gives senders a Deferred that fires once it is below
+    a quarter again, so overload slows senders down instead of dropping lines.
+    Only while Redis fails do lines wait past that, in a queue bounded in lines
+    and bytes; past the bound the oldest are dropped and counted.
     """
+
+    # A flush slower than this is logged (at most every SLOW_LOG_EVERY seconds).
+    SLOW_FLUSH = 1.0
+    SLOW_LOG_EVERY = 30.0
 
     def __init__(
         self,
@@ -89,6 +151,11 @@ class BacklogWriter:
         self._call = None
         self._flushing: defer.Deferred | None = None
         self.in_flight: dict[str, list[bytes]] = {}
+        # Whether the last flush failed: then senders are not held (the node
+        # goes on with tails and drains) and the bound sheds instead.
+        self.failing = False
+        self._holders: list[defer.Deferred] = []
+        self._slow_logged = -self.SLOW_LOG_EVERY
 
     def append(self, channel_id: str, messages: list[bytes]) -> None:
         if not messages:
@@ -114,6 +181,30 @@ class BacklogWriter:
         if self._call is None and self._flushing is None:
             self._call = self.reactor.callLater(self.interval, self.flush)
 
+    # -- pushback ---------------------------------------------------------------------------
+    def congested(self) -> bool:
+        """Whether senders should wait: the queue is past half its bound and Redis is answering."""
+        return not self.failing and (self.pending_count > self.max_pending // 2
+                                     or self.pending_bytes > self.max_pending_bytes // 2)
+
+    def wait(self) -> defer.Deferred:
+        """Fires once the queue is below a quarter of its bound, or Redis failed (then nobody waits)."""
+        if not self._holders:
+            self.metrics.inc("logplex_backlog_pushback_total", shard=self.shard_name)
+        d = defer.Deferred()
+        self._holders.append(d)
+        return d
+
+    def _release(self) -> None:
+        if not self._holders:
+            return
+        if not self.failing and (self.pending_count > self.max_pending // 4
+                                 or self.pending_bytes > self.max_pending_bytes // 4):
+            return
+        holders, self._holders = self._holders, []
+        for d in holders:
+            d.callback(None)
+
     def _shed(self) -> None:
         # Drop from the channels that have waited longest, oldest lines first:
         # a backlog is a recent history, so the newest lines matter most.
@@ -134,6 +225,7 @@ class BacklogWriter:
                 del self.pending[channel_id]
                 self._order.popleft()
 
+    # -- flushing ---------------------------------------------------------------------------
     def flush(self) -> defer.Deferred:
         """Write everything queued; resolves when Redis has answered."""
         self._call = None
@@ -142,39 +234,52 @@ class BacklogWriter:
         if not self.pending:
             return defer.succeed(None)
         batch, self.pending, self._order = self.pending, {}, deque()
-        count, self.pending_count, self.pending_bytes = self.pending_count, 0, 0
+        self.pending_count, self.pending_bytes = 0, 0
         self.in_flight = batch
-        self._flushing = defer.ensureDeferred(self._write(batch, count))
+        self._release()  # the queue is empty now: held senders go on while the flush runs
+        self._flushing = defer.ensureDeferred(self._write(batch))
         self._flushing.addBoth(self._flushed)
         return self._flushing
 
-    async def _write(self, batch: dict[str, list[bytes]], count: int) -> bool:
+    async def _write(self, batch: dict[str, list[bytes]]) -> bool:
         started = self.reactor.seconds()
-        try:
-            pipe = await self.redis.pipeline().addTimeout(self.timeout, self.reactor)
-            for channel_id, messages in batch.items():
-                key = self.keys.backlog(channel_id)
-                pipe.execute_command("LPUSH", key, *messages)
-                pipe.execute_command("LTRIM", key, 0, self.history - 1)
-                pipe.execute_command("EXPIRE", key, self.expiry)
-            await pipe.execute_pipeline().addTimeout(self.timeout, self.reactor)
-        except Exception as e:
-            self._requeue(batch, count, e)
+        calls = write_calls(batch)
+        results = await defer.DeferredList(
+            [self._write_call(part) for part in calls], consumeErrors=True)
+        failed = [(part, result) for part, (ok, result) in zip(calls, results) if not ok]
+        written = sum(len(lines) for part, (ok, _) in zip(calls, results) if ok for lines in part.values())
+        if written:
+            self.metrics.inc("logplex_backlog_written_total", written, shard=self.shard_name)
+        took = self.reactor.seconds() - started
+        self.metrics.observe("logplex_redis_command_seconds", took, redis=self.shard_name, op="backlog_flush")
+        if took >= self.SLOW_FLUSH and started - self._slow_logged >= self.SLOW_LOG_EVERY:
+            self._slow_logged = started
+            log.warn("backlog_redis_slow shard={shard} seconds={seconds:.1f} lines={lines} "
+                     "action='senders held while the queue is past half its bound'",
+                     shard=self.shard_name, seconds=took, lines=sum(map(len, batch.values())))
+        if failed:
+            self._requeue([part for part, _ in failed], failed[0][1].value)
             return False
-        self.metrics.inc("logplex_backlog_written_total", count, shard=self.shard_name)
-        self.metrics.observe("logplex_redis_command_seconds", self.reactor.seconds() - started,
-                             redis=self.shard_name, op="backlog_flush")
         return True
 
-    def _requeue(self, batch: dict[str, list[bytes]], count: int, error: Exception) -> None:
-        # Put the failed batch back in front of what arrived meanwhile, so a
+    def _write_call(self, part: dict[str, list[bytes]]) -> defer.Deferred:
+        names, args = write_arguments(self.keys, part, self.history, self.expiry)
+        d = defer.maybeDeferred(self.redis.eval, WRITE_SCRIPT, names, args)
+        return d.addTimeout(self.timeout, self.reactor)
+
+    def _requeue(self, parts: list[dict[str, list[bytes]]], error: Exception) -> None:
+        # Put the failed lines back in front of what arrived meanwhile, so a
         # short outage loses nothing and order is kept; the bound still holds.
+        count = sum(len(lines) for part in parts for lines in part.values())
         log.warn(
             "backlog_write_failed shard={shard} messages={count} error={error}",
             shard=self.shard_name, count=count, error=repr(error),
         )
         newer, newer_order = self.pending, self._order
-        self.pending, self._order = batch, deque(batch)
+        self.pending, self._order = {}, deque()
+        for part in parts:
+            self.pending.update(part)
+            self._order.extend(part)
         for channel_id in newer_order:
             if channel_id in self.pending:
                 self.pending[channel_id].extend(newer[channel_id])
@@ -182,7 +287,7 @@ class BacklogWriter:
                 self.pending[channel_id] = newer[channel_id]
                 self._order.append(channel_id)
         self.pending_count += count
-        self.pending_bytes += sum(len(line) for lines in batch.values() for line in lines)
+        self.pending_bytes += sum(len(line) for part in parts for lines in part.values() for line in lines)
         if self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes:
             self._shed()
 
@@ -217,6 +322,8 @@ class BacklogWriter:
     def _flushed(self, ok) -> None:
         self._flushing = None
         self.in_flight = {}
+        self.failing = ok is not True
+        self._release()
         if self.pending and self._call is None:
             # Back off a little after a failure instead of hammering Redis.
             delay = self.interval if ok is True else max(1.0, self.interval)
@@ -297,6 +404,8 @@ class Backlogs:
         self.writers: dict[str, BacklogWriter] = {}
         self.ring: ShardRing | None = None
         self.on_change: list[Callable[[], None]] = []
+        metrics.gauge_callback("logplex_backlog_queued_messages", lambda: self.queued()[0])
+        metrics.gauge_callback("logplex_backlog_queued_bytes", lambda: self.queued()[1])
 
     def configure(self, shard_map: dict[str, str]) -> None:
         """Use this name -> URL map from now on."""
@@ -329,6 +438,26 @@ class Backlogs:
 
     def append(self, channel_id: str, messages: list[bytes]) -> None:
         self.writers[self.ring.shard(channel_id)].append(channel_id, messages)
+
+    def hold(self, channel_ids) -> defer.Deferred | None:
+        """None, or a Deferred the senders of these channels should wait for: the writer of
+        a shard they go to is past half its bound while its Redis keeps answering."""
+        congested = [w for w in self.writers.values() if w.congested()]
+        if not congested:
+            return None
+        if len(self.writers) > 1:
+            shards = {self.ring.shard(channel_id) for channel_id in channel_ids}
+            congested = [w for w in congested if w.shard_name in shards]
+            if not congested:
+                return None
+        if len(congested) == 1:
+            return congested[0].wait()
+        return defer.DeferredList([w.wait() for w in congested])
+
+    def queued(self):
+        """(labels, lines) and (labels, bytes) per shard: the writers' queue depth gauges."""
+        return ([({"shard": n}, w.pending_count) for n, w in self.writers.items()],
+                [({"shard": n}, w.pending_bytes) for n, w in self.writers.items()])
 
     def recent(self, channel_id: str, num: int, max_bytes: int | None = None) -> defer.Deferred:
         """Up to num most recent messages of a channel, oldest first, and (with max_bytes)
