@@ -7,7 +7,7 @@ messages, one call per read, and it hands lists onward, one call per channel.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, KeysView, Protocol
 
 from twisted.internet.defer import DeferredList
 
@@ -20,11 +20,12 @@ if TYPE_CHECKING:
 
 
 class BacklogSink(Protocol):
-    def append(self, channel_id: str, messages: list[bytes]) -> None: ...
+    def extend(self, by_channel: dict[str, list[bytes]]) -> None: ...
 
 
 class TailSink(Protocol):
-    def has_tails(self, channel_id: str) -> bool: ...
+    def tailed(self, channel_ids: KeysView[str]) -> Iterable[str]:
+        """Those of these channels that have a tail somewhere."""
 
     def publish(self, channel_id: str, messages: list[bytes]) -> None: ...
 
@@ -202,16 +203,23 @@ class Router:
         return accepted, by_channel
 
     def _fan_out(self, by_channel: dict[str, list[bytes]]) -> None:
+        # Per read, not per channel, wherever it can be: one read of 64 KiB may
+        # touch hundreds of channels when thousands are busy.
         channels = self.cache.channels
-        channel_drains = self.cache.channel_drains
-        for channel_id, batch in by_channel.items():
-            flags = channels[channel_id].flags if channel_id in channels else frozenset()
-            if not self.deny_redis and NO_REDIS not in flags:
-                self.backlogs.append(channel_id, batch)
-            if NO_TAIL not in flags and self.tails.has_tails(channel_id):
-                self.tails.publish(channel_id, batch)
-            if self.drains is not None and not self.deny_drains and channel_id in channel_drains:
-                self.drains(channel_id, batch)
+        flagged = self.cache.flagged and by_channel.keys() & self.cache.flagged
+        if not self.deny_redis:
+            if flagged:
+                self.backlogs.extend({channel_id: batch for channel_id, batch in by_channel.items()
+                                      if channel_id not in flagged or NO_REDIS not in channels[channel_id].flags})
+            else:
+                self.backlogs.extend(by_channel)
+        ids = by_channel.keys()
+        for channel_id in self.tails.tailed(ids):
+            if channel_id not in flagged or NO_TAIL not in channels[channel_id].flags:
+                self.tails.publish(channel_id, by_channel[channel_id])
+        if self.drains is not None and not self.deny_drains:
+            for channel_id in ids & self.cache.channel_drains.keys():
+                self.drains(channel_id, by_channel[channel_id])
 
     def emit(self, channel_id: str, message: bytes) -> None:
         """A message of the router's own (L10, L14 …) into a channel, like any other."""

@@ -12,13 +12,14 @@ class Sink:
     def __init__(self, tails=()):
         self.appended = []
         self.published = []
-        self.tailed = set(tails)
+        self.tailed_ids = set(tails)
 
-    def append(self, channel_id, messages):
-        self.appended.append((channel_id, list(messages)))
+    def extend(self, by_channel):
+        for channel_id, messages in by_channel.items():
+            self.appended.append((channel_id, list(messages)))
 
-    def has_tails(self, channel_id):
-        return channel_id in self.tailed
+    def tailed(self, channel_ids):
+        return [c for c in channel_ids if c in self.tailed_ids]
 
     def publish(self, channel_id, messages):
         self.published.append((channel_id, list(messages)))

@@ -289,11 +289,15 @@ class ConfigCache:
         self.creds: dict[str, Credential] = {}
         self.channel_tokens: dict[str, dict[str, Token]] = {}
         self.channel_drains: dict[str, dict[int, Drain]] = {}
+        # The channels with flags (no_redis, no_tail …): few, and the router
+        # looks only these up instead of every channel of every read.
+        self.flagged: set[str] = set()
 
     def replace_all(self, channels, tokens, drains, creds) -> set[str]:
         """Load a whole snapshot; returns the channels whose drains changed."""
         before = {ch: dict(ds) for ch, ds in self.channel_drains.items()}
         self.channels = {c.id: c for c in channels}
+        self.flagged = {c.id for c in self.channels.values() if c.flags}
         self.tokens = {}
         self.routes = {}
         self.channel_tokens = {}
@@ -328,8 +332,13 @@ class ConfigCache:
             self.drains.pop(d.id, None)
         if channel is None:
             self.channels.pop(channel_id, None)
+            self.flagged.discard(channel_id)
             return bool(old_drains)
         self.channels[channel_id] = channel
+        if channel.flags:
+            self.flagged.add(channel_id)
+        else:
+            self.flagged.discard(channel_id)
         toks = {t.id: t for t in tokens}
         if toks:
             self.channel_tokens[channel_id] = toks

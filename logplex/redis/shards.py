@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from typing import Callable, Sequence
 
 from twisted.internet import defer
@@ -147,7 +146,6 @@ class BacklogWriter:
         self.pending: dict[str, list[bytes]] = {}
         self.pending_count = 0
         self.pending_bytes = 0
-        self._order: deque[str] = deque()
         self._call = None
         self._flushing: defer.Deferred | None = None
         self.in_flight: dict[str, list[bytes]] = {}
@@ -158,27 +156,38 @@ class BacklogWriter:
         self._slow_logged = -self.SLOW_LOG_EVERY
 
     def append(self, channel_id: str, messages: list[bytes]) -> None:
-        if not messages:
+        self.extend({channel_id: messages})
+
+    def extend(self, batches: dict[str, list[bytes]]) -> None:
+        """Queue the lines of one routed read, whatever the number of channels it touched."""
+        pending, history = self.pending, self.history
+        count = size = superseded = 0
+        for channel_id, messages in batches.items():
+            queued = pending.get(channel_id)
+            if queued is None:
+                # pending keeps the order channels started waiting in: _shed cuts the oldest.
+                queued = pending[channel_id] = messages[:]
+            else:
+                queued.extend(messages)
+            count += len(messages)
+            size += sum(map(len, messages))
+            if len(queued) > history:
+                # Lines the LTRIM would cut right after the LPUSH are superseded,
+                # not lost: the backlog is the newest `history` lines either way.
+                excess = len(queued) - history
+                size -= sum(map(len, queued[:excess]))
+                del queued[:excess]
+                count -= excess
+                superseded += excess
+        if not count and not superseded:
             return
-        queued = self.pending.get(channel_id)
-        if queued is None:
-            queued = self.pending[channel_id] = list(messages)
-            self._order.append(channel_id)
-        else:
-            queued.extend(messages)
-        self.pending_count += len(messages)
-        self.pending_bytes += sum(map(len, messages))
-        excess = len(queued) - self.history
-        if excess > 0:
-            # Lines the LTRIM would cut right after the LPUSH are superseded,
-            # not lost: the backlog is the newest `history` lines either way.
-            self.pending_bytes -= sum(map(len, queued[:excess]))
-            del queued[:excess]
-            self.pending_count -= excess
-            self.metrics.inc("logplex_backlog_superseded_total", excess, shard=self.shard_name)
+        self.pending_count += count
+        self.pending_bytes += size
+        if superseded:
+            self.metrics.inc("logplex_backlog_superseded_total", superseded, shard=self.shard_name)
         if self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes:
             self._shed()
-        if self._call is None and self._flushing is None:
+        if self._call is None and self._flushing is None and self.pending:
             self._call = self.reactor.callLater(self.interval, self.flush)
 
     # -- pushback ---------------------------------------------------------------------------
@@ -209,8 +218,8 @@ class BacklogWriter:
         # Drop from the channels that have waited longest, oldest lines first:
         # a backlog is a recent history, so the newest lines matter most.
         while (self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes) \
-                and self._order:
-            channel_id = self._order[0]
+                and self.pending:
+            channel_id = next(iter(self.pending))
             queued = self.pending[channel_id]
             cut = min(max(0, self.pending_count - self.max_pending), len(queued))
             size = sum(map(len, queued[:cut]))
@@ -223,7 +232,6 @@ class BacklogWriter:
             self.metrics.inc("logplex_backlog_dropped_total", cut, shard=self.shard_name)
             if not queued:
                 del self.pending[channel_id]
-                self._order.popleft()
 
     # -- flushing ---------------------------------------------------------------------------
     def flush(self) -> defer.Deferred:
@@ -233,7 +241,7 @@ class BacklogWriter:
             return self._flushing
         if not self.pending:
             return defer.succeed(None)
-        batch, self.pending, self._order = self.pending, {}, deque()
+        batch, self.pending = self.pending, {}
         self.pending_count, self.pending_bytes = 0, 0
         self.in_flight = batch
         self._release()  # the queue is empty now: held senders go on while the flush runs
@@ -275,17 +283,14 @@ class BacklogWriter:
             "backlog_write_failed shard={shard} messages={count} error={error}",
             shard=self.shard_name, count=count, error=repr(error),
         )
-        newer, newer_order = self.pending, self._order
-        self.pending, self._order = {}, deque()
+        newer, self.pending = self.pending, {}
         for part in parts:
             self.pending.update(part)
-            self._order.extend(part)
-        for channel_id in newer_order:
+        for channel_id, lines in newer.items():
             if channel_id in self.pending:
-                self.pending[channel_id].extend(newer[channel_id])
+                self.pending[channel_id].extend(lines)
             else:
-                self.pending[channel_id] = newer[channel_id]
-                self._order.append(channel_id)
+                self.pending[channel_id] = lines
         self.pending_count += count
         self.pending_bytes += sum(len(line) for part in parts for lines in part.values() for line in lines)
         if self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes:
@@ -297,7 +302,6 @@ class BacklogWriter:
         queued = self.pending.pop(channel_id, None)
         if queued is None:
             return 0
-        self._order.remove(channel_id)
         self.pending_count -= len(queued)
         self.pending_bytes -= sum(map(len, queued))
         return len(queued)
@@ -438,6 +442,23 @@ class Backlogs:
 
     def append(self, channel_id: str, messages: list[bytes]) -> None:
         self.writers[self.ring.shard(channel_id)].append(channel_id, messages)
+
+    def extend(self, by_channel: dict[str, list[bytes]]) -> None:
+        """Queue one routed read's lines, grouped per shard: one call per shard, not per channel."""
+        if len(self.writers) == 1:
+            next(iter(self.writers.values())).extend(by_channel)
+            return
+        index, names = self.ring.index, self.ring.shards
+        per_shard: dict[int, dict[str, list[bytes]]] = {}
+        for channel_id, lines in by_channel.items():
+            found = index(channel_id)
+            part = per_shard.get(found)
+            if part is None:
+                per_shard[found] = {channel_id: lines}
+            else:
+                part[channel_id] = lines
+        for found, part in per_shard.items():
+            self.writers[names[found]].extend(part)
 
     def hold(self, channel_ids) -> defer.Deferred | None:
         """None, or a Deferred the senders of these channels should wait for: the writer of
