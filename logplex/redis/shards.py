@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from itertools import chain
 from typing import Callable, Sequence
 
 from twisted.internet import defer
@@ -161,7 +162,10 @@ class BacklogWriter:
     def extend(self, batches: dict[str, list[bytes]]) -> None:
         """Queue the lines of one routed read, whatever the number of channels it touched."""
         pending, history = self.pending, self.history
-        count = size = superseded = 0
+        # Counted in C over the whole read: a Python call per channel is what costs.
+        count = sum(map(len, batches.values()))
+        size = sum(map(len, chain.from_iterable(batches.values())))
+        superseded = 0
         for channel_id, messages in batches.items():
             queued = pending.get(channel_id)
             if queued is None:
@@ -169,8 +173,6 @@ class BacklogWriter:
                 queued = pending[channel_id] = messages[:]
             else:
                 queued.extend(messages)
-            count += len(messages)
-            size += sum(map(len, messages))
             if len(queued) > history:
                 # Lines the LTRIM would cut right after the LPUSH are superseded,
                 # not lost: the backlog is the newest `history` lines either way.
