@@ -49,8 +49,9 @@ class DrainTicker:
     `resolution` seconds, so entries that fall due within one resolution
     step run in one reactor call. A call is never run early; it may run up
     to `resolution` late. Calls due at the same moment run in the order
-    they were made. A call made while due calls run, for now, runs on the
-    reactor's next turn, as callLater(0) would.
+    they were made. A call made while due calls run, for now, runs after
+    all of them, from a new reactor timer (on a real reactor: its next turn,
+    as callLater(0) would).
 
     It offers callLater and seconds, the part of IReactorTime that drains,
     the HTTP client and its connection pool use.
@@ -103,9 +104,9 @@ class DrainTicker:
     def _arm(self, when: float) -> None:
         res = self.resolution
         if res:
-            # Up to the next step of the grid (a hair of float error aside),
-            # so that calls a little apart share one reactor timer.
-            when = math.ceil(when / res - 1e-9) * res
+            # Up to the next step of the grid, so that calls a little apart
+            # share one reactor timer; never before the call's own time.
+            when = max(when, math.ceil(when / res - 1e-9) * res)
         if when >= self._timer_at:
             return
         if self._timer is not None and self._timer.active():
