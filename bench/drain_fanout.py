@@ -113,6 +113,13 @@ def message(i: int, size: int) -> bytes:
     return head + b"x" * max(0, size - len(head))
 
 
+def client_options(args) -> dict:
+    """make_client's options the run asks for (and this version of it takes)."""
+    if args.per_host is None:
+        return {}
+    return {"per_host": args.per_host}
+
+
 def run(args) -> dict:
     from twisted.internet import reactor
 
@@ -135,7 +142,7 @@ def run(args) -> dict:
     settings = DrainSettings(pushback=0.0)
     reactor.callLater = counting_call_later
     supervisor = DrainSupervisor(store, backlogs, Metrics(), reactor, "bench", settings,
-                                 make_client(reactor), keys=RedisKeys("lp", 0))
+                                 make_client(reactor, **client_options(args)), keys=RedisKeys("lp", 0))
     supervisor.start()
     channels = list(drains)
     body = [message(i, args.size) for i in range(1000)]
@@ -176,7 +183,7 @@ def run(args) -> dict:
         got = delivered()
         elapsed = end - state.start
         result.update(
-            drains=args.drains, offered_per_s=args.rate, seconds=args.seconds, messages=total,
+            drains=args.drains, per_host=args.per_host, offered_per_s=args.rate, seconds=args.seconds, messages=total,
             delivered=got, delivery_s=round(elapsed, 2) if state.done_at else None,
             cpu_us_per_msg=round(cpu / max(got, 1) * 1e6, 1), cpu_s=round(cpu, 2),
             elapsed=elapsed, timers_per_s=round(timers[0] / elapsed),
@@ -208,6 +215,8 @@ def main(argv=None) -> None:
     p.add_argument("--rate", type=float, default=30000, help="messages/s offered, over all drains")
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--size", type=int, default=200, help="bytes per message")
+    p.add_argument("--per-host", type=int, default=None,
+                   help="connections per endpoint host (default: logplex.drains.http.HOST_CONNECTIONS)")
     p.add_argument("--grace", type=float, default=60, help="seconds to wait for delivery after the last publish")
     args = p.parse_args(argv)
     result = run(args)

@@ -312,6 +312,25 @@ class HostConnectionTests(SynchronousTestCase):
         self.assertFalse(any(b"frame-2" in c.written() for c in self.wire.connections))
         self.assertEqual(self.client.queued(("http", "drains.example.com", 80)), 0)
 
+    def test_when_a_host_answers_nothing_for_a_second_waiting_drains_get_connections_of_their_own(self):
+        # Two hung drains of a host must not hold up its other drains for the whole timeout.
+        drains = self.drains(4)
+        sends = [drain.send([LINE], f"frame-{i}") for i, drain in enumerate(drains)]
+        self.assertEqual(len(self.wire.connections), 2)
+        self.clock.advance(0.9)
+        self.assertEqual(len(self.wire.connections), 2)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.wire.connections), 4)
+        for connection in self.wire.connections[2:]:
+            self.answer(connection)
+        self.assertTrue(self.successResultOf(sends[2]).delivered)
+        self.assertTrue(self.successResultOf(sends[3]).delivered)
+        self.assertNoResult(sends[0])
+        self.clock.advance(TIMEOUT)
+        self.assertEqual(self.successResultOf(sends[0]).error, "no answer within 5 s")
+        # Only the pool's idle timers of the kept connections are left: no stall check.
+        self.assertEqual({c.func.__name__ for c in self.clock.getDelayedCalls()}, {"_removeConnection"})
+
     def test_other_hosts_do_not_wait_for_a_busy_one(self):
         for i, drain in enumerate(self.drains(4, "busy.example.com")):
             drain.send([LINE], f"busy-{i}")

@@ -60,6 +60,11 @@ HOST_CONNECTIONS = 16
 # How late a request timeout (or a pooled connection's idle timeout) may
 # fire: they share one reactor timer on this grid.
 TIMEOUT_RESOLUTION = 0.05
+# A host whose connections all went this long without an answer is stalled
+# (one tenant's slow path, a hung load balancer): the POSTs waiting for it
+# then get connections of their own, as each drain had before they shared,
+# so that a few hung drains of a host do not hold up all its others.
+HOST_STALL = 1.0
 # Endpoints kept for reuse (a TLS one holds its context), one per host:port.
 ENDPOINTS_CACHED = 4096
 
@@ -379,11 +384,13 @@ class _Exchange:
 class _HostGate:
     """The exchanges with one endpoint host:port: at most `limit` at once, the rest wait in arrival order."""
 
-    __slots__ = ("active", "waiting")
+    __slots__ = ("active", "waiting", "last_end", "check")
 
-    def __init__(self) -> None:
+    def __init__(self, now: float) -> None:
         self.active = 0
         self.waiting: deque[tuple[_Exchange, bytes, Headers, bytes]] = deque()
+        self.last_end = now  # when an exchange last ended (or the gate was made)
+        self.check = None  # the stall check, while POSTs wait
 
 
 class DrainHttpClient:
@@ -394,11 +401,12 @@ class DrainHttpClient:
     """
 
     def __init__(self, agent: IAgent, reactor: IReactorTime, answer_bytes: int = ANSWER_BYTES,
-                 per_host: int | None = None) -> None:
+                 per_host: int | None = None, stall: float = HOST_STALL) -> None:
         self.agent = agent
         self.reactor = reactor
         self.answer_bytes = answer_bytes
         self.per_host = per_host
+        self.stall = stall
         self._gates: dict[object, _HostGate] = {}
 
     def post(self, url: bytes, headers: Headers, body: bytes, timeout: float,
@@ -406,19 +414,36 @@ class DrainHttpClient:
         """Fires with the endpoint's Answer, or fails (ExchangeTimeout after `timeout` seconds in all).
 
         host: the endpoint's (scheme, host, port); with per_host set, a POST
-        waits for one of that many connections before its timeout starts.
-        Order among a drain's batches is the drain's to keep (one in flight).
+        waits for one of that many connections before its timeout starts,
+        unless none of them has answered for `stall` seconds. Order among a
+        drain's batches is the drain's to keep (one in flight).
         """
         exchange = _Exchange(self.agent, self.reactor, self.answer_bytes, timeout)
         if self.per_host is None or host is None:
             return exchange.start(url, headers, body)
         gate = self._gates.get(host)
         if gate is None:
-            gate = self._gates[host] = _HostGate()
+            gate = self._gates[host] = _HostGate(self.reactor.seconds())
         if gate.active < self.per_host:
             return self._start(gate, host, exchange, url, headers, body)
         gate.waiting.append((exchange, url, headers, body))
+        if gate.check is None:
+            gate.check = self.reactor.callLater(
+                max(0.0, gate.last_end + self.stall - self.reactor.seconds()), self._stalled, gate, host)
         return exchange.done
+
+    def _stalled(self, gate: _HostGate, host: object) -> None:
+        """Let the waiting POSTs of a host that answered nothing for `stall` seconds open connections."""
+        gate.check = None
+        left = self.stall - (self.reactor.seconds() - gate.last_end)
+        if left > 0:
+            if gate.waiting:
+                gate.check = self.reactor.callLater(left, self._stalled, gate, host)
+            return
+        waiting, gate.waiting = gate.waiting, deque()
+        for exchange, url, headers, body in waiting:
+            if not exchange.over:
+                self._start(gate, host, exchange, url, headers, body)
 
     def _start(self, gate: _HostGate, host: object, exchange: _Exchange, url: bytes, headers: Headers,
                body: bytes) -> defer.Deferred:
@@ -429,14 +454,18 @@ class DrainHttpClient:
 
     def _ended(self, result, gate: _HostGate, host: object):
         gate.active -= 1
+        gate.last_end = self.reactor.seconds()
         waiting = gate.waiting
-        while waiting:
+        while waiting and gate.active < self.per_host:
             exchange, url, headers, body = waiting.popleft()
             if not exchange.over:  # else cancelled while it waited (its drain stopped)
                 self._start(gate, host, exchange, url, headers, body)
-                break
         if not gate.active and not waiting:
-            del self._gates[host]
+            if gate.check is not None and gate.check.active():
+                gate.check.cancel()
+            gate.check = None
+            if self._gates.get(host) is gate:
+                del self._gates[host]
         return result
 
     def queued(self, host: object) -> int:
