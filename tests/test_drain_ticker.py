@@ -210,3 +210,16 @@ def test_a_failing_drain_retries_on_the_ticker_and_its_neighbours_go_on():
     bad_end.answer = Outcome.ok()
     clock.advance(0.5 * 0.75 + STEP)  # Backoff(initial=0.5, rand=0.5): 0.375 s
     assert bad_end.delivered() == [msg(1)]
+
+
+def test_a_call_due_at_once_is_not_held_to_the_grid():
+    # A full batch goes on the next turn of the reactor, not up to a step later.
+    clock = Clock()
+    ticker = DrainTicker(clock, resolution=STEP)
+    ran = []
+    clock.advance(0.003)
+    ticker.callLater(0, ran.append, "now")
+    ticker.callLater(0, ran.append, "also now")
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [0.003]
+    clock.advance(0)
+    assert ran == ["now", "also now"]

@@ -48,7 +48,8 @@ class DrainTicker:
     reactor holds one timer, at the earliest entry rounded up to
     `resolution` seconds, so entries that fall due within one resolution
     step run in one reactor call. A call is never run early; it may run up
-    to `resolution` late. Calls due at the same moment run in the order
+    to `resolution` late, except one due at once (a full batch), which runs
+    on the reactor's next turn. Calls due at the same moment run in the order
     they were made. A call made while due calls run, for now, runs after
     all of them, from a new reactor timer (on a real reactor: its next turn,
     as callLater(0) would).
@@ -103,9 +104,12 @@ class DrainTicker:
 
     def _arm(self, when: float) -> None:
         res = self.resolution
-        if res:
+        now = self.reactor.seconds()
+        if res and when > now:
             # Up to the next step of the grid, so that calls a little apart
-            # share one reactor timer; never before the call's own time.
+            # share one reactor timer; never before the call's own time. A
+            # call due now (a full batch) is not delayed: it goes on the
+            # reactor's next turn, with every other call due by then.
             when = max(when, math.ceil(when / res - 1e-9) * res)
         if when >= self._timer_at:
             return
@@ -113,7 +117,7 @@ class DrainTicker:
             self._timer.cancel()
         self._timer_at = when
         self.reactor_timers += 1
-        self._timer = self.reactor.callLater(max(0.0, when - self.reactor.seconds()), self._fire)
+        self._timer = self.reactor.callLater(max(0.0, when - now), self._fire)
 
     def _fire(self) -> None:
         self._timer = None
