@@ -429,7 +429,9 @@ class DrainWorker:
             "retried": self.retried,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
-            "buffered": self.queue.pending + (len(self.inflight.messages) if self.inflight else 0),
+            # A batch in flight from the spool is counted in spool_depth until acked.
+            "buffered": self.queue.pending + (len(self.inflight.messages)
+                                              if self.inflight and not self.inflight.from_spool else 0),
             "spool_depth": self.spool_messages,
             "holding_senders": bool(self._holders),
         }
