@@ -55,11 +55,15 @@ class DrainWorker:
         emit: Callable[[str, bytes], None] = lambda channel, message: None,
         pushback: float = 0.0,
         spool_allowance: Callable[[], int] | None = None,
+        timers=None,
     ) -> None:
         self.drain = drain
         self.transport = transport
         self.spool = spool
         self.reactor = reactor
+        # Where linger, retry and spill timers go: the node's DrainTicker
+        # (one reactor timer for all drains), else the reactor itself.
+        self.timers = timers if timers is not None else reactor
         self.metrics = metrics
         self.target_bytes = target_bytes
         # Spool chunks: what goes to Redis in one write, and what a batch
@@ -139,7 +143,7 @@ class DrainWorker:
             if queue.overflow_bytes >= threshold:
                 self._spill()
             elif self._spill_timer is None:
-                self._spill_timer = self.reactor.callLater(1.0, self._spill)
+                self._spill_timer = self.timers.callLater(1.0, self._spill)
         self._kick()
 
     def _spill(self) -> None:
@@ -168,7 +172,7 @@ class DrainWorker:
         if ok:
             self._spill()
         elif not self.stopped and self._spill_timer is None:
-            self._spill_timer = self.reactor.callLater(1.0, self._spill)
+            self._spill_timer = self.timers.callLater(1.0, self._spill)
 
     def _spill_chunk(self, messages: list[bytes], at_head: bool = False,
                      frame_id: str | None = None) -> defer.Deferred:
@@ -267,7 +271,7 @@ class DrainWorker:
             self._timer = None
             self._pump()
             return
-        self._timer = self.reactor.callLater(delay, self._pump)
+        self._timer = self.timers.callLater(delay, self._pump)
 
     def _pump(self) -> None:
         self._timer = None
@@ -384,7 +388,7 @@ class DrainWorker:
         # than wait in memory.
         if self.queue.overflow:
             self._spill()
-        self._timer = self.reactor.callLater(delay, self._retry)
+        self._timer = self.timers.callLater(delay, self._retry)
 
     def _retry(self) -> None:
         self._timer = None
@@ -425,7 +429,9 @@ class DrainWorker:
             "retried": self.retried,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
-            "buffered": self.queue.pending + (len(self.inflight.messages) if self.inflight else 0),
+            # A batch in flight from the spool is counted in spool_depth until acked.
+            "buffered": self.queue.pending + (len(self.inflight.messages)
+                                              if self.inflight and not self.inflight.from_spool else 0),
             "spool_depth": self.spool_messages,
             "holding_senders": bool(self._holders),
         }
