@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from logplex.config import Settings
-from logplex.drains.core import Backoff, Outcome
+from logplex.drains.core import Backoff, Outcome, Pace
 from logplex.drains.http import HttpDrainTransport
 from logplex.drains.spool import Spool
 from logplex.drains.syslog import SyslogDrainTransport
@@ -43,6 +43,7 @@ class DrainSettings:
     http_target_bytes: int = _NODE.http_drain_target_bytes
     tcp_target_bytes: int = _NODE.tcp_drain_target_bytes
     http_linger: float = _NODE.http_drain_linger
+    http_post_rate: int = _NODE.http_drain_post_rate
     tcp_linger: float = 0.05
     http_timeout: float = _NODE.http_drain_timeout
     backoff_max: float = _NODE.drain_backoff_max
@@ -58,6 +59,7 @@ class DrainSettings:
         return cls(
             buffer=s.drain_buffer, http_target_bytes=s.http_drain_target_bytes,
             tcp_target_bytes=s.tcp_drain_target_bytes, http_linger=s.http_drain_linger,
+            http_post_rate=s.http_drain_post_rate,
             http_timeout=s.http_drain_timeout, backoff_max=s.drain_backoff_max,
             spool_bytes=s.drain_spool_bytes, spool_total_bytes=s.drain_spool_total_bytes,
             spool_age=s.drain_spool_age,
@@ -84,6 +86,7 @@ class DrainSupervisor:
         self.connect_reactor = connect_reactor or reactor
         self.workers: dict[int, DrainWorker] = {}
         self.ticker = DrainTicker(reactor, resolution=TICK)
+        self.pace = Pace(settings.http_linger, settings.http_post_rate, reactor.seconds)
         self.by_channel: dict[str, list[DrainWorker]] = {}
         self.stopping = False
         # Drains gone from the config without a tombstone: worker stopped, spool kept.
@@ -228,6 +231,7 @@ class DrainSupervisor:
             target_bytes=s.http_target_bytes if http else s.tcp_target_bytes,
             chunk_bytes=s.http_target_bytes if http else max(s.tcp_target_bytes, SYSLOG_CHUNK_BYTES),
             linger=s.http_linger if http else s.tcp_linger,
+            pace=self.pace if http else None,
             backoff=Backoff(initial=0.5, cap=s.backoff_max),
             max_age=s.spool_age,
             emit=self.emit,

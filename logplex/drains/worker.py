@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from logplex import syslog
-from logplex.drains.core import Backoff, Batch, DrainQueue, Outcome, decode_chunk, encode_chunk
+from logplex.drains.core import Backoff, Batch, DrainQueue, Outcome, Pace, decode_chunk, encode_chunk
 from logplex.drains.spool import Spool
 from logplex.model import Drain
 
@@ -56,6 +56,7 @@ class DrainWorker:
         pushback: float = 0.0,
         spool_allowance: Callable[[], int] | None = None,
         timers=None,
+        pace: Pace | None = None,
     ) -> None:
         self.drain = drain
         self.transport = transport
@@ -71,6 +72,8 @@ class DrainWorker:
         # so a spool drains in few round trips.
         self.chunk_bytes = chunk_bytes or target_bytes
         self.linger = linger
+        # Shared by a node's HTTP drains: a longer linger while they POST too often.
+        self.pace = pace
         self.backoff = backoff or Backoff()
         self.max_age = max_age
         self.emit = emit
@@ -259,7 +262,7 @@ class DrainWorker:
             delay = 0
         elif queue.memory:
             # Held senders cannot fill a batch: what there is goes at once.
-            delay = 0 if self._holders else self.linger
+            delay = 0 if self._holders else (self.linger if self.pace is None else self.pace.linger)
         else:
             return
         at_once = direct and not delay and not self._pumping
@@ -328,6 +331,8 @@ class DrainWorker:
         batch.take_loss(self.queue)
         batch.attempts += 1
         self._sent_at = self.reactor.seconds()
+        if self.pace is not None:
+            self.pace.posted()
         d = defer.maybeDeferred(self.transport.send, batch.wire(self.reactor.seconds()), batch.frame_id)
         d.addErrback(lambda f: Outcome.retry_later(f.getErrorMessage() or f.type.__name__))
         d.addCallback(self._sent, batch)
