@@ -1083,7 +1083,9 @@ class ApiNode:
     def __init__(self) -> None:
         self.redis = DictRedis()
         self.reactor = MemoryReactorClock()
-        self.store = ConfigStore(self.redis, RedisAddress(host="dict"), self.reactor, max_drains=3, keys=KEYS)
+        # No turn budget: a load finishes within the call, as every answer here fires at once.
+        self.store = ConfigStore(self.redis, RedisAddress(host="dict"), self.reactor, max_drains=3, keys=KEYS,
+                                 turn_budget=float("inf"))
         self.metrics = Metrics()
         self.tails = TailRegistry(self.metrics)
         self.backlogs = Backlogs({})

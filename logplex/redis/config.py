@@ -295,8 +295,8 @@ _VIEWS = ("channels", "tokens", "routes", "drains", "creds", "channel_tokens", "
 class Snapshot:
     """A whole config, indexed the ways the hot path reads it; no I/O here.
 
-    The cache holds one; a load builds the next one to the side, page by page,
-    and the cache swaps it in at once, so a reader never sees half of one.
+    The cache is one. A load changes it in one step, or brings a copy in line to
+    the side and swaps it in at once: a reader never sees half a config.
     """
 
     def __init__(self) -> None:
@@ -310,8 +310,6 @@ class Snapshot:
         self.creds: dict[str, Credential] = {}
         self.channel_tokens: dict[str, dict[str, Token]] = {}
         self.channel_drains: dict[str, dict[int, Drain]] = {}
-        # Token names as bytes: a few names ("web", "app") serve most tokens.
-        self._names: dict[str, bytes] = {}
 
     def copy_from(self, other: Snapshot) -> Iterator[None]:
         """Become a copy of `other` that shares its records and per-channel dicts (never changed
@@ -329,11 +327,8 @@ class Snapshot:
         if t.channel_id not in self.channels:
             return
         key = t.id.encode()
-        name = self._names.get(t.name)
-        if name is None:
-            name = self._names[t.name] = t.name.encode()
         self.tokens[key] = t
-        self.routes[key] = (t.channel_id, name)
+        self.routes[key] = (t.channel_id, t.name.encode())
         toks = self.channel_tokens.get(t.channel_id)
         if toks is None:
             self.channel_tokens[t.channel_id] = {t.id: t}
@@ -791,6 +786,7 @@ class ConfigStore:
         self.node = node  # this node's name: its own heartbeat is not another node's
         self._lock_value = uuid.uuid4().hex
         self._refreshes: dict[str, list[int]] = {}
+        self._collector_held = False
         # A load reads page_size records per round trip and works through them in
         # slices of slice_size records (a millisecond or two), turn_budget seconds of
         # slices per reactor turn.
@@ -979,19 +975,23 @@ class ConfigStore:
         # then freezes what it built: otherwise each of the several full collections that
         # hundreds of thousands of new objects set off walks all of them (150 ms each at
         # 100,000 channels), then and at every full collection after. gc.freeze() keeps
-        # what exists at boot out of every later collection; records are freed by their
-        # reference counts as ever. Later loads keep what did not change (SnapshotDiff),
-        # so they leave the collector alone.
-        hold_collector = not self.loaded and gc.isenabled()
-        if hold_collector:
+        # what exists then (at boot: the config and the node's services) out of every
+        # later collection; records are freed by their reference counts as ever. Later
+        # loads keep what did not change (SnapshotDiff), so they leave the collector alone.
+        self._collector_held = not self.loaded and gc.isenabled()
+        if self._collector_held:
             gc.disable()
         try:
             await self._load_generation()
-            if hold_collector and len(self.cache.tokens) + len(self.cache.channels) >= _FREEZE_AT:
-                gc.freeze()
         finally:
-            if hold_collector:
-                gc.enable()
+            self._release_collector(freeze=False)
+
+    def _release_collector(self, *, freeze: bool) -> None:
+        if self._collector_held:
+            self._collector_held = False
+            if freeze and len(self.cache.tokens) + len(self.cache.channels) >= _FREEZE_AT:
+                gc.freeze()
+            gc.enable()
 
     async def _load_generation(self) -> None:
         """Judge what the config Redis holds; adopt it (read to the side, swapped in at once) or refuse it."""
@@ -1040,6 +1040,8 @@ class ConfigStore:
                 raise
             touched = set(self.cache.touched_channels or ())
             self.cache.swap(new)
+        # Before the listeners are told: what they make (drain workers…) is not frozen.
+        self._release_collector(freeze=True)
         self.version = version or b""
         self.held = found
         self.loaded = True
