@@ -77,6 +77,12 @@ class Channel:
         return cls(channel_id, frozenset(flags) if flags else _NO_FLAGS,
                    doc.get("incarnation") or LEGACY_INCARNATION)
 
+    def is_doc(self, doc: dict) -> bool:
+        """Whether from_doc(self.id, doc) would give this very record (without making one)."""
+        flags = doc.get("flags")
+        return (self.incarnation == (doc.get("incarnation") or LEGACY_INCARNATION)
+                and (self.flags == frozenset(flags) if flags else not self.flags))
+
 
 @attrs.frozen
 class Token:
@@ -94,6 +100,10 @@ class Token:
     @classmethod
     def from_doc(cls, token_id: str, doc: dict) -> Token:
         return cls(token_id, doc["channel_id"], doc["name"])
+
+    def is_doc(self, doc: dict) -> bool:
+        """Whether from_doc(self.id, doc) would give this very record (without making one)."""
+        return self.channel_id == doc["channel_id"] and self.name == doc["name"]
 
 
 @attrs.frozen
@@ -117,6 +127,10 @@ class Drain:
     @classmethod
     def from_doc(cls, drain_id: int, doc: dict) -> Drain:
         return cls(drain_id, doc["channel_id"], doc["token"], doc["url"])
+
+    def is_doc(self, doc: dict) -> bool:
+        """Whether from_doc(self.id, doc) would give this very record (without making one)."""
+        return self.channel_id == doc["channel_id"] and self.token == doc["token"] and self.url == doc["url"]
 
     def describe(self) -> dict:
         return {"id": self.id, "token": self.token, "url": self.url}

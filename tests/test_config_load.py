@@ -328,3 +328,16 @@ def test_a_reseed_while_the_pages_are_read_makes_the_load_read_them_again():
     assert state["done"] and d.called
     assert "app-00500" in store.cache.channels and "app-00001" not in store.cache.channels
     assert store.held.epoch == 2
+
+
+def test_a_record_without_its_fields_fails_the_load_with_a_sentence_and_keeps_the_cache():
+    clock, redis = Clock(), filled(10)
+    store = store_on(redis, clock)
+    turns_until(clock, store.load())
+    held = view(store.cache)
+    redis.h(KEYS.tokens)[b"t.broken"] = b'{"name": "web"}'
+    d = store.load()
+    turns_until(clock, d)
+    assert "tokens hash holds a record this node cannot read" in d.result.value.message
+    d.addErrback(lambda f: None)
+    assert view(store.cache) == held

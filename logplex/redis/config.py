@@ -220,9 +220,9 @@ return 'ok'
 # turn each, and one json.loads per page rather than one per record.
 _PAGE = """
 local reply = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local items, parts = reply[2], {}
-for i = 1, #items, 2 do parts[#parts + 1] = cjson.encode(items[i]) .. ',' .. items[i + 1] end
-return {reply[1], '[' .. table.concat(parts, ',') .. ']'}
+local items, encode = reply[2], cjson.encode
+for i = 1, #items, 2 do items[i] = encode(items[i]) end
+return {reply[1], '[' .. table.concat(items, ',') .. ']'}
 """
 
 # KEYS: the re-seed lock; ARGV: this node's lock value. Frees the lock only if it is still ours.
@@ -446,9 +446,10 @@ class SnapshotDiff:
         for part in self._slices(page, "channels"):
             for channel_id, doc in part:
                 seen.add(channel_id)
-                channel = from_doc(channel_id, doc)
-                if held.get(channel_id) != channel:
-                    changed[channel_id] = channel
+                # Most records are unchanged: compared as read, made only when they differ.
+                record = held.get(channel_id)
+                if record is None or not record.is_doc(doc):
+                    changed[channel_id] = from_doc(channel_id, doc)
             yield
 
     def read_tokens(self, page: bytes) -> Iterator[None]:
@@ -457,19 +458,20 @@ class SnapshotDiff:
             for token_id, doc in part:
                 key = token_id.encode()
                 seen.add(key)
-                token = from_doc(token_id, doc)
-                if held.get(key) != token:
-                    changed[key] = token
+                record = held.get(key)
+                if record is None or not record.is_doc(doc):
+                    changed[key] = from_doc(token_id, doc)
             yield
 
     def read_drains(self, page: bytes) -> Iterator[None]:
         held, seen, changed, from_doc = self.base.drains, self._seen_drains, self.drains, Drain.from_doc
         for part in self._slices(page, "drains"):
             for drain_id, doc in part:
-                drain = from_doc(int(drain_id), doc)
-                seen.add(drain.id)
-                if held.get(drain.id) != drain:
-                    changed[drain.id] = drain
+                drain_id = int(drain_id)
+                seen.add(drain_id)
+                record = held.get(drain_id)
+                if record is None or not record.is_doc(doc):
+                    changed[drain_id] = from_doc(drain_id, doc)
             yield
 
     def read_creds(self, page: bytes) -> Iterator[None]:
@@ -1076,9 +1078,14 @@ class ConfigStore:
                 pending = None if cursor in (b"0", "0", 0) else self._page(key, cursor)
                 try:
                     await self.cooperation.run(read(page))
-                except BaseException:
+                except BaseException as e:
                     if pending is not None:
                         pending.addErrback(lambda _: None)  # nobody waits for it any more
+                    if isinstance(e, (KeyError, TypeError, ValueError, AttributeError)):
+                        raise ConfigError(
+                            f"The config Redis's {key.decode(errors='replace')} hash holds a record this node "
+                            f"cannot read (missing or wrong field: {e!r}); fix or delete that record, and the "
+                            "node loads the config again within a second.") from e
                     raise
         await self.cooperation.run(diff.gone())
 
