@@ -31,6 +31,7 @@ class PagedRedis:
         self.hashes: dict[bytes, dict[bytes, bytes]] = {}
         self.sets: dict[bytes, set[bytes]] = {}
         self.pages: list[bytes] = []  # the hash of every page served, in order
+        self.finished: list[bytes] = []  # the hash of every last page served, in order
 
     def h(self, key: bytes) -> dict[bytes, bytes]:
         return self.hashes.setdefault(key, {})
@@ -92,6 +93,8 @@ class PagedRedis:
         items = sorted((f, v) for f, v in self.hashes.get(key, {}).items() if after is None or f > after)
         page = b"[" + b",".join(json.dumps(f.decode()).encode() + b"," + v for f, v in items[:count]) + b"]"
         following = b"1" + items[count - 1][0] if len(items) > count else b"0"
+        if following == b"0":
+            self.finished.append(key)
         return defer.succeed([following, page])
 
 
@@ -159,6 +162,24 @@ def test_a_long_job_gives_the_reactor_back_once_a_turn_used_its_budget():
     # 10 ms a turn: 4 units of 3 ms (the one that crosses the budget ends the turn),
     # and one more turn to find that the job is over.
     assert max(per_turn) == 4 and sum(per_turn) == 100 and turns == 25
+
+
+def test_jobs_side_by_side_share_one_budget_per_turn():
+    clock, now, per_turn = Clock(), [0.0], [0]
+
+    def job():
+        for _ in range(40):
+            now[0] += 0.003
+            per_turn[-1] += 1
+            yield
+
+    cooperation = Cooperation(clock, budget=0.01, timer=lambda: now[0])
+    first = cooperation.run(job())
+    second = cooperation.run(job())  # waits for the turn the first one goes on in
+    while not (first.called and second.called):
+        per_turn.append(0)
+        clock.advance(0.001)
+    assert max(per_turn) == 4 and sum(per_turn) == 80
 
 
 def test_a_job_that_fails_fails_its_deferred():
@@ -272,11 +293,11 @@ def test_a_refresh_that_lands_during_a_load_is_not_undone_by_the_older_pages(oth
     late, late_tokens, late_drains = app(99_999, drain=True)
     grant = Credential("late-reader", "hash", frozenset({"read_channel"}))
     flagged = Channel("app-00005", frozenset({"no_tail"}), "i")
-    state, start = {"done": False}, len(redis.pages)
+    state, start = {"done": False}, len(redis.finished)
 
     def write_once_the_channel_pages_are_read():
         # A write the feed announces after the load read the channels and tokens it concerns.
-        if state["done"] or KEYS.drains not in redis.pages[start:]:
+        if state["done"] or not {KEYS.channels, KEYS.tokens} <= set(redis.finished[start:]):
             return
         state["done"] = True
         redis.put_channel(late, late_tokens, late_drains)
@@ -313,10 +334,10 @@ def test_a_reseed_while_the_pages_are_read_makes_the_load_read_them_again():
     clock, redis = Clock(), filled(300)
     store = store_on(redis, clock)
     turns_until(clock, store.load())
-    state, start = {"done": False}, len(redis.pages)
+    state, start = {"done": False}, len(redis.finished)
 
     def reseed_once():
-        if not state["done"] and KEYS.tokens in redis.pages[start:]:
+        if not state["done"] and KEYS.tokens in redis.finished[start:]:
             state["done"] = True
             # Another node re-seeded: a new epoch, and (here) one channel more.
             redis.put_channel(*app(500))

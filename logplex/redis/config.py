@@ -7,6 +7,7 @@ import gc
 import json
 import time
 import uuid
+from collections import deque
 from typing import Callable, Iterable, Iterator
 
 import attrs
@@ -678,8 +679,10 @@ class Cooperation:
     """Runs long jobs on the reactor a bounded unit at a time, giving the reactor back
     once a turn has used `budget` seconds, so that no job stalls ingest for longer.
 
-    A job is an iterator that yields after each unit of bounded work; what fits
-    in the budget runs at once (a small config loads within the call).
+    A job is an iterator that yields after each unit of bounded work. Jobs run
+    side by side, a unit of each in turn, and share the one budget per reactor
+    turn. A job started while none waits runs at once, as far as the budget
+    goes (a small config loads within the call).
     """
 
     def __init__(self, reactor, budget: float = 0.01, timer: Callable[[], float] = time.perf_counter) -> None:
@@ -687,27 +690,41 @@ class Cooperation:
         self.budget = budget
         self.timer = timer
         self.turns = 0  # turns given back to the reactor, ever: for tests and curious operators
+        self._jobs: deque[tuple[Iterator[object], defer.Deferred]] = deque()
+        self._running = False
+        self._next = None  # the reactor turn the waiting jobs go on in
 
     def run(self, job: Iterable[object]) -> defer.Deferred:
         done: defer.Deferred = defer.Deferred()
-        units = iter(job)
-
-        def turn() -> None:
-            started = self.timer()
-            try:
-                for _ in units:
-                    if self.timer() - started >= self.budget:
-                        self.turns += 1
-                        # Not 0: a turn of its own even on a test Clock, as Twisted's Cooperator does.
-                        self.reactor.callLater(_NEXT_TURN, turn)
-                        return
-            except BaseException:
-                done.errback(Failure())
-                return
-            done.callback(None)
-
-        turn()
+        self._jobs.append((iter(job), done))
+        if not self._running and self._next is None:
+            self._turn()
         return done
+
+    def _turn(self) -> None:
+        self._next, self._running = None, True
+        started = self.timer()
+        try:
+            while self._jobs:
+                units, done = self._jobs[0]
+                try:
+                    next(units)
+                except StopIteration:
+                    self._jobs.popleft()
+                    done.callback(None)  # its caller may start a job: it joins this turn's loop
+                    continue
+                except BaseException:
+                    self._jobs.popleft()
+                    done.errback(Failure())
+                    continue
+                self._jobs.rotate(-1)
+                if self._jobs and self.timer() - started >= self.budget:
+                    self.turns += 1
+                    # Not 0: a turn of its own even on a test Clock, as Twisted's Cooperator does.
+                    self._next = self.reactor.callLater(_NEXT_TURN, self._turn)
+                    return
+        finally:
+            self._running = False
 
 
 # A first load of at least this many channels and tokens freezes what it built (ConfigStore._load).
@@ -1067,27 +1084,35 @@ class ConfigStore:
     async def _read_pages(self, diff: SnapshotDiff) -> None:
         """Every channel, token, drain and credential, a page per round trip, compared with the cache.
 
-        The next page is asked for before this one is compared, so Redis and the node work at once.
+        The four hashes are read side by side, and each one's next page is asked for
+        before this one is compared, so that Redis and the node work at once.
         """
         k = self.keys
-        for key, read in ((k.channels, diff.read_channels), (k.tokens, diff.read_tokens),
-                          (k.drains, diff.read_drains), (k.creds, diff.read_creds)):
-            pending: defer.Deferred | None = self._page(key, b"0")
-            while pending is not None:
-                cursor, page = await pending
-                pending = None if cursor in (b"0", "0", 0) else self._page(key, cursor)
-                try:
-                    await self.cooperation.run(read(page))
-                except BaseException as e:
-                    if pending is not None:
-                        pending.addErrback(lambda _: None)  # nobody waits for it any more
-                    if isinstance(e, (KeyError, TypeError, ValueError, AttributeError)):
-                        raise ConfigError(
-                            f"The config Redis's {key.decode(errors='replace')} hash holds a record this node "
-                            f"cannot read (missing or wrong field: {e!r}); fix or delete that record, and the "
-                            "node loads the config again within a second.") from e
-                    raise
+        reads = [defer.ensureDeferred(self._read_hash(key, read))
+                 for key, read in ((k.channels, diff.read_channels), (k.tokens, diff.read_tokens),
+                                   (k.drains, diff.read_drains), (k.creds, diff.read_creds))]
+        try:
+            await defer.gatherResults(reads, consumeErrors=True)
+        except defer.FirstError as e:
+            raise e.subFailure.value from None
         await self.cooperation.run(diff.gone())
+
+    async def _read_hash(self, key: bytes, read: Callable[[bytes], Iterator[None]]) -> None:
+        pending: defer.Deferred | None = self._page(key, b"0")
+        while pending is not None:
+            cursor, page = await pending
+            pending = None if cursor in (b"0", "0", 0) else self._page(key, cursor)
+            try:
+                await self.cooperation.run(read(page))
+            except BaseException as e:
+                if pending is not None:
+                    pending.addErrback(lambda _: None)  # nobody waits for it any more
+                if isinstance(e, (KeyError, TypeError, ValueError, AttributeError)):
+                    raise ConfigError(
+                        f"The config Redis's {key.decode(errors='replace')} hash holds a record this node "
+                        f"cannot read (missing or wrong field: {e!r}); fix or delete that record, and the "
+                        "node loads the config again within a second.") from e
+                raise
 
     def _page(self, key: bytes, cursor: bytes) -> defer.Deferred:
         return self._call(self.redis.eval(_PAGE, [key], [cursor, b"%d" % self.page_size]))
