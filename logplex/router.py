@@ -206,7 +206,7 @@ class Router:
         # Per read, not per channel, wherever it can be: one read of 64 KiB may
         # touch hundreds of channels when thousands are busy.
         channels = self.cache.channels
-        flagged = self.cache.flagged and by_channel.keys() & self.cache.flagged
+        flagged = self.cache.flagged and by_channel.keys() & self.cache.flagged.keys()
         if not self.deny_redis:
             if flagged:
                 self.backlogs.extend({channel_id: batch for channel_id, batch in by_channel.items()
