@@ -197,3 +197,15 @@ def test_a_sender_waits_for_both_a_congested_backlog_writer_and_a_full_drain():
     # With ingress to Redis switched off, the backlog writer holds nobody.
     router.deny_redis = True
     assert router.route_held([msg("t.two", "c")]) is drain_wait
+
+
+def test_the_router_follows_flags_set_and_cleared_on_a_channel_by_a_refresh():
+    cache, backlog = make_cache(), Sink()
+    router = Router(cache, backlog, Sink(), Metrics())
+    token = [Token("t.two", "app2", "worker")]
+    cache.replace_channel("app2", Channel("app2", frozenset({NO_REDIS})), token, [])
+    router.route([msg("t.two", "a")])
+    assert backlog.appended == []
+    cache.replace_channel("app2", Channel("app2"), token, [])
+    router.route([msg("t.two", "b")])
+    assert backlog.appended == [("app2", [msg("worker", "b")])]
