@@ -17,7 +17,10 @@ Every frame's MSG starts with `t=<time.time() at the write> s=<conn>:<seq>`
 one by one: a template of 1000 frames holds fixed-width placeholders for the
 time and the upper digits of the sequence number, and each write fills them
 with bytes.replace, so the generator costs little CPU per message and
-leaves the cores to what is measured.
+leaves the cores to what is measured. A connection that feeds many channels
+(bench/peers.py's --spread) cycles through several templates whose frames
+carry different tokens of one length (`spread_templates`): every frame keeps
+the same width, and the sequence numbers stay per connection.
 
 The sink (`sink`, C source in COUNTSINK_C, compiled with cc on first use)
 counts what bench/sinks.py counts, in the same JSON: unique sequence numbers

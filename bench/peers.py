@@ -2,6 +2,8 @@
 
     /tmp/venv/bin/python bench/peers.py --seconds 15 --rounds 3
     /tmp/venv/bin/python bench/peers.py --seconds 5 --rounds 1 --only raw,rsyslog,b
+    /work/venv/bin/python bench/peers.py --channels 10,1000,10000 --spread even,zipf \
+        --only raw,rsyslog,sng-tcp,sng-http,a,b,c            # the cardinality axis (issue 14)
 
 Paths, each measured at the sink (bench/loadgen.py's counting sink, C):
 
@@ -20,7 +22,16 @@ Every round runs every path twice, in a rotated order: once unlimited (max:
 messages/s delivered in the window), then paced at --half of that figure
 (latency, loss and CPU per message). Then, unless --no-loggen, syslog-ng's
 loggen drives raw, rsyslog, sng-tcp, sng-http, a and b unlimited as a second,
-independent generator. rsyslog is apt-installed when missing; syslog-ng and
+independent generator.
+
+The cardinality axis (issue 14): with --channels 10,1000,10000 and/or
+--spread even,zipf, the node paths run once per (channels, spread) and the
+relays once per round (a relay has no per-channel cost). Each connection's
+frames then carry many tokens (several 1000-frame templates, each frame's
+token chosen by the spread), one channel in --drain-every (10) has the HTTP
+drain, node rows are counted at the node (backlog written + superseded) and
+the drains checked at the sink; loggen, which feeds one channel, is left
+out. rsyslog is apt-installed when missing; syslog-ng and
 loggen are unpacked as the integration tests do. bench/PEERS.md says what every
 figure means and holds the measured table; results go to bench/results/.
 """
@@ -754,7 +765,8 @@ def summarize_grid(runs: list[dict], args) -> dict:
         row = {
             "path": path, "channels": channels, "spread": spread, "load": load, "rounds": len(group),
             "relay_channels": None if channels else group[0]["channels"],
-            "msgs_per_s": med(r["msgs_per_s"] for r in group), "msgs_per_s_range": spread_of(r["msgs_per_s"] for r in group),
+            "msgs_per_s": med(r["msgs_per_s"] for r in group),
+            "msgs_per_s_range": spread_of(r["msgs_per_s"] for r in group),
             "us_per_msg": med(r["us_per_msg"] for r in group),
             "redis_us_per_msg": med(r["redis_us_per_msg"] for r in group),
             "cpu_percent": med(r["cpu_percent"] for r in group),
@@ -765,6 +777,7 @@ def summarize_grid(runs: list[dict], args) -> dict:
             "backlog_dropped": [(r.get("node_metrics") or {}).get(ingest.DROPPED) for r in group],
             "drain_dropped": [(r.get("node_metrics") or {}).get(drains.DRAIN_DROPPED) for r in group],
             "lost": [r["lost"] for r in group],
+            "settle_s": med(r.get("settle_s") for r in group),
             "drained_share": med((r.get("load") or {}).get("drained_share") for r in group),
             "channels_touched": med((r.get("load") or {}).get("channels_touched") for r in group),
             "top_share": med((r.get("load") or {}).get("top_share") for r in group),
@@ -792,7 +805,7 @@ def print_grid(summary: dict, args) -> None:
           f"{drain_every_of(args, 'even')} channels (b, c), counted at the node (backlog written + superseded), "
           f"drains checked at the sink; relays once a round")
     head = ("channels", "spread", "path", "load", "msgs/s (min-max)", f"vs {low:,}ch", "us/msg", f"vs {low:,}ch",
-            "CPU%", "RSS MiB peak/idle", "setup s", "backlog dropped", "drain dropped", "lost", "drained %",
+            "CPU%", "RSS MiB peak/idle", "setup s", "late s", "backlog dropped", "drain dropped", "lost", "drained %",
             "touched", "top %")
     out = [head]
     for row in summary["rows"]:
@@ -803,6 +816,7 @@ def print_grid(summary: dict, args) -> None:
             row["path"], row["load"], f"{fmt(row['msgs_per_s'])} ({fmt(lo)}-{fmt(hi)})",
             fmt(row["msgs_per_s_vs_low"], 2), us, fmt(row["us_per_msg_vs_low"], 2), fmt(row["cpu_percent"]),
             f"{fmt(row['peak_rss_mib'])}/{fmt(row['idle_rss_mib'])}", fmt(row["setup_s"], 1),
+            fmt(row["settle_s"], 1),
             ",".join(map(fmt, row["backlog_dropped"])), ",".join(map(fmt, row["drain_dropped"])),
             ",".join(map(fmt, row["lost"])),
             fmt(100 * row["drained_share"], 1) if row["drained_share"] is not None and row["path"] in ("b", "c")
@@ -813,7 +827,9 @@ def print_grid(summary: dict, args) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
     print(f"vs {low:,}ch: the median of per-round ratios to the {low:,}-channel row of the same path, spread and load. "
           f"A relay row's (channels) is the load it got: tokens are only text to a relay. setup s: creating the "
-          f"channels and drains through the API ({args.api_pool} keep-alive connections). lost: sent - at the backlog, "
+          f"channels and drains through the API ({args.api_pool} keep-alive connections). late s: how long after "
+          f"the window until what was sent was in the backlog and at the sink (at most --max-settle). "
+          f"lost: sent - at the backlog, "
           f"plus (node paths) what the drains owed the sink and did not deliver, per round.")
 
 
@@ -826,8 +842,9 @@ def main() -> None:
                    help="channels (2), or a comma-separated list for the cardinality axis (10,1000,10000): the node "
                         "paths run once per value and --spread; the relays once per round")
     p.add_argument("--spread", default="conn",
-                   help="conn: connection i sends to channel i %% N (the old load); even: each connection's frames walk "
-                        "all channels; zipf: channel of rank r gets a share ~ 1/r^s; comma-separated for several")
+                   help="conn: connection i sends to channel i %% N (the old load); even: each connection's "
+                        "frames walk all channels; zipf: channel of rank r gets a share ~ 1/r^s; "
+                        "comma-separated for several")
     p.add_argument("--drain-every", type=int, default=None,
                    help="one channel in N gets the HTTP drain of (b), (c), (d), (e) (default 1 with --spread conn, "
                         "else 10); with N > 1 the node paths are counted at the node, the drains checked at the sink")
