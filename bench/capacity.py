@@ -10,8 +10,8 @@ checkout), then measures, one step after the other on the same node:
    (bench/cardinality.py's keep-alive pool): seconds, node CPU, node RSS and
    Redis used_memory per channel + token.
 2. flushes: bursts of one (then --many) message(s) to each of --burst-channels
-   channels, one burst per --gap s (several flush ticks), so that every burst
-   is one flush of that many channels: Redis commands (INFO commandstats,
+   channels, the next one --gap s after the node wrote it (several flush ticks), so
+   that every burst is one flush of that many channels: Redis commands (INFO commandstats,
    every command by name, the node's background commands of an idle period
    of the same length subtracted) per message and per channel per flush, and
    Redis bytes in and out (INFO stats total_net_input/output_bytes, minus
@@ -37,6 +37,7 @@ import datetime
 import json
 import os
 import shlex
+import selectors
 import signal
 import socket
 import sys
@@ -138,6 +139,24 @@ def start_node(tmp: str, args, rport: int, name: str, sink_ok: bool = True):
     return proc, api, ports, cmd
 
 
+def restart(node, tmp: str, args, rport: int, channels: int):
+    """Node "cap-a" stopped and started again on the config in Redis; returns (process, api, ports,
+    start figures): seconds until /healthcheck answers and until its cache holds `channels`
+    channels, CPU it took, and its RSS once settled (no garbage of API requests in it)."""
+    node.terminate()
+    node.wait(timeout=30)
+    t0 = time.monotonic()
+    node, api, ports, _ = start_node(tmp, args, rport, "cap-a")
+    healthy = time.monotonic() - t0
+    ingest.wait_for(lambda: ingest.metrics(api).get("logplex_config_channels", 0) >= channels,
+                    "the restarted node's config cache", node, timeout=300)
+    loaded = time.monotonic() - t0
+    time.sleep(1.0)  # drain workers and timers settle
+    return node, api, ports, {"channels": channels, "healthcheck_s": round(healthy, 2), "loaded_s": round(loaded, 2),
+                              "node_cpu_s": round(ingest.cpu_seconds(node.pid), 2),
+                              "node_rss_mib": round(settled_rss(node.pid, 3.0), 2)}
+
+
 def settled_rss(pid: int, seconds: float = 1.5) -> float:
     """VmRSS once it stops moving for a moment (garbage, buffers): the lowest of a few samples."""
     samples = []
@@ -182,17 +201,18 @@ def info_cost(redis: Redis) -> tuple[float, float]:
 
 def flush_cost(redis: Redis, api: str, syslog_port: int, tokens: list[str], per_channel: int, bursts: int,
                gap: float, size: int, idle: dict, info_bytes: tuple[float, float]) -> dict:
-    """bursts x (per_channel messages to each of tokens' channels), one burst per gap s."""
+    """bursts x (per_channel messages to each of tokens' channels), each one once the last is written."""
     burst = b"".join(ingest.build_frame(t, size) * per_channel for t in tokens)
     messages = bursts * per_channel * len(tokens)
     start_count = handled(api)
     a = redis.info()
     t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", syslog_port)) as s:
-        for _ in range(bursts):
+        for i in range(bursts):
             s.sendall(burst)
+            # The next burst only once this one is written, and a few ticks later: one flush each.
+            wait_handled(api, start_count + (i + 1) * per_channel * len(tokens))
             time.sleep(gap)
-    wait_handled(api, start_count + messages)
     time.sleep(gap)
     took = time.monotonic() - t0
     b = redis.info()
@@ -215,11 +235,14 @@ def flush_cost(redis: Redis, api: str, syslog_port: int, tokens: list[str], per_
 
 
 class TailHolder:
-    """Live tails held open by this process: each a GET of a session, read and counted in a thread."""
+    """Live tails held open by this process: each a GET of a session, all read and counted by one thread."""
 
     def __init__(self, port: int) -> None:
-        self.port, self.socks, self.lines, self.stop = port, [], 0, False
+        self.port, self.lines, self.stop = port, 0, False
+        self.selector = selectors.DefaultSelector()
         self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
 
     def open(self, path: str) -> None:
         s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
@@ -232,29 +255,38 @@ class TailHolder:
             head += chunk
         if not head.startswith(b"HTTP/1.1 200"):
             raise ConnectionError(f"tail {path} answered {head[:120]!r}")
+        s.setblocking(False)
         with self.lock:
             self.lines += head.partition(b"\r\n\r\n")[2].count(b"\n")
-        self.socks.append(s)
-        threading.Thread(target=self._read, args=(s,), daemon=True).start()
+            self.selector.register(s, selectors.EVENT_READ)
 
-    def _read(self, s: socket.socket) -> None:
-        s.settimeout(0.5)
+    def _read(self) -> None:
         while not self.stop:
-            try:
-                data = s.recv(1 << 16)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
             with self.lock:
-                self.lines += data.count(b"\n")
+                ready = self.selector.select(0) if self.selector.get_map() else []
+            if not ready:
+                time.sleep(0.01)
+                continue
+            for key, _ in ready:
+                try:
+                    data = key.fileobj.recv(1 << 16)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                with self.lock:
+                    if not data:
+                        self.selector.unregister(key.fileobj)
+                        key.fileobj.close()
+                    else:
+                        self.lines += data.count(b"\n")
 
     def close(self) -> None:
         self.stop = True
-        for s in self.socks:
-            s.close()
+        self.thread.join(timeout=5)
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()
+        self.selector.close()
 
 
 def new_session(pool: cardinality.ApiPool, channel: str) -> str:
@@ -318,21 +350,27 @@ def run(args) -> dict:
     ingest.wait_for(lambda: drains.read_json(stats) is not None, "sink", sink)
     node, api, ports, cmd = start_node(tmp, args, rport, "cap-a")
     out["node_command"] = " ".join(map(shlex.quote, cmd))
-    pool = cardinality.ApiPool(api, args.api_pool)
     time.sleep(1.0)
-    print(f"capacity: node up, RSS {ingest.rss_mib(node.pid):.1f} MiB", flush=True)
+    # Node memory per object is read from fresh starts (empty, with the channels, with the drains
+    # too): the RSS a node grows while it answers API requests holds their garbage, and
+    # Python's heap reuses it for the next objects, which would then look free.
+    empty_rss = settled_rss(node.pid, 3.0)
+    print(f"capacity: node up, RSS {empty_rss:.1f} MiB", flush=True)
 
     # 1. channels + tokens
-    rss0, mem0, cpu0 = settled_rss(node.pid), redis.info()["used_memory"], ingest.cpu_seconds(node.pid)
+    mem0, cpu0 = redis.info()["used_memory"], ingest.cpu_seconds(node.pid)
     made = cardinality.create_channels(api, args.channels, 0, None, args.api_pool)
     cpu1 = ingest.cpu_seconds(node.pid)
-    rss1, mem1 = settled_rss(node.pid), redis.info()["used_memory"]
+    live_rss, mem1 = settled_rss(node.pid), redis.info()["used_memory"]
+    node, api, ports, start_c = restart(node, tmp, args, rport, args.channels)
+    pool = cardinality.ApiPool(api, args.api_pool)
     out["channels"] = {
         "count": args.channels, "seconds": made.channels_s, "per_s": round(args.channels / made.channels_s),
         "node_cpu_s": round(cpu1 - cpu0, 2), "node_cpu_us_per_channel": round(1e6 * (cpu1 - cpu0) / args.channels),
-        "node_rss_before_mib": round(rss0, 1), "node_rss_after_mib": round(rss1, 1),
-        "node_rss_kib_per_channel": round(1024 * (rss1 - rss0) / args.channels, 2),
-        "redis_bytes_per_channel": round((mem1 - mem0) / args.channels)}
+        "node_rss_empty_mib": round(empty_rss, 1), "node_rss_after_creating_mib": round(live_rss, 1),
+        "node_rss_restarted_mib": start_c["node_rss_mib"],
+        "node_rss_kib_per_channel": round(1024 * (start_c["node_rss_mib"] - empty_rss) / args.channels, 2),
+        "redis_bytes_per_channel": round((mem1 - mem0) / args.channels), "start": start_c}
     print(f"capacity: channels {out['channels']}", flush=True)
     tokens = made.tokens
 
@@ -372,7 +410,7 @@ def run(args) -> dict:
 
     # 4. drains
     d = min(args.drains, args.channels)
-    rss0, mem0 = settled_rss(node.pid), redis.info()["used_memory"]
+    mem0 = redis.info()["used_memory"]
     t0 = time.monotonic()
     answers = pool.map([("POST", f"/v3/channels/{made.names[i]}/drains",
                          {"url": f"http://127.0.0.1:{sink_port}/logs"}) for i in range(d)])
@@ -380,10 +418,15 @@ def run(args) -> dict:
     paths = [f"/v3/channels/{made.names[i]}/drains/{json.loads(body)['id']}" for i, (_, body) in
              zip(range(d), answers)]
     workers_s = cardinality.wait_for_drains(api, paths, pool_size=args.api_pool)
-    rss1, mem1 = settled_rss(node.pid), redis.info()["used_memory"]
+    mem1 = redis.info()["used_memory"]
+    node, api, ports, start_d = restart(node, tmp, args, rport, args.channels)
+    rss_d = start_d["node_rss_mib"]  # before any API request: their garbage is not a drain's
+    cardinality.wait_for_drains(api, paths, pool_size=args.api_pool)
+    pool = cardinality.ApiPool(api, args.api_pool)
     out["drains"] = {"count": d, "seconds": round(made_s, 2), "workers_s": workers_s,
-                     "node_rss_kib_per_drain": round(1024 * (rss1 - rss0) / max(1, d), 2),
-                     "redis_bytes_per_drain": round((mem1 - mem0) / max(1, d))}
+                     "node_rss_restarted_mib": round(rss_d, 2),
+                     "node_rss_kib_per_drain": round(1024 * (rss_d - start_c["node_rss_mib"]) / max(1, d), 2),
+                     "redis_bytes_per_drain": round((mem1 - mem0) / max(1, d)), "start": start_d}
     print(f"capacity: drains {out['drains']}", flush=True)
 
     # 5. sessions, then tails on some of them
@@ -417,18 +460,7 @@ def run(args) -> dict:
     out["node_rss_end_mib"] = round(ingest.rss_mib(node.pid), 1)
     out["redis_used_memory_end"] = redis.info()["used_memory"]
 
-    # 7. a node starting on this config: until it answers, and until its cache holds every channel
-    node.terminate()
-    node.wait(timeout=30)
-    t0 = time.monotonic()
-    node, api, ports, _ = start_node(tmp, args, rport, "cap-a")
-    healthy = time.monotonic() - t0
-    ingest.wait_for(lambda: ingest.metrics(api).get("logplex_config_channels", 0) >= args.channels,
-                    "the restarted node's config cache", node, timeout=300)
-    out["restart"] = {"channels": args.channels, "drains": d, "healthcheck_s": round(healthy, 2),
-                      "loaded_s": round(time.monotonic() - t0, 2), "node_cpu_s": round(ingest.cpu_seconds(node.pid), 2),
-                      "node_rss_mib": round(settled_rss(node.pid), 1)}
-    print(f"capacity: restart {out['restart']}", flush=True)
+    out["restart"] = dict(start_d, drains=d)  # the start after step 4: the whole config
     return out
 
 
@@ -441,8 +473,11 @@ def report(out: dict, args) -> None:
     c, fl, bk, dr, se, bus = (out["channels"], out["flush"], out["backlog"], out["drains"], out["sessions"],
                               out.get("bus"))
     rows = [
-        ("channel + token, node RSS", f"{c['node_rss_kib_per_channel']:.2f} KiB",
-         f"{c['count']:,} created in {c['seconds']:.1f} s ({c['per_s']:,}/s), "
+        ("channel + token, node RSS", kib(c['node_rss_kib_per_channel']),
+         f"fresh start with {c['count']:,} vs none ({c['node_rss_restarted_mib']:.1f} - {c['node_rss_empty_mib']:.1f} "
+         f"MiB; {c['node_rss_after_creating_mib']:.1f} MiB right after creating them)"),
+        ("channel creation through the API", f"{c['per_s']:,}/s",
+         f"{c['count']:,} in {c['seconds']:.1f} s over {args.api_pool} connections, "
          f"node CPU {c['node_cpu_us_per_channel']:,} us each"),
         ("channel + token, Redis", f"{c['redis_bytes_per_channel']:,} B", "config hashes/keys in used_memory"),
     ]
@@ -460,11 +495,11 @@ def report(out: dict, args) -> None:
          f"--history {bk['history']} x {bk['frame_bytes']} B frames; {bk['redis_bytes_per_message']} B per line; "
          f"LLEN {bk['llen_first']}"),
         ("drain, node RSS", kib(dr['node_rss_kib_per_drain']),
-         f"{dr['count']:,} idle HTTP drains, created in {dr['seconds']:.1f} s; "
+         f"fresh start with {dr['count']:,} idle HTTP drains too vs without; created in {dr['seconds']:.1f} s; "
          f"Redis {dr['redis_bytes_per_drain']:,} B each"),
-        ("session, node RSS", kib(se['node_rss_kib_per_session']),
+        ("session, node RSS (live)", kib(se['node_rss_kib_per_session']),
          f"{se['count']:,} sessions in {se['seconds']:.1f} s; Redis {se['redis_bytes_per_session']:,} B each"),
-        ("live tail (idle), node RSS", kib(se['node_rss_kib_per_tail']), f"{se['tails']} tails held open"),
+        ("live tail (idle), node RSS (live)", kib(se['node_rss_kib_per_tail']), f"{se['tails']} tails held open"),
     ]
     rs = out["restart"]
     rows.append(("node start on this config", f"{rs['loaded_s']:.2f} s",
@@ -490,11 +525,12 @@ def main() -> None:
     p.add_argument("--burst-channels", type=int, default=1000, help="channels each flush burst touches (1000)")
     p.add_argument("--bursts", type=int, default=20, help="bursts per flush measurement (20)")
     p.add_argument("--many", type=int, default=10, help="messages per channel in the second flush measurement (10)")
-    p.add_argument("--gap", type=float, default=0.25, help="seconds between bursts: several flush ticks (0.25)")
+    p.add_argument("--gap", type=float, default=0.2,
+                   help="seconds from a burst written to the next: several flush ticks (0.2)")
     p.add_argument("--fill-channels", type=int, default=100, help="channels whose backlog is filled (100)")
     p.add_argument("--drains", type=int, default=1000, help="HTTP drains to create (1000)")
     p.add_argument("--sessions", type=int, default=1000, help="sessions to create (1000)")
-    p.add_argument("--tails", type=int, default=100, help="sessions read as live tails (100)")
+    p.add_argument("--tails", type=int, default=500, help="sessions read as live tails (500)")
     p.add_argument("--bus-messages", type=int, default=20_000,
                    help="messages for the bus measurement on two nodes (20000; 0: skip it)")
     p.add_argument("--size", type=int, default=200, help="bytes per frame (200)")

@@ -593,7 +593,7 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
     total = (delivered(settled["sink_stats"], settled["metrics"]) - delivered(before["sink_stats"], before["metrics"])
              if by_node else final.get("messages" if gen == "loggen" else "unique", 0))
     mark = mark or before
-    lost = sent - total
+    lost = round(sent - total)
     if by_node and sink is not None:  # and what the drains owed the sink
         r.update(to_drains=to_drains, drained_at_sink=final.get("unique", 0),
                  drain_lost=to_drains - final.get("unique", 0))
