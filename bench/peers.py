@@ -375,6 +375,7 @@ def run_path(path: str, rate: float, gen: str, args, peers: dict, cell: tuple[in
     channels, spread = cell or (args.channels, "conn")
     r: dict = {"path": path, "gen": gen, "rate": round(rate), "seconds": args.seconds,
                "channels": channels, "spread": spread}
+    t0 = time.monotonic()
     try:
         return _run(path, rate, gen, args, peers, tmp, r)
     except (ingest.NodeDied, SystemExit, Exception) as e:  # one failed run must not end the others
@@ -385,6 +386,7 @@ def run_path(path: str, rate: float, gen: str, args, peers: dict, cell: tuple[in
         return r
     finally:
         cleanup()
+        r["wall_s"] = round(time.monotonic() - t0, 1)  # setup, window, settle, teardown
 
 
 def drain_every_of(args, spread: str) -> int:
