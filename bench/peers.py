@@ -185,16 +185,17 @@ def start_redis(tmp: str, args) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def snapshot_code() -> tuple[str, str]:
-    """A copy of this checkout's logplex/ and twisted/plugins/, taken once: the tree is shared and
-    may change during a run of 20+ minutes, and every node of one run must run the same code.
-    Returns (directory for PYTHONPATH, revision)."""
-    revision = drains.revision()
+def snapshot_code(source: str | None = None) -> tuple[str, str]:
+    """A copy of this checkout's logplex/ and twisted/plugins/ (or those of the tree `source`),
+    taken once: the tree is shared and may change during a run of 20+ minutes, and every node of
+    one run must run the same code. Returns (directory for PYTHONPATH, revision)."""
+    revision = drains.revision() if source is None else f"code from {source}"
+    source = source or ingest.ROOT
     root = tempfile.mkdtemp(prefix="logplex-peers-code-")
     atexit.register(shutil.rmtree, root, True)  # not in ingest.tmp_dirs: cleanup() empties that after every run
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "dropin.cache")
-    shutil.copytree(os.path.join(ingest.ROOT, "logplex"), os.path.join(root, "logplex"), ignore=ignore)
-    shutil.copytree(os.path.join(ingest.ROOT, "twisted"), os.path.join(root, "twisted"), ignore=ignore)
+    shutil.copytree(os.path.join(source, "logplex"), os.path.join(root, "logplex"), ignore=ignore)
+    shutil.copytree(os.path.join(source, "twisted"), os.path.join(root, "twisted"), ignore=ignore)
     digest = hashlib.sha256()
     for folder, _, files in sorted(os.walk(root)):
         for name in sorted(files):
@@ -867,6 +868,9 @@ def main() -> None:
     p.add_argument("--history", type=int, default=1500, help="the node's --history (1500)")
     p.add_argument("--node-arg", action="append", default=[], metavar="ARG", help="extra node option (repeatable)")
     p.add_argument("--redis-server", default="/usr/bin/redis-server")
+    p.add_argument("--code-from", metavar="DIR",
+                   help="run the nodes on DIR's logplex/ and twisted/ instead of this checkout's (e.g. an earlier "
+                        "commit: git archive REV logplex twisted | tar -x -C DIR)")
     p.add_argument("--json", metavar="PATH", help="where to write the results (bench/results/peers-<time>.json)")
     p.add_argument("--table", metavar="JSON", help="only print the table of an earlier run's results")
     args = p.parse_args()
@@ -923,7 +927,7 @@ def main() -> None:
     for note in notes:
         print(f"peers: {note}", flush=True)
 
-    args.code, revision = snapshot_code()
+    args.code, revision = snapshot_code(args.code_from)
     runs, started = [], time.time()
     cells = [(n, spread) for spread in args.spreads for n in args.channel_counts]
     relay_cell = (args.channel_counts[-1], args.spreads[0])  # a relay has no per-channel cost: once a round
@@ -966,7 +970,7 @@ def main() -> None:
     else:
         print_table(summary, args)
     print(f"revision {result['revision']}, {result['took_s']} s, load average at the end {os.getloadavg()[0]:.2f}")
-    if not revision.startswith(result["revision_at_end"] + " "):
+    if not args.code_from and not revision.startswith(result["revision_at_end"] + " "):
         print(f"note: the checkout moved to {result['revision_at_end']} during the run; every node ran the copy "
               f"taken at the start ({revision})")
     path = args.json or os.path.join(HERE, "results", time.strftime("peers-%Y%m%d-%H%M%S.json"))
