@@ -7,8 +7,10 @@ Starts its own redis-server and a node (as bench/peers.py does, from this
 checkout), then measures, one step after the other on the same node:
 
 1. channels: create --channels channels with one token each through the API
-   (bench/cardinality.py's keep-alive pool): seconds, node CPU, node RSS and
-   Redis used_memory per channel + token.
+   (bench/cardinality.py's keep-alive pool): seconds, node CPU, Redis
+   used_memory per channel + token; node RSS per channel from a fresh start
+   on that config against the empty node's (the RSS of the node that
+   answered the API requests holds their garbage).
 2. flushes: bursts of one (then --many) message(s) to each of --burst-channels
    channels, the next one --gap s after the node wrote it (several flush ticks), so
    that every burst is one flush of that many channels: Redis commands (INFO commandstats,
@@ -18,7 +20,10 @@ checkout), then measures, one step after the other on the same node:
    what the INFO calls themselves cost) per message.
 3. backlog memory: --fill-channels channels get --history messages each (their
    backlogs full): Redis used_memory per channel backlog and per message.
-4. drains: --drains HTTP drains (to a counting sink): node RSS per drain.
+4. drains: --drains HTTP drains (to a counting sink): node RSS per drain,
+   from a fresh start with them against the one without; that start's time
+   (until /healthcheck answers, until the cache holds every channel) is the
+   node's load time for the whole config.
 5. sessions and tails: --sessions sessions, then a live tail on --tails of
    them (held open by this script, idle): node RSS per session and per tail.
 6. bus: a second node B on the same Redis; --bus-messages messages into A
