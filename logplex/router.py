@@ -141,8 +141,9 @@ class Router:
         by_channel = self._route(messages, route)[1]
         if not by_channel:
             return None
-        backlog = self.backlog_hold(by_channel) if self.backlog_hold is not None and not self.deny_redis else None
-        drains = self.hold(by_channel) if self.hold is not None and not self.deny_drains else None
+        ids = by_channel.keys()
+        backlog = self.backlog_hold(ids) if self.backlog_hold is not None and not self.deny_redis else None
+        drains = self.hold(ids) if self.hold is not None and not self.deny_drains else None
         if backlog is None or drains is None:
             return backlog or drains
         return DeferredList([backlog, drains])

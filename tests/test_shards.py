@@ -40,11 +40,13 @@ def test_adding_a_shard_moves_only_a_proportional_share():
 
 
 def as_commands(keys, args):
-    """A WRITE_SCRIPT call as the commands it runs per channel (LTRIM shown whatever the length)."""
+    """A WRITE_SCRIPT call as the commands it runs per channel (LTRIM shown whatever the length;
+    EXPIRE shown as ("EXPIRE?", …) where it runs only if the list is new)."""
     last, expiry, at, out = args[0], args[1], 2, []
     for key in keys:
-        n = args[at]
-        out += [("LPUSH", key, *args[at + 1:at + 1 + n]), ("LTRIM", key, 0, last), ("EXPIRE", key, expiry)]
+        n = abs(args[at])
+        expire = "EXPIRE" if args[at] > 0 else "EXPIRE?"
+        out += [("LPUSH", key, *args[at + 1:at + 1 + n]), ("LTRIM", key, 0, last), (expire, key, expiry)]
         at += 1 + n
     assert at == len(args)
     return out
@@ -326,3 +328,26 @@ def test_the_writer_holds_only_senders_of_channels_on_a_congested_shard():
     assert dict((labels["shard"], v) for labels, v in b.queued()[0]) == {"shard-0": 3, "shard-1": 0}
     clock.advance(0.05)
     assert held.called
+
+
+def test_a_backlogs_expiry_is_refreshed_once_per_hundredth_of_the_expiry_not_at_every_flush():
+    w, redis, clock, metrics = writer()  # expiry 3600 s: refreshed every 36 s
+    w.append("a", [b"1"])
+    clock.advance(0.05)
+    redis.replies[-1].callback(1)
+    w.append("a", [b"2"])
+    clock.advance(0.05)
+    redis.replies[-1].callback(1)
+    clock.advance(36)
+    w.append("a", [b"3"])
+    clock.advance(0.05)
+    assert [flush[2][0] for flush in redis.executed] == ["EXPIRE", "EXPIRE?", "EXPIRE"]
+
+
+def test_a_failed_write_leaves_the_expiry_to_be_refreshed():
+    w, redis, clock, metrics = writer()
+    w.append("a", [b"1"])
+    clock.advance(0.05)
+    redis.replies[-1].errback(ConnectionError("shard down"))
+    clock.advance(1.0)
+    assert [flush[2][0] for flush in redis.executed] == ["EXPIRE", "EXPIRE"]

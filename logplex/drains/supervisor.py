@@ -109,8 +109,9 @@ class DrainSupervisor:
         """
         waits = None
         by_channel = self.by_channel
-        for channel_id in channel_ids:
-            for worker in by_channel.get(channel_id, ()):
+        # Only the channels with drains, found in C: a read may touch hundreds of channels.
+        for channel_id in by_channel.keys() & channel_ids:
+            for worker in by_channel[channel_id]:
                 if worker.holding():
                     if waits is None:
                         waits = []

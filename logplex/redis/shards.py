@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from itertools import chain
-from typing import Callable, Sequence
+from typing import Callable, Container, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -51,12 +51,17 @@ class ShardRing:
 # pipeline cost a Deferred and a parsed reply per command (bench/backlog_write.py
 # measures both). KEYS: the channels' backlogs. ARGV: the last index kept
 # (history - 1), the expiry in seconds, then per key its line count and its
-# lines, oldest first. LPUSH takes at most a thousand lines a call: Lua's
-# unpack has a stack limit of about eight thousand.
+# lines, oldest first. A negative count: the writer refreshed this backlog's
+# expiry lately, so EXPIRE only if the LPUSH made the list (a quarter of
+# Redis's work at one line per channel per flush). LPUSH takes at most a
+# thousand lines a call: Lua's unpack has a stack limit of about eight thousand.
 WRITE_SCRIPT = """
 local last, expiry, at = tonumber(ARGV[1]), tonumber(ARGV[2]), 3
 for i = 1, #KEYS do
-  local key, to = KEYS[i], at + tonumber(ARGV[at])
+  local count = tonumber(ARGV[at])
+  local refresh = count > 0
+  if not refresh then count = -count end
+  local key, to = KEYS[i], at + count
   local from, length = at + 1, 0
   while from <= to do
     local upto = math.min(to, from + 999)
@@ -64,7 +69,7 @@ for i = 1, #KEYS do
     from = upto + 1
   end
   if length > last + 1 then redis.call('LTRIM', key, 0, last) end
-  redis.call('EXPIRE', key, expiry)
+  if refresh or length == count then redis.call('EXPIRE', key, expiry) end
   at = to + 1
 end
 return #KEYS
@@ -77,18 +82,23 @@ WRITE_CALL_BYTES = 4 * 1024 * 1024
 
 
 def write_arguments(keys: RedisKeys, batch: dict[str, list[bytes]], history: int,
-                    expiry: int) -> tuple[list[str], list]:
-    """(KEYS, ARGV) of WRITE_SCRIPT for these channels' lines."""
+                    expiry: int, fresh: Container[str] = ()) -> tuple[list[str], list]:
+    """(KEYS, ARGV) of WRITE_SCRIPT for these channels' lines; the expiry of those in
+    `fresh` was refreshed lately and is refreshed again only if the list is new."""
     names, args = [], [history - 1, expiry]
     for channel_id, lines in batch.items():
         names.append(keys.backlog(channel_id))
-        args.append(len(lines))
+        args.append(-len(lines) if channel_id in fresh else len(lines))
         args.extend(lines)
     return names, args
 
 
-def write_calls(batch: dict[str, list[bytes]], max_bytes: int = WRITE_CALL_BYTES) -> list[dict[str, list[bytes]]]:
-    """The batch cut, by channel, into parts of about max_bytes of lines each."""
+def write_calls(batch: dict[str, list[bytes]], max_bytes: int = WRITE_CALL_BYTES,
+                total: int | None = None) -> list[dict[str, list[bytes]]]:
+    """The batch cut, by channel, into parts of about max_bytes of lines each
+    (total: the batch's bytes, when known; a batch within max_bytes is one part)."""
+    if total is not None and total <= max_bytes:
+        return [batch]
     calls, part, size = [], {}, 0
     for channel_id, lines in batch.items():
         part[channel_id] = lines
@@ -155,6 +165,13 @@ class BacklogWriter:
         self.failing = False
         self._holders: list[defer.Deferred] = []
         self._slow_logged = -self.SLOW_LOG_EVERY
+        # Backlogs whose expiry this writer refreshed since _fresh_since: their
+        # EXPIRE is skipped until the set is cleared, every 1 % of the expiry
+        # (an hour at most), so a backlog expires `expiry` after its last
+        # write, give or take that.
+        self._fresh: set[str] = set()
+        self._fresh_since = reactor.seconds()
+        self.refresh_every = min(3600.0, expiry / 100)
 
     def append(self, channel_id: str, messages: list[bytes]) -> None:
         self.extend({channel_id: messages})
@@ -244,16 +261,20 @@ class BacklogWriter:
         if not self.pending:
             return defer.succeed(None)
         batch, self.pending = self.pending, {}
+        size = self.pending_bytes
         self.pending_count, self.pending_bytes = 0, 0
         self.in_flight = batch
         self._release()  # the queue is empty now: held senders go on while the flush runs
-        self._flushing = defer.ensureDeferred(self._write(batch))
+        self._flushing = defer.ensureDeferred(self._write(batch, size))
         self._flushing.addBoth(self._flushed)
         return self._flushing
 
-    async def _write(self, batch: dict[str, list[bytes]]) -> bool:
+    async def _write(self, batch: dict[str, list[bytes]], size: int | None = None) -> bool:
         started = self.reactor.seconds()
-        calls = write_calls(batch)
+        if started - self._fresh_since >= self.refresh_every:
+            self._fresh = set()
+            self._fresh_since = started
+        calls = write_calls(batch, total=size)
         results = await defer.DeferredList(
             [self._write_call(part) for part in calls], consumeErrors=True)
         failed = [(part, result) for part, (ok, result) in zip(calls, results) if not ok]
@@ -273,9 +294,15 @@ class BacklogWriter:
         return True
 
     def _write_call(self, part: dict[str, list[bytes]]) -> defer.Deferred:
-        names, args = write_arguments(self.keys, part, self.history, self.expiry)
+        names, args = write_arguments(self.keys, part, self.history, self.expiry, self._fresh)
         d = defer.maybeDeferred(self.redis.eval, WRITE_SCRIPT, names, args)
-        return d.addTimeout(self.timeout, self.reactor)
+        d.addTimeout(self.timeout, self.reactor)
+
+        def written(result):
+            self._fresh.update(part)
+            return result
+
+        return d.addCallback(written)
 
     def _requeue(self, parts: list[dict[str, list[bytes]]], error: Exception) -> None:
         # Put the failed lines back in front of what arrived meanwhile, so a
