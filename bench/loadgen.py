@@ -17,7 +17,10 @@ Every frame's MSG starts with `t=<time.time() at the write> s=<conn>:<seq>`
 one by one: a template of 1000 frames holds fixed-width placeholders for the
 time and the upper digits of the sequence number, and each write fills them
 with bytes.replace, so the generator costs little CPU per message and
-leaves the cores to what is measured.
+leaves the cores to what is measured. A connection that feeds many channels
+(bench/peers.py's --spread) cycles through several templates whose frames
+carry different tokens of one length (`spread_templates`): every frame keeps
+the same width, and the sequence numbers stay per connection.
 
 The sink (`sink`, C source in COUNTSINK_C, compiled with cc on first use)
 counts what bench/sinks.py counts, in the same JSON: unique sequence numbers
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -75,23 +79,55 @@ def template(token: bytes, conn: int, size: int, shuttle: bool = False) -> tuple
 
 
 class Frames:
-    """Consecutive frames of one connection, filled in at the moment they are taken."""
+    """Consecutive frames of one connection, filled in at the moment they are taken.
 
-    def __init__(self, tmpl: bytes, frame_len: int) -> None:
-        self.tmpl, self.frame_len = tmpl, frame_len
+    `tmpl` is one template or a list of them (a connection whose frames carry
+    many tokens): sequence numbers HI*1000 + low come from template HI %
+    len(list). `counted`, one list per template, says which frames to count
+    as they are taken (those of drained channels): `self.counted` is then how
+    many of the frames taken so far were such frames."""
+
+    def __init__(self, tmpl: bytes | list[bytes], frame_len: int, counted: list[list[bool]] | None = None) -> None:
+        self.tmpls = tmpl if isinstance(tmpl, list) else [tmpl]
+        self.frame_len = frame_len
         self.seq = 0
         self._hi, self._block = -1, b""
+        # Prefix sums: how many counted frames a template holds before frame `low`.
+        self._prefix = None if counted is None else [
+            [0, *itertools.accumulate(map(int, flags))] for flags in counted]
+        self.counted = 0
 
     def take(self, n: int) -> tuple[bytes, int]:
         """Up to n frames (never across a template boundary) stamped with time.time(); (bytes, count)."""
         hi, low = divmod(self.seq, PER_TEMPLATE)
         if hi != self._hi:
-            self._hi, self._block = hi, self.tmpl.replace(HI, b"%07d" % hi)
+            self._hi, self._block = hi, self.tmpls[hi % len(self.tmpls)].replace(HI, b"%07d" % hi)
         n = min(n, PER_TEMPLATE - low)
         fl = self.frame_len
         out = self._block[low * fl:(low + n) * fl].replace(TS, b"%.6f" % time.time())
+        if self._prefix is not None:
+            prefix = self._prefix[hi % len(self.tmpls)]
+            self.counted += prefix[low + n] - prefix[low]
         self.seq += n
         return out, n
+
+
+def spread_templates(tokens: list[bytes], channels: list[int], conn: int, size: int) -> tuple[list[bytes], int]:
+    """Templates for one connection whose frame j goes to tokens[channels[j]]: len(channels) must be a
+    multiple of PER_TEMPLATE. Every token must have the same length, so that every frame has the
+    same width and Frames can slice them by offset; returns (templates, frame length)."""
+    if len({len(t) for t in tokens}) != 1:
+        raise ValueError("bench: every token must have the same length for fixed-width frames")
+    if len(channels) % PER_TEMPLATE:
+        raise ValueError(f"bench: {len(channels)} frames is not a whole number of {PER_TEMPLATE}-frame templates")
+    tmpls, widths = [], set()
+    for k in range(0, len(channels), PER_TEMPLATE):
+        frames = [_frame(HEADER_5424 % tokens[channels[k + low]], conn, low, size, b"")
+                  for low in range(PER_TEMPLATE)]
+        widths.update(map(len, frames))
+        tmpls.append(b"".join(frames))
+    assert len(widths) == 1
+    return tmpls, widths.pop()
 
 
 # -- generators (run in forked processes) --------------------------------------------------
@@ -111,10 +147,13 @@ def _paced(rate: float, start: float, sent: int, most: int) -> int:
     return min(due, most)
 
 
-def tcp_sender(sock: socket.socket, tmpl: bytes, frame_len: int, seconds: float, rate: float,
-               go, results, index: int) -> None:
-    """Octet-counted frames on an open connection for `seconds` at `rate` msgs/s (0: no limit)."""
-    frames, per_write, sent, error = Frames(tmpl, frame_len), max(1, 65536 // frame_len), 0, None
+def tcp_sender(sock: socket.socket, tmpl: bytes | list[bytes], frame_len: int, seconds: float, rate: float,
+               go, results, index: int, counted: list[list[bool]] | None = None) -> None:
+    """Octet-counted frames on an open connection for `seconds` at `rate` msgs/s (0: no limit).
+
+    Puts (index, sent, error, cpu) on results, and with `counted` (see Frames) a fifth figure:
+    how many of the frames sent were counted ones."""
+    frames, per_write, sent, error = Frames(tmpl, frame_len, counted), max(1, 65536 // frame_len), 0, None
     try:
         go.wait()
         start = time.monotonic()
@@ -127,7 +166,7 @@ def tcp_sender(sock: socket.socket, tmpl: bytes, frame_len: int, seconds: float,
                     sent += n
     except Exception as e:  # reported to the parent
         error = repr(e)
-    results.put((index, sent, error, _cpu()))
+    results.put((index, sent, error, _cpu()) + ((frames.counted,) if counted is not None else ()))
 
 
 def shuttle_request(token: str, body_frames: bytes, count: int, chunked: bool = True) -> bytes:
@@ -551,7 +590,8 @@ int main(int argc, char **argv) {
     setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(ls, (struct sockaddr *)&a, sizeof a) || listen(ls, 128)) { perror("bind/listen"); return 1; }
+    /* 4096: a node with 1,000 drains to this sink may connect them all at once. */
+    if (bind(ls, (struct sockaddr *)&a, sizeof a) || listen(ls, 4096)) { perror("bind/listen"); return 1; }
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);

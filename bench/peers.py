@@ -2,6 +2,8 @@
 
     /tmp/venv/bin/python bench/peers.py --seconds 15 --rounds 3
     /tmp/venv/bin/python bench/peers.py --seconds 5 --rounds 1 --only raw,rsyslog,b
+    /work/venv/bin/python bench/peers.py --channels 10,1000,10000 --spread even,zipf \
+        --only raw,rsyslog,sng-tcp,sng-http,a,b,c            # the cardinality axis (issue 14)
 
 Paths, each measured at the sink (bench/loadgen.py's counting sink, C):
 
@@ -20,7 +22,16 @@ Every round runs every path twice, in a rotated order: once unlimited (max:
 messages/s delivered in the window), then paced at --half of that figure
 (latency, loss and CPU per message). Then, unless --no-loggen, syslog-ng's
 loggen drives raw, rsyslog, sng-tcp, sng-http, a and b unlimited as a second,
-independent generator. rsyslog is apt-installed when missing; syslog-ng and
+independent generator.
+
+The cardinality axis (issue 14): with --channels 10,1000,10000 and/or
+--spread even,zipf, the node paths run once per (channels, spread) and the
+relays once per round (a relay has no per-channel cost). Each connection's
+frames then carry many tokens (several 1000-frame templates, each frame's
+token chosen by the spread), one channel in --drain-every (10) has the HTTP
+drain, node rows are counted at the node (backlog written + superseded) and
+the drains checked at the sink; loggen, which feeds one channel, is left
+out. rsyslog is apt-installed when missing; syslog-ng and
 loggen are unpacked as the integration tests do. bench/PEERS.md says what every
 figure means and holds the measured table; results go to bench/results/.
 """
@@ -45,11 +56,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "integration"))
+import cardinality  # noqa: E402  (spreads, ApiPool, create_channels)
 import drains  # noqa: E402  (revision, read_json, metric names)
 import ingest  # noqa: E402  (spawn, cleanup, free_port, http, metrics, cpu_seconds, ...)
 import loadgen  # noqa: E402
@@ -173,16 +185,17 @@ def start_redis(tmp: str, args) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def snapshot_code() -> tuple[str, str]:
-    """A copy of this checkout's logplex/ and twisted/plugins/, taken once: the tree is shared and
-    may change during a run of 20+ minutes, and every node of one run must run the same code.
-    Returns (directory for PYTHONPATH, revision)."""
-    revision = drains.revision()
+def snapshot_code(source: str | None = None) -> tuple[str, str]:
+    """A copy of this checkout's logplex/ and twisted/plugins/ (or those of the tree `source`),
+    taken once: the tree is shared and may change during a run of 20+ minutes, and every node of
+    one run must run the same code. Returns (directory for PYTHONPATH, revision)."""
+    revision = drains.revision() if source is None else f"code from {source}"
+    source = source or ingest.ROOT
     root = tempfile.mkdtemp(prefix="logplex-peers-code-")
     atexit.register(shutil.rmtree, root, True)  # not in ingest.tmp_dirs: cleanup() empties that after every run
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "dropin.cache")
-    shutil.copytree(os.path.join(ingest.ROOT, "logplex"), os.path.join(root, "logplex"), ignore=ignore)
-    shutil.copytree(os.path.join(ingest.ROOT, "twisted"), os.path.join(root, "twisted"), ignore=ignore)
+    shutil.copytree(os.path.join(source, "logplex"), os.path.join(root, "logplex"), ignore=ignore)
+    shutil.copytree(os.path.join(source, "twisted"), os.path.join(root, "twisted"), ignore=ignore)
     digest = hashlib.sha256()
     for folder, _, files in sorted(os.walk(root)):
         for name in sorted(files):
@@ -208,19 +221,6 @@ def start_node(tmp: str, args, rport: int, extra: list[str]):
     api = f"http://127.0.0.1:{ports['api']}"
     ingest.wait_for(lambda: ingest.http("GET", api + "/healthcheck")[0] == 200, "node healthcheck", proc)
     return proc, api, ports, cmd, log
-
-
-def api_call(method: str, url: str, body=None):
-    """ingest.http, retried for a while on 404 and 503: with --workers 2 the request may reach the
-    worker that has not yet heard of the channel just created through the other one."""
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            return ingest.http(method, url, body)
-        except urllib.error.HTTPError as e:
-            if e.code not in (404, 503) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 # -- processes and /proc -------------------------------------------------------------------
@@ -368,11 +368,15 @@ def tail_reader(port: int, path: str, stop, ready, out) -> None:
 
 
 # -- one measured run ----------------------------------------------------------------------
-def run_path(path: str, rate: float, gen: str, args, peers: dict) -> dict:
-    """Set up one path, drive it for args.seconds, settle, measure; everything it started is stopped."""
+def run_path(path: str, rate: float, gen: str, args, peers: dict, cell: tuple[int, str] | None = None) -> dict:
+    """Set up one path, drive it for args.seconds, settle, measure; everything it started is stopped.
+    cell: (channels, spread); without it, args.channels (an int) and connection i -> channel i."""
     tmp = tempfile.mkdtemp(prefix=f"logplex-peers-{path}-")
     ingest.tmp_dirs.append(tmp)
-    r: dict = {"path": path, "gen": gen, "rate": round(rate), "seconds": args.seconds}
+    channels, spread = cell or (args.channels, "conn")
+    r: dict = {"path": path, "gen": gen, "rate": round(rate), "seconds": args.seconds,
+               "channels": channels, "spread": spread}
+    t0 = time.monotonic()
     try:
         return _run(path, rate, gen, args, peers, tmp, r)
     except (ingest.NodeDied, SystemExit, Exception) as e:  # one failed run must not end the others
@@ -383,10 +387,26 @@ def run_path(path: str, rate: float, gen: str, args, peers: dict) -> dict:
         return r
     finally:
         cleanup()
+        r["wall_s"] = round(time.monotonic() - t0, 1)  # setup, window, settle, teardown
+
+
+def drain_every_of(args, spread: str) -> int:
+    """One channel in how many gets a drain in (b), (c), (e), (d): --drain-every, else every channel
+    with the old load (connection i -> channel i), one in ten with a spread."""
+    every = getattr(args, "drain_every", None)
+    return every if every else (1 if spread == "conn" else 10)
 
 
 def _run(path, rate, gen, args, peers, tmp, r) -> dict:
     shuttle = path in ("raw-http", "d")
+    n_channels, spread = r["channels"], r["spread"]
+    drain_every = drain_every_of(args, spread) if path in ("b", "c", "e", "d") else 0
+    # Counted at the node (backlog written + superseded), not at the sink, when the sink sees only
+    # the drained channels' share: the drains are then checked against what was sent to them.
+    by_node = path == "a" or (drain_every > 1 and path in NODES)
+    if by_node and path == "e":
+        raise SystemExit("(e) is counted at the sink (its workers answer /metrics in turn): use --drain-every 1")
+    r["drain_every"] = drain_every
     sink_kind = None if path == "a" else ("http" if path in ("sng-http", "b", "c", "d", "e", "raw-http")
                                            else "syslog")
     sink = stats_path = None
@@ -397,7 +417,8 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         ingest.wait_for(lambda: drains.read_json(stats_path) is not None, "sink", sink)
 
     target_pids, redis, node, api, workers, tail = [], None, None, None, None, None
-    tokens = [f"t.peer{i}" for i in range(args.channels)]
+    tokens = [f"t.{uuid.UUID(int=i)}" for i in range(n_channels)]  # the node's length: "t." + a UUID
+    drained = set(range(0, n_channels, drain_every)) if drain_every else set()
     if path in ("raw", "raw-http"):
         port = sink_port
     elif path in RELAYS:
@@ -411,14 +432,11 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         if path == "e":  # the workers share the API port: every one must answer
             ingest.wait_for(lambda: len(READY.findall(open(node_log, "rb").read())) >= 2,
                             "2 workers ready", node, timeout=90)
-        tokens, drain_urls = [], []
-        for i in range(args.channels):
-            _, body = api_call("PUT", f"{api}/v3/channels/bench-{i}", {"tokens": ["app"]})
-            tokens.append(json.loads(body)["tokens"]["app"])
-            if path != "a":
-                _, body = api_call("POST", f"{api}/v3/channels/bench-{i}/drains",
-                                      {"url": f"http://127.0.0.1:{sink_port}/logs"})
-                drain_urls.append(f"{api}/v3/channels/bench-{i}/drains/{json.loads(body)['id']}")
+        made = cardinality.create_channels(api, n_channels, drain_every,
+                                           f"http://127.0.0.1:{sink_port}/logs" if drain_every else None,
+                                           getattr(args, "api_pool", 4))
+        tokens, drain_urls = made.tokens, made.drain_paths
+        r["setup"] = {"channels_s": made.channels_s, "drains": len(made.drain_paths), "drains_s": made.drains_s}
         if gen == "loggen":
             # loggen's APPNAME is not a token: restart the node (same Redis, same name) with a
             # listener whose every message goes to channel 0.
@@ -428,10 +446,7 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
             lport = ingest.free_port()
             node, api, ports, node_cmd, node_log = start_node(
                 tmp, args, rport, node_args + ["--syslog-token", f"{tokens[0]}=tcp:{lport}:interface=127.0.0.1"])
-            drain_urls = [u.replace(u.split("/v3/")[0], api) for u in drain_urls]
-        for url in drain_urls:
-            ingest.wait_for(lambda: json.loads(ingest.http("GET", url)[1]).get("state") is not None,
-                            "the drain's worker", node, timeout=15)
+        r["setup"]["workers_s"] = cardinality.wait_for_drains(api, drain_urls, pool_size=getattr(args, "api_pool", 4))
         if path == "e":
             time.sleep(1.0)  # both workers have heard of the drains on the change feed
             workers = [p for p in group_pids(node.pid) if p != node.pid]
@@ -454,18 +469,32 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         socks, owners = connect(port, args.connections, workers)
         if workers:
             r["connections_per_worker"] = [owners.count(w) for w in workers]
+        per_conn = []
         for i, sock in enumerate(socks):
             token = tokens[i % len(tokens)]
-            tmpl, frame_len = loadgen.template(token.encode(), i, args.size, shuttle=shuttle)
+            counted = None
+            if spread == "conn":
+                tmpl, frame_len = loadgen.template(token.encode(), i, args.size, shuttle=shuttle)
+                per_conn.append([i % n_channels])
+            else:  # each frame's token chosen by the spread, over several templates
+                k = cardinality.templates_per_connection(n_channels, args.connections, spread)
+                chans = cardinality.frame_channels(spread, n_channels, i, args.connections, k * loadgen.PER_TEMPLATE,
+                                                   getattr(args, "zipf_s", 1.1), getattr(args, "seed", 1))
+                tmpl, frame_len = loadgen.spread_templates([t.encode() for t in tokens], chans, i, args.size)
+                counted = [[c in drained for c in chans[j:j + loadgen.PER_TEMPLATE]]
+                           for j in range(0, len(chans), loadgen.PER_TEMPLATE)]
+                per_conn.append(chans)
             if shuttle:
                 target, extra = loadgen.shuttle_sender, (sock, token, tmpl, frame_len)
             else:
                 target, extra = loadgen.tcp_sender, (sock, tmpl, frame_len)
             procs.append(ctx.Process(target=target, daemon=True, args=(
-                *extra, args.seconds, rate / args.connections, go, results, i)))
+                *extra, args.seconds, rate / args.connections, go, results, i, *(() if counted is None else
+                                                                                  (counted,)))))
             procs[-1].start()
             sock.close()  # the child holds it
         r["frame_bytes"] = frame_len
+        r["load"] = cardinality.describe_load(per_conn, drained.__contains__)
 
     def sink_now():
         return (drains.read_json(stats_path) or {}) if stats_path else {}
@@ -474,12 +503,12 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         return m.get(ingest.WRITTEN, 0) + m.get(ingest.SUPERSEDED, 0)
 
     def delivered(snap_sink, snap_metrics):
-        if path == "a":
+        if by_node:
             return node_count(snap_metrics)
         return snap_sink.get("messages" if gen == "loggen" else "unique", 0)
 
     def snapshot():
-        m = ingest.metrics(api) if path == "a" else {}
+        m = ingest.metrics(api) if by_node else {}
         gen_pids = [p.pid for p in procs] + ([loggen.pid] if loggen else [])
         return {"t": time.monotonic(), "target": cpu_of(target_pids), "redis": cpu_of([redis.pid] if redis else []),
                 "sink": cpu_of([sink.pid] if sink else []), "gen": cpu_of(gen_pids),
@@ -488,6 +517,7 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
     before = snapshot()
     mark = None
     rss = [rss_of(target_pids)]
+    r["idle_rss_mib"] = round(rss[0], 1) if target_pids else None  # set up, before any load
     if gen == "loggen":
         tree = peers["syslog-ng"]
         argv = [tree.loggen, "-i", "-S", "-P", "-s", str(args.size), "-r", "100000000", "-I", str(int(args.seconds)),
@@ -505,12 +535,13 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         if mark is None and time.monotonic() >= before["t"] + min(2.0, args.seconds / 4):
             mark = snapshot()  # CPU % is measured from here: skips the ramp-up
     end = snapshot()
-    sent, errors, gen_cpu = 0, [], 0.0
+    sent, errors, gen_cpu, to_drains = 0, [], 0.0, 0
     if gen == "py":
         for _ in procs:
-            index, n, error, cpu = results.get(timeout=120)
+            index, n, error, cpu, *counted = results.get(timeout=120)
             sent += n
             gen_cpu += cpu
+            to_drains += counted[0] if counted else 0
             if error:
                 errors.append(f"connection {index}: {error}")
         for p in procs:
@@ -523,14 +554,22 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         if loggen.returncode:
             errors.append(f"loggen exited {loggen.returncode}: {output[-500:]}")
 
-    # Settle: until all that was sent arrived, or nothing moved for --settle s.
-    last, still = delivered(end["sink_stats"], end["metrics"]), time.monotonic()
+    # Settle: until all that was sent arrived, or nothing moved for --settle s. Counted at the
+    # node, the drains' share must have reached the sink too.
+    def progress():
+        now = delivered(sink_now(), ingest.metrics(api) if by_node else {})
+        if by_node and sink is not None:
+            at_sink = sink_now().get("unique", 0)
+            return now + at_sink, now >= sent and at_sink >= to_drains
+        return now, now >= sent
+
+    last, still = progress()[0], time.monotonic()
     give_up = time.monotonic() + args.max_settle
     while time.monotonic() < give_up:
         time.sleep(0.25)
         rss.append(rss_of(target_pids))
-        now = delivered(sink_now(), ingest.metrics(api) if path == "a" else {})
-        if now >= sent:
+        now, done = progress()
+        if done:
             break
         if now != last:
             last, still = now, time.monotonic()
@@ -548,19 +587,24 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         final = drains.read_json(stats_path) or {}
     if path in NODES and path != "e":
         m0, m1 = before["metrics"] or {}, ingest.metrics(api)
-        r["node_metrics"] = {k: m1.get(k, 0) - (m0.get(k, 0) if path == "a" else 0) for k in (
+        r["node_metrics"] = {k: m1.get(k, 0) - (m0.get(k, 0) if by_node else 0) for k in (
             ingest.ROUTED, ingest.WRITTEN, ingest.SUPERSEDED, ingest.DROPPED, drains.DELIVERED,
             drains.DRAIN_DROPPED, "logplex_drain_l10_total", "logplex_drain_retried_total")}
 
     window, span = end["t"] - before["t"], end["t"] - (mark or before)["t"]
     in_window = delivered(end["sink_stats"], end["metrics"]) - delivered(before["sink_stats"], before["metrics"])
     total = (delivered(settled["sink_stats"], settled["metrics"]) - delivered(before["sink_stats"], before["metrics"])
-             if path == "a" else final.get("messages" if gen == "loggen" else "unique", 0))
+             if by_node else final.get("messages" if gen == "loggen" else "unique", 0))
     mark = mark or before
+    lost = round(sent - total)
+    if by_node and sink is not None:  # and what the drains owed the sink
+        r.update(to_drains=to_drains, drained_at_sink=final.get("unique", 0),
+                 drain_lost=to_drains - final.get("unique", 0))
+        lost += r["drain_lost"]
     r.update({
         "sent": sent, "sent_per_s": round(sent / window), "window_s": round(window, 2),
         "delivered_in_window": in_window, "msgs_per_s": round(in_window / window),
-        "delivered": total, "lost": sent - total, "settle_s": round(settled["t"] - end["t"], 1),
+        "delivered": total, "lost": lost, "settle_s": round(settled["t"] - end["t"], 1),
         "duplicates": final.get("duplicates"), "seq_holes": final.get("seq_holes"),
         "latency_p50_ms": final.get("latency_p50_ms"), "latency_p99_ms": final.get("latency_p99_ms"),
         "latency_max_ms": final.get("latency_max_ms"),
@@ -703,24 +747,130 @@ def print_table(summary: dict, args) -> None:
               f"node CPU {fmt(g['cpu_percent'])}%, {fmt(g['us_per_msg'], 2)} us/msg.")
 
 
+def summarize_grid(runs: list[dict], args) -> dict:
+    """One row per relay and per (path, channels, spread, load) of the node: medians over the rounds,
+    and ratios to the row of the fewest channels of the same path, spread and load (per round, then
+    the median)."""
+    def load_of(r):
+        return {"max": "max", "half": "half"}.get(r["phase"], f"{r['rate']:,}/s")
+
+    rows, keyed = [], {}
+    for r in runs:
+        if "error" in r:
+            continue
+        node = r["path"] in NODES
+        key = (r["path"], r["channels"] if node else None, r["spread"] if node else None, load_of(r))
+        keyed.setdefault(key, []).append(r)
+    low = min(args.channel_counts)
+    for key in sorted(keyed, key=lambda k: (ORDER.index(k[0]), k[2] or "", k[3] != "max", k[3], k[1] or 0)):
+        path, channels, spread, load = key
+        group = keyed[key]
+        row = {
+            "path": path, "channels": channels, "spread": spread, "load": load, "rounds": len(group),
+            "relay_channels": None if channels else group[0]["channels"],
+            "msgs_per_s": med(r["msgs_per_s"] for r in group),
+            "msgs_per_s_range": spread_of(r["msgs_per_s"] for r in group),
+            "us_per_msg": med(r["us_per_msg"] for r in group),
+            "redis_us_per_msg": med(r["redis_us_per_msg"] for r in group),
+            "cpu_percent": med(r["cpu_percent"] for r in group),
+            "peak_rss_mib": med(r["peak_rss_mib"] for r in group),
+            "idle_rss_mib": med(r.get("idle_rss_mib") for r in group),
+            "setup_s": med((r.get("setup") or {}).get("channels_s", 0) + (r.get("setup") or {}).get("drains_s", 0)
+                           if r.get("setup") else None for r in group),
+            "backlog_dropped": [(r.get("node_metrics") or {}).get(ingest.DROPPED) for r in group],
+            "drain_dropped": [(r.get("node_metrics") or {}).get(drains.DRAIN_DROPPED) for r in group],
+            "lost": [r["lost"] for r in group],
+            "settle_s": med(r.get("settle_s") for r in group),
+            "drained_share": med((r.get("load") or {}).get("drained_share") for r in group),
+            "channels_touched": med((r.get("load") or {}).get("channels_touched") for r in group),
+            "top_share": med((r.get("load") or {}).get("top_share") for r in group),
+        }
+        base = keyed.get((path, low, spread, load)) if channels not in (None, low) else None
+        for figure in ("msgs_per_s", "us_per_msg"):
+            ratios = []
+            for r in group:
+                b = [x for x in base or [] if x["round"] == r["round"]]
+                if b and b[0].get(figure) and r.get(figure) is not None:
+                    ratios.append(r[figure] / b[0][figure])
+            row[f"{figure}_vs_low"] = round(med(ratios), 3) if ratios else None
+        rows.append(row)
+    return {"rows": rows, "fewest_channels": low}
+
+
+def spread_of(values):  # min-max; `spread` is taken by the load's spread in summarize_grid
+    return spread(values)
+
+
+def print_grid(summary: dict, args) -> None:
+    low = summary["fewest_channels"]
+    print(f"\n{args.connections} connections, {args.size}-byte frames, {args.seconds:g} s windows, "
+          f"medians of {args.rounds} rounds (min-max); node paths: one HTTP drain per "
+          f"{drain_every_of(args, 'even')} channels (b, c), counted at the node (backlog written + superseded), "
+          f"drains checked at the sink; relays once a round")
+    head = ("channels", "spread", "path", "load", "msgs/s (min-max)", f"vs {low:,}ch", "us/msg", f"vs {low:,}ch",
+            "CPU%", "RSS MiB peak/idle", "setup s", "late s", "backlog dropped", "drain dropped", "lost", "drained %",
+            "touched", "top %")
+    out = [head]
+    for row in summary["rows"]:
+        lo, hi = row["msgs_per_s_range"]
+        us = fmt(row["us_per_msg"], 2) + (f" +{fmt(row['redis_us_per_msg'], 2)}r" if row["redis_us_per_msg"] else "")
+        out.append((
+            fmt(row["channels"]) if row["channels"] else f"({fmt(row['relay_channels'])})", row["spread"] or "-",
+            row["path"], row["load"], f"{fmt(row['msgs_per_s'])} ({fmt(lo)}-{fmt(hi)})",
+            fmt(row["msgs_per_s_vs_low"], 2), us, fmt(row["us_per_msg_vs_low"], 2), fmt(row["cpu_percent"]),
+            f"{fmt(row['peak_rss_mib'])}/{fmt(row['idle_rss_mib'])}", fmt(row["setup_s"], 1),
+            fmt(row["settle_s"], 1),
+            ",".join(map(fmt, row["backlog_dropped"])), ",".join(map(fmt, row["drain_dropped"])),
+            ",".join(map(fmt, row["lost"])),
+            fmt(100 * row["drained_share"], 1) if row["drained_share"] is not None and row["path"] in ("b", "c")
+            else "-",
+            fmt(row["channels_touched"]), fmt(100 * row["top_share"], 1) if row["top_share"] is not None else "-"))
+    widths = [max(len(str(r[i])) for r in out) for i in range(len(head))]
+    for r in out:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    print(f"vs {low:,}ch: the median of per-round ratios to the {low:,}-channel row of the same path, spread and load. "
+          f"A relay row's (channels) is the load it got: tokens are only text to a relay. setup s: creating the "
+          f"channels and drains through the API ({args.api_pool} keep-alive connections). late s: how long after "
+          f"the window until what was sent was in the backlog and at the sink (at most --max-settle). "
+          f"lost: sent - at the backlog, "
+          f"plus (node paths) what the drains owed the sink and did not deliver, per round.")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=15, help="each run's window (15)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
     p.add_argument("--connections", type=int, default=2, help="generator connections (2), the same for every path")
-    p.add_argument("--channels", type=int, default=2, help="channels (2); connection i sends to channel i %% N")
+    p.add_argument("--channels", default="2",
+                   help="channels (2), or a comma-separated list for the cardinality axis (10,1000,10000): the node "
+                        "paths run once per value and --spread; the relays once per round")
+    p.add_argument("--spread", default="conn",
+                   help="conn: connection i sends to channel i %% N (the old load); even: each connection's "
+                        "frames walk all channels; zipf: channel of rank r gets a share ~ 1/r^s; "
+                        "comma-separated for several")
+    p.add_argument("--drain-every", type=int, default=None,
+                   help="one channel in N gets the HTTP drain of (b), (c), (d), (e) (default 1 with --spread conn, "
+                        "else 10); with N > 1 the node paths are counted at the node, the drains checked at the sink")
+    p.add_argument("--zipf-s", type=float, default=1.1, help="the Zipf spread's exponent (1.1)")
+    p.add_argument("--seed", type=int, default=1, help="the Zipf spread's generator seed (1)")
+    p.add_argument("--api-pool", type=int, default=4, help="parallel keep-alive API connections for the setup (4)")
     p.add_argument("--size", type=int, default=200, help="bytes per frame, prefix included (200)")
-    p.add_argument("--half", type=float, default=0.5, help="the paced run's share of the path's max (0.5)")
+    p.add_argument("--half", type=float, default=None,
+                   help="the paced run's share of the path's max (0.5; 0: none, the default on the cardinality axis)")
     p.add_argument("--settle", type=float, default=3.0, help="stop waiting after this long without progress (3 s)")
     p.add_argument("--max-settle", type=float, default=30.0,
                    help="longest wait after the window for what is still on its way (30 s); the rest counts as lost")
-    p.add_argument("--goal-rate", type=float, default=100_000,
-                   help="also run (b) paced at this rate every round: the issue's goal (100000; 0: no)")
+    p.add_argument("--goal-rate", type=float, default=None,
+                   help="also run (b) paced at this rate every round (and cell): the issue's goal "
+                        "(100000; 0: no, the default on the cardinality axis)")
     p.add_argument("--only", default=",".join(ORDER), help=f"paths, comma-separated ({','.join(ORDER)})")
     p.add_argument("--no-loggen", action="store_true", help="skip the loggen-driven runs")
     p.add_argument("--history", type=int, default=1500, help="the node's --history (1500)")
     p.add_argument("--node-arg", action="append", default=[], metavar="ARG", help="extra node option (repeatable)")
     p.add_argument("--redis-server", default="/usr/bin/redis-server")
+    p.add_argument("--code-from", metavar="DIR",
+                   help="run the nodes on DIR's logplex/ and twisted/ instead of this checkout's (e.g. an earlier "
+                        "commit: git archive REV logplex twisted | tar -x -C DIR)")
     p.add_argument("--json", metavar="PATH", help="where to write the results (bench/results/peers-<time>.json)")
     p.add_argument("--table", metavar="JSON", help="only print the table of an earlier run's results")
     args = p.parse_args()
@@ -729,12 +879,36 @@ def main() -> None:
             earlier = json.load(f)
         for key, value in earlier["options"].items():
             setattr(args, key, value)
-        print_table(summarize(earlier["runs"], args.rounds), args)
+        if earlier["options"].get("grid"):
+            print_grid(summarize_grid(earlier["runs"], args), args)
+        else:
+            print_table(summarize(earlier["runs"], args.rounds), args)
         print(f"revision {earlier['revision']}, {earlier['took_s']} s, started {earlier['started']}")
         return
     paths = [x for x in args.only.split(",") if x]
     if unknown := set(paths) - set(ORDER):
         p.error(f"unknown paths {sorted(unknown)}; choose from {', '.join(ORDER)}")
+    try:
+        args.channel_counts = sorted({int(x) for x in str(args.channels).split(",") if x})
+    except ValueError:
+        p.error(f"--channels takes numbers, comma-separated, not {args.channels!r}")
+    args.spreads = [x for x in args.spread.split(",") if x]
+    if unknown := set(args.spreads) - {"conn", "even", "zipf"}:
+        p.error(f"unknown spreads {sorted(unknown)}; choose from conn, even, zipf")
+    if not args.channel_counts or min(args.channel_counts) < 1 or not args.spreads:
+        p.error("--channels and --spread need at least one value each, channels >= 1")
+    args.channels = args.channel_counts[0]  # what run_path reads without a cell (bench/memory.py)
+    args.grid = len(args.channel_counts) > 1 or args.spreads != ["conn"]
+    if args.half is None:
+        args.half = 0.0 if args.grid else 0.5
+    if args.goal_rate is None:
+        args.goal_rate = 0.0 if args.grid else 100_000
+    if args.spreads != ["conn"] and set(paths) & {"d", "raw-http", "e"}:
+        p.error("(d) and raw-http send one token per log-shuttle connection, and (e) is counted at the sink: "
+                "run them with --spread conn (and --drain-every 1 for e)")
+    if args.grid and not args.no_loggen:
+        args.no_loggen = True  # loggen's APPNAME is one token: it can only feed one channel
+        print("peers: no loggen runs on the cardinality axis (loggen feeds one channel)", flush=True)
     atexit.register(cleanup)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -753,32 +927,36 @@ def main() -> None:
     for note in notes:
         print(f"peers: {note}", flush=True)
 
-    args.code, revision = snapshot_code()
+    args.code, revision = snapshot_code(args.code_from)
     runs, started = [], time.time()
+    cells = [(n, spread) for spread in args.spreads for n in args.channel_counts]
+    relay_cell = (args.channel_counts[-1], args.spreads[0])  # a relay has no per-channel cost: once a round
     for rnd in range(args.rounds):
         order = paths[rnd % len(paths):] + paths[:rnd % len(paths)]
+        cell_order = cells[rnd % len(cells):] + cells[:rnd % len(cells)]
         for path in order:
-            r = run_path(path, 0, "py", args, peers)
-            r.update(round=rnd, phase="max")
-            runs.append(r)
-            line(r)
-            if "error" not in r and r["msgs_per_s"] > 0:
-                h = run_path(path, args.half * r["msgs_per_s"], "py", args, peers)
-                h.update(round=rnd, phase="half")
-                runs.append(h)
-                line(h)
-            if path == "b" and args.goal_rate:
-                g = run_path(path, args.goal_rate, "py", args, peers)
-                g.update(round=rnd, phase="goal")
-                runs.append(g)
-                line(g)
+            for cell in cell_order if path in NODES else [relay_cell]:
+                r = run_path(path, 0, "py", args, peers, cell)
+                r.update(round=rnd, phase="max")
+                runs.append(r)
+                line(r)
+                if args.half and "error" not in r and r["msgs_per_s"] > 0:
+                    h = run_path(path, args.half * r["msgs_per_s"], "py", args, peers, cell)
+                    h.update(round=rnd, phase="half")
+                    runs.append(h)
+                    line(h)
+                if path == "b" and args.goal_rate:
+                    g = run_path(path, args.goal_rate, "py", args, peers, cell)
+                    g.update(round=rnd, phase="goal")
+                    runs.append(g)
+                    line(g)
         if use_loggen:
             for path in [x for x in order if x in LOGGEN_PATHS]:
                 r = run_path(path, 0, "loggen", args, peers)
                 r.update(round=rnd, phase="max")
                 runs.append(r)
                 line(r)
-    summary = summarize(runs, args.rounds)
+    summary = summarize_grid(runs, args) if args.grid else summarize(runs, args.rounds)
     result = {
         "command": " ".join(map(shlex.quote, [sys.executable, *sys.argv])), "revision": revision,
         "revision_at_end": drains.revision(),
@@ -787,9 +965,12 @@ def main() -> None:
                                                          "load_at_end": os.getloadavg()},
         "options": vars(args), "peers": notes, "skipped": skipped, "summary": summary, "runs": runs,
     }
-    print_table(summary, args)
+    if args.grid:
+        print_grid(summary, args)
+    else:
+        print_table(summary, args)
     print(f"revision {result['revision']}, {result['took_s']} s, load average at the end {os.getloadavg()[0]:.2f}")
-    if not revision.startswith(result["revision_at_end"] + " "):
+    if not args.code_from and not revision.startswith(result["revision_at_end"] + " "):
         print(f"note: the checkout moved to {result['revision_at_end']} during the run; every node ran the copy "
               f"taken at the start ({revision})")
     path = args.json or os.path.join(HERE, "results", time.strftime("peers-%Y%m%d-%H%M%S.json"))
@@ -804,11 +985,17 @@ def line(r: dict) -> None:
     if "error" in r:
         return
     what = f"{r['path']:<9}{r['gen']:<7}{'rate ' + fmt(r['rate']) if r['rate'] else 'max':<13}"
+    if r.get("spread", "conn") != "conn" or r.get("drain_every", 0) > 1:
+        what = f"{r['channels']:>6} {r['spread']:<5} " + what
     print(f"{what} delivered {fmt(r['msgs_per_s']):>9}/s  sent {fmt(r['sent_per_s']):>9}/s  lost {fmt(r['lost']):>9}"
           f"  p50/p99 {fmt(r['latency_p50_ms'], 2)}/{fmt(r['latency_p99_ms'], 1)} ms  CPU {fmt(r['cpu_percent'])}%"
           f" {fmt(r['us_per_msg'], 2)} us/msg  RSS {fmt(r['peak_rss_mib'])}  sink {fmt(r['sink_cpu_percent'])}%"
           f"  gen {fmt(r['gen_cpu_percent'])}%" + (f"  tail {r['tail']}" if r.get("tail") else "")
-          + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
+          + (f"  errors {r['errors']}" if r["errors"] else "")
+          + (f"  setup {r['setup']}" if r.get("setup") and r.get("spread", "conn") != "conn" else "")
+          + (f"  drains owed {fmt(r['to_drains'])} got {fmt(r['drained_at_sink'])}" if "to_drains" in r else "")
+          + (f"  dropped backlog/drain {fmt(r['node_metrics'].get(ingest.DROPPED))}/"
+             f"{fmt(r['node_metrics'].get(drains.DRAIN_DROPPED))}" if r.get("node_metrics") else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ class Settings:
     http_drain_target_bytes: int = 100 * 1024
     tcp_drain_target_bytes: int = 64 * 1024
     http_drain_linger: float = 0.25
+    http_drain_post_rate: int = 1000
     http_drain_timeout: float = 30.0
     drain_backoff_max: float = 30.0
     drain_spool_bytes: int = 64 * 1024 * 1024

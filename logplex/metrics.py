@@ -21,8 +21,11 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_partial_frames_dropped_total": ("counter", "Incomplete frames discarded when a sender disconnected."),
     "logplex_http_requests_total": ("counter", "HTTP log input requests by status."),
     "logplex_backlog_written_total": ("counter", "Messages written to channel backlogs."),
-    "logplex_backlog_dropped_total": ("counter", "Messages not written to a backlog (shard down or queue full)."),
+    "logplex_backlog_dropped_total": ("counter", "Messages not written to a backlog: shed while the shard's Redis failed and the writer's queue was full."),
     "logplex_backlog_superseded_total": ("counter", "Messages not written because newer ones fill the backlog's history."),
+    "logplex_backlog_queued_messages": ("gauge", "Messages waiting in a shard's backlog writer, per shard (the writer queue depth)."),
+    "logplex_backlog_queued_bytes": ("gauge", "Bytes waiting in a shard's backlog writer, per shard."),
+    "logplex_backlog_pushback_total": ("counter", "Times a shard's backlog writer, past half its bound with Redis answering, held its senders back."),
     "logplex_node_info": ("gauge", "This node's name and version, as labels (always 1)."),
     "logplex_shard_map_version": ("gauge", "Version of the shard map this node writes backlogs by."),
     "logplex_tail_lines_total": ("counter", "Lines sent to live tails."),
@@ -56,6 +59,24 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_http_refused_total": ("counter", "POST /logs requests refused for their body or headers, by reason."),
     "logplex_redis_auth_failures_total": ("counter", "Redis connections refused at AUTH (wrong or missing password); retried with backoff."),
     "logplex_config_reseeds_total": ("counter", "Times this node re-seeded an empty or older config Redis from its cache."),
+    "logplex_connections_refused_total": ("counter", "Connections closed at once: the listener had --max-connections open."),
+    "logplex_syslog_timeouts_total": ("counter", "Syslog connections closed for idling or for a frame sent too slowly, by reason."),
+    "logplex_drain_delivered_total": ("counter", "Messages a drain delivered, per drain."),
+    "logplex_drain_retried_total": ("counter", "Deliveries a drain retried, per drain."),
+    "logplex_drain_dropped_total": ("counter", "Messages a drain dropped, per drain and reason."),
+    # Signals to scale on (logplex/saturation.py). Under --workers every
+    # worker shows every worker's figures, labelled worker=<node>-<i>.
+    "logplex_reactor_lag_seconds": ("gauge", "How late the event loop ran its latest 0.1 s timer: seconds behind, per worker."),
+    "logplex_reactor_lag_max_seconds": ("gauge", "The most the event loop ran behind over the last 15 to 30 s, per worker."),
+    "logplex_worker_busy_ratio": ("gauge",
+                                  "Share of the last second the worker spent working, not waiting for I/O "
+                                  "(0 to 1; 1 means it cannot take more), per worker."),
+    "logplex_worker_cpu_ratio": ("gauge", "CPU time over wall time in the last second, per worker (not a load signal: see busy)."),
+    "logplex_ingress_holds_total": ("counter", "Syslog reads and POST /logs answers held back (pushback), per listener."),
+    "logplex_ingress_held": ("gauge", "Syslog connections and POST /logs requests held back now, per listener."),
+    "logplex_ingress_held_seconds_total": ("counter",
+                                           "Seconds senders were held back (reading paused, answer delayed), "
+                                           "holds under way included, per listener."),
 }
 
 

@@ -23,6 +23,10 @@ NO_REDIS = "no_redis"
 CHANNEL_FLAGS = frozenset({NO_TAIL, NO_REDIS})
 
 
+# Most channels have no flags: one shared empty set rather than one per channel.
+_NO_FLAGS: frozenset[str] = frozenset()
+
+
 def new_token_id() -> str:
     return "t." + str(uuid.uuid4())
 
@@ -64,9 +68,20 @@ class Channel:
 
     @classmethod
     def from_json(cls, channel_id: str, data: bytes) -> Channel:
-        doc = json.loads(data)
-        return cls(id=channel_id, flags=frozenset(doc.get("flags", ())),
-                   incarnation=doc.get("incarnation") or LEGACY_INCARNATION)
+        return cls.from_doc(channel_id, json.loads(data))
+
+    @classmethod
+    def from_doc(cls, channel_id: str, doc: dict) -> Channel:
+        """From a record already decoded (a config load decodes a whole page of them at once)."""
+        flags = doc.get("flags")
+        return cls(channel_id, frozenset(flags) if flags else _NO_FLAGS,
+                   doc.get("incarnation") or LEGACY_INCARNATION)
+
+    def is_doc(self, doc: dict) -> bool:
+        """Whether from_doc(self.id, doc) would give this very record (without making one)."""
+        flags = doc.get("flags")
+        return (self.incarnation == (doc.get("incarnation") or LEGACY_INCARNATION)
+                and (self.flags == frozenset(flags) if flags else not self.flags))
 
 
 @attrs.frozen
@@ -80,8 +95,15 @@ class Token:
 
     @classmethod
     def from_json(cls, token_id: str, data: bytes) -> Token:
-        doc = json.loads(data)
-        return cls(id=token_id, channel_id=doc["channel_id"], name=doc["name"])
+        return cls.from_doc(token_id, json.loads(data))
+
+    @classmethod
+    def from_doc(cls, token_id: str, doc: dict) -> Token:
+        return cls(token_id, doc["channel_id"], doc["name"])
+
+    def is_doc(self, doc: dict) -> bool:
+        """Whether from_doc(self.id, doc) would give this very record (without making one)."""
+        return self.channel_id == doc["channel_id"] and self.name == doc["name"]
 
 
 @attrs.frozen
@@ -100,10 +122,15 @@ class Drain:
 
     @classmethod
     def from_json(cls, drain_id: int, data: bytes) -> Drain:
-        doc = json.loads(data)
-        return cls(
-            id=drain_id, channel_id=doc["channel_id"], token=doc["token"], url=doc["url"]
-        )
+        return cls.from_doc(drain_id, json.loads(data))
+
+    @classmethod
+    def from_doc(cls, drain_id: int, doc: dict) -> Drain:
+        return cls(drain_id, doc["channel_id"], doc["token"], doc["url"])
+
+    def is_doc(self, doc: dict) -> bool:
+        """Whether from_doc(self.id, doc) would give this very record (without making one)."""
+        return self.channel_id == doc["channel_id"] and self.token == doc["token"] and self.url == doc["url"]
 
     def describe(self) -> dict:
         return {"id": self.id, "token": self.token, "url": self.url}
@@ -137,7 +164,10 @@ class Credential:
 
     @classmethod
     def from_json(cls, cred_id: str, data: bytes) -> Credential:
-        doc = json.loads(data)
+        return cls.from_doc(cred_id, json.loads(data))
+
+    @classmethod
+    def from_doc(cls, cred_id: str, doc: dict) -> Credential:
         return cls(
             id=cred_id,
             secret_hash=doc["hash"],

@@ -7,7 +7,9 @@ messages, one call per read, and it hands lists onward, one call per channel.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, KeysView, Protocol
+
+from twisted.internet.defer import DeferredList
 
 from logplex import syslog
 from logplex.model import NO_REDIS, NO_TAIL
@@ -18,19 +20,22 @@ if TYPE_CHECKING:
 
 
 class BacklogSink(Protocol):
-    def append(self, channel_id: str, messages: list[bytes]) -> None: ...
+    def extend(self, by_channel: dict[str, list[bytes]]) -> None: ...
 
 
 class TailSink(Protocol):
-    def has_tails(self, channel_id: str) -> bool: ...
+    def tailed(self, channel_ids: KeysView[str]) -> Iterable[str]:
+        """Those of these channels that have a tail somewhere."""
 
     def publish(self, channel_id: str, messages: list[bytes]) -> None: ...
 
 
 DrainSink = Callable[[str, list[bytes]], None]
 # Given the channels a batch went to: None, or a Deferred the sender should
-# wait for before it sends more (a drain of theirs is full and keeping up).
-DrainHold = Callable[[Iterable[str]], "Deferred | None"]
+# wait for before it sends more (a drain of theirs is full and keeping up, or
+# the backlog writer of their shard is past half its bound).
+Hold = Callable[[Iterable[str]], "Deferred | None"]
+DrainHold = Hold
 
 
 class IngressDenied(Exception):
@@ -107,6 +112,7 @@ class Router:
         clock: Callable[[], float] = time.time,
         hold: DrainHold | None = None,
         drops: DropReport | None = None,
+        backlog_hold: Hold | None = None,
     ) -> None:
         self.clock = clock
         self.drops = drops
@@ -116,6 +122,7 @@ class Router:
         self.metrics = metrics
         self.drains = drains
         self.hold = hold
+        self.backlog_hold = backlog_hold
         # Node-wide switches an operator flips from the admin shell.
         self.deny_ingress = False
         self.deny_redis = False
@@ -132,9 +139,14 @@ class Router:
     def route_held(self, messages: list[bytes], route: tuple[str, bytes] | None = None) -> Deferred | None:
         """Route a batch like route(); a Deferred when its sender should wait before sending more."""
         by_channel = self._route(messages, route)[1]
-        if self.hold is None or not by_channel or self.deny_drains:
+        if not by_channel:
             return None
-        return self.hold(by_channel)
+        ids = by_channel.keys()
+        backlog = self.backlog_hold(ids) if self.backlog_hold is not None and not self.deny_redis else None
+        drains = self.hold(ids) if self.hold is not None and not self.deny_drains else None
+        if backlog is None or drains is None:
+            return backlog or drains
+        return DeferredList([backlog, drains])
 
     def _route(self, messages: list[bytes], route: tuple[str, bytes] | None) -> tuple[int, dict]:
         metrics = self.metrics
@@ -192,16 +204,23 @@ class Router:
         return accepted, by_channel
 
     def _fan_out(self, by_channel: dict[str, list[bytes]]) -> None:
+        # Per read, not per channel, wherever it can be: one read of 64 KiB may
+        # touch hundreds of channels when thousands are busy.
         channels = self.cache.channels
-        channel_drains = self.cache.channel_drains
-        for channel_id, batch in by_channel.items():
-            flags = channels[channel_id].flags if channel_id in channels else frozenset()
-            if not self.deny_redis and NO_REDIS not in flags:
-                self.backlogs.append(channel_id, batch)
-            if NO_TAIL not in flags and self.tails.has_tails(channel_id):
-                self.tails.publish(channel_id, batch)
-            if self.drains is not None and not self.deny_drains and channel_id in channel_drains:
-                self.drains(channel_id, batch)
+        flagged = self.cache.flagged and by_channel.keys() & self.cache.flagged.keys()
+        if not self.deny_redis:
+            if flagged:
+                self.backlogs.extend({channel_id: batch for channel_id, batch in by_channel.items()
+                                      if channel_id not in flagged or NO_REDIS not in channels[channel_id].flags})
+            else:
+                self.backlogs.extend(by_channel)
+        ids = by_channel.keys()
+        for channel_id in self.tails.tailed(ids):
+            if channel_id not in flagged or NO_TAIL not in channels[channel_id].flags:
+                self.tails.publish(channel_id, by_channel[channel_id])
+        if self.drains is not None and not self.deny_drains:
+            for channel_id in ids & self.cache.channel_drains.keys():
+                self.drains(channel_id, by_channel[channel_id])
 
     def emit(self, channel_id: str, message: bytes) -> None:
         """A message of the router's own (L10, L14 …) into a channel, like any other."""

@@ -40,6 +40,7 @@ from logplex.redis.keys import RedisKeys
 from logplex.redis.shardmap import CONFIG, ShardMapFollower, load_or_init, load_versioned
 from logplex.redis.shards import Backlogs
 from logplex.router import DropReport, Router
+from logplex.saturation import HoldMeter, WorkerLoad, listener_name
 from logplex.tails import TailRegistry
 from logplex.web import ConnectionCap, LogplexSite
 from logplex.workers import adopt, listeners
@@ -80,11 +81,18 @@ class LogplexNode(MultiService):
         self._pools: list = []
         # Passwords of Redis URLs that have none (--redis-password-file), re-read on SIGHUP.
         self.redis_secrets = RedisSecrets(settings.redis_password_file, self.metrics, reactor)
+        # Signals to scale on; under --workers each worker shares its figures with its siblings.
+        self.load = WorkerLoad(reactor, settings.node_name,
+                               os.path.join(settings.data_dir, "load") if inherited_fds else None)
+        self.load.expose(self.metrics)
+        self.holds = HoldMeter(reactor.seconds)
+        self.holds.expose(self.metrics)
 
     # -- start --------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
         self._install_sighup()
+        self.load.start()
         d = defer.ensureDeferred(self._boot())
         d.addCallbacks(self.booted.callback, self._boot_failed)
 
@@ -137,7 +145,8 @@ class LogplexNode(MultiService):
                                           lambda channel_id, now: self.backlogs.forget(channel_id)]
         self.registry = NodeRegistry(config_redis, s.node_name, self.reactor, interval=s.heartbeat,
                                      timeout=s.redis_timeout, keys=keys)
-        self.router = Router(self.store.cache, self.backlogs, self.cluster_tails, self.metrics, drops=self.drops)
+        self.router = Router(self.store.cache, self.backlogs, self.cluster_tails, self.metrics, drops=self.drops,
+                             backlog_hold=self.backlogs.hold)
         # Drains connect through a resolver that refuses private addresses,
         # unless the operator allows them.
         drain_reactor = self.reactor if s.allow_private_drains else PublicOnlyReactor(self.reactor)
@@ -213,15 +222,17 @@ class LogplexNode(MultiService):
         logs = LogInput(self.store, self.router, self.auth, self.metrics, s.max_body, s.max_frame,
                         throttle=LoginThrottle(self.reactor, limit=s.login_failures, metrics=self.metrics,
                                                listener="logs"),
-                        reactor=self.reactor, health=self.health)
+                        reactor=self.reactor, health=self.health, holds=self.holds)
         await self._listen("logs", s.logs, self._site(logs.resource()))
         factories = []
         # One factory per listener: --max-connections holds for each.
         for token, description in [(None, d) for d in s.syslog] + list(s.syslog_token):
             factories.append(SyslogFactory(
                 self.router, self.metrics, s.max_frame, token=token, max_connections=s.max_connections,
-                idle_timeout=s.syslog_idle_timeout, frame_timeout=s.frame_timeout, clock=self.reactor))
-            await self._listen("syslog", description, factories[-1])
+                idle_timeout=s.syslog_idle_timeout, frame_timeout=s.frame_timeout, clock=self.reactor,
+                holds=self.holds))
+            port = await self._listen("syslog", description, factories[-1])
+            factories[-1].listener = listener_name("syslog-token" if token else "syslog", port)
         self.metrics.gauge_callback(
             "logplex_active_connections", lambda: [({}, sum(f.connections for f in factories))]
         )
@@ -377,6 +388,7 @@ class LogplexNode(MultiService):
                 await pool.disconnect()
             except Exception:
                 pass
+        self.load.stop()
         # The embedded Redis (a child service) stops last.
         await defer.maybeDeferred(super().stopService)
 

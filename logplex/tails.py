@@ -265,6 +265,10 @@ class TailRegistry:
     def has_tails(self, channel_id: str) -> bool:
         return channel_id in self.by_channel
 
+    def tailed(self, channel_ids) -> set[str]:
+        """Those of these channels (a set or keys view) that have a tail on this node."""
+        return channel_ids & self.by_channel.keys()
+
     def publish(self, channel_id: str, messages: list[bytes], incarnation: str | None = None) -> None:
         """Deliver to the channel's tails; with an incarnation, only to tails of that channel
         (lines from another node name the channel they were routed to)."""

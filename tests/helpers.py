@@ -23,8 +23,9 @@ class RecordingBacklog:
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[bytes]]] = []
 
-    def append(self, channel_id: str, messages: list[bytes]) -> None:
-        self.calls.append((channel_id, list(messages)))
+    def extend(self, by_channel: dict[str, list[bytes]]) -> None:
+        for channel_id, messages in by_channel.items():
+            self.calls.append((channel_id, list(messages)))
 
     def messages(self, channel_id: str) -> list[bytes]:
         """Everything appended to one channel, in order, across calls."""
@@ -41,8 +42,8 @@ class RecordingTails:
         self.live = set(live or ())
         self.calls: list[tuple[str, list[bytes]]] = []
 
-    def has_tails(self, channel_id: str) -> bool:
-        return channel_id in self.live
+    def tailed(self, channel_ids) -> list[str]:
+        return [c for c in channel_ids if c in self.live]
 
     def publish(self, channel_id: str, messages: list[bytes]) -> None:
         self.calls.append((channel_id, list(messages)))

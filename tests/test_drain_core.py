@@ -112,3 +112,54 @@ def test_memory_is_bounded_in_bytes_as_well_as_messages():
     q2 = DrainQueue(capacity=1024, clock=lambda: 5.0, capacity_bytes=100)
     q2.push([b"y" * 500])
     assert list(q2.memory) == [b"y" * 500]  # the newest message always stays
+
+
+def test_pace_keeps_the_drains_own_linger_while_they_post_within_the_budget():
+    from twisted.internet.task import Clock
+
+    from logplex.drains.core import Pace
+
+    clock = Clock()
+    pace = Pace(0.25, budget=100, clock=clock.seconds)
+    for _ in range(10):
+        for _ in range(50):  # 50 POSTs a second, half the budget
+            pace.posted()
+        clock.advance(1.0)
+    assert pace.linger == 0.25
+
+
+def test_pace_lengthens_the_linger_while_the_drains_post_too_often_and_settles_near_the_budget():
+    from twisted.internet.task import Clock
+
+    from logplex.drains.core import Pace
+
+    # 2,000 drains, each with a line every 0.1 s: each POSTs once per linger.
+    clock, drains, budget = Clock(), 2000, 1000
+    pace = Pace(0.25, budget=budget, clock=clock.seconds)
+    rates = []
+    for _ in range(30):
+        posts = int(drains * 1.0 / pace.linger)  # each drain POSTs once per linger over the second
+        for _ in range(posts):
+            pace.posted()
+        rates.append(posts)
+        clock.advance(1.0)
+    assert rates[0] == 8000
+    assert all(budget * 0.8 <= r <= budget * 1.25 for r in rates[-10:]), rates
+    assert 1.6 <= pace.linger <= 2.5  # 2,000 drains / 1,000 POSTs a second
+    # The load goes away: back to the drains' own linger.
+    clock.advance(1.0)
+    assert pace.linger == 0.25
+
+
+def test_pace_never_lingers_longer_than_its_cap():
+    from twisted.internet.task import Clock
+
+    from logplex.drains.core import Pace
+
+    clock = Clock()
+    pace = Pace(0.25, budget=10, clock=clock.seconds, cap=5.0)
+    for _ in range(20):
+        for _ in range(100_000):
+            pace.posted()
+        clock.advance(1.0)
+    assert pace.linger == 5.0

@@ -353,3 +353,13 @@ def test_a_syslog_url_without_a_port_means_logplexs_default_ports():
     tls = SyslogDrainTransport(Drain(2, "app-1", "d.tok", "syslog+tls://logs.example.com"), Clock())
     given = SyslogDrainTransport(Drain(3, "app-1", "d.tok", "syslog://logs.example.com:1514"), Clock())
     assert (plain.port, tls.port, given.port) == (601, 6514, 1514)
+
+
+def test_a_spool_batch_in_flight_is_counted_once_in_the_state():
+    worker, endpoint, spool, clock, _ = make(capacity=10, target_bytes=600, chunk_bytes=600)
+    endpoint.answer = Outcome.retry_later("HTTP 503 from the drain endpoint")
+    worker.push([msg(n) for n in range(50)])
+    clock.advance(5)
+    state = worker.state()
+    assert worker.inflight is not None and worker.inflight.from_spool
+    assert state["buffered"] + state["spool_depth"] == 50

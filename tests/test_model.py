@@ -9,7 +9,9 @@ from logplex.model import (
     READ_CHANNEL,
     Channel,
     Credential,
+    Drain,
     SessionSpec,
+    Token,
 )
 
 
@@ -72,3 +74,14 @@ def test_a_grant_of_a_legacy_channel_is_one_record_in_memory_and_stored():
     cred = reader(Channel("app"))
     assert cred.incarnations == frozenset() and cred.can_read(Channel("app"))
     assert Credential.from_json("reader", cred.to_json().encode()) == cred
+
+
+def test_a_record_is_the_doc_it_was_written_as_and_no_other():
+    """What a config load compares each record read with, so as to keep the one it holds."""
+    records = [Channel("app", frozenset({"no_tail"}), "inc"), Channel("app"), Token("t.1", "app", "web"),
+               Drain(7, "app", "d.7", "https://x.example/"), Drain(8, "app", "d.8")]
+    for record in records:
+        doc = json.loads(record.to_json())
+        assert record.is_doc(doc) and type(record).from_doc(record.id, doc) == record
+        others = [json.loads(r.to_json()) for r in records if type(r) is type(record) and r != record]
+        assert not any(record.is_doc(other) for other in others if type(record).from_doc(record.id, other) != record)

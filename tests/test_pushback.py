@@ -190,7 +190,7 @@ def make_supervisor():
     supervisor = DrainSupervisor(Store(cache), Backlogs(), metrics, clock, "node-1",
                                  DrainSettings(pushback=PUSHBACK), http_client=None, keys=RedisKeys("lp", 0))
     worker, endpoint, _, _ = make_worker()
-    worker.reactor = clock
+    worker.reactor = worker.timers = clock
     worker.queue.clock = clock.seconds
     supervisor.workers[DRAIN.id] = worker
     supervisor.by_channel[DRAIN.channel_id] = [worker]

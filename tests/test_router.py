@@ -12,13 +12,14 @@ class Sink:
     def __init__(self, tails=()):
         self.appended = []
         self.published = []
-        self.tailed = set(tails)
+        self.tailed_ids = set(tails)
 
-    def append(self, channel_id, messages):
-        self.appended.append((channel_id, list(messages)))
+    def extend(self, by_channel):
+        for channel_id, messages in by_channel.items():
+            self.appended.append((channel_id, list(messages)))
 
-    def has_tails(self, channel_id):
-        return channel_id in self.tailed
+    def tailed(self, channel_ids):
+        return [c for c in channel_ids if c in self.tailed_ids]
 
     def publish(self, channel_id, messages):
         self.published.append((channel_id, list(messages)))
@@ -171,3 +172,40 @@ def test_the_router_reports_unknown_tokens_redacted_and_malformed_lines_by_reaso
     assert (MALFORMED, "", 1) in lines.told
     assert all(secret not in detail for _, detail, _ in lines.told)
     assert sink.appended == [("app1", [msg("web", "fine")])]
+
+
+def test_a_sender_waits_for_both_a_congested_backlog_writer_and_a_full_drain():
+    from twisted.internet.defer import Deferred
+
+    backlog_wait, drain_wait, asked = Deferred(), Deferred(), []
+
+    def backlog_hold(channels):
+        asked.append(("backlog", sorted(channels)))
+        return backlog_wait
+
+    def drain_hold(channels):
+        asked.append(("drains", sorted(channels)))
+        return drain_wait
+
+    router = Router(make_cache(), Sink(), Sink(), Metrics(), hold=drain_hold, backlog_hold=backlog_hold)
+    held = router.route_held([msg("t.one", "a"), msg("t.two", "b")])
+    assert asked == [("backlog", ["app1", "app2"]), ("drains", ["app1", "app2"])]
+    backlog_wait.callback(None)
+    assert not held.called
+    drain_wait.callback(None)
+    assert held.called
+    # With ingress to Redis switched off, the backlog writer holds nobody.
+    router.deny_redis = True
+    assert router.route_held([msg("t.two", "c")]) is drain_wait
+
+
+def test_the_router_follows_flags_set_and_cleared_on_a_channel_by_a_refresh():
+    cache, backlog = make_cache(), Sink()
+    router = Router(cache, backlog, Sink(), Metrics())
+    token = [Token("t.two", "app2", "worker")]
+    cache.replace_channel("app2", Channel("app2", frozenset({NO_REDIS})), token, [])
+    router.route([msg("t.two", "a")])
+    assert backlog.appended == []
+    cache.replace_channel("app2", Channel("app2"), token, [])
+    router.route([msg("t.two", "b")])
+    assert backlog.appended == [("app2", [msg("worker", "b")])]

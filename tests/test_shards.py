@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 
 from logplex.metrics import Metrics
 from logplex.redis.keys import RedisKeys
-from logplex.redis.shards import BacklogWriter, ShardRing
+from logplex.redis.shards import WRITE_SCRIPT, BacklogWriter, ShardRing
 
 KEYS = RedisKeys("lp", 0)
 backlog_key = KEYS.backlog
@@ -39,30 +39,32 @@ def test_adding_a_shard_moves_only_a_proportional_share():
     assert 1600 < len(moved) < 2400
 
 
-class FakePipe:
-    def __init__(self, redis):
-        self.redis = redis
-        self.commands = []
-
-    def execute_command(self, *args):
-        self.commands.append(args)
-
-    def execute_pipeline(self):
-        self.redis.executed.append(self.commands)
-        d = defer.Deferred()
-        self.redis.replies.append(d)
-        return d
+def as_commands(keys, args):
+    """A WRITE_SCRIPT call as the commands it runs per channel (LTRIM shown whatever the length;
+    EXPIRE shown as ("EXPIRE?", …) where it runs only if the list is new)."""
+    last, expiry, at, out = args[0], args[1], 2, []
+    for key in keys:
+        n = abs(args[at])
+        expire = "EXPIRE" if args[at] > 0 else "EXPIRE?"
+        out += [("LPUSH", key, *args[at + 1:at + 1 + n]), ("LTRIM", key, 0, last), (expire, key, expiry)]
+        at += 1 + n
+    assert at == len(args)
+    return out
 
 
 class FakeRedis:
-    """Records what a pipelined flush sends; the test answers each flush."""
+    """Records what each flush sends (one WRITE_SCRIPT call), as commands; the test answers each."""
 
     def __init__(self):
         self.executed = []
         self.replies = []
 
-    def pipeline(self):
-        return defer.succeed(FakePipe(self))
+    def eval(self, script, keys, args):
+        assert script == WRITE_SCRIPT
+        self.executed.append(as_commands(keys, args))
+        d = defer.Deferred()
+        self.replies.append(d)
+        return d
 
 
 def writer(**kw):
@@ -73,7 +75,7 @@ def writer(**kw):
     return w, redis, clock, metrics
 
 
-def test_one_pipelined_flush_per_tick_with_lpush_ltrim_expire_per_channel():
+def test_one_script_call_per_tick_with_lpush_ltrim_expire_per_channel():
     w, redis, clock, metrics = writer()
     w.append("a", [b"1", b"2"])
     w.append("b", [b"x"])
@@ -217,9 +219,9 @@ class ShardPool(FakeRedis):
         super().__init__()
         self.log = []
 
-    def pipeline(self):
+    def eval(self, script, keys, args):
         self.log.append("flush")
-        return super().pipeline()
+        return super().eval(script, keys, args)
 
     def delete(self, key):
         self.log.append(("DEL", key))
@@ -269,3 +271,83 @@ def test_lines_of_a_failed_write_put_back_in_the_queue_are_dropped_before_the_de
     clock.advance(5)
     assert len(pool.executed) == 1  # nothing of it is written again
     assert metrics.get("logplex_backlog_forgotten_total") == 1
+
+
+def test_past_half_its_bound_with_redis_answering_the_writer_holds_senders_and_drops_nothing():
+    w, redis, clock, metrics = writer(max_pending=10)
+    w.append("a", [b"1", b"2", b"3", b"4"])
+    clock.advance(0.05)  # a flush in flight, Redis slow to answer
+    assert not w.congested()
+    w.append("a", [b"5", b"6", b"7", b"8", b"9", b"10"])
+    assert w.congested()
+    held = w.wait()
+    redis.replies[0].callback(1)
+    assert not held.called  # the queue is still past a quarter of its bound
+    clock.advance(0.05)  # the next flush takes the queue
+    assert held.called
+    assert redis.executed[1][0] == ("LPUSH", backlog_key("a"), *[b"%d" % n for n in range(5, 11)])
+    assert metrics.get("logplex_backlog_dropped_total", shard="") == 0
+    assert metrics.get("logplex_backlog_pushback_total", shard="") == 1
+
+
+def test_while_redis_fails_nobody_is_held_and_past_the_bound_the_oldest_lines_are_shed():
+    w, redis, clock, metrics = writer(max_pending=10)
+    w.append("a", [b"1"])
+    clock.advance(0.05)
+    w.append("a", [b"%d" % n for n in range(2, 9)])
+    held = w.wait()
+    redis.replies[0].errback(ConnectionError("shard down"))
+    assert held.called and not w.congested()  # senders go on: tails and drains still work
+    w.append("a", [b"%d" % n for n in range(9, 14)])
+    assert metrics.get("logplex_backlog_dropped_total", shard="") == 3
+    assert w.unwritten("a") == [b"%d" % n for n in range(4, 14)]
+
+
+def test_a_large_flush_is_cut_by_channel_into_calls_of_bounded_size():
+    from logplex.redis.shards import write_calls
+
+    batch = {f"c{n}": [b"x" * 100] * 3 for n in range(10)}
+    calls = write_calls(batch, max_bytes=700)
+    assert [list(part) for part in calls] == [["c0", "c1", "c2"], ["c3", "c4", "c5"], ["c6", "c7", "c8"], ["c9"]]
+    assert write_calls({"big": [b"x" * 1000]}, max_bytes=10) == [{"big": [b"x" * 1000]}]
+
+
+def test_the_writer_holds_only_senders_of_channels_on_a_congested_shard():
+    from logplex.redis.shards import Backlogs
+
+    clock, metrics, pools = Clock(), Metrics(), {}
+    b = Backlogs(clock, metrics, lambda url: pools.setdefault(url, FakeRedis()), history=100, expiry=3600,
+                 interval=0.05, keys=KEYS, max_pending=4)
+    b.configure({"shard-0": "redis://zero", "shard-1": "redis://one"})
+    on_zero = next(c for c in (f"ch{n}" for n in range(100)) if b.shard_of(c) == "shard-0")
+    on_one = next(c for c in (f"ch{n}" for n in range(100)) if b.shard_of(c) == "shard-1")
+    b.append(on_zero, [b"1", b"2", b"3"])
+    assert b.hold([on_one]) is None
+    held = b.hold([on_zero, on_one])
+    assert held is not None and not held.called
+    assert dict((labels["shard"], v) for labels, v in b.queued()[0]) == {"shard-0": 3, "shard-1": 0}
+    clock.advance(0.05)
+    assert held.called
+
+
+def test_a_backlogs_expiry_is_refreshed_once_per_hundredth_of_the_expiry_not_at_every_flush():
+    w, redis, clock, metrics = writer()  # expiry 3600 s: refreshed every 36 s
+    w.append("a", [b"1"])
+    clock.advance(0.05)
+    redis.replies[-1].callback(1)
+    w.append("a", [b"2"])
+    clock.advance(0.05)
+    redis.replies[-1].callback(1)
+    clock.advance(36)
+    w.append("a", [b"3"])
+    clock.advance(0.05)
+    assert [flush[2][0] for flush in redis.executed] == ["EXPIRE", "EXPIRE?", "EXPIRE"]
+
+
+def test_a_failed_write_leaves_the_expiry_to_be_refreshed():
+    w, redis, clock, metrics = writer()
+    w.append("a", [b"1"])
+    clock.advance(0.05)
+    redis.replies[-1].errback(ConnectionError("shard down"))
+    clock.advance(1.0)
+    assert [flush[2][0] for flush in redis.executed] == ["EXPIRE", "EXPIRE"]

@@ -116,6 +116,51 @@ def parse_retry_after(value: bytes | None, now: float) -> float | None:
 MEMORY_BYTES = 4 * 1024 * 1024
 
 
+class Pace:
+    """The linger of a node's HTTP drains together: their own (base) while they send
+    fewer than `budget` POSTs a second between them, longer (up to cap) while they
+    send more. A POST costs the node about 250 us whatever its size, so 1,000 drains
+    of a few lines a second each would otherwise cost a core in POSTs alone; with a
+    longer linger the same lines go in fewer, larger POSTs.
+
+    Measured over windows of `window` seconds, with no timer of its own: the rate is
+    looked at when a drain asks for the linger or sends. The linger moves by the square
+    root of (rate / budget) per window, so it settles instead of swinging.
+    """
+
+    def __init__(self, base: float, budget: int, clock: Callable[[], float], cap: float = 5.0,
+                 window: float = 1.0) -> None:
+        self.base = base
+        self.budget = budget
+        self.clock = clock
+        self.cap = max(cap, base)
+        self.window = window
+        self._linger = base
+        self._count = 0
+        self._since = clock()
+
+    @property
+    def linger(self) -> float:
+        self._update()
+        return self._linger
+
+    def posted(self) -> None:
+        self._count += 1
+        self._update()
+
+    def _update(self) -> None:
+        now = self.clock()
+        elapsed = now - self._since
+        if elapsed < self.window:
+            return
+        rate = self._count / elapsed
+        if rate <= 0:
+            self._linger = self.base
+        else:
+            self._linger = min(self.cap, max(self.base, self._linger * (rate / self.budget) ** 0.5))
+        self._count, self._since = 0, now
+
+
 class DrainQueue:
     """The messages of one drain not yet handed to the endpoint, in order.
 

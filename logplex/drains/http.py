@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections import deque
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
@@ -38,6 +39,7 @@ from zope.interface import implementer
 from logplex import __version__
 from logplex.drains.core import Outcome, http_body, parse_retry_after
 from logplex.drains.resolver import resolved_only_private
+from logplex.drains.ticker import DrainTicker
 from logplex.model import Drain
 
 # 408 Request Timeout and 429 Too Many Requests are the receiver asking for
@@ -50,6 +52,21 @@ ANSWER_BYTES = 4096
 ANSWER_WIRE_BYTES = 64 * 1024
 # What of it (or of a Location) goes into a drain's last_error.
 EXCERPT_CHARS = 200
+# Connections open at once to one endpoint host:port, shared by all its
+# drains (each drain has one batch in flight; the others queue for a
+# connection). At 1,000 drains of one host, one connection each would be
+# 1,000 sockets, and the pool would keep few of them: a connect per POST.
+HOST_CONNECTIONS = 16
+# How late a request timeout (or a pooled connection's idle timeout) may
+# fire: they share one reactor timer on this grid.
+TIMEOUT_RESOLUTION = 0.05
+# A host whose connections all went this long without an answer is stalled
+# (one tenant's slow path, a hung load balancer): the POSTs waiting for it
+# then get connections of their own, as each drain had before they shared,
+# so that a few hung drains of a host do not hold up all its others.
+HOST_STALL = 1.0
+# Endpoints kept for reuse (a TLS one holds its context), one per host:port.
+ENDPOINTS_CACHED = 4096
 
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 _UNPRINTABLE = re.compile(r"[^ -~]+")
@@ -78,15 +95,20 @@ def load_trust_root(ca_file: str | None):
     return trustRootFromCertificates([Certificate.loadPEM(pem) for pem in pems])
 
 
-def make_client(reactor, trust_root=None, connect_timeout: float = 10.0) -> DrainHttpClient:
-    """The node's one HTTP client for every HTTP drain: persistent, pooled connections."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 4
+def make_client(reactor, trust_root=None, connect_timeout: float = 10.0,
+                per_host: int = HOST_CONNECTIONS) -> DrainHttpClient:
+    """The node's one HTTP client for every HTTP drain: per endpoint host, `per_host` persistent connections."""
+    # Request timeouts and the pool's idle timers: one reactor timer for all.
+    timers = DrainTicker(reactor, resolution=TIMEOUT_RESOLUTION)
+    pool = HTTPConnectionPool(timers, persistent=True)
+    # Every connection a host's gate lets open is kept for the next request:
+    # with fewer kept than may be open, most requests would pay a connect.
+    pool.maxPersistentPerHost = per_host
     pool.cachedConnectionTimeout = 120
     pool.retryAutomatically = False  # a retry is ours to make, under the same frame id
     policy = TrustRootPolicy(trust_root) if trust_root is not None else BrowserLikePolicyForHTTPS()
     agent = Agent.usingEndpointFactory(reactor, DrainEndpoints(reactor, policy, connect_timeout), pool=pool)
-    return DrainHttpClient(agent, reactor)
+    return DrainHttpClient(agent, timers, per_host=per_host)
 
 
 class AnswerTooLong(Exception):
@@ -170,8 +192,22 @@ class DrainEndpoints:
         self.policy = policy
         self.connect_timeout = connect_timeout
         self.limit = limit
+        # Agent asks for an endpoint on every request, pooled connection or
+        # not; made anew, an https one builds a TLS context each time. The
+        # address check stays per connection: a HostnameEndpoint resolves
+        # (through the node's refusing resolver) at every connect.
+        self._endpoints: dict[tuple[bytes, bytes, int], _BoundedEndpoint] = {}
 
     def endpointForURI(self, uri):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            if len(self._endpoints) >= ENDPOINTS_CACHED:
+                self._endpoints.clear()
+            endpoint = self._endpoints[key] = self._endpoint(uri)
+        return endpoint
+
+    def _endpoint(self, uri) -> _BoundedEndpoint:
         endpoint = HostnameEndpoint(self.reactor, uri.host.decode("ascii"), uri.port,
                                     timeout=self.connect_timeout)
         if uri.scheme == b"https":
@@ -276,10 +312,11 @@ class _FirstBytes(Protocol):
 
 
 class _Exchange:
-    """One POST and its answer, bounded as a whole by a timeout."""
+    """One POST and its answer, bounded as a whole by a timeout (from when it may use a connection)."""
 
     def __init__(self, agent: IAgent, reactor: IReactorTime, limit: int, timeout: float) -> None:
         self.agent = agent
+        self.reactor = reactor
         self.limit = limit
         self.timeout = timeout
         self.done: defer.Deferred = defer.Deferred(self._cancel)
@@ -287,9 +324,12 @@ class _Exchange:
         self.body: _FirstBytes | None = None
         self.phase = "no answer"
         self.over = False  # cancelled or timed out: what comes later is thrown away
-        self.timer = reactor.callLater(timeout, self._expire)
+        self.started = False
+        self.timer = None
 
     def start(self, url: bytes, headers: Headers, body: bytes) -> defer.Deferred:
+        self.started = True
+        self.timer = self.reactor.callLater(self.timeout, self._expire)
         self.pending = self.agent.request(b"POST", url, headers, _BytesBody(body))
         self.pending.addCallbacks(self._answered, self._failed)
         return self.done
@@ -337,8 +377,20 @@ class _Exchange:
             self.body.stop()
 
     def _finish(self) -> None:
-        if self.timer.active():
+        if self.timer is not None and self.timer.active():
             self.timer.cancel()
+
+
+class _HostGate:
+    """The exchanges with one endpoint host:port: at most `limit` at once, the rest wait in arrival order."""
+
+    __slots__ = ("active", "waiting", "last_end", "check")
+
+    def __init__(self, now: float) -> None:
+        self.active = 0
+        self.waiting: deque[tuple[_Exchange, bytes, Headers, bytes]] = deque()
+        self.last_end = now  # when an exchange last ended (or the gate was made)
+        self.check = None  # the stall check, while POSTs wait
 
 
 class DrainHttpClient:
@@ -348,15 +400,78 @@ class DrainHttpClient:
     wrapped around it follows a Location, keeps a Set-Cookie or inflates a body.
     """
 
-    def __init__(self, agent: IAgent, reactor: IReactorTime, answer_bytes: int = ANSWER_BYTES) -> None:
+    def __init__(self, agent: IAgent, reactor: IReactorTime, answer_bytes: int = ANSWER_BYTES,
+                 per_host: int | None = None, stall: float = HOST_STALL) -> None:
         self.agent = agent
         self.reactor = reactor
         self.answer_bytes = answer_bytes
+        self.per_host = per_host
+        self.stall = stall
+        self._gates: dict[object, _HostGate] = {}
 
-    def post(self, url: bytes, headers: Headers, body: bytes, timeout: float) -> defer.Deferred:
-        """Fires with the endpoint's Answer, or fails (ExchangeTimeout after `timeout` seconds in all)."""
+    def post(self, url: bytes, headers: Headers, body: bytes, timeout: float,
+             host: object = None) -> defer.Deferred:
+        """Fires with the endpoint's Answer, or fails (ExchangeTimeout after `timeout` seconds in all).
+
+        host: the endpoint's (scheme, host, port); with per_host set, a POST
+        waits for one of that many connections before its timeout starts,
+        unless none of them has answered for `stall` seconds. Order among a
+        drain's batches is the drain's to keep (one in flight).
+        """
         exchange = _Exchange(self.agent, self.reactor, self.answer_bytes, timeout)
-        return exchange.start(url, headers, body)
+        if self.per_host is None or host is None:
+            return exchange.start(url, headers, body)
+        gate = self._gates.get(host)
+        if gate is None:
+            gate = self._gates[host] = _HostGate(self.reactor.seconds())
+        if gate.active < self.per_host:
+            return self._start(gate, host, exchange, url, headers, body)
+        gate.waiting.append((exchange, url, headers, body))
+        if gate.check is None:
+            gate.check = self.reactor.callLater(
+                max(0.0, gate.last_end + self.stall - self.reactor.seconds()), self._stalled, gate, host)
+        return exchange.done
+
+    def _stalled(self, gate: _HostGate, host: object) -> None:
+        """Let the waiting POSTs of a host that answered nothing for `stall` seconds open connections."""
+        gate.check = None
+        left = self.stall - (self.reactor.seconds() - gate.last_end)
+        if left > 0:
+            if gate.waiting:
+                gate.check = self.reactor.callLater(left, self._stalled, gate, host)
+            return
+        waiting, gate.waiting = gate.waiting, deque()
+        for exchange, url, headers, body in waiting:
+            if not exchange.over:
+                self._start(gate, host, exchange, url, headers, body)
+
+    def _start(self, gate: _HostGate, host: object, exchange: _Exchange, url: bytes, headers: Headers,
+               body: bytes) -> defer.Deferred:
+        gate.active += 1
+        # First on the Deferred: the connection goes to the next in line
+        # before the drain hears its answer.
+        return exchange.start(url, headers, body).addBoth(self._ended, gate, host)
+
+    def _ended(self, result, gate: _HostGate, host: object):
+        gate.active -= 1
+        gate.last_end = self.reactor.seconds()
+        waiting = gate.waiting
+        while waiting and gate.active < self.per_host:
+            exchange, url, headers, body = waiting.popleft()
+            if not exchange.over:  # else cancelled while it waited (its drain stopped)
+                self._start(gate, host, exchange, url, headers, body)
+        if not gate.active and not waiting:
+            if gate.check is not None and gate.check.active():
+                gate.check.cancel()
+            gate.check = None
+            if self._gates.get(host) is gate:
+                del self._gates[host]
+        return result
+
+    def queued(self, host: object) -> int:
+        """POSTs waiting for a connection to this host."""
+        gate = self._gates.get(host)
+        return len(gate.waiting) if gate is not None else 0
 
 
 def is_certificate_error(failure) -> bool:
@@ -411,6 +526,8 @@ class HttpDrainTransport:
         # The API takes printable ASCII only; a URL stored otherwise is percent-encoded.
         self.url = quote(url, safe="/:?#[]@!$&'()*+,;=%~").encode("ascii")
         self.host = parts.hostname
+        # Which connections it shares: those of every drain on the same host:port.
+        self.host_key = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         self._pending: set[defer.Deferred] = set()
         self._stopping = False
 
@@ -421,7 +538,7 @@ class HttpDrainTransport:
         headers = Headers(self.headers)
         headers.setRawHeaders(b"Logplex-Msg-Count", [str(count).encode()])
         headers.setRawHeaders(b"Logplex-Frame-Id", [frame_id.encode()])
-        d = self.client.post(self.url, headers, body, self.timeout)
+        d = self.client.post(self.url, headers, body, self.timeout, self.host_key)
         self._pending.add(d)
         d.addBoth(self._forget, d)
         return d.addCallbacks(self._classify, self._failed)

@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from logplex import syslog
-from logplex.drains.core import Backoff, Batch, DrainQueue, Outcome, decode_chunk, encode_chunk
+from logplex.drains.core import Backoff, Batch, DrainQueue, Outcome, Pace, decode_chunk, encode_chunk
 from logplex.drains.spool import Spool
 from logplex.model import Drain
 
@@ -55,11 +55,16 @@ class DrainWorker:
         emit: Callable[[str, bytes], None] = lambda channel, message: None,
         pushback: float = 0.0,
         spool_allowance: Callable[[], int] | None = None,
+        timers=None,
+        pace: Pace | None = None,
     ) -> None:
         self.drain = drain
         self.transport = transport
         self.spool = spool
         self.reactor = reactor
+        # Where linger, retry and spill timers go: the node's DrainTicker
+        # (one reactor timer for all drains), else the reactor itself.
+        self.timers = timers if timers is not None else reactor
         self.metrics = metrics
         self.target_bytes = target_bytes
         # Spool chunks: what goes to Redis in one write, and what a batch
@@ -67,6 +72,8 @@ class DrainWorker:
         # so a spool drains in few round trips.
         self.chunk_bytes = chunk_bytes or target_bytes
         self.linger = linger
+        # Shared by a node's HTTP drains: a longer linger while they POST too often.
+        self.pace = pace
         self.backoff = backoff or Backoff()
         self.max_age = max_age
         self.emit = emit
@@ -139,7 +146,7 @@ class DrainWorker:
             if queue.overflow_bytes >= threshold:
                 self._spill()
             elif self._spill_timer is None:
-                self._spill_timer = self.reactor.callLater(1.0, self._spill)
+                self._spill_timer = self.timers.callLater(1.0, self._spill)
         self._kick()
 
     def _spill(self) -> None:
@@ -168,7 +175,7 @@ class DrainWorker:
         if ok:
             self._spill()
         elif not self.stopped and self._spill_timer is None:
-            self._spill_timer = self.reactor.callLater(1.0, self._spill)
+            self._spill_timer = self.timers.callLater(1.0, self._spill)
 
     def _spill_chunk(self, messages: list[bytes], at_head: bool = False,
                      frame_id: str | None = None) -> defer.Deferred:
@@ -255,7 +262,7 @@ class DrainWorker:
             delay = 0
         elif queue.memory:
             # Held senders cannot fill a batch: what there is goes at once.
-            delay = 0 if self._holders else self.linger
+            delay = 0 if self._holders else (self.linger if self.pace is None else self.pace.linger)
         else:
             return
         at_once = direct and not delay and not self._pumping
@@ -267,7 +274,7 @@ class DrainWorker:
             self._timer = None
             self._pump()
             return
-        self._timer = self.reactor.callLater(delay, self._pump)
+        self._timer = self.timers.callLater(delay, self._pump)
 
     def _pump(self) -> None:
         self._timer = None
@@ -324,6 +331,8 @@ class DrainWorker:
         batch.take_loss(self.queue)
         batch.attempts += 1
         self._sent_at = self.reactor.seconds()
+        if self.pace is not None:
+            self.pace.posted()
         d = defer.maybeDeferred(self.transport.send, batch.wire(self.reactor.seconds()), batch.frame_id)
         d.addErrback(lambda f: Outcome.retry_later(f.getErrorMessage() or f.type.__name__))
         d.addCallback(self._sent, batch)
@@ -384,7 +393,7 @@ class DrainWorker:
         # than wait in memory.
         if self.queue.overflow:
             self._spill()
-        self._timer = self.reactor.callLater(delay, self._retry)
+        self._timer = self.timers.callLater(delay, self._retry)
 
     def _retry(self) -> None:
         self._timer = None
@@ -425,7 +434,9 @@ class DrainWorker:
             "retried": self.retried,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
-            "buffered": self.queue.pending + (len(self.inflight.messages) if self.inflight else 0),
+            # A batch in flight from the spool is counted in spool_depth until acked.
+            "buffered": self.queue.pending + (len(self.inflight.messages)
+                                              if self.inflight and not self.inflight.from_spool else 0),
             "spool_depth": self.spool_messages,
             "holding_senders": bool(self._holders),
         }

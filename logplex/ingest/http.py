@@ -19,6 +19,7 @@ from logplex.health import Health, assess
 from logplex.model import ANY_CHANNEL
 from logplex.redis.config import ConfigStore
 from logplex.router import IngressDenied, Router
+from logplex.saturation import HoldMeter
 from logplex.web import Dispatcher, HttpError, Reply, route
 
 log = Logger()
@@ -197,7 +198,11 @@ class LogInput:
 
     def __init__(self, store: ConfigStore, router: Router, auth: Authenticator, metrics,
                  max_body: int, max_frame: int, throttle: LoginThrottle | None = None,
-                 reactor=None, max_gzip_members: int = 1000, health: Callable[[], Health] | None = None) -> None:
+                 reactor=None, max_gzip_members: int = 1000, health: Callable[[], Health] | None = None,
+                 holds: HoldMeter | None = None, listener: str = "logs") -> None:
+        # Time its senders spend waiting for a held answer, under this listener's name.
+        self.holds = holds
+        self.listener = listener
         # Without the node's health: whether the config is loaded and ingress is on.
         self.health = health or self._own_health
         if reactor is None:
@@ -295,7 +300,14 @@ class LogInput:
         if hold is not None:
             # The lines are routed; the answer waits until a drain of theirs
             # has room, which paces a sender that keeps one request in flight.
-            await hold
+            if self.holds is None:
+                await hold
+            else:
+                started = self.holds.begin(self.listener)
+                try:
+                    await hold
+                finally:
+                    self.holds.end(self.listener, started)
         return Reply(204)
 
     async def _inflate(self, request, body: bytes) -> bytes:

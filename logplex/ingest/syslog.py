@@ -7,6 +7,7 @@ from twisted.logger import Logger
 
 from logplex.framing import DEFAULT_MAX_FRAME, FramingError, SyslogFramer
 from logplex.router import UNKNOWN_TOKEN, IngressDenied, Router, redact_token
+from logplex.saturation import HoldMeter
 
 log = Logger()
 
@@ -26,6 +27,7 @@ class SyslogProtocol(Protocol):
         self.framer = SyslogFramer(max_frame)
         self.closing = False
         self.held = False  # reading paused until a drain of ours has room
+        self._held_since: float | None = None  # when the hold began, for the listener's hold time
         self.counted = False  # in the factory's connection count
         self._idle = None
         self._frame_deadline = None
@@ -104,12 +106,22 @@ class SyslogProtocol(Protocol):
             # Stop reading: the sender's own queue waits, not our spool.
             self.held = True
             self.transport.pauseProducing()
+            holds = self.factory.holds
+            if holds is not None:
+                self._held_since = holds.begin(self.factory.listener)
             hold.addCallback(self._go_on)
 
     def _go_on(self, _) -> None:
         self.held = False
+        self._end_hold()
         if not self.closing:
             self.transport.resumeProducing()
+
+    def _end_hold(self) -> None:
+        # Once per hold: at its end, or when the sender went away first.
+        if self._held_since is not None:
+            self.factory.holds.end(self.factory.listener, self._held_since)
+            self._held_since = None
 
     def _close(self) -> None:
         self.closing = True
@@ -120,6 +132,7 @@ class SyslogProtocol(Protocol):
             if timer is not None and timer.active():
                 timer.cancel()
         closed_by_us, self.closing = self.closing, True  # a pending hold must not resume it
+        self._end_hold()
         if not self.counted:
             return
         self.factory.connections -= 1
@@ -141,8 +154,11 @@ class SyslogFactory(Factory):
     def __init__(self, router: Router, metrics, max_frame: int = DEFAULT_MAX_FRAME,
                  token: str | None = None, *, max_connections: int | None = None,
                  idle_timeout: float | None = None, frame_timeout: float | None = None,
-                 clock=None) -> None:
+                 clock=None, holds: HoldMeter | None = None, listener: str = "syslog") -> None:
         self.router = router
+        # Time its senders spend held back (read paused), under this listener's name.
+        self.holds = holds
+        self.listener = listener
         self.metrics = metrics
         self.max_frame = max_frame
         self.token = token.encode() if token else None

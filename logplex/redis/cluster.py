@@ -66,6 +66,13 @@ class ClusterTails:
     def has_tails(self, channel_id: str) -> bool:
         return channel_id in self.local.by_channel or channel_id in self.remote
 
+    def tailed(self, channel_ids) -> set[str]:
+        """Those of these channels (a set or keys view) that have a tail here or on another node."""
+        found = channel_ids & self.local.by_channel.keys()
+        if self.remote:
+            found |= channel_ids & self.remote.keys()
+        return found
+
     def publish(self, channel_id: str, messages: list[bytes]) -> None:
         if channel_id in self.local.by_channel:
             self.local.publish(channel_id, messages)

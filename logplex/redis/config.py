@@ -3,10 +3,12 @@ and every node's in-memory copy of them, kept fresh by a change feed."""
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 import uuid
-from typing import Callable, Iterable
+from collections import deque
+from typing import Callable, Iterable, Iterator
 
 import attrs
 from twisted.internet import defer, task
@@ -212,6 +214,18 @@ redis.call('PUBLISH', feed, 'reseeded')
 return 'ok'
 """
 
+# KEYS: a hash; ARGV: an HSCAN cursor, a page size. One page of the hash as one JSON array of
+# key, record, key, record… (the records are the JSON the scripts above wrote, spliced in as
+# they are) and the next cursor. A node loading the config reads it page by page: one
+# reply element per page rather than two per record, which txredisapi parses one reactor
+# turn each, and one json.loads per page rather than one per record.
+_PAGE = """
+local reply = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local items, encode = reply[2], cjson.encode
+for i = 1, #items, 2 do items[i] = encode(items[i]) end
+return {reply[1], '[' .. table.concat(items, ',') .. ']'}
+"""
+
 # KEYS: the re-seed lock; ARGV: this node's lock value. Frees the lock only if it is still ours.
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -275,8 +289,16 @@ def refusal_sentence(reason: str, held: Generation, found: Generation) -> str:
             f"refuses changes until then{then}.")
 
 
-class ConfigCache:
-    """The in-memory copy of the config the hot path reads; no I/O here."""
+# The fields a Snapshot holds, in the order a swap moves them.
+_VIEWS = ("channels", "tokens", "routes", "drains", "creds", "channel_tokens", "channel_drains", "flagged")
+
+
+class Snapshot:
+    """A whole config, indexed the ways the hot path reads it; no I/O here.
+
+    The cache is one. A load changes it in one step, or brings a copy in line to
+    the side and swaps it in at once: a reader never sees half a config.
+    """
 
     def __init__(self) -> None:
         self.channels: dict[str, Channel] = {}
@@ -289,32 +311,54 @@ class ConfigCache:
         self.creds: dict[str, Credential] = {}
         self.channel_tokens: dict[str, dict[str, Token]] = {}
         self.channel_drains: dict[str, dict[int, Drain]] = {}
+        # The channels with flags (no_redis, no_tail …) and theirs: few, and the
+        # router looks up only these instead of every channel of every read.
+        self.flagged: dict[str, frozenset[str]] = {}
 
-    def replace_all(self, channels, tokens, drains, creds) -> set[str]:
-        """Load a whole snapshot; returns the channels whose drains changed."""
-        before = {ch: dict(ds) for ch, ds in self.channel_drains.items()}
-        self.channels = {c.id: c for c in channels}
-        self.tokens = {}
-        self.routes = {}
-        self.channel_tokens = {}
-        for t in tokens:
-            if t.channel_id in self.channels:
-                self.tokens[t.id.encode()] = t
-                self.routes[t.id.encode()] = (t.channel_id, t.name.encode())
-                self.channel_tokens.setdefault(t.channel_id, {})[t.id] = t
-        self.drains = {}
-        self.channel_drains = {}
-        for d in drains:
-            if d.channel_id in self.channels:
-                self.drains[d.id] = d
-                self.channel_drains.setdefault(d.channel_id, {})[d.id] = d
-        self.creds = {c.id: c for c in creds}
-        return {
-            ch
-            for ch in set(before) | set(self.channel_drains)
-            if before.get(ch) != self.channel_drains.get(ch)
-        }
+    def set_channel(self, channel_id: str, channel: Channel) -> None:
+        """Hold this channel record (a new one, or a new version of one held)."""
+        self.channels[channel_id] = channel
+        if channel.flags:
+            self.flagged[channel_id] = channel.flags
+        else:
+            self.flagged.pop(channel_id, None)
 
+    def copy_from(self, other: Snapshot) -> Iterator[None]:
+        """Become a copy of `other` that shares its records and per-channel dicts (never changed
+        in place: a change replaces them): one C-speed copy of each index, one per turn.
+
+        Between turns `other` may change (a refresh): whoever copies a cache watches it
+        and carries what changed into the copy (ConfigCache.swap).
+        """
+        for name in _VIEWS:
+            setattr(self, name, dict(getattr(other, name)))
+            yield
+
+    def add_token(self, t: Token) -> None:
+        """Add a token of a channel this snapshot holds; a token of any other is left out."""
+        if t.channel_id not in self.channels:
+            return
+        key = t.id.encode()
+        self.tokens[key] = t
+        self.routes[key] = (t.channel_id, t.name.encode())
+        toks = self.channel_tokens.get(t.channel_id)
+        if toks is None:
+            self.channel_tokens[t.channel_id] = {t.id: t}
+        else:
+            toks[t.id] = t
+
+    def add_drain(self, d: Drain) -> None:
+        """Add a drain of a channel this snapshot holds; a drain of any other is left out."""
+        if d.channel_id not in self.channels:
+            return
+        self.drains[d.id] = d
+        drains = self.channel_drains.get(d.channel_id)
+        if drains is None:
+            self.channel_drains[d.channel_id] = {d.id: d}
+        else:
+            drains[d.id] = d
+
+    # -- changed one record at a time (a refresh) ---------------------------------
     def replace_channel(
         self, channel_id: str, channel: Channel | None, tokens: Iterable[Token],
         drains: Iterable[Drain],
@@ -328,8 +372,9 @@ class ConfigCache:
             self.drains.pop(d.id, None)
         if channel is None:
             self.channels.pop(channel_id, None)
+            self.flagged.pop(channel_id, None)
             return bool(old_drains)
-        self.channels[channel_id] = channel
+        self.set_channel(channel_id, channel)
         toks = {t.id: t for t in tokens}
         if toks:
             self.channel_tokens[channel_id] = toks
@@ -347,6 +392,362 @@ class ConfigCache:
             self.creds.pop(cred_id, None)
         else:
             self.creds[cred_id] = cred
+
+
+def _page_items(page: bytes, what: str) -> list:
+    """The key, record, key, record… of one page; a record that is not a JSON object is refused."""
+    try:
+        flat = json.loads(page)
+        if len(flat) % 2 or not all(type(doc) is dict for doc in flat[1::2]):
+            raise ValueError("not pairs of a key and a JSON object")
+    except ValueError as e:
+        raise ConfigError(
+            f"The config Redis's {what} hash holds a record this node cannot read ({e}); "
+            f"fix or delete that record, and the node loads the config again within a second.") from None
+    return flat
+
+
+class SnapshotDiff:
+    """What the config Redis holds that the cache does not, read page by page; no I/O here.
+
+    Reading compares each record with the cache's and keeps only those that
+    differ, so a reload of an unchanged config allocates almost nothing: it
+    neither costs memory nor wakes the garbage collector (whose full pass over
+    100,000 channels takes longer than the reactor may stall). apply() then
+    brings a snapshot in line: the cache itself in one step when few records
+    changed, or a copy to be swapped in, a slice at a time, when many did.
+
+    Feed it every page (channels first, then tokens, drains, credentials: any
+    order works), then gone(); each method yields after every `per_slice`
+    records, and whoever drives it decides when to give the reactor back.
+    """
+
+    def __init__(self, base: Snapshot, per_slice: int = 500) -> None:
+        self.base = base
+        self.per_slice = per_slice
+        self._seen_channels: set[str] = set()
+        self._seen_tokens: set[bytes] = set()
+        self._seen_drains: set[int] = set()
+        self._seen_creds: set[str] = set()
+        # Records that differ from the base's (None: gone from the config Redis).
+        self.channels: dict[str, Channel | None] = {}
+        self.tokens: dict[bytes, Token | None] = {}
+        self.drains: dict[int, Drain | None] = {}
+        self.creds: dict[str, Credential | None] = {}
+        # Filled by apply(), for the listeners: what the snapshot held before of the
+        # channels replaced or gone, and of the channels whose drains changed.
+        self.old_channels: dict[str, Channel | None] = {}
+        self.old_drains: dict[str, dict[int, Drain] | None] = {}
+        self._own_tokens: set[str] = set()
+        self._own_drains: set[str] = set()
+        self.records = 0  # records taken from pages so far (a test counts them per turn)
+
+    def __len__(self) -> int:
+        return len(self.channels) + len(self.tokens) + len(self.drains) + len(self.creds)
+
+    # -- reading ------------------------------------------------------------------
+    def _slices(self, page: bytes, what: str) -> Iterator[list]:
+        flat = _page_items(page, what)
+        step = 2 * self.per_slice
+        for start in range(0, len(flat), step):
+            part = flat[start:start + step]
+            self.records += len(part) // 2
+            yield list(zip(part[::2], part[1::2]))
+
+    def read_channels(self, page: bytes) -> Iterator[None]:
+        held, seen, changed, from_doc = self.base.channels, self._seen_channels, self.channels, Channel.from_doc
+        for part in self._slices(page, "channels"):
+            for channel_id, doc in part:
+                seen.add(channel_id)
+                # Most records are unchanged: compared as read, made only when they differ.
+                record = held.get(channel_id)
+                if record is None or not record.is_doc(doc):
+                    changed[channel_id] = from_doc(channel_id, doc)
+            yield
+
+    def read_tokens(self, page: bytes) -> Iterator[None]:
+        held, seen, changed, from_doc = self.base.tokens, self._seen_tokens, self.tokens, Token.from_doc
+        for part in self._slices(page, "tokens"):
+            for token_id, doc in part:
+                key = token_id.encode()
+                seen.add(key)
+                record = held.get(key)
+                if record is None or not record.is_doc(doc):
+                    changed[key] = from_doc(token_id, doc)
+            yield
+
+    def read_drains(self, page: bytes) -> Iterator[None]:
+        held, seen, changed, from_doc = self.base.drains, self._seen_drains, self.drains, Drain.from_doc
+        for part in self._slices(page, "drains"):
+            for drain_id, doc in part:
+                drain_id = int(drain_id)
+                seen.add(drain_id)
+                record = held.get(drain_id)
+                if record is None or not record.is_doc(doc):
+                    changed[drain_id] = from_doc(drain_id, doc)
+            yield
+
+    def read_creds(self, page: bytes) -> Iterator[None]:
+        held, seen, changed, from_doc = self.base.creds, self._seen_creds, self.creds, Credential.from_doc
+        for part in self._slices(page, "creds"):
+            for cred_id, doc in part:
+                seen.add(cred_id)
+                cred = from_doc(cred_id, doc)
+                if held.get(cred_id) != cred:
+                    changed[cred_id] = cred
+            yield
+
+    def gone(self) -> Iterator[None]:
+        """After every page: what the base holds and no page did is gone."""
+        base = self.base
+        for held, seen, changed in ((base.channels, self._seen_channels, self.channels),
+                                    (base.tokens, self._seen_tokens, self.tokens),
+                                    (base.drains, self._seen_drains, self.drains),
+                                    (base.creds, self._seen_creds, self.creds)):
+            keys = list(held)  # the base may change between slices (refreshes): walk a copy
+            yield
+            for start in range(0, len(keys), self.per_slice):
+                for key in keys[start:start + self.per_slice]:
+                    if key not in seen:
+                        changed[key] = None
+                yield
+            # Freed a slice at a time too: 100,000 keys take milliseconds to free.
+            while seen:
+                for _ in range(min(len(seen), 10 * self.per_slice)):
+                    seen.pop()
+                yield
+
+    # -- applying -------------------------------------------------------------------
+    def apply(self, target: Snapshot) -> Iterator[None]:
+        """Bring `target` (the base, or a copy of it) in line with the pages read.
+
+        Per-channel dicts are copied before they change, never changed in place:
+        the base's stay as they were (a copy shares them), and the listeners
+        compare them with the new ones.
+        """
+        self.target, n = target, 0
+        for channel_id, channel in self.channels.items():
+            self._remember(channel_id)
+            if channel is None:
+                target.replace_channel(channel_id, None, (), ())
+                self._own_tokens.discard(channel_id)
+                self._own_drains.discard(channel_id)
+            else:
+                target.set_channel(channel_id, channel)
+            n += 1
+            if n % self.per_slice == 0:
+                yield
+        for key, token in self.tokens.items():
+            held = target.tokens.get(key)
+            if held is not None:
+                self._drop_token(held)
+            if token is not None and token.channel_id in target.channels:
+                self._own(target.channel_tokens, self._own_tokens, token.channel_id)
+                target.add_token(token)
+            n += 1
+            if n % self.per_slice == 0:
+                yield
+        for drain_id, drain in self.drains.items():
+            held = target.drains.get(drain_id)
+            if held is not None:
+                self._drop_drain(held)
+            if drain is not None and drain.channel_id in target.channels:
+                self._remember_drains(drain.channel_id)
+                self._own(target.channel_drains, self._own_drains, drain.channel_id)
+                target.add_drain(drain)
+            n += 1
+            if n % self.per_slice == 0:
+                yield
+        for cred_id, cred in self.creds.items():
+            target.set_credential(cred_id, cred)
+        yield
+
+    def _remember(self, channel_id: str) -> None:
+        if channel_id not in self.old_channels:
+            self.old_channels[channel_id] = self.target.channels.get(channel_id)
+        self._remember_drains(channel_id)
+
+    def _remember_drains(self, channel_id: str) -> None:
+        if channel_id not in self.old_drains:
+            self.old_drains[channel_id] = self.target.channel_drains.get(channel_id)
+
+    @staticmethod
+    def _own(per_channel: dict, owned: set[str], channel_id: str) -> None:
+        """Copy a channel's dict before the first change to it (a copy of the snapshot shares it)."""
+        if channel_id not in owned:
+            owned.add(channel_id)
+            held = per_channel.get(channel_id)
+            if held is not None:
+                per_channel[channel_id] = dict(held)
+
+    def _drop_token(self, token: Token) -> None:
+        target, key = self.target, token.id.encode()
+        target.tokens.pop(key, None)
+        target.routes.pop(key, None)
+        if token.channel_id in target.channel_tokens:
+            self._own(target.channel_tokens, self._own_tokens, token.channel_id)
+            toks = target.channel_tokens[token.channel_id]
+            toks.pop(token.id, None)
+            if not toks:
+                del target.channel_tokens[token.channel_id]
+                self._own_tokens.discard(token.channel_id)
+
+    def _drop_drain(self, drain: Drain) -> None:
+        target = self.target
+        target.drains.pop(drain.id, None)
+        if drain.channel_id in target.channel_drains:
+            self._remember_drains(drain.channel_id)
+            self._own(target.channel_drains, self._own_drains, drain.channel_id)
+            drains = target.channel_drains[drain.channel_id]
+            drains.pop(drain.id, None)
+            if not drains:
+                del target.channel_drains[drain.channel_id]
+                self._own_drains.discard(drain.channel_id)
+
+
+class ConfigCache(Snapshot):
+    """The in-memory copy of the config the hot path reads; no I/O here.
+
+    While a load builds the next snapshot, the cache remembers which channels
+    and credentials changed under it (refreshes from the feed, this node's own
+    writes), so the swap keeps those rather than put the older page back.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.touched_channels: set[str] | None = None
+        self.touched_creds: set[str] | None = None
+
+    def watch(self) -> None:
+        """Start remembering what changes, until the next swap or forget."""
+        self.touched_channels, self.touched_creds = set(), set()
+
+    def forget(self) -> None:
+        self.touched_channels = self.touched_creds = None
+
+    def replace_channel(self, channel_id: str, channel: Channel | None, tokens: Iterable[Token],
+                        drains: Iterable[Drain]) -> bool:
+        if self.touched_channels is not None:
+            self.touched_channels.add(channel_id)
+        return super().replace_channel(channel_id, channel, tokens, drains)
+
+    def set_credential(self, cred_id: str, cred: Credential | None) -> None:
+        if self.touched_creds is not None:
+            self.touched_creds.add(cred_id)
+        super().set_credential(cred_id, cred)
+
+    def swap(self, new: Snapshot) -> Snapshot:
+        """Adopt `new` in one step (the router reads either all of the old or all of the new);
+        returns the old one, which nothing changes any more.
+
+        What changed in the cache since watch() is carried into `new` first: it
+        was read from the config Redis after the load started, and the page
+        `new` holds of it may be older.
+        """
+        for channel_id in self.touched_channels or ():
+            new.replace_channel(channel_id, self.channels.get(channel_id),
+                                self.channel_tokens.get(channel_id, {}).values(),
+                                self.channel_drains.get(channel_id, {}).values())
+        for cred_id in self.touched_creds or ():
+            new.set_credential(cred_id, self.creds.get(cred_id))
+        self.forget()
+        old = Snapshot()
+        for name in _VIEWS:
+            setattr(old, name, getattr(self, name))
+            setattr(self, name, getattr(new, name))
+        return old
+
+    def patch(self, diff: SnapshotDiff) -> None:
+        """Apply a few changes read while watching, in one step; what changed in the cache
+        since watch() stays as it is (it was read after the pages may have been)."""
+        saved = [(channel_id, self.channels.get(channel_id),
+                  list(self.channel_tokens.get(channel_id, {}).values()),
+                  list(self.channel_drains.get(channel_id, {}).values()))
+                 for channel_id in self.touched_channels or ()]
+        saved_creds = [(cred_id, self.creds.get(cred_id)) for cred_id in self.touched_creds or ()]
+        self.forget()
+        for _ in diff.apply(self):
+            pass
+        for channel_id, channel, tokens, drains in saved:
+            self.replace_channel(channel_id, channel, tokens, drains)
+        for cred_id, cred in saved_creds:
+            self.set_credential(cred_id, cred)
+
+    def replace_all(self, channels, tokens, drains, creds) -> set[str]:
+        """Load a whole snapshot at once (from records); returns the channels whose drains changed."""
+        new = Snapshot()
+        for c in channels:
+            new.set_channel(c.id, c)
+        for t in tokens:
+            new.add_token(t)
+        for d in drains:
+            new.add_drain(d)
+        new.creds = {c.id: c for c in creds}
+        old = self.swap(new)
+        return {ch for ch in old.channel_drains.keys() | self.channel_drains.keys()
+                if old.channel_drains.get(ch) != self.channel_drains.get(ch)}
+
+
+class Cooperation:
+    """Runs long jobs on the reactor a bounded unit at a time, giving the reactor back
+    once a turn has used `budget` seconds, so that no job stalls ingest for longer.
+
+    A job is an iterator that yields after each unit of bounded work. Jobs run
+    side by side, a unit of each in turn, and share the one budget per reactor
+    turn. A job started while none waits runs at once, as far as the budget
+    goes (a small config loads within the call).
+    """
+
+    def __init__(self, reactor, budget: float = 0.01, timer: Callable[[], float] = time.perf_counter) -> None:
+        self.reactor = reactor
+        self.budget = budget
+        self.timer = timer
+        self.turns = 0  # turns given back to the reactor, ever: for tests and curious operators
+        self._jobs: deque[tuple[Iterator[object], defer.Deferred]] = deque()
+        self._running = False
+        self._next = None  # the reactor turn the waiting jobs go on in
+
+    def run(self, job: Iterable[object]) -> defer.Deferred:
+        done: defer.Deferred = defer.Deferred()
+        self._jobs.append((iter(job), done))
+        if not self._running and self._next is None:
+            self._turn()
+        return done
+
+    def _turn(self) -> None:
+        self._next, self._running = None, True
+        started = self.timer()
+        try:
+            while self._jobs:
+                units, done = self._jobs[0]
+                try:
+                    next(units)
+                except StopIteration:
+                    self._jobs.popleft()
+                    done.callback(None)  # its caller may start a job: it joins this turn's loop
+                    continue
+                except BaseException:
+                    self._jobs.popleft()
+                    done.errback(Failure())
+                    continue
+                self._jobs.rotate(-1)
+                if self._jobs and self.timer() - started >= self.budget:
+                    self.turns += 1
+                    # Not 0: a turn of its own even on a test Clock, as Twisted's Cooperator does.
+                    self._next = self.reactor.callLater(_NEXT_TURN, self._turn)
+                    return
+        finally:
+            self._running = False
+
+
+# A first load of at least this many channels and tokens freezes what it built (ConfigStore._load).
+_FREEZE_AT = 20_000
+# A load that finds at most this many records changed applies them to the cache in one
+# step (a few ms); more are applied to a copy, a slice at a time, and the copy swapped in.
+_IN_PLACE = 2_000
+
+# How long a job gives the reactor back for: only long enough for one turn.
+_NEXT_TURN = 1e-8
 
 
 class ConfigStore:
@@ -371,6 +772,9 @@ class ConfigStore:
         timeout: float = 5.0,
         metrics=None,
         node: str | None = None,
+        page_size: int = 1000,
+        slice_size: int = 250,
+        turn_budget: float = 0.01,
     ) -> None:
         self.metrics = metrics
         self.redis = redis
@@ -414,6 +818,13 @@ class ConfigStore:
         self.node = node  # this node's name: its own heartbeat is not another node's
         self._lock_value = uuid.uuid4().hex
         self._refreshes: dict[str, list[int]] = {}
+        self._collector_held = False
+        # A load reads page_size records per round trip and works through them in
+        # slices of slice_size records (a millisecond or two), turn_budget seconds of
+        # slices per reactor turn.
+        self.page_size = page_size
+        self.slice_size = slice_size
+        self.cooperation = Cooperation(reactor, budget=turn_budget)
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> None:
@@ -592,24 +1003,77 @@ class ConfigStore:
             # The first node to find a config Redis without a cluster id (a new
             # cluster, or one older than cluster ids) gives it one.
             await self._call(self.redis.set(self.keys.cluster_id, uuid.uuid4().hex, only_if_not_exists=True))
-        found = await self._found()
-        version = await self._call(self.redis.get(self.keys.version))
-        channels = await self._call(self.redis.hgetall(self.keys.channels))
-        tokens = await self._call(self.redis.hgetall(self.keys.tokens))
-        drains = await self._call(self.redis.hgetall(self.keys.drains))
-        creds = await self._call(self.redis.hgetall(self.keys.creds))
-        reason = judge(self.held, found)
-        if reason is not None:
-            self._refuse(reason, found)
-            await self._reseed()
-            return
-        before = dict(self.cache.channels)
-        changed = self.cache.replace_all(
-            [Channel.from_json(k.decode(), v) for k, v in channels.items()],
-            [Token.from_json(k.decode(), v) for k, v in tokens.items()],
-            [Drain.from_json(int(k), v) for k, v in drains.items()],
-            [Credential.from_json(k.decode(), v) for k, v in creds.items()],
-        )
+        # The first load of a big config holds the garbage collector off while it builds,
+        # then freezes what it built: otherwise each of the several full collections that
+        # hundreds of thousands of new objects set off walks all of them (150 ms each at
+        # 100,000 channels), then and at every full collection after. gc.freeze() keeps
+        # what exists then (at boot: the config and the node's services) out of every
+        # later collection; records are freed by their reference counts as ever. Later
+        # loads keep what did not change (SnapshotDiff), so they leave the collector alone.
+        self._collector_held = not self.loaded and gc.isenabled()
+        if self._collector_held:
+            gc.disable()
+        try:
+            await self._load_generation()
+        finally:
+            self._release_collector(freeze=False)
+
+    def _release_collector(self, *, freeze: bool) -> None:
+        if self._collector_held:
+            self._collector_held = False
+            if freeze and len(self.cache.tokens) + len(self.cache.channels) >= _FREEZE_AT:
+                gc.freeze()
+            gc.enable()
+
+    async def _load_generation(self) -> None:
+        """Judge what the config Redis holds; adopt it (read to the side, swapped in at once) or refuse it."""
+        for attempt in range(3):
+            found = await self._found()
+            version = await self._call(self.redis.get(self.keys.version))
+            reason = judge(self.held, found)
+            if reason is not None:
+                self._refuse(reason, found)
+                await self._reseed()
+                return
+            # From here on, what changes in the cache (refreshes from the feed, this node's
+            # writes) is remembered, and kept rather than the page read of it.
+            diff = SnapshotDiff(self.cache, self.slice_size)
+            self.cache.watch()
+            try:
+                await self._read_pages(diff)
+                # A re-seed while the pages were read (by another node) may have mixed two
+                # configs in them: read them again. Plain writes bump only the version, and
+                # their notifications refresh what they touched, which is kept.
+                after = await self._found()
+            except BaseException:
+                self.cache.forget()
+                raise
+            if (after.cluster_id, after.epoch) == (found.cluster_id, found.epoch):
+                break
+            self.cache.forget()
+            log.info("config_load_restarted reason='the config Redis was re-seeded while this node read it' "
+                     "found={found} now={now}", found=found.describe(), now=after.describe())
+        else:
+            raise Unavailable("The config Redis was re-seeded three times while this node read it; "
+                              "it tries again within a second.")
+        if len(diff) <= _IN_PLACE:
+            # The usual reload: little changed. In place, in this one step.
+            touched = set(self.cache.touched_channels or ())
+            self.cache.patch(diff)
+        else:
+            # A first load, or much changed: a copy (sharing the records and per-channel
+            # dicts: C-speed), brought in line a slice at a time, then swapped in at once.
+            new = Snapshot()
+            try:
+                await self.cooperation.run(new.copy_from(self.cache))
+                await self.cooperation.run(diff.apply(new))
+            except BaseException:
+                self.cache.forget()
+                raise
+            touched = set(self.cache.touched_channels or ())
+            self.cache.swap(new)
+        # Before the listeners are told: what they make (drain workers…) is not frozen.
+        self._release_collector(freeze=True)
         self.version = version or b""
         self.held = found
         self.loaded = True
@@ -624,14 +1088,62 @@ class ConfigStore:
                 except Exception:
                     log.failure("recovered_listener_failed")
         log.info(
-            "config_loaded channels={channels} tokens={tokens} drains={drains}",
+            "config_loaded channels={channels} tokens={tokens} drains={drains} changed_records={changed}",
             channels=len(self.cache.channels), tokens=len(self.cache.tokens),
-            drains=len(self.cache.drains),
+            drains=len(self.cache.drains), changed=len(diff),
         )
-        for channel_id in changed:
-            self._drains_changed(channel_id)
-        for channel_id, old in before.items():
-            self._identity_check(channel_id, old)
+        await self.cooperation.run(self._tell_changes(diff, touched))
+
+    async def _read_pages(self, diff: SnapshotDiff) -> None:
+        """Every channel, token, drain and credential, a page per round trip, compared with the cache.
+
+        The four hashes are read side by side, and each one's next page is asked for
+        before this one is compared, so that Redis and the node work at once.
+        """
+        k = self.keys
+        reads = [defer.ensureDeferred(self._read_hash(key, read))
+                 for key, read in ((k.channels, diff.read_channels), (k.tokens, diff.read_tokens),
+                                   (k.drains, diff.read_drains), (k.creds, diff.read_creds))]
+        try:
+            await defer.gatherResults(reads, consumeErrors=True)
+        except defer.FirstError as e:
+            raise e.subFailure.value from None
+        await self.cooperation.run(diff.gone())
+
+    async def _read_hash(self, key: bytes, read: Callable[[bytes], Iterator[None]]) -> None:
+        pending: defer.Deferred | None = self._page(key, b"0")
+        while pending is not None:
+            cursor, page = await pending
+            pending = None if cursor in (b"0", "0", 0) else self._page(key, cursor)
+            try:
+                await self.cooperation.run(read(page))
+            except BaseException as e:
+                if pending is not None:
+                    pending.addErrback(lambda _: None)  # nobody waits for it any more
+                if isinstance(e, (KeyError, TypeError, ValueError, AttributeError)):
+                    raise ConfigError(
+                        f"The config Redis's {key.decode(errors='replace')} hash holds a record this node "
+                        f"cannot read (missing or wrong field: {e!r}); fix or delete that record, and the "
+                        "node loads the config again within a second.") from e
+                raise
+
+    def _page(self, key: bytes, cursor: bytes) -> defer.Deferred:
+        return self._call(self.redis.eval(_PAGE, [key], [cursor, b"%d" % self.page_size]))
+
+    def _tell_changes(self, diff: SnapshotDiff, touched: set[str]) -> Iterator[None]:
+        """After the change: tell of the channels whose drains changed, then of those that ended, one at a time.
+
+        Listeners are told what the cache holds when they are told, as a refresh
+        would. A channel a refresh changed during the load was told then.
+        """
+        for channel_id, before in diff.old_drains.items():
+            if channel_id not in touched and before != self.cache.channel_drains.get(channel_id):
+                self._drains_changed(channel_id)
+                yield
+        for channel_id, before in diff.old_channels.items():
+            if channel_id not in touched and before is not None:
+                self._identity_check(channel_id, before)
+                yield
 
     def refresh_channel(self, channel_id: str) -> defer.Deferred:
         return defer.ensureDeferred(self._refresh_channel(channel_id))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections import deque
-from typing import Callable, Sequence
+from itertools import chain
+from typing import Callable, Container, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -46,14 +46,86 @@ class ShardRing:
         return self.shards[self.index(channel_id)]
 
 
-class BacklogWriter:
-    """Appends to channel backlogs on one shard, one pipelined flush per tick.
+# One flush of a shard's new lines, however many channels they went to: one
+# command and one integer reply, where LPUSH + LTRIM + EXPIRE per channel in a
+# pipeline cost a Deferred and a parsed reply per command (bench/backlog_write.py
+# measures both). KEYS: the channels' backlogs. ARGV: the last index kept
+# (history - 1), the expiry in seconds, then per key its line count and its
+# lines, oldest first. A negative count: the writer refreshed this backlog's
+# expiry lately, so EXPIRE only if the LPUSH made the list (a quarter of
+# Redis's work at one line per channel per flush). LPUSH takes at most a
+# thousand lines a call: Lua's unpack has a stack limit of about eight thousand.
+WRITE_SCRIPT = """
+local last, expiry, at = tonumber(ARGV[1]), tonumber(ARGV[2]), 3
+for i = 1, #KEYS do
+  local count = tonumber(ARGV[at])
+  local refresh = count > 0
+  if not refresh then count = -count end
+  local key, to = KEYS[i], at + count
+  local from, length = at + 1, 0
+  while from <= to do
+    local upto = math.min(to, from + 999)
+    length = redis.call('LPUSH', key, unpack(ARGV, from, upto))
+    from = upto + 1
+  end
+  if length > last + 1 then redis.call('LTRIM', key, 0, last) end
+  if refresh or length == count then redis.call('EXPIRE', key, expiry) end
+  at = to + 1
+end
+return #KEYS
+"""
 
-    The router appends batches; at most one flush is in flight. A flush
-    writes, per channel, one LPUSH of all its new messages, an LTRIM to the
-    history size and an EXPIRE. While Redis is slow or down, messages wait in
-    a bounded queue; past the bound the oldest are dropped and counted.
+# A flush is cut into script calls of about this many bytes of lines, by
+# channel (a channel's lines of one flush stay in one call): Redis runs a
+# script without serving anyone else, and a few MiB take it milliseconds.
+WRITE_CALL_BYTES = 4 * 1024 * 1024
+
+
+def write_arguments(keys: RedisKeys, batch: dict[str, list[bytes]], history: int,
+                    expiry: int, fresh: Container[str] = ()) -> tuple[list[str], list]:
+    """(KEYS, ARGV) of WRITE_SCRIPT for these channels' lines; the expiry of those in
+    `fresh` was refreshed lately and is refreshed again only if the list is new."""
+    names, args = [], [history - 1, expiry]
+    for channel_id, lines in batch.items():
+        names.append(keys.backlog(channel_id))
+        args.append(-len(lines) if channel_id in fresh else len(lines))
+        args.extend(lines)
+    return names, args
+
+
+def write_calls(batch: dict[str, list[bytes]], max_bytes: int = WRITE_CALL_BYTES,
+                total: int | None = None) -> list[dict[str, list[bytes]]]:
+    """The batch cut, by channel, into parts of about max_bytes of lines each
+    (total: the batch's bytes, when known; a batch within max_bytes is one part)."""
+    if total is not None and total <= max_bytes:
+        return [batch]
+    calls, part, size = [], {}, 0
+    for channel_id, lines in batch.items():
+        part[channel_id] = lines
+        size += sum(map(len, lines))
+        if size >= max_bytes:
+            calls.append(part)
+            part, size = {}, 0
+    if part:
+        calls.append(part)
+    return calls
+
+
+class BacklogWriter:
+    """Appends to channel backlogs on one shard, one flush per tick whatever the channels.
+
+    The router appends batches; at most one flush is in flight, and it is one
+    WRITE_SCRIPT call per few MiB of lines, not commands per channel. When
+    the queue passes half its bound while Redis keeps answering, the writer
+    pushes back: hold() gives senders a Deferred that fires once it is below
+    a quarter again, so overload slows senders down instead of dropping lines.
+    Only while Redis fails do lines wait past that, in a queue bounded in lines
+    and bytes; past the bound the oldest are dropped and counted.
     """
+
+    # A flush slower than this is logged (at most every SLOW_LOG_EVERY seconds).
+    SLOW_FLUSH = 1.0
+    SLOW_LOG_EVERY = 30.0
 
     def __init__(
         self,
@@ -85,41 +157,88 @@ class BacklogWriter:
         self.pending: dict[str, list[bytes]] = {}
         self.pending_count = 0
         self.pending_bytes = 0
-        self._order: deque[str] = deque()
         self._call = None
         self._flushing: defer.Deferred | None = None
         self.in_flight: dict[str, list[bytes]] = {}
+        # Whether the last flush failed: then senders are not held (the node
+        # goes on with tails and drains) and the bound sheds instead.
+        self.failing = False
+        self._holders: list[defer.Deferred] = []
+        self._slow_logged = -self.SLOW_LOG_EVERY
+        # Backlogs whose expiry this writer refreshed since _fresh_since: their
+        # EXPIRE is skipped until the set is cleared, every 1 % of the expiry
+        # (an hour at most), so a backlog expires `expiry` after its last
+        # write, give or take that.
+        self._fresh: set[str] = set()
+        self._fresh_since = reactor.seconds()
+        self.refresh_every = min(3600.0, expiry / 100)
 
     def append(self, channel_id: str, messages: list[bytes]) -> None:
-        if not messages:
+        self.extend({channel_id: messages})
+
+    def extend(self, batches: dict[str, list[bytes]]) -> None:
+        """Queue the lines of one routed read, whatever the number of channels it touched."""
+        pending, history = self.pending, self.history
+        # Counted in C over the whole read: a Python call per channel is what costs.
+        count = sum(map(len, batches.values()))
+        size = sum(map(len, chain.from_iterable(batches.values())))
+        superseded = 0
+        for channel_id, messages in batches.items():
+            queued = pending.get(channel_id)
+            if queued is None:
+                # pending keeps the order channels started waiting in: _shed cuts the oldest.
+                queued = pending[channel_id] = messages[:]
+            else:
+                queued.extend(messages)
+            if len(queued) > history:
+                # Lines the LTRIM would cut right after the LPUSH are superseded,
+                # not lost: the backlog is the newest `history` lines either way.
+                excess = len(queued) - history
+                size -= sum(map(len, queued[:excess]))
+                del queued[:excess]
+                count -= excess
+                superseded += excess
+        if not count and not superseded:
             return
-        queued = self.pending.get(channel_id)
-        if queued is None:
-            queued = self.pending[channel_id] = list(messages)
-            self._order.append(channel_id)
-        else:
-            queued.extend(messages)
-        self.pending_count += len(messages)
-        self.pending_bytes += sum(map(len, messages))
-        excess = len(queued) - self.history
-        if excess > 0:
-            # Lines the LTRIM would cut right after the LPUSH are superseded,
-            # not lost: the backlog is the newest `history` lines either way.
-            self.pending_bytes -= sum(map(len, queued[:excess]))
-            del queued[:excess]
-            self.pending_count -= excess
-            self.metrics.inc("logplex_backlog_superseded_total", excess, shard=self.shard_name)
+        self.pending_count += count
+        self.pending_bytes += size
+        if superseded:
+            self.metrics.inc("logplex_backlog_superseded_total", superseded, shard=self.shard_name)
         if self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes:
             self._shed()
-        if self._call is None and self._flushing is None:
+        if self._call is None and self._flushing is None and self.pending:
             self._call = self.reactor.callLater(self.interval, self.flush)
+
+    # -- pushback ---------------------------------------------------------------------------
+    def congested(self) -> bool:
+        """Whether senders should wait: the queue is past half its bound and Redis is answering."""
+        return not self.failing and (self.pending_count > self.max_pending // 2
+                                     or self.pending_bytes > self.max_pending_bytes // 2)
+
+    def wait(self) -> defer.Deferred:
+        """Fires once the queue is below a quarter of its bound, or Redis failed (then nobody waits)."""
+        if not self._holders:
+            self.metrics.inc("logplex_backlog_pushback_total", shard=self.shard_name)
+        d = defer.Deferred()
+        self._holders.append(d)
+        return d
+
+    def _release(self) -> None:
+        if not self._holders:
+            return
+        if not self.failing and (self.pending_count > self.max_pending // 4
+                                 or self.pending_bytes > self.max_pending_bytes // 4):
+            return
+        holders, self._holders = self._holders, []
+        for d in holders:
+            d.callback(None)
 
     def _shed(self) -> None:
         # Drop from the channels that have waited longest, oldest lines first:
         # a backlog is a recent history, so the newest lines matter most.
         while (self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes) \
-                and self._order:
-            channel_id = self._order[0]
+                and self.pending:
+            channel_id = next(iter(self.pending))
             queued = self.pending[channel_id]
             cut = min(max(0, self.pending_count - self.max_pending), len(queued))
             size = sum(map(len, queued[:cut]))
@@ -132,8 +251,8 @@ class BacklogWriter:
             self.metrics.inc("logplex_backlog_dropped_total", cut, shard=self.shard_name)
             if not queued:
                 del self.pending[channel_id]
-                self._order.popleft()
 
+    # -- flushing ---------------------------------------------------------------------------
     def flush(self) -> defer.Deferred:
         """Write everything queued; resolves when Redis has answered."""
         self._call = None
@@ -141,48 +260,68 @@ class BacklogWriter:
             return self._flushing
         if not self.pending:
             return defer.succeed(None)
-        batch, self.pending, self._order = self.pending, {}, deque()
-        count, self.pending_count, self.pending_bytes = self.pending_count, 0, 0
+        batch, self.pending = self.pending, {}
+        size = self.pending_bytes
+        self.pending_count, self.pending_bytes = 0, 0
         self.in_flight = batch
-        self._flushing = defer.ensureDeferred(self._write(batch, count))
+        self._release()  # the queue is empty now: held senders go on while the flush runs
+        self._flushing = defer.ensureDeferred(self._write(batch, size))
         self._flushing.addBoth(self._flushed)
         return self._flushing
 
-    async def _write(self, batch: dict[str, list[bytes]], count: int) -> bool:
+    async def _write(self, batch: dict[str, list[bytes]], size: int | None = None) -> bool:
         started = self.reactor.seconds()
-        try:
-            pipe = await self.redis.pipeline().addTimeout(self.timeout, self.reactor)
-            for channel_id, messages in batch.items():
-                key = self.keys.backlog(channel_id)
-                pipe.execute_command("LPUSH", key, *messages)
-                pipe.execute_command("LTRIM", key, 0, self.history - 1)
-                pipe.execute_command("EXPIRE", key, self.expiry)
-            await pipe.execute_pipeline().addTimeout(self.timeout, self.reactor)
-        except Exception as e:
-            self._requeue(batch, count, e)
+        if started - self._fresh_since >= self.refresh_every:
+            self._fresh = set()
+            self._fresh_since = started
+        calls = write_calls(batch, total=size)
+        results = await defer.DeferredList(
+            [self._write_call(part) for part in calls], consumeErrors=True)
+        failed = [(part, result) for part, (ok, result) in zip(calls, results) if not ok]
+        written = sum(len(lines) for part, (ok, _) in zip(calls, results) if ok for lines in part.values())
+        if written:
+            self.metrics.inc("logplex_backlog_written_total", written, shard=self.shard_name)
+        took = self.reactor.seconds() - started
+        self.metrics.observe("logplex_redis_command_seconds", took, redis=self.shard_name, op="backlog_flush")
+        if took >= self.SLOW_FLUSH and started - self._slow_logged >= self.SLOW_LOG_EVERY:
+            self._slow_logged = started
+            log.warn("backlog_redis_slow shard={shard} seconds={seconds:.1f} lines={lines} "
+                     "action='senders held while the queue is past half its bound'",
+                     shard=self.shard_name, seconds=took, lines=sum(map(len, batch.values())))
+        if failed:
+            self._requeue([part for part, _ in failed], failed[0][1].value)
             return False
-        self.metrics.inc("logplex_backlog_written_total", count, shard=self.shard_name)
-        self.metrics.observe("logplex_redis_command_seconds", self.reactor.seconds() - started,
-                             redis=self.shard_name, op="backlog_flush")
         return True
 
-    def _requeue(self, batch: dict[str, list[bytes]], count: int, error: Exception) -> None:
-        # Put the failed batch back in front of what arrived meanwhile, so a
+    def _write_call(self, part: dict[str, list[bytes]]) -> defer.Deferred:
+        names, args = write_arguments(self.keys, part, self.history, self.expiry, self._fresh)
+        d = defer.maybeDeferred(self.redis.eval, WRITE_SCRIPT, names, args)
+        d.addTimeout(self.timeout, self.reactor)
+
+        def written(result):
+            self._fresh.update(part)
+            return result
+
+        return d.addCallback(written)
+
+    def _requeue(self, parts: list[dict[str, list[bytes]]], error: Exception) -> None:
+        # Put the failed lines back in front of what arrived meanwhile, so a
         # short outage loses nothing and order is kept; the bound still holds.
+        count = sum(len(lines) for part in parts for lines in part.values())
         log.warn(
             "backlog_write_failed shard={shard} messages={count} error={error}",
             shard=self.shard_name, count=count, error=repr(error),
         )
-        newer, newer_order = self.pending, self._order
-        self.pending, self._order = batch, deque(batch)
-        for channel_id in newer_order:
+        newer, self.pending = self.pending, {}
+        for part in parts:
+            self.pending.update(part)
+        for channel_id, lines in newer.items():
             if channel_id in self.pending:
-                self.pending[channel_id].extend(newer[channel_id])
+                self.pending[channel_id].extend(lines)
             else:
-                self.pending[channel_id] = newer[channel_id]
-                self._order.append(channel_id)
+                self.pending[channel_id] = lines
         self.pending_count += count
-        self.pending_bytes += sum(len(line) for lines in batch.values() for line in lines)
+        self.pending_bytes += sum(len(line) for part in parts for lines in part.values() for line in lines)
         if self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes:
             self._shed()
 
@@ -192,7 +331,6 @@ class BacklogWriter:
         queued = self.pending.pop(channel_id, None)
         if queued is None:
             return 0
-        self._order.remove(channel_id)
         self.pending_count -= len(queued)
         self.pending_bytes -= sum(map(len, queued))
         return len(queued)
@@ -217,6 +355,8 @@ class BacklogWriter:
     def _flushed(self, ok) -> None:
         self._flushing = None
         self.in_flight = {}
+        self.failing = ok is not True
+        self._release()
         if self.pending and self._call is None:
             # Back off a little after a failure instead of hammering Redis.
             delay = self.interval if ok is True else max(1.0, self.interval)
@@ -297,6 +437,8 @@ class Backlogs:
         self.writers: dict[str, BacklogWriter] = {}
         self.ring: ShardRing | None = None
         self.on_change: list[Callable[[], None]] = []
+        metrics.gauge_callback("logplex_backlog_queued_messages", lambda: self.queued()[0])
+        metrics.gauge_callback("logplex_backlog_queued_bytes", lambda: self.queued()[1])
 
     def configure(self, shard_map: dict[str, str]) -> None:
         """Use this name -> URL map from now on."""
@@ -329,6 +471,43 @@ class Backlogs:
 
     def append(self, channel_id: str, messages: list[bytes]) -> None:
         self.writers[self.ring.shard(channel_id)].append(channel_id, messages)
+
+    def extend(self, by_channel: dict[str, list[bytes]]) -> None:
+        """Queue one routed read's lines, grouped per shard: one call per shard, not per channel."""
+        if len(self.writers) == 1:
+            next(iter(self.writers.values())).extend(by_channel)
+            return
+        index, names = self.ring.index, self.ring.shards
+        per_shard: dict[int, dict[str, list[bytes]]] = {}
+        for channel_id, lines in by_channel.items():
+            found = index(channel_id)
+            part = per_shard.get(found)
+            if part is None:
+                per_shard[found] = {channel_id: lines}
+            else:
+                part[channel_id] = lines
+        for found, part in per_shard.items():
+            self.writers[names[found]].extend(part)
+
+    def hold(self, channel_ids) -> defer.Deferred | None:
+        """None, or a Deferred the senders of these channels should wait for: the writer of
+        a shard they go to is past half its bound while its Redis keeps answering."""
+        congested = [w for w in self.writers.values() if w.congested()]
+        if not congested:
+            return None
+        if len(self.writers) > 1:
+            shards = {self.ring.shard(channel_id) for channel_id in channel_ids}
+            congested = [w for w in congested if w.shard_name in shards]
+            if not congested:
+                return None
+        if len(congested) == 1:
+            return congested[0].wait()
+        return defer.DeferredList([w.wait() for w in congested])
+
+    def queued(self):
+        """(labels, lines) and (labels, bytes) per shard: the writers' queue depth gauges."""
+        return ([({"shard": n}, w.pending_count) for n, w in self.writers.items()],
+                [({"shard": n}, w.pending_bytes) for n, w in self.writers.items()])
 
     def recent(self, channel_id: str, num: int, max_bytes: int | None = None) -> defer.Deferred:
         """Up to num most recent messages of a channel, oldest first, and (with max_bytes)

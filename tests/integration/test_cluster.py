@@ -425,6 +425,10 @@ def test_workers_are_cluster_members_and_leave_no_process_behind(workers_node):
         return dict(views)
 
     wait_until(look, lambda v: v.get("w-0") == 1 and v.get("w-1") == 1, 5.0, "the channel known to both workers")
+    # Whichever worker answers, a scrape shows the load of both (they share it every second).
+    wait_until(lambda: set(re.findall(r'^logplex_worker_busy_ratio\{worker="([^"]+)"\} ',
+                                      http_request(node.api_port, "GET", "/metrics").body.decode(), re.M)),
+               lambda w: w == {"w-0", "w-1"}, 5.0, "the busy share of both workers on one scrape")
     connections = [socket.create_connection(("127.0.0.1", node.syslog_port), timeout=5) for _ in range(20)]
     for i, sock in enumerate(connections):
         sock.sendall(octet(syslog_message(tokens["app"], "conn", f"conn {i:02d}")))

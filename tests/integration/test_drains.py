@@ -774,3 +774,31 @@ class DrainTests(NodeCase):
         self.assertEqual(answer.status, 201, answer)
         answer = await self.api("DELETE", f"/v3/channels/{channel_id}/drains/{answer.json()['id']}")
         self.assertEqual(answer.status, 204, answer)
+
+    # -- 10. many drains of one endpoint host ---------------------------------------------------------
+    async def test_drains_of_one_host_share_a_few_persistent_connections(self):
+        # 40 drains, each on its own channel, all on one host:port: a node that
+        # opened a connection per POST (it kept only 4 of them between
+        # rounds) would pay a connect for nearly every batch.
+        sink = await self.started(HttpSink(path="/logs"))
+        senders = []
+        for i in range(40):
+            channel_id, token = await self.channel()
+            await self.add_drain(channel_id, f"http://127.0.0.1:{sink.port}/logs/{i}")
+            senders.append(await self.sender(token))
+        sent = 0
+        for round_ in range(5):
+            for i, sender in enumerate(senders):
+                await self.send(sender, [f"r{round_} d{i:02d} {round_:06d}"])
+            sent += len(senders)
+            await sink.wait_for(sent, timeout=10)
+        self.assertGreaterEqual(sink.attempts, 5 * len(senders))
+        # 16: logplex.drains.http.HOST_CONNECTIONS.
+        connections = sink._site.connections.total
+        self.assertLessEqual(connections, 16, f"{connections} connections for {sink.attempts} POSTs")
+        by_path = collections.defaultdict(list)
+        for request in sink.requests:
+            by_path[request.path].extend(request.frames)
+        for i in range(40):
+            self.assertEqual(by_path[f"/logs/{i}".encode()],
+                             [http_frame(f"r{r} d{i:02d} {r:06d}") for r in range(5)])

@@ -1,0 +1,32 @@
+"""The backlog write script on a real redis-server: what one flush leaves in Redis."""
+
+from __future__ import annotations
+
+from logplex.redis.keys import RedisKeys
+from logplex.redis.shards import WRITE_SCRIPT, write_arguments
+from tests.integration.cluster import redis as call
+
+KEYS = RedisKeys("script-test", 0)
+
+
+def flush(server, batch, history=1500, expiry=3600, fresh=()):
+    names, args = write_arguments(KEYS, batch, history, expiry, fresh)
+    return call(server, "EVAL", WRITE_SCRIPT, len(names), *names, *args)
+
+
+def test_one_call_writes_every_channel_newest_first_trimmed_to_the_history(redis):
+    lines = [b"line %d" % n for n in range(2500)]  # more than one LPUSH of 1,000 and than the history
+    assert flush(redis, {"many": lines, "one": [b"only"]}, history=1500) == 2
+    stored = call(redis, "LRANGE", KEYS.backlog("many"), 0, -1)
+    assert stored == lines[::-1][:1500]
+    assert call(redis, "LRANGE", KEYS.backlog("one"), 0, -1) == [b"only"]
+    assert 0 < call(redis, "TTL", KEYS.backlog("many")) <= 3600
+
+
+def test_a_fresh_backlog_keeps_its_ttl_but_a_new_list_always_gets_one(redis):
+    flush(redis, {"kept": [b"a"]}, expiry=3600)
+    call(redis, "EXPIRE", KEYS.backlog("kept"), 100)
+    flush(redis, {"kept": [b"b"], "made": [b"c"]}, expiry=3600, fresh={"kept", "made"})
+    assert call(redis, "TTL", KEYS.backlog("kept")) <= 100  # not refreshed: this writer did lately
+    assert 100 < call(redis, "TTL", KEYS.backlog("made")) <= 3600  # new: it gets its expiry at once
+    assert call(redis, "LRANGE", KEYS.backlog("kept"), 0, -1) == [b"b", b"a"]
