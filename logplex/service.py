@@ -14,7 +14,7 @@ from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from logplex import __version__
+from logplex import __version__, hotpath
 from logplex.admin.manhole import Admin, loopback_only, manhole_factory
 from logplex.api.management import ManagementApi
 from logplex.api.tailpage import TailPage
@@ -240,9 +240,11 @@ class LogplexNode(MultiService):
         # must not send logs to listeners that are not bound yet.
         self.ready = True
         log.info(
-            "node_ready version={version} node={node} api={api} logs={logs} syslog={syslog} api_url={url}",
+            "node_ready version={version} node={node} api={api} logs={logs} syslog={syslog} api_url={url} "
+            "hot_path={hot_path!r}",
             version=__version__, node=s.node_name, api=self.addresses("api"),
             logs=self.addresses("logs"), syslog=self.addresses("syslog"), url=self.api.api_url,
+            hot_path=hotpath.HOT_PATH,
         )
         if not any(FULL_API in cred.perms for cred in self.store.cache.creds.values()):
             log.warn("node_has_no_api_credential: every API call will be refused (401) until one "

@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 import attrs
 
-from logplex import syslog
+from logplex import hotpath, syslog
 from logplex.framing import decode_logplex1, encode_logplex1, octet_frame
 
 # Spool chunks hold whole batches; they never meet the syslog frame limit.
@@ -380,6 +380,14 @@ def syslog_frames(messages: Iterable[bytes], drain_token: bytes) -> bytes:
         line = b"%s %s %s %s %s - - %s\n" % (pri, ts, drain_token, app, procid, msg)
         append(b"%d %s" % (len(line), line))
     return b"".join(out)
+
+
+# The pure functions keep their names with pure_ (the differential test and
+# LOGPLEX_PURE_PYTHON use them); the compiled twins take the plain names.
+# They hand anything unusual (structured data, RFC 3164) back to syslog.parse.
+pure_output_line, pure_http_body, pure_syslog_frames = output_line, http_body, syslog_frames
+if (_hot := hotpath.compiled()) is not None:
+    output_line, http_body, syslog_frames = _hot.output_line, _hot.http_body, _hot.syslog_frames
 
 
 # -- spool chunks -------------------------------------------------------------------------
