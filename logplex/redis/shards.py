@@ -6,7 +6,7 @@ import hashlib
 from itertools import chain
 from typing import Callable, Container, Sequence
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from logplex.redis.keys import RedisKeys
@@ -76,9 +76,10 @@ return #KEYS
 """
 
 # A flush is cut into script calls of about this many bytes of lines, by
-# channel (a channel's lines of one flush stay in one call): Redis runs a
-# script without serving anyone else, and a few MiB take it milliseconds.
-WRITE_CALL_BYTES = 4 * 1024 * 1024
+# channel (a channel's lines of one flush stay in one call), sent a reactor
+# turn apart: Redis runs a script without serving anyone else (a MiB takes it
+# a few milliseconds), and runs one part while the node encodes the next.
+WRITE_CALL_BYTES = 1024 * 1024
 
 
 def write_arguments(keys: RedisKeys, batch: dict[str, list[bytes]], history: int,
@@ -275,8 +276,14 @@ class BacklogWriter:
             self._fresh = set()
             self._fresh_since = started
         calls = write_calls(batch, total=size)
-        results = await defer.DeferredList(
-            [self._write_call(part) for part in calls], consumeErrors=True)
+        sent = []
+        for n, part in enumerate(calls):
+            if n:
+                # A reactor turn between parts: the previous part goes out and
+                # Redis runs it while this one is encoded (and reads go on).
+                await task.deferLater(self.reactor, 0, lambda: None)
+            sent.append(self._write_call(part))
+        results = await defer.DeferredList(sent, consumeErrors=True)
         failed = [(part, result) for part, (ok, result) in zip(calls, results) if not ok]
         written = sum(len(lines) for part, (ok, _) in zip(calls, results) if ok for lines in part.values())
         if written:
