@@ -135,7 +135,7 @@ def start_node(tmp: str, args, rport: int, name: str, sink_ok: bool = True):
            "--syslog", f"tcp:{ports['syslog']}:interface=127.0.0.1",
            "--config-redis", f"redis://127.0.0.1:{rport}/0", "--auth", "admin:secret",
            "--data-dir", data, "--history", str(args.history), "--node-name", name,
-           *(["--allow-private-drains"] if sink_ok else []), *args.node_arg]
+           *(["--allow-private-drains"] if sink_ok else []), "--workers", "1", *args.node_arg]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [args.code, os.environ.get("PYTHONPATH")])))
     proc = ingest.spawn(cmd, os.path.join(tmp, f"node-{name}.log"), env)
     peers.node_groups.append(proc.pid)

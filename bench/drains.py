@@ -50,7 +50,7 @@ def start_node(tmp: str, args, node_args: list[str]):
                 "--logs", f"tcp:{logs_port}:interface=127.0.0.1",
                 "--syslog", f"tcp:{syslog_port}:interface=127.0.0.1",
                 "--config-redis", f"redis://127.0.0.1:{rport}/0", "--auth", "admin:secret",
-                "--data-dir", tmp, "--history", str(args.history), "--allow-private-drains", *node_args]
+                "--data-dir", tmp, "--history", str(args.history), "--allow-private-drains", "--workers", "1", *node_args]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ingest.ROOT, os.environ.get("PYTHONPATH")])))
     node_log = os.path.join(tmp, "node.log")
     node = spawn(node_cmd, node_log, env)

@@ -173,7 +173,7 @@ def run(args) -> dict:
                 "--logs", f"tcp:{logs_port}:interface=127.0.0.1",
                 "--syslog", f"tcp:{syslog_port}:interface=127.0.0.1",
                 "--config-redis", f"redis://127.0.0.1:{rport}/0", "--auth", "admin:secret",
-                "--data-dir", tmp, "--history", str(args.history)]
+                "--data-dir", tmp, "--history", str(args.history), "--workers", "1"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     node_log = os.path.join(tmp, "node.log")
     node = spawn(node_cmd, node_log, env)

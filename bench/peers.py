@@ -213,7 +213,7 @@ def start_node(tmp: str, args, rport: int, extra: list[str]):
            "--syslog", f"tcp:{ports['syslog']}:interface=127.0.0.1",
            "--config-redis", f"redis://127.0.0.1:{rport}/0", "--auth", "admin:secret",
            "--data-dir", os.path.join(tmp, "data"), "--history", str(args.history), "--node-name", "bench",
-           "--allow-private-drains", *extra]
+           "--allow-private-drains", "--workers", "1", *extra]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [args.code, os.environ.get("PYTHONPATH")])))
     log = os.path.join(tmp, f"node-{len(os.listdir(tmp))}.log")
     proc = ingest.spawn(cmd, log, env)

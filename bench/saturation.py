@@ -44,7 +44,7 @@ def run(args) -> list[dict]:
                 "--api", f"tcp:{api_port}:interface=127.0.0.1", "--logs", f"tcp:{logs_port}:interface=127.0.0.1",
                 "--syslog", f"tcp:{syslog_port}:interface=127.0.0.1",
                 "--config-redis", f"redis://127.0.0.1:{rport}/0", "--auth", "admin:secret",
-                "--data-dir", tmp, "--node-name", "sat", *args.node_arg]
+                "--data-dir", tmp, "--node-name", "sat", "--workers", "1", *args.node_arg]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ingest.ROOT, os.environ.get("PYTHONPATH")])))
     node = ingest.spawn(node_cmd, os.path.join(tmp, "node.log"), env)
     api = f"http://127.0.0.1:{api_port}"

@@ -267,7 +267,7 @@ class Node:
                     "--logs", f"tcp:{self.logs_port}:interface=127.0.0.1",
                     "--syslog", f"tcp:{self.syslog_port}:interface=127.0.0.1",
                     "--config-redis", cfg.url, "--shard-redis", shard.url, "--node-name", "soak",
-                    "--auth", "admin:secret", "--data-dir", self.dir, "--allow-private-drains", *extra]
+                    "--auth", "admin:secret", "--data-dir", self.dir, "--allow-private-drains", "--workers", "1", *extra]
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ib.ROOT, os.environ.get("PYTHONPATH")])))
         self.proc: subprocess.Popen | None = None
         self.runs = 0

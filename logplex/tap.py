@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from logplex import __version__
@@ -16,6 +17,8 @@ ENV = {
     "auth": "LOGPLEX_AUTH",
 }
 
+
+log = Logger()
 
 # One source for every default: the Settings a node runs with when given no option.
 DEFAULTS = Settings()
@@ -194,8 +197,10 @@ class Options(usage.Options):
          "Seconds a stopping node (SIGTERM) keeps accepting and serving while /healthcheck already "
          "answers 503, so a load balancer moves traffic away first; 0 closes the listeners at once.",
          _non_negative_float("stop-grace")],
-        ["workers", None, 1,
-         "Worker processes sharing this node's listeners, each a cluster member (use one per core).",
+        ["workers", None, None,
+         "Worker processes sharing this node's listeners, each a cluster member <node-name>-<i>; "
+         "1 runs the node in one process. Default: one per CPU this process may use, or 1 where a "
+         "listener is not tcp:, tcp6: or ssl: (also behind haproxy:) or --manhole is given.",
          _positive_int("workers")],
         ["redis-timeout", None, DEFAULTS.redis_timeout, "Seconds a Redis command may take before it counts as failed.",
          _positive_float("redis-timeout")],
@@ -260,6 +265,16 @@ class Options(usage.Options):
         if self["manhole-keys"] and not os.path.isfile(self["manhole-keys"]):
             raise usage.UsageError(f"--manhole-keys {self['manhole-keys']}: no such file.")
         self._check_redis_urls()
+        self._check_workers()
+
+    def _check_workers(self) -> None:
+        from logplex.workers import single_process_reason
+
+        if self["workers"] is not None and self["workers"] > 1:
+            reason = single_process_reason(Settings.from_options(self))
+            if reason is not None:
+                raise usage.UsageError(f"--workers {self['workers']} cannot be used: {reason}. "
+                                       "Give --workers 1, or change that option.")
 
     def _check_redis_urls(self) -> None:
         from logplex.redis.connection import BadRedisURL, check_redis_url
@@ -290,7 +305,14 @@ class Options(usage.Options):
 def makeService(options: Options, reactor=None):
     from logplex.config import Settings
     from logplex.service import LogplexNode
-    from logplex.workers import WORKER_ENV, WorkerMaster, settings_from_environment
+    from logplex.workers import (
+        WORKER_ENV,
+        WorkerCount,
+        WorkerMaster,
+        default_workers,
+        settings_from_environment,
+        usable_cpus,
+    )
 
     if reactor is None:
         from twisted.internet import reactor
@@ -300,6 +322,12 @@ def makeService(options: Options, reactor=None):
         settings, fds = settings_from_environment(inherited)
         return LogplexNode(settings, reactor, inherited_fds=fds)
     settings = Settings.from_options(options)
-    if options["workers"] > 1:
-        return WorkerMaster(settings, options["workers"], reactor)
+    if options["workers"] is not None:
+        workers = WorkerCount(options["workers"], "--workers")
+    else:
+        workers = default_workers(settings, usable_cpus())
+    if workers.count > 1:
+        return WorkerMaster(settings, workers.count, reactor, workers.reason)
+    if options["workers"] is None:
+        log.info("workers count=1 reason={reason!r}", reason=workers.reason)
     return LogplexNode(settings, reactor, exit_on_failure=True)

@@ -24,12 +24,62 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from logplex.config import Settings
-from logplex.listen import LISTEN_BACKLOG, behind_proxy, proxied, server_endpoint
+from logplex.listen import LISTEN_BACKLOG, behind_proxy, description_fields, proxied, server_endpoint
 from logplex.redis.embedded import EmbeddedRedis
 
 log = Logger()
 
 WORKER_ENV = "LOGPLEX_WORKER"
+
+# Listeners the master can open once per worker on one address (SO_REUSEPORT),
+# also behind haproxy:. Others (unix:, systemd:, plugins) it cannot share.
+SHAREABLE_TYPES = ("tcp", "tcp6", "ssl")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one, else the machine's.
+
+    The mask is what taskset, numactl, systemd's CPUAffinity= and a
+    container's cpuset leave this process; os.cpu_count() counts the host's
+    CPUs, and workers beyond the mask would only take turns on the same cores.
+    (A CPU quota such as docker --cpus is in neither: give --workers there.)
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity call on this OS
+        return max(1, os.cpu_count() or 1)
+
+
+def shareable(description: str) -> bool:
+    """Whether the master can hand each worker its own socket on the listener's address."""
+    return description_fields(proxied(description)[1])[0] in SHAREABLE_TYPES
+
+
+def single_process_reason(settings: Settings) -> str | None:
+    """Why the node must run in one process, as a sentence; None when it owns its listeners."""
+    for kind, description in listeners(settings):
+        if not shareable(description):
+            return (f"the {kind} listener {description} cannot be shared between worker processes "
+                    f"(only tcp:, tcp6: and ssl: ones can, also behind haproxy:)")
+    if settings.manhole:
+        return "--manhole opens an admin shell into one process, which would see one worker's share only"
+    return None
+
+
+@attrs.frozen
+class WorkerCount:
+    """How many worker processes a node runs, and why (logged at start)."""
+
+    count: int
+    reason: str
+
+
+def default_workers(settings: Settings, cpus: int) -> WorkerCount:
+    """--workers when none is given: one per usable CPU when the node owns its listeners, else 1."""
+    reason = single_process_reason(settings)
+    if reason is not None:
+        return WorkerCount(1, reason)
+    return WorkerCount(cpus, f"one per CPU this process may use ({cpus})")
 
 
 def listeners(settings: Settings) -> list[tuple[str, str]]:
@@ -61,11 +111,19 @@ def reuseport_sockets(reactor, description: str, count: int) -> list[socket.sock
     """
     endpoint = server_endpoint(reactor, proxied(description)[1])
     port = getattr(endpoint, "_port", None)
-    if port is None:
+    if port is None or not shareable(description):
         raise ValueError(f"--workers needs TCP (or TLS) listeners; {description!r} is neither.")
     interface = getattr(endpoint, "_interface", "") or ""
     backlog = getattr(endpoint, "_backlog", LISTEN_BACKLOG)
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    if port:
+        # SO_REUSEPORT would let this node join another process's listeners
+        # on the same port (same user) and take half its connections without
+        # a word; a plain bind fails where anyone listens, as a single
+        # process's listen does.
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((interface, port))
     out = []
     for _ in range(count):
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -111,10 +169,13 @@ class _Worker(ProcessProtocol):
 
 
 class WorkerMaster(MultiService):
-    def __init__(self, settings: Settings, workers: int, reactor) -> None:
+    """The master of a --workers node: the listening sockets, the embedded Redis, and the worker processes."""
+
+    def __init__(self, settings: Settings, workers: int, reactor, reason: str = "--workers") -> None:
         super().__init__()
         self.settings = settings
         self.count = workers
+        self.reason = reason
         self.reactor = reactor
         self.workers: dict[int, _Worker] = {}
         self.transports: dict[int, object] = {}
@@ -143,11 +204,20 @@ class WorkerMaster(MultiService):
                 pass  # a worker that just ended
 
     def _failed(self, failure) -> None:
-        log.failure("master_start_failed", failure)
-        if self.reactor.running:
-            self.reactor.stop()
+        from logplex.redis.embedded import EmbeddedRedisError
+        from logplex.service import StartFailed, exit_status_at_exit
+
+        if failure.check(StartFailed, EmbeddedRedisError):
+            # A cause the operator can fix: one line that says what to do, as a single process says it.
+            log.critical("node_start_failed reason={reason}", reason=str(failure.value))
+        else:
+            log.failure("master_start_failed", failure)
+        # twistd exits 0 whatever happened; a node that could not start exits 1.
+        exit_status_at_exit(1)
+        self.reactor.callWhenRunning(self.reactor.stop)
 
     async def _start(self) -> None:
+        log.info("workers count={count} reason={reason!r}", count=self.count, reason=self.reason)
         if self.embedded is not None:
             await self.embedded.whenReady()
             self.settings = attrs.evolve(self.settings, config_redis=self.embedded.url)
@@ -157,7 +227,16 @@ class WorkerMaster(MultiService):
         # whichever wakes first.)
         self.sockets: list[list[socket.socket]] = [[] for _ in range(self.count)]
         for kind, description in listeners(self.settings):
-            for index, sock in enumerate(reuseport_sockets(self.reactor, description, self.count)):
+            try:
+                socks = reuseport_sockets(self.reactor, description, self.count)
+            except OSError as e:
+                from logplex.service import StartFailed
+
+                raise StartFailed(
+                    f"The {kind} listener cannot listen on {description}: {e.strerror or e}. Stop what "
+                    f"uses that address, or give the node another one (--{kind})."
+                ) from None
+            for index, sock in enumerate(socks):
                 self.sockets[index].append(sock)
         for index in range(self.count):
             self._spawn(index)

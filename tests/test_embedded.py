@@ -229,9 +229,12 @@ def test_node_process_command(tmp_path):
         "--auth", "admin:secret",
         "--node-name", node.name,
         "--stop-grace", "0",  # tests stop nodes at once; a test of the grace gives its own
+        "--workers", "1",  # one process unless a test asks for workers
         "--x", "y",
     ]
     assert "--config-redis" not in NodeProcess(str(tmp_path / "n2"), None).command()
+    workers = NodeProcess(str(tmp_path / "n3"), None, ["--workers", "2"]).command()
+    assert workers.count("--workers") == 1 and workers[-2:] == ["--workers", "2"]
 
 
 def test_node_process_start_failure_shows_its_output(tmp_path):

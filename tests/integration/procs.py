@@ -159,10 +159,17 @@ class NodeProcess:
         redis_url: str | None,
         extra_args: Sequence[str] = (),
         name: str | None = None,
+        *,
+        workers: int | None = 1,
+        cpus: Sequence[int] | None = None,
     ) -> None:
         self.dir = os.path.abspath(str(tmpdir))
         self.redis_url = redis_url
         self.extra_args = list(extra_args)
+        # --workers to pass when extra_args has none; None: the node's own default (one per CPU).
+        self.workers = workers
+        # The CPUs the node may run on (its affinity mask); None: this process's.
+        self.cpus = None if cpus is None else list(cpus)
         self.log_path = os.path.join(self.dir, "node.log")
         self.out_path = os.path.join(self.dir, "node.out")
         self.data_dir = os.path.join(self.dir, "data")
@@ -208,9 +215,13 @@ class NodeProcess:
             # Tests stop many nodes: no grace period unless a test asks for one
             # (a later --stop-grace in extra_args wins).
             "--stop-grace", "0",
-            *self.extra_args,
         ]
-        return args
+        if self.workers is not None and not any(arg.startswith("--workers") for arg in self.extra_args):
+            # One process, as the tests were written for (per-process /metrics,
+            # logs, pids), unless a test asks for workers: the node's default
+            # is one worker per CPU.
+            args += ["--workers", str(self.workers)]
+        return [*args, *self.extra_args]
 
     def start(self, timeout: float = 30) -> None:
         """Start and wait until /healthcheck answers 200; on failure raise
@@ -246,9 +257,11 @@ class NodeProcess:
 
     def _launch(self, timeout: float) -> bool:
         with open(self.out_path, "ab") as out:
+            cpus = self.cpus
             self._proc = subprocess.Popen(
                 self.command(), cwd=self.dir, env=self.environment(), stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -443,3 +443,95 @@ def test_workers_are_cluster_members_and_leave_no_process_behind(workers_node):
     left = wait_until(lambda: {pid for pid in children if alive(pid)}, lambda s: not s, 10.0,
                       "workers and redis-server gone after the master's SIGTERM")
     assert left == set()
+
+
+def test_with_no_workers_option_a_node_runs_one_worker_per_cpu_and_each_takes_syslog(tmp_path):
+    """README's `twistd -n logplex` (embedded Redis, no --workers) on two CPUs: two workers, both ingesting."""
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        pytest.skip("needs two CPUs to run the node on")
+    # Two CPUs whatever the machine has: the default follows the node's affinity mask.
+    proc = NodeProcess(str(tmp_path), None, ["--heartbeat", "1"], name="d", workers=None, cpus=usable[:2])
+    proc.start()
+    children = descendants(proc.pid)
+    node = Node(proc, [proc.syslog_port])
+    try:
+        wait_until(lambda: node.api("GET", "/v3/nodes"),
+                   lambda r: r.status == 200 and [n["node"] for n in r.json()] == ["d-0", "d-1"],
+                   10.0, "two workers listed")
+        children |= descendants(proc.pid)
+        assert "workers count=2 reason='one per CPU this process may use (2)'" in proc.log_text()
+        channel_id, tokens = node.channel("app")
+        received: dict[str, float] = {}
+
+        def scrape() -> dict[str, float]:
+            # Whichever worker the kernel hands the connection answers, with its own counters.
+            text = http_request(node.api_port, "GET", "/metrics").body.decode()
+            name = re.search(r'^logplex_node_info\{.*node="([^"]+)"', text, re.M).group(1)
+            known = float(re.search(r"^logplex_config_channels (\S+)$", text, re.M).group(1))
+            found = re.search(r"^logplex_messages_received_total (\S+)$", text, re.M)
+            received[name] = float(found.group(1)) if found else 0.0
+            return {name: known}
+
+        known: dict[str, float] = {}
+        wait_until(lambda: known.update(scrape()) or known, lambda k: k == {"d-0": 1, "d-1": 1},
+                   5.0, "the channel known to both workers")
+        before = dict(received)
+        connections = [socket.create_connection(("127.0.0.1", node.syslog_port), timeout=5) for _ in range(20)]
+        for i, sock in enumerate(connections):
+            sock.sendall(octet(syslog_message(tokens["app"], "conn", f"conn {i:02d}")))
+        for sock in connections:
+            sock.close()
+        got = wait_until(lambda: sorted(texts_of(backlog(node, channel_id), "conn")), lambda t: len(t) == 20,
+                         5.0, "a line from each of 20 connections")
+        assert got == [f"conn {i:02d}" for i in range(20)]
+        # Each worker framed some of them (the kernel spreads 20 connections over both).
+        took = wait_until(lambda: scrape() and {n: received[n] - before[n] for n in received},
+                          lambda t: set(t) == {"d-0", "d-1"} and sum(t.values()) == 20,
+                          5.0, "both workers' counts of lines received")
+        assert min(took.values()) > 0, took
+        servers = {pid for pid in children if "redis-server" in command_line(pid)}
+        assert len(servers) == 1, {pid: command_line(pid) for pid in children}
+
+        code = proc.stop()
+        assert code in (0, -signal.SIGTERM), proc.log_text()[-3000:]
+        left = wait_until(lambda: {pid for pid in children if alive(pid)}, lambda s: not s, 10.0,
+                          "workers and redis-server gone after the master's SIGTERM")
+        assert left == set()
+    finally:
+        proc.kill()
+        for pid in children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_master_whose_port_is_taken_says_so_in_one_line_exits_1_and_leaves_no_redis(tmp_path):
+    # Another program listens on a port the node is told to use (with SO_REUSEPORT, as another
+    # node's master would: the node must not quietly share it).
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = f"tcp:{other.getsockname()[1]}:interface=127.0.0.1"
+        proc = NodeProcess(str(tmp_path), None, ["--syslog", taken], workers=2)
+        os.makedirs(proc.dir, exist_ok=True)
+        done = subprocess.run(proc.command(), cwd=proc.dir, env=proc.environment(), stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=60)
+    log = proc.log_text()
+    assert done.returncode == 1, (done.returncode, log[-3000:])
+    assert (f"node_start_failed reason=The syslog listener cannot listen on {taken}: Address already in use. "
+            "Stop what uses that address, or give the node another one (--syslog).") in log
+    assert "Traceback" not in log
+    # The master had started the embedded redis-server (it works in its data dir) before it bound.
+    assert "redis-server" in log and _processes_working_in(proc.data_dir) == set()
+
+
+def _processes_working_in(directory: str) -> set[int]:
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") == os.path.realpath(directory) and alive(int(pid)):
+                found.add(int(pid))
+        except OSError:
+            continue
+    return found
