@@ -520,8 +520,9 @@ def report(out: dict, args) -> None:
     if bus:
         rows.append(("bus per remote tail, Redis bytes in / out per message",
                      f"{bus['extra_bytes_in_per_message']:,} / {bus['extra_bytes_out_per_message']:,} B",
-                     f"PUBLISH {bus['publishes_per_message']} per message; {bus['tail_lines']:,} of "
-                     f"{bus['messages']:,} lines reached the tail on B"))
+                     f"PUBLISH {bus['publishes_per_message']} per message; the tail on B read "
+                     f"{bus['tail_lines']:,} newlines for {bus['messages']:,} lines (its HTTP chunk framing "
+                     "counts too)"))
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     print()
     for r in rows:
