@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import email.utils
+import os
 import random
-import uuid
 from collections import deque
 from typing import Callable, Iterable
 
@@ -22,7 +22,8 @@ class Batch:
     """Messages sent together; a retry resends the same batch under the same frame id."""
 
     messages: list[bytes]
-    frame_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    # 128 random bits in hex, as uuid4().hex was, without building a UUID per batch.
+    frame_id: str = attrs.field(factory=lambda: os.urandom(16).hex())
     from_spool: bool = False
     attempts: int = 0
     # Loss this batch reports with its L10 (grows while the batch is retried,
