@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from logplex import syslog
-from logplex.drains.core import Backoff, Batch, DrainQueue, Outcome, Pace, decode_chunk, encode_chunk
+from logplex.drains.core import Backoff, Batch, DrainQueue, Outcome, Pace, decode_chunk, encode_chunk, fitting
 from logplex.drains.spool import Spool
 from logplex.model import Drain
 
@@ -461,12 +461,11 @@ class DrainWorker:
             # frame id, so a receiver can tell a repeat.
             self._spill_chunk(batch.messages, at_head=True, frame_id=batch.frame_id)
         held = self.queue.drain_all()
-        while held:
-            chunk, size = [], 0
-            while held and (not chunk or size + len(held[0]) <= self.chunk_bytes):
-                size += len(held[0])
-                chunk.append(held.pop(0))
-            self._spill_chunk(chunk)
+        start, left = 0, sum(map(len, held))
+        while start < len(held):
+            n, size = fitting(held[start:], self.chunk_bytes, left)
+            self._spill_chunk(held[start:start + n])
+            start, left = start + n, left - size
         d = defer.Deferred()
         self._ops.addBoth(lambda _: d.callback(None))
         return d.addCallback(lambda _: self.transport.stop())
