@@ -5,7 +5,7 @@ import email.utils
 from hypothesis import given, strategies as st
 
 from logplex.drains.core import (
-    Backoff, DrainQueue, decode_chunk, encode_chunk, http_body, parse_retry_after, syslog_frames,
+    Backoff, BatchSize, DrainQueue, decode_chunk, encode_chunk, http_body, parse_retry_after, syslog_frames,
 )
 from logplex.framing import decode_logplex1
 
@@ -208,3 +208,14 @@ def test_the_queue_takes_by_slices_exactly_what_one_message_at_a_time_would(step
         assert queue.overflow_bytes == sum(map(len, reference.overflow))
     assert queue.drain_all() == reference.overflow + reference.memory
 
+
+def test_batch_size_doubles_while_backed_up_up_to_max_and_halves_back_to_target():
+    size = BatchSize(100, 1000)
+    seen = []
+    for _ in range(6):
+        seen.append(size.current)
+        size.taken(left=500)
+    assert seen == [100, 200, 400, 800, 1000, 1000]
+    for expected in (500, 250, 125, 100, 100):
+        size.taken(left=99)
+        assert size.current == expected

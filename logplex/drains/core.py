@@ -163,6 +163,29 @@ class Pace:
         self._count, self._since = 0, now
 
 
+class BatchSize:
+    """How many bytes a drain's next batch may take: `target` while it keeps up, up to `maximum` while it is backed up.
+
+    Each batch that leaves at least `target` bytes queued behind it doubles the
+    size (up to maximum), so a backed-up drain soon sends few large requests
+    and the cost per request vanishes; each batch that leaves less halves it
+    (down to target), so a drain that caught up is back to small batches, and
+    its latency, within a few.
+    """
+
+    def __init__(self, target: int, maximum: int) -> None:
+        self.target = target
+        self.maximum = max(maximum, target)
+        self.current = target
+
+    def taken(self, left: int) -> None:
+        """A batch was taken; `left` bytes are still queued behind it."""
+        if left >= self.target:
+            self.current = min(self.maximum, self.current * 2)
+        elif self.current > self.target:
+            self.current = max(self.target, self.current // 2)
+
+
 class DrainQueue:
     """The messages of one drain not yet handed to the endpoint, in order.
 

@@ -41,6 +41,7 @@ class DrainSettings:
 
     buffer: int = _NODE.drain_buffer
     http_target_bytes: int = _NODE.http_drain_target_bytes
+    http_max_bytes: int = _NODE.http_drain_max_bytes
     tcp_target_bytes: int = _NODE.tcp_drain_target_bytes
     http_linger: float = _NODE.http_drain_linger
     http_post_rate: int = _NODE.http_drain_post_rate
@@ -58,6 +59,7 @@ class DrainSettings:
     def from_settings(cls, s: Settings) -> DrainSettings:
         return cls(
             buffer=s.drain_buffer, http_target_bytes=s.http_drain_target_bytes,
+            http_max_bytes=s.http_drain_max_bytes,
             tcp_target_bytes=s.tcp_drain_target_bytes, http_linger=s.http_drain_linger,
             http_post_rate=s.http_drain_post_rate,
             http_timeout=s.http_drain_timeout, backoff_max=s.drain_backoff_max,
@@ -230,7 +232,11 @@ class DrainSupervisor:
             self.reactor, self.metrics,
             capacity=s.buffer,
             target_bytes=s.http_target_bytes if http else s.tcp_target_bytes,
-            chunk_bytes=s.http_target_bytes if http else max(s.tcp_target_bytes, SYSLOG_CHUNK_BYTES),
+            # An HTTP drain spools only while it is backed up, when its batches are
+            # max_bytes: its chunks (each one batch when read back) are that size.
+            max_bytes=max(s.http_max_bytes, s.http_target_bytes) if http else s.tcp_target_bytes,
+            chunk_bytes=max(s.http_max_bytes, s.http_target_bytes) if http
+            else max(s.tcp_target_bytes, SYSLOG_CHUNK_BYTES),
             linger=s.http_linger if http else s.tcp_linger,
             pace=self.pace if http else None,
             backoff=Backoff(initial=0.5, cap=s.backoff_max),

@@ -9,7 +9,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from logplex import syslog
-from logplex.drains.core import Backoff, Batch, DrainQueue, Outcome, Pace, decode_chunk, encode_chunk, fitting
+from logplex.drains.core import (
+    Backoff, Batch, BatchSize, DrainQueue, Outcome, Pace, decode_chunk, encode_chunk, fitting,
+)
 from logplex.drains.spool import Spool
 from logplex.model import Drain
 
@@ -48,6 +50,7 @@ class DrainWorker:
         *,
         capacity: int = 1024,
         target_bytes: int = 100 * 1024,
+        max_bytes: int | None = None,
         chunk_bytes: int | None = None,
         linger: float = 0.25,
         backoff: Backoff | None = None,
@@ -67,10 +70,14 @@ class DrainWorker:
         self.timers = timers if timers is not None else reactor
         self.metrics = metrics
         self.target_bytes = target_bytes
+        # Batches of target_bytes while the drain keeps up, growing to
+        # max_bytes while its queue is backed up.
+        self.batch_size = BatchSize(target_bytes, max_bytes or target_bytes)
         # Spool chunks: what goes to Redis in one write, and what a batch
         # delivered from the spool is. Larger than a syslog drain's batches,
-        # so a spool drains in few round trips.
-        self.chunk_bytes = chunk_bytes or target_bytes
+        # so a spool drains in few round trips; an HTTP drain's are its
+        # largest batches (what it sends while backed up, as it is then).
+        self.chunk_bytes = chunk_bytes or self.batch_size.maximum
         self.linger = linger
         # Shared by a node's HTTP drains: a longer linger while they POST too often.
         self.pace = pace
@@ -287,7 +294,9 @@ class DrainWorker:
                 self._sent_at = self.reactor.seconds()
                 self._op(self._from_spool).addErrback(self._spool_read_failed)
                 return
-            messages = self.queue.take(self.target_bytes)
+            queue = self.queue
+            messages = queue.take(self.batch_size.current)
+            self.batch_size.taken(queue.pending_bytes)
             if messages:
                 self._send(Batch(messages))
         finally:
