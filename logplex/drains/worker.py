@@ -342,9 +342,15 @@ class DrainWorker:
         self._sent_at = self.reactor.seconds()
         if self.pace is not None:
             self.pace.posted()
-        d = defer.maybeDeferred(self.transport.send, batch.wire(self.reactor.seconds()), batch.frame_id)
-        d.addErrback(lambda f: Outcome.retry_later(f.getErrorMessage() or f.type.__name__))
-        d.addCallback(self._sent, batch)
+        try:
+            d = self.transport.send(batch.wire(self.reactor.seconds()), batch.frame_id)
+        except Exception:  # noqa: BLE001 - a transport's bug is a failed delivery, retried
+            d = defer.fail()
+        # One hop: a failure becomes a retry in the same step.
+        d.addCallbacks(self._sent, self._send_failed, callbackArgs=(batch,), errbackArgs=(batch,))
+
+    def _send_failed(self, failure: Failure, batch: Batch) -> None:
+        self._sent(Outcome.retry_later(failure.getErrorMessage() or failure.type.__name__), batch)
 
     def _sent(self, outcome: Outcome, batch: Batch) -> None:
         if self.inflight is not batch:
