@@ -81,7 +81,8 @@ class MemorySpool:
         return defer.succeed(True)
 
     def ack_next(self, frame_id):
-        return self.ack(frame_id).addCallback(lambda _: self.head()).addCallback(lambda d: d.result)
+        # The head's Deferred, returned from a callback, is chained: its bytes come next.
+        return self.ack(frame_id).addCallback(lambda _: self.head())
 
     def delete(self):
         self.chunks, self.bytes = [], 0
