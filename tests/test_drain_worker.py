@@ -439,3 +439,11 @@ def test_a_backed_up_http_drain_spools_chunks_of_its_largest_batch_and_sends_eac
     assert endpoint.delivered() == pushed
     from_spool = [sum(map(len, m)) for _, m, a in endpoint.sent if a.delivered]
     assert max(from_spool) > 8000 and all(size <= 16000 for size in from_spool)
+
+
+def test_http_spool_chunks_are_the_largest_batch_unless_the_spool_is_too_small_for_them():
+    from logplex.drains.supervisor import DrainSettings, http_chunk_bytes
+    assert http_chunk_bytes(DrainSettings()) == DrainSettings().http_max_bytes
+    # A chunk as large as the bound would be kept whole: the bound would hold nothing back.
+    small = DrainSettings(spool_bytes=20000, http_target_bytes=2000)
+    assert http_chunk_bytes(small) == 2000

@@ -33,6 +33,20 @@ TICK = 0.01
 
 
 _NODE = Settings()
+# A spool keeps at least its newest chunk whatever its bound, so its chunks
+# must be a small part of it for the bound to mean anything.
+SPOOL_CHUNKS_AT_LEAST = 8
+
+
+def http_chunk_bytes(s: DrainSettings) -> int:
+    """An HTTP drain's spool chunk: its largest batch, unless the spool is too small for chunks of it.
+
+    A drain spools only while it is backed up, when it sends its largest
+    batches; each chunk is one batch when read back, so the spool empties in
+    as few POSTs as the drain would send from memory.
+    """
+    largest = max(s.http_max_bytes, s.http_target_bytes)
+    return largest if largest * SPOOL_CHUNKS_AT_LEAST <= s.spool_bytes else s.http_target_bytes
 
 
 @attrs.frozen
@@ -232,11 +246,8 @@ class DrainSupervisor:
             self.reactor, self.metrics,
             capacity=s.buffer,
             target_bytes=s.http_target_bytes if http else s.tcp_target_bytes,
-            # An HTTP drain spools only while it is backed up, when its batches are
-            # max_bytes: its chunks (each one batch when read back) are that size.
             max_bytes=max(s.http_max_bytes, s.http_target_bytes) if http else s.tcp_target_bytes,
-            chunk_bytes=max(s.http_max_bytes, s.http_target_bytes) if http
-            else max(s.tcp_target_bytes, SYSLOG_CHUNK_BYTES),
+            chunk_bytes=http_chunk_bytes(s) if http else max(s.tcp_target_bytes, SYSLOG_CHUNK_BYTES),
             linger=s.http_linger if http else s.tcp_linger,
             pace=self.pace if http else None,
             backoff=Backoff(initial=0.5, cap=s.backoff_max),
