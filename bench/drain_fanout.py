@@ -10,6 +10,17 @@ spread round-robin over the channels as a router's fan-out would: every
 10 ms each of rate/100 channels gets one line. This is issue 14's
 production shape: 10,000 channels of 30 lines/s, one in ten drained.
 
+With --calls, the run goes under cProfile (slower: its CPU figures are not
+comparable) and also prints the Python calls made per POST, in all and by
+function (the POST path's cost, counted exactly; the pacer's publishing is
+not counted).
+
+With --serial N, one drain's transport instead sends N POSTs of --batch
+lines back to back (each when the last was answered) and the CPU per POST is
+printed: the cost of the request path alone. --serial-floor does the same
+with a bare Protocol that writes a prepared request and counts the answers:
+the least any HTTP client on this reactor could cost.
+
 Printed: CPU of this process per message delivered (the pacer included),
 POSTs/s and connections the sink saw, reactor timers scheduled per second
 (every callLater: linger, retry, the HTTP timeout, the connection pool's
@@ -70,7 +81,8 @@ class MemorySpool:
         return defer.succeed(True)
 
     def ack_next(self, frame_id):
-        return self.ack(frame_id).addCallback(lambda _: self.head()).addCallback(lambda d: d.result)
+        # The head's Deferred, returned from a callback, is chained: its bytes come next.
+        return self.ack(frame_id).addCallback(lambda _: self.head())
 
     def delete(self):
         self.chunks, self.bytes = [], 0
@@ -120,7 +132,78 @@ def client_options(args) -> dict:
     return {"per_host": args.per_host}
 
 
-def run(args) -> dict:
+def serial(args) -> dict:
+    """N POSTs back to back through one HttpDrainTransport (or the bare floor): CPU per POST."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.protocol import Protocol
+
+    from logplex.drains.http import HttpDrainTransport
+
+    port = free_port()
+    stats_path = tempfile.mktemp(prefix="drain-serial-", suffix=".json")
+    sink = start_sink(port, stats_path)
+    lines = [message(i, args.size) for i in range(args.batch)]
+    state = SimpleNamespace(left=args.serial, cpu=0.0, wall=0.0)
+
+    def finish() -> None:
+        state.cpu = time.process_time() - state.cpu
+        state.wall = time.perf_counter() - state.wall
+        reactor.stop()
+
+    if args.serial_floor:
+        from logplex.drains.core import http_body
+        body, count = http_body(lines)
+        request = (b"POST /d/0 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/logplex-1\r\n"
+                   b"Logplex-Msg-Count: %d\r\nContent-Length: %d\r\n\r\n" % (port, count, len(body))) + body
+
+        class Floor(Protocol):
+            def connectionMade(self) -> None:
+                state.cpu, state.wall = time.process_time(), time.perf_counter()
+                self.transport.write(request)
+
+            def dataReceived(self, data: bytes) -> None:
+                # One answer per read is what a keep-up sink sends (each is one small segment).
+                state.left -= data.count(b"HTTP/1.1 ")
+                if state.left <= 0:
+                    finish()
+                else:
+                    self.transport.write(request)
+
+        reactor.callWhenRunning(lambda: connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Floor()))
+    else:
+        transport = HttpDrainTransport(Drain(1, "ch-0", "d.0", f"http://127.0.0.1:{port}/d/0"),
+                                       make_client(reactor), reactor)
+
+        def one(outcome=None) -> None:
+            if outcome is not None and not outcome.delivered:
+                raise SystemExit(f"bench: a POST failed: {outcome.error}")
+            if state.left == 0:
+                finish()
+                return
+            state.left -= 1
+            transport.send(lines, "frame").addCallback(one)
+
+        def begin() -> None:
+            # The first POST opens the connection; the count starts after it.
+            def started(outcome) -> None:
+                state.cpu, state.wall = time.process_time(), time.perf_counter()
+                one(outcome)
+            transport.send(lines, "frame").addCallback(started)
+
+        reactor.callWhenRunning(begin)
+    try:
+        reactor.run()
+    finally:
+        sink.terminate()
+        sink.wait()
+        os.unlink(stats_path) if os.path.exists(stats_path) else None
+    return dict(mode="floor" if args.serial_floor else "HttpDrainTransport", posts=args.serial,
+                lines_per_post=args.batch, cpu_us_per_post=round(state.cpu / args.serial * 1e6, 1),
+                wall_us_per_post=round(state.wall / args.serial * 1e6, 1), requests=args.serial)
+
+
+def run(args, profile=None) -> dict:
     from twisted.internet import reactor
 
     timers = [0]
@@ -190,6 +273,18 @@ def run(args) -> dict:
         )
         supervisor.stop().addBoth(lambda _: reactor.stop())
 
+    if profile is not None:
+        # The pacer's publishing (one call per line) is left out of the count: what is
+        # counted is the drains' own work, which is per POST.
+        unprofiled = pace
+
+        def pace() -> None:
+            profile.disable()
+            try:
+                unprofiled()
+            finally:
+                profile.enable()
+
     pacer = task.LoopingCall(pace)
     watch = task.LoopingCall(check)
     pacer.clock = watch.clock = SimpleNamespace(callLater=real_call_later, seconds=reactor.seconds)
@@ -218,8 +313,25 @@ def main(argv=None) -> None:
     p.add_argument("--per-host", type=int, default=None,
                    help="connections per endpoint host (default: logplex.drains.http.HOST_CONNECTIONS)")
     p.add_argument("--grace", type=float, default=60, help="seconds to wait for delivery after the last publish")
+    p.add_argument("--calls", action="store_true", help="count Python calls per POST under cProfile")
+    p.add_argument("--serial", type=int, default=0, help="send this many POSTs back to back instead")
+    p.add_argument("--batch", type=int, default=1, help="lines per POST with --serial")
+    p.add_argument("--serial-floor", action="store_true", help="--serial with a bare Protocol, not the drain")
     args = p.parse_args(argv)
-    result = run(args)
+    go = serial if args.serial else run
+    if not args.calls:
+        result = go(args)
+    else:
+        import cProfile
+        import pstats
+        profile = cProfile.Profile()
+        result = profile.runcall(go, args, profile) if go is run else profile.runcall(go, args)
+        stats = pstats.Stats(profile).stats
+        requests = max(result["requests"], 1)
+        result["calls_per_request"] = round(sum(s[1] for s in stats.values()) / requests)
+        by_function = sorted(((s[1] / requests, f"{f[2]} ({os.path.basename(f[0])})") for f, s in stats.items()),
+                             reverse=True)
+        result["top_calls_per_request"] = {name: round(n, 1) for n, name in by_function[:25]}
     print(json.dumps(result))
 
 

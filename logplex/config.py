@@ -23,6 +23,7 @@ class Settings:
     session_expiry: int = 360
     drain_buffer: int = 1024
     http_drain_target_bytes: int = 100 * 1024
+    http_drain_max_bytes: int = 1024 * 1024
     tcp_drain_target_bytes: int = 64 * 1024
     http_drain_linger: float = 0.25
     http_drain_post_rate: int = 1000

@@ -117,6 +117,8 @@ class Options(usage.Options):
          _positive_int("drain-buffer")],
         ["http-drain-target-bytes", None, DEFAULTS.http_drain_target_bytes, "Target size of an HTTP drain batch.",
          _positive_int("http-drain-target-bytes")],
+        ["http-drain-max-bytes", None, DEFAULTS.http_drain_max_bytes,
+         "Largest HTTP drain batch: batches grow to it while a drain is backed up.", _positive_int("http-drain-max-bytes")],
         ["tcp-drain-target-bytes", None, DEFAULTS.tcp_drain_target_bytes, "Target size of a syslog drain write.",
          _positive_int("tcp-drain-target-bytes")],
         ["http-drain-linger", None, DEFAULTS.http_drain_linger,

@@ -363,3 +363,87 @@ def test_a_spool_batch_in_flight_is_counted_once_in_the_state():
     state = worker.state()
     assert worker.inflight is not None and worker.inflight.from_spool
     assert state["buffered"] + state["spool_depth"] == 50
+
+
+class AnswersWhenTold(Endpoint):
+    """An endpoint that keeps each batch until the test answers it (2xx)."""
+
+    def __init__(self):
+        super().__init__()
+        self.waiting = []
+
+    def send(self, messages, frame_id):
+        self.sent.append((frame_id, list(messages), Outcome.ok()))
+        d = defer.Deferred()
+        self.waiting.append(d)
+        return d
+
+    def answer_all(self):
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(Outcome.ok())
+
+
+def test_batches_grow_to_the_max_while_the_queue_is_backed_up_and_return_to_the_target_when_idle():
+    worker, _, _, clock, _ = make(capacity=1024, target_bytes=4000, max_bytes=16000)
+    endpoint = worker.transport = AnswersWhenTold()
+    sizes = lambda: [sum(map(len, m)) for _, m, _ in endpoint.sent]  # noqa: E731
+    pushed = []
+    # Each answer takes 0.1 s while 600 lines (about 35 KB) arrive in that time: backed up.
+    for step in range(10):
+        batch = [msg(n) for n in range(step * 600, (step + 1) * 600)]
+        pushed += batch
+        worker.push(batch)
+        clock.advance(0.1)
+        endpoint.answer_all()
+    busy = sizes()
+    assert busy[0] <= 4000 and busy[1] <= 8000, "it starts at the target and grows by doubling"
+    assert max(busy) > 15000 and all(size <= 16000 for size in busy)
+    # The backlog is sent out, then the drain idles: a few lines a linger.
+    while worker.queue.pending or endpoint.waiting:
+        clock.advance(0.25)
+        endpoint.answer_all()
+    for step in range(5):
+        batch = [msg(n) for n in range(10**5 + step * 5, 10**5 + (step + 1) * 5)]
+        pushed += batch
+        worker.push(batch)
+        clock.advance(0.25)
+        endpoint.answer_all()
+    # A burst after idling goes in target-sized batches again.
+    count = len(endpoint.sent)
+    burst = [msg(n) for n in range(2 * 10**5, 2 * 10**5 + 200)]
+    pushed += burst
+    worker.push(burst)
+    clock.advance(0)
+    assert 3500 < sizes()[count] <= 4000
+    while worker.queue.pending or endpoint.waiting:
+        clock.advance(0.25)
+        endpoint.answer_all()
+    assert endpoint.delivered() == pushed, "order kept, nothing lost or repeated"
+    assert all(size <= 16000 for size in sizes())
+
+
+def test_a_backed_up_http_drain_spools_chunks_of_its_largest_batch_and_sends_each_back_as_one():
+    spool = MemorySpool()
+    worker, endpoint, _, clock, _ = make(spool, capacity=100, target_bytes=4000, max_bytes=16000)
+    endpoint.answer = Outcome.retry_later("HTTP 503 from the drain endpoint")
+    pushed = [msg(n) for n in range(2000)]
+    for i in range(0, 2000, 100):
+        worker.push(pushed[i:i + 100])
+        clock.advance(0.1)
+    chunk_bytes = [sum(map(len, decode_chunk(c)[1])) for c in spool.chunks]
+    assert chunk_bytes and max(chunk_bytes) > 8000 and all(size <= 16000 for size in chunk_bytes)
+    endpoint.answer = Outcome.ok()
+    for _ in range(60):
+        clock.advance(1)
+    assert endpoint.delivered() == pushed
+    from_spool = [sum(map(len, m)) for _, m, a in endpoint.sent if a.delivered]
+    assert max(from_spool) > 8000 and all(size <= 16000 for size in from_spool)
+
+
+def test_http_spool_chunks_are_the_largest_batch_unless_the_spool_is_too_small_for_them():
+    from logplex.drains.supervisor import DrainSettings, http_chunk_bytes
+    assert http_chunk_bytes(DrainSettings()) == DrainSettings().http_max_bytes
+    # A chunk as large as the bound would be kept whole: the bound would hold nothing back.
+    small = DrainSettings(spool_bytes=20000, http_target_bytes=2000)
+    assert http_chunk_bytes(small) == 2000

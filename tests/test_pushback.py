@@ -316,7 +316,8 @@ def test_a_held_drain_sends_what_it_has_without_waiting_for_the_linger():
     # Held senders cannot fill a batch: waiting the linger would only stretch the hold.
     worker, endpoint, spool, clock = make_worker(capacity=20)
     fill(worker, clock, 20)
-    worker.push([msg(i) for i in range(20, 45)])
+    # More than one batch (about 67 lines) behind: the rest must not wait for the linger either.
+    worker.push([msg(i) for i in range(20, 120)])
     held = worker.wait()
     clock.advance(0.01)
     endpoint.answer()

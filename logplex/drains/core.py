@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import email.utils
+import os
 import random
-import uuid
-from collections import deque
+from bisect import bisect_left, bisect_right
+from itertools import accumulate
 from typing import Callable, Iterable
 
 import attrs
@@ -22,7 +23,8 @@ class Batch:
     """Messages sent together; a retry resends the same batch under the same frame id."""
 
     messages: list[bytes]
-    frame_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    # 128 random bits in hex, as uuid4().hex was, without building a UUID per batch.
+    frame_id: str = attrs.field(factory=lambda: os.urandom(16).hex())
     from_spool: bool = False
     attempts: int = 0
     # Loss this batch reports with its L10 (grows while the batch is retried,
@@ -161,6 +163,29 @@ class Pace:
         self._count, self._since = 0, now
 
 
+class BatchSize:
+    """How many bytes a drain's next batch may take: `target` while it keeps up, up to `maximum` while it is backed up.
+
+    Each batch that leaves at least `target` bytes queued behind it doubles the
+    size (up to maximum), so a backed-up drain soon sends few large requests
+    and the cost per request vanishes; each batch that leaves less halves it
+    (down to target), so a drain that caught up is back to small batches, and
+    its latency, within a few.
+    """
+
+    def __init__(self, target: int, maximum: int) -> None:
+        self.target = target
+        self.maximum = max(maximum, target)
+        self.current = target
+
+    def taken(self, left: int) -> None:
+        """A batch was taken; `left` bytes are still queued behind it."""
+        if left >= self.target:
+            self.current = min(self.maximum, self.current * 2)
+        elif self.current > self.target:
+            self.current = max(self.target, self.current // 2)
+
+
 class DrainQueue:
     """The messages of one drain not yet handed to the endpoint, in order.
 
@@ -186,7 +211,9 @@ class DrainQueue:
         self.degraded = False
         self.on_lost = on_lost
         self.clock = clock
-        self.memory: deque[bytes] = deque()
+        # Lists, not deques: a batch leaves from the front as one slice (memory
+        # holds at most `capacity` messages, so the move of the rest is short).
+        self.memory: list[bytes] = []
         self.memory_bytes = 0
         self.overflow: list[bytes] = []
         self.overflow_bytes = 0
@@ -196,18 +223,26 @@ class DrainQueue:
         self.lost_total = 0
 
     def push(self, messages: list[bytes]) -> None:
-        self.memory.extend(messages)
+        memory = self.memory
+        memory += messages
         self.memory_bytes += sum(map(len, messages))
-        excess = len(self.memory) - self.capacity
+        excess = len(memory) - self.capacity
         if excess > 0 or self.memory_bytes > self.capacity_bytes:
-            popleft = self.memory.popleft
-            moved = [popleft() for _ in range(max(0, excess))]
-            size = sum(map(len, moved))
-            while self.memory_bytes - size > self.capacity_bytes and len(self.memory) > 1:
-                moved.append(popleft())
-                size += len(moved[-1])
+            # The oldest go to overflow: past `capacity` messages, then as many
+            # more as bring memory within its bytes (the newest always stays).
+            excess = max(0, excess)
+            size = sum(map(len, memory[:excess]))
+            over = self.memory_bytes - size - self.capacity_bytes
+            if over > 0:
+                ends = list(accumulate(map(len, memory[excess:-1])))
+                more = min(bisect_left(ends, over) + 1, len(ends))
+                if more:
+                    size += ends[more - 1]
+                    excess += more
+            moved = memory[:excess]
+            del memory[:excess]
             self.memory_bytes -= size
-            self.overflow.extend(moved)
+            self.overflow += moved
             self.overflow_bytes += size
             self._bound_overflow()
 
@@ -232,13 +267,9 @@ class DrainQueue:
 
     def take_overflow(self, max_bytes: int) -> list[bytes]:
         """The oldest overflow, up to about max_bytes, to become one spool chunk."""
-        out, size = [], 0
-        for m in self.overflow:
-            if out and size + len(m) > max_bytes:
-                break
-            out.append(m)
-            size += len(m)
-        del self.overflow[: len(out)]
+        n, size = fitting(self.overflow, max_bytes, self.overflow_bytes)
+        out = self.overflow[:n]
+        del self.overflow[:n]
         self.overflow_bytes -= size
         return out
 
@@ -249,29 +280,35 @@ class DrainQueue:
         self._bound_overflow()
 
     def take(self, max_bytes: int) -> list[bytes]:
-        """A batch from overflow if it has any, else from memory."""
+        """A batch of the oldest messages, up to max_bytes (at least one): overflow first, then memory."""
+        out = None
         if self.overflow:
-            return self.take_overflow(max_bytes)
+            out = self.take_overflow(max_bytes)
+            if self.overflow:
+                return out
+            max_bytes -= sum(map(len, out))
+            if max_bytes < 0:
+                return out
         memory = self.memory
         if self.memory_bytes <= max_bytes:
             # Everything fits: the usual case when the endpoint keeps up.
-            out = list(memory)
-            memory.clear()
+            taken, self.memory = memory, []
             self.memory_bytes = 0
-            return out
-        out, size = [], 0
-        while memory and (not out or size + len(memory[0]) <= max_bytes):
-            m = memory.popleft()
-            out.append(m)
-            size += len(m)
-        self.memory_bytes -= size
+        else:
+            n, size = fitting(memory, max_bytes, self.memory_bytes, at_least_one=out is None)
+            taken = memory[:n]
+            del memory[:n]
+            self.memory_bytes -= size
+        if out is None:
+            return taken
+        out += taken
         return out
 
     def drain_all(self) -> list[bytes]:
         """Everything held (for a graceful stop), oldest first."""
-        everything = self.overflow + list(self.memory)
+        everything = self.overflow + self.memory
         self.overflow, self.overflow_bytes = [], 0
-        self.memory.clear()
+        self.memory = []
         self.memory_bytes = 0
         return everything
 
@@ -304,6 +341,30 @@ class DrainQueue:
         owed = (self.lost, self.lost_since)
         self.lost, self.lost_since = 0, None
         return owed
+
+
+def fitting(messages: list[bytes], max_bytes: int, total: int, at_least_one: bool = True) -> tuple[int, int]:
+    """How many of the first messages fit in max_bytes (at least one, if at_least_one), and their bytes.
+
+    The sizes are summed in C (accumulate) over a window about twice what the
+    mean size says fits, widened in the rare case it all fits: no Python loop
+    per message, and no sum over a long overflow for a short batch.
+    """
+    count = len(messages)
+    if total <= max_bytes:
+        return count, total
+    window = min(count, 2 * max_bytes * count // max(total, 1) + 16)
+    while True:
+        ends = list(accumulate(map(len, messages[:window])))
+        n = bisect_right(ends, max_bytes)
+        if n < window or window == count:
+            break
+        window = min(count, window * 2)
+    if n == 0:
+        if not at_least_one:
+            return 0, 0
+        n = 1  # one message larger than a batch still goes, alone
+    return n, ends[n - 1]
 
 
 def l10_message(lost: int, since: float, now: float) -> bytes:

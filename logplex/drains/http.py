@@ -10,6 +10,12 @@ The POST goes through twisted.web's Agent, the layer treq is built on, and
 not through treq's HTTPClient: that client wraps every request in a
 CookieAgent (one jar for the whole node) and a ContentDecoderAgent (gzip),
 with no way to turn either off.
+
+What can be done once per drain is done once (DrainTarget): the URL is
+parsed, its endpoint key and Host header computed, and the constant headers
+encoded when the drain starts, and each POST goes to DrainAgent.post, which
+skips Agent.request's parsing of the URL. The address check stays per
+connection: a HostnameEndpoint resolves at every connect.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import base64
 import re
 from collections import deque
+from typing import Callable
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
@@ -29,11 +36,11 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 from logplex import __version__
@@ -107,7 +114,7 @@ def make_client(reactor, trust_root=None, connect_timeout: float = 10.0,
     pool.cachedConnectionTimeout = 120
     pool.retryAutomatically = False  # a retry is ours to make, under the same frame id
     policy = TrustRootPolicy(trust_root) if trust_root is not None else BrowserLikePolicyForHTTPS()
-    agent = Agent.usingEndpointFactory(reactor, DrainEndpoints(reactor, policy, connect_timeout), pool=pool)
+    agent = DrainAgent.usingEndpointFactory(reactor, DrainEndpoints(reactor, policy, connect_timeout), pool=pool)
     return DrainHttpClient(agent, timers, per_host=per_host)
 
 
@@ -217,6 +224,54 @@ class DrainEndpoints:
         return _BoundedEndpoint(endpoint, self.limit)
 
 
+@attrs.frozen
+class DrainTarget:
+    """Where a drain POSTs, worked out once per drain: its URL, parsed, and what every request to it shares."""
+
+    url: bytes
+    uri: URI
+    # The request line's target (URI.originForm computes it anew at each use).
+    path: bytes
+    # (scheme, host, port): the pool's key, and the key of the host's connection gate.
+    key: tuple[bytes, bytes, int]
+    # Every header but the two each batch sets, encoded once (the Host header included,
+    # so that Agent adds none to a copy per request).
+    headers: dict[bytes, list[bytes]]
+
+    @classmethod
+    def of(cls, url: bytes, headers: dict[bytes, list[bytes]]) -> DrainTarget:
+        uri = URI.fromBytes(url)
+        host = b"[" + uri.host + b"]" if b":" in uri.host else uri.host
+        if (uri.scheme, uri.port) not in ((b"http", 80), (b"https", 443)):
+            host += b":%d" % uri.port
+        # Headers does the encoding and checks of names and values, here once.
+        raw = dict(Headers({**headers, b"Host": [host]}).getAllRawHeaders())
+        return cls(url, uri, uri.originForm, (uri.scheme, uri.host, uri.port), raw)
+
+    def request_headers(self, count: int, frame_id: str) -> Headers:
+        """The headers of one batch's POST: the drain's, its message count and its frame id."""
+        headers = Headers()
+        # Twisted keeps encoded headers in _rawHeaders; these are encoded
+        # already (the count and frame id are ASCII digits and hex), so they
+        # are set as they are rather than encoded again per request
+        # (test_drain_http checks the request on the wire).
+        headers._rawHeaders = {**self.headers, b"Logplex-Msg-Count": [b"%d" % count],
+                               b"Logplex-Frame-Id": [frame_id.encode("ascii")]}
+        return headers
+
+
+class DrainAgent(Agent):
+    """Agent with a POST to a DrainTarget: the URL parsed once per drain, not once per request."""
+
+    def post(self, target: DrainTarget, headers: Headers, body: IBodyProducer) -> defer.Deferred:
+        """What Agent.request(b"POST", target.url, ...) does, without parsing target.url again."""
+        try:
+            endpoint = self._getEndpoint(target.uri)
+        except SchemeNotSupported:
+            return defer.fail()
+        return self._requestWithEndpoint(target.key, endpoint, b"POST", target.uri, headers, body, target.path)
+
+
 class ExchangeTimeout(Exception):
     """A drain endpoint did not complete its answer within --http-drain-timeout."""
 
@@ -272,26 +327,32 @@ class _BytesBody:
 class _FirstBytes(Protocol):
     """Reads a response body up to `limit` bytes; past them it drops the connection instead of reading on.
 
-    `finished` fires with (the bytes kept, whether the body went on) once the
-    body ends, fails, or is cut. A connection dropped mid-body is not given
-    back to the pool, so nothing else ever reads the rest of it.
+    `finished` is called with (the bytes kept, whether the body went on) once
+    the body ends, fails, or is cut (a call, not a Deferred: one hop less per
+    request). A connection dropped mid-body is not given back to the pool, so
+    nothing else ever reads the rest of it.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, finished: Callable[[tuple[bytes, bool]], None]) -> None:
         self.limit = limit
         self.kept: list[bytes] = []
         self.size = 0
-        self.finished: defer.Deferred = defer.Deferred()
+        self.finished = finished
+        self.done = False
+
+    def _finish(self, kept: tuple[bytes, bool]) -> None:
+        self.done = True
+        self.finished(kept)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.finished.called:
+        if self.done:
             return
         room = self.limit - self.size
         if len(data) > room:
             self.kept.append(data[:room])
             self.size = self.limit
             self.stop()
-            self.finished.callback((b"".join(self.kept), True))
+            self._finish((b"".join(self.kept), True))
             return
         self.kept.append(data)
         self.size += len(data)
@@ -302,19 +363,19 @@ class _FirstBytes(Protocol):
             self.transport.stopProducing()
 
     def connectionLost(self, reason: Failure) -> None:
-        if self.finished.called:
+        if self.done:
             return
         # A body that broke off after the status line still leaves the status:
         # what the endpoint made of the batch. Only a 2xx body would be a loss
         # to us, and we throw bodies away.
         cut = not reason.check(ResponseDone, PotentialDataLoss)
-        self.finished.callback((b"".join(self.kept), cut))
+        self._finish((b"".join(self.kept), cut))
 
 
 class _Exchange:
     """One POST and its answer, bounded as a whole by a timeout (from when it may use a connection)."""
 
-    def __init__(self, agent: IAgent, reactor: IReactorTime, limit: int, timeout: float) -> None:
+    def __init__(self, agent: DrainAgent, reactor: IReactorTime, limit: int, timeout: float) -> None:
         self.agent = agent
         self.reactor = reactor
         self.limit = limit
@@ -322,33 +383,34 @@ class _Exchange:
         self.done: defer.Deferred = defer.Deferred(self._cancel)
         self.pending: defer.Deferred | None = None  # the request, until its headers arrive
         self.body: _FirstBytes | None = None
+        self.response = None
         self.phase = "no answer"
         self.over = False  # cancelled or timed out: what comes later is thrown away
         self.started = False
         self.timer = None
 
-    def start(self, url: bytes, headers: Headers, body: bytes) -> defer.Deferred:
+    def start(self, target: DrainTarget, headers: Headers, body: bytes) -> defer.Deferred:
         self.started = True
         self.timer = self.reactor.callLater(self.timeout, self._expire)
-        self.pending = self.agent.request(b"POST", url, headers, _BytesBody(body))
+        self.pending = self.agent.post(target, headers, _BytesBody(body))
         self.pending.addCallbacks(self._answered, self._failed)
         return self.done
 
     def _answered(self, response) -> None:
         self.pending = None
-        self.body = _FirstBytes(self.limit)
+        self.response = response
+        self.body = _FirstBytes(self.limit, self._read)
         self.phase = f"HTTP {response.code}, then a body that did not end"
         response.deliverBody(self.body)
         if self.over:
             self.body.stop()
-            return
-        self.body.finished.addCallback(self._read, response)
 
-    def _read(self, kept: tuple[bytes, bool], response) -> None:
+    def _read(self, kept: tuple[bytes, bool]) -> None:
         if self.over:
             return
         self._finish()
         body, cut = kept
+        response = self.response
         self.done.callback(Answer(response.code, response.headers, body, cut))
 
     def _failed(self, failure: Failure) -> None:
@@ -388,7 +450,7 @@ class _HostGate:
 
     def __init__(self, now: float) -> None:
         self.active = 0
-        self.waiting: deque[tuple[_Exchange, bytes, Headers, bytes]] = deque()
+        self.waiting: deque[tuple[_Exchange, DrainTarget, Headers, bytes]] = deque()
         self.last_end = now  # when an exchange last ended (or the gate was made)
         self.check = None  # the stall check, while POSTs wait
 
@@ -396,11 +458,11 @@ class _HostGate:
 class DrainHttpClient:
     """POSTs to untrusted drain endpoints: no redirects, no cookies, no decoding, bounded answers and time.
 
-    `agent` is a bare Agent (with the node's pool and TLS policy): nothing
+    `agent` is a bare DrainAgent (with the node's pool and TLS policy): nothing
     wrapped around it follows a Location, keeps a Set-Cookie or inflates a body.
     """
 
-    def __init__(self, agent: IAgent, reactor: IReactorTime, answer_bytes: int = ANSWER_BYTES,
+    def __init__(self, agent: DrainAgent, reactor: IReactorTime, answer_bytes: int = ANSWER_BYTES,
                  per_host: int | None = None, stall: float = HOST_STALL) -> None:
         self.agent = agent
         self.reactor = reactor
@@ -409,24 +471,24 @@ class DrainHttpClient:
         self.stall = stall
         self._gates: dict[object, _HostGate] = {}
 
-    def post(self, url: bytes, headers: Headers, body: bytes, timeout: float,
-             host: object = None) -> defer.Deferred:
+    def post(self, target: DrainTarget, headers: Headers, body: bytes, timeout: float) -> defer.Deferred:
         """Fires with the endpoint's Answer, or fails (ExchangeTimeout after `timeout` seconds in all).
 
-        host: the endpoint's (scheme, host, port); with per_host set, a POST
-        waits for one of that many connections before its timeout starts,
-        unless none of them has answered for `stall` seconds. Order among a
-        drain's batches is the drain's to keep (one in flight).
+        With per_host set, a POST waits for one of that many connections to
+        its endpoint's host:port before its timeout starts, unless none of
+        them has answered for `stall` seconds. Order among a drain's batches
+        is the drain's to keep (one in flight).
         """
         exchange = _Exchange(self.agent, self.reactor, self.answer_bytes, timeout)
-        if self.per_host is None or host is None:
-            return exchange.start(url, headers, body)
+        if self.per_host is None:
+            return exchange.start(target, headers, body)
+        host = target.key
         gate = self._gates.get(host)
         if gate is None:
             gate = self._gates[host] = _HostGate(self.reactor.seconds())
         if gate.active < self.per_host:
-            return self._start(gate, host, exchange, url, headers, body)
-        gate.waiting.append((exchange, url, headers, body))
+            return self._start(gate, host, exchange, target, headers, body)
+        gate.waiting.append((exchange, target, headers, body))
         if gate.check is None:
             gate.check = self.reactor.callLater(
                 max(0.0, gate.last_end + self.stall - self.reactor.seconds()), self._stalled, gate, host)
@@ -441,25 +503,25 @@ class DrainHttpClient:
                 gate.check = self.reactor.callLater(left, self._stalled, gate, host)
             return
         waiting, gate.waiting = gate.waiting, deque()
-        for exchange, url, headers, body in waiting:
+        for exchange, target, headers, body in waiting:
             if not exchange.over:
-                self._start(gate, host, exchange, url, headers, body)
+                self._start(gate, host, exchange, target, headers, body)
 
-    def _start(self, gate: _HostGate, host: object, exchange: _Exchange, url: bytes, headers: Headers,
-               body: bytes) -> defer.Deferred:
+    def _start(self, gate: _HostGate, host: object, exchange: _Exchange, target: DrainTarget,
+               headers: Headers, body: bytes) -> defer.Deferred:
         gate.active += 1
         # First on the Deferred: the connection goes to the next in line
         # before the drain hears its answer.
-        return exchange.start(url, headers, body).addBoth(self._ended, gate, host)
+        return exchange.start(target, headers, body).addBoth(self._ended, gate, host)
 
     def _ended(self, result, gate: _HostGate, host: object):
         gate.active -= 1
         gate.last_end = self.reactor.seconds()
         waiting = gate.waiting
         while waiting and gate.active < self.per_host:
-            exchange, url, headers, body = waiting.popleft()
+            exchange, target, headers, body = waiting.popleft()
             if not exchange.over:  # else cancelled while it waited (its drain stopped)
-                self._start(gate, host, exchange, url, headers, body)
+                self._start(gate, host, exchange, target, headers, body)
         if not gate.active and not waiting:
             if gate.check is not None and gate.check.active():
                 gate.check.cancel()
@@ -469,7 +531,7 @@ class DrainHttpClient:
         return result
 
     def queued(self, host: object) -> int:
-        """POSTs waiting for a connection to this host."""
+        """POSTs waiting for a connection to this host (a DrainTarget's key)."""
         gate = self._gates.get(host)
         return len(gate.waiting) if gate is not None else 0
 
@@ -508,7 +570,7 @@ class HttpDrainTransport:
         self.reactor = reactor
         self.timeout = timeout
         parts = urlsplit(drain.url)
-        self.headers = {
+        headers = {
             b"Content-Type": [b"application/logplex-1"],
             b"Logplex-Drain-Token": [drain.token.encode()],
             b"User-Agent": [b"Logplex/" + __version__.encode()],
@@ -517,7 +579,7 @@ class HttpDrainTransport:
         }
         if parts.username is not None:
             credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-            self.headers[b"Authorization"] = [b"Basic " + base64.b64encode(credentials)]
+            headers[b"Authorization"] = [b"Basic " + base64.b64encode(credentials)]
         # The query string is kept; the user:password goes into the header only.
         netloc = parts.hostname if ":" not in (parts.hostname or "") else f"[{parts.hostname}]"
         if parts.port:
@@ -526,28 +588,25 @@ class HttpDrainTransport:
         # The API takes printable ASCII only; a URL stored otherwise is percent-encoded.
         self.url = quote(url, safe="/:?#[]@!$&'()*+,;=%~").encode("ascii")
         self.host = parts.hostname
-        # Which connections it shares: those of every drain on the same host:port.
-        self.host_key = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-        self._pending: set[defer.Deferred] = set()
+        # Parsed and encoded once; it also says which connections the drain
+        # shares: those of every drain on the same host:port.
+        self.target = DrainTarget.of(self.url, headers)
+        self.host_key = self.target.key
+        # The worker has one batch in flight at a time.
+        self._pending: defer.Deferred | None = None
         self._stopping = False
 
     def send(self, messages: list[bytes], frame_id: str) -> defer.Deferred:
         body, count = http_body(messages)
         if not count:
             return defer.succeed(Outcome.ok())
-        headers = Headers(self.headers)
-        headers.setRawHeaders(b"Logplex-Msg-Count", [str(count).encode()])
-        headers.setRawHeaders(b"Logplex-Frame-Id", [frame_id.encode()])
-        d = self.client.post(self.url, headers, body, self.timeout, self.host_key)
-        self._pending.add(d)
-        d.addBoth(self._forget, d)
+        target = self.target
+        d = self._pending = self.client.post(target, target.request_headers(count, frame_id), body,
+                                             self.timeout)
         return d.addCallbacks(self._classify, self._failed)
 
-    def _forget(self, result, d):
-        self._pending.discard(d)
-        return result
-
     def _classify(self, answer: Answer) -> Outcome:
+        self._pending = None
         code = answer.code
         if 200 <= code < 300:
             return Outcome.ok()
@@ -568,6 +627,7 @@ class HttpDrainTransport:
         return Outcome.rejected(error)
 
     def _failed(self, failure) -> Outcome:
+        self._pending = None
         if failure.check(defer.CancelledError) and self._stopping:
             return Outcome.retry_later("stopped")
         if failure.check(ExchangeTimeout):
@@ -578,6 +638,6 @@ class HttpDrainTransport:
 
     def stop(self) -> defer.Deferred:
         self._stopping = True
-        for d in list(self._pending):
-            d.cancel()
+        if self._pending is not None:
+            self._pending.cancel()
         return defer.succeed(None)

@@ -33,6 +33,20 @@ TICK = 0.01
 
 
 _NODE = Settings()
+# A spool keeps at least its newest chunk whatever its bound, so its chunks
+# must be a small part of it for the bound to mean anything.
+SPOOL_CHUNKS_AT_LEAST = 8
+
+
+def http_chunk_bytes(s: DrainSettings) -> int:
+    """An HTTP drain's spool chunk: its largest batch, unless the spool is too small for chunks of it.
+
+    A drain spools only while it is backed up, when it sends its largest
+    batches; each chunk is one batch when read back, so the spool empties in
+    as few POSTs as the drain would send from memory.
+    """
+    largest = max(s.http_max_bytes, s.http_target_bytes)
+    return largest if largest * SPOOL_CHUNKS_AT_LEAST <= s.spool_bytes else s.http_target_bytes
 
 
 @attrs.frozen
@@ -41,6 +55,7 @@ class DrainSettings:
 
     buffer: int = _NODE.drain_buffer
     http_target_bytes: int = _NODE.http_drain_target_bytes
+    http_max_bytes: int = _NODE.http_drain_max_bytes
     tcp_target_bytes: int = _NODE.tcp_drain_target_bytes
     http_linger: float = _NODE.http_drain_linger
     http_post_rate: int = _NODE.http_drain_post_rate
@@ -58,6 +73,7 @@ class DrainSettings:
     def from_settings(cls, s: Settings) -> DrainSettings:
         return cls(
             buffer=s.drain_buffer, http_target_bytes=s.http_drain_target_bytes,
+            http_max_bytes=s.http_drain_max_bytes,
             tcp_target_bytes=s.tcp_drain_target_bytes, http_linger=s.http_drain_linger,
             http_post_rate=s.http_drain_post_rate,
             http_timeout=s.http_drain_timeout, backoff_max=s.drain_backoff_max,
@@ -230,7 +246,8 @@ class DrainSupervisor:
             self.reactor, self.metrics,
             capacity=s.buffer,
             target_bytes=s.http_target_bytes if http else s.tcp_target_bytes,
-            chunk_bytes=s.http_target_bytes if http else max(s.tcp_target_bytes, SYSLOG_CHUNK_BYTES),
+            max_bytes=max(s.http_max_bytes, s.http_target_bytes) if http else s.tcp_target_bytes,
+            chunk_bytes=http_chunk_bytes(s) if http else max(s.tcp_target_bytes, SYSLOG_CHUNK_BYTES),
             linger=s.http_linger if http else s.tcp_linger,
             pace=self.pace if http else None,
             backoff=Backoff(initial=0.5, cap=s.backoff_max),

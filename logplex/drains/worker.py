@@ -9,7 +9,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from logplex import syslog
-from logplex.drains.core import Backoff, Batch, DrainQueue, Outcome, Pace, decode_chunk, encode_chunk
+from logplex.drains.core import (
+    Backoff, Batch, BatchSize, DrainQueue, Outcome, Pace, decode_chunk, encode_chunk, fitting,
+)
 from logplex.drains.spool import Spool
 from logplex.model import Drain
 
@@ -48,6 +50,7 @@ class DrainWorker:
         *,
         capacity: int = 1024,
         target_bytes: int = 100 * 1024,
+        max_bytes: int | None = None,
         chunk_bytes: int | None = None,
         linger: float = 0.25,
         backoff: Backoff | None = None,
@@ -67,10 +70,14 @@ class DrainWorker:
         self.timers = timers if timers is not None else reactor
         self.metrics = metrics
         self.target_bytes = target_bytes
+        # Batches of target_bytes while the drain keeps up, growing to
+        # max_bytes while its queue is backed up.
+        self.batch_size = BatchSize(target_bytes, max_bytes or target_bytes)
         # Spool chunks: what goes to Redis in one write, and what a batch
         # delivered from the spool is. Larger than a syslog drain's batches,
-        # so a spool drains in few round trips.
-        self.chunk_bytes = chunk_bytes or target_bytes
+        # so a spool drains in few round trips; an HTTP drain's are its
+        # largest batches (what it sends while backed up, as it is then).
+        self.chunk_bytes = chunk_bytes or self.batch_size.maximum
         self.linger = linger
         # Shared by a node's HTTP drains: a longer linger while they POST too often.
         self.pace = pace
@@ -287,7 +294,9 @@ class DrainWorker:
                 self._sent_at = self.reactor.seconds()
                 self._op(self._from_spool).addErrback(self._spool_read_failed)
                 return
-            messages = self.queue.take(self.target_bytes)
+            queue = self.queue
+            messages = queue.take(self.batch_size.current)
+            self.batch_size.taken(queue.pending_bytes)
             if messages:
                 self._send(Batch(messages))
         finally:
@@ -333,9 +342,15 @@ class DrainWorker:
         self._sent_at = self.reactor.seconds()
         if self.pace is not None:
             self.pace.posted()
-        d = defer.maybeDeferred(self.transport.send, batch.wire(self.reactor.seconds()), batch.frame_id)
-        d.addErrback(lambda f: Outcome.retry_later(f.getErrorMessage() or f.type.__name__))
-        d.addCallback(self._sent, batch)
+        try:
+            d = self.transport.send(batch.wire(self.reactor.seconds()), batch.frame_id)
+        except Exception:  # noqa: BLE001 - a transport's bug is a failed delivery, retried
+            d = defer.fail()
+        # One hop: a failure becomes a retry in the same step.
+        d.addCallbacks(self._sent, self._send_failed, callbackArgs=(batch,), errbackArgs=(batch,))
+
+    def _send_failed(self, failure: Failure, batch: Batch) -> None:
+        self._sent(Outcome.retry_later(failure.getErrorMessage() or failure.type.__name__), batch)
 
     def _sent(self, outcome: Outcome, batch: Batch) -> None:
         if self.inflight is not batch:
@@ -461,12 +476,11 @@ class DrainWorker:
             # frame id, so a receiver can tell a repeat.
             self._spill_chunk(batch.messages, at_head=True, frame_id=batch.frame_id)
         held = self.queue.drain_all()
-        while held:
-            chunk, size = [], 0
-            while held and (not chunk or size + len(held[0]) <= self.chunk_bytes):
-                size += len(held[0])
-                chunk.append(held.pop(0))
-            self._spill_chunk(chunk)
+        start, left = 0, sum(map(len, held))
+        while start < len(held):
+            n, size = fitting(held[start:], self.chunk_bytes, left)
+            self._spill_chunk(held[start:start + n])
+            start, left = start + n, left - size
         d = defer.Deferred()
         self._ops.addBoth(lambda _: d.callback(None))
         return d.addCallback(lambda _: self.transport.stop())
