@@ -429,14 +429,7 @@ def test_workers_are_cluster_members_and_leave_no_process_behind(workers_node):
     wait_until(lambda: set(re.findall(r'^logplex_worker_busy_ratio\{worker="([^"]+)"\} ',
                                       http_request(node.api_port, "GET", "/metrics").body.decode(), re.M)),
                lambda w: w == {"w-0", "w-1"}, 5.0, "the busy share of both workers on one scrape")
-    connections = [socket.create_connection(("127.0.0.1", node.syslog_port), timeout=5) for _ in range(20)]
-    for i, sock in enumerate(connections):
-        sock.sendall(octet(syslog_message(tokens["app"], "conn", f"conn {i:02d}")))
-    for sock in connections:
-        sock.close()
-    got = wait_until(lambda: sorted(texts_of(backlog(node, channel_id), "conn")), lambda t: len(t) == 20,
-                     5.0, "a line from each of 20 connections")
-    assert got == [f"conn {i:02d}" for i in range(20)]
+    a_line_from_each_of_20_connections(node, tokens["app"], channel_id)
 
     code = node.proc.stop()
     assert code in (0, -signal.SIGTERM), node.proc.log_text()[-3000:]
@@ -477,14 +470,7 @@ def test_with_no_workers_option_a_node_runs_one_worker_per_cpu_and_each_takes_sy
         wait_until(lambda: known.update(scrape()) or known, lambda k: k == {"d-0": 1, "d-1": 1},
                    5.0, "the channel known to both workers")
         before = dict(received)
-        connections = [socket.create_connection(("127.0.0.1", node.syslog_port), timeout=5) for _ in range(20)]
-        for i, sock in enumerate(connections):
-            sock.sendall(octet(syslog_message(tokens["app"], "conn", f"conn {i:02d}")))
-        for sock in connections:
-            sock.close()
-        got = wait_until(lambda: sorted(texts_of(backlog(node, channel_id), "conn")), lambda t: len(t) == 20,
-                         5.0, "a line from each of 20 connections")
-        assert got == [f"conn {i:02d}" for i in range(20)]
+        a_line_from_each_of_20_connections(node, tokens["app"], channel_id)
         # Each worker framed some of them (the kernel spreads 20 connections over both).
         took = wait_until(lambda: scrape() and {n: received[n] - before[n] for n in received},
                           lambda t: set(t) == {"d-0", "d-1"} and sum(t.values()) == 20,
@@ -535,3 +521,16 @@ def _processes_working_in(directory: str) -> set[int]:
         except OSError:
             continue
     return found
+
+
+def a_line_from_each_of_20_connections(node: Node, token: str, channel_id: str) -> None:
+    """One line over each of 20 new syslog connections (the kernel spreads them over the
+    workers); all 20 reach the channel's backlog."""
+    connections = [socket.create_connection(("127.0.0.1", node.syslog_port), timeout=5) for _ in range(20)]
+    for i, sock in enumerate(connections):
+        sock.sendall(octet(syslog_message(token, "conn", f"conn {i:02d}")))
+    for sock in connections:
+        sock.close()
+    got = wait_until(lambda: sorted(texts_of(backlog(node, channel_id), "conn")), lambda t: len(t) == 20,
+                     5.0, "a line from each of 20 connections")
+    assert got == [f"conn {i:02d}" for i in range(20)]
