@@ -297,6 +297,9 @@ class PushbackTests(NodeCase):
     async def test_flood_with_pushback_off_spools_and_holds_nobody(self):
         node = self.world.off
         sink = await self.started(HttpSink())
+        # An endpoint that takes 50 ms a batch: the flood outruns it whatever the host's
+        # speed (a drain whose batches grow to 1 MiB could otherwise keep up with it).
+        sink.behave("slow", delay=0.05)
         channel_id, token = await self.channel(node)
         drain_id = await self.add_drain(channel_id, sink.url, node)
         watch = await self.spool_watch(drain_id, OFF_NODE)
