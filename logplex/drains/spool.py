@@ -14,10 +14,35 @@ from twisted.internet import defer
 
 from logplex.redis.keys import RedisKeys
 
+# Keeps a spool within its bound the way every write does: the oldest whole
+# chunks of `list` go until `meta` counts at most `max` bytes (the last chunk
+# always stays), except the chunk of frame id `protect` ('' if none), which is
+# being delivered right now: dropping it would count its messages lost and
+# deliver them both. Answers the messages and chunks dropped.
+_TRIM = """
+local function trim(list, meta, max, protect)
+  local protected = '1 ' .. protect .. ' '
+  local dropped, dropped_chunks = 0, 0
+  while tonumber(redis.call('HGET', meta, 'bytes')) > max and redis.call('LLEN', list) > 1 do
+    local head = redis.call('LPOP', list)
+    if protect ~= '' and string.sub(head, 1, #protected) == protected then
+      local victim = redis.call('LPOP', list)
+      redis.call('LPUSH', list, head)
+      head = victim
+    end
+    local n = tonumber(string.match(head, '^1 %S+ (%d+) '))
+    redis.call('HINCRBY', meta, 'bytes', -#head)
+    redis.call('HINCRBY', meta, 'messages', -n)
+    dropped = dropped + n
+    dropped_chunks = dropped_chunks + 1
+  end
+  return dropped, dropped_chunks
+end
+"""
+
 # KEYS: list, meta. ARGV: chunk, message count, max bytes, '1' to push at the head,
-# frame id of a chunk being delivered right now ('' if none): never dropped, or
-# its messages would be counted lost and delivered both.
-_PUSH = """
+# frame id of a chunk being delivered right now ('' if none): never dropped.
+_PUSH = _TRIM + """
 if ARGV[4] == '1' then
   redis.call('LPUSH', KEYS[1], ARGV[1])
 else
@@ -25,21 +50,7 @@ else
 end
 redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'messages', tonumber(ARGV[2]))
-local protected = '1 ' .. ARGV[5] .. ' '
-local dropped = 0
-while tonumber(redis.call('HGET', KEYS[2], 'bytes')) > tonumber(ARGV[3])
-      and redis.call('LLEN', KEYS[1]) > 1 do
-  local head = redis.call('LPOP', KEYS[1])
-  if ARGV[5] ~= '' and string.sub(head, 1, #protected) == protected then
-    local victim = redis.call('LPOP', KEYS[1])
-    redis.call('LPUSH', KEYS[1], head)
-    head = victim
-  end
-  local n = tonumber(string.match(head, '^1 %S+ (%d+) '))
-  redis.call('HINCRBY', KEYS[2], 'bytes', -#head)
-  redis.call('HINCRBY', KEYS[2], 'messages', -n)
-  dropped = dropped + n
-end
+local dropped = trim(KEYS[1], KEYS[2], tonumber(ARGV[3]), ARGV[5])
 return {dropped, tonumber(redis.call('HGET', KEYS[2], 'bytes'))}
 """
 
@@ -67,7 +78,7 @@ _ACK_NEXT = _REMOVE_HEAD + "return {redis.call('LINDEX', KEYS[1], 0), " + _BYTES
 # chunk of the departed spool, in order, to the tail of this node's spool in one
 # step (so a returning node finds nothing, and nothing is moved twice), then
 # keeps this node's bound the way a push does: the oldest whole chunks go.
-_ADOPT = """
+_ADOPT = _TRIM + """
 local chunks, messages = 0, 0
 while true do
   local chunk = redis.call('LMOVE', KEYS[1], KEYS[3], 'LEFT', 'RIGHT')
@@ -79,21 +90,9 @@ while true do
   messages = messages + n
 end
 redis.call('DEL', KEYS[2])
-local protected = '1 ' .. ARGV[2] .. ' '
 local dropped, dropped_chunks = 0, 0
-while chunks > 0 and tonumber(redis.call('HGET', KEYS[4], 'bytes')) > tonumber(ARGV[1])
-      and redis.call('LLEN', KEYS[3]) > 1 do
-  local head = redis.call('LPOP', KEYS[3])
-  if ARGV[2] ~= '' and string.sub(head, 1, #protected) == protected then
-    local victim = redis.call('LPOP', KEYS[3])
-    redis.call('LPUSH', KEYS[3], head)
-    head = victim
-  end
-  local n = tonumber(string.match(head, '^1 %S+ (%d+) '))
-  redis.call('HINCRBY', KEYS[4], 'bytes', -#head)
-  redis.call('HINCRBY', KEYS[4], 'messages', -n)
-  dropped = dropped + n
-  dropped_chunks = dropped_chunks + 1
+if chunks > 0 then
+  dropped, dropped_chunks = trim(KEYS[3], KEYS[4], tonumber(ARGV[1]), ARGV[2])
 end
 return {chunks, messages, dropped_chunks, dropped, tonumber(redis.call('HGET', KEYS[4], 'bytes') or 0)}
 """
