@@ -294,8 +294,9 @@ def ordered_subsequence(got: list[str], sent: list[str]) -> bool:
 class World:
     """cfg + shard Redis servers and nodes a, b, c (or others) on them."""
 
-    def __init__(self, prefix: str, shards: int = 2) -> None:
+    def __init__(self, prefix: str, shards: int = 2, node_args: tuple[str, ...] = ()) -> None:
         self.root = tempfile.mkdtemp(prefix=f"logplex-{prefix}-")
+        self.node_args = node_args  # options every node of this world gets besides NODE_ARGS
         self.cfg = RedisServer(self.dir("cfg"))
         self.shards = [RedisServer(self.dir(f"shard{i}")) for i in range(shards)]
         self.extra: list[RedisServer] = []
@@ -320,7 +321,7 @@ class World:
                 self.nodes[name] = node
 
     def start_node(self, name: str) -> Node:
-        args = list(NODE_ARGS)
+        args = [*NODE_ARGS, *self.node_args]
         for shard in self.shards:
             args += ["--shard-redis", shard.url]
         proc = NodeProcess(self.dir(f"node-{name}"), self.cfg.url, args, name=name)

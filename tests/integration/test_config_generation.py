@@ -17,28 +17,15 @@ from twisted.internet import threads
 from twisted.trial import unittest
 
 from tests.integration.cluster import (
-    NODE_ARGS, Pacer, Sender, World, backlog, metric_sum, redis, texts_of, wait_until,
+    Pacer, Sender, World, backlog, metric_sum, redis, texts_of, wait_until,
 )
-from tests.integration.conftest import Node
-from tests.integration.procs import NodeProcess
 from tests.sinks import HttpSink
-
-
-class SpoolingWorld(World):
-    """Nodes a and b whose drains spool after 50 buffered lines (the default holds 1024)."""
-
-    def start_node(self, name: str) -> Node:
-        args = [*NODE_ARGS, "--drain-buffer", "50"]
-        for shard in self.shards:
-            args += ["--shard-redis", shard.url]
-        proc = NodeProcess(self.dir(f"node-{name}"), self.cfg.url, args, name=name)
-        proc.start()
-        return Node(proc, [proc.syslog_port])
 
 
 @pytest.fixture(scope="module")
 def world():
-    w = SpoolingWorld("gen", shards=1)
+    # Nodes a and b whose drains spool after 50 buffered lines (the default holds 1024).
+    w = World("gen", shards=1, node_args=("--drain-buffer", "50"))
     try:
         w.start(("a", "b"))
         yield w

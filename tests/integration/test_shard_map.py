@@ -21,33 +21,20 @@ from logplex.redis.keys import RedisKeys
 from logplex.redis.shardmap import _move
 
 from tests.integration.cluster import (
-    NODE_ARGS, Pacer, Sender, World, backlog, backlog_keys, metric_sum, redis, send_lines, texts_of,
+    Pacer, Sender, World, backlog, backlog_keys, metric_sum, redis, send_lines, texts_of,
     wait_until,
 )
 from tests.integration.conftest import unique
-from tests.integration.procs import NodeProcess, RedisServer, Resp
+from tests.integration.procs import RedisServer, Resp
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECONCILE = 1.0
 
 
-class MapWorld(World):
-    """Three nodes on a config and two shard Redis, checking the shard map every second."""
-
-    def start_node(self, name: str):
-        from tests.integration.conftest import Node
-
-        args = [*NODE_ARGS, "--reconcile-interval", str(RECONCILE)]
-        for shard in self.shards:
-            args += ["--shard-redis", shard.url]
-        proc = NodeProcess(self.dir(f"node-{name}"), self.cfg.url, args, name=name)
-        proc.start()
-        return Node(proc, [proc.syslog_port])
-
-
 @pytest.fixture(scope="module")
 def world():
-    w = MapWorld("shardmap")
+    # Three nodes on a config and two shard Redis, checking the shard map every second.
+    w = World("shardmap", node_args=("--reconcile-interval", str(RECONCILE)))
     try:
         w.start()
         yield w
