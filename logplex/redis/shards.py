@@ -477,7 +477,8 @@ class Backlogs:
         return self.pools[self.ring.shard(channel_id)]
 
     def append(self, channel_id: str, messages: list[bytes]) -> None:
-        self.writers[self.ring.shard(channel_id)].append(channel_id, messages)
+        """One channel's lines (the router hands whole reads to extend)."""
+        self.extend({channel_id: messages})
 
     def extend(self, by_channel: dict[str, list[bytes]]) -> None:
         """Queue one routed read's lines, grouped per shard: one call per shard, not per channel."""
