@@ -35,7 +35,6 @@ DrainSink = Callable[[str, list[bytes]], None]
 # wait for before it sends more (a drain of theirs is full and keeping up, or
 # the backlog writer of their shard is past half its bound).
 Hold = Callable[[Iterable[str]], "Deferred | None"]
-DrainHold = Hold
 
 
 class IngressDenied(Exception):
@@ -110,7 +109,7 @@ class Router:
         metrics,
         drains: DrainSink | None = None,
         clock: Callable[[], float] = time.time,
-        hold: DrainHold | None = None,
+        hold: Hold | None = None,
         drops: DropReport | None = None,
         backlog_hold: Hold | None = None,
     ) -> None:

@@ -63,9 +63,6 @@ class ClusterTails:
         local.on_last_tail = self._last_tail
 
     # -- the router's side (hot path) ----------------------------------------------
-    def has_tails(self, channel_id: str) -> bool:
-        return channel_id in self.local.by_channel or channel_id in self.remote
-
     def tailed(self, channel_ids) -> set[str]:
         """Those of these channels (a set or keys view) that have a tail here or on another node."""
         found = channel_ids & self.local.by_channel.keys()
