@@ -37,7 +37,7 @@ from twisted.internet import defer, protocol, reactor  # noqa: E402
 
 from logplex.redis import connection  # noqa: E402
 from logplex.redis.keys import RedisKeys  # noqa: E402
-from logplex.redis.shards import WRITE_SCRIPT, write_arguments  # noqa: E402
+from logplex.backlog.writer import WRITE_SCRIPT, write_arguments  # noqa: E402
 
 HISTORY, EXPIRY = 1500, 7 * 86400
 

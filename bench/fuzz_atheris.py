@@ -38,7 +38,7 @@ with atheris.instrument_imports(include=["logplex"]):
     from logplex import syslog
     from logplex.drains.core import http_body, output_line, syslog_frames
     from logplex.framing import FramingError, SyslogFramer, decode_logplex1
-    from logplex.tails import TailFilter
+    from logplex.tails.session import TailFilter
 
 MAX_FRAMES = [8, 64, 1024, 65536]
 

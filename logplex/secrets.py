@@ -10,7 +10,7 @@ import secrets as _secrets
 
 # scrypt cost: about 30 ms per check on a current core, which is what makes a
 # stolen config dump expensive to brute-force. Checks are cached per node
-# (see logplex.auth) so this is paid once per credential, not per request.
+# (see logplex.http.auth) so this is paid once per credential, not per request.
 _N, _R, _P = 2**14, 8, 1
 
 

@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from logplex import __version__
-from logplex.config import Settings
+from logplex.settings import Settings
 
 ENV = {
     "config-redis": "LOGPLEX_CONFIG_REDIS_URL",
@@ -305,8 +305,8 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor=None):
-    from logplex.config import Settings
-    from logplex.service import LogplexNode
+    from logplex.settings import Settings
+    from logplex.node import LogplexNode
     from logplex.workers import (
         WORKER_ENV,
         WorkerCount,

@@ -23,7 +23,7 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
-from logplex.config import Settings
+from logplex.settings import Settings
 from logplex.listen import LISTEN_BACKLOG, behind_proxy, description_fields, proxied, server_endpoint
 from logplex.redis.embedded import EmbeddedRedis
 
@@ -205,7 +205,7 @@ class WorkerMaster(MultiService):
 
     def _failed(self, failure) -> None:
         from logplex.redis.embedded import EmbeddedRedisError
-        from logplex.service import StartFailed, exit_status_at_exit
+        from logplex.node import StartFailed, exit_status_at_exit
 
         if failure.check(StartFailed, EmbeddedRedisError):
             # A cause the operator can fix: one line that says what to do, as a single process says it.
@@ -230,7 +230,7 @@ class WorkerMaster(MultiService):
             try:
                 socks = reuseport_sockets(self.reactor, description, self.count)
             except OSError as e:
-                from logplex.service import StartFailed
+                from logplex.node import StartFailed
 
                 raise StartFailed(
                     f"The {kind} listener cannot listen on {description}: {e.strerror or e}. Stop what "

@@ -14,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 
 from logplex.model import Channel, Token
-from logplex.redis.config import ConfigCache
+from logplex.config.store import ConfigCache
 
 
 class RecordingBacklog:

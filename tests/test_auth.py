@@ -1,4 +1,4 @@
-"""Tests for logplex.auth (header parsing, the memoizing Authenticator) and logplex.secrets."""
+"""Tests for logplex.http.auth (header parsing, the memoizing Authenticator) and logplex.secrets."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from logplex import secrets
-from logplex.auth import Authenticator, parse_basic, parse_bearer
+from logplex.http.auth import Authenticator, parse_basic, parse_bearer
 from logplex.model import ANY_CHANNEL, Credential
-from logplex.redis.config import ConfigCache
+from logplex.config.store import ConfigCache
 
 # Cheap scrypt parameters: the tests are about behaviour, not cost.
 N = 2**4
@@ -212,8 +212,8 @@ class AuthenticatorTests(SynchronousTestCase):
         from twisted.internet.task import Clock
         from twisted.web.test.requesthelper import DummyRequest
 
-        from logplex.auth import LoginThrottle, login
-        from logplex.web import HttpError
+        from logplex.http.auth import LoginThrottle, login
+        from logplex.http.site import HttpError
 
         from twisted.internet.address import IPv4Address
 
@@ -239,7 +239,7 @@ class AuthenticatorTests(SynchronousTestCase):
 def test_failed_logins_are_throttled_per_address_on_a_clock():
     from twisted.internet.task import Clock
 
-    from logplex.auth import LoginThrottle
+    from logplex.http.auth import LoginThrottle
 
     clock = Clock()
     throttle = LoginThrottle(clock, limit=3, window=60)
@@ -257,7 +257,7 @@ def test_failed_logins_are_throttled_per_address_on_a_clock():
 def test_the_throttle_forgets_the_oldest_address_rather_than_grow():
     from twisted.internet.task import Clock
 
-    from logplex.auth import LoginThrottle
+    from logplex.http.auth import LoginThrottle
 
     throttle = LoginThrottle(Clock(), limit=1, max_addresses=100)
     for n in range(1000):
@@ -309,17 +309,17 @@ class LoginThrottleTests(SynchronousTestCase):
         self.auth = Authenticator(self.cache, reactor=None, check=self.kdf,
                                   dummy_hash=secrets.hash_secret("dummy", n=N))
         self.metrics = Metrics()
-        from logplex.auth import LoginThrottle
+        from logplex.http.auth import LoginThrottle
 
         self.throttle = LoginThrottle(self.clock, limit=10, metrics=self.metrics, listener="api")
 
     def login(self, user: str, password: str, host: str = "192.0.2.1") -> defer.Deferred:
-        from logplex.auth import login
+        from logplex.http.auth import login
 
         return defer.ensureDeferred(login(self.auth, self.throttle, _request(host), user, password))
 
     def status(self, d: defer.Deferred) -> int:
-        from logplex.web import HttpError
+        from logplex.http.site import HttpError
 
         from twisted.python.failure import Failure
 
@@ -407,7 +407,7 @@ class LoginThrottleTests(SynchronousTestCase):
         self.assertEqual(self.status(d), 401)
 
     def test_the_throttles_of_two_listeners_are_separate(self):
-        from logplex.auth import LoginThrottle, login
+        from logplex.http.auth import LoginThrottle, login
 
         logs = LoginThrottle(self.clock, limit=10, listener="logs")
         statuses = []
@@ -426,7 +426,7 @@ class LoginThrottleTests(SynchronousTestCase):
 def test_every_address_of_an_ipv6_64_is_one_client(address, low):
     import ipaddress
 
-    from logplex.auth import throttle_key
+    from logplex.http.auth import throttle_key
 
     if address.ipv4_mapped is not None:
         assert throttle_key(str(address)) == str(address.ipv4_mapped)
@@ -446,7 +446,7 @@ def test_every_address_of_an_ipv6_64_is_one_client(address, low):
     ("/run/logplex.sock", "/run/logplex.sock"),
 ])
 def test_throttle_keys(host, key):
-    from logplex.auth import throttle_key
+    from logplex.http.auth import throttle_key
 
     assert throttle_key(host) == key
 

@@ -6,10 +6,10 @@ from twisted.internet.testing import MemoryReactorClock
 from logplex.framing import encode_logplex1
 from logplex.metrics import Metrics
 from logplex.model import SessionSpec
-from logplex.redis.cluster import ClusterTails
+from logplex.tails.cluster import ClusterTails
 from logplex.redis.connection import RedisAddress
 from logplex.redis.keys import RedisKeys
-from logplex.tails import TailRegistry, TailSession
+from logplex.tails.session import TailRegistry, TailSession
 
 
 KEYS = RedisKeys("lp", 0)

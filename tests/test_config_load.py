@@ -10,8 +10,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from logplex.model import Channel, Credential, Drain, Token
-from logplex.redis import config as config_module
-from logplex.redis.config import ConfigError, ConfigStore, Cooperation, Snapshot, SnapshotDiff
+from logplex.config import store as config_module
+from logplex.config.store import ConfigError, ConfigStore, Cooperation, Snapshot, SnapshotDiff
 from logplex.redis.connection import RedisAddress
 from logplex.redis.keys import RedisKeys
 

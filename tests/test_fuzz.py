@@ -54,20 +54,20 @@ from twisted.python.failure import Failure
 from logplex import secrets, syslog
 from logplex.api.management import ManagementApi
 from logplex.api.tailpage import TailPage
-from logplex.auth import Authenticator, LoginThrottle
+from logplex.http.auth import Authenticator, LoginThrottle
 from logplex.drains.core import http_body, output_line, syslog_frames
 from logplex.framing import FramingError, SyslogFramer, decode_logplex1, encode_logplex1, octet_frame
 from logplex.ingest.http import LogInput
 from logplex.metrics import Metrics
 from logplex.model import ANY_CHANNEL, FULL_API, READ_CHANNEL, Channel, Credential, Drain, Token
-from logplex.redis import config as config_module
-from logplex.redis.config import ConfigCache, ConfigStore
+from logplex.config import store as config_module
+from logplex.config.store import ConfigCache, ConfigStore
 from logplex.redis.connection import RedisAddress
 from logplex.redis.keys import RedisKeys
-from logplex.redis.shards import within_bytes
+from logplex.backlog.writer import within_bytes
 from logplex.router import Router
-from logplex.tails import TailFilter, TailRegistry
-from logplex.web import LogplexSite
+from logplex.tails.session import TailFilter, TailRegistry
+from logplex.http.site import LogplexSite
 from tests.helpers import (
     RecordingBacklog,
     RecordingTails,
@@ -907,7 +907,7 @@ class DictRedis:
                                                        for k, v in h.items()) + b"]"])
         return defer.succeed(self.scripts[script]([self._b(a) for a in args]))
 
-    # the scripts of logplex.redis.config, one by one
+    # the scripts of logplex.config.store, one by one
     def _h(self, name: bytes) -> dict[bytes, bytes]:
         return self.hashes.setdefault(name, {})
 

@@ -16,14 +16,14 @@ from twisted.python.failure import Failure
 
 import logplex.ingest.http
 from logplex import secrets
-from logplex.auth import Authenticator
+from logplex.http.auth import Authenticator
 from logplex.framing import encode_logplex1
 from logplex.ingest.http import FrameIdMemory, GzipBody, GzipError, LogInput
 from logplex.metrics import Metrics
 from logplex.model import ANY_CHANNEL, FULL_API, Credential
-from logplex.redis.config import ConfigCache
+from logplex.config.store import ConfigCache
 from logplex.router import Router
-from logplex.web import LogplexSite
+from logplex.http.site import LogplexSite
 from tests.helpers import (
     HttpReply,
     LoadedStore,

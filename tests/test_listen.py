@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 from logplex.listen import LISTEN_BACKLOG, ProxiedEndpoint, normalised, server_endpoint, with_backlog
 from logplex.metrics import Metrics
 from logplex.tls import ServerTLS, choose_protocol
-from logplex.web import ConnectionCap
+from logplex.http.site import ConnectionCap
 from tests.certs import TestCA, endpoint_description
 
 

@@ -24,10 +24,10 @@ from logplex.ingest.http import LogInput
 from logplex.ingest.syslog import SyslogFactory
 from logplex.metrics import Metrics
 from logplex.model import Drain
-from logplex.redis.config import ConfigCache
+from logplex.config.store import ConfigCache
 from logplex.redis.keys import RedisKeys
 from logplex.router import Router
-from logplex.web import LogplexSite
+from logplex.http.site import LogplexSite
 from tests.helpers import (
     LoadedStore,
     RecordingBacklog,

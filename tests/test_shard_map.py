@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from logplex.redis.keys import RedisKeys
-from logplex.redis.shardmap import NodesBehind, ShardMapFollower, nodes_behind, wait_for_nodes
+from logplex.backlog.shardmap import NodesBehind, ShardMapFollower, nodes_behind, wait_for_nodes
 
 KEYS = RedisKeys("lp", 0)
 

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 
 from logplex.metrics import Metrics
 from logplex.redis.keys import RedisKeys
-from logplex.redis.shards import WRITE_SCRIPT, BacklogWriter, ShardRing
+from logplex.backlog.writer import WRITE_SCRIPT, BacklogWriter, ShardRing
 
 KEYS = RedisKeys("lp", 0)
 backlog_key = KEYS.backlog
@@ -194,7 +194,7 @@ def test_unwritten_lines_are_visible_while_queued_and_in_flight():
 
 
 def test_merge_backlog_does_not_repeat_lines_written_meanwhile():
-    from logplex.redis.shards import merge_backlog
+    from logplex.backlog.writer import merge_backlog
 
     assert merge_backlog([b"a", b"b"], [b"c", b"d"], 10) == [b"a", b"b", b"c", b"d"]
     assert merge_backlog([b"a", b"b", b"c"], [b"b", b"c", b"d"], 10) == [b"a", b"b", b"c", b"d"]
@@ -203,7 +203,7 @@ def test_merge_backlog_does_not_repeat_lines_written_meanwhile():
 
 
 def test_within_bytes_keeps_the_newest_lines_that_fit_and_always_the_newest():
-    from logplex.redis.shards import within_bytes
+    from logplex.backlog.writer import within_bytes
 
     lines = [b"a" * 10, b"b" * 10, b"c" * 10, b"d" * 10]
     assert within_bytes(lines, 25) == [b"c" * 10, b"d" * 10]
@@ -229,7 +229,7 @@ class ShardPool(FakeRedis):
 
 
 def backlogs():
-    from logplex.redis.shards import Backlogs
+    from logplex.backlog.writer import Backlogs
 
     clock, metrics, pool = Clock(), Metrics(), ShardPool()
     b = Backlogs(clock, metrics, lambda url: pool, history=100, expiry=3600, interval=0.05, keys=KEYS)
@@ -304,7 +304,7 @@ def test_while_redis_fails_nobody_is_held_and_past_the_bound_the_oldest_lines_ar
 
 
 def test_a_large_flush_is_cut_by_channel_into_calls_of_bounded_size():
-    from logplex.redis.shards import write_calls
+    from logplex.backlog.writer import write_calls
 
     batch = {f"c{n}": [b"x" * 100] * 3 for n in range(10)}
     calls = write_calls(batch, max_bytes=700)
@@ -313,7 +313,7 @@ def test_a_large_flush_is_cut_by_channel_into_calls_of_bounded_size():
 
 
 def test_the_writer_holds_only_senders_of_channels_on_a_congested_shard():
-    from logplex.redis.shards import Backlogs
+    from logplex.backlog.writer import Backlogs
 
     clock, metrics, pools = Clock(), Metrics(), {}
     b = Backlogs(clock, metrics, lambda url: pools.setdefault(url, FakeRedis()), history=100, expiry=3600,

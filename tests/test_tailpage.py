@@ -16,13 +16,13 @@ from twisted.python.failure import Failure
 from logplex import secrets
 from logplex.api.management import ManagementApi
 from logplex.api.tailpage import KEEPALIVE_SECONDS, RECHECK_SECONDS, TailPage
-from logplex.auth import Authenticator
+from logplex.http.auth import Authenticator
 from logplex.metrics import Metrics
 from logplex.model import ANY_CHANNEL, FULL_API, NO_TAIL, READ_CHANNEL, Channel, Credential
-from logplex.redis.config import ConfigCache
-from logplex.redis.shards import within_bytes
-from logplex.tails import TailRegistry
-from logplex.web import LogplexSite
+from logplex.config.store import ConfigCache
+from logplex.backlog.writer import within_bytes
+from logplex.tails.session import TailRegistry
+from logplex.http.site import LogplexSite
 from tests.helpers import connect, fill_cache, http_exchange, make_site_reactor, parse_reply, raw_request
 
 # Unknown credential ids pay the KDF against this, at the cost of these tests' own

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from logplex.metrics import Metrics
 from logplex.model import SessionSpec
-from logplex.tails import WRITE_BYTES, TailBuffer, TailFilter, TailRegistry, TailSession, l11_line
+from logplex.tails.session import WRITE_BYTES, TailBuffer, TailFilter, TailRegistry, TailSession, l11_line
 
 
 def msg(name, procid, text):

@@ -3,7 +3,7 @@
 import pytest
 from twisted.python import usage
 
-from logplex.config import Settings
+from logplex.settings import Settings
 from logplex.tap import Options
 
 
@@ -93,7 +93,7 @@ def test_the_namespace_defaults_to_todays_prefix_and_takes_letters_digits_unders
 def test_session_urls_name_the_listening_address_or_a_host_name_that_resolves(monkeypatch):
     from twisted.internet.address import IPv4Address
 
-    from logplex import service
+    from logplex import node as service
 
     class Port:
         def __init__(self, host: str) -> None:

@@ -1,4 +1,4 @@
-"""Tests for logplex.web: the Dispatcher, body limits and JSON errors, driven in memory."""
+"""Tests for logplex.http.site: the Dispatcher, body limits and JSON errors, driven in memory."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
-from logplex.web import STREAMING, Dispatcher, HttpError, LogplexSite, Reply, read_json, route
+from logplex.http.site import STREAMING, Dispatcher, HttpError, LogplexSite, Reply, read_json, route
 from tests.helpers import captured_log, connect, http_exchange, make_site_reactor, parse_reply, raw_request
 
 MAX_BODY = 64

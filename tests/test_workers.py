@@ -10,8 +10,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from logplex import workers
-from logplex.config import Settings
-from logplex.service import LogplexNode
+from logplex.settings import Settings
+from logplex.node import LogplexNode
 from logplex.tap import Options, makeService
 from logplex.workers import WorkerMaster, default_workers, reuseport_sockets, shareable, usable_cpus
 

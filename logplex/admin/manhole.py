@@ -284,7 +284,7 @@ class Admin:
 
     def replace_shard(self, name: str, url: str) -> defer.Deferred:
         """replace_shard('shard-0', 'redis://new:6379/0'): move a shard's data to a new Redis."""
-        from logplex.redis.shardmap import replace_shard
+        from logplex.backlog.shardmap import replace_shard
 
         return defer.ensureDeferred(replace_shard(
             self.node.store.redis, self.node.shard_pool, name, url, keys=self.node.store.keys,
@@ -292,7 +292,7 @@ class Admin:
 
     def add_shard(self, url: str) -> defer.Deferred:
         """add_shard('redis://s3:6379/0'): about 1/N of the channels move to it."""
-        from logplex.redis.shardmap import add_shard
+        from logplex.backlog.shardmap import add_shard
 
         return defer.ensureDeferred(add_shard(
             self.node.store.redis, self.node.shard_pool, url, keys=self.node.store.keys,

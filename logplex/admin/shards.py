@@ -15,7 +15,7 @@ from logplex.redis.connection import (
     BadRedisURL, RedisClusterRefused, RedisSecrets, check_redis_url, connect, refuse_cluster_mode,
 )
 from logplex.redis.keys import BadNamespace, RedisKeys, check_namespace
-from logplex.redis.shardmap import (
+from logplex.backlog.shardmap import (
     CONFIG, NodesBehind, ShardChangeRefused, add_shard, load, remove_shard, replace_shard, resume,
 )
 

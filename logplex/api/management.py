@@ -12,13 +12,13 @@ from twisted.logger import Logger
 from logplex import syslog
 from logplex.api import openapi as openapi_document
 from logplex.api import validate
-from logplex.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, parse_basic
+from logplex.http.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, parse_basic
 from logplex.framing import encode_logplex1
 from logplex.health import assess
 from logplex.model import FULL_API, NO_REDIS, NO_TAIL, PERMISSIONS, READ_CHANNEL, SessionSpec
-from logplex.redis.config import ConfigError, ConfigStore
-from logplex.tails import DEFAULT_TAIL_BUFFER_BYTES, TailFilter, TailRegistry, TailSession
-from logplex.web import STREAMING, Dispatcher, HttpError, Reply, error_reply, read_json, route
+from logplex.config.store import ConfigError, ConfigStore
+from logplex.tails.session import DEFAULT_TAIL_BUFFER_BYTES, TailFilter, TailRegistry, TailSession
+from logplex.http.site import STREAMING, Dispatcher, HttpError, Reply, error_reply, read_json, route
 
 log = Logger()
 

@@ -9,7 +9,7 @@ import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from logplex.config import Settings
+from logplex.settings import Settings
 from logplex.drains.core import Backoff, Outcome, Pace
 from logplex.drains.http import HttpDrainTransport
 from logplex.drains.spool import Spool

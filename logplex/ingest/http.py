@@ -13,14 +13,14 @@ from typing import Callable
 from twisted.internet import task
 from twisted.logger import Logger
 
-from logplex.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, parse_basic, parse_bearer
+from logplex.http.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, parse_basic, parse_bearer
 from logplex.framing import FramingError, decode_logplex1
 from logplex.health import Health, assess
 from logplex.model import ANY_CHANNEL
-from logplex.redis.config import ConfigStore
+from logplex.config.store import ConfigStore
 from logplex.router import IngressDenied, Router
 from logplex.saturation import HoldMeter
-from logplex.web import Dispatcher, HttpError, Reply, route
+from logplex.http.site import Dispatcher, HttpError, Reply, route
 
 log = Logger()
 

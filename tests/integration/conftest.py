@@ -286,7 +286,7 @@ def small_body_node(tmp_path_factory, redis):
 _CREATE_CREDENTIAL = """
 import sys
 from twisted.internet import defer, task
-from logplex.redis.config import ConfigStore
+from logplex.config.store import ConfigStore
 from logplex.redis.connection import connect, parse_redis_url
 from logplex.redis.keys import RedisKeys
 

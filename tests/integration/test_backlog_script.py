@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from logplex.redis.keys import RedisKeys
-from logplex.redis.shards import WRITE_SCRIPT, write_arguments
+from logplex.backlog.writer import WRITE_SCRIPT, write_arguments
 from tests.integration.cluster import redis as call
 
 KEYS = RedisKeys("script-test", 0)

@@ -6,7 +6,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from logplex.model import Channel, Credential, Drain, Token
-from logplex.redis.config import ConfigStore
+from logplex.config.store import ConfigStore
 from logplex.redis.connection import connect, parse_redis_url
 from logplex.redis.keys import RedisKeys
 from tests.integration.procs import RedisServer

@@ -8,7 +8,7 @@ import txredisapi
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from logplex.redis.config import ConfigStore, NotFound, Conflict, ConfigError, Unavailable
+from logplex.config.store import ConfigStore, NotFound, Conflict, ConfigError, Unavailable
 from logplex.redis.connection import connect, parse_redis_url
 from logplex.redis.keys import RedisKeys
 from tests.integration.procs import RedisServer

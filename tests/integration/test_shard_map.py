@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from logplex.redis.connection import connect, parse_redis_url
 from logplex.redis.keys import RedisKeys
-from logplex.redis.shardmap import _move
+from logplex.backlog.shardmap import _move
 
 from tests.integration.cluster import (
     Pacer, Sender, World, backlog, backlog_keys, metric_sum, redis, send_lines, texts_of,

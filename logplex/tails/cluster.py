@@ -23,9 +23,9 @@ from twisted.logger import Logger
 
 from logplex import __version__
 from logplex.framing import decode_logplex1, encode_logplex1
-from logplex.redis.bus import Subscription
+from logplex.redis.subscription import Subscription
 from logplex.redis.keys import RedisKeys
-from logplex.tails import TailRegistry
+from logplex.tails.session import TailRegistry
 
 log = Logger()
 

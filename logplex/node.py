@@ -18,8 +18,8 @@ from logplex import __version__, hotpath
 from logplex.admin.manhole import Admin, loopback_only, manhole_factory
 from logplex.api.management import ManagementApi
 from logplex.api.tailpage import TailPage
-from logplex.auth import Authenticator, LoginThrottle
-from logplex.config import Settings
+from logplex.http.auth import Authenticator, LoginThrottle
+from logplex.settings import Settings
 from logplex.drains.adoption import SpoolAdopter
 from logplex.drains.http import load_trust_root, make_client
 from logplex.drains.resolver import PublicOnlyReactor
@@ -30,19 +30,19 @@ from logplex.ingest.syslog import SyslogFactory
 from logplex.listen import description_fields, server_endpoint
 from logplex.metrics import Metrics
 from logplex.model import FULL_API
-from logplex.redis.cluster import ClusterTails, NodeRegistry
-from logplex.redis.config import ConfigStore
+from logplex.tails.cluster import ClusterTails, NodeRegistry
+from logplex.config.store import ConfigStore
 from logplex.redis.connection import (
     RedisClusterRefused, RedisSecrets, connect, parse_redis_url, refuse_cluster_mode,
 )
 from logplex.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from logplex.redis.keys import RedisKeys
-from logplex.redis.shardmap import CONFIG, ShardMapFollower, load_or_init, load_versioned
-from logplex.redis.shards import Backlogs
+from logplex.backlog.shardmap import CONFIG, ShardMapFollower, load_or_init, load_versioned
+from logplex.backlog.writer import Backlogs
 from logplex.router import DropReport, Router
 from logplex.saturation import HoldMeter, WorkerLoad, listener_name
-from logplex.tails import TailRegistry
-from logplex.web import ConnectionCap, LogplexSite
+from logplex.tails.session import TailRegistry
+from logplex.http.site import ConnectionCap, LogplexSite
 from logplex.workers import adopt, listeners
 
 log = Logger()

@@ -27,7 +27,7 @@ from logplex.model import (
     new_drain_token,
     new_token_id,
 )
-from logplex.redis.bus import Subscription
+from logplex.redis.subscription import Subscription
 from logplex.redis.connection import RedisAddress
 from logplex.redis.keys import RedisKeys
 

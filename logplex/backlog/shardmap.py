@@ -12,7 +12,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from logplex.redis.keys import RedisKeys
-from logplex.redis.shards import ShardRing
+from logplex.backlog.writer import ShardRing
 
 log = Logger()
 
