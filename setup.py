@@ -58,8 +58,9 @@ setup(
     long_description_content_type="text/x-rst",
     python_requires=">=3.10",
     packages=find_packages(exclude=["tests", "tests.*", "bench"]) + ["twisted.plugins"],
-    # The live-tail page's HTML, CSS and JavaScript (GET /tail).
-    package_data={"logplex": ["static/*"]},
+    # The live-tail page's HTML, CSS and JavaScript (GET /tail), and the Lua scripts
+    # each room sends to Redis (logplex/<room>/scripts/*.lua).
+    package_data={"logplex": ["static/*", "*/scripts/*.lua"]},
     install_requires=[
         "twisted[tls,conch]>=24.7",
         "txredisapi>=1.6",
