@@ -24,6 +24,7 @@ from logplex.drains.adoption import SpoolAdopter
 from logplex.drains.http import load_trust_root, make_client
 from logplex.drains.resolver import PublicOnlyReactor
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
+from logplex.errors import StartFailed
 from logplex.health import Health, assess, pool_connected
 from logplex.ingest.http import LogInput
 from logplex.ingest.syslog import SyslogFactory
@@ -399,10 +400,6 @@ def _log_drop(reason: str, detail: str, count: int) -> None:
     log.warn("messages_dropped reason={reason!r} {detail}count={count} (the next such line within "
              "a minute waits and counts)", reason=reason, detail=f"token={detail!r} " if detail else "",
              count=count)
-
-
-class StartFailed(Exception):
-    """A node cannot start for a reason its operator can fix; the message says how."""
 
 
 def exit_status_at_exit(status: int) -> None:

@@ -205,7 +205,8 @@ class WorkerMaster(MultiService):
 
     def _failed(self, failure) -> None:
         from logplex.redis.embedded import EmbeddedRedisError
-        from logplex.node import StartFailed, exit_status_at_exit
+        from logplex.errors import StartFailed
+        from logplex.node import exit_status_at_exit
 
         if failure.check(StartFailed, EmbeddedRedisError):
             # A cause the operator can fix: one line that says what to do, as a single process says it.
@@ -230,7 +231,7 @@ class WorkerMaster(MultiService):
             try:
                 socks = reuseport_sockets(self.reactor, description, self.count)
             except OSError as e:
-                from logplex.node import StartFailed
+                from logplex.errors import StartFailed
 
                 raise StartFailed(
                     f"The {kind} listener cannot listen on {description}: {e.strerror or e}. Stop what "

@@ -16,7 +16,8 @@ from logplex.http.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, log
 from logplex.framing import encode_logplex1
 from logplex.health import assess
 from logplex.model import FULL_API, NO_REDIS, NO_TAIL, PERMISSIONS, READ_CHANNEL, SessionSpec
-from logplex.config.store import ConfigError, ConfigStore
+from logplex.config.store import ConfigStore
+from logplex.errors import ConfigError, Conflict, NotFound, Unavailable
 from logplex.tails.session import DEFAULT_TAIL_BUFFER_BYTES, TailFilter, TailRegistry, TailSession
 from logplex.http.site import STREAMING, Dispatcher, HttpError, Reply, error_reply, read_json, route
 
@@ -27,6 +28,9 @@ NO_TAIL_WARNING = b"Error L20 (Tail sessions forbidden) Tail sessions for this a
 NO_REDIS_WARNING = b"Warning: log history discarded due to excessive volume."
 # Requests that change nothing: a page of any origin may send them.
 SAFE_METHODS = {b"GET", b"HEAD", b"OPTIONS"}
+
+# How the API answers what the config refuses; any other ConfigError is a 422.
+CONFIG_ERROR_STATUS = {NotFound: 404, Conflict: 409, Unavailable: 503}
 
 
 def channel_ended(channel_id: str) -> bytes:
@@ -142,7 +146,7 @@ class ManagementApi:
     @staticmethod
     def _config_error(e: Exception) -> Reply | None:
         if isinstance(e, ConfigError):
-            return error_reply(e.status, e.message)
+            return error_reply(CONFIG_ERROR_STATUS.get(type(e), 422), e.message)
         return None
 
     def _same_origin(self, handler):

@@ -30,30 +30,9 @@ from logplex.model import (
 from logplex.redis.subscription import Subscription
 from logplex.redis.connection import RedisAddress
 from logplex.redis.keys import RedisKeys
+from logplex.errors import ConfigError, Conflict, NotFound, Unavailable
 
 log = Logger()
-
-class ConfigError(Exception):
-    """A request the config cannot satisfy; status is the HTTP answer it maps to."""
-
-    status = 422
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class NotFound(ConfigError):
-    status = 404
-
-
-class Conflict(ConfigError):
-    status = 409
-
-
-class Unavailable(ConfigError):
-    status = 503
-
 
 # Every script names what it touches through these locals, which ConfigStore._eval
 # gives as KEYS in this order: the key schema (logplex.redis.keys) spells them.
