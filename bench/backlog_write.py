@@ -26,6 +26,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -111,12 +112,9 @@ async def flush_raw(counter: _Counter, keys: RedisKeys, batch: dict[str, list[by
 
 
 async def run(args) -> None:
-    port = ingest.free_port()
-    tmp = os.path.join("/tmp", f"backlog-write-{port}")
-    os.makedirs(tmp, exist_ok=True)
-    proc = ingest.spawn([args.redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                         "--appendonly", "no", "--dir", tmp], os.path.join(tmp, "redis.log"))
-    ingest.wait_for(lambda: ingest.redis_call(port, "PING") == b"+PONG", "redis-server", proc)
+    tmp = tempfile.mkdtemp(prefix="backlog-write-")
+    server = ingest.start_redis(tmp, args.redis_server)
+    port = server.port
     keys = RedisKeys("bench", 0)
     pool = connection.connect(connection.parse_redis_url(f"redis://127.0.0.1:{port}/0"), reply_timeout=60)
     await pool.ping()
@@ -149,7 +147,8 @@ async def run(args) -> None:
                   f"{1000 * sum(walls) / len(walls):>9.1f}", flush=True)
     counter.transport.loseConnection()
     await pool.disconnect()
-    proc.terminate()
+    server.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:

@@ -52,7 +52,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "integration"))
 import cardinality  # noqa: E402
 import drains  # noqa: E402  (revision, read_json)
 import ingest  # noqa: E402  (spawn, cleanup, free_port, metrics, cpu_seconds, rss_mib, build_frame)
@@ -128,20 +127,13 @@ def delta(after: dict, before: dict, prefix: str = "cmd:") -> dict:
 # -- the node ------------------------------------------------------------------------------
 def start_node(tmp: str, args, rport: int, name: str, sink_ok: bool = True):
     """A node with its own name and data directory (two share one Redis for the bus step)."""
-    ports = {k: ingest.free_port() for k in ("api", "logs", "syslog")}
-    data = os.path.join(tmp, f"data-{name}")
-    cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex", "--stop-grace", "0",
-           "--api", f"tcp:{ports['api']}:interface=127.0.0.1", "--logs", f"tcp:{ports['logs']}:interface=127.0.0.1",
-           "--syslog", f"tcp:{ports['syslog']}:interface=127.0.0.1",
-           "--config-redis", f"redis://127.0.0.1:{rport}/0", "--auth", "admin:secret",
-           "--data-dir", data, "--history", str(args.history), "--node-name", name,
-           *(["--allow-private-drains"] if sink_ok else []), "--workers", "1", *args.node_arg]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [args.code, os.environ.get("PYTHONPATH")])))
-    proc = ingest.spawn(cmd, os.path.join(tmp, f"node-{name}.log"), env)
-    peers.node_groups.append(proc.pid)
-    api = f"http://127.0.0.1:{ports['api']}"
-    ingest.wait_for(lambda: ingest.http("GET", api + "/healthcheck")[0] == 200, f"node {name} healthcheck", proc)
-    return proc, api, ports, cmd
+    node = ingest.start_node(tempfile.mkdtemp(prefix=f"node-{name}-", dir=tmp), f"redis://127.0.0.1:{rport}/0",
+                             ["--history", str(args.history), *(["--allow-private-drains"] if sink_ok else []),
+                              *args.node_arg],
+                             name=name, code=args.code, data_dir=os.path.join(tmp, f"data-{name}"))
+    peers.node_groups.append(node.pid)
+    ports = {"api": node.api_port, "logs": node.logs_port, "syslog": node.syslog_port}
+    return node.process, node.api_url, ports, node.command()
 
 
 def restart(node, tmp: str, args, rport: int, channels: int):

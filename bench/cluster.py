@@ -73,35 +73,24 @@ def safe(fn, pid, default=0.0):
 
 
 def start_redis(tmp):
-    port = ib.free_port()
-    proc = ib.spawn(["/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", tmp], os.path.join(tmp, "redis.log"))
-    ib.wait_for(lambda: ib.redis_call(port, "PING") == b"+PONG", "redis-server", proc)
-    return proc, port
+    server = ib.start_redis(tmp, "/usr/bin/redis-server")
+    return server.process, server.port
 
 
 def start_node(tmp, name, rport, history, workers=1):
     """A node (or a --workers master) on its own ports; returns (proc, ports, command, log path)."""
-    ports = {k: ib.free_port() for k in ("api", "logs", "syslog")}
-    data = os.path.join(tmp, name)
-    os.makedirs(data, exist_ok=True)
-    cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex", "--stop-grace", "0",
-           "--api", f"tcp:{ports['api']}:interface=127.0.0.1",
-           "--logs", f"tcp:{ports['logs']}:interface=127.0.0.1",
-           "--syslog", f"tcp:{ports['syslog']}:interface=127.0.0.1",
-           "--config-redis", f"redis://127.0.0.1:{rport}/0", "--auth", "admin:secret",
-           "--data-dir", data, "--history", str(history), "--node-name", name, "--workers", str(workers)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ib.ROOT, os.environ.get("PYTHONPATH")])))
-    log_path = os.path.join(tmp, f"{name}.log")
-    proc = ib.spawn(cmd, log_path, env)
-    groups.append(proc.pid)  # start_new_session: its pgid is its pid
+    node = ib.start_node(os.path.join(tmp, name), f"redis://127.0.0.1:{rport}/0", ["--history", str(history)],
+                         name=name, workers=workers)
+    proc, log_path = node.process, node.log_path
+    ports = {"api": node.api_port, "logs": node.logs_port, "syslog": node.syslog_port}
+    groups.append(proc.pid)  # a session of its own: its pgid is its pid
     # Every worker must be serving before senders connect: the master's listening
     # socket queues connections from the start, and the first worker to accept
     # would take them all. Each node logs one "ready" line once its inputs listen
     # ("node_ready ..." in this tree, "logplex <version> node=... ready api=..." before).
     ib.wait_for(lambda: len(READY.findall(open(log_path, "rb").read())) >= workers,
                 f"node {name}: {workers} worker(s) ready", proc, timeout=90)
-    return proc, ports, cmd, log_path
+    return proc, ports, node.command(), log_path
 
 
 def node_died(proc, log_path):

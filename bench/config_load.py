@@ -37,7 +37,7 @@ from logplex.model import Channel, Drain, Token, new_drain_token, new_token_id  
 from logplex.config.store import ConfigStore  # noqa: E402
 from logplex.redis.connection import connect, parse_redis_url  # noqa: E402
 from logplex.redis.keys import RedisKeys  # noqa: E402
-from tests.integration.procs import RedisServer  # noqa: E402
+from tests.harness.procs import RedisServer  # noqa: E402
 
 # How many field/value pairs one HSET (or members one SADD) carries while filling.
 BATCH = 1000

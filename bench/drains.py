@@ -29,7 +29,7 @@ try:  # run as bench/drains.py (bench/ on sys.path) or imported as bench.drains
     import ingest
 except ImportError:  # pragma: no cover
     from bench import ingest
-from ingest import NodeDied, cleanup, cpu_seconds, free_port, http, metrics, redis_call, rss_mib, spawn, wait_for
+from ingest import NodeDied, cleanup, cpu_seconds, free_port, http, metrics, rss_mib, spawn, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHANNEL = "bench-drain"
@@ -39,24 +39,13 @@ MARK_WIDTH = len(b"t=1732491000.123456 s=000:0000000000 ")
 
 
 def start_node(tmp: str, args, node_args: list[str]):
-    """redis-server and a node, as bench/ingest.py's run() starts them (its first half, which
-    ingest.py does not expose as a function), plus --allow-private-drains and node_args."""
-    rport, api_port, logs_port, syslog_port = (free_port() for _ in range(4))
-    redis = spawn([args.redis_server, "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--dir", tmp], os.path.join(tmp, "redis.log"))
-    wait_for(lambda: redis_call(rport, "PING") == b"+PONG", "redis-server", redis)
-    node_cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex", "--stop-grace", "0",
-                "--api", f"tcp:{api_port}:interface=127.0.0.1",
-                "--logs", f"tcp:{logs_port}:interface=127.0.0.1",
-                "--syslog", f"tcp:{syslog_port}:interface=127.0.0.1",
-                "--config-redis", f"redis://127.0.0.1:{rport}/0", "--auth", "admin:secret",
-                "--data-dir", tmp, "--history", str(args.history), "--allow-private-drains", "--workers", "1", *node_args]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ingest.ROOT, os.environ.get("PYTHONPATH")])))
-    node_log = os.path.join(tmp, "node.log")
-    node = spawn(node_cmd, node_log, env)
-    api = f"http://127.0.0.1:{api_port}"
-    wait_for(lambda: http("GET", api + "/healthcheck")[0] == 200, "node healthcheck", node)
-    return redis, node, api, syslog_port, node_cmd, node_log
+    """The harness's redis-server and a node on it (ingest.start_redis, ingest.start_node), with
+    --allow-private-drains and node_args: (redis process, node process, API URL, syslog port,
+    node command, node log path)."""
+    server = ingest.start_redis(tmp, args.redis_server)
+    node = ingest.start_node(os.path.join(tmp, "node"), server.url,
+                             ["--history", str(args.history), "--allow-private-drains", *node_args])
+    return server.process, node.process, node.api_url, node.syslog_port, node.command(), node.log_path
 
 
 def frame_format(token: bytes, conn: int, size: int) -> bytes:

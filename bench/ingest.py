@@ -23,6 +23,11 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from tests.harness.procs import NodeProcess, RedisServer  # noqa: E402
+from tests.harness import procs  # noqa: E402
+
+free_port = procs.free_port  # the scripts that import this one take it from here
 AUTH = "Basic " + base64.b64encode(b"admin:secret").decode()
 WRITTEN, DROPPED = "logplex_backlog_written_total", "logplex_backlog_dropped_total"
 # Lines the writer skipped because newer ones already fill the channel's history:
@@ -37,10 +42,27 @@ class NodeDied(Exception):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_redis(tmp: str, binary: str | None = None) -> RedisServer:
+    """The harness's redis-server (free loopback port, no persistence) in tmp/redis; cleanup() stops it."""
+    server = RedisServer(os.path.join(tmp, "redis"), binary)
+    server.start()
+    started.append(server.process)
+    return server
+
+
+def start_node(directory: str, redis_url: str, args: list[str], *, name: str | None = None,
+               workers: int = 1, code: str | None = None, data_dir: str | None = None,
+               timeout: float = 90) -> NodeProcess:
+    """The harness's node (`twistd -n logplex` of this checkout, or of `code`; admin:secret,
+    --stop-grace 0, loopback ports) in a process group of its own; cleanup() stops it."""
+    node = NodeProcess(directory, redis_url, args, name=name, workers=workers, code=code,
+                       session=True, data_dir=data_dir)
+    try:
+        node.start(timeout)
+    except RuntimeError as e:
+        raise NodeDied(str(e)) from None
+    started.append(node.process)
+    return node
 
 
 def http(method, url, body=None):
@@ -163,27 +185,16 @@ def sender(port, frame, seconds, rate, ready, go, results, index):
 def run(args) -> dict:
     tmp = tempfile.mkdtemp(prefix="logplex-bench-")
     tmp_dirs.append(tmp)
-    rport, api_port, logs_port, syslog_port = (free_port() for _ in range(4))
-    redis = spawn([args.redis_server, "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--dir", tmp], os.path.join(tmp, "redis.log"))
-    wait_for(lambda: redis_call(rport, "PING") == b"+PONG", "redis-server", redis)
-
-    node_cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex", "--stop-grace", "0",
-                "--api", f"tcp:{api_port}:interface=127.0.0.1",
-                "--logs", f"tcp:{logs_port}:interface=127.0.0.1",
-                "--syslog", f"tcp:{syslog_port}:interface=127.0.0.1",
-                "--config-redis", f"redis://127.0.0.1:{rport}/0", "--auth", "admin:secret",
-                "--data-dir", tmp, "--history", str(args.history), "--workers", "1"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-    node_log = os.path.join(tmp, "node.log")
-    node = spawn(node_cmd, node_log, env)
-    api = f"http://127.0.0.1:{api_port}"
-    wait_for(lambda: http("GET", api + "/healthcheck")[0] == 200, "node healthcheck", node)
+    server = start_redis(tmp, args.redis_server)
+    rport, redis = server.port, server.process
+    harness_node = start_node(os.path.join(tmp, "node"), server.url, ["--history", str(args.history)])
+    node, node_cmd, api, syslog_port = (harness_node.process, harness_node.command(), harness_node.api_url,
+                                        harness_node.syslog_port)
 
     def check_node():
         if node.poll() is not None:
             raise NodeDied(f"the node exited with {node.returncode}; its log ends:\n"
-                           + open(node_log, errors="replace").read()[-3000:])
+                           + harness_node.log_text()[-3000:])
 
     frames = []
     for i in range(args.channels):

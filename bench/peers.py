@@ -60,12 +60,11 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "integration"))
 import cardinality  # noqa: E402  (spreads, ApiPool, create_channels)
 import drains  # noqa: E402  (revision, read_json, metric names)
 import ingest  # noqa: E402  (spawn, cleanup, free_port, http, metrics, cpu_seconds, ...)
 import loadgen  # noqa: E402
-import senders  # noqa: E402  (tests/integration/senders.py: rsyslogd_path, SyslogNgTree, unpack_syslog_ng)
+from tests.harness import senders  # noqa: E402  (rsyslogd_path, SyslogNgTree, unpack_syslog_ng; ingest put the repository on sys.path)
 
 RELAYS = ("rsyslog", "sng-tcp", "sng-http")
 NODES = ("a", "b", "c", "e", "d")
@@ -178,11 +177,8 @@ def listening(port: int) -> bool:
 
 # -- the node ------------------------------------------------------------------------------
 def start_redis(tmp: str, args) -> tuple[subprocess.Popen, int]:
-    port = ingest.free_port()
-    proc = ingest.spawn([args.redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                         "--appendonly", "no", "--dir", tmp], os.path.join(tmp, "redis.log"))
-    ingest.wait_for(lambda: ingest.redis_call(port, "PING") == b"+PONG", "redis-server", proc)
-    return proc, port
+    server = ingest.start_redis(tmp, args.redis_server)
+    return server.process, server.port
 
 
 def snapshot_code(source: str | None = None) -> tuple[str, str]:
@@ -205,22 +201,15 @@ def snapshot_code(source: str | None = None) -> tuple[str, str]:
 
 
 def start_node(tmp: str, args, rport: int, extra: list[str]):
-    """A node on its own ports (as bench/drains.py starts one, plus a stable --node-name so that a
-    restart on the same Redis is the same node); returns (process, api URL, ports, command, log)."""
-    ports = {k: ingest.free_port() for k in ("api", "logs", "syslog")}
-    cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex", "--stop-grace", "0",
-           "--api", f"tcp:{ports['api']}:interface=127.0.0.1", "--logs", f"tcp:{ports['logs']}:interface=127.0.0.1",
-           "--syslog", f"tcp:{ports['syslog']}:interface=127.0.0.1",
-           "--config-redis", f"redis://127.0.0.1:{rport}/0", "--auth", "admin:secret",
-           "--data-dir", os.path.join(tmp, "data"), "--history", str(args.history), "--node-name", "bench",
-           "--allow-private-drains", "--workers", "1", *extra]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [args.code, os.environ.get("PYTHONPATH")])))
-    log = os.path.join(tmp, f"node-{len(os.listdir(tmp))}.log")
-    proc = ingest.spawn(cmd, log, env)
-    node_groups.append(proc.pid)
-    api = f"http://127.0.0.1:{ports['api']}"
-    ingest.wait_for(lambda: ingest.http("GET", api + "/healthcheck")[0] == 200, "node healthcheck", proc)
-    return proc, api, ports, cmd, log
+    """A node on its own ports (as bench/drains.py starts one, plus a stable --node-name and data
+    directory so that a restart on the same Redis is the same node); returns (process, api URL,
+    ports, command, log)."""
+    node = ingest.start_node(tempfile.mkdtemp(prefix="node-", dir=tmp), f"redis://127.0.0.1:{rport}/0",
+                             ["--history", str(args.history), "--allow-private-drains", *extra],
+                             name="bench", code=args.code, data_dir=os.path.join(tmp, "data"))
+    node_groups.append(node.pid)
+    ports = {"api": node.api_port, "logs": node.logs_port, "syslog": node.syslog_port}
+    return node.process, node.api_url, ports, node.command(), node.log_path
 
 
 # -- processes and /proc -------------------------------------------------------------------

@@ -46,6 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import drains as bench_drains  # noqa: E402  (bench/drains.py: frame_format, sender, revision)
 import ingest as ib  # noqa: E402  (bench/ingest.py: spawn, cleanup, free_port, metrics, rss_mib, ...)
+from tests.harness.procs import NodeProcess, RedisServer  # noqa: E402  (ingest put the repository on sys.path)
 
 RESULTS = os.path.join(HERE, "results")
 AUTH = "Basic " + base64.b64encode(b"admin:secret").decode()
@@ -225,88 +226,63 @@ def resp(port: int, *args, timeout: float = 30.0):
         return read()
 
 
-class Redis:
-    """A redis-server on a fixed loopback port that can be killed and started again on it."""
+class Redis(RedisServer):
+    """The harness's redis-server; started again after a kill, it comes back on its port."""
 
     def __init__(self, root: str, name: str) -> None:
-        self.dir = os.path.join(root, name)
-        os.makedirs(self.dir)
+        super().__init__(os.path.join(root, name), "/usr/bin/redis-server")
         self.name = name
-        self.port = ib.free_port()
-        self.proc: subprocess.Popen | None = None
 
     @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    def proc(self) -> subprocess.Popen | None:
+        return self.process
 
     def start(self) -> None:
-        self.proc = ib.spawn(["/usr/bin/redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no", "--dir", self.dir],
-                             os.path.join(self.dir, "redis.log"))
-        ib.wait_for(lambda: ib.redis_call(self.port, "PING") == b"+PONG", f"{self.name} redis", self.proc)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
+        if self.port:
+            self.restart()
+        else:
+            super().start()
+        ib.started.append(self.process)
 
 
-class Node:
-    """twistd logplex on fixed ports, so a restart comes back where senders reconnect."""
+class Node(NodeProcess):
+    """The harness's node on a config and a shard Redis; a restart comes back on its ports, where
+    senders reconnect."""
 
-    def __init__(self, root: str, cfg: Redis, shard: Redis, extra: list[str]) -> None:
-        self.dir = os.path.join(root, "node")
-        os.makedirs(self.dir)
-        self.api_port, self.logs_port, self.syslog_port = (ib.free_port() for _ in range(3))
-        self.cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "logplex", "--stop-grace", "0",
-                    "--api", f"tcp:{self.api_port}:interface=127.0.0.1",
-                    "--logs", f"tcp:{self.logs_port}:interface=127.0.0.1",
-                    "--syslog", f"tcp:{self.syslog_port}:interface=127.0.0.1",
-                    "--config-redis", cfg.url, "--shard-redis", shard.url, "--node-name", "soak",
-                    "--auth", "admin:secret", "--data-dir", self.dir, "--allow-private-drains", "--workers", "1", *extra]
-        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ib.ROOT, os.environ.get("PYTHONPATH")])))
-        self.proc: subprocess.Popen | None = None
-        self.runs = 0
-        self.api = f"http://127.0.0.1:{self.api_port}"
+    def __init__(self, root: str, cfg: Redis, shard: Redis, extra: list[str], name: str = "soak") -> None:
+        super().__init__(os.path.join(root, "node"), cfg.url, ["--shard-redis", shard.url, "--allow-private-drains", *extra],
+                         name=name, session=True)
+        self.api = self.api_url
 
     @property
-    def log_path(self) -> str:
-        return os.path.join(self.dir, f"node-{self.runs}.log")
+    def proc(self) -> subprocess.Popen | None:
+        return self.process
+
+    @property
+    def cmd(self) -> list[str]:
+        return self.command()
 
     def start(self) -> float:
         began = time.monotonic()
-        self.runs += 1
-        self.proc = ib.spawn(self.cmd, self.log_path, self.env)
-        ib.wait_for(lambda: ib.http("GET", self.api + "/healthcheck")[0] == 200, "node healthcheck",
-                    self.proc, timeout=60)
+        super().start(60)
+        ib.started.append(self.process)
         return time.monotonic() - began
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process is not None and self.process.poll() is None
 
     def signal(self, sig: int) -> tuple[int, float]:
         began = time.monotonic()
-        self.proc.send_signal(sig)
-        code = self.proc.wait(60)
+        code = self.stop(sig, timeout=60)
         return code, time.monotonic() - began
 
     def log(self) -> str:
-        out = []
-        for run in range(1, self.runs + 1):
-            try:
-                out.append(open(os.path.join(self.dir, f"node-{run}.log"), errors="replace").read())
-            except OSError:
-                pass
-        return "\n".join(out)
+        return self.log_text()
 
     def rss(self) -> float | None:
         try:
-            return round(ib.rss_mib(self.proc.pid), 1)
-        except OSError:
+            return round(ib.rss_mib(self.pid), 1)
+        except (OSError, TypeError):
             return None
 
 
@@ -1192,8 +1168,7 @@ def case_departed_node(args) -> dict:
     extra = ["--heartbeat", "1", "--spool-adopt-after", str(adopt_after), "--drain-buffer", str(buffer)]
     w = World("departed-node", args, node_args=extra)
     check = Check()
-    peer = Node(os.path.join(w.root, "peer"), w.cfg, w.shard, ["--history", str(args.history), *extra,
-                                                               "--node-name", "peer"])
+    peer = Node(os.path.join(w.root, "peer"), w.cfg, w.shard, ["--history", str(args.history), *extra], name="peer")
     try:
         peer.start()
         w.start_load()

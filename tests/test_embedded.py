@@ -20,8 +20,8 @@ from logplex.redis.embedded import (
     RedisServerNotFound,
     find_redis_server,
 )
-from tests.integration import procs
-from tests.integration.procs import NodeProcess, RedisServer
+from tests.harness import procs
+from tests.harness.procs import NodeProcess, RedisServer
 
 
 def _pid_exists(pid: int) -> bool:

@@ -21,7 +21,7 @@ from logplex.listen import LISTEN_BACKLOG, ProxiedEndpoint, normalised, server_e
 from logplex.metrics import Metrics
 from logplex.tls import ServerTLS, choose_protocol
 from logplex.http.site import ConnectionCap
-from tests.certs import TestCA, endpoint_description
+from tests.harness.certs import TestCA, endpoint_description
 
 
 def test_tcp_tls_and_unix_listeners_get_the_deep_queue():

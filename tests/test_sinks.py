@@ -1,4 +1,4 @@
-"""Tests for tests.sinks and tests.certs: the loopback receivers drain tests use, over real sockets."""
+"""Tests for tests.harness.sinks and tests.harness.certs: the loopback receivers drain tests use, over real sockets."""
 
 from __future__ import annotations
 
@@ -26,20 +26,20 @@ from twisted.web.client import (
 )
 from treq.client import HTTPClient
 
-from tests.certs import (
+from tests.harness.certs import (
     WRONG_HOSTNAME,
     TestCA,
     TrustOnly,
     client_creator,
     endpoint_description,
 )
-from tests.sinks import (
+from tests.harness.sinks import (
     FramingError,
     HttpSink,
     StreamFrames,
-    SyslogSink,
     split_logplex_body,
 )
+from tests.harness.syslog_sink import SyslogSink
 
 MSG_A = b"<134>1 2026-11-24T10:00:00+00:00 host app web.1 - - GET / 200"
 # Digits, spaces, LF and CR inside a message are message bytes, never framing.

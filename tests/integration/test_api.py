@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from tests.integration.cluster import redis as redis_command
-from tests.integration.conftest import (
+from tests.harness.cluster import redis as redis_command
+from tests.harness.client import (
     ADMIN,
     LOGPLEX1,
     NO_BODY,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from logplex.redis.keys import RedisKeys
 from logplex.backlog.writer import WRITE_SCRIPT, write_arguments
-from tests.integration.cluster import redis as call
+from tests.harness.cluster import redis as call
 
 KEYS = RedisKeys("script-test", 0)
 

@@ -51,9 +51,9 @@ from array import array
 
 import pytest
 
-from tests.integration.cluster import backlog, wait_until
-from tests.integration.conftest import start_node, stop_node
-from tests.integration.procs import REPO_ROOT, RedisServer
+from tests.harness.cluster import backlog, wait_until
+from tests.harness.client import start_node, stop_node
+from tests.harness.procs import REPO_ROOT, RedisServer
 
 MIB = 1024 * 1024
 KIB = 1024

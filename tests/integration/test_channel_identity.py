@@ -20,9 +20,9 @@ from collections.abc import Callable
 import pytest
 
 from logplex import secrets
-from tests.integration.cluster import redis as redis_command
-from tests.integration.cluster import send_lines, wait_until, warm
-from tests.integration.conftest import basic, decode_logplex1, http_request, start_node, stop_node, unique
+from tests.harness.cluster import redis as redis_command
+from tests.harness.cluster import send_lines, wait_until, warm
+from tests.harness.client import basic, decode_logplex1, http_request, start_node, stop_node, unique
 
 # A new line must reach a tail within this, and an end be told within this.
 WITHIN = 3.0

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from logplex.admin import cli
-from tests.integration.conftest import TS, octet, send_syslog, syslog_message, unique, wait_for
-from tests.integration.procs import REPO_ROOT, free_port
+from tests.harness.client import TS, octet, send_syslog, syslog_message, unique, wait_for
+from tests.harness.procs import REPO_ROOT, free_port
 
 COMMAND = [sys.executable, "-m", "logplex.admin.cli"]
 AUTH_FAILED = "logplex: authentication failed (401): check --auth, LOGPLEX_AUTH or ~/.netrc\n"

@@ -1,6 +1,6 @@
 """Issue #4, the cluster, with real processes: nodes a, b and c on one config Redis and two shard Redis.
 
-The module shares one World (tests.integration.cluster). The tests that
+The module shares one World (tests.harness.cluster). The tests that
 change it run late and in this order: the shard test grows the shard map and
 moves shard-0, the node test kills c. --workers has a node of its own.
 
@@ -28,7 +28,7 @@ from twisted.trial import unittest
 
 import logplex
 from logplex.model import Channel, Token, new_token_id
-from tests.integration.cluster import (
+from tests.harness.cluster import (
     BusWatcher,
     Pacer,
     Sender,
@@ -48,9 +48,9 @@ from tests.integration.cluster import (
     wait_until,
     warm,
 )
-from tests.integration.conftest import Node, http_request, octet, syslog_message, unique
-from tests.integration.procs import REPO_ROOT, NodeProcess
-from tests.sinks import HttpSink
+from tests.harness.client import Node, http_request, octet, syslog_message, unique
+from tests.harness.procs import REPO_ROOT, NodeProcess
+from tests.harness.sinks import HttpSink
 
 BUS_RECEIVED = "logplex_tail_bus_received_total"
 

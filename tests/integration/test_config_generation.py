@@ -16,10 +16,10 @@ import pytest
 from twisted.internet import threads
 from twisted.trial import unittest
 
-from tests.integration.cluster import (
+from tests.harness.cluster import (
     Pacer, Sender, World, backlog, metric_sum, redis, texts_of, wait_until,
 )
-from tests.sinks import HttpSink
+from tests.harness.sinks import HttpSink
 
 
 @pytest.fixture(scope="module")

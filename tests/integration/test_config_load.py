@@ -9,7 +9,7 @@ from logplex.model import Channel, Credential, Drain, Token
 from logplex.config.store import ConfigStore
 from logplex.redis.connection import connect, parse_redis_url
 from logplex.redis.keys import RedisKeys
-from tests.integration.procs import RedisServer
+from tests.harness.procs import RedisServer
 
 KEYS = RedisKeys("lp", 0)
 # Ids and names a page must carry through Lua's JSON and back: quotes, backslashes,

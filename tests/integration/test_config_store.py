@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 from logplex.config.store import ConfigStore, NotFound, Conflict, ConfigError, Unavailable
 from logplex.redis.connection import connect, parse_redis_url
 from logplex.redis.keys import RedisKeys
-from tests.integration.procs import RedisServer
+from tests.harness.procs import RedisServer
 
 
 async def until(predicate, timeout=5.0):

@@ -1,8 +1,8 @@
 """Drains end to end: real node processes deliver to real HTTP(S) and syslog receivers.
 
-The receivers (tests.sinks) are Twisted servers, so these are trial test
+The receivers (tests.harness.sinks) are Twisted servers, so these are trial test
 cases run by pytest: each test runs in the reactor, and whatever blocks (the
-node processes, the API and syslog clients of tests.integration.conftest)
+node processes, the API and syslog clients of tests.harness.client)
 runs in a thread through deferToThread, leaving the reactor free to answer
 the node's drain requests meanwhile.
 
@@ -18,24 +18,22 @@ import collections
 import os
 import re
 import shutil
-import signal
-import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from twisted.internet import defer, reactor, task, threads
-from twisted.trial import unittest
+from twisted.internet import defer, reactor
 
 import logplex
 from logplex.redis.connection import connect, parse_redis_url
-from tests.certs import WRONG_HOSTNAME, TestCA
-from tests.integration.conftest import TS, Node, decode_logplex1, http_request, octet, syslog_message, unique
-from tests.integration.procs import NodeProcess, RedisServer
-from tests.sinks import HttpSink, SyslogSink
+from tests.harness.certs import WRONG_HOSTNAME, TestCA
+from tests.harness.client import TS, Node, Sender, stop_node
+from tests.harness.procs import RedisServer
+from tests.harness.sinks import HttpSink
+from tests.harness.syslog_sink import SyslogSink
+from tests.harness.trial import NodeCase, http_frame, metric_samples, start_node, texts
 
 SHARED_NODE = "drains-shared"
 OVERFLOW_NODE = "drains-overflow"
@@ -49,15 +47,6 @@ L14 = b"Error L14 (certificate validation):"
 
 
 # -- blocking helpers (run in threads) ----------------------------------------------------
-def texts(tag: str, count: int, start: int = 0) -> list[str]:
-    return [f"{tag} {i:06d}" for i in range(start, start + count)]
-
-
-def http_frame(text: str) -> bytes:
-    """What an HTTP drain body holds for a message of the test's sender: logplex's output format."""
-    return f"<134>1 {TS} host app web.1 - {text}\n".encode()
-
-
 def syslog_frame(drain_token: str, text: str) -> bytes:
     """What a syslog drain writes for it: the drain token as HOSTNAME, NILVALUE MSGID and SD."""
     return f"<134>1 {TS} {drain_token} app web.1 - - {text}\n".encode()
@@ -67,59 +56,10 @@ def index_of(frame: bytes) -> int:
     return int(frame.rstrip(b"\n").rsplit(b" ", 1)[1])
 
 
-class Sender:
-    """One syslog TCP connection to a node (order holds per connection); call from a thread."""
-
-    def __init__(self, port: int, token: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.token = token
-        self.sent: list[tuple[str, float]] = []  # (text, monotonic time it was written)
-
-    def send(self, lines: list[str], *, rate: float | None = None, chunk: int = 50) -> None:
-        """Write lines in writes of `chunk` messages, at about `rate` messages a second if given."""
-        began = time.monotonic()
-        for i in range(0, len(lines), chunk):
-            part = lines[i:i + chunk]
-            self.sock.sendall(b"".join(octet(syslog_message(self.token, "web.1", t)) for t in part))
-            now = time.monotonic()
-            self.sent.extend((t, now) for t in part)
-            if rate:
-                ahead = began + (i + len(part)) / rate - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def metric_samples(node: Node) -> dict[str, float]:
-    """Every sample on GET /metrics, keyed by name and labels as printed."""
-    answer = http_request(node.api_port, "GET", "/metrics")
-    assert answer.status == 200, answer
-    out = {}
-    for line in answer.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
-
-
 def describe_requests(sink: HttpSink) -> list:
     """Each request the sink saw, in short: for failure messages."""
     return [(r.frame_id[:8] if r.frame_id else None, r.status or r.mode, len(r.frames),
              r.frames[0][:70] if r.frames else b"") for r in sink.requests]
-
-
-def start_node(directory: str, redis_url: str, name: str, *args: str) -> Node:
-    proc = NodeProcess(directory, redis_url, list(args), name=name)
-    proc.start()
-    return Node(proc, [proc.syslog_port])
-
-
-def stop_node(node: Node) -> None:
-    code = node.proc.stop()
-    # twistd ends a clean SIGTERM shutdown by re-raising the signal on itself.
-    assert code in (0, -signal.SIGTERM), f"node exited with {code}:\n{node.proc.log_text()[-4000:]}"
 
 
 # -- the module's shared world ---------------------------------------------------------------
@@ -170,67 +110,6 @@ def drain_world():
         finally:
             world.redis.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-class NodeCase(unittest.TestCase):
-    """Plumbing for trial tests against real nodes: API calls in threads, waits on conditions.
-
-    Subclasses set self.node (the default node) and channel_prefix.
-    """
-
-    channel_prefix = "drains"
-
-    def blocking(self, fn: Callable, *args: Any, **kwargs: Any) -> defer.Deferred:
-        return threads.deferToThread(fn, *args, **kwargs)
-
-    async def sleep(self, seconds: float) -> None:
-        await task.deferLater(reactor, seconds, lambda: None)
-
-    async def until(self, fetch: Callable, done: Callable[[Any], bool], timeout: float,
-                    what: str, node: Node | None = None) -> Any:
-        """await fetch() every 50 ms until done(value); fails, saying what and the last value, after timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = await fetch()
-            if done(value):
-                return value
-            if time.monotonic() >= deadline:
-                log = (node or self.node).proc.log_text()[-3000:]
-                self.fail(f"{what}: not within {timeout} s; last seen {value!r}\n--- node log\n{log}")
-            await self.sleep(0.05)
-
-    async def started(self, sink):
-        await sink.start()
-        self.addCleanup(sink.stop)
-        return sink
-
-    async def api(self, method: str, path: str, body: Any = None, node: Node | None = None):
-        node = node or self.node
-        if body is None:
-            return await self.blocking(node.api, method, path)
-        return await self.blocking(node.api, method, path, body)
-
-    async def channel(self, node: Node | None = None) -> tuple[str, str]:
-        """A new channel with an `app` token: (channel id, token)."""
-        channel_id = unique(self.channel_prefix)
-        answer = await self.api("PUT", f"/v3/channels/{channel_id}", {"tokens": ["app"]}, node)
-        self.assertEqual(answer.status, 201, answer)
-        return channel_id, answer.json()["tokens"]["app"]
-
-    async def state(self, channel_id: str, drain_id: int, node: Node | None = None) -> dict:
-        answer = await self.api("GET", f"/v3/channels/{channel_id}/drains/{drain_id}", node=node)
-        self.assertEqual(answer.status, 200, answer)
-        return answer.json()["state"]
-
-    async def wait_state(self, channel_id: str, drain_id: int, done: Callable[[dict], bool],
-                         what: str, timeout: float = 10, node: Node | None = None) -> dict:
-        return await self.until(lambda: self.state(channel_id, drain_id, node), done, timeout,
-                                what, node)
-
-    async def backlog(self, channel_id: str, node: Node | None = None) -> list[bytes]:
-        answer = await self.api("GET", f"/v3/channels/{channel_id}/logs?num=1500", node=node)
-        self.assertEqual(answer.status, 200, answer)
-        return decode_logplex1(answer.body)
 
 
 class DrainTests(NodeCase):
@@ -686,7 +565,7 @@ class DrainTests(NodeCase):
             await running
 
         def sent_after(t: float) -> list[bytes]:
-            return [http_frame(text) for text, at in sender.sent if at >= t]
+            return [http_frame(text) for text, at in sender.sent_at if at >= t]
 
         async def arrived(sink: HttpSink, frames: list[bytes], what: str) -> None:
             want = set(frames)

@@ -1,6 +1,6 @@
 """Issue #4's faults, with real processes: a config Redis down, a shard down, a node killed.
 
-Nodes a, b and c on one config Redis and two shard Redis (tests.integration.cluster),
+Nodes a, b and c on one config Redis and two shard Redis (tests.harness.cluster),
 shared by the module; the node-kill test runs last since c stays dead.
 
 The Redis servers of these tests run without persistence. A production Redis
@@ -22,7 +22,7 @@ from twisted.internet import reactor, task, threads
 from twisted.trial import unittest
 
 from logplex.backlog.writer import ShardRing
-from tests.integration.cluster import (
+from tests.harness.cluster import (
     Pacer,
     Sender,
     World,
@@ -39,8 +39,8 @@ from tests.integration.cluster import (
     wait_until,
     warm,
 )
-from tests.integration.conftest import basic, http_request, unique
-from tests.sinks import HttpSink
+from tests.harness.client import basic, http_request, unique
+from tests.harness.sinks import HttpSink
 
 OUTAGE = 10.0
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.harness.client import (
     basic, http_request, logplex1, octet, start_node, stop_node, syslog_message, wait_for,
 )
 

@@ -9,9 +9,8 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import http_request, start_node, stop_node, wait_for
-from tests.integration.procs import REPO_ROOT, NodeProcess, RedisServer, free_port
-from tests.integration.test_manhole import make_key, ssh
+from tests.harness.client import http_request, make_key, ssh, start_node, stop_node, wait_for
+from tests.harness.procs import REPO_ROOT, NodeProcess, RedisServer, free_port
 
 
 def health(port: int, path: str = "/healthcheck"):

@@ -28,11 +28,12 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from tests.certs import Issued, TestCA, server_context
-from tests.integration.conftest import Node
-from tests.integration.procs import RedisServer
-from tests.integration.test_drains import NodeCase, Sender, http_frame, start_node, stop_node, texts
-from tests.sinks import HttpSink
+from tests.harness.certs import Issued, TestCA, server_context
+from tests.harness.client import Node
+from tests.harness.procs import RedisServer
+from tests.harness.client import Sender, stop_node
+from tests.harness.trial import NodeCase, http_frame, start_node, texts
+from tests.harness.sinks import HttpSink
 
 NODE_NAME = "hostile-drains"
 TIMEOUT = 1.0

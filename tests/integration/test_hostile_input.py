@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.harness.client import (
     ADMIN, basic, http_request, logplex1, start_node, stop_node, syslog_message, wait_for,
 )
-from tests.integration.procs import free_port
-from tests.integration.tls import HOST, HttpsNodeProcess, RsaPki
+from tests.harness.procs import free_port
+from tests.harness.tls import HOST, HttpsNodeProcess, RsaPki
 
 HEADER_TIMEOUT = 1.0
 

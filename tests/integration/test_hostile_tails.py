@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.harness.client import (
     TS,
     basic,
     logplex1,

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.harness.client import (
     ADMIN,
     TS,
     basic,

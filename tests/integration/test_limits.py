@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.harness.client import (
     http_request, octet, start_node, stop_node, syslog_message, wait_for,
 )
 

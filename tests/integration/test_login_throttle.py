@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.harness.client import (
     ADMIN, basic, create_credential, logplex1, start_node, stop_node, syslog_message,
 )
 

@@ -6,16 +6,11 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import start_node, stop_node
-from tests.integration.procs import free_port
+from tests.harness.client import make_key, ssh, start_node, stop_node
+from tests.harness.procs import free_port
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ssh") is None and not os.environ.get("CI"), reason="OpenSSH client not installed")
-
-
-def make_key(path: str) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path], check=True)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +26,6 @@ def shell(tmp_path_factory, redis):
                       "--manhole-keys", str(authorized))
     yield node, port, key, str(keys / "stranger")
     stop_node(node)
-
-
-def ssh(port, key, *command, stdin=None, tty=False):
-    argv = ["ssh", "-i", key, "-p", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
-    if tty:
-        argv.append("-tt")
-    return subprocess.run([*argv, "admin@127.0.0.1", *command], input=stdin, capture_output=True,
-                          timeout=30)
 
 
 def test_a_helper_runs_and_answers(shell):

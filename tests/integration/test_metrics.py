@@ -3,7 +3,7 @@
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import (
+from tests.harness.client import (
     http_request, octet, send_syslog, start_node, stop_node, syslog_message, wait_for,
 )
 

@@ -32,7 +32,7 @@ from openapi_spec_validator import validate as validate_openapi
 
 from logplex.api.management import ManagementApi
 from logplex.api.openapi import DOCUMENT, OPENAPI_PATH
-from tests.integration.conftest import (
+from tests.harness.client import (
     ADMIN,
     NO_BODY,
     Answer,
@@ -45,7 +45,7 @@ from tests.integration.conftest import (
     unique,
     wait_for,
 )
-from tests.integration.procs import REPO_ROOT, NodeProcess, RedisServer, free_port
+from tests.harness.procs import REPO_ROOT, NodeProcess, RedisServer, free_port
 
 SCHEMATHESIS_EXAMPLES = 20
 SCHEMATHESIS_SEED = 20240506

@@ -18,9 +18,9 @@ import threading
 
 import pytest
 
-from tests.integration.cluster import metric_sum, wait_until
-from tests.integration.conftest import octet, start_node, stop_node, syslog_message
-from tests.integration.procs import RedisServer
+from tests.harness.cluster import metric_sum, wait_until
+from tests.harness.client import octet, start_node, stop_node, syslog_message
+from tests.harness.procs import RedisServer
 
 CHANNELS = 10
 LINES = 400_000  # twice the writer's bound (200,000 lines)

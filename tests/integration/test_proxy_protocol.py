@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.certs import TestCA, endpoint_description
-from tests.integration.conftest import ADMIN, basic, logplex1, octet, syslog_message, unique, wait_for
-from tests.integration.procs import NodeProcess, free_port
+from tests.harness.certs import TestCA, endpoint_description
+from tests.harness.client import ADMIN, basic, logplex1, octet, syslog_message, unique, wait_for
+from tests.harness.procs import NodeProcess, free_port
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 

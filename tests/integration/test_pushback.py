@@ -1,7 +1,7 @@
 """Pushback end to end: a drain that is full only because this node is behind holds its senders back.
 
 Real node processes on a real redis-server of the module's own, real
-sockets, and the HTTP sink of tests.sinks running in the test's reactor
+sockets, and the HTTP sink of tests.harness.sinks running in the test's reactor
 (trial test cases, as in test_drains.py): whatever blocks runs in a thread
 through deferToThread, and every wait is on a condition.
 
@@ -37,11 +37,12 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from logplex.redis.keys import RedisKeys
-from tests.integration.conftest import (Node, basic, decode_logplex1, http_request, logplex1, octet,
+from tests.harness.client import (Node, basic, decode_logplex1, http_request, logplex1, octet,
                                        syslog_message, unique)
-from tests.integration.procs import RedisServer
-from tests.integration.test_drains import NodeCase, Sender, http_frame, metric_samples, start_node, stop_node, texts
-from tests.sinks import HttpSink
+from tests.harness.procs import RedisServer
+from tests.harness.client import Sender, stop_node
+from tests.harness.trial import NodeCase, http_frame, metric_samples, start_node, texts
+from tests.harness.sinks import HttpSink
 
 ON_NODE = "pushback-on"
 OFF_NODE = "pushback-off"

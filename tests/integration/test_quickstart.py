@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from tests.integration.cluster import wait_until
-from tests.integration.procs import REPO_ROOT, NodeProcess, free_port
+from tests.harness.cluster import wait_until
+from tests.harness.procs import REPO_ROOT, NodeProcess, free_port
 from tests.tools import skip_missing
 
 

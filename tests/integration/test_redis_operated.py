@@ -1,6 +1,6 @@
 """Issue #16: a node on Redis as production runs it, all real processes on loopback ports.
 
-A TLS-only redis-server (certificates made by tests.certs, also one that
+A TLS-only redis-server (certificates made by tests.harness.certs, also one that
 asks for a client certificate), an ACL user, a password rotation while the
 node runs, a Redis Cluster node the node refuses, and a primary + replica +
 three sentinels failing over under load.
@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from tests.certs import TestCA
-from tests.integration.cluster import Pacer, Sender, metric_sum, texts_of, try_backlog, wait_until
-from tests.integration.conftest import REPO_ROOT, Node, unique, wait_for
-from tests.integration.procs import NodeProcess, OperatedRedis, RedisTLS
+from tests.harness.certs import TestCA
+from tests.harness.cluster import Pacer, Sender, metric_sum, texts_of, try_backlog, wait_until
+from tests.harness.client import REPO_ROOT, Node, unique, wait_for
+from tests.harness.procs import NodeProcess, OperatedRedis, RedisTLS
 
 NODE_ARGS = ("--login-failures", "1000000", "--redis-timeout", "1")
 SERVICE = "logplex-primary"

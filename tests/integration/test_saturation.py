@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from tests.integration.conftest import Node, basic, logplex1, syslog_message
-from tests.integration.procs import RedisServer
-from tests.integration.test_drains import NodeCase, Sender, metric_samples, start_node, stop_node, texts
-from tests.sinks import HttpSink
+from tests.harness.client import Node, basic, logplex1, syslog_message
+from tests.harness.procs import RedisServer
+from tests.harness.client import Sender, stop_node
+from tests.harness.trial import NodeCase, metric_samples, start_node, texts
+from tests.harness.sinks import HttpSink
 
 NODE = "saturation"
 

@@ -38,7 +38,7 @@ import pytest
 import redis as redis_py
 
 from logplex import secrets
-from tests.integration.conftest import (
+from tests.harness.client import (
     basic, http_request, logplex1, octet, start_node, stop_node, syslog_message, unique, wait_for,
 )
 

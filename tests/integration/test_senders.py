@@ -26,9 +26,9 @@ from typing import NamedTuple
 import pytest
 from twisted.internet.endpoints import quoteStringArgument
 
-from tests.certs import WRONG_HOSTNAME, TestCA, endpoint_description
-from tests.integration import senders
-from tests.integration.conftest import (
+from tests.harness.certs import WRONG_HOSTNAME, TestCA, endpoint_description
+from tests.harness import senders
+from tests.harness.client import (
     ADMIN,
     Node,
     basic,
@@ -41,8 +41,8 @@ from tests.integration.conftest import (
     syslog_message,
     wait_for,
 )
-from tests.integration.procs import free_port
-from tests.integration.senders import (
+from tests.harness.procs import free_port
+from tests.harness.senders import (
     LogShuttle,
     Rsyslogd,
     SyslogNg,

@@ -20,12 +20,12 @@ from logplex.redis.connection import connect, parse_redis_url
 from logplex.redis.keys import RedisKeys
 from logplex.backlog.shardmap import _move
 
-from tests.integration.cluster import (
+from tests.harness.cluster import (
     Pacer, Sender, World, backlog, backlog_keys, metric_sum, redis, send_lines, texts_of,
     wait_until,
 )
-from tests.integration.conftest import unique
-from tests.integration.procs import RedisServer, Resp
+from tests.harness.client import unique
+from tests.harness.procs import RedisServer, Resp
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECONCILE = 1.0

@@ -17,9 +17,10 @@ import uuid
 
 import pytest
 
-from tests.integration.cluster import Resp, Tail, ThreadSink, metric_sum, open_tail, send_lines, wait_until
-from tests.integration.conftest import Node
-from tests.integration.procs import REPO_ROOT, NodeProcess, RedisServer
+from tests.harness.cluster import Resp, Tail, metric_sum, open_tail, send_lines, wait_until
+from tests.harness.sinks import ThreadSink
+from tests.harness.client import Node
+from tests.harness.procs import REPO_ROOT, NodeProcess, RedisServer
 
 NODE_ARGS = ("--allow-private-drains", "--heartbeat", "1", "--drain-backoff-max", "1",
              "--login-failures", "1000000")

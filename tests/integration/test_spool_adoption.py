@@ -12,9 +12,10 @@ import time
 
 import pytest
 
-from tests.integration.cluster import ThreadSink, metric_sum, send_lines, wait_until
-from tests.integration.conftest import Node
-from tests.integration.procs import NodeProcess, RedisServer, Resp
+from tests.harness.cluster import metric_sum, send_lines, wait_until
+from tests.harness.sinks import ThreadSink
+from tests.harness.client import Node
+from tests.harness.procs import NodeProcess, RedisServer, Resp
 
 NODE_ARGS = ("--allow-private-drains", "--heartbeat", "1", "--drain-backoff-max", "0.5",
              "--redis-timeout", "1", "--drain-buffer", "16", "--spool-adopt-after", "2", "--login-failures", "1000000")

@@ -8,7 +8,7 @@ import subprocess
 import time
 import urllib.request
 
-from tests.integration.procs import NodeProcess
+from tests.harness.procs import NodeProcess
 
 
 def run_to_exit(node: NodeProcess, timeout: float = 60) -> tuple[int, str]:

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.integration.browser import browser, eventually, screenshot  # noqa: F401 (browser: a fixture)
-from tests.integration.conftest import (
+from tests.harness.browser import browser, eventually, screenshot  # noqa: F401 (browser: a fixture)
+from tests.harness.client import (
     basic,
     http_request,
     octet,
@@ -356,8 +356,8 @@ def test_the_page_reconnects_when_its_node_comes_back(tail_node, browser):
 @pytest.fixture(scope="module")
 def https_site(tmp_path_factory, redis):
     """A node whose API (and so the page) is an ssl: listener with an RSA test certificate."""
-    from tests.integration.conftest import Node
-    from tests.integration.tls import HttpsNodeProcess, RsaPki
+    from tests.harness.client import Node
+    from tests.harness.tls import HttpsNodeProcess, RsaPki
 
     pki = RsaPki(str(tmp_path_factory.mktemp("rsa-tail")))
     proc = HttpsNodeProcess(str(tmp_path_factory.mktemp("https-node")), redis.url, pki,
@@ -370,7 +370,7 @@ def https_site(tmp_path_factory, redis):
 @pytest.fixture(scope="module")
 def https_browser(https_site):
     """Chromium trusting the node's key, and only it (not every certificate error)."""
-    from tests.integration.browser import start_chromium
+    from tests.harness.browser import start_chromium
 
     _, pki = https_site
     driver = start_chromium(extra_flags=(f"--ignore-certificate-errors-spki-list={pki.spki_sha256}",))
@@ -380,7 +380,7 @@ def https_browser(https_site):
 
 
 def test_the_page_works_over_https_with_alpn(https_site, https_browser):
-    from tests.integration.tls import https_request
+    from tests.harness.tls import https_request
 
     node, pki = https_site
     page = Page(https_browser, node)

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from tests.integration.conftest import NO_BODY, Answer, logplex1, octet, syslog_message, unique, wait_for
-from tests.integration.procs import NodeProcess, free_port
-from tests.integration.tls import HOST, HttpsNodeProcess, RsaPki, https_request, tls_connect
+from tests.harness.client import NO_BODY, Answer, logplex1, octet, syslog_message, unique, wait_for
+from tests.harness.procs import NodeProcess, free_port
+from tests.harness.tls import HOST, HttpsNodeProcess, RsaPki, https_request, tls_connect
 
 # Static-RSA key exchange with CBC and SHA-1 (TLS_RSA_WITH_AES_128_CBC_SHA), and
 # ECDHE with CBC: neither is forward-secret AEAD.

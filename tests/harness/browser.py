@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.procs import REPO_ROOT
+from tests.harness.procs import REPO_ROOT
 from tests.tools import skip_missing
 
 HEADLESS_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

@@ -1,6 +1,8 @@
-"""Loopback receivers for drain tests: an HTTP(S) and a syslog TCP/TLS endpoint that record what arrives and misbehave on command.
+"""The HTTP sinks of the harness: HttpSink, an HTTP(S) drain endpoint in the reactor that records
+what arrives and misbehaves on command, and ThreadSink, a plain one in a thread for blocking tests.
+The syslog sink (tests.harness.syslog_sink) shares the waiting and stopping parts of this module.
 
-Both listen on a free port of 127.0.0.1, and ``stop()`` aborts every
+Both Twisted sinks listen on a free port of 127.0.0.1, and ``stop()`` aborts every
 connection they hold (hung ones too), so a trial reactor is clean after it.
 
     sink = HttpSink()
@@ -18,7 +20,9 @@ shared the sender's parser would agree with its bugs.
 from __future__ import annotations
 
 import collections
+import http.server
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +37,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from tests.certs import Issued, server_context
+from tests.harness.certs import Issued, server_context
 
 # Ten digits is a count of up to ~10 GB: longer is not a count.
 _COUNT = re.compile(rb"([0-9]{1,10}) ")
@@ -110,7 +114,7 @@ class StreamFrames:
         return messages
 
 
-class _Waiters:
+class Waiters:
     """Deferreds waiting for a count to reach a target; fired by ``check()`` after each change."""
 
     def __init__(self, reactor: IReactorTime, count: Callable[[], int],
@@ -150,7 +154,7 @@ class _Waiters:
             d.errback(reason)
 
 
-class _Connections:
+class Connections:
     """The open connections of a sink, so stopping it can abort them and wait for them to go."""
 
     def __init__(self) -> None:
@@ -180,7 +184,7 @@ class _Connections:
         return d
 
 
-async def _listen(reactor: Any, factory: Factory, tls: Issued | None) -> IListeningPort:
+async def listen_loopback(reactor: Any, factory: Factory, tls: Issued | None) -> IListeningPort:
     if tls is None:
         endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     else:
@@ -188,7 +192,7 @@ async def _listen(reactor: Any, factory: Factory, tls: Issued | None) -> IListen
     return await endpoint.listen(factory)
 
 
-def _default_reactor() -> Any:
+def default_reactor() -> Any:
     from twisted.internet import reactor
     return reactor
 
@@ -255,7 +259,7 @@ class _SinkSite(Site):
 
     def __init__(self, resource: Resource, reactor: Any) -> None:
         super().__init__(resource, reactor=reactor)
-        self.connections = _Connections()
+        self.connections = Connections()
 
     def log(self, request: Request) -> None:
         pass
@@ -282,7 +286,7 @@ class HttpSink:
 
     def __init__(self, tls: Issued | None = None, reactor: Any = None,
                  path: str = "/logs") -> None:
-        self._reactor = reactor if reactor is not None else _default_reactor()
+        self._reactor = reactor if reactor is not None else default_reactor()
         self._tls = tls
         self._path = path
         self._site = _SinkSite(_Everything(self._receive), self._reactor)
@@ -291,15 +295,15 @@ class HttpSink:
         self._standing = Behaviour("ok")
         self._queued: collections.deque[Behaviour] = collections.deque()
         self._late_answers: set[Any] = set()
-        self._waiters = _Waiters(self._reactor, lambda: len(self.messages()), self._summary)
-        self._attempt_waiters = _Waiters(self._reactor, lambda: self.attempts, self._summary)
+        self._waiters = Waiters(self._reactor, lambda: len(self.messages()), self._summary)
+        self._attempt_waiters = Waiters(self._reactor, lambda: self.attempts, self._summary)
 
     # -- lifecycle
 
     def start(self) -> defer.Deferred:
         """Listen on a free port; fires with this sink."""
         async def listen() -> HttpSink:
-            self._port = await _listen(self._reactor, self._site, self._tls)
+            self._port = await listen_loopback(self._reactor, self._site, self._tls)
             return self
         return defer.Deferred.fromCoroutine(listen())
 
@@ -500,114 +504,39 @@ def _behaviour(mode: str, code: int | None, retry_after: str | int | None,
     )
 
 
-# --- syslog ----------------------------------------------------------------
+# --- HTTP, blocking ----------------------------------------------------------
 
+class ThreadSink:
+    """An HTTP drain endpoint in a thread, for the plain (not trial) tests: 503 while `failing`, else
+    it keeps every logplex-1 line."""
 
-class _SyslogConnection(Protocol):
-    def __init__(self, sink: SyslogSink) -> None:
-        self._sink = sink
-        self._frames = StreamFrames()
-        self._received: list[bytes] = []
+    def __init__(self, failing: bool = False) -> None:
+        self.lines: list[bytes] = []
+        self.failing = failing
+        sink = self
 
-    def connectionMade(self) -> None:
-        self._sink._connected(self, self._received)
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status = 503 if sink.failing else 200
+                if not sink.failing:
+                    sink.lines.extend(split_logplex_body(body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
-    def dataReceived(self, data: bytes) -> None:
-        frames = self._frames.feed(data)
-        if frames:
-            self._received.extend(frames)
-            self._sink._arrived(frames)
+            def log_message(self, *args) -> None:
+                pass
 
-    def connectionLost(self, reason: Failure = None) -> None:
-        self._sink._connections.lost(self)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/logs"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
 
+    def texts(self) -> list[str]:
+        return [line.decode().rsplit(" - ", 1)[-1].strip() for line in list(self.lines)]
 
-class _SyslogFactory(Factory):
-    def __init__(self, sink: SyslogSink) -> None:
-        self._sink = sink
-
-    def buildProtocol(self, addr: Any) -> _SyslogConnection:
-        return _SyslogConnection(self._sink)
-
-
-class SyslogSink:
-    """A syslog TCP (or, with ``tls``, TLS) endpoint on 127.0.0.1 that records each frame.
-
-    Frames may be octet-counted or LF-terminated lines. With ``tls`` (an
-    Issued for ``localhost``) ``url`` is ``syslog+tls://localhost:PORT``.
-    """
-
-    def __init__(self, tls: Issued | None = None, reactor: Any = None) -> None:
-        self._reactor = reactor if reactor is not None else _default_reactor()
-        self._tls = tls
-        self._port: IListeningPort | None = None
-        self._connections = _Connections()
-        self._frames: list[bytes] = []
-        self._by_connection: list[list[bytes]] = []
-        self._waiters = _Waiters(self._reactor, lambda: len(self._frames), self._summary)
-
-    def start(self) -> defer.Deferred:
-        """Listen on a free port; fires with this sink."""
-        async def listen() -> SyslogSink:
-            self._port = await _listen(self._reactor, _SyslogFactory(self), self._tls)
-            return self
-        return defer.Deferred.fromCoroutine(listen())
-
-    def stop(self) -> defer.Deferred:
-        """Stop listening and abort every connection; fires when all are gone."""
-        self._waiters.fail_all(TimeoutError(f"the sink stopped first: {self._summary()}"))
-        port, self._port = self._port, None
-        stopped = defer.maybeDeferred(port.stopListening) if port else defer.succeed(None)
-        return defer.gatherResults([stopped, self._connections.abort_all()],
-                                   consumeErrors=True).addCallback(lambda _: None)
-
-    def close_all(self) -> defer.Deferred:
-        """Abort every client connection, as a restarting receiver would; keeps listening."""
-        return self._connections.abort_all()
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the sink is not listening; call start() first.")
-        return self._port.getHost().port
-
-    @property
-    def url(self) -> str:
-        if self._tls is not None:
-            return f"syslog+tls://localhost:{self.port}"
-        return f"syslog://127.0.0.1:{self.port}"
-
-    @property
-    def frames(self) -> list[bytes]:
-        """Every message from every connection, in arrival order."""
-        return list(self._frames)
-
-    @property
-    def frames_by_connection(self) -> list[list[bytes]]:
-        """The messages of each connection ever accepted, in the order they connected."""
-        return [list(frames) for frames in self._by_connection]
-
-    @property
-    def connections(self) -> int:
-        """How many connections were ever accepted (TLS ones count before their handshake)."""
-        return self._connections.total
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._connections.open)
-
-    def wait_for(self, n: int, timeout: float = 5.0) -> defer.Deferred:
-        """Fires with the count once ``n`` frames arrived; TimeoutError after ``timeout`` s."""
-        return self._waiters.wait(n, timeout)
-
-    def _summary(self) -> str:
-        return (f"{len(self._frames)} frames over {self.connections} connections, "
-                f"{self.open_connections} open")
-
-    def _connected(self, protocol: Protocol, frames: list[bytes]) -> None:
-        self._connections.opened(protocol)
-        self._by_connection.append(frames)
-
-    def _arrived(self, frames: list[bytes]) -> None:
-        self._frames.extend(frames)
-        self._waiters.check()
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.integration.conftest import Node, decode_logplex1, http_request, octet, syslog_message, unique
-from tests.integration.procs import NodeProcess, RedisServer, Resp, RespError
+from tests.harness.client import Node, Sender, decode_logplex1, http_request, octet, syslog_message, unique
+from tests.harness.procs import NodeProcess, RedisServer, Resp, RespError
 
 NAMES = ("a", "b", "c")
 NODE_ARGS = ("--heartbeat", "1", "--redis-timeout", "1", "--allow-private-drains",
@@ -102,29 +102,6 @@ class BusWatcher:
 
 
 # -- senders and readers ---------------------------------------------------------------------
-class Sender:
-    """One syslog TCP connection to a node: what it sends keeps its order."""
-
-    def __init__(self, node: Node, token: str, procid: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", node.syslog_port), timeout=10)
-        self.token = token
-        self.procid = procid
-        self.sent: list[str] = []
-
-    def send(self, texts: list[str]) -> None:
-        self.sock.sendall(b"".join(octet(syslog_message(self.token, self.procid, t)) for t in texts))
-        self.sent.extend(texts)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Sender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class Pacer:
     """A thread sending numbered lines through Senders, round robin, until stopped.
 
@@ -423,38 +400,3 @@ def command_line(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-class ThreadSink:
-    """An HTTP drain endpoint in a thread: 503 while `failing`, else it keeps every logplex-1 line."""
-
-    def __init__(self, failing: bool = False) -> None:
-        self.lines: list[bytes] = []
-        self.failing = failing
-        sink = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status = 503 if sink.failing else 200
-                if not sink.failing:
-                    sink.lines.extend(decode_logplex1(body))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/logs"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def texts(self) -> list[str]:
-        return [line.decode().rsplit(" - ", 1)[-1].strip() for line in list(self.lines)]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)

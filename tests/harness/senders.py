@@ -5,12 +5,12 @@ work-alike.
 Standard library only, so that ``.ci/run`` can run this file with the system
 ``python3`` before any virtualenv exists:
 
-    python3 tests/integration/senders.py unpack-syslog-ng [DIR]
+    python3 tests/harness/senders.py unpack-syslog-ng [DIR]
         Unpack syslog-ng and loggen (``apt-get download`` + ``dpkg -x``, not
         installed: syslog-ng's package conflicts with rsyslog) into DIR, by
         default the first writable cache directory of SYSLOG_NG_CACHES.
 
-    python3 tests/integration/senders.py log-shuttle -logs-url URL -appname t.TOKEN ...
+    python3 tests/harness/senders.py log-shuttle -logs-url URL -appname t.TOKEN ...
         Read lines on stdin and POST them as log-shuttle does (see LogShuttle).
 """
 

@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet.endpoints import quoteStringArgument
 
-from tests.integration.conftest import ADMIN, NO_BODY, Answer, basic
-from tests.integration.procs import NodeProcess
+from tests.harness.client import ADMIN, NO_BODY, Answer, basic
+from tests.harness.procs import NodeProcess
 
 HOST = "localhost"
 

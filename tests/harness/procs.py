@@ -58,8 +58,9 @@ def _wait_exit(proc: subprocess.Popen, timeout: float) -> int:
 class RedisServer:
     """A real redis-server on a free loopback TCP port, in a temp dir, with no persistence."""
 
-    def __init__(self, tmpdir: str) -> None:
+    def __init__(self, tmpdir: str, binary: str | None = None) -> None:
         self.dir = os.path.abspath(str(tmpdir))
+        self.binary = binary  # a redis-server to run; None: the one logplex's embedded Redis finds
         self.log_path = os.path.join(self.dir, "redis.log")
         self.port = 0
         self._proc: subprocess.Popen | None = None
@@ -71,6 +72,11 @@ class RedisServer:
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The running redis-server (bench/ reads its CPU from /proc and polls it)."""
+        return self._proc
 
     def start(self, timeout: float = 15) -> None:
         """Start on a new free port, retrying when another process took it."""
@@ -109,7 +115,7 @@ class RedisServer:
     def _launch(self, timeout: float) -> bool:
         """Start on self.port; False if redis-server exited (port taken)."""
         args = [
-            find_redis_server(),
+            self.binary or find_redis_server(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", self.dir,
@@ -162,6 +168,9 @@ class NodeProcess:
         *,
         workers: int | None = 1,
         cpus: Sequence[int] | None = None,
+        code: str | None = None,
+        session: bool = False,
+        data_dir: str | None = None,
     ) -> None:
         self.dir = os.path.abspath(str(tmpdir))
         self.redis_url = redis_url
@@ -170,9 +179,14 @@ class NodeProcess:
         self.workers = workers
         # The CPUs the node may run on (its affinity mask); None: this process's.
         self.cpus = None if cpus is None else list(cpus)
+        # The tree whose logplex/ runs (first on PYTHONPATH); None: this checkout.
+        self.code = code or REPO_ROOT
+        # A session (and process group) of its own, so that bench/ can sum the CPU of its workers.
+        self.session = session
         self.log_path = os.path.join(self.dir, "node.log")
         self.out_path = os.path.join(self.dir, "node.out")
-        self.data_dir = os.path.join(self.dir, "data")
+        # A node restarted in another tmpdir keeps its data when given the same data_dir.
+        self.data_dir = data_dir or os.path.join(self.dir, "data")
         self._pick_ports()
         self.name = name or f"node-{self.api_port}"
         self._proc: subprocess.Popen | None = None
@@ -189,6 +203,10 @@ class NodeProcess:
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self._proc
 
     def _pick_ports(self) -> None:
         self.api_port = free_port()
@@ -242,9 +260,9 @@ class NodeProcess:
         )
 
     def environment(self) -> dict[str, str]:
-        """The environment a node runs in: this checkout first on PYTHONPATH."""
+        """The environment a node runs in: its code (this checkout) first on PYTHONPATH."""
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (self.code, env.get("PYTHONPATH")) if p)
         return env
 
     def healthy(self) -> bool:
@@ -260,7 +278,7 @@ class NodeProcess:
             cpus = self.cpus
             self._proc = subprocess.Popen(
                 self.command(), cwd=self.dir, env=self.environment(), stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=self.session,
                 preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
             )
         deadline = time.monotonic() + timeout
@@ -374,7 +392,7 @@ class RedisTLS:
     """The TLS set-up of an OperatedRedis: its certificate, the CA, and a client certificate if asked for."""
 
     def __init__(self, server, ca_path: str, client=None, auth_clients: bool = False) -> None:
-        self.server = server  # tests.certs.Issued
+        self.server = server  # tests.harness.certs.Issued
         self.ca_path = ca_path
         self.client = client  # an Issued used as the client's certificate, or None
         self.auth_clients = auth_clients
@@ -426,9 +444,9 @@ class OperatedRedis(RedisServer):
             conf = os.path.join(self.dir, f"sentinel-{self.port}.conf")
             with open(conf, "w") as f:
                 f.write("\n".join(self.extra) + "\n")
-            args = [find_redis_server(), conf, "--sentinel"]
+            args = [self.binary or find_redis_server(), conf, "--sentinel"]
         else:
-            args = [find_redis_server()]
+            args = [self.binary or find_redis_server()]
         args += ["--bind", "127.0.0.1", "--dir", self.dir, "--daemonize", "no",
                  "--logfile", self.log_path]
         if not self.sentinel:
