@@ -43,7 +43,6 @@ from tests.harness.client import (
 )
 from tests.harness.procs import free_port
 from tests.harness.senders import (
-    LogShuttle,
     Rsyslogd,
     SyslogNg,
     SyslogNgTree,
@@ -53,6 +52,7 @@ from tests.harness.senders import (
     run_loggen,
     send_logger,
 )
+from tests.harness.shuttle import LogShuttle
 from tests.tools import skip_missing
 
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
