@@ -40,10 +40,11 @@ def metric_samples(node: Node) -> dict[str, float]:
 
 
 def start_node(directory: str, redis_url: str, name: str, *args: str) -> Node:
+    """A node named `name` in its own directory (tests.harness.client.start_node takes pytest's
+    tmp_path_factory instead); stop it with tests.harness.client.stop_node."""
     proc = NodeProcess(directory, redis_url, list(args), name=name)
     proc.start()
     return Node(proc, [proc.syslog_port])
-
 
 
 class NodeCase(unittest.TestCase):
