@@ -54,9 +54,10 @@ def start_node(directory: str, redis_url: str, args: list[str], *, name: str | N
                workers: int = 1, code: str | None = None, data_dir: str | None = None,
                timeout: float = 90) -> NodeProcess:
     """The harness's node (`twistd -n logplex` of this checkout, or of `code`; admin:secret,
-    --stop-grace 0, loopback ports) in a process group of its own; cleanup() stops it."""
+    --stop-grace 0, loopback ports) in a process group of its own, logging to its stdout
+    (node.log_path, with its workers' lines); cleanup() stops it."""
     node = NodeProcess(directory, redis_url, args, name=name, workers=workers, code=code,
-                       session=True, data_dir=data_dir)
+                       session=True, data_dir=data_dir, logfile=False)
     try:
         node.start(timeout)
     except RuntimeError as e:

@@ -171,6 +171,7 @@ class NodeProcess:
         code: str | None = None,
         session: bool = False,
         data_dir: str | None = None,
+        logfile: bool = True,
     ) -> None:
         self.dir = os.path.abspath(str(tmpdir))
         self.redis_url = redis_url
@@ -183,8 +184,11 @@ class NodeProcess:
         self.code = code or REPO_ROOT
         # A session (and process group) of its own, so that bench/ can sum the CPU of its workers.
         self.session = session
-        self.log_path = os.path.join(self.dir, "node.log")
         self.out_path = os.path.join(self.dir, "node.out")
+        # twistd's log in a file of its own, or (logfile=False) on stdout with what the workers
+        # print, all in node.out: bench/ counts the workers' ready lines there.
+        self.logfile = logfile
+        self.log_path = os.path.join(self.dir, "node.log") if logfile else self.out_path
         # A node restarted in another tmpdir keeps its data when given the same data_dir.
         self.data_dir = data_dir or os.path.join(self.dir, "data")
         self._pick_ports()
@@ -218,7 +222,7 @@ class NodeProcess:
             *_twistd_command(),
             "-n",
             "--pidfile=",
-            f"--logfile={self.log_path}",
+            *([f"--logfile={self.log_path}"] if self.logfile else []),
             "logplex",
             "--api", f"tcp:{self.api_port}:interface=127.0.0.1",
             "--logs", f"tcp:{self.logs_port}:interface=127.0.0.1",
@@ -317,7 +321,7 @@ class NodeProcess:
     def log_text(self) -> str:
         """Everything the node logged so far, and what it printed."""
         parts = []
-        for path in (self.out_path, self.log_path):
+        for path in dict.fromkeys((self.out_path, self.log_path)):
             try:
                 with open(path, encoding="utf-8", errors="replace") as f:
                     parts.append(f.read())
