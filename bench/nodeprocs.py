@@ -1,12 +1,13 @@
-"""The processes of bench/cluster.py: nodes (or --workers masters) started through the harness in
-process groups of their own, which worker holds which loopback connection, and each worker's
-counters (WorkerScraper).
+"""The bench's node processes: nodes (or --workers masters) started through the harness in process
+groups of their own and ended with them (cleanup), which worker holds which loopback connection,
+each worker's counters (WorkerScraper), and CPU and RSS summed over a process group.
 """
 
 import os
 import re
 import http.client
 import signal
+import socket
 import time
 
 import ingest as ib  # bench/ingest.py (the harness's redis-server and node, /proc readers)
@@ -202,3 +203,82 @@ def preconnected_sender(sock, *args):
     patching the socket module here changes nothing in the parent)."""
     ib.socket.create_connection = lambda *a, **kw: sock
     ib.sender(0, *args)
+
+
+# -- processes and /proc (bench/peers.py, memory.py, capacity.py) -------------------------------------------------------------------
+def group_pids(pgid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                out.append(int(entry))
+    return sorted(out)
+
+
+def cpu_of(pids) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += ib.cpu_seconds(pid)
+        except OSError:
+            pass
+    return total
+
+
+def rss_of(pids) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += ib.rss_mib(pid)
+        except OSError:
+            pass
+    return total
+
+
+def socket_owner(server_port: int, sock: socket.socket, pids: list[int]) -> int | None:
+    """Which of pids holds the server side of our loopback connection (/proc/net/tcp inode)."""
+    client_port, inode = sock.getsockname()[1], None
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        f = line.split()
+        if int(f[1].split(":")[1], 16) == server_port and int(f[2].split(":")[1], 16) == client_port:
+            inode = f[9]
+    if inode in (None, "0"):
+        return None
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+def connect(port: int, n: int, workers: list[int] | None) -> tuple[list[socket.socket], list[int]]:
+    """n connections; with workers, reopened until each worker holds its share; (sockets, owners)."""
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    if not workers:
+        return socks, []
+
+    def owner(s):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if (pid := socket_owner(port, s, workers)) is not None:
+                return pid
+            time.sleep(0.01)
+        raise SystemExit("bench: a connection was never accepted by a worker")
+
+    owners = [owner(s) for s in socks]
+    share = -(-n // len(workers))
+    for _ in range(200):
+        crowded = [i for i, pid in enumerate(owners) if owners.count(pid) > share]
+        if not crowded:
+            break
+        socks[crowded[0]].close()
+        socks[crowded[0]] = socket.create_connection(("127.0.0.1", port))
+        owners[crowded[0]] = owner(socks[crowded[0]])
+    return socks, owners
