@@ -38,7 +38,8 @@ sys.path.insert(0, HERE)
 import drains  # noqa: E402  (read_json, metric names)
 import ingest  # noqa: E402  (spawn, free_port, wait_for, http, metrics, NodeDied, ...)
 import loadgen  # noqa: E402  (sink_binary, template, tcp_sender)
-import peers  # noqa: E402  (run_path, start_redis, start_node, api_call, connect, group_pids, rss_of, cpu_of, ...)
+import peers  # noqa: E402  (run_path, start_redis, start_node, connect, group_pids, rss_of, cpu_of, ...)
+import peers_table  # noqa: E402  (fmt, line)
 
 NODE_METRICS = (ingest.ROUTED, ingest.WRITTEN, ingest.SUPERSEDED, ingest.DROPPED, drains.DELIVERED,
                 drains.DRAIN_DROPPED, "logplex_drain_l10_total", "logplex_drain_retried_total")
@@ -72,10 +73,10 @@ class PathB:
         self.syslog_port = ports["syslog"]
         self.tokens, drain_urls = [], []
         for i in range(args.channels):
-            _, body = peers.api_call("PUT", f"{self.api}/v3/channels/bench-{i}", {"tokens": ["app"]})
+            _, body = ingest.http("PUT", f"{self.api}/v3/channels/bench-{i}", {"tokens": ["app"]})
             self.tokens.append(json.loads(body)["tokens"]["app"])
-            _, body = peers.api_call("POST", f"{self.api}/v3/channels/bench-{i}/drains",
-                                     {"url": f"http://127.0.0.1:{sink_port}/logs"})
+            _, body = ingest.http("POST", f"{self.api}/v3/channels/bench-{i}/drains",
+                                  {"url": f"http://127.0.0.1:{sink_port}/logs"})
             drain_urls.append(f"{self.api}/v3/channels/bench-{i}/drains/{json.loads(body)['id']}")
         for url in drain_urls:
             ingest.wait_for(lambda: json.loads(ingest.http("GET", url)[1]).get("state") is not None,
@@ -154,8 +155,8 @@ def sample(world: PathB, start: float, previous: dict | None) -> dict:
 
 def print_sample(s: dict) -> None:
     print(f"{s['t']:>7.0f}  {s['node_rss_mib']:>13.1f}  {s['redis_rss_mib']:>14.1f}  "
-          f"{peers.fmt(s.get('node_cpu_percent')):>10}  {peers.fmt(s['delivered']):>13}  "
-          f"{peers.fmt(s.get('msgs_per_s')):>9}  {peers.fmt(s['buffered']):>8}  {peers.fmt(s['spooled']):>9}  "
+          f"{peers_table.fmt(s.get('node_cpu_percent')):>10}  {peers_table.fmt(s['delivered']):>13}  "
+          f"{peers_table.fmt(s.get('msgs_per_s')):>9}  {peers_table.fmt(s['buffered']):>8}  {peers_table.fmt(s['spooled']):>9}  "
           f"{s['load1']:>5.2f}", flush=True)
 
 
@@ -237,7 +238,7 @@ def summarize(args, rate: float, samples: list[dict], sent: int, errors: list[st
 
 
 def print_summary(summary: dict, args) -> None:
-    fmt = peers.fmt
+    fmt = peers_table.fmt
     print(f"sent {fmt(summary['sent'])}  delivered {fmt(summary['delivered'])}  lost {fmt(summary['lost'])}  "
           f"({fmt(summary['delivered_in_window_per_s'])} msgs/s at the sink in the window, paced at "
           f"{fmt(summary['rate'])}; settled in {summary['after_settle']['settle_s']:g} s)  p50/p99 "
@@ -298,15 +299,15 @@ def main() -> None:
     probe = None
     if args.rate is None:
         probe = probe_max_rate(args, sink_binary)
-        peers.line(probe)
+        peers_table.line(probe)
         if "error" in probe or not probe["msgs_per_s"]:
             raise SystemExit(f"memory: the probe found no max rate: {probe.get('error', 'nothing delivered')}")
         rate = args.share * probe["msgs_per_s"]
-        print(f"memory: max {peers.fmt(probe['msgs_per_s'])} msgs/s delivered in {args.probe_seconds:g} s; "
+        print(f"memory: max {peers_table.fmt(probe['msgs_per_s'])} msgs/s delivered in {args.probe_seconds:g} s; "
               f"pacing at {args.share:g} of it", flush=True)
     else:
         rate = args.rate
-    print(f"memory: {peers.fmt(rate)} msgs/s for {args.minutes:g} min, a sample every {args.every:g} s", flush=True)
+    print(f"memory: {peers_table.fmt(rate)} msgs/s for {args.minutes:g} min, a sample every {args.every:g} s", flush=True)
 
     world = PathB(args, sink_binary)
     samples, sent, errors = drive(world, args, rate)
