@@ -17,6 +17,11 @@ import attrs
 
 NAMESPACE_RULE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
+# The sentinels' own pub/sub channels (Redis names them, not the cluster): a
+# replica being promoted, and a service's new primary.
+SENTINEL_PROMOTING = b"+failover-state-send-slaveof-noone"
+SENTINEL_SWITCHED = b"+switch-master"
+
 
 class BadNamespace(ValueError):
     """A namespace that is not 1-32 letters, digits, '_' or '-'."""

@@ -31,7 +31,8 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 import logplex
-from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.address import parse_redis_url
+from logplex.redis.connection import connect
 from tests.certs import WRONG_HOSTNAME, TestCA
 from tests.integration.conftest import TS, Node, decode_logplex1, http_request, octet, syslog_message, unique
 from tests.integration.procs import NodeProcess, RedisServer

@@ -21,4 +21,3 @@ class Failure(Exception):
 
 def usage_error(message: str) -> Failure:
     return Failure(message, USAGE)
-

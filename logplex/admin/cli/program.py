@@ -75,5 +75,3 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         return f.code
     except KeyboardInterrupt:
         return INTERRUPTED
-
-
