@@ -122,6 +122,17 @@ class RedisKeys:
         """Hash: node|channel -> expiry of that node's tail interest."""
         return self._key_prefix + b"tailing"
 
+    @staticmethod
+    def tail_interest(node: str, channel_id: str) -> str:
+        """A field of `tailing`: one node's interest in one channel."""
+        return f"{node}|{channel_id}"
+
+    @staticmethod
+    def interest_of(field: bytes) -> tuple[str, str]:
+        """(node, channel id) of a field of `tailing`."""
+        node, _, channel_id = field.decode().partition("|")
+        return node, channel_id
+
     @property
     def nodes(self) -> bytes:
         """Hash: node name -> heartbeat JSON."""
