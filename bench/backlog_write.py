@@ -36,7 +36,7 @@ sys.path.insert(0, HERE)
 import ingest  # noqa: E402  (spawn, free_port, wait_for, redis_call, cleanup)
 from twisted.internet import defer, protocol, reactor  # noqa: E402
 
-from logplex.redis import connection  # noqa: E402
+from logplex.redis import address, connection  # noqa: E402
 from logplex.redis.keys import RedisKeys  # noqa: E402
 from logplex.backlog.writer import WRITE_SCRIPT, write_arguments  # noqa: E402
 
@@ -116,7 +116,7 @@ async def run(args) -> None:
     server = ingest.start_redis(tmp, args.redis_server)
     port = server.port
     keys = RedisKeys("bench", 0)
-    pool = connection.connect(connection.parse_redis_url(f"redis://127.0.0.1:{port}/0"), reply_timeout=60)
+    pool = connection.connect(address.parse_redis_url(f"redis://127.0.0.1:{port}/0"), reply_timeout=60)
     await pool.ping()
     counter = await protocol.ClientCreator(reactor, _Counter).connectTCP("127.0.0.1", port)
     line = b"x" * args.size

@@ -35,7 +35,8 @@ from twisted.internet import defer, reactor, task  # noqa: E402
 
 from logplex.model import Channel, Drain, Token, new_drain_token, new_token_id  # noqa: E402
 from logplex.config.store import ConfigStore  # noqa: E402
-from logplex.redis.connection import connect, parse_redis_url  # noqa: E402
+from logplex.redis.address import parse_redis_url  # noqa: E402
+from logplex.redis.connection import connect  # noqa: E402
 from logplex.redis.keys import RedisKeys  # noqa: E402
 from tests.harness.procs import RedisServer  # noqa: E402
 

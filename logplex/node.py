@@ -33,9 +33,9 @@ from logplex.metrics import Metrics
 from logplex.model import FULL_API
 from logplex.tails.cluster import ClusterTails, NodeRegistry
 from logplex.config.store import ConfigStore
-from logplex.redis.connection import (
-    RedisClusterRefused, RedisSecrets, connect, parse_redis_url, refuse_cluster_mode,
-)
+from logplex.redis.address import parse_redis_url
+from logplex.redis.connection import RedisClusterRefused, connect, refuse_cluster_mode
+from logplex.redis.password import RedisSecrets
 from logplex.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from logplex.redis.keys import RedisKeys
 from logplex.backlog.shardmap import CONFIG, ShardMapFollower, load_or_init, load_versioned

@@ -279,7 +279,7 @@ class Options(usage.Options):
                                        "Give --workers 1, or change that option.")
 
     def _check_redis_urls(self) -> None:
-        from logplex.redis.connection import BadRedisURL, check_redis_url
+        from logplex.redis.address import BadRedisURL, check_redis_url
 
         password_file = self["redis-password-file"]
         if password_file is not None and not self["config-redis"]:

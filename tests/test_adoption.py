@@ -15,7 +15,8 @@ from logplex.drains.adoption import SpoolAdopter, departed, is_live
 from logplex.drains.core import decode_chunk, encode_chunk
 from logplex.drains.spool import Spool
 from logplex.drains.supervisor import DrainSupervisor
-from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.address import parse_redis_url
+from logplex.redis.connection import connect
 from logplex.redis.keys import RedisKeys
 
 KEYS = RedisKeys("lp", 0)

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from logplex.model import Channel, Credential, Drain, Token
 from logplex.config import store as config_module
 from logplex.config.store import ConfigError, ConfigStore, Cooperation, Snapshot, SnapshotDiff
-from logplex.redis.connection import RedisAddress
+from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
 
 KEYS = RedisKeys("lp", 0)

@@ -62,7 +62,7 @@ from logplex.metrics import Metrics
 from logplex.model import ANY_CHANNEL, FULL_API, READ_CHANNEL, Channel, Credential, Drain, Token
 from logplex.config import store as config_module
 from logplex.config.store import ConfigCache, ConfigStore
-from logplex.redis.connection import RedisAddress
+from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
 from logplex.backlog.writer import within_bytes
 from logplex.router import Router

@@ -14,7 +14,8 @@ from logplex.api.management import ManagementApi
 from logplex.health import (
     BOOTING, DEGRADED, DOWN, INGRESS_OFF, NORMAL, STOPPING, UP, Health, assess, pool_connected,
 )
-from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.address import parse_redis_url
+from logplex.redis.connection import connect
 
 
 def healthy(**changes) -> Health:

@@ -8,7 +8,8 @@ from twisted.trial import unittest
 
 from logplex.drains.core import decode_chunk, encode_chunk
 from logplex.drains.spool import Spool
-from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.address import parse_redis_url
+from logplex.redis.connection import connect
 from logplex.redis.keys import RedisKeys
 
 NODE = "node-a"

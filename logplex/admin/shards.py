@@ -11,9 +11,9 @@ import sys
 
 from twisted.internet import defer, task
 
-from logplex.redis.connection import (
-    BadRedisURL, RedisClusterRefused, RedisSecrets, check_redis_url, connect, refuse_cluster_mode,
-)
+from logplex.redis.address import BadRedisURL, check_redis_url
+from logplex.redis.connection import RedisClusterRefused, connect, refuse_cluster_mode
+from logplex.redis.password import RedisSecrets
 from logplex.redis.keys import BadNamespace, RedisKeys, check_namespace
 from logplex.backlog.shardmap import (
     CONFIG, NodesBehind, ShardChangeRefused, add_shard, load, remove_shard, replace_shard, resume,

@@ -11,8 +11,9 @@ from typing import Callable
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from logplex.backlog.ring import ShardRing
 from logplex.redis.keys import RedisKeys
-from logplex.backlog.writer import ShardRing
+from logplex.redis.scripts import lua
 
 log = Logger()
 
@@ -47,31 +48,11 @@ async def load(config_redis, keys: RedisKeys) -> dict[str, str]:
 # holds, trimmed to the history, and a mark naming the move. A move re-run after a crash
 # between this and the source's deletion finds its mark and copies nothing twice.
 # KEYS: backlog, mark. ARGV: move, history (0: no trim), expiry, lines...
-_APPEND_ONCE = """
-local key, mark = KEYS[1], KEYS[2]
-if redis.call('GET', mark) == ARGV[1] then return 0 end
-for i = 4, #ARGV, 1000 do redis.call('RPUSH', key, unpack(ARGV, i, math.min(i + 999, #ARGV))) end
-if #ARGV > 3 and tonumber(ARGV[2]) > 0 then
-  redis.call('LTRIM', key, 0, tonumber(ARGV[2]) - 1)
-  redis.call('EXPIRE', key, tonumber(ARGV[3]))
-end
-redis.call('SET', mark, ARGV[1], 'EX', 604800)
-return #ARGV - 3
-"""
+_APPEND_ONCE = lua("logplex.backlog", "append_once")
 
 # The same for a spool: chunks (given newest first) in front of the target's, counts added.
 # KEYS: spool, its meta, mark. ARGV: move, bytes, messages, chunks...
-_PREPEND_ONCE = """
-local key, meta, mark = KEYS[1], KEYS[2], KEYS[3]
-if redis.call('GET', mark) == ARGV[1] then return 0 end
-for i = 4, #ARGV, 1000 do redis.call('LPUSH', key, unpack(ARGV, i, math.min(i + 999, #ARGV))) end
-if #ARGV > 3 then
-  redis.call('HINCRBY', meta, 'bytes', ARGV[2])
-  redis.call('HINCRBY', meta, 'messages', ARGV[3])
-end
-redis.call('SET', mark, ARGV[1], 'EX', 604800)
-return #ARGV - 3
-"""
+_PREPEND_ONCE = lua("logplex.backlog", "prepend_once")
 
 
 async def _merge_list(source, target, key: bytes, history: int | None, move: str, keys: RedisKeys) -> int:
@@ -110,17 +91,7 @@ async def _scan(redis, pattern: bytes) -> list[bytes]:
 # A change of the map, in one atomic step on the config Redis: the whole map rewritten, its
 # version bumped, the merge it owes recorded and the nodes told. Refused (-1) when the map
 # moved since the caller read it (another admin), or (-2) while a merge is still owed.
-_CHANGE = """
-local shards, version, merge, feed = unpack(KEYS)
-if tonumber(redis.call('GET', version) or '0') ~= tonumber(ARGV[1]) then return -1 end
-if redis.call('EXISTS', merge) == 1 then return -2 end
-redis.call('DEL', shards)
-for i = 3, #ARGV, 2 do redis.call('HSET', shards, ARGV[i], ARGV[i + 1]) end
-local v = redis.call('INCR', version)
-redis.call('HSET', merge, 'plan', ARGV[2], 'version', v)
-redis.call('PUBLISH', feed, 'shards ' .. v)
-return v
-"""
+_CHANGE = lua("logplex.backlog", "change_map")
 
 
 class ShardChangeRefused(RuntimeError):

@@ -1,49 +1,18 @@
-"""Backlogs on shard Redis instances: which shard holds a channel, and batched writes to it."""
+"""Backlogs on shard Redis instances: batched writes to the shard the ring gives a channel, and reads."""
 
 from __future__ import annotations
 
-import hashlib
 from itertools import chain
-from typing import Callable, Container, Sequence
+from typing import Callable, Container
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from logplex.backlog.ring import ShardRing
 from logplex.redis.keys import RedisKeys
+from logplex.redis.scripts import lua
 
 log = Logger()
-
-
-class ShardRing:
-    """Rendezvous hashing of channel ids over shard names.
-
-    Each channel goes to the shard with the highest hash of (shard, channel),
-    so adding a shard moves only the channels that now score highest on it
-    (about 1/N of them) and removing one moves only its own channels.
-    """
-
-    def __init__(self, shards: Sequence[str]) -> None:
-        if not shards:
-            raise ValueError("A shard ring needs at least one shard.")
-        self.shards = list(shards)
-        self._seeds = [s.encode() + b"\x00" for s in self.shards]
-        self._memo: dict[str, int] = {}
-
-    def index(self, channel_id: str) -> int:
-        found = self._memo.get(channel_id)
-        if found is None:
-            key = channel_id.encode()
-            scores = [
-                hashlib.blake2b(seed + key, digest_size=8).digest() for seed in self._seeds
-            ]
-            found = max(range(len(scores)), key=scores.__getitem__)
-            if len(self._memo) > 1_000_000:
-                self._memo.clear()
-            self._memo[channel_id] = found
-        return found
-
-    def shard(self, channel_id: str) -> str:
-        return self.shards[self.index(channel_id)]
 
 
 # One flush of a shard's new lines, however many channels they went to: one
@@ -55,25 +24,7 @@ class ShardRing:
 # expiry lately, so EXPIRE only if the LPUSH made the list (a quarter of
 # Redis's work at one line per channel per flush). LPUSH takes at most a
 # thousand lines a call: Lua's unpack has a stack limit of about eight thousand.
-WRITE_SCRIPT = """
-local last, expiry, at = tonumber(ARGV[1]), tonumber(ARGV[2]), 3
-for i = 1, #KEYS do
-  local count = tonumber(ARGV[at])
-  local refresh = count > 0
-  if not refresh then count = -count end
-  local key, to = KEYS[i], at + count
-  local from, length = at + 1, 0
-  while from <= to do
-    local upto = math.min(to, from + 999)
-    length = redis.call('LPUSH', key, unpack(ARGV, from, upto))
-    from = upto + 1
-  end
-  if length > last + 1 then redis.call('LTRIM', key, 0, last) end
-  if refresh or length == count then redis.call('EXPIRE', key, expiry) end
-  at = to + 1
-end
-return #KEYS
-"""
+WRITE_SCRIPT = lua("logplex.backlog", "write")
 
 # A flush is cut into script calls of about this many bytes of lines, by
 # channel (a channel's lines of one flush stay in one call), sent a reactor
@@ -381,21 +332,7 @@ class BacklogWriter:
 # ARGV[2] (the newest line always, whatever its size): read a page at a time
 # inside Redis, so neither Redis nor the node holds more than that for one
 # reader, whatever the lines' sizes. Atomic, so no write shifts a page.
-_RECENT = """
-local want, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
-local out, total, start = {}, 0, 0
-while #out < want do
-  local page = redis.call('LRANGE', KEYS[1], start, start + math.min(99, want - #out - 1))
-  if #page == 0 then break end
-  for _, line in ipairs(page) do
-    if #out > 0 and total + #line > budget then return out end
-    out[#out + 1] = line
-    total = total + #line
-  end
-  start = start + #page
-end
-return out
-"""
+_RECENT = lua("logplex.backlog", "recent")
 
 
 def within_bytes(lines: list[bytes], max_bytes: int) -> list[bytes]:

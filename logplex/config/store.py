@@ -28,7 +28,7 @@ from logplex.model import (
     new_token_id,
 )
 from logplex.redis.subscription import Subscription
-from logplex.redis.connection import RedisAddress
+from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
 from logplex.errors import ConfigError, Conflict, NotFound, Unavailable
 

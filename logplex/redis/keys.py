@@ -17,6 +17,11 @@ import attrs
 
 NAMESPACE_RULE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
+# The sentinels' own pub/sub channels (Redis names them, not the cluster): a
+# replica being promoted, and a service's new primary.
+SENTINEL_PROMOTING = b"+failover-state-send-slaveof-noone"
+SENTINEL_SWITCHED = b"+switch-master"
+
 
 class BadNamespace(ValueError):
     """A namespace that is not 1-32 letters, digits, '_' or '-'."""
@@ -116,6 +121,17 @@ class RedisKeys:
     def tailing(self) -> bytes:
         """Hash: node|channel -> expiry of that node's tail interest."""
         return self._key_prefix + b"tailing"
+
+    @staticmethod
+    def tail_interest(node: str, channel_id: str) -> str:
+        """A field of `tailing`: one node's interest in one channel."""
+        return f"{node}|{channel_id}"
+
+    @staticmethod
+    def interest_of(field: bytes) -> tuple[str, str]:
+        """(node, channel id) of a field of `tailing`."""
+        node, _, channel_id = field.decode().partition("|")
+        return node, channel_id
 
     @property
     def nodes(self) -> bytes:

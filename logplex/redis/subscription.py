@@ -7,7 +7,9 @@ from typing import Callable, Iterable
 import txredisapi
 from twisted.logger import Logger
 
-from logplex.redis.connection import RedisAddress, SubscriberProtocol, start_connecting
+from logplex.redis.address import RedisAddress
+from logplex.redis.connection import start_connecting
+from logplex.redis.handshake import SubscriberProtocol
 
 log = Logger()
 

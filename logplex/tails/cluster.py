@@ -161,8 +161,8 @@ class ClusterTails:
         def loaded(entries):
             now = time.time()
             remote: dict[str, dict[str, float]] = {}
-            for key, expiry in entries.items():
-                node, _, channel_id = key.decode().partition("|")
+            for field, expiry in entries.items():
+                node, channel_id = self.keys.interest_of(field)
                 left = float(expiry) - now
                 if node != self.node and left > 0:
                     remote.setdefault(channel_id, {})[node] = self.reactor.seconds() + left
@@ -180,7 +180,7 @@ class ClusterTails:
         self._announce(channel_id, False)
 
     def _announce(self, channel_id: str, on: bool):
-        field = f"{self.node}|{channel_id}"
+        field = self.keys.tail_interest(self.node, channel_id)
         if on:
             d = self.redis.hset(self.keys.tailing, field, str(time.time() + INTEREST_TTL))
         else:

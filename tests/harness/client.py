@@ -254,7 +254,8 @@ _CREATE_CREDENTIAL = """
 import sys
 from twisted.internet import defer, task
 from logplex.config.store import ConfigStore
-from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.address import parse_redis_url
+from logplex.redis.connection import connect
 from logplex.redis.keys import RedisKeys
 
 async def main(reactor, url, user, secret, perms):

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from logplex.admin import cli
+from logplex.admin.cli import channels, drains, failure, output, program, settings
 from tests.harness.client import TS, octet, send_syslog, syslog_message, unique, wait_for
 from tests.harness.procs import REPO_ROOT, free_port
 
@@ -325,20 +326,20 @@ def write_netrc(home, text: str) -> None:
 
 
 def test_default_url_and_no_credential(tmp_path):
-    assert cli.resolve(None, None, {"HOME": str(tmp_path)}) == cli.Settings("http://localhost:8001", None, "")
+    assert settings.resolve(None, None, {"HOME": str(tmp_path)}) == settings.Settings("http://localhost:8001", None, "")
 
 
 def test_flags_beat_environment_beats_netrc(tmp_path):
     write_netrc(tmp_path, "machine api.example.com login n password np\ndefault login d password dp\n")
     env = {"HOME": str(tmp_path), "LOGPLEX_URL": "http://api.example.com:8001/", "LOGPLEX_AUTH": "e:ep"}
-    assert cli.resolve("https://other.example.com", "f:f:p", env) == cli.Settings(
+    assert settings.resolve("https://other.example.com", "f:f:p", env) == settings.Settings(
         "https://other.example.com", ("f", "f:p"), "--auth")
-    assert cli.resolve(None, None, env) == cli.Settings("http://api.example.com:8001", ("e", "ep"), "LOGPLEX_AUTH")
+    assert settings.resolve(None, None, env) == settings.Settings("http://api.example.com:8001", ("e", "ep"), "LOGPLEX_AUTH")
     del env["LOGPLEX_AUTH"]
     # netrc: the entry of the URL's host name (its port aside), else the default entry
-    assert cli.resolve(None, None, env) == cli.Settings("http://api.example.com:8001", ("n", "np"), "~/.netrc")
-    assert cli.resolve("http://third.example.com", None, env).auth == ("d", "dp")
-    assert cli.resolve(None, None, dict(env, LOGPLEX_URL="", LOGPLEX_AUTH="")).url == "http://localhost:8001"
+    assert settings.resolve(None, None, env) == settings.Settings("http://api.example.com:8001", ("n", "np"), "~/.netrc")
+    assert settings.resolve("http://third.example.com", None, env).auth == ("d", "dp")
+    assert settings.resolve(None, None, dict(env, LOGPLEX_URL="", LOGPLEX_AUTH="")).url == "http://localhost:8001"
 
 
 @pytest.mark.parametrize("url_flag, auth_flag, environ", [
@@ -351,35 +352,35 @@ def test_flags_beat_environment_beats_netrc(tmp_path):
     (None, None, {"LOGPLEX_URL": "ftp://localhost"}),
 ])
 def test_bad_settings_are_usage_errors(tmp_path, url_flag, auth_flag, environ):
-    with pytest.raises(cli.Failure) as e:
-        cli.resolve(url_flag, auth_flag, {"HOME": str(tmp_path), **environ})
+    with pytest.raises(failure.Failure) as e:
+        settings.resolve(url_flag, auth_flag, {"HOME": str(tmp_path), **environ})
     assert e.value.code == 2
 
 
 def test_a_netrc_others_can_read_is_refused(tmp_path):
     write_netrc(tmp_path, "machine localhost login n password np\n")
     (tmp_path / ".netrc").chmod(0o640)
-    with pytest.raises(cli.Failure) as e:
-        cli.resolve(None, None, {"HOME": str(tmp_path)})
+    with pytest.raises(failure.Failure) as e:
+        settings.resolve(None, None, {"HOME": str(tmp_path)})
     assert e.value.code == 2 and "chmod 600" in e.value.message
     # not read at all when the credential comes from elsewhere
-    assert cli.resolve(None, "a:b", {"HOME": str(tmp_path)}).auth == ("a", "b")
+    assert settings.resolve(None, "a:b", {"HOME": str(tmp_path)}).auth == ("a", "b")
 
 
 def test_parsing_commands_and_options_in_any_place():
-    args = cli.parse(["channels", "create", "app", "--token", "web", "--token", "worker", "--url", "http://x"])
-    assert (args.handler, args.name, args.tokens, args.url) == (cli.Cli.channels_create, "app", ["web", "worker"],
-                                                                "http://x")
-    args = cli.parse(["--json", "--auth", "a:b", "logs", "app"])
+    args = program.parse(["channels", "create", "app", "--token", "web", "--token", "worker", "--url", "http://x"])
+    assert (args.handler, args.name, args.tokens, args.url) == (channels.create, "app", ["web", "worker"],
+                                                                    "http://x")
+    args = program.parse(["--json", "--auth", "a:b", "logs", "app"])
     assert (args.json, args.auth, args.num, args.tail, args.ps, args.source) == (True, "a:b", 100, False, None, None)
-    args = cli.parse(["logs", "app", "-n", "5", "-t", "--ps", "web", "-s", "app"])
+    args = program.parse(["logs", "app", "-n", "5", "-t", "--ps", "web", "-s", "app"])
     assert (args.num, args.tail, args.ps, args.source) == (5, True, "web", "app")
-    args = cli.parse(["drains", "show", "app", "12"])
-    assert (args.handler, args.channel, args.id) == (cli.Cli.drains_show, "app", 12)
-    args = cli.parse(["creds", "create", "--perm", "any_channel", "--perm", "read_channel", "--channel", "a",
+    args = program.parse(["drains", "show", "app", "12"])
+    assert (args.handler, args.channel, args.id) == (drains.show, "app", 12)
+    args = program.parse(["creds", "create", "--perm", "any_channel", "--perm", "read_channel", "--channel", "a",
                       "--channel", "b", "--note", "n"])
     assert (args.perms, args.channels, args.note) == (["any_channel", "read_channel"], ["a", "b"], "n")
-    assert not hasattr(cli.parse(["nodes"]), "json")
+    assert not hasattr(program.parse(["nodes"]), "json")
 
 
 def test_main_usage_and_connection_errors(tmp_path, capsys):
@@ -410,7 +411,7 @@ def test_ctrl_c_while_waiting_for_an_answer_exits_130_quietly(tmp_path):
 
 
 def test_human_formatting():
-    assert cli.table([(1, "http://a"), (123, "syslog://b")]) == ["1    http://a", "123  syslog://b"]
-    assert cli.table([("ab", "x", "")], ("ID", "PERMS", "NOTE")) == ["ID  PERMS  NOTE", "ab  x"]
-    assert cli.fields([("id", 3), ("last error", None)]) == ["id:          3", "last error:  -"]
-    assert [cli.duration(s) for s in (5, 65, 3720, 90061)] == ["5s", "1m 05s", "1h 02m", "1d 01h"]
+    assert output.table([(1, "http://a"), (123, "syslog://b")]) == ["1    http://a", "123  syslog://b"]
+    assert output.table([("ab", "x", "")], ("ID", "PERMS", "NOTE")) == ["ID  PERMS  NOTE", "ab  x"]
+    assert output.fields([("id", 3), ("last error", None)]) == ["id:          3", "last error:  -"]
+    assert [output.duration(s) for s in (5, 65, 3720, 90061)] == ["5s", "1m 05s", "1h 02m", "1d 01h"]

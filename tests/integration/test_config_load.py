@@ -7,7 +7,8 @@ from twisted.trial.unittest import TestCase
 
 from logplex.model import Channel, Credential, Drain, Token
 from logplex.config.store import ConfigStore
-from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.address import parse_redis_url
+from logplex.redis.connection import connect
 from logplex.redis.keys import RedisKeys
 from tests.harness.procs import RedisServer
 

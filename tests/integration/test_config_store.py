@@ -9,7 +9,8 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from logplex.config.store import ConfigStore, NotFound, Conflict, ConfigError, Unavailable
-from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.address import parse_redis_url
+from logplex.redis.connection import connect
 from logplex.redis.keys import RedisKeys
 from tests.harness.procs import RedisServer
 

@@ -27,7 +27,8 @@ import pytest
 from twisted.internet import defer, reactor
 
 import logplex
-from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.address import parse_redis_url
+from logplex.redis.connection import connect
 from tests.harness.certs import WRONG_HOSTNAME, TestCA
 from tests.harness.client import TS, Node, Sender, stop_node
 from tests.harness.procs import RedisServer

@@ -21,7 +21,7 @@ import pytest
 from twisted.internet import reactor, task, threads
 from twisted.trial import unittest
 
-from logplex.backlog.writer import ShardRing
+from logplex.backlog.ring import ShardRing
 from tests.harness.cluster import (
     Pacer,
     Sender,

@@ -16,7 +16,8 @@ import pytest
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from logplex.redis.connection import connect, parse_redis_url
+from logplex.redis.address import parse_redis_url
+from logplex.redis.connection import connect
 from logplex.redis.keys import RedisKeys
 from logplex.backlog.shardmap import _move
 

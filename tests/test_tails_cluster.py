@@ -7,7 +7,7 @@ from logplex.framing import encode_logplex1
 from logplex.metrics import Metrics
 from logplex.model import SessionSpec
 from logplex.tails.cluster import ClusterTails
-from logplex.redis.connection import RedisAddress
+from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
 from logplex.tails.session import TailRegistry, TailSession
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import pathlib
 import re
+import sys
 
 import pytest
 from hypothesis import given
@@ -122,6 +123,21 @@ def _fragments() -> tuple[re.Pattern, re.Pattern]:
     return literal, lua
 
 
+# Names Redis itself gives, which keys.py spells too: the sentinels' event channels
+# (+switch-master …) and keyspace notifications.
+REDIS_CHANNEL = re.compile(r"^\+[a-z]+(?:-[a-z]+)+$|__key(?:space|event)@")
+# Hash fields that join ids (the tailing hash's node|channel), as an f-string's shape.
+COMPOSITE_FIELDS = {RedisKeys.tail_interest("\0", "\0").replace("\0", "{}")}
+
+
+def _fstring_shapes(tree: ast.AST):
+    """Every f-string of a module as its shape: the text with each {…} written {}."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            yield node.lineno, "".join(
+                part.value if isinstance(part, ast.Constant) else "{}" for part in node.values)
+
+
 def _string_constants(tree: ast.AST):
     """Every str/bytes constant of a module (f-string parts too), docstrings left out."""
     docstrings = set()
@@ -137,17 +153,39 @@ def _string_constants(tree: ast.AST):
             yield node.lineno, value.decode("latin-1") if isinstance(value, bytes) else value
 
 
-def test_no_module_but_the_key_schema_spells_a_key_or_channel_name():
+def spellings_outside_the_schema() -> list[str]:
+    """Every place in the package (modules and Lua scripts) that spells a key or channel name
+    rather than take it from logplex/redis/keys.py, as 'path:line: what'."""
     literal, lua = _fragments()
     found = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == "keys.py" and path.parent.name == "redis":
+    for path in sorted(PACKAGE.rglob("*")):
+        where = path.relative_to(PACKAGE.parent)
+        if where == pathlib.Path("logplex/redis/keys.py"):
             continue
-        for line, text in _string_constants(ast.parse(path.read_text(encoding="utf-8"))):
-            for pattern in (literal, lua):
+        if path.suffix == ".lua":
+            # A script gets its keys in KEYS and its channels in ARGV or KEYS: none is spelled in it.
+            for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                for pattern in (literal, lua):
+                    match = pattern.search(text)
+                    if match:
+                        found.append(f"{where}:{line}: {match.group(0)!r}")
+            continue
+        if path.suffix != ".py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for line, text in _string_constants(tree):
+            for pattern in (literal, lua, REDIS_CHANNEL):
                 match = pattern.search(text)
                 if match:
-                    found.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {match.group(0)!r}")
+                    found.append(f"{where}:{line}: {match.group(0)!r}")
+        for line, shape in _fstring_shapes(tree):
+            if shape in COMPOSITE_FIELDS:
+                found.append(f"{where}:{line}: {shape!r}")
+    return found
+
+
+def test_no_module_but_the_key_schema_spells_a_key_or_channel_name():
+    found = spellings_outside_the_schema()
     assert not found, ("Redis key or channel names spelled outside logplex/redis/keys.py "
                        "(take them from the RedisKeys the constructor is given):\n" + "\n".join(found))
 
@@ -164,3 +202,28 @@ def test_the_check_sees_the_literals_it_is_meant_to_see():
     assert lua.search("redis.call('INCR', 'lp:version')")
     assert not lua.search("redis.call('INCR', version)")
     assert not lua.search("redis.call('LRANGE', KEYS[1], 0, -1)")
+    for text in ["+switch-master", "+failover-state-send-slaveof-noone", "__keyspace@0__:lp:log:x"]:
+        assert REDIS_CHANNEL.search(text), text
+    for text in ["+inf", "+1", "--config-redis", "-", "a+b-c"]:
+        assert not REDIS_CHANNEL.search(text), text
+
+
+def test_the_check_sees_spellings_in_lua_scripts_and_composite_fields(tmp_path, monkeypatch):
+    package = tmp_path / "logplex"
+    (package / "room" / "scripts").mkdir(parents=True)
+    (package / "room" / "scripts" / "s.lua").write_text("redis.call('DEL', KEYS[1])\n"
+                                                        "redis.call('PUBLISH', 'lp:config', ARGV[1])\n")
+    (package / "room" / "m.py").write_text('def f(node, channel):\n    return f"{node}|{channel}"\n'
+                                           'SWITCHED = b"+switch-master"\n')
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
+    assert spellings_outside_the_schema() == [
+        "logplex/room/m.py:3: '+switch-master'",
+        "logplex/room/m.py:2: '{}|{}'",
+        "logplex/room/scripts/s.lua:2: 'lp:'",
+        "logplex/room/scripts/s.lua:2: \"redis.call('PUBLISH', '\"",
+    ]
+
+
+def test_the_tailing_hash_field_reads_back():
+    assert RedisKeys.tail_interest("node-1", "app:x|y") == "node-1|app:x|y"
+    assert RedisKeys.interest_of(b"node-1|app:x|y") == ("node-1", "app:x|y")

@@ -1,0 +1,7 @@
+"""``python -m logplex.admin.cli``: the ``logplex`` command."""
+
+import sys
+
+from logplex.admin.cli.program import main
+
+sys.exit(main())
