@@ -30,186 +30,29 @@ from logplex.model import (
 from logplex.redis.subscription import Subscription
 from logplex.redis.connection import RedisAddress
 from logplex.redis.keys import RedisKeys
+from logplex.redis.scripts import lua
 from logplex.errors import ConfigError, Conflict, NotFound, Unavailable
 
 log = Logger()
 
-# Every script names what it touches through these locals, which ConfigStore._eval
-# gives as KEYS in this order: the key schema (logplex.redis.keys) spells them.
-# `feed` is a pub/sub channel, not a key; it travels with the keys so that no
-# name is spelled inside a script. chtok and chdrain are the channel's sets
-# (nil for a credential script).
-_NAMES = """
-local version, feed, channels, tokens, drains, creds, chtok, chdrain = unpack(KEYS)
-"""
 
-# A drain deleted through the API is announced as such ("drain-deleted ID", before
-# its channel's announcement, so a node knows it when it refreshes the channel):
-# only then does a node delete the drain's spool. A drain that merely vanishes
-# from the config (a config Redis that lost its data) keeps its spool.
-#
-# Every script ends by bumping the version and announcing the channel on the
-# feed, inside the same atomic step as the write, so a node either sees the
-# notification or sees a new version at its next reconcile.
-_ANNOUNCE = """
-redis.call('INCR', version)
-redis.call('PUBLISH', feed, 'channel ' .. ARGV[1])
-"""
-
-# ARGV: channel, drain id, drain json, url ('' = reserve), max drains
-_ADD_DRAIN = _NAMES + """
-if redis.call('HEXISTS', channels, ARGV[1]) == 0 then return 'nochannel' end
-if redis.call('SCARD', chdrain) >= tonumber(ARGV[5]) then return 'max' end
-if ARGV[4] ~= '' then
-  for _, id in ipairs(redis.call('SMEMBERS', chdrain)) do
-    local doc = redis.call('HGET', drains, id)
-    if doc and cjson.decode(doc)['url'] == ARGV[4] then return 'dup' end
-  end
-end
-redis.call('HSET', drains, ARGV[2], ARGV[3])
-redis.call('SADD', chdrain, ARGV[2])
-""" + _ANNOUNCE + "return 'ok'"
-
-# ARGV: channel, drain id, url
-_SET_DRAIN_URL = _NAMES + """
-local doc = redis.call('HGET', drains, ARGV[2])
-if not doc then return 'nodrain' end
-local drain = cjson.decode(doc)
-if drain['channel_id'] ~= ARGV[1] then return 'nodrain' end
-for _, id in ipairs(redis.call('SMEMBERS', chdrain)) do
-  if id ~= ARGV[2] then
-    local other = redis.call('HGET', drains, id)
-    if other and cjson.decode(other)['url'] == ARGV[3] then return 'dup' end
-  end
-end
-drain['url'] = ARGV[3]
-redis.call('HSET', drains, ARGV[2], cjson.encode(drain))
-""" + _ANNOUNCE + "return 'ok'"
-
-# ARGV: channel, drain id
-_DELETE_DRAIN = _NAMES + """
-if redis.call('SREM', chdrain, ARGV[2]) == 0 then return 'nodrain' end
-redis.call('HDEL', drains, ARGV[2])
-redis.call('PUBLISH', feed, 'drain-deleted ' .. ARGV[2])
-""" + _ANNOUNCE + "return 'ok'"
-
-# ARGV: channel, channel json, create only (1/0), then pairs of (token id, token json)
-# to add, then '--', then token ids to remove.
-_PUT_CHANNEL = _NAMES + """
-local exists = redis.call('HEXISTS', channels, ARGV[1]) == 1
-if exists and ARGV[3] == '1' then return 'exists' end
-if not exists then redis.call('HSET', channels, ARGV[1], ARGV[2]) end
-local i = 4
-while ARGV[i] ~= '--' do
-  redis.call('HSET', tokens, ARGV[i], ARGV[i + 1])
-  redis.call('SADD', chtok, ARGV[i])
-  i = i + 2
-end
-for j = i + 1, #ARGV do
-  redis.call('HDEL', tokens, ARGV[j])
-  redis.call('SREM', chtok, ARGV[j])
-end
-""" + _ANNOUNCE + "if exists then return 'updated' end return 'created'"
-
-# ARGV: channel
-_DELETE_CHANNEL = _NAMES + """
-if redis.call('HDEL', channels, ARGV[1]) == 0 then return 'nochannel' end
-local toks = redis.call('SMEMBERS', chtok)
-if #toks > 0 then redis.call('HDEL', tokens, unpack(toks)) end
-local ids = redis.call('SMEMBERS', chdrain)
-if #ids > 0 then redis.call('HDEL', drains, unpack(ids)) end
-for _, id in ipairs(ids) do redis.call('PUBLISH', feed, 'drain-deleted ' .. id) end
-redis.call('DEL', chtok, chdrain)
-""" + _ANNOUNCE + "return 'ok'"
-
-# ARGV: channel, channel json, its incarnation. Only that incarnation is
-# changed: a channel deleted and made again meanwhile is another channel.
-_SET_CHANNEL = _NAMES + """
-local doc = redis.call('HGET', channels, ARGV[1])
-if not doc then return 'nochannel' end
-if (cjson.decode(doc)['incarnation'] or '') ~= ARGV[3] then return 'nochannel' end
-redis.call('HSET', channels, ARGV[1], ARGV[2])
-""" + _ANNOUNCE + "return 'ok'"
-
-# ARGV: credential id, json ('' = delete)
-_PUT_CRED = _NAMES + """
-if ARGV[2] == '' then
-  if redis.call('HDEL', creds, ARGV[1]) == 0 then return 'nocred' end
-else
-  redis.call('HSET', creds, ARGV[1], ARGV[2])
-end
-redis.call('INCR', version)
-redis.call('PUBLISH', feed, 'cred ' .. ARGV[1])
-return 'ok'
-"""
+def _write_script(name: str) -> str:
+    """A write of one channel: the names it touches, its announcement, then its own steps."""
+    return lua("logplex.config", "names") + lua("logplex.config", "announce") + lua("logplex.config", name)
 
 
-# KEYS: cluster id, epoch, version, feed, channels, tokens, drains, creds, channel seq,
-# drain seq, then (chtok, chdrain) of each channel in the document's order, then the sets
-# of the channels the Redis holds and the node does not (deleted since, when it is older).
-# ARGV: the cluster id, epoch and version the node holds, the document, and '1' to
-# replace what the Redis holds (an older config: what was deleted since stays deleted)
-# or '0' to add to it (an empty one: a write that landed before anyone noticed stays).
-# Runs only while the Redis has no cluster id or the node's, and an older
-# generation than the node's: a second node, or a stale one, changes nothing.
-_RESEED = """
-local cluster, epochk, version, feed, channels, tokens, drains, creds, chseq, drseq = unpack(KEYS, 1, 10)
-local cur = redis.call('GET', cluster)
-if cur and cur ~= ARGV[1] then return 'foreign' end
-local epoch_now = tonumber(redis.call('GET', epochk) or '0')
-local ver_now = tonumber(redis.call('GET', version) or '0')
-local epoch_held, ver_held = tonumber(ARGV[2]), tonumber(ARGV[3])
-if cur and (epoch_now > epoch_held or (epoch_now == epoch_held and ver_now >= ver_held)) then
-  return 'current'
-end
-local doc = cjson.decode(ARGV[4])
-if ARGV[5] == '1' then
-  redis.call('DEL', channels, tokens, drains, creds)
-  for i = 11 + 2 * #doc['channels'], #KEYS do redis.call('DEL', KEYS[i]) end
-end
-local max_channel = tonumber(redis.call('GET', chseq) or '0')
-for i, ch in ipairs(doc['channels']) do
-  local id, json = ch[1], ch[2]
-  redis.call('HSET', channels, id, json)
-  if string.match(id, '^%d+$') and tonumber(id) > max_channel then max_channel = tonumber(id) end
-  for _, t in ipairs(ch[3]) do
-    redis.call('HSET', tokens, t[1], t[2])
-    redis.call('SADD', KEYS[9 + 2 * i], t[1])
-  end
-  for _, d in ipairs(ch[4]) do
-    redis.call('HSET', drains, d[1], d[2])
-    redis.call('SADD', KEYS[10 + 2 * i], d[1])
-  end
-end
-for _, c in ipairs(doc['creds']) do redis.call('HSET', creds, c[1], c[2]) end
-redis.call('SET', chseq, string.format('%d', max_channel))
-local max_drain = tonumber(redis.call('GET', drseq) or '0')
-if doc['max_drain'] > max_drain then max_drain = doc['max_drain'] end
-redis.call('SET', drseq, string.format('%d', max_drain))
-redis.call('SET', cluster, ARGV[1])
-redis.call('SET', epochk, string.format('%d', math.max(epoch_now, epoch_held) + 1))
-redis.call('SET', version, string.format('%d', math.max(ver_now, ver_held) + 1))
-redis.call('PUBLISH', feed, 'reseeded')
-return 'ok'
-"""
+_ADD_DRAIN = _write_script("add_drain")
+_SET_DRAIN_URL = _write_script("set_drain_url")
+_DELETE_DRAIN = _write_script("delete_drain")
+_PUT_CHANNEL = _write_script("put_channel")
+_DELETE_CHANNEL = _write_script("delete_channel")
+_SET_CHANNEL = _write_script("set_channel")
+# A credential belongs to no channel: it announces itself.
+_PUT_CRED = lua("logplex.config", "names") + lua("logplex.config", "put_credential")
+_RESEED = lua("logplex.config", "reseed")
+_PAGE = lua("logplex.config", "page")
+_UNLOCK = lua("logplex.config", "unlock")
 
-# KEYS: a hash; ARGV: an HSCAN cursor, a page size. One page of the hash as one JSON array of
-# key, record, key, record… (the records are the JSON the scripts above wrote, spliced in as
-# they are) and the next cursor. A node loading the config reads it page by page: one
-# reply element per page rather than two per record, which txredisapi parses one reactor
-# turn each, and one json.loads per page rather than one per record.
-_PAGE = """
-local reply = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local items, encode = reply[2], cjson.encode
-for i = 1, #items, 2 do items[i] = encode(items[i]) end
-return {reply[1], '[' .. table.concat(items, ',') .. ']'}
-"""
-
-# KEYS: the re-seed lock; ARGV: this node's lock value. Frees the lock only if it is still ours.
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 'ok'
-"""
 
 # Why a node refuses what the config Redis holds, as config_refused logs it.
 EMPTY = "empty"
@@ -857,7 +700,7 @@ class ConfigStore:
             raise Unavailable(self.refusal)
 
     def _eval(self, script: str, args: list, channel_id: str | None = None) -> defer.Deferred:
-        """Run a config script; its KEYS are the names _NAMES binds, those of channel_id's sets last."""
+        """Run a config script; its KEYS are the names names.lua binds, those of channel_id's sets last."""
         if self.refused is not None:
             return defer.fail(Unavailable(self.refusal))
         k = self.keys
