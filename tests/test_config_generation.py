@@ -10,7 +10,7 @@ from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.drains.worker import DrainWorker
 from logplex.metrics import Metrics
 from logplex.model import Drain
-from logplex.config.store import EMPTY, FOREIGN, OLDER, Generation, judge, refusal_sentence
+from logplex.config.cache import EMPTY, FOREIGN, OLDER, Generation, judge, refusal_sentence
 from logplex.redis.keys import RedisKeys
 from tests.test_drain_worker import Endpoint, MemorySpool, msg
 

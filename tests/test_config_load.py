@@ -10,8 +10,10 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from logplex.model import Channel, Credential, Drain, Token
-from logplex.config import store as config_module
-from logplex.config.store import ConfigError, ConfigStore, Cooperation, Snapshot, SnapshotDiff
+from logplex.config import feed as config_module
+from logplex.config.cache import Cooperation, Snapshot, SnapshotDiff
+from logplex.config.store import ConfigStore
+from logplex.errors import ConfigError
 from logplex.redis.connection import RedisAddress
 from logplex.redis.keys import RedisKeys
 
