@@ -519,6 +519,7 @@ class ConfigFeed:
         config stays refused until another node re-seeds it or an operator fixes it.
         ConfigStore, which writes, re-seeds it (logplex.config.store)."""
 
+    # -- telling the listeners -------------------------------------------------------
     def _tombstone(self, drain_id: int) -> None:
         """A drain deleted through the API: its spools may go."""
         self.tombstones.pop(drain_id, None)
