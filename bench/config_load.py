@@ -2,7 +2,7 @@
 
 Starts its own redis-server (no persistence, free loopback port, temp dir),
 fills it with N channels written the way ConfigStore's scripts write them
-(one token each, a drain on one in ten), then runs ConfigStore.load() in this
+(one token each, a drain on one in ten), then runs ConfigFeed.load() in this
 process on the real reactor: once on an empty cache (a boot) and once more
 with everything cached (the reload every feed reconnect does), then once more
 after --changed channels were made again behind its back. For each it
@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 from twisted.internet import defer, reactor, task  # noqa: E402
 
 from logplex.model import Channel, Drain, Token, new_drain_token, new_token_id  # noqa: E402
-from logplex.config.store import ConfigStore  # noqa: E402
+from logplex.config.feed import ConfigFeed  # noqa: E402
 from logplex.redis.address import parse_redis_url  # noqa: E402
 from logplex.redis.connection import connect  # noqa: E402
 from logplex.redis.keys import RedisKeys  # noqa: E402
@@ -206,8 +206,8 @@ async def run(args) -> dict:
         fill_s = time.perf_counter() - t0
         address = parse_redis_url(server.url)
         pool = connect(address, poolsize=2, reply_timeout=args.timeout, reactor=reactor)
-        store = ConfigStore(pool, address, reactor, keys=keys, timeout=args.timeout,
-                            **({"page_size": args.page_size} if args.page_size else {}))
+        store = ConfigFeed(pool, address, reactor, keys=keys, timeout=args.timeout,
+                           **({"page_size": args.page_size} if args.page_size else {}))
         monitor = StallMonitor(args.interval)
         results = {"channels": n, "tokens": n, "drains": drains, "fill_s": round(fill_s, 2)}
         if args.raw:

@@ -13,7 +13,7 @@ from twisted.internet.defer import DeferredList
 
 from logplex import syslog
 from logplex.model import NO_REDIS, NO_TAIL
-from logplex.config.store import ConfigCache
+from logplex.config.cache import ConfigCache
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred

@@ -14,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 
 from logplex.model import Channel, Token
-from logplex.config.store import ConfigCache
+from logplex.config.cache import ConfigCache
 
 
 class RecordingBacklog:

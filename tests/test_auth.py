@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from logplex import secrets
 from logplex.http.auth import Authenticator, parse_basic, parse_bearer
 from logplex.model import ANY_CHANNEL, Credential
-from logplex.config.store import ConfigCache
+from logplex.config.cache import ConfigCache
 
 # Cheap scrypt parameters: the tests are about behaviour, not cost.
 N = 2**4

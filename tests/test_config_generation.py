@@ -1,8 +1,7 @@
-"""Which config a node adopts (sans-IO), and spools that only an API tombstone deletes (on a Clock)."""
+"""Spools that only an API tombstone deletes (on a Clock), whatever the config Redis lost."""
 
 from types import SimpleNamespace
 
-from hypothesis import given, strategies as st
 from twisted.internet.task import Clock
 
 from logplex.drains.core import Backoff, Outcome
@@ -10,42 +9,8 @@ from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.drains.worker import DrainWorker
 from logplex.metrics import Metrics
 from logplex.model import Drain
-from logplex.config.store import EMPTY, FOREIGN, OLDER, Generation, judge, refusal_sentence
 from logplex.redis.keys import RedisKeys
 from tests.test_drain_worker import Endpoint, MemorySpool, msg
-
-HELD = Generation(b"ours", epoch=1, version=40)
-
-
-def test_a_node_that_holds_nothing_adopts_anything():
-    assert judge(None, Generation(None)) is None
-    assert judge(None, Generation(b"theirs", 3, 7)) is None
-
-
-def test_a_node_that_holds_a_config_refuses_an_empty_foreign_or_older_one():
-    assert judge(HELD, Generation(None)) == EMPTY
-    # A Redis restarted empty and written to once by a node that had not noticed yet.
-    assert judge(HELD, Generation(None, 0, 1)) == EMPTY
-    assert judge(HELD, Generation(b"theirs", 1, 40)) == FOREIGN
-    assert judge(HELD, Generation(b"ours", 1, 39)) == OLDER
-    assert judge(HELD, Generation(b"ours", 0, 900)) == OLDER  # before the last re-seed
-    assert judge(HELD, Generation(b"ours", 1, 40)) is None
-    assert judge(HELD, Generation(b"ours", 1, 41)) is None
-    assert judge(HELD, Generation(b"ours", 2, 1)) is None  # re-seeded by another node
-
-
-@given(st.integers(0, 5), st.integers(0, 10**6), st.integers(0, 5), st.integers(0, 10**6))
-def test_a_node_adopts_exactly_the_generations_not_below_its_own(he, hv, fe, fv):
-    held, found = Generation(b"c", he, hv), Generation(b"c", fe, fv)
-    assert (judge(held, found) is None) == ((fe, fv) >= (he, hv))
-
-
-def test_the_refusal_says_what_was_found_and_what_happens_next():
-    sentence = refusal_sentence(EMPTY, HELD, Generation(None))
-    assert "lost the cluster's config" in sentence and "re-seeds it" in sentence
-    sentence = refusal_sentence(FOREIGN, HELD, Generation(b"theirs", 1, 1))
-    assert "'theirs'" in sentence and "--config-redis" in sentence
-    assert "generation 0.3, this node holds 1.40" in refusal_sentence(OLDER, HELD, Generation(b"ours", 0, 3))
 
 
 def supervisor_with_a_spooling_drain():

@@ -60,8 +60,9 @@ from logplex.framing import FramingError, SyslogFramer, decode_logplex1, encode_
 from logplex.ingest.http import LogInput
 from logplex.metrics import Metrics
 from logplex.model import ANY_CHANNEL, FULL_API, READ_CHANNEL, Channel, Credential, Drain, Token
-from logplex.config import store as config_module
-from logplex.config.store import ConfigCache, ConfigStore
+from logplex.config import feed as config_feed, store as config_module
+from logplex.config.cache import ConfigCache
+from logplex.config.store import ConfigStore
 from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
 from logplex.backlog.writer import within_bytes
@@ -901,7 +902,7 @@ class DictRedis:
         return defer.succeed(set(self.sets.get(self._b(name), ())))
 
     def eval(self, script, keys, args):
-        if script == config_module._PAGE:  # the whole hash as one page
+        if script == config_feed._PAGE:  # the whole hash as one page
             h = self.hashes.get(self._b(keys[0]), {})
             return defer.succeed([b"0", b"[" + b",".join(json.dumps(k.decode()).encode() + b"," + v
                                                        for k, v in h.items()) + b"]"])

@@ -21,7 +21,7 @@ from logplex.framing import encode_logplex1
 from logplex.ingest.http import FrameIdMemory, GzipBody, GzipError, LogInput
 from logplex.metrics import Metrics
 from logplex.model import ANY_CHANNEL, FULL_API, Credential
-from logplex.config.store import ConfigCache
+from logplex.config.cache import ConfigCache
 from logplex.router import Router
 from logplex.http.site import LogplexSite
 from tests.helpers import (

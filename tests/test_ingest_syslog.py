@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from logplex.framing import octet_frame
 from logplex.ingest.syslog import SyslogFactory
 from logplex.metrics import Metrics
-from logplex.config.store import ConfigCache
+from logplex.config.cache import ConfigCache
 from logplex.router import Router
 from tests.helpers import RecordingBacklog, RecordingTails, fill_cache
 

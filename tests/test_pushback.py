@@ -24,7 +24,7 @@ from logplex.ingest.http import LogInput
 from logplex.ingest.syslog import SyslogFactory
 from logplex.metrics import Metrics
 from logplex.model import Drain
-from logplex.config.store import ConfigCache
+from logplex.config.cache import ConfigCache
 from logplex.redis.keys import RedisKeys
 from logplex.router import Router
 from logplex.http.site import LogplexSite

@@ -4,7 +4,7 @@ import pytest
 
 from logplex.metrics import Metrics
 from logplex.model import NO_REDIS, NO_TAIL, Channel, Drain, Token
-from logplex.config.store import ConfigCache
+from logplex.config.cache import ConfigCache
 from logplex.router import MALFORMED, UNKNOWN_TOKEN, DropReport, IngressDenied, Router
 
 

@@ -19,7 +19,7 @@ from logplex.api.tailpage import KEEPALIVE_SECONDS, RECHECK_SECONDS, TailPage
 from logplex.http.auth import Authenticator
 from logplex.metrics import Metrics
 from logplex.model import ANY_CHANNEL, FULL_API, NO_TAIL, READ_CHANNEL, Channel, Credential
-from logplex.config.store import ConfigCache
+from logplex.config.cache import ConfigCache
 from logplex.backlog.writer import within_bytes
 from logplex.tails.session import TailRegistry
 from logplex.http.site import LogplexSite

@@ -23,7 +23,7 @@ from twisted.internet import defer, threads
 
 from logplex import secrets
 from logplex.model import Credential
-from logplex.config.store import ConfigCache
+from logplex.config.cache import ConfigCache
 
 
 def parse_basic(header: bytes | None) -> tuple[str, str] | None:

@@ -8,7 +8,8 @@ import txredisapi
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from logplex.config.store import ConfigStore, NotFound, Conflict, ConfigError, Unavailable
+from logplex.config.store import ConfigStore
+from logplex.errors import ConfigError, Conflict, NotFound, Unavailable
 from logplex.redis.address import parse_redis_url
 from logplex.redis.connection import connect
 from logplex.redis.keys import RedisKeys

@@ -1,4 +1,4 @@
-"""Loading the whole config: a slice of records per reactor turn, swapped in at once, and
+"""The feed: loading the whole config a slice of records per reactor turn, swapped in at once, and
 refreshes that land during a load kept (on a Clock, over a Redis of dictionaries)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from logplex.model import Channel, Credential, Drain, Token
-from logplex.config import store as config_module
-from logplex.config.store import ConfigError, ConfigStore, Cooperation, Snapshot, SnapshotDiff
+from logplex.config import feed as config_feed
+from logplex.config.feed import ConfigFeed
 from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
 
@@ -85,7 +85,7 @@ class PagedRedis:
         return defer.succeed(set(self.sets.get(key, set())))
 
     def eval(self, script, keys, args):
-        assert script == config_module._PAGE
+        assert script == config_feed._PAGE
         key, cursor, count = keys[0], args[0], int(args[1])
         self.pages.append(key)
         # The cursor is the last field served (after a "1", so that it is never "0").
@@ -113,9 +113,9 @@ def filled(n: int) -> PagedRedis:
     return redis
 
 
-def store_on(redis: PagedRedis, clock: Clock, **kw) -> ConfigStore:
+def feed_on(redis: PagedRedis, clock: Clock, **kw) -> ConfigFeed:
     kw = {"page_size": 100, "slice_size": 25, "turn_budget": 0.0, **kw}
-    return ConfigStore(redis, RedisAddress(host="paged"), clock, keys=KEYS, **kw)
+    return ConfigFeed(redis, RedisAddress(host="paged"), clock, keys=KEYS, **kw)
 
 
 def turns_until(clock: Clock, d: defer.Deferred, each=lambda: None, most: int = 100_000) -> int:
@@ -134,93 +134,13 @@ def view(cache) -> tuple:
     return (dict(cache.channels), dict(cache.routes), dict(cache.channel_drains), dict(cache.creds))
 
 
-# -- the driver ---------------------------------------------------------------------
-
-def test_a_job_runs_at_once_while_it_fits_in_the_budget():
-    clock, now = Clock(), [0.0]
-    done = Cooperation(clock, budget=0.01, timer=lambda: now[0]).run(iter(range(100)))
-    assert done.called
-
-
-def test_a_long_job_gives_the_reactor_back_once_a_turn_used_its_budget():
-    clock, now, per_turn = Clock(), [0.0], []
-
-    def job():
-        for _ in range(100):
-            now[0] += 0.003  # each unit takes 3 ms
-            per_turn[-1] += 1
-            yield
-
-    cooperation = Cooperation(clock, budget=0.01, timer=lambda: now[0])
-    per_turn.append(0)
-    done = cooperation.run(job())
-    turns = 0
-    while not done.called:
-        per_turn.append(0)
-        clock.advance(0.001)
-        turns += 1
-    # 10 ms a turn: 4 units of 3 ms (the one that crosses the budget ends the turn),
-    # and one more turn to find that the job is over.
-    assert max(per_turn) == 4 and sum(per_turn) == 100 and turns == 25
-
-
-def test_jobs_side_by_side_share_one_budget_per_turn():
-    clock, now, per_turn = Clock(), [0.0], [0]
-
-    def job():
-        for _ in range(40):
-            now[0] += 0.003
-            per_turn[-1] += 1
-            yield
-
-    cooperation = Cooperation(clock, budget=0.01, timer=lambda: now[0])
-    first = cooperation.run(job())
-    second = cooperation.run(job())  # waits for the turn the first one goes on in
-    while not (first.called and second.called):
-        per_turn.append(0)
-        clock.advance(0.001)
-    assert max(per_turn) == 4 and sum(per_turn) == 80
-
-
-def test_a_job_that_fails_fails_its_deferred():
-    def job():
-        yield
-        raise ValueError("broken record")
-
-    clock = Clock()
-    done = Cooperation(clock, budget=0.0).run(job())
-    clock.advance(0.001)
-    assert isinstance(done.result.value, ValueError)
-    done.addErrback(lambda f: None)
-
-
-# -- the diff ---------------------------------------------------------------------------
-
-def test_reading_a_page_takes_at_most_a_slice_of_records_per_unit():
-    redis = filled(1000)
-    _, page = redis.eval(config_module._PAGE, [KEYS.channels], [b"0", b"1000"]).result
-    diff = SnapshotDiff(Snapshot(), per_slice=30)
-    taken = []
-    for _ in diff.read_channels(page):
-        taken.append(diff.records - sum(taken))
-    assert sum(taken) == 1000 and max(taken) <= 30
-
-
-def test_a_record_that_is_not_json_is_refused_with_a_sentence():
-    diff = SnapshotDiff(Snapshot())
-    with pytest.raises(ConfigError, match="channels hash holds a record this node cannot read"):
-        list(diff.read_channels(b'["app", {"flags": []}, "bad", not json]'))
-
-
-# -- the store ----------------------------------------------------------------------------
-
 def test_a_load_of_many_records_spans_turns_and_the_router_sees_none_or_all_of_it():
     clock, redis = Clock(), filled(2000)
-    store = store_on(redis, clock)
-    empty = view(store.cache)
+    feed = feed_on(redis, clock)
+    empty = view(feed.cache)
     seen = []
-    turns = turns_until(clock, store.load(), lambda: seen.append(view(store.cache)))
-    full = view(store.cache)
+    turns = turns_until(clock, feed.load(), lambda: seen.append(view(feed.cache)))
+    full = view(feed.cache)
     assert len(full[0]) == 2000 and len(full[1]) == 2000 and len(full[2]) == 200
     # 2000 channels + 2000 tokens + 200 drains, 25 records a slice, one slice a turn.
     assert turns >= 4200 // 25
@@ -229,56 +149,56 @@ def test_a_load_of_many_records_spans_turns_and_the_router_sees_none_or_all_of_i
 
 def test_a_reload_that_changes_much_swaps_the_new_config_in_at_once():
     clock, redis = Clock(), filled(2000)
-    store = store_on(redis, clock)
-    turns_until(clock, store.load())
-    before = view(store.cache)
+    feed = feed_on(redis, clock)
+    turns_until(clock, feed.load())
+    before = view(feed.cache)
     # Every channel made again (new incarnations, new tokens): more than a reload applies in place.
     redis.hashes.clear()
     for i in range(2000):
         channel, tokens, drains = app(i, incarnation="again", drain=i % 10 == 0)
         redis.put_channel(channel, [Token(f"t.again.{i}", channel.id, "web")], drains)
     seen = []
-    turns = turns_until(clock, store.load(), lambda: seen.append(view(store.cache)))
-    after = view(store.cache)
+    turns = turns_until(clock, feed.load(), lambda: seen.append(view(feed.cache)))
+    after = view(feed.cache)
     assert after != before and turns > 100
     assert all(v in (before, after) for v in seen), "the router saw half a config"
-    assert store.cache.routes[b"t.again.7"] == ("app-00007", b"web") and b"t.00007" not in store.cache.routes
+    assert feed.cache.routes[b"t.again.7"] == ("app-00007", b"web") and b"t.00007" not in feed.cache.routes
 
 
 def test_a_reload_of_an_unchanged_config_keeps_every_record_and_tells_no_one():
     clock, redis = Clock(), filled(500)
-    store = store_on(redis, clock)
+    feed = feed_on(redis, clock)
     told = []
-    store.drain_listeners.append(told.append)
-    store.identity_listeners.append(lambda channel_id, now: told.append(("ended", channel_id)))
-    turns_until(clock, store.load())
+    feed.drain_listeners.append(told.append)
+    feed.identity_listeners.append(lambda channel_id, now: told.append(("ended", channel_id)))
+    turns_until(clock, feed.load())
     assert len(told) == 50  # the first load tells of every channel with drains
-    records = {cid: store.cache.channels[cid] for cid in ("app-00001", "app-00400")}
-    routes = store.cache.routes
+    records = {cid: feed.cache.channels[cid] for cid in ("app-00001", "app-00400")}
+    routes = feed.cache.routes
     del told[:]
-    turns_until(clock, store.load())
+    turns_until(clock, feed.load())
     assert told == []
-    assert store.cache.routes is routes  # changed in place, and nothing needed changing
-    assert all(store.cache.channels[cid] is record for cid, record in records.items())
+    assert feed.cache.routes is routes  # changed in place, and nothing needed changing
+    assert all(feed.cache.channels[cid] is record for cid, record in records.items())
 
 
 def test_a_reload_applies_a_few_changes_and_tells_the_listeners_of_them():
     clock, redis = Clock(), filled(500)
-    store = store_on(redis, clock)
-    turns_until(clock, store.load())
+    feed = feed_on(redis, clock)
+    turns_until(clock, feed.load())
     told, ended = [], []
-    store.drain_listeners.append(told.append)
-    store.identity_listeners.append(lambda channel_id, now: ended.append((channel_id, now)))
+    feed.drain_listeners.append(told.append)
+    feed.identity_listeners.append(lambda channel_id, now: ended.append((channel_id, now)))
     redis.delete_channel("app-00010")  # had a drain
     replaced, tokens, _ = app(20, incarnation="new")
     redis.delete_channel("app-00020")
     redis.put_channel(replaced, tokens)
     redis.put_channel(*app(7, drain=True))  # a drain added
-    turns_until(clock, store.load())
-    assert "app-00010" not in store.cache.channels and b"t.00010" not in store.cache.routes
-    assert 10 not in store.cache.drains
-    assert store.cache.channels["app-00020"].incarnation == "new"
-    assert store.cache.channel_drains["app-00007"] == {7: app(7, drain=True)[2][0]}
+    turns_until(clock, feed.load())
+    assert "app-00010" not in feed.cache.channels and b"t.00010" not in feed.cache.routes
+    assert 10 not in feed.cache.drains
+    assert feed.cache.channels["app-00020"].incarnation == "new"
+    assert feed.cache.channel_drains["app-00007"] == {7: app(7, drain=True)[2][0]}
     assert sorted(told) == ["app-00007", "app-00010", "app-00020"]
     assert sorted(ended) == [("app-00010", None), ("app-00020", replaced)]
 
@@ -286,8 +206,8 @@ def test_a_reload_applies_a_few_changes_and_tells_the_listeners_of_them():
 @pytest.mark.parametrize("others", [0, 3000], ids=["few changes", "many changes"])
 def test_a_refresh_that_lands_during_a_load_is_not_undone_by_the_older_pages(others):
     clock, redis = Clock(), filled(1000)
-    store = store_on(redis, clock)
-    turns_until(clock, store.load())
+    feed = feed_on(redis, clock)
+    turns_until(clock, feed.load())
     for i in range(1000, 1000 + others // 2):  # enough new channels to take the copy-and-swap path
         redis.put_channel(*app(i))
     late, late_tokens, late_drains = app(99_999, drain=True)
@@ -305,35 +225,35 @@ def test_a_refresh_that_lands_during_a_load_is_not_undone_by_the_older_pages(oth
         redis.delete_channel("app-00003")
         redis.h(KEYS.creds)[b"late-reader"] = grant.to_json().encode()
         for channel_id in (late.id, flagged.id, "app-00003"):
-            store.refresh_channel(channel_id)
-        store.refresh_credential("late-reader")
-        assert late.id in store.cache.channels  # in force at once, before the load ends
+            feed.refresh_channel(channel_id)
+        feed.refresh_credential("late-reader")
+        assert late.id in feed.cache.channels  # in force at once, before the load ends
 
-    turns_until(clock, store.load(), write_once_the_channel_pages_are_read)
+    turns_until(clock, feed.load(), write_once_the_channel_pages_are_read)
     assert state["done"]
-    assert store.cache.channels[late.id] == late and store.cache.routes[b"t.99999"] == (late.id, b"web")
-    assert store.cache.channel_drains[late.id] == {99_999: late_drains[0]}
-    assert store.cache.channels["app-00005"].flags == {"no_tail"}
-    assert "app-00003" not in store.cache.channels and b"t.00003" not in store.cache.routes
-    assert store.cache.creds["late-reader"] == grant
-    assert len(store.cache.channels) == 1000 + others // 2, sorted({f"app-{i:05d}" for i in range(1000 + others // 2)} - {"app-00003"} - set(store.cache.channels))
+    assert feed.cache.channels[late.id] == late and feed.cache.routes[b"t.99999"] == (late.id, b"web")
+    assert feed.cache.channel_drains[late.id] == {99_999: late_drains[0]}
+    assert feed.cache.channels["app-00005"].flags == {"no_tail"}
+    assert "app-00003" not in feed.cache.channels and b"t.00003" not in feed.cache.routes
+    assert feed.cache.creds["late-reader"] == grant
+    assert len(feed.cache.channels) == 1000 + others // 2, sorted({f"app-{i:05d}" for i in range(1000 + others // 2)} - {"app-00003"} - set(feed.cache.channels))
 
 
 def test_callers_share_the_load_in_flight():
     clock, redis = Clock(), filled(300)
-    store = store_on(redis, clock)
-    first = store.load()
+    feed = feed_on(redis, clock)
+    first = feed.load()
     clock.advance(0.001)
-    second = store.load()
+    second = feed.load()
     turns_until(clock, first)
-    assert second.called and len(store.cache.channels) == 300
+    assert second.called and len(feed.cache.channels) == 300
     assert redis.pages.count(KEYS.channels) == 3  # one read: 300 channels, 100 a page
 
 
 def test_a_reseed_while_the_pages_are_read_makes_the_load_read_them_again():
     clock, redis = Clock(), filled(300)
-    store = store_on(redis, clock)
-    turns_until(clock, store.load())
+    feed = feed_on(redis, clock)
+    turns_until(clock, feed.load())
     state, start = {"done": False}, len(redis.finished)
 
     def reseed_once():
@@ -344,21 +264,21 @@ def test_a_reseed_while_the_pages_are_read_makes_the_load_read_them_again():
             redis.strings[KEYS.epoch] = b"2"
 
     redis.delete_channel("app-00001")
-    d = store.load()
+    d = feed.load()
     turns_until(clock, d, reseed_once)
     assert state["done"] and d.called
-    assert "app-00500" in store.cache.channels and "app-00001" not in store.cache.channels
-    assert store.held.epoch == 2
+    assert "app-00500" in feed.cache.channels and "app-00001" not in feed.cache.channels
+    assert feed.held.epoch == 2
 
 
 def test_a_record_without_its_fields_fails_the_load_with_a_sentence_and_keeps_the_cache():
     clock, redis = Clock(), filled(10)
-    store = store_on(redis, clock)
-    turns_until(clock, store.load())
-    held = view(store.cache)
+    feed = feed_on(redis, clock)
+    turns_until(clock, feed.load())
+    held = view(feed.cache)
     redis.h(KEYS.tokens)[b"t.broken"] = b'{"name": "web"}'
-    d = store.load()
+    d = feed.load()
     turns_until(clock, d)
     assert "tokens hash holds a record this node cannot read" in d.result.value.message
     d.addErrback(lambda f: None)
-    assert view(store.cache) == held
+    assert view(feed.cache) == held
