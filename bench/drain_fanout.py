@@ -152,7 +152,7 @@ def serial(args) -> dict:
         reactor.stop()
 
     if args.serial_floor:
-        from logplex.drains.core import http_body
+        from logplex.drains.formats import http_body
         body, count = http_body(lines)
         request = (b"POST /d/0 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/logplex-1\r\n"
                    b"Logplex-Msg-Count: %d\r\nContent-Length: %d\r\n\r\n" % (port, count, len(body))) + body

@@ -6,7 +6,7 @@ Stages, each over realistic ~200-byte log-shuttle messages:
 - route: syslog.split_header then syslog.cook (the router's per-message work);
 - header_app+cook_message: the compiled pair a router could call instead (the
   pure column is split_header+cook again);
-- drain body: drains.core.http_body of a 1,000-message batch;
+- drain body: drains.formats.http_body of a 1,000-message batch;
 - resp: _Protocol._build_command of one LPUSH of 1,000 messages (a backlog flush).
 
 Usage:
@@ -34,7 +34,7 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from logplex import _hot, framing, syslog  # noqa: E402
-from logplex.drains import core as drain_core  # noqa: E402
+from logplex.drains import formats as drain_formats  # noqa: E402
 from logplex.redis import connection  # noqa: E402
 
 _hot.bind_framing(framing._scan, framing._strip)
@@ -122,7 +122,7 @@ STAGES: dict[str, dict[str, Callable[[], int]]] = {
                           "compiled": route_stage(_hot.split_header, _hot.cook)},
     "header_app+cook_message": {"pure": route_stage(syslog.pure_split_header, syslog.pure_cook),
                                 "compiled": token_stage()},
-    "drain body": {"pure": body_stage(drain_core.http_body), "compiled": body_stage(_hot.http_body)},
+    "drain body": {"pure": body_stage(drain_formats.http_body), "compiled": body_stage(_hot.http_body)},
     "resp": {"pure": resp_stage(lambda args: connection._Protocol._build_command(PROTOCOL, *args)),
              "compiled": resp_stage(lambda args: _hot.build_command(args, PROTOCOL._encode_value))},
 }

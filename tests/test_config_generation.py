@@ -5,7 +5,7 @@ from types import SimpleNamespace
 from hypothesis import given, strategies as st
 from twisted.internet.task import Clock
 
-from logplex.drains.core import Backoff, Outcome
+from logplex.drains.policy import Backoff, Outcome
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.drains.worker import DrainWorker
 from logplex.metrics import Metrics

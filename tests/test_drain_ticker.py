@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from logplex.drains.core import Backoff, Outcome
+from logplex.drains.policy import Backoff, Outcome
 from logplex.drains.ticker import DrainTicker
 from logplex.drains.worker import DrainWorker
 from logplex.metrics import Metrics

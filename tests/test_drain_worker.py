@@ -3,7 +3,8 @@
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from logplex.drains.core import Backoff, Outcome, decode_chunk
+from logplex.drains.formats import decode_chunk
+from logplex.drains.policy import Backoff, Outcome
 from logplex.drains.worker import DrainWorker
 from logplex.metrics import Metrics
 from logplex.model import Drain

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from logplex.drains.core import Backoff, Outcome
+from logplex.drains.policy import Backoff, Outcome
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.drains.worker import DrainWorker
 from logplex.framing import encode_logplex1, octet_frame

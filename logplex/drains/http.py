@@ -44,7 +44,8 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTT
 from zope.interface import implementer
 
 from logplex import __version__
-from logplex.drains.core import Outcome, http_body, parse_retry_after
+from logplex.drains.formats import http_body
+from logplex.drains.policy import Outcome, parse_retry_after
 from logplex.drains.resolver import resolved_only_private
 from logplex.drains.ticker import DrainTicker
 from logplex.model import Drain

@@ -9,9 +9,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from logplex import syslog
-from logplex.drains.core import (
-    Backoff, Batch, BatchSize, DrainQueue, Outcome, Pace, decode_chunk, encode_chunk, fitting,
-)
+from logplex.drains.formats import decode_chunk, encode_chunk
+from logplex.drains.policy import Backoff, Outcome, Pace
+from logplex.drains.queue import Batch, BatchSize, DrainQueue, fitting
 from logplex.drains.spool import Spool
 from logplex.model import Drain
 
