@@ -46,7 +46,7 @@ from zope.interface import implementer
 from logplex import __version__
 from logplex.drains.formats import http_body
 from logplex.drains.policy import Outcome, parse_retry_after
-from logplex.drains.resolver import resolved_only_private
+from logplex.drains.netpolicy import resolved_only_private
 from logplex.drains.ticker import DrainTicker
 from logplex.model import Drain
 
