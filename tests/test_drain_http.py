@@ -21,10 +21,8 @@ from twisted.web.client import HTTPConnectionPool, ResponseDone
 from zope.interface import implementer
 from twisted.web.iweb import IAgentEndpointFactory
 
-from logplex.drains.http import (
-    ANSWER_BYTES, ANSWER_WIRE_BYTES, DrainAgent, DrainHttpClient, HttpDrainTransport, _BoundedEndpoint, _FirstBytes,
-    load_trust_root,
-)
+from logplex.drains.http import ANSWER_WIRE_BYTES, HttpDrainTransport, _BoundedEndpoint, load_trust_root
+from logplex.drains.httpclient import ANSWER_BYTES, DrainAgent, DrainHttpClient, _FirstBytes
 from logplex.model import Drain
 
 LINE = b"<134>1 2026-11-24T10:00:00+00:00 host app web.1 - - hello"
