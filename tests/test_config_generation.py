@@ -12,7 +12,7 @@ from logplex.metrics import Metrics
 from logplex.model import Drain
 from logplex.config.store import EMPTY, FOREIGN, OLDER, Generation, judge, refusal_sentence
 from logplex.redis.keys import RedisKeys
-from tests.test_drain_worker import Endpoint, MemorySpool, msg
+from tests.drain_doubles import Endpoint, MemorySpool, msg
 
 HELD = Generation(b"ours", epoch=1, version=40)
 

@@ -13,7 +13,7 @@ from logplex.drains.ticker import DrainTicker
 from logplex.drains.worker import DrainWorker
 from logplex.metrics import Metrics
 from logplex.model import Drain
-from tests.test_drain_worker import Endpoint, MemorySpool, msg
+from tests.drain_doubles import Endpoint, MemorySpool, msg
 
 STEP = 0.01
 LINGER = 0.25

@@ -38,7 +38,7 @@ from tests.helpers import (
     parse_reply,
     raw_request,
 )
-from tests.test_drain_worker import MemorySpool, msg
+from tests.drain_doubles import MemorySpool, msg
 
 DRAIN = Drain(7, "app", "d.tok", "https://logs.example.com/")
 PUSHBACK = 0.1
