@@ -1,8 +1,14 @@
 """Doubles of a drain's transport and spool, on a Clock: what the drain tests share."""
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionAborted, ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 from logplex.drains.formats import decode_chunk
+from logplex.drains.http import ANSWER_WIRE_BYTES, _BoundedEndpoint
 from logplex.drains.policy import Outcome
 
 
@@ -88,3 +94,56 @@ class MemorySpool:
     def delete(self):
         self.chunks = []
         return defer.succeed(None)
+
+
+# -- HTTP: the node's Agent and pool on StringTransports -------------------------------------
+LINE = b"<134>1 2026-11-24T10:00:00+00:00 host app web.1 - - hello"
+TIMEOUT = 5.0
+
+
+class Connection:
+    """One connection the drain made: what it wrote, and a way to answer."""
+
+    def __init__(self, protocol, transport: StringTransport) -> None:
+        self.protocol = protocol  # the connection bound, with HTTP under it
+        self.transport = transport
+        self.lost = False
+
+    def written(self) -> bytes:
+        return self.transport.value()
+
+    def headers(self) -> dict[bytes, bytes]:
+        head = self.written().split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+        return {name.lower(): value.strip() for name, _, value in (h.partition(b":") for h in head)}
+
+    def answer(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+        self.settle()
+
+    def settle(self) -> None:
+        """What the reactor would do after a read: a connection the drain dropped is lost."""
+        if self.transport.disconnecting and not self.lost:
+            self.lost = True
+            self.protocol.connectionLost(Failure(ConnectionAborted()))
+
+    def close(self) -> None:
+        self.lost = True
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+@implementer(IAgentEndpointFactory)
+class Wire:
+    """Endpoints whose every connection is a StringTransport, bounded as the node's are."""
+
+    def __init__(self) -> None:
+        self.connections: list[Connection] = []
+
+    def endpointForURI(self, uri):
+        return _BoundedEndpoint(self, ANSWER_WIRE_BYTES)
+
+    def connect(self, factory) -> defer.Deferred:
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.connections.append(Connection(protocol, transport))
+        return defer.succeed(protocol)
