@@ -53,3 +53,15 @@ def test_the_fast_output_path_gives_exactly_what_the_full_parser_gives():
         f = syslog.parse(m)
         line = b"<%d>1 %s d.t %s %s - - %s\n" % (f.pri, f.timestamp, f.appname, f.procid, f.msg)
         assert syslog_frames([m], b"d.t") == b"%d %s" % (len(line), line)
+
+
+def test_the_queue_and_formats_load_no_redis_client_and_no_reactor():
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sys, logplex.drains.queue, logplex.drains.formats, logplex.drains.policy; "
+             "print(sorted(m for m in sys.modules if m == 'txredisapi' or m == 'twisted.internet.reactor'))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=root)
+    assert done.stdout.strip() == "[]"
