@@ -284,9 +284,9 @@ def cook(parts, name):
 
 
 # == drain formats (drains/formats.py) ====================================================================
-# Not wired in by logplex itself yet: drains.formats keeps its pure functions until
-# these replace them there. Their fallback for a message with structured data
-# (or otherwise not plain) is logplex.syslog's parser, as in drains.formats.
+# drains.formats binds these in place of its pure functions (kept there as pure_*).
+# Their fallback for a message with structured data (or otherwise not plain) is
+# logplex.syslog's parser, as in drains.formats.
 
 cdef object _syslog = None
 cdef bytes _BOM = b"\xef\xbb\xbf"
