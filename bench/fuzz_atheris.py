@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 with atheris.instrument_imports(include=["logplex"]):
     from logplex import syslog
-    from logplex.drains.core import http_body, output_line, syslog_frames
+    from logplex.drains.formats import http_body, output_line, syslog_frames
     from logplex.framing import FramingError, SyslogFramer, decode_logplex1
     from logplex.tails.session import TailFilter
 

@@ -283,10 +283,10 @@ def cook(parts, name):
     return result
 
 
-# == drain formats (drains/core.py) ====================================================================
-# Not wired in by logplex itself yet: drains.core keeps its pure functions until
-# these replace them there. Their fallback for a message with structured data
-# (or otherwise not plain) is logplex.syslog's parser, as in drains.core.
+# == drain formats (drains/formats.py) ====================================================================
+# drains.formats binds these in place of its pure functions (kept there as pure_*).
+# Their fallback for a message with structured data (or otherwise not plain) is
+# logplex.syslog's parser, as in drains.formats.
 
 cdef object _syslog = None
 cdef bytes _BOM = b"\xef\xbb\xbf"
@@ -300,14 +300,14 @@ cdef object _syslog_module():
     return _syslog
 
 
-# Where drains.core._plain finds the pieces of a plain message, as offsets.
+# Where drains.formats._plain finds the pieces of a plain message, as offsets.
 cdef struct Plain:
     Py_ssize_t ends[6]      # the first six SPs of the message
     Py_ssize_t msg_start    # MSG after "- " (and a BOM); msg ends at the message's end
 
 
 cdef bint _find_plain(cbytes p, Py_ssize_t n, Plain* plain) noexcept:
-    """drains.core._plain's test, in place: at least six SPs, no zero-padded PRI
+    """drains.formats._plain's test, in place: at least six SPs, no zero-padded PRI
     (but ``<0>1``), and the rest after the sixth SP ``-`` or ``- ...``."""
     cdef Py_ssize_t pos = 0, k
     cdef cbytes found
@@ -335,7 +335,7 @@ cdef bint _find_plain(cbytes p, Py_ssize_t n, Plain* plain) noexcept:
 
 
 def plain(message: bytes):
-    """drains.core._plain, compiled: (header parts, MSG) of a message without structured data, else None."""
+    """drains.formats._plain, compiled: (header parts, MSG) of a message without structured data, else None."""
     cdef cbytes p = _chars(message)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(message)
     cdef Plain found
@@ -368,7 +368,7 @@ cdef char* _write_plain_line(char* w, cbytes p, Py_ssize_t n, Plain* f) noexcept
 
 
 def output_line(message: bytes):
-    """drains.core.output_line, compiled: ``<PRI>1 TS host APPNAME PROCID - MSG``, or None.
+    """drains.formats.output_line, compiled: ``<PRI>1 TS host APPNAME PROCID - MSG``, or None.
 
     A message that is not plain goes to syslog.parse and syslog.output_message.
     """
@@ -445,7 +445,7 @@ cdef class _Buffer:
 
 
 def http_body(messages):
-    """drains.core.http_body, compiled: an application/logplex-1 body of output lines, and its count."""
+    """drains.formats.http_body, compiled: an application/logplex-1 body of output lines, and its count."""
     cdef _Buffer out = _Buffer(16384)
     cdef Py_ssize_t count = 0, n, size
     cdef int width
@@ -493,7 +493,7 @@ cdef void _frame_into(_Buffer out, bytes body, bytes head, bytes tail) except *:
 
 
 def syslog_frames(messages, drain_token: bytes):
-    """drains.core.syslog_frames, compiled: octet-counted frames with the drain token as HOSTNAME."""
+    """drains.formats.syslog_frames, compiled: octet-counted frames with the drain token as HOSTNAME."""
     cdef _Buffer out = _Buffer(16384)
     cdef Py_ssize_t n, size, token_size = PyBytes_GET_SIZE(drain_token)
     cdef int width

@@ -1,9 +1,9 @@
 """Which implementation of the per-message loops runs: the compiled logplex._hot, or the pure-Python code.
 
 logplex._hot is an optional C extension (built from logplex/_hot.pyx by
-``pip install .`` when a C compiler is there). framing and syslog ask
-``compiled()`` while importing and bind its twins in place of their pure
-functions; LOGPLEX_PURE_PYTHON=1 keeps the pure ones. ``HOT_PATH`` says which
+``pip install .`` when a C compiler is there). framing, syslog and
+drains.formats ask ``compiled()`` while importing and bind its twins in place
+of their pure functions; LOGPLEX_PURE_PYTHON=1 keeps the pure ones. ``HOT_PATH`` says which
 runs and why, for the node's start-up log line.
 """
 

@@ -22,7 +22,7 @@ from logplex.http.auth import Authenticator, LoginThrottle
 from logplex.settings import Settings
 from logplex.drains.adoption import SpoolAdopter
 from logplex.drains.http import load_trust_root, make_client
-from logplex.drains.resolver import PublicOnlyReactor
+from logplex.drains.netpolicy import PublicOnlyReactor
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.errors import StartFailed
 from logplex.health import Health, assess, pool_connected

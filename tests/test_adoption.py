@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from logplex.drains.adoption import SpoolAdopter, departed, is_live
-from logplex.drains.core import decode_chunk, encode_chunk
+from logplex.drains.formats import decode_chunk, encode_chunk
 from logplex.drains.spool import Spool
 from logplex.drains.supervisor import DrainSupervisor
 from logplex.redis.address import parse_redis_url

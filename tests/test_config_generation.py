@@ -4,13 +4,13 @@ from types import SimpleNamespace
 
 from twisted.internet.task import Clock
 
-from logplex.drains.core import Backoff, Outcome
+from logplex.drains.policy import Backoff, Outcome
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.drains.worker import DrainWorker
 from logplex.metrics import Metrics
 from logplex.model import Drain
 from logplex.redis.keys import RedisKeys
-from tests.test_drain_worker import Endpoint, MemorySpool, msg
+from tests.drain_doubles import Endpoint, MemorySpool, msg
 
 
 def supervisor_with_a_spooling_drain():

@@ -8,12 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from logplex.drains.core import Backoff, Outcome
+from logplex.drains.policy import Backoff, Outcome
 from logplex.drains.ticker import DrainTicker
 from logplex.drains.worker import DrainWorker
 from logplex.metrics import Metrics
 from logplex.model import Drain
-from tests.test_drain_worker import Endpoint, MemorySpool, msg
+from tests.drain_doubles import Endpoint, MemorySpool, msg
 
 STEP = 0.01
 LINGER = 0.25

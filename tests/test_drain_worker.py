@@ -3,97 +3,15 @@
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from logplex.drains.core import Backoff, Outcome, decode_chunk
-from logplex.drains.worker import DrainWorker
+from logplex.drains.formats import decode_chunk, encode_chunk
+from logplex.drains.policy import Backoff, Outcome
+from logplex.drains.worker import DrainState, DrainWorker
 from logplex.metrics import Metrics
 from logplex.model import Drain
 from logplex.redis.keys import RedisKeys
+from tests.drain_doubles import Endpoint, MemorySpool, msg
 
 DRAIN = Drain(7, "app", "d.tok", "https://logs.example.com/")
-
-
-def msg(n):
-    return b"<13>1 2026-11-24T10:00:00+00:00 host app web.1 - - line %06d" % n
-
-
-class Endpoint:
-    """A transport double whose answer the test sets; records what was sent."""
-
-    def __init__(self):
-        self.answer = Outcome.ok()
-        self.sent = []  # (frame_id, messages, answer)
-        self.stopped = 0
-
-    def send(self, messages, frame_id):
-        self.sent.append((frame_id, list(messages), self.answer))
-        return defer.succeed(self.answer)
-
-    def stop(self):
-        self.stopped += 1
-        return defer.succeed(None)
-
-    def delivered(self):
-        seen, out = set(), []
-        for frame_id, messages, answer in self.sent:
-            if answer.delivered and frame_id not in seen:
-                seen.add(frame_id)
-                out.extend(messages)
-        return out
-
-
-class MemorySpool:
-    """The Redis spool's contract, in memory: ordered chunks, bounded by bytes."""
-
-    def __init__(self, max_bytes=10**9):
-        self.chunks = []
-        self.max_bytes = max_bytes
-        self.dropped = 0
-        self.broken = False
-
-    def _check(self):
-        if self.broken:
-            raise ConnectionError("spool Redis down")
-
-    @property
-    def bytes(self):
-        return sum(map(len, self.chunks))
-
-    def push(self, chunk, count, at_head=False, protect="", max_bytes=None):
-        return defer.maybeDeferred(self._push, chunk, count, at_head, protect, max_bytes)
-
-    def _push(self, chunk, count, at_head, protect, max_bytes):
-        self._check()
-        self.pushed_with = max_bytes
-        bound = self.max_bytes if max_bytes is None else min(self.max_bytes, max_bytes)
-        self.chunks.insert(0, chunk) if at_head else self.chunks.append(chunk)
-        dropped = 0
-        while self.bytes > bound and len(self.chunks) > 1:
-            victim = 1 if protect and decode_chunk(self.chunks[0])[0] == protect else 0
-            dropped += len(decode_chunk(self.chunks.pop(victim))[1])
-        self.dropped += dropped
-        return dropped
-
-    def head(self):
-        return defer.maybeDeferred(lambda: (self._check(), self.chunks[0] if self.chunks else None)[1])
-
-    def ack(self, frame_id):
-        def ack():
-            self._check()
-            if self.chunks and decode_chunk(self.chunks[0])[0] == frame_id:
-                self.chunks.pop(0)
-                return True
-            return False
-        return defer.maybeDeferred(ack)
-
-    def ack_next(self, frame_id):
-        return self.ack(frame_id).addCallback(lambda _: self.chunks[0] if self.chunks else None)
-
-    def depth(self):
-        return defer.succeed((len(self.chunks), sum(len(decode_chunk(c)[1]) for c in self.chunks)))
-
-    def delete(self):
-        self.chunks = []
-        return defer.succeed(None)
 
 
 def make(spool=None, **kw):
@@ -447,3 +365,114 @@ def test_http_spool_chunks_are_the_largest_batch_unless_the_spool_is_too_small_f
     # A chunk as large as the bound would be kept whole: the bound would hold nothing back.
     small = DrainSettings(spool_bytes=20000, http_target_bytes=2000)
     assert http_chunk_bytes(small) == 2000
+
+
+# -- the life of a drain, in named states -----------------------------------------------------------
+class SlowSpool(MemorySpool):
+    """A spool whose reads wait until the test answers them."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def head(self):
+        d = defer.Deferred()
+        self.reads.append(d)
+        return d
+
+    def answer_read(self, fail=False):
+        d = self.reads.pop(0)
+        if fail:
+            d.errback(ConnectionError("spool Redis down"))
+        else:
+            d.callback(self.chunks[0] if self.chunks else None)
+
+
+def test_a_drain_idles_lingers_for_more_then_sends_and_idles_again():
+    worker, endpoint, _, clock, _ = make()
+    endpoint = worker.transport = AnswersWhenTold()
+    assert worker.status is DrainState.IDLE
+    worker.push([msg(1)])
+    assert worker.status is DrainState.LINGERING
+    clock.advance(0.25)
+    assert worker.status is DrainState.SENDING and len(endpoint.waiting) == 1
+    assert worker.state()["buffered"] == 1  # the batch in flight is still the drain's
+    endpoint.answer_all()
+    assert worker.status is DrainState.IDLE
+    assert worker.state()["delivered"] == 1 and worker.state()["buffered"] == 0
+
+
+def test_a_failing_endpoint_puts_the_drain_in_waiting_to_retry_and_its_state_says_why():
+    worker, endpoint, _, clock, _ = make()
+    endpoint.answer = Outcome.retry_later("HTTP 503 from the drain endpoint")
+    worker.push([msg(1)])
+    clock.advance(0.25)
+    assert worker.status is DrainState.WAITING_TO_RETRY
+    state = worker.state()
+    assert (state["retried"], state["last_error"], state["buffered"], state["holding_senders"]) == (
+        1, "HTTP 503 from the drain endpoint", 1, False)
+    # The backoff's first step (0.25 s, and half of another 0.25 s of jitter): then the same batch again.
+    endpoint.answer = Outcome.ok()
+    clock.advance(0.37)
+    assert worker.status is DrainState.WAITING_TO_RETRY and len(endpoint.sent) == 1
+    clock.advance(0.01)
+    assert worker.status is DrainState.IDLE and endpoint.delivered() == [msg(1)]
+    assert endpoint.sent[0][0] == endpoint.sent[1][0]  # one frame id for both tries
+
+
+def test_a_drain_with_a_spool_reads_it_first_and_a_failed_read_waits_to_retry():
+    spool = SlowSpool()
+    spool.chunks.append(encode_chunk([msg(1), msg(2)], "f1", 0.0))
+    worker, endpoint, _, clock, _ = make(spool=spool)
+    assert worker.state()["spool_depth"] == 2
+    assert worker.status is DrainState.LINGERING  # due at once: the spool goes first
+    clock.advance(0)
+    assert worker.status is DrainState.READING_SPOOL
+    worker.push([msg(3)])  # newer: it waits behind the spool
+    spool.answer_read(fail=True)
+    assert worker.status is DrainState.WAITING_TO_RETRY
+    assert worker.state()["last_error"] == "spool read failed: spool Redis down"
+    clock.advance(0.375)
+    assert worker.status is DrainState.READING_SPOOL
+    spool.answer_read()
+    # The chunk went through; memory's line waits for its linger.
+    assert endpoint.delivered() == [msg(1), msg(2)] and worker.status is DrainState.LINGERING
+    clock.advance(0.25)
+    assert endpoint.delivered() == [msg(1), msg(2), msg(3)] and worker.status is DrainState.IDLE
+    assert worker.state()["spool_depth"] == 0
+
+
+def test_a_stopping_drain_takes_nothing_more_and_is_stopped_once_its_memory_is_spooled():
+    spool = MemorySpool()
+    worker, endpoint, _, clock, _ = make(spool=spool)
+    worker.push([msg(1)])
+    assert worker.status is DrainState.LINGERING
+    d = worker.stop()
+    assert worker.status is DrainState.STOPPED and worker.stopped
+    assert d.called and endpoint.stopped == 1
+    worker.push([msg(2)])
+    clock.advance(1)
+    assert endpoint.sent == [] and worker.state()["buffered"] == 0
+    assert [decode_chunk(c)[1] for c in spool.chunks] == [[msg(1)]]
+    # Deleted afterwards: its spool goes too.
+    worker.discard()
+    assert worker.status is DrainState.STOPPED and spool.chunks == []
+
+
+def test_every_state_is_reachable_and_no_move_leaves_the_table():
+    from logplex.drains.worker import MOVES
+
+    assert set(MOVES) == set(DrainState)
+    reachable, todo = {DrainState.IDLE}, [DrainState.IDLE]
+    while todo:
+        for to in MOVES[todo.pop()] - reachable:
+            reachable.add(to)
+            todo.append(to)
+    assert reachable == set(DrainState)
+    worker, _, _, _, _ = make()
+    try:
+        worker._move(DrainState.WAITING_TO_RETRY)
+    except AssertionError as e:
+        assert "no move from idle to waiting to retry" in str(e)
+    else:
+        raise AssertionError("an idle drain cannot wait to retry: nothing failed")

@@ -55,7 +55,7 @@ from logplex import secrets, syslog
 from logplex.api.management import ManagementApi
 from logplex.api.tailpage import TailPage
 from logplex.http.auth import Authenticator, LoginThrottle
-from logplex.drains.core import http_body, output_line, syslog_frames
+from logplex.drains.formats import http_body, output_line, syslog_frames
 from logplex.framing import FramingError, SyslogFramer, decode_logplex1, encode_logplex1, octet_frame
 from logplex.ingest.http import LogInput
 from logplex.metrics import Metrics

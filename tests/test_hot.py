@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from logplex import framing, syslog
-from logplex.drains import core as drain_core
+from logplex.drains import formats as drain_formats
 from logplex.redis import connection
 
 try:
@@ -201,15 +201,15 @@ def check_message(rng: random.Random, msg: bytes) -> None:
     # The router's alternative pair: the token alone, then the cooked message.
     assert outcome(_hot.header_app, msg) == outcome(pure_header_app, msg)
     assert outcome(_hot.cook_message, msg, name) == outcome(pure_cook_message, msg, name)
-    assert outcome(_hot.plain, msg) == outcome(drain_core._plain, msg)
-    assert outcome(_hot.output_line, msg) == outcome(drain_core.pure_output_line, msg)
+    assert outcome(_hot.plain, msg) == outcome(drain_formats._plain, msg)
+    assert outcome(_hot.output_line, msg) == outcome(drain_formats.pure_output_line, msg)
 
 
 def check_batch(rng: random.Random, messages: list[bytes]) -> None:
-    assert outcome(_hot.http_body, messages) == outcome(drain_core.pure_http_body, messages)
-    assert outcome(_hot.http_body, iter(messages)) == outcome(drain_core.pure_http_body, messages)
+    assert outcome(_hot.http_body, messages) == outcome(drain_formats.pure_http_body, messages)
+    assert outcome(_hot.http_body, iter(messages)) == outcome(drain_formats.pure_http_body, messages)
     token = rng.choice([b"d.1234", b"", b"x" * 50])
-    assert outcome(_hot.syslog_frames, messages, token) == outcome(drain_core.pure_syslog_frames, messages, token)
+    assert outcome(_hot.syslog_frames, messages, token) == outcome(drain_formats.pure_syslog_frames, messages, token)
 
 
 PROTOCOL = connection._Protocol()

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from logplex import framing, hotpath, syslog
-from logplex.drains import core as drain_core
+from logplex.drains import formats as drain_formats
 from logplex.redis import connection
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,15 +30,15 @@ def test_modules_run_the_path_hotpath_names() -> None:
         assert hotpath.HOT_PATH.startswith("pure (")
         assert framing.scan is framing._scan and syslog.split_header is syslog.pure_split_header
         assert syslog.cook is syslog.pure_cook
-        assert drain_core.http_body is drain_core.pure_http_body
-        assert drain_core.syslog_frames is drain_core.pure_syslog_frames
+        assert drain_formats.http_body is drain_formats.pure_http_body
+        assert drain_formats.syslog_frames is drain_formats.pure_syslog_frames
         assert connection._Protocol._build_command is connection._pure_build_command
     else:
         hot = hotpath.compiled()
         assert hotpath.HOT_PATH == "compiled"
         assert framing.scan is hot.scan and syslog.split_header is hot.split_header and syslog.cook is hot.cook
-        assert drain_core.http_body is hot.http_body and drain_core.output_line is hot.output_line
-        assert drain_core.syslog_frames is hot.syslog_frames
+        assert drain_formats.http_body is hot.http_body and drain_formats.output_line is hot.output_line
+        assert drain_formats.syslog_frames is hot.syslog_frames
         assert connection._Protocol._build_command is not connection._pure_build_command
     if os.environ.get("LOGPLEX_REQUIRE_COMPILED") == "1" and os.environ.get(hotpath.PURE_ENV, "") in ("", "0"):
         assert hotpath.HOT_PATH == "compiled", hotpath.HOT_PATH

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from logplex.drains.core import Backoff, Outcome
+from logplex.drains.policy import Backoff, Outcome
 from logplex.drains.supervisor import DrainSettings, DrainSupervisor
 from logplex.drains.worker import DrainWorker
 from logplex.framing import encode_logplex1, octet_frame
@@ -38,7 +38,7 @@ from tests.helpers import (
     parse_reply,
     raw_request,
 )
-from tests.test_drain_worker import MemorySpool, msg
+from tests.drain_doubles import MemorySpool, msg
 
 DRAIN = Drain(7, "app", "d.tok", "https://logs.example.com/")
 PUSHBACK = 0.1
@@ -67,8 +67,8 @@ class SlowEndpoint:
         return defer.succeed(None)
 
 
-def make_worker(pushback=PUSHBACK, capacity=100, spool=None):
-    clock = Clock()
+def make_worker(pushback=PUSHBACK, capacity=100, spool=None, clock=None):
+    clock = clock if clock is not None else Clock()
     endpoint = SlowEndpoint()
     spool = spool if spool is not None else MemorySpool()
     worker = DrainWorker(DRAIN, endpoint, spool, clock, Metrics(), capacity=capacity,
@@ -189,9 +189,7 @@ def make_supervisor():
     metrics = Metrics()
     supervisor = DrainSupervisor(Store(cache), Backlogs(), metrics, clock, "node-1",
                                  DrainSettings(pushback=PUSHBACK), http_client=None, keys=RedisKeys("lp", 0))
-    worker, endpoint, _, _ = make_worker()
-    worker.reactor = worker.timers = clock
-    worker.queue.clock = clock.seconds
+    worker, endpoint, _, _ = make_worker(clock=clock)
     supervisor.workers[DRAIN.id] = worker
     supervisor.by_channel[DRAIN.channel_id] = [worker]
     return supervisor, worker, endpoint, clock, metrics

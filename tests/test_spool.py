@@ -6,7 +6,7 @@ import pytest
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from logplex.drains.core import decode_chunk, encode_chunk
+from logplex.drains.formats import decode_chunk, encode_chunk
 from logplex.drains.spool import Spool
 from logplex.redis.address import parse_redis_url
 from logplex.redis.connection import connect

@@ -23,21 +23,13 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from logplex.redis.keys import RedisKeys
+from logplex.redis.scripts import lua
 
 log = Logger()
 
-# KEYS: lease. ARGV: owner, milliseconds. Renews only a lease this node holds.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-# KEYS: lease. ARGV: owner. Releases only a lease this node holds.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+# Renew and release a lease only while this node holds it.
+_RENEW = lua("logplex.drains", "adoption_renew")
+_RELEASE = lua("logplex.drains", "adoption_release")
 
 
 # -- sans-IO: which nodes are departed -------------------------------------------------------

@@ -13,89 +13,20 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from logplex.redis.keys import RedisKeys
+from logplex.redis.scripts import lua
 
-# Keeps a spool within its bound the way every write does: the oldest whole
-# chunks of `list` go until `meta` counts at most `max` bytes (the last chunk
-# always stays), except the chunk of frame id `protect` ('' if none), which is
-# being delivered right now: dropping it would count its messages lost and
-# deliver them both. Answers the messages and chunks dropped.
-_TRIM = """
-local function trim(list, meta, max, protect)
-  local protected = '1 ' .. protect .. ' '
-  local dropped, dropped_chunks = 0, 0
-  while tonumber(redis.call('HGET', meta, 'bytes')) > max and redis.call('LLEN', list) > 1 do
-    local head = redis.call('LPOP', list)
-    if protect ~= '' and string.sub(head, 1, #protected) == protected then
-      local victim = redis.call('LPOP', list)
-      redis.call('LPUSH', list, head)
-      head = victim
-    end
-    local n = tonumber(string.match(head, '^1 %S+ (%d+) '))
-    redis.call('HINCRBY', meta, 'bytes', -#head)
-    redis.call('HINCRBY', meta, 'messages', -n)
-    dropped = dropped + n
-    dropped_chunks = dropped_chunks + 1
-  end
-  return dropped, dropped_chunks
-end
-"""
 
-# KEYS: list, meta. ARGV: chunk, message count, max bytes, '1' to push at the head,
-# frame id of a chunk being delivered right now ('' if none): never dropped.
-_PUSH = _TRIM + """
-if ARGV[4] == '1' then
-  redis.call('LPUSH', KEYS[1], ARGV[1])
-else
-  redis.call('RPUSH', KEYS[1], ARGV[1])
-end
-redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[1])
-redis.call('HINCRBY', KEYS[2], 'messages', tonumber(ARGV[2]))
-local dropped = trim(KEYS[1], KEYS[2], tonumber(ARGV[3]), ARGV[5])
-return {dropped, tonumber(redis.call('HGET', KEYS[2], 'bytes'))}
-"""
+def _spool_script(name: str) -> str:
+    """A spool script (scripts/spool_<name>.lua) with the functions they share in front."""
+    return lua("logplex.drains", "spool_lib") + lua("logplex.drains", "spool_" + name)
 
-# KEYS: list, meta. ARGV: frame id of the head chunk just delivered: removed
-# only if it still is the head (a bound may have dropped it meanwhile).
-_REMOVE_HEAD = """
-local head = redis.call('LINDEX', KEYS[1], 0)
-local removed = 0
-if head and string.sub(head, 1, #ARGV[1] + 3) == '1 ' .. ARGV[1] .. ' ' then
-  redis.call('LPOP', KEYS[1])
-  redis.call('HINCRBY', KEYS[2], 'bytes', -#head)
-  redis.call('HINCRBY', KEYS[2], 'messages', -tonumber(string.match(head, '^1 %S+ (%d+) ')))
-  if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
-  removed = 1
-end
-"""
-_BYTES = "tonumber(redis.call('HGET', KEYS[2], 'bytes') or 0)"
-_ACK = _REMOVE_HEAD + "return {removed, " + _BYTES + "}"
+
+_PUSH = _spool_script("push")
+_ACK = _spool_script("ack")
 # The same, answering the next chunk: one round trip per batch while a spool drains.
-_ACK_NEXT = _REMOVE_HEAD + "return {redis.call('LINDEX', KEYS[1], 0), " + _BYTES + "}"
-
-
-# KEYS: a departed node's list and meta, this node's list and meta. ARGV: max
-# bytes, frame id of a chunk being delivered right now ('' if none). Moves every
-# chunk of the departed spool, in order, to the tail of this node's spool in one
-# step (so a returning node finds nothing, and nothing is moved twice), then
-# keeps this node's bound the way a push does: the oldest whole chunks go.
-_ADOPT = _TRIM + """
-local chunks, messages = 0, 0
-while true do
-  local chunk = redis.call('LMOVE', KEYS[1], KEYS[3], 'LEFT', 'RIGHT')
-  if not chunk then break end
-  local n = tonumber(string.match(chunk, '^1 %S+ (%d+) '))
-  redis.call('HINCRBY', KEYS[4], 'bytes', #chunk)
-  redis.call('HINCRBY', KEYS[4], 'messages', n)
-  chunks = chunks + 1
-  messages = messages + n
-end
-redis.call('DEL', KEYS[2])
-local dropped, dropped_chunks = 0, 0
-if chunks > 0 then
-  dropped, dropped_chunks = trim(KEYS[3], KEYS[4], tonumber(ARGV[1]), ARGV[2])
-end
-return {chunks, messages, dropped_chunks, dropped, tonumber(redis.call('HGET', KEYS[4], 'bytes') or 0)}
-"""
+_ACK_NEXT = _spool_script("ack_next")
+# A departed node's spool, moved to the tail of this node's in one step.
+_ADOPT = _spool_script("adopt")
 
 
 class Spool:

@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from logplex.settings import Settings
-from logplex.drains.core import Backoff, Outcome, Pace
+from logplex.drains.policy import Backoff, Outcome, Pace
 from logplex.drains.http import HttpDrainTransport
 from logplex.drains.spool import Spool
 from logplex.drains.syslog import SyslogDrainTransport

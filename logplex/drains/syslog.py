@@ -13,7 +13,8 @@ from twisted.internet.ssl import optionsForClientTLS, platformTrust
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from logplex.drains.core import Outcome, syslog_frames
+from logplex.drains.formats import syslog_frames
+from logplex.drains.policy import Outcome
 from logplex.drains.http import describe, is_certificate_error
 from logplex.model import SYSLOG_DEFAULT_PORTS, Drain
 

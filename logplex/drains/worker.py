@@ -1,7 +1,8 @@
-"""One drain on one node: batches out of the queue, retries with backoff, spills to the spool."""
+"""One drain on one node: its life in named states, from its queue to the endpoint, with retries and the spool."""
 
 from __future__ import annotations
 
+import enum
 from typing import Callable, Protocol
 
 from twisted.internet import defer
@@ -9,10 +10,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from logplex import syslog
-from logplex.drains.core import (
-    Backoff, Batch, BatchSize, DrainQueue, Outcome, Pace, decode_chunk, encode_chunk, fitting,
-)
+from logplex.drains.formats import decode_chunk
+from logplex.drains.policy import Backoff, Outcome, Pace
+from logplex.drains.pushback import PushbackGate
+from logplex.drains.queue import Batch, BatchSize, DrainQueue
 from logplex.drains.spool import Spool
+from logplex.drains.spoolwriter import SpoolWriter
 from logplex.model import Drain
 
 log = Logger()
@@ -24,20 +27,49 @@ class DrainTransport(Protocol):
     def stop(self) -> defer.Deferred: ...
 
 
+class DrainState(enum.Enum):
+    """Where a drain is. One batch at a time leaves a drain (that keeps order), so it is in exactly one of these."""
+
+    IDLE = "idle"                           # nothing to send
+    LINGERING = "lingering"                 # a batch is due: after the linger (for more to fill it), or at once
+    SENDING = "sending"                     # a batch is with the transport, its outcome awaited
+    WAITING_TO_RETRY = "waiting to retry"   # the endpoint (or the spool) failed: a timer, then the same batch
+    READING_SPOOL = "reading the spool"     # the next batch is read from the spool, which goes before memory
+    STOPPING = "stopping"                   # stopped or deleted: what is held goes to the spool
+    STOPPED = "stopped"                     # that is done, and the transport stopped
+
+
+_S = DrainState
+# The life of a drain: every move it makes, and no other (DrainWorker._move checks).
+MOVES: dict[DrainState, frozenset[DrainState]] = {
+    _S.IDLE: frozenset({_S.LINGERING, _S.SENDING, _S.READING_SPOOL, _S.STOPPING}),
+    _S.LINGERING: frozenset({_S.IDLE, _S.SENDING, _S.READING_SPOOL, _S.STOPPING}),
+    _S.SENDING: frozenset({_S.IDLE, _S.READING_SPOOL, _S.WAITING_TO_RETRY, _S.STOPPING}),
+    _S.READING_SPOOL: frozenset({_S.IDLE, _S.SENDING, _S.WAITING_TO_RETRY, _S.STOPPING}),
+    _S.WAITING_TO_RETRY: frozenset({_S.IDLE, _S.SENDING, _S.STOPPING}),
+    _S.STOPPING: frozenset({_S.STOPPED}),
+    _S.STOPPED: frozenset({_S.STOPPING}),  # a stopped drain deleted later: its spool goes
+}
+# Where a new batch may be started (nothing is in flight, nothing waits for a retry).
+_READY = (_S.IDLE, _S.LINGERING)
+_STOPPED = (_S.STOPPING, _S.STOPPED)
+
+
 class DrainWorker:
     """Delivers a drain's messages in order, at least once, through a transport.
 
     The queue's memory part is the fast path. What does not fit moves to
-    `overflow` and from there, a chunk at a time, to the spool in Redis. A
-    batch is always taken from the oldest place: the spool, then overflow,
-    then memory. One batch is in flight at a time, which is what keeps order.
+    `overflow` and from there, a chunk at a time, to the spool in Redis (the
+    SpoolWriter's work). A batch is always taken from the oldest place: the
+    spool, then overflow, then memory. One batch is in flight at a time,
+    which is what keeps order; `status` says what the drain is doing, and
+    MOVES lists every change of it.
 
     When the memory part is full while the endpoint answers within
     `pushback` seconds, what limits the drain is this node, not the
     endpoint: then `holding()` asks the senders of the channel to wait
-    (`wait()`), rather than spool what the node itself could deliver. A
-    failing or slow endpoint never holds senders back: that is what the
-    spool is for.
+    (`wait()`, kept by the PushbackGate), rather than spool what the node
+    itself could deliver.
     """
 
     def __init__(
@@ -63,7 +95,6 @@ class DrainWorker:
     ) -> None:
         self.drain = drain
         self.transport = transport
-        self.spool = spool
         self.reactor = reactor
         # Where linger, retry and spill timers go: the node's DrainTicker
         # (one reactor timer for all drains), else the reactor itself.
@@ -73,11 +104,6 @@ class DrainWorker:
         # Batches of target_bytes while the drain keeps up, growing to
         # max_bytes while its queue is backed up.
         self.batch_size = BatchSize(target_bytes, max_bytes or target_bytes)
-        # Spool chunks: what goes to Redis in one write, and what a batch
-        # delivered from the spool is. Larger than a syslog drain's batches,
-        # so a spool drains in few round trips; an HTTP drain's are its
-        # largest batches (what it sends while backed up, as it is then).
-        self.chunk_bytes = chunk_bytes or self.batch_size.maximum
         self.linger = linger
         # Shared by a node's HTTP drains: a longer linger while they POST too often.
         self.pace = pace
@@ -85,15 +111,20 @@ class DrainWorker:
         self.max_age = max_age
         self.emit = emit
         self.queue = DrainQueue(capacity, reactor.seconds, on_lost=self._lost)
-        self._spilling = False
+        # Spool chunks: what goes to Redis in one write, and what a batch
+        # delivered from the spool is. Larger than a syslog drain's batches,
+        # so a spool drains in few round trips; an HTTP drain's are its
+        # largest batches (what it sends while backed up, as it is then).
+        self.spooler = SpoolWriter(
+            spool, self.queue, reactor.seconds, self.timers, chunk_bytes or self.batch_size.maximum,
+            failing=lambda: self._status is _S.WAITING_TO_RETRY, protect=self._protected,
+            on_error=self._error)
+        self.spooler.allowance = spool_allowance
+        self.gate = PushbackGate(pushback, reactor.seconds)
+        self._status = _S.IDLE
         self.inflight: Batch | None = None
-        self.spool_chunks = 0
-        self.spool_messages = 0
-        self.stopped = False
-        self._timer = None  # linger, pump or retry
-        self._retrying = False
-        self._spill_timer = None
-        self._ops: defer.Deferred = defer.succeed(None)
+        self._timer = None  # the pump's while lingering, the retry's while waiting to retry
+        self._pumping = False
         self._last_l14 = float("-inf")
         self.delivered = 0
         self.dropped = 0
@@ -101,26 +132,62 @@ class DrainWorker:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self._labels = {"drain": str(drain.id)}
-        self.pushback = pushback
-        # Bytes this drain's spool may hold given what the node's other
-        # spools hold (--drain-spool-total-bytes); None: only its own bound.
-        self.spool_allowance = spool_allowance
-        self.last_rtt = 0.0
-        self._sent_at = 0.0
-        self._holders: list[defer.Deferred] = []
-        self._pumping = False
 
-    # -- spool operations run one after another, so they land in order -------------
+    # -- the state ---------------------------------------------------------------------------
+    @property
+    def status(self) -> DrainState:
+        return self._status
+
+    def _move(self, to: DrainState) -> None:
+        """Every change of status goes through here, and only along MOVES."""
+        if to is self._status:
+            return
+        if to not in MOVES[self._status]:
+            raise AssertionError(f"drain {self.drain.id}: no move from {self._status.value} to {to.value}")
+        self._status = to
+
+    @property
+    def stopped(self) -> bool:
+        return self._status in _STOPPED
+
+    # -- the spool (its writer keeps the counts and the order of operations) ---------------
+    @property
+    def spool(self) -> Spool | None:
+        return self.spooler.spool
+
+    @property
+    def spool_chunks(self) -> int:
+        return self.spooler.chunks
+
+    @spool_chunks.setter
+    def spool_chunks(self, n: int) -> None:
+        self.spooler.chunks = n
+
+    @property
+    def spool_messages(self) -> int:
+        return self.spooler.messages
+
+    @spool_messages.setter
+    def spool_messages(self, n: int) -> None:
+        self.spooler.messages = n
+
+    @property
+    def spool_allowance(self) -> Callable[[], int] | None:
+        """Bytes this drain's spool may hold given what the node's other spools hold; None: its own bound."""
+        return self.spooler.allowance
+
+    @spool_allowance.setter
+    def spool_allowance(self, allowance: Callable[[], int] | None) -> None:
+        self.spooler.allowance = allowance
+
     def _op(self, fn, *args) -> defer.Deferred:
-        result = defer.Deferred()
+        """Run a spool operation after every one asked for before it."""
+        return self.spooler.run(fn, *args)
 
-        def run(_):
-            d = defer.maybeDeferred(fn, *args)
-            d.addBoth(lambda r: result.callback(r) if not isinstance(r, Failure) else result.errback(r))
-            return d.addErrback(lambda _: None)
-
-        self._ops.addCallback(run)
-        return result
+    def _protected(self) -> str:
+        """The frame id of the spool chunk in flight ('' if none): no bound may drop it."""
+        batch = self.inflight
+        return batch.frame_id if batch is not None and batch.from_spool else ""
 
     def start(self) -> defer.Deferred:
         """Resume the spool a previous run of this node left behind."""
@@ -128,17 +195,16 @@ class DrainWorker:
             return defer.succeed(None)
 
         def found(depth):
-            self.spool_chunks, self.spool_messages = depth
-            if self.spool_chunks:
-                log.info("drain_spool_resumed drain={drain} messages={n}", drain=self.drain.id,
-                         n=self.spool_messages)
+            chunks, messages = depth
+            if chunks:
+                log.info("drain_spool_resumed drain={drain} messages={n}", drain=self.drain.id, n=messages)
             self._kick()
 
         def failed(f):
             log.warn("drain_spool_unreadable drain={drain} error={e!r}", drain=self.drain.id,
                      e=f.getErrorMessage())
 
-        return self._op(self.spool.depth).addCallbacks(found, failed)
+        return self.spooler.resume().addCallbacks(found, failed)
 
     # -- input ----------------------------------------------------------------------------
     def push(self, messages: list[bytes]) -> None:
@@ -147,79 +213,8 @@ class DrainWorker:
         queue = self.queue
         queue.push(messages)
         if queue.overflow:
-            # While senders are held back, what they had in flight lands
-            # in overflow: it waits for the endpoint, not for the spool.
-            threshold = self.chunk_bytes * (4 if self._holders else 1)
-            if queue.overflow_bytes >= threshold:
-                self._spill()
-            elif self._spill_timer is None:
-                self._spill_timer = self.timers.callLater(1.0, self._spill)
+            self.spooler.overflowed(holding=self.gate.holding_anyone)
         self._kick()
-
-    def _spill(self) -> None:
-        """Move overflow to the spool, one chunk in flight at a time.
-
-        One at a time is what keeps order when a write fails: the chunk goes
-        back in front of overflow, and nothing newer has left overflow since,
-        because the pump reads the spool while a chunk is counted in it.
-        """
-        if self._spill_timer is not None and self._spill_timer.active():
-            self._spill_timer.cancel()
-        self._spill_timer = None
-        if self._spilling or self.stopped or self.spool is None:
-            return
-        queue = self.queue
-        # A full chunk always goes; a partial one only while the endpoint is
-        # failing (when it works, the pump takes overflow directly).
-        if not (queue.overflow_bytes >= self.chunk_bytes or (queue.overflow and self._retrying)):
-            return
-        self._spilling = True
-        d = self._spill_chunk(queue.take_overflow(self.chunk_bytes))
-        d.addCallback(self._spilled)
-
-    def _spilled(self, ok: bool) -> None:
-        self._spilling = False
-        if ok:
-            self._spill()
-        elif not self.stopped and self._spill_timer is None:
-            self._spill_timer = self.timers.callLater(1.0, self._spill)
-
-    def _spill_chunk(self, messages: list[bytes], at_head: bool = False,
-                     frame_id: str | None = None) -> defer.Deferred:
-        """Write one chunk to the spool; fires True when it is there."""
-        if not messages:
-            return defer.succeed(True)
-        batch = Batch(messages) if frame_id is None else Batch(messages, frame_id)
-        chunk = encode_chunk(messages, batch.frame_id, self.reactor.seconds())
-        self.spool_chunks += 1
-        self.spool_messages += len(messages)
-
-        def pushed(dropped):
-            self.queue.degraded = False
-            if dropped:
-                self.spool_messages -= dropped
-                self.queue.count_lost(dropped, "spool full")
-            return True
-
-        def failed(f):
-            self.spool_chunks -= 1
-            self.spool_messages -= len(messages)
-            self._error(f"spool write failed: {f.getErrorMessage()}")
-            if self.stopped:
-                self.queue.count_lost(len(messages), "spool unavailable at stop")
-            else:
-                self.queue.degraded = True
-                self.queue.return_overflow(messages)
-            return False
-
-        def push():
-            # Decided when the write runs, not when it was queued.
-            batch = self.inflight
-            protect = batch.frame_id if batch is not None and batch.from_spool else ""
-            allowance = self.spool_allowance() if self.spool_allowance is not None else None
-            return self.spool.push(chunk, len(messages), at_head, protect, allowance)
-
-        return self._op(push).addCallbacks(pushed, failed)
 
     # -- pushback ---------------------------------------------------------------------------
     def holding(self) -> bool:
@@ -228,48 +223,43 @@ class DrainWorker:
 
     def _may_hold(self) -> bool:
         """Pushback is on, and the endpoint is working and quick."""
-        if not self.pushback or self.stopped or self._retrying or self.last_rtt >= self.pushback:
+        if self._status is _S.WAITING_TO_RETRY or self.stopped:
             return False
         if self.backoff.failures:
             return False  # a retry in flight: the endpoint has not worked since it failed
-        return self.inflight is None or self.reactor.seconds() - self._sent_at < self.pushback
+        return self.gate.quick(in_flight=self.inflight is not None)
 
     def wait(self) -> defer.Deferred:
         """Fires once this drain has room again, or has stopped holding anyone back."""
-        d = defer.Deferred()
-        self._holders.append(d)
-        return d
+        return self.gate.wait()
 
     def forget(self, d: defer.Deferred) -> None:
         """A sender stopped waiting on its own (its hold timed out)."""
-        if d in self._holders:
-            self._holders.remove(d)
+        self.gate.forget(d)
 
     def _release(self, force: bool = False) -> None:
-        if not self._holders:
+        if not self.gate.holding_anyone:
             return
         queue = self.queue
         if not force and self._may_hold() and (queue.overflow or queue.half_full):
             return  # still full: half the buffer must be free before senders go on
-        holders, self._holders = self._holders, []
-        for d in holders:
-            d.callback(None)
+        self.gate.release()
 
-    # -- the pump ---------------------------------------------------------------------------
+    # -- the pump: idle -> lingering -> sending / reading the spool -------------------------------
     def _kick(self, direct: bool = False) -> None:
         """Schedule the next send: now if there is a full batch or a backlog, else after linger.
 
         direct: a batch just got through, so the next full one goes at once,
         not after another turn of the reactor (unless this is inside a send).
         """
-        if self.stopped or self.inflight is not None or self._retrying:
+        if self._status not in _READY:
             return
         queue = self.queue
-        if self.spool_chunks or queue.overflow or queue.memory_bytes >= self.target_bytes:
+        if self.spooler.chunks or queue.overflow or queue.memory_bytes >= self.target_bytes:
             delay = 0
         elif queue.memory:
             # Held senders cannot fill a batch: what there is goes at once.
-            delay = 0 if self._holders else (self.linger if self.pace is None else self.pace.linger)
+            delay = 0 if self.gate.holding_anyone else (self.linger if self.pace is None else self.pace.linger)
         else:
             return
         at_once = direct and not delay and not self._pumping
@@ -282,25 +272,33 @@ class DrainWorker:
             self._pump()
             return
         self._timer = self.timers.callLater(delay, self._pump)
+        self._move(_S.LINGERING)
 
     def _pump(self) -> None:
         self._timer = None
-        if self.stopped or self.inflight is not None or self._retrying:
+        if self._status not in _READY:
             return
         self._pumping = True
         try:
-            if self.spool_chunks:
-                self.inflight = Batch([], from_spool=True)  # a placeholder: the read is in flight
-                self._sent_at = self.reactor.seconds()
-                self._op(self._from_spool).addErrback(self._spool_read_failed)
+            if self.spooler.chunks:
+                self._reading_spool()
+                self.spooler.run(self._from_spool).addErrback(self._spool_read_failed)
                 return
             queue = self.queue
             messages = queue.take(self.batch_size.current)
             self.batch_size.taken(queue.pending_bytes)
             if messages:
                 self._send(Batch(messages))
+            else:
+                self._move(_S.IDLE)
         finally:
             self._pumping = False
+
+    # -- reading the spool ----------------------------------------------------------------------
+    def _reading_spool(self) -> None:
+        self.inflight = Batch([], from_spool=True)  # a placeholder: the read is in flight
+        self.gate.sent()
+        self._move(_S.READING_SPOOL)
 
     def _from_spool(self):
         return self.spool.head().addCallback(self._got_chunk)
@@ -311,14 +309,16 @@ class DrainWorker:
             return
         if chunk is None:
             # The spool is empty (or was emptied from outside): carry on from memory.
-            self.spool_chunks = self.spool_messages = 0
+            self.spooler.chunks = self.spooler.messages = 0
+            self._move(_S.IDLE)
             self._kick()
             return
         frame_id, messages, created = decode_chunk(chunk)
         if self.reactor.seconds() - created > self.max_age:
-            self._op(self.spool.ack, frame_id)
-            self._spooled_out(len(messages))
+            self.spooler.run(self.spool.ack, frame_id)
+            self.spooler.taken_out(len(messages))
             self.queue.count_lost(len(messages), "spool age limit")
+            self._move(_S.IDLE)
             self._kick()
             return
         self._send(Batch(messages, frame_id, from_spool=True))
@@ -326,12 +326,10 @@ class DrainWorker:
     def _spool_read_failed(self, failure) -> None:
         self.inflight = None
         self._error(f"spool read failed: {failure.getErrorMessage()}")
-        self._retry_in(self.backoff.next_delay())
+        if not self.stopped:
+            self._retry_in(self.backoff.next_delay())
 
-    def _spooled_out(self, n: int) -> None:
-        self.spool_chunks = max(0, self.spool_chunks - 1)
-        self.spool_messages = max(0, self.spool_messages - n)
-
+    # -- sending --------------------------------------------------------------------------------
     def _send(self, batch: Batch) -> None:
         self.inflight = batch
         # Loss is told once, by an L10 at the head of the next delivery. A
@@ -339,9 +337,10 @@ class DrainWorker:
         # grows if more was lost meanwhile, so the endpoint hears one total.
         batch.take_loss(self.queue)
         batch.attempts += 1
-        self._sent_at = self.reactor.seconds()
+        self.gate.sent()
         if self.pace is not None:
             self.pace.posted()
+        self._move(_S.SENDING)
         try:
             d = self.transport.send(batch.wire(self.reactor.seconds()), batch.frame_id)
         except Exception:  # noqa: BLE001 - a transport's bug is a failed delivery, retried
@@ -356,7 +355,7 @@ class DrainWorker:
         if self.inflight is not batch:
             return  # stopped or replaced meanwhile
         n = len(batch.messages)
-        self.last_rtt = self.reactor.seconds() - self._sent_at
+        self.gate.answered()
         try:
             self._outcome(outcome, batch, n)
         finally:
@@ -371,15 +370,15 @@ class DrainWorker:
             self.delivered += n
             self.metrics.inc("logplex_drain_delivered_total", n, **self._labels)
             if batch.from_spool:
-                self._spooled_out(n)
-                if self.spool_chunks and not self.stopped:
+                self.spooler.taken_out(n)
+                if self.spooler.chunks and not self.stopped:
                     # Ack this chunk and read the next in one round trip.
-                    self.inflight = Batch([], from_spool=True)  # the read is in flight
-                    self._sent_at = self.reactor.seconds()
-                    self._op(self.spool.ack_next, batch.frame_id).addCallbacks(
+                    self._reading_spool()
+                    self.spooler.run(self.spool.ack_next, batch.frame_id).addCallbacks(
                         self._got_chunk, self._spool_read_failed)
                     return
-                self._op(self.spool.ack, batch.frame_id)
+                self.spooler.run(self.spool.ack, batch.frame_id)
+            self._move(_S.IDLE)
             self._kick(direct=True)
             return
         self._error(outcome.error or "delivery failed")
@@ -397,26 +396,28 @@ class DrainWorker:
         self.queue.owe(batch.lost, batch.lost_since)
         self.queue.count_lost(n, "rejected")
         if batch.from_spool:
-            self._op(self.spool.ack, batch.frame_id)
-            self._spooled_out(n)
+            self.spooler.run(self.spool.ack, batch.frame_id)
+            self.spooler.taken_out(n)
+        self._move(_S.IDLE)
         self._kick()
 
+    # -- waiting to retry -----------------------------------------------------------------------
     def _retry_in(self, delay: float) -> None:
-        self._retrying = True
+        self._move(_S.WAITING_TO_RETRY)
         self._release(force=True)
         # While we wait, what keeps arriving should go to the spool rather
         # than wait in memory.
         if self.queue.overflow:
-            self._spill()
+            self.spooler.spill()
         self._timer = self.timers.callLater(delay, self._retry)
 
     def _retry(self) -> None:
         self._timer = None
-        self._retrying = False
         batch, self.inflight = self.inflight, None
         if self.stopped:
             return
         if batch is None or not batch.messages:
+            self._move(_S.IDLE)
             self._kick()
             return
         self._send(batch)
@@ -452,47 +453,37 @@ class DrainWorker:
             # A batch in flight from the spool is counted in spool_depth until acked.
             "buffered": self.queue.pending + (len(self.inflight.messages)
                                               if self.inflight and not self.inflight.from_spool else 0),
-            "spool_depth": self.spool_messages,
-            "holding_senders": bool(self._holders),
+            "spool_depth": self.spooler.messages,
+            "holding_senders": self.gate.holding_anyone,
         }
 
     # -- stopping -------------------------------------------------------------------------------
-    def _cancel_timers(self) -> None:
-        for timer in (self._timer, self._spill_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._timer = self._spill_timer = None
+    def _stopping(self) -> None:
+        self._move(_S.STOPPING)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._release(force=True)
+
+    def _stopped(self, result):
+        self._move(_S.STOPPED)
+        return result
 
     def stop(self) -> defer.Deferred:
         """A graceful stop: everything held in memory goes to the spool, in order."""
-        self.stopped = True
-        self._cancel_timers()
-        self._release(force=True)
+        self._stopping()
         batch, self.inflight = self.inflight, None
         if batch is not None:
             self.queue.owe(batch.lost, batch.lost_since)
-        if batch is not None and batch.messages and not batch.from_spool:
-            # Older than anything spooled: it goes back in front, under its
-            # frame id, so a receiver can tell a repeat.
-            self._spill_chunk(batch.messages, at_head=True, frame_id=batch.frame_id)
-        held = self.queue.drain_all()
-        start, left = 0, sum(map(len, held))
-        while start < len(held):
-            n, size = fitting(held[start:], self.chunk_bytes, left)
-            self._spill_chunk(held[start:start + n])
-            start, left = start + n, left - size
-        d = defer.Deferred()
-        self._ops.addBoth(lambda _: d.callback(None))
-        return d.addCallback(lambda _: self.transport.stop())
+        d = self.spooler.stop(batch)
+        return d.addCallback(lambda _: self.transport.stop()).addBoth(self._stopped)
 
     def discard(self) -> defer.Deferred:
         """The drain was deleted: stop and free its spool."""
-        self.stopped = True
-        self._cancel_timers()
-        self._release(force=True)
+        self._stopping()
         self.inflight = None
-        self.queue.drain_all()
+        self.spooler.discard()
         d = self.transport.stop()
         if self.spool is not None:
-            d.addBoth(lambda _: self._op(self.spool.delete))
-        return d
+            d.addBoth(lambda _: self.spooler.run(self.spool.delete))
+        return d.addBoth(self._stopped)

@@ -1,21 +1,19 @@
-"""The sans-IO heart of a drain: batches, their wire formats, backoff, and loss accounting (L10)."""
+"""The messages of one drain on their way out: its queue (memory, overflow, spool), its batches and their size.
+
+Sans-IO: the queue counts every loss it makes (what the next delivery tells
+in an L10) and hands batches out oldest first; the worker does the I/O.
+"""
 
 from __future__ import annotations
 
-import email.utils
 import os
-import random
 from bisect import bisect_left, bisect_right
 from itertools import accumulate
-from typing import Callable, Iterable
+from typing import Callable
 
 import attrs
 
-from logplex import hotpath, syslog
-from logplex.framing import decode_logplex1, encode_logplex1, octet_frame
-
-# Spool chunks hold whole batches; they never meet the syslog frame limit.
-_CHUNK_MAX_FRAME = 1 << 30
+from logplex.drains.formats import l10_message
 
 
 @attrs.define
@@ -49,118 +47,8 @@ class Batch:
         return [l10_message(self.lost, self.lost_since, now), *self.messages]
 
 
-@attrs.frozen
-class Outcome:
-    """What an endpoint made of a batch."""
-
-    delivered: bool
-    retry: bool = False
-    retry_after: float | None = None
-    error: str | None = None
-    certificate_error: bool = False
-
-    @classmethod
-    def ok(cls) -> Outcome:
-        return cls(True)
-
-    @classmethod
-    def retry_later(cls, error: str, retry_after: float | None = None, certificate_error=False) -> Outcome:
-        return cls(False, True, retry_after, error, certificate_error)
-
-    @classmethod
-    def rejected(cls, error: str) -> Outcome:
-        return cls(False, False, None, error)
-
-
-class Backoff:
-    """Exponential backoff with jitter, capped; a Retry-After from the endpoint wins."""
-
-    def __init__(self, initial: float = 1.0, cap: float = 30.0, factor: float = 2.0,
-                 rand: Callable[[], float] = random.random) -> None:
-        self.initial = initial
-        self.cap = cap
-        self.factor = factor
-        self.rand = rand
-        self.failures = 0
-
-    def next_delay(self, retry_after: float | None = None) -> float:
-        self.failures += 1
-        if retry_after is not None:
-            # Honoured, within reason: a receiver asking for an hour would
-            # just fill the spool.
-            return min(max(retry_after, 0.0), max(self.cap, 300.0))
-        ceiling = min(self.cap, self.initial * self.factor ** min(self.failures - 1, 32))
-        # "Equal jitter": at least half the step, so retries still back off,
-        # and spread so that many drains do not retry in lockstep.
-        return ceiling / 2 + self.rand() * ceiling / 2
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-def parse_retry_after(value: bytes | None, now: float) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
-    if not value:
-        return None
-    text = value.decode("latin-1").strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
 # What one drain keeps in memory at most, in bytes, besides its --drain-buffer messages.
 MEMORY_BYTES = 4 * 1024 * 1024
-
-
-class Pace:
-    """The linger of a node's HTTP drains together: their own (base) while they send
-    fewer than `budget` POSTs a second between them, longer (up to cap) while they
-    send more. A POST costs the node about 250 us whatever its size, so 1,000 drains
-    of a few lines a second each would otherwise cost a core in POSTs alone; with a
-    longer linger the same lines go in fewer, larger POSTs.
-
-    Measured over windows of `window` seconds, with no timer of its own: the rate is
-    looked at when a drain asks for the linger or sends. The linger moves by the square
-    root of (rate / budget) per window, so it settles instead of swinging.
-    """
-
-    def __init__(self, base: float, budget: int, clock: Callable[[], float], cap: float = 5.0,
-                 window: float = 1.0) -> None:
-        self.base = base
-        self.budget = budget
-        self.clock = clock
-        self.cap = max(cap, base)
-        self.window = window
-        self._linger = base
-        self._count = 0
-        self._since = clock()
-
-    @property
-    def linger(self) -> float:
-        self._update()
-        return self._linger
-
-    def posted(self) -> None:
-        self._count += 1
-        self._update()
-
-    def _update(self) -> None:
-        now = self.clock()
-        elapsed = now - self._since
-        if elapsed < self.window:
-            return
-        rate = self._count / elapsed
-        if rate <= 0:
-            self._linger = self.base
-        else:
-            self._linger = min(self.cap, max(self.base, self._linger * (rate / self.budget) ** 0.5))
-        self._count, self._since = 0, now
 
 
 class BatchSize:
@@ -365,101 +253,3 @@ def fitting(messages: list[bytes], max_bytes: int, total: int, at_least_one: boo
             return 0, 0
         n = 1  # one message larger than a batch still goes, alone
     return n, ends[n - 1]
-
-
-def l10_message(lost: int, since: float, now: float) -> bytes:
-    """logplex's notice of messages a drain lost, from heroku/logplex, local5.warning."""
-    text = b"Error L10 (output buffer overflow): %d messages dropped since %s." % (
-        lost, syslog.utc_timestamp(since))
-    return syslog.make_message(
-        syslog.FACILITY_LOCAL5, syslog.SEVERITY_WARNING, syslog.utc_timestamp(now),
-        b"heroku", b"logplex", text,
-    )
-
-
-# -- wire formats -----------------------------------------------------------------------
-# Cooked messages passed split_header at ingest, so the common case (no
-# STRUCTURED-DATA) needs one split and one format per message; anything else
-# goes through the full parser.
-
-_BOM = b"\xef\xbb\xbf"
-
-
-def _plain(message: bytes) -> tuple[list[bytes], bytes] | None:
-    """(header parts, MSG) when the message has no structured data, else None."""
-    parts = message.split(b" ", 6)
-    if len(parts) != 7 or parts[0][1:2] == b"0" and parts[0] != b"<0>1":
-        return None  # a zero-padded PRI is normalised by the full parser
-    rest = parts[6]
-    if rest[:2] == b"- ":
-        msg = rest[2:]
-    elif rest == b"-":
-        msg = b""
-    else:
-        return None
-    if msg[:3] == _BOM:
-        msg = msg[3:]
-    return parts, msg
-
-
-def output_line(message: bytes) -> bytes | None:
-    """logplex's output format: `<PRI>1 TS host APPNAME PROCID - MSG`."""
-    plain = _plain(message)
-    if plain is not None:
-        parts, msg = plain
-        return b"%s %s host %s %s - %s" % (parts[0], parts[1], parts[3], parts[4], msg)
-    fields = syslog.parse(message)
-    return syslog.output_message(fields) if fields is not None else None
-
-
-def http_body(messages: Iterable[bytes]) -> tuple[bytes, int]:
-    """An application/logplex-1 body in logplex's output format, and its message count."""
-    out = []
-    append = out.append
-    for message in messages:
-        line = output_line(message)
-        if line is not None:
-            append(b"%d %s\n" % (len(line) + 1, line))
-    return b"".join(out), len(out)
-
-
-def syslog_frames(messages: Iterable[bytes], drain_token: bytes) -> bytes:
-    """Octet-counted frames as logplex's syslog drains send them: the drain token as HOSTNAME."""
-    out = []
-    append = out.append
-    for message in messages:
-        plain = _plain(message)
-        if plain is not None:
-            parts, msg = plain
-            pri, ts, app, procid = parts[0], parts[1], parts[3], parts[4]
-        else:
-            fields = syslog.parse(message)
-            if fields is None:
-                continue
-            pri, ts, app, procid, msg = (b"<%d>1" % fields.pri, fields.timestamp, fields.appname,
-                                         fields.procid, fields.msg)
-        line = b"%s %s %s %s %s - - %s\n" % (pri, ts, drain_token, app, procid, msg)
-        append(b"%d %s" % (len(line), line))
-    return b"".join(out)
-
-
-# The pure functions keep their names with pure_ (the differential test and
-# LOGPLEX_PURE_PYTHON use them); the compiled twins take the plain names.
-# They hand anything unusual (structured data, RFC 3164) back to syslog.parse.
-pure_output_line, pure_http_body, pure_syslog_frames = output_line, http_body, syslog_frames
-if (_hot := hotpath.compiled()) is not None:
-    output_line, http_body, syslog_frames = _hot.output_line, _hot.http_body, _hot.syslog_frames
-
-
-# -- spool chunks -------------------------------------------------------------------------
-
-def encode_chunk(batch_messages: list[bytes], frame_id: str, created: float) -> bytes:
-    """A spool entry: b"1 <frame id> <count> <created>\\n" then the messages, octet-counted."""
-    head = b"1 %s %d %.3f\n" % (frame_id.encode(), len(batch_messages), created)
-    return head + encode_logplex1(batch_messages)
-
-
-def decode_chunk(chunk: bytes) -> tuple[str, list[bytes], float]:
-    head, _, body = chunk.partition(b"\n")
-    _, frame_id, _count, created = head.split(b" ")
-    return frame_id.decode(), decode_logplex1(body, _CHUNK_MAX_FRAME), float(created)

@@ -1,4 +1,4 @@
-"""Drains connect only to public addresses: the resolver they use leaves private ones out."""
+"""logplex.drains.netpolicy: drains connect only to public addresses; the resolver they use leaves private ones out."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from logplex.drains.http import HttpDrainTransport, is_certificate_error, make_client
-from logplex.drains.resolver import PublicOnlyReactor, PublicOnlyResolver
+from logplex.drains.netpolicy import PublicOnlyReactor, PublicOnlyResolver
 from logplex.drains.syslog import SyslogDrainTransport
 from logplex.model import Drain
 
