@@ -19,7 +19,7 @@ from logplex.model import FULL_API, NO_REDIS, NO_TAIL, PERMISSIONS, READ_CHANNEL
 from logplex.config.store import ConfigStore
 from logplex.errors import ConfigError, Conflict, NotFound, Unavailable
 from logplex.tails.session import DEFAULT_TAIL_BUFFER_BYTES, TailFilter, TailRegistry, TailSession
-from logplex.http.site import STREAMING, Dispatcher, HttpError, Reply, error_reply, read_json, route
+from logplex.http.routing import STREAMING, Dispatcher, HttpError, Reply, error_reply, read_json, route
 
 log = Logger()
 

@@ -11,7 +11,7 @@ import json
 
 from logplex import __version__
 from logplex.api import validate
-from logplex.http.site import Reply
+from logplex.http.routing import Reply
 
 OPENAPI_PATH = "/v3/openapi.json"
 

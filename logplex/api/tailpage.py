@@ -27,7 +27,7 @@ from logplex.api import validate
 from logplex.model import FULL_API, NO_TAIL, READ_CHANNEL, SessionSpec
 from logplex.http.auth import login, parse_basic
 from logplex.tails.session import DEFAULT_TAIL_BUFFER_BYTES, TailFilter, TailSession, l11_line
-from logplex.http.site import STREAMING, HttpError, Reply, route
+from logplex.http.routing import STREAMING, HttpError, Reply, route
 
 log = Logger()
 

@@ -7,7 +7,7 @@ import re
 import socket
 from urllib.parse import urlsplit
 
-from logplex.http.site import HttpError
+from logplex.http.routing import HttpError
 
 CHANNEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 # A token name becomes APP-NAME: RFC 5424 allows 1-48 printable ASCII, no space.

@@ -213,7 +213,7 @@ class AuthenticatorTests(SynchronousTestCase):
         from twisted.web.test.requesthelper import DummyRequest
 
         from logplex.http.auth import LoginThrottle, login
-        from logplex.http.site import HttpError
+        from logplex.http.routing import HttpError
 
         from twisted.internet.address import IPv4Address
 
@@ -319,7 +319,7 @@ class LoginThrottleTests(SynchronousTestCase):
         return defer.ensureDeferred(login(self.auth, self.throttle, _request(host), user, password))
 
     def status(self, d: defer.Deferred) -> int:
-        from logplex.http.site import HttpError
+        from logplex.http.routing import HttpError
 
         from twisted.python.failure import Failure
 
