@@ -30,7 +30,7 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_openapi
 
-from logplex.api.management import ManagementApi
+from logplex.api.app import ManagementApi
 from logplex.api.openapi import DOCUMENT, OPENAPI_PATH
 from tests.integration.conftest import (
     ADMIN,
