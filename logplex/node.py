@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from logplex import __version__, hotpath
 from logplex.admin.manhole import Admin, loopback_only, manhole_factory
-from logplex.api.management import ManagementApi
+from logplex.api.app import ManagementApi
 from logplex.api.tailpage import TailPage
 from logplex.http.auth import Authenticator, LoginThrottle
 from logplex.settings import Settings

@@ -52,7 +52,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from logplex import secrets, syslog
-from logplex.api.management import ManagementApi
+from logplex.api.app import ManagementApi
 from logplex.api.tailpage import TailPage
 from logplex.http.auth import Authenticator, LoginThrottle
 from logplex.drains.formats import http_body, output_line, syslog_frames

@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
-from logplex.api.management import ManagementApi
+from logplex.api.ops import Ops
 from logplex.health import (
     BOOTING, DEGRADED, DOWN, INGRESS_OFF, NORMAL, STOPPING, UP, Health, assess, pool_connected,
 )
@@ -100,7 +100,7 @@ def test_a_real_txredisapi_pool_that_has_not_connected_yet_is_down():
 def test_the_api_answers_the_health_it_is_given_as_json():
     for health in (healthy(), healthy(stopping=True), healthy(shards={"shard-0": False})):
         api = SimpleNamespace(health=lambda health=health: health)
-        reply = successResultOf(defer.ensureDeferred(ManagementApi.healthcheck(api, None)))
+        reply = successResultOf(defer.ensureDeferred(Ops(api).healthcheck(None)))
         assert (reply.status, reply.body) == (health.code, health.document())
 
 

@@ -1,691 +1,86 @@
-"""The management API described as an OpenAPI 3.1 document, served at GET /v3/openapi.json.
+"""The API's OpenAPI 3.1 document, built from the route table that serves it, at GET /v3/openapi.json.
 
-The document says what the node answers, status by status: the integration
-tests run schemathesis against a live node with it and reach every status it
-lists. Change a handler in management.py and this in the same commit.
+Every route carries its operation where it is declared (logplex/api/channels.py
+and its siblings, logplex/api/tailpage.py); this module only assembles them, so
+a route served is a route documented, once.
 """
 
 from __future__ import annotations
 
 import json
 
+import attrs
+
 from logplex import __version__
-from logplex.api import validate
-from logplex.http.site import Reply
+from logplex.api.schemas import RESPONSES, SCHEMAS, answer, json_content, operation
+from logplex.http.routing import Reply, Route, endpoint
 
 OPENAPI_PATH = "/v3/openapi.json"
 
-# -- schemas --------------------------------------------------------------------------------------------
-# The grammars the node checks (logplex/api/validate.py), as JSON Schema patterns.
-CHANNEL_ID_PATTERN = "^" + validate.CHANNEL_ID.pattern + "$"
-TOKEN_NAME_PATTERN = "^" + validate.TOKEN_NAME.pattern + "$"
-CREDENTIAL_ID_PATTERN = r"^[A-Za-z0-9._@-]+$"
-SESSION_ID_PATTERN = r"^[A-Za-z0-9-]+$"
-_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
-_AUTHORITY = r"(?:[A-Za-z0-9._~%!$&'()*+,;=:-]*@)?[A-Za-z0-9.-]+"
-_REST = r"(?:[/?#][!-~]*)?"
-# The usual spelling of a drain destination: http(s) with an optional port,
-# syslog schemes with a required one.
-DRAIN_URL_PATTERN = (
-    rf"^(?:https?://{_AUTHORITY}(?::{_PORT})?{_REST}"
-    rf"|syslog(?:\+tls)?://{_AUTHORITY}(?::{_PORT})?{_REST})$"
-)
-NUMBER_STRING_PATTERN = r"^\s*-?[0-9]+\s*$"
-
-UUID4 = "[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
-
-
-def ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-SCHEMAS: dict[str, dict] = {
-    "Error": {
-        "type": "object",
-        "description": "Every error answer: one sentence for a person to read.",
-        "required": ["error"],
-        "properties": {"error": {"type": "string", "minLength": 1}},
-        "additionalProperties": False,
-    },
-    "ChannelId": {
-        "type": "string",
-        "pattern": CHANNEL_ID_PATTERN,
-        "description": "1-128 characters: letters, digits and . _ : @ -, starting with a letter or digit. "
-                       "Channels made through v1/v2 have integer ids.",
-        "examples": ["my-app"],
-    },
-    "TokenName": {
-        "type": "string",
-        "pattern": TOKEN_NAME_PATTERN,
-        "description": "1-48 printable ASCII characters without spaces; it becomes the APP-NAME of the "
-                       "channel's messages.",
-        "examples": ["app"],
-    },
-    "TokenId": {"type": "string", "pattern": f"^t\\.{UUID4}$"},
-    "DrainToken": {"type": "string", "pattern": f"^d\\.{UUID4}$"},
-    "DrainId": {"type": "integer", "minimum": 1},
-    "DrainUrl": {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": 2048,
-        "pattern": DRAIN_URL_PATTERN,
-        "description": "http://, https://, syslog:// (port 601 unless given) or syslog+tls:// (port "
-                       "6514 unless given); UDP syslog is refused. Addresses that are not globally routable (loopback, private, "
-                       "link-local, shared, reserved) are refused (422) unless the node runs with "
-                       "--allow-private-drains.",
-        "examples": ["https://logs.example.com/drain", "syslog+tls://logs.example.com:6514"],
-    },
-    "Drain": {
-        "type": "object",
-        "required": ["id", "token", "url"],
-        "properties": {"id": ref("DrainId"), "token": ref("DrainToken"), "url": {"type": "string"}},
-        "additionalProperties": False,
-    },
-    "DrainState": {
-        "type": ["object", "null"],
-        "description": "This node's delivery figures for the drain (each node delivers what it "
-                       "ingested); null while this node runs no worker for it (e.g. a reserved drain).",
-        "required": ["delivered", "dropped", "retried", "last_error", "last_error_at", "buffered",
-                     "spool_depth"],
-        "properties": {
-            "delivered": {"type": "integer", "minimum": 0},
-            "dropped": {"type": "integer", "minimum": 0},
-            "retried": {"type": "integer", "minimum": 0},
-            "last_error": {"type": ["string", "null"]},
-            "last_error_at": {"type": ["number", "null"], "description": "Unix time."},
-            "buffered": {"type": "integer", "minimum": 0},
-            "spool_depth": {"type": "integer", "minimum": 0},
-            "holding_senders": {
-                "type": "boolean",
-                "description": "Senders of the channel are waiting for this drain (pushback).",
-            },
-        },
-        "additionalProperties": False,
-    },
-    "DrainWithState": {
-        "type": "object",
-        "required": ["id", "token", "url", "state"],
-        "properties": {
-            "id": ref("DrainId"),
-            "token": ref("DrainToken"),
-            "url": {"type": ["string", "null"], "description": "null while the drain is only reserved."},
-            "state": ref("DrainState"),
-        },
-        "additionalProperties": False,
-    },
-    "NewDrainV3": {
-        "type": "object",
-        "required": ["id", "token"],
-        "properties": {
-            "id": ref("DrainId"),
-            "token": ref("DrainToken"),
-            "url": {"type": "string", "description": "Absent when the drain was only reserved."},
-        },
-        "additionalProperties": False,
-    },
-    "DrainReservationV1": {
-        "type": "object",
-        "required": ["id", "token", "msg"],
-        "properties": {"id": ref("DrainId"), "token": ref("DrainToken"), "msg": {"type": "string"}},
-        "additionalProperties": False,
-    },
-    "TokenMap": {
-        "type": "object",
-        "description": "Token name -> token.",
-        "additionalProperties": ref("TokenId"),
-    },
-    "NamedToken": {
-        "type": "object",
-        "required": ["name", "token"],
-        "properties": {"name": {"type": "string"}, "token": ref("TokenId")},
-        "additionalProperties": False,
-    },
-    "ChannelV3": {
-        "type": "object",
-        "required": ["channel"],
-        "properties": {
-            "channel": {"type": "string"},
-            "tokens": {**ref("TokenMap"), "description": "Absent when the channel has no tokens."},
-            "drains": {
-                "type": "array",
-                "items": ref("Drain"),
-                "minItems": 1,
-                "description": "Drains with a URL; absent when there are none.",
-            },
-        },
-        "additionalProperties": False,
-    },
-    "ChannelPage": {
-        "type": "object",
-        "required": ["channels", "next"],
-        "properties": {
-            "channels": {"type": "array", "items": {
-                "type": "object",
-                "required": ["channel", "tokens", "drains"],
-                "properties": {
-                    "channel": {"type": "string"},
-                    "tokens": {"type": "array", "items": {"type": "string"}, "description": "Token names."},
-                    "drains": {"type": "integer", "minimum": 0},
-                },
-                "additionalProperties": False,
-            }},
-            "next": {"type": ["string", "null"]},
-        },
-        "additionalProperties": False,
-    },
-    "NewChannelV2": {
-        "type": "object",
-        "required": ["channel_id", "tokens"],
-        "properties": {"channel_id": {"type": "integer"}, "tokens": ref("TokenMap")},
-        "additionalProperties": False,
-    },
-    "ChannelV2": {
-        "type": "object",
-        "required": ["channel_id", "tokens", "drains"],
-        "properties": {
-            "channel_id": {"type": "integer"},
-            "tokens": {"type": "array", "items": ref("NamedToken")},
-            "drains": {"type": "array", "items": ref("Drain")},
-        },
-        "additionalProperties": False,
-    },
-    "ChannelInfoV1": {
-        "type": "object",
-        "required": ["channel_id", "tokens", "drains"],
-        "properties": {
-            "channel_id": {"type": "integer"},
-            "tokens": ref("TokenMap"),
-            "drains": {"type": "array", "items": {"type": "string"}, "description": "Drain URLs."},
-        },
-        "additionalProperties": False,
-    },
-    "SessionUrl": {
-        "type": "object",
-        "required": ["url"],
-        "properties": {"url": {"type": "string", "format": "uri"}},
-        "additionalProperties": False,
-    },
-    "Permission": {"type": "string", "enum": ["any_channel", "full_api", "read_channel"]},
-    "Credential": {
-        "type": "object",
-        "required": ["id", "perms", "note"],
-        "properties": {
-            "id": {"type": "string", "pattern": CREDENTIAL_ID_PATTERN},
-            "perms": {"type": "array", "items": ref("Permission"), "minItems": 1},
-            "note": {"type": "string"},
-            "channels": {
-                "type": "array",
-                "items": {"type": "string"},
-                "minItems": 1,
-                "description": "What a read_channel credential may read; absent otherwise.",
-            },
-        },
-        "additionalProperties": False,
-    },
-    "NewCredential": {
-        "type": "object",
-        "required": ["id", "perms", "note", "secret"],
-        "properties": {
-            "id": {"type": "string", "pattern": CREDENTIAL_ID_PATTERN},
-            "perms": {"type": "array", "items": ref("Permission"), "minItems": 1},
-            "note": {"type": "string"},
-            "channels": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-            "secret": {"type": "string", "minLength": 1, "description": "Shown this once: only its hash is kept."},
-        },
-        "additionalProperties": False,
-    },
-    "Node": {
-        "type": "object",
-        "required": ["node", "version", "uptime", "api_url", "pid"],
-        "properties": {
-            "node": {"type": "string"},
-            "version": {"type": "string"},
-            "uptime": {"type": "number", "minimum": 0, "description": "Seconds."},
-            "api_url": {"type": "string"},
-            "pid": {"type": ["integer", "null"]},
-            "shard_map_version": {"type": ["integer", "null"],
-                                  "description": "The shard map version the node writes by (null: a node "
-                                                 "that does not report it)."},
-        },
-        "additionalProperties": False,
-    },
-    "Health": {
-        "type": "object",
-        "description": "What the node is doing and the state of each Redis it depends on, as its connection "
-                       "pools know it (no Redis command is sent for a health check).",
-        "required": ["status", "config_redis", "shards"],
-        "properties": {
-            "status": {
-                "enum": ["normal", "degraded", "booting", "stopping", "ingress off"],
-                "description": "normal: serving, every Redis up. degraded: serving (200) with the config "
-                               "Redis or a shard down: routing to tails and drains goes on, backlog "
-                               "writes to a down shard are retried within their bound. booting: the "
-                               "configuration is not loaded yet or a listener is not bound yet (503). "
-                               "stopping: the node got SIGTERM and closes its listeners after "
-                               "--stop-grace seconds (503). ingress off: the admin shell switched log "
-                               "ingress off (503).",
-            },
-            "config_redis": ref("RedisState"),
-            "shards": {
-                "type": "object",
-                "description": "Each backlog shard by name (shard-0, shard-1, ...); empty until the "
-                               "shard map is loaded.",
-                "additionalProperties": ref("RedisState"),
-            },
-        },
-        "additionalProperties": False,
-    },
-    "RedisState": {
-        "enum": ["up", "down"],
-        "description": "up: the node holds a connection to it that passed AUTH and SELECT.",
-    },
-    # -- request bodies (unknown members are ignored, so none forbids them) --
-    "TokenList": {
-        "type": ["array", "null"],
-        "items": ref("TokenName"),
-        "description": "Token names; null or absent is none. Repeated names count once.",
-    },
-    "PutChannelV3Body": {"type": "object", "properties": {"tokens": ref("TokenList")}},
-    "CreateChannelV2Body": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string", "description": "Accepted for logplex's clients, and ignored."},
-            "tokens": ref("TokenList"),
-        },
-    },
-    "TokenBody": {"type": "object", "required": ["name"], "properties": {"name": ref("TokenName")}},
-    "DrainUrlBody": {"type": "object", "required": ["url"], "properties": {"url": ref("DrainUrl")}},
-    "NewDrainV3Body": {
-        "type": "object",
-        "properties": {
-            "url": {
-                "anyOf": [ref("DrainUrl"), {"type": "null"}],
-                "description": "Without it (or null) the drain is reserved: an id and a token, no URL yet.",
-            },
-        },
-    },
-    "SessionBody": {
-        "type": "object",
-        "required": ["channel_id"],
-        "properties": {
-            "channel_id": {
-                "anyOf": [{"type": "string", "minLength": 1}, {"type": "integer"}],
-                "description": "The channel to read; an unknown channel is 422.",
-            },
-            "num": {
-                "anyOf": [{"type": "integer"}, {"type": "string", "pattern": NUMBER_STRING_PATTERN},
-                          {"type": "null"}],
-                "description": "Backlog lines to send first (default 100, also for null), clamped to "
-                               "0..--history. A numeric string is read as the number.",
-            },
-            "tail": {
-                "description": "Stay open with live lines. Any value; false, null, \"false\", \"0\" and 0 "
-                               "mean no.",
-                "default": False,
-            },
-            "ps": {
-                "type": ["string", "null"],
-                "description": "Only this proc id, or the ids before a dot (web matches web.1).",
-            },
-            "source": {"type": ["string", "null"], "description": "Only this token name."},
-        },
-    },
-    "CredentialBody": {
-        "type": "object",
-        "properties": {
-            "perms": {
-                "type": "array",
-                "items": ref("Permission"),
-                "minItems": 1,
-                "default": ["full_api"],
-            },
-            "note": {"type": "string", "maxLength": 200, "default": ""},
-            "channels": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "The channels a read_channel credential may read: required with "
-                               "read_channel, refused without it. Each must exist: the grant is "
-                               "for that channel, never a later one of the same name.",
-            },
-        },
-        "if": {"required": ["perms"], "properties": {"perms": {"contains": {"const": "read_channel"}}}},
-        "then": {"required": ["channels"], "properties": {"channels": {"minItems": 1}}},
-        "else": {"properties": {"channels": {"maxItems": 0}}},
-    },
-}
-
-# -- responses -------------------------------------------------------------------------------------------
-REQUEST_ID = {"$ref": "#/components/headers/Request-Id"}
-
-
-def json_content(schema: dict) -> dict:
-    return {"application/json": {"schema": schema}}
-
-
-def answer(description: str, content: dict | None = None, headers: dict | None = None) -> dict:
-    doc = {"description": description, "headers": {"Request-Id": REQUEST_ID, **(headers or {})}}
-    if content is not None:
-        doc["content"] = content
-    return doc
-
-
-def error(description: str, headers: dict | None = None) -> dict:
-    return answer(description, json_content(ref("Error")), headers)
-
-
-def text(description: str, media_type: str = "text/plain", headers: dict | None = None) -> dict:
-    return answer(description, {media_type: {"schema": {"type": "string"}}}, headers)
-
-
-RESPONSES = {
-    "BadJson": error("The body is not JSON (or not UTF-8 JSON), or a member has the wrong type; on v3 (as "
-                     "logplex's v3), also a body that is not an object, a token without a name, or a "
-                     "drain URL that is not a URL."),
-    "NotFound": error("No such channel, drain, credential or session."),
-    "Conflict": error("The channel already has a drain to that URL."),
-    "TooLarge": error("The body is larger than --max-json (64 KiB) or --max-body."),
-    "Unprocessable": error("The body is not a JSON object, or a value is not acceptable."),
-    "Unauthorized": error(
-        "No credential, or not a valid one.",
-        {"WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Basic realm=Logplex"}}},
-    ),
-    "Forbidden": error("The credential lacks the full_api permission."),
-    "TooManyLogins": error(
-        "Too many failed logins from this client address (--login-failures a minute); nothing is "
-        "checked until Retry-After seconds have passed.",
-        {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1}}},
-    ),
-    "Unavailable": error(
-        "SYSTEM BOOTING: the node has not loaded its configuration yet; or the config Redis (or the "
-        "channel's backlog shard) is not answering. Try again."
+INFO = {
+    "title": "logplex management API",
+    "version": __version__,
+    "description": (
+        "Channels, tokens, drains, sessions and credentials of a logplex node (v3, and logplex's "
+        "v2/v1 routes), and the live-tail page. JSON over HTTP Basic with a full_api credential. Every "
+        "error is {\"error\": sentence}; every answer carries a Request-Id header (an incoming one is "
+        "echoed). A path nothing serves is 404 and a method a path does not serve is 405 with an "
+        "Allow header, both with the same JSON error body; HEAD is served wherever GET is. Unknown "
+        "members of a request body are ignored; an empty body is read as {}."
     ),
 }
-
-
-def use(name: str) -> dict:
-    return {"$ref": f"#/components/responses/{name}"}
-
-
-def path_param(name: str, schema: dict, description: str) -> dict:
-    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
-
-
-CHANNEL = path_param("channel", ref("ChannelId"), "A channel id.")
-V2_CHANNEL = path_param("channel", {"type": "integer", "minimum": 0}, "An integer channel id (v1/v2).")
-DRAIN = path_param("drain", ref("DrainId"), "A drain id.")
-
-
-def operation(op_id: str, summary: str, tag: str, responses: dict, *, guarded: bool = True,
-              body: str | None = None, body_required: bool = False, params: list | None = None,
-              description: str | None = None) -> dict:
-    """One operation; a guarded one also answers 401, 403, 429 and 503, one with a JSON body 400, 413
-    and 422."""
-    doc: dict = {"operationId": op_id, "summary": summary, "tags": [tag]}
-    if description:
-        doc["description"] = description
-    if params:
-        doc["parameters"] = params
-    all_responses = dict(responses)
-    if body is not None:
-        doc["requestBody"] = {"required": body_required, "content": json_content(ref(body))}
-        all_responses.setdefault("400", use("BadJson"))
-        all_responses.setdefault("413", use("TooLarge"))
-        all_responses.setdefault("422", use("Unprocessable"))
-    if guarded:
-        all_responses.setdefault("401", use("Unauthorized"))
-        all_responses.setdefault("403", use("Forbidden"))
-        all_responses.setdefault("429", use("TooManyLogins"))
-        all_responses.setdefault("503", use("Unavailable"))
-    else:
-        doc["security"] = []
-    doc["responses"] = dict(sorted(all_responses.items()))
-    return doc
-
-
-OK_TEXT = text("Done: the body is OK.")
-LOCATION = {"Location": {"required": True, "schema": {"type": "string", "format": "uri"}}}
-
-HEALTH_ANSWERS = {
-    "200": answer("Routing logs: status normal, or degraded when a Redis is down.",
-                  json_content(ref("Health"))),
-    "503": answer("Not routing logs: status booting, stopping or ingress off; a load balancer should "
-                  "send elsewhere.", json_content(ref("Health"))),
+TAGS = [
+    {"name": "v3", "description": "Channels named by the caller."},
+    {"name": "v2", "description": "logplex v2: integer channel ids."},
+    {"name": "v1", "description": "logplex v1 spellings."},
+    {"name": "sessions", "description": "Backlog reads and tails."},
+    {"name": "credentials", "description": "API and log-input credentials."},
+    {"name": "operations", "description": "Health, metrics, nodes and this document."},
+    {"name": "tail page", "description": "The live-tail web page and the event stream it reads."},
+]
+COMPONENTS = {
+    "securitySchemes": {"basic": {"type": "http", "scheme": "basic",
+                                  "description": "A credential id and its secret."}},
+    "headers": {"Request-Id": {"required": True, "schema": {"type": "string", "minLength": 1},
+                               "description": "The request's id: the caller's Request-Id, or a new UUID."}},
+    "schemas": SCHEMAS,
+    "responses": RESPONSES,
 }
 
-PATHS: dict[str, dict] = {
-    # -- operations --
-    "/healthcheck": {"get": operation(
-        "healthcheck", "Whether the node routes logs, and the state of each Redis", "operations",
-        HEALTH_ANSWERS, guarded=False)},
-    "/v3/healthcheck": {"get": operation(
-        "healthcheckV3", "The same as /healthcheck", "operations", HEALTH_ANSWERS, guarded=False)},
-    "/metrics": {"get": {
-        **operation(
-            "metrics", "Prometheus metrics", "operations",
-            {"200": text("The Prometheus text exposition format, version 0.0.4.")},
-            description="Open to anyone unless the node runs with --metrics-auth; then it asks for a "
-                        "full_api credential like the rest of the API (401, 403, 429, 503)."),
-        "security": [{}, {"basic": []}],
-    }},
-    OPENAPI_PATH: {"get": operation(
-        "openapi", "This document", "operations",
-        {"200": answer("The OpenAPI document.", json_content({"type": "object"}))}, guarded=False)},
-    "/v3/nodes": {"get": operation(
-        "listNodes", "The live nodes of the cluster", "operations",
-        {"200": answer("Nodes heard from within their heartbeat TTL.",
-                       json_content({"type": "array", "items": ref("Node")}))})},
-    # -- v3 --
-    "/v3/channels": {"get": operation(
-        "listChannels", "A page of channels, in id order, with token names and drain counts", "v3",
-        {"200": answer("Up to limit channels after `after`; `next` is the `after` of the next page, "
-                       "null on the last.", json_content(ref("ChannelPage")))},
-        params=[{"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "string", "default": "100"},
-                 "description": "Channels per page, a number clamped to 1..1000; anything else is ignored (100)."},
-                {"name": "after", "in": "query", "required": False, "schema": {"type": "string"},
-                 "description": "The last channel id of the previous page."}])},
-    "/v3/channels/{channel}": {
-        "parameters": [CHANNEL],
-        "put": operation(
-            "putChannel", "Create or update a channel with exactly these tokens", "v3",
-            {"200": answer("Updated; kept names keep their token.", json_content(ref("ChannelV3"))),
-             "201": answer("Created.", json_content(ref("ChannelV3")))},
-            body="PutChannelV3Body",
-            description="An invalid channel id is 422. An empty body is a channel without tokens."),
-        "get": operation(
-            "getChannel", "Describe a channel", "v3",
-            {"200": answer("The channel.", json_content(ref("ChannelV3"))), "404": use("NotFound")}),
-        "delete": operation(
-            "deleteChannel", "Delete a channel with its tokens, drains and backlog", "v3",
-            {"204": answer("Deleted."), "404": use("NotFound")}),
-    },
-    "/v3/channels/{channel}/tokens": {"post": operation(
-        "addToken", "Add a token", "v3",
-        {"200": answer("The new token (200, as logplex's v3 answers).", json_content(ref("NamedToken"))),
-         "404": use("NotFound")},
-        params=[CHANNEL], body="TokenBody", body_required=True)},
-    "/v3/channels/{channel}/drains": {"post": operation(
-        "addDrain", "Add a drain, or reserve one (no url)", "v3",
-        {"201": answer("The drain.", json_content(ref("NewDrainV3")), LOCATION),
-         "404": use("NotFound"), "409": use("Conflict"),
-         "422": error("A refused URL (not a public address, UDP), or the channel already has "
-                      "--max-drains drains.")},
-        params=[CHANNEL], body="NewDrainV3Body")},
-    "/v3/channels/{channel}/drains/{drain}": {
-        "parameters": [CHANNEL, DRAIN],
-        "get": operation(
-            "getDrain", "Describe a drain, with this node's delivery state", "v3",
-            {"200": answer("The drain.", json_content(ref("DrainWithState"))), "404": use("NotFound")}),
-        "put": operation(
-            "putDrain", "Set a drain's URL", "v3",
-            {"200": answer("The drain.", json_content(ref("Drain"))), "404": use("NotFound"),
-             "409": use("Conflict")},
-            body="DrainUrlBody", body_required=True),
-        "delete": operation(
-            "deleteDrain", "Delete a drain (and its spool)", "v3",
-            {"204": answer("Deleted."), "404": use("NotFound")}),
-    },
-    "/v3/channels/{channel}/logs": {"get": operation(
-        "channelLogs", "The channel's last lines", "v3",
-        {"200": text("Frames in logplex's output format, oldest first.", "application/logplex-1",
-                     {"Logplex-Msg-Count": {"required": True,
-                                            "schema": {"type": "integer", "minimum": 0}}}),
-         "404": use("NotFound")},
-        params=[CHANNEL, {"name": "num", "in": "query", "required": False,
-                          "schema": {"type": "string", "default": "100"},
-                          "description": "How many lines, a number clamped to 0..--history; anything "
-                                         "else is ignored (100), as in logplex."}])},
-    # -- credentials --
-    "/v3/credentials": {
-        "post": operation(
-            "createCredential", "Create a credential; its secret is shown this once", "credentials",
-            {"201": answer("The credential and its secret.", json_content(ref("NewCredential"))),
-             "404": error("A channel named in 'channels' does not exist.")},
-            body="CredentialBody"),
-        "get": operation(
-            "listCredentials", "List the credentials (without secrets)", "credentials",
-            {"200": answer("Every credential.", json_content({"type": "array", "items": ref("Credential")}))}),
-    },
-    "/v3/credentials/{credential}": {"delete": operation(
-        "deleteCredential", "Delete a credential", "credentials",
-        {"204": answer("Deleted."), "404": use("NotFound")},
-        params=[path_param("credential", {"type": "string", "pattern": CREDENTIAL_ID_PATTERN},
-                           "A credential id.")])},
-    # -- sessions --
-    "/v3/sessions": {"post": operation(
-        "createSessionV3", "Create a session (a backlog read, and optionally a tail)", "sessions",
-        {"201": answer("The session URL: GET it, without a credential.", json_content(ref("SessionUrl")),
-                       LOCATION),
-         "400": error("The body is not JSON, or channel_id is missing or not a string or integer."),
-         "422": error("Not a JSON object, an unknown channel, or a bad num, ps or source."),
-         "503": error("SYSTEM BOOTING, the config Redis is not answering, or tail sessions are switched "
-                      "off on this node.")},
-        body="SessionBody", body_required=True)},
-    "/v2/sessions": {"post": operation(
-        "createSessionV2", "The same as POST /v3/sessions", "sessions",
-        {"201": answer("The session URL.", json_content(ref("SessionUrl")), LOCATION),
-         "400": error("The body is not JSON, or channel_id is missing or not a string or integer."),
-         "422": error("Not a JSON object, an unknown channel, or a bad num, ps or source."),
-         "503": error("SYSTEM BOOTING, the config Redis is not answering, or tail sessions are switched "
-                      "off on this node.")},
-        body="SessionBody", body_required=True)},
-    "/sessions": {
-        "post": operation(
-            "createSessionV1", "Create a session; the URL comes back as text", "sessions",
-            {"201": text("The session URL.", headers=LOCATION),
-             "400": error("The body is not JSON, or channel_id is missing or not a string or integer."),
-             "422": error("Not a JSON object, an unknown channel, or a bad num, ps or source."),
-             "503": error("SYSTEM BOOTING, the config Redis is not answering, or tail sessions are "
-                          "switched off on this node.")},
-            body="SessionBody", body_required=True),
-    },
-    "/sessions/{session}": {"get": operation(
-        "readSession", "Read a session: backlog lines, then live ones if it tails", "sessions",
-        {"200": text("Chunked text, one line per message, oldest first: TIMESTAMP SOURCE[PS]: MSG. "
-                     "A tail stays open; when its channel is deleted it ends with a line saying so."),
-         "404": use("NotFound"),
-         "410": error("The session was made for an earlier channel of this name, since deleted: "
-                      "make a new session."),
-         "503": error("The config Redis or the channel's backlog shard is not answering.")},
-        guarded=False,
-        params=[path_param("session", {"type": "string", "pattern": SESSION_ID_PATTERN},
-                           "The session id from the session URL.")],
-        description="No credential: the unguessable URL is the capability, and it expires after "
-                    "--session-expiry seconds.")},
-    # -- v2 / v1 --
-    "/channels": {"post": operation(
-        "createChannelV2", "Create a channel with an integer id", "v2",
-        {"201": answer("The channel.", json_content(ref("NewChannelV2"))),
-         "400": error("The body is not JSON, or name is not a string.")},
-        body="CreateChannelV2Body")},
-    "/v2/channels/{channel}": {
-        "parameters": [V2_CHANNEL],
-        "get": operation(
-            "getChannelV2", "Describe a channel", "v2",
-            {"200": answer("The channel.", json_content(ref("ChannelV2"))), "404": use("NotFound")}),
-        "delete": operation(
-            "deleteChannelV2", "Delete a channel", "v2",
-            {"200": OK_TEXT, "404": use("NotFound")}),
-    },
-    "/channels/{channel}": {"delete": operation(
-        "deleteChannelV1", "Delete a channel", "v1",
-        {"200": OK_TEXT, "404": use("NotFound")}, params=[V2_CHANNEL])},
-    "/channels/{channel}/info": {"get": operation(
-        "channelInfoV1", "Describe a channel", "v1",
-        {"200": answer("The channel.", json_content(ref("ChannelInfoV1"))), "404": use("NotFound")},
-        params=[V2_CHANNEL])},
-    "/v2/channels/{channel}/tokens": {"post": operation(
-        "addTokenV2", "Add a token", "v2",
-        {"201": answer("The new token.", json_content(ref("NamedToken"))),
-         "404": use("NotFound")},
-        params=[V2_CHANNEL], body="TokenBody", body_required=True)},
-    "/channels/{channel}/token": {"post": operation(
-        "addTokenV1", "Add a token; the token comes back as text", "v1",
-        {"201": text("The new token."), "404": use("NotFound")},
-        params=[V2_CHANNEL], body="TokenBody", body_required=True)},
-    "/v2/channels/{channel}/drains": {"post": operation(
-        "addDrainV2", "Add a drain", "v2",
-        {"201": answer("The drain.", json_content(ref("Drain"))), "404": use("NotFound"),
-         "409": use("Conflict"),
-         "422": error("A refused URL (not a public address, UDP), or the channel already has "
-                      "--max-drains drains.")},
-        params=[V2_CHANNEL], body="DrainUrlBody", body_required=True)},
-    "/channels/{channel}/drains/tokens": {"post": operation(
-        "reserveDrainV1", "Reserve a drain: an id and a token, the URL later", "v1",
-        {"201": answer("The reservation.", json_content(ref("DrainReservationV1"))),
-         "404": use("NotFound"),
-         "422": error("The channel already has --max-drains drains.")},
-        params=[V2_CHANNEL])},
-    "/v2/channels/{channel}/drains/{drain}": {
-        "parameters": [V2_CHANNEL, DRAIN],
-        "post": operation(
-            "setDrainUrlV2", "Set a (reserved) drain's URL", "v2",
-            {"201": answer("The drain.", json_content(ref("Drain"))), "404": use("NotFound"),
-             "409": use("Conflict")},
-            body="DrainUrlBody", body_required=True),
-        "delete": operation(
-            "deleteDrainV2", "Delete a drain", "v2",
-            {"200": OK_TEXT, "404": use("NotFound")}),
-    },
-}
-
-DOCUMENT: dict = {
-    "openapi": "3.1.0",
-    "info": {
-        "title": "logplex management API",
-        "version": __version__,
-        "description": (
-            "Channels, tokens, drains, sessions and credentials of a logplex node (v3, and logplex's "
-            "v2/v1 routes). JSON over HTTP Basic with a full_api credential. Every error is "
-            "{\"error\": sentence}; every answer carries a Request-Id header (an incoming one is "
-            "echoed). A path nothing serves is 404 and a method a path does not serve is 405 with an "
-            "Allow header, both with the same JSON error body. Unknown members of a request body are "
-            "ignored; an empty body is read as {}."
-        ),
-    },
-    "tags": [
-        {"name": "v3", "description": "Channels named by the caller."},
-        {"name": "v2", "description": "logplex v2: integer channel ids."},
-        {"name": "v1", "description": "logplex v1 spellings."},
-        {"name": "sessions", "description": "Backlog reads and tails."},
-        {"name": "credentials", "description": "API and log-input credentials."},
-        {"name": "operations", "description": "Health, metrics, nodes and this document."},
-    ],
-    "security": [{"basic": []}],
-    "paths": PATHS,
-    "components": {
-        "securitySchemes": {"basic": {"type": "http", "scheme": "basic",
-                                      "description": "A credential id and its secret."}},
-        "headers": {"Request-Id": {"required": True, "schema": {"type": "string", "minLength": 1},
-                                   "description": "The request's id: the caller's Request-Id, or a new UUID."}},
-        "schemas": SCHEMAS,
-        "responses": RESPONSES,
-    },
-}
-
-BODY = json.dumps(DOCUMENT, indent=1).encode()
+SELF = operation("openapi", "This document", "operations",
+                 {"200": answer("The OpenAPI document.", json_content({"type": "object"}))}, guarded=False)
 
 
-async def serve(request) -> Reply:
-    """GET /v3/openapi.json: no credential, and it answers while the node boots."""
-    return Reply(200, BODY, content_type=b"application/json")
+def document(routes: list[Route]) -> dict:
+    """The OpenAPI document of these routes; a route without an operation is an error, not a gap."""
+    paths: dict[str, dict] = {}
+    for r in routes:
+        method = r.method.decode().lower()
+        if r.doc is None:
+            raise ValueError(f"{method.upper()} {r.pattern.pattern} carries no OpenAPI operation")
+        item = paths.setdefault(r.path, {})
+        if method in item:
+            raise ValueError(f"{method.upper()} {r.path} is declared twice")
+        doc = dict(r.doc)
+        params = [p.openapi() for p in r.params] + list(doc.pop("parameters", []))
+        item[method] = {**doc, "parameters": params} if params else doc
+    return {
+        "openapi": "3.1.0",
+        "info": INFO,
+        "tags": TAGS,
+        "security": [{"basic": []}],
+        "paths": paths,
+        "components": COMPONENTS,
+    }
+
+
+def served(routes: list[Route]) -> Route:
+    """GET /v3/openapi.json: the document of `routes` and of itself. No credential, and it answers
+    while the node boots."""
+    own = endpoint("GET", OPENAPI_PATH, None, SELF)
+    body = json.dumps(document([*routes, own]), indent=1).encode()
+
+    async def serve(request) -> Reply:
+        return Reply(200, body, content_type=b"application/json")
+
+    return attrs.evolve(own, handler=serve)

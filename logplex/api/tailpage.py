@@ -24,10 +24,12 @@ from twisted.logger import Logger
 
 from logplex import syslog
 from logplex.api import validate
+from logplex.api.schemas import CHANNEL, answer, error, json_content, operation, text, use
 from logplex.model import FULL_API, NO_TAIL, READ_CHANNEL, SessionSpec
 from logplex.http.auth import login, parse_basic
 from logplex.tails.session import DEFAULT_TAIL_BUFFER_BYTES, TailFilter, TailSession, l11_line
-from logplex.http.site import STREAMING, HttpError, Reply, route
+from logplex.tails.stream import TailStream
+from logplex.http.routing import STREAMING, HttpError, Param, Reply, endpoint
 
 log = Logger()
 
@@ -49,6 +51,12 @@ PAGE_HEADERS = {
     b"cache-control": b"no-cache",
 }
 NO_STORE = {b"cache-control": b"no-store"}
+STREAM_HEADERS = {
+    b"content-type": b"text/event-stream; charset=utf-8",
+    b"cache-control": b"no-store",
+    # Tells a buffering reverse proxy (nginx) to pass events on at once.
+    b"x-accel-buffering": b"no",
+}
 # A comment now and then keeps proxies from closing a quiet stream.
 KEEPALIVE_SECONDS = 15.0
 # How often an open stream checks that its credential still may read the channel.
@@ -62,6 +70,66 @@ MAX_LISTED_CHANNELS = 1000
 
 SIGN_IN = "Sign in with a credential id and secret (HTTP Basic)."
 NO_TAIL_WARNING = "Tailing is switched off for this channel."
+
+
+# -- the routes' operations ------------------------------------------------------------------
+STATIC_NAME = Param("name", r"[A-Za-z0-9_.-]+", {"type": "string", "enum": sorted(STATIC_FILES)},
+                    "One of the page's files.")
+# The page signs in itself: a 401 carries no challenge, so the browser shows no dialog of its own.
+SIGNED_IN = [{"basic": []}]
+SIGN_IN_ANSWERS = {
+    "401": error("No credential, or not a valid one. Without a WWW-Authenticate header: the page asks "
+                 "for the credential itself."),
+    "429": use("TooManyLogins"),
+    "503": error("SYSTEM BOOTING: the node has not loaded its configuration yet; or tail sessions are "
+                 "switched off on this node, or the channel's backlog shard is not answering."),
+}
+PAGE_DOC = operation(
+    "tailPage", "The live-tail web page", "tail page",
+    {"200": text("The page: it signs in with a credential and reads the event stream.", "text/html")},
+    guarded=False, description="Also served at /tail/.")
+STATIC_DOC = operation(
+    "tailPageFile", "A file of the live-tail page", "tail page",
+    {"200": answer("The file.", {"text/css": {"schema": {"type": "string"}},
+                                 "text/javascript": {"schema": {"type": "string"}}}),
+     "404": use("NotFound")},
+    guarded=False)
+CHANNELS_DOC = operation(
+    "tailPageChannels", "The channels the caller's credential may watch", "tail page",
+    {"200": answer("Its named channels (read_channel), or every channel there is (full_api, at most "
+                   f"{MAX_LISTED_CHANNELS}: `more` says whether there are others).", json_content({
+                       "type": "object",
+                       "required": ["credential", "channels", "any", "more"],
+                       "properties": {
+                           "credential": {"type": "string"},
+                           "channels": {"type": "array", "items": {"type": "string"}},
+                           "any": {"type": "boolean", "description": "A full_api credential: any channel."},
+                           "more": {"type": "boolean"},
+                       },
+                       "additionalProperties": False,
+                   })),
+     "403": error("The credential can read no channel."),
+     **SIGN_IN_ANSWERS},
+    guarded=False, security=SIGNED_IN)
+STREAM_DOC = operation(
+    "tailStream", "A channel's lines as Server-Sent Events: the backlog, then live ones", "tail page",
+    {"200": text("An event stream: a `data` event per line (JSON: ts, source, ps, severity, msg), a "
+                 "`ready` event after the backlog, `l11` when the node dropped lines this reader did not "
+                 "take, `notice` before a stream of a channel that may not be tailed ends, `revoked` "
+                 "when the channel is deleted or the credential may no longer read it.",
+                 "text/event-stream"),
+     "403": error("The credential may not read this channel (or was granted an earlier channel of its "
+                  "name, since deleted)."),
+     "404": use("NotFound"),
+     "422": error("num is not a number."),
+     **SIGN_IN_ANSWERS},
+    guarded=False, security=SIGNED_IN,
+    params=[{"name": "num", "in": "query", "required": False, "schema": {"type": "string", "default": "100"},
+             "description": "Backlog lines to send first, a number clamped to 0..--history."},
+            {"name": "ps", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "Only this proc id, or the ids before a dot (web matches web.1)."},
+            {"name": "source", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "Only this token name."}])
 
 
 def channel_ended(channel_id: str) -> str:
@@ -127,10 +195,10 @@ class TailPage:
 
     def routes(self) -> list:
         return [
-            route("GET", "/tail/?", self.page),
-            route("GET", r"/tail/static/([A-Za-z0-9_.-]+)", self.static),
-            route("GET", "/tail/channels", self.channels),
-            route("GET", r"/v3/channels/([^/]+)/stream", self.stream),
+            endpoint("GET", "/tail", self.page, PAGE_DOC, slash=True),
+            endpoint("GET", "/tail/static/{name}", self.static, STATIC_DOC, STATIC_NAME),
+            endpoint("GET", "/tail/channels", self.channels, CHANNELS_DOC),
+            endpoint("GET", "/v3/channels/{channel}/stream", self.stream, STREAM_DOC, CHANNEL),
         ]
 
     # -- files ----------------------------------------------------------------------------
@@ -209,59 +277,31 @@ class TailPage:
         if request.method == b"HEAD":
             return Reply(200, b"", dict(NO_STORE), content_type=b"text/event-stream")
         tail = keepalive = None
-        ended = []
-        # The channel deleted: before the answer started (an error instead), or while live.
-        channel_gone = {"gone": False, "live": False}
-
-        def end() -> None:
-            channel_gone["gone"] = True
-            if channel_gone["live"]:
-                self._end(request, channel_id, cred, channel_ended(channel_id), "tail_page_channel_ended")
-
         if spec.tail:
-            # Registered before the backlog is read, so nothing falls in between.
             tail = event_tail(spec, request.write, api.metrics, api.tail_buffer, self.clock,
                               api.tail_buffer_bytes)
-            api.tails.add(tail, end)
+        stream = TailStream(request, api.tails, tail, on_gone=lambda: self._end(
+            request, channel_id, cred, channel_ended(channel_id), "tail_page_channel_ended"))
+        if tail is not None:
             keepalive = task.LoopingCall(self._watch, tail, request, cred, channel_id, [api.reactor.seconds()])
             keepalive.clock = api.reactor
-
-        def finished(_):
-            ended.append(True)
-            if tail is not None:
-                api.tails.remove(tail)
-                if keepalive.running:
-                    keepalive.stop()
-
-        # Before the wait: a reader gone during the backlog read is noticed.
-        request.notifyFinish().addBoth(finished)
-        try:
-            backlog = await api.backlogs.recent(channel_id, spec.num, api.tail_buffer_bytes)
-        except Exception:
-            if tail is not None:
-                api.tails.remove(tail)
-            raise HttpError(503, "The channel's backlog shard is not answering; try again.") from None
-        if ended:
+            request.notifyFinish().addBoth(lambda _: keepalive.stop() if keepalive.running else None)
+        # A reader gone during the backlog read is noticed (stream.closed).
+        backlog = await stream.backlog(api.backlogs, channel_id, spec.num, api.tail_buffer_bytes)
+        if stream.closed:
             return STREAMING
-        if channel_gone["gone"]:
+        if stream.gone:
             if api.store.channel(channel_id) is None:
                 raise HttpError(404, f"Channel {channel_id} does not exist.")
             raise HttpError(403, EARLIER_CHANNEL.format(channel=channel_id))
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        # Tells a buffering reverse proxy (nginx) to pass events on at once.
-        request.setHeader(b"x-accel-buffering", b"no")
         events = TailFilter(spec.ps, spec.source, line_event).lines(backlog)
-        request.write(b"".join(events) + sse({"backlog": len(events), "live": tail is not None}, "ready"))
+        stream.start(STREAM_HEADERS, b"".join(events) + sse({"backlog": len(events), "live": tail is not None},
+                                                            "ready"))
         if tail is None:
-            request.write(sse({"msg": NO_TAIL_WARNING}, "notice"))
-            request.finish()
+            stream.finish(sse({"msg": NO_TAIL_WARNING}, "notice"))
             return STREAMING
-        request.registerProducer(tail, True)
-        channel_gone["live"] = True
-        tail.go_live(backlog)
-        if not ended:
+        stream.go_live(backlog)
+        if not stream.closed:
             keepalive.start(RECHECK_SECONDS, now=False)
         log.info("tail_page_started channel={channel} credential={cred}", channel=channel_id, cred=cred.id)
         return STREAMING

@@ -7,7 +7,7 @@ import re
 import socket
 from urllib.parse import urlsplit
 
-from logplex.http.site import HttpError
+from logplex.http.routing import HttpError
 
 CHANNEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 # A token name becomes APP-NAME: RFC 5424 allows 1-48 printable ASCII, no space.
@@ -156,3 +156,12 @@ def is_private_host(host: str) -> bool:
         except (OSError, ValueError, UnicodeError):
             return False
     return not is_public_address(address)
+
+
+def query_number(request, name: bytes, default: int, low: int, high: int) -> int:
+    """A number from the query string, clamped; as logplex, one that is not a number is ignored."""
+    raw = request.args.get(name, [None])[0]
+    try:
+        return number(None if raw is None else raw.decode("latin-1"), name.decode(), default, low, high)
+    except HttpError:
+        return default

@@ -24,6 +24,7 @@ from twisted.internet import defer, threads
 from logplex import secrets
 from logplex.model import Credential
 from logplex.config.cache import ConfigCache
+from logplex.http.routing import HttpError
 
 
 def parse_basic(header: bytes | None) -> tuple[str, str] | None:
@@ -310,8 +311,6 @@ BASIC_CHALLENGE = {b"www-authenticate": b"Basic realm=Logplex"}
 async def login(auth: Authenticator, throttle: LoginThrottle, request, user: str, password: str) -> Credential:
     """The credential for user:password, or HttpError: 429 when the throttle refuses
     (decided before any KDF work), 401 for a wrong login."""
-    from logplex.http.site import HttpError
-
     address = client_address(request)
     try:
         throttle.check_address(address)

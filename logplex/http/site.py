@@ -1,21 +1,17 @@
-"""HTTP plumbing shared by the API and the log input: body limits, routing, JSON errors, Request-Id."""
+"""The HTTP site shared by the API and the log input: time and byte limits, connection caps, Request-Id.
+
+What a request reaches is logplex.http.routing's business.
+"""
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
-from typing import Awaitable, Callable
-from urllib.parse import unquote
 
-import attrs
-from twisted.internet import defer
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import http, server
 from twisted.web.http import _GenericHTTPChannelProtocol
-from twisted.web.resource import Resource
 from zope.interface import implementer
 
 log = Logger()
@@ -149,6 +145,16 @@ class LimitedRequest(server.Request):
         self._cancel_deadline()
         super().connectionLost(reason)
 
+    def render(self, resrc) -> None:
+        # Twisted's process() has just named itself in Server: the version is
+        # nobody's business. Every answer carries the caller's Request-Id, or a new one.
+        self.setHeader(b"server", b"logplex")
+        request_id = self.getHeader(b"request-id") or str(uuid.uuid4())
+        if isinstance(request_id, str):
+            request_id = request_id.encode()
+        self.setHeader(b"request-id", request_id[:200])
+        super().render(resrc)
+
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
         if self.body_too_large or self._received > self._limit():
@@ -231,167 +237,3 @@ class ConnectionCap(WrappingFactory):
             self.metrics.inc("logplex_connections_refused_total")
             return None
         return super().buildProtocol(addr)
-
-
-class HttpError(Exception):
-    """An answer other than success; message is the sentence the client reads."""
-
-    def __init__(self, status: int, message: str, headers: dict[bytes, bytes] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
-@attrs.frozen
-class Reply:
-    status: int = 200
-    body: object = None  # dict/list -> JSON; bytes as they are; None -> empty
-    headers: dict = attrs.field(factory=dict)
-    content_type: bytes = b"application/json"
-
-
-# A handler that has taken over the request (streaming) returns this.
-STREAMING = object()
-
-Handler = Callable[..., Awaitable[object]]
-
-
-@attrs.frozen
-class Route:
-    method: bytes
-    pattern: re.Pattern
-    handler: Handler
-
-
-def route(method: str, pattern: str, handler: Handler) -> Route:
-    return Route(method.encode(), re.compile("^" + pattern + "$"), handler)
-
-
-def write_reply(request, reply: Reply) -> None:
-    request.setResponseCode(reply.status)
-    for name, value in reply.headers.items():
-        request.setHeader(name, value)
-    body = reply.body
-    if body is None:
-        data = b""
-    elif isinstance(body, bytes):
-        data = body
-        request.setHeader(b"content-type", reply.content_type)
-    else:
-        data = json.dumps(body).encode()
-        request.setHeader(b"content-type", b"application/json")
-    if reply.status != 204:
-        request.setHeader(b"content-length", b"%d" % len(data))
-        request.write(data)
-    request.finish()
-
-
-def error_reply(status: int, message: str, headers: dict | None = None) -> Reply:
-    return Reply(status, {"error": message}, headers or {})
-
-
-def decode_path(raw: bytes) -> str:
-    """The request path with its percent-escapes decoded, segment by segment.
-
-    A client may escape a channel id's ':' or '@'; an escaped '/' stays
-    escaped, so it can never split a segment in two and reach another route.
-    """
-    return "/".join(unquote(segment, errors="replace").replace("/", "%2F")
-                    for segment in raw.decode("latin-1").split("/"))
-
-
-class Dispatcher(Resource):
-    """A leaf resource that matches (method, path) against routes and runs async handlers.
-
-    Handlers receive (request, *path groups) and return a Reply or STREAMING;
-    HttpError becomes a JSON error; anything unexpected a logged 500, never a
-    traceback to the client.
-    """
-
-    isLeaf = True
-
-    def __init__(self, routes: list[Route], error_map: Callable[[Exception], Reply | None] = lambda e: None) -> None:
-        super().__init__()
-        self.routes = routes
-        self.error_map = error_map
-
-    def render(self, request):
-        # The Twisted version is nobody's business.
-        request.setHeader(b"server", b"logplex")
-        request_id = request.getHeader(b"request-id") or str(uuid.uuid4())
-        if isinstance(request_id, str):
-            request_id = request_id.encode()
-        request.setHeader(b"request-id", request_id[:200])
-        path = decode_path(request.path)
-        allowed = []
-        for r in self.routes:
-            match = r.pattern.match(path)
-            if match is None:
-                continue
-            if r.method != request.method and not (r.method == b"GET" and request.method == b"HEAD"):
-                allowed.append(r.method)
-                continue
-            self._run(request, r.handler, match.groups())
-            return server.NOT_DONE_YET
-        if allowed:
-            reply = error_reply(405, f"{request.method.decode('latin-1')} is not allowed on {path}.",
-                                {b"allow": b", ".join(sorted(set(allowed)))})
-        else:
-            reply = error_reply(404, f"There is nothing at {path}.")
-        write_reply(request, reply)
-        return server.NOT_DONE_YET
-
-    def _run(self, request, handler: Handler, groups) -> None:
-        d = defer.ensureDeferred(handler(request, *groups))
-        finished = []
-        request.notifyFinish().addBoth(lambda _: finished.append(True))
-
-        def done(reply):
-            if reply is STREAMING or finished:
-                return
-            write_reply(request, reply)
-
-        def failed(failure):
-            e = failure.value
-            if isinstance(e, HttpError):
-                reply = error_reply(e.status, e.message, e.headers)
-            else:
-                reply = self.error_map(e)
-                if reply is None:
-                    log.failure("api_handler_failed path={path!r}", failure, path=request.path)
-                    reply = error_reply(500, "The node hit an internal error; it is logged.")
-            if not finished:
-                write_reply(request, reply)
-
-        def unwritable(failure):
-            # The reply itself could not be written: say so rather than
-            # leave the client waiting.
-            log.failure("api_reply_failed path={path!r}", failure, path=request.path)
-            if not finished and not request.finished:
-                request.responseHeaders.removeHeader(b"content-type")
-                write_reply(request, error_reply(500, "The node hit an internal error; it is logged."))
-
-        d.addCallbacks(done, failed).addErrback(unwritable).addErrback(
-            lambda f: log.failure("api_error_reply_failed", f)
-        )
-
-
-def read_json(request, max_bytes: int | None = None) -> object:
-    """The request body as JSON, or HttpError 400/413 with a sentence."""
-    if getattr(request, "body_too_large", False):
-        raise HttpError(413, "The request body is too large.")
-    raw = request.content.read() if request.content is not None else b""
-    if max_bytes is not None and len(raw) > max_bytes:
-        raise HttpError(413, f"The JSON body is larger than {max_bytes} bytes.")
-    if not raw.strip():
-        return {}
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise HttpError(400, f"The body is not valid JSON: {e}.") from None
-    except RecursionError:
-        raise HttpError(400, "The body's JSON is nested too deeply.") from None
-
-
-STATUS_TEXT = http.RESPONSES

@@ -20,7 +20,7 @@ from logplex.model import ANY_CHANNEL
 from logplex.config.store import ConfigStore
 from logplex.router import IngressDenied, Router
 from logplex.saturation import HoldMeter
-from logplex.http.site import Dispatcher, HttpError, Reply, route
+from logplex.http.routing import Dispatcher, HttpError, Reply, route
 
 log = Logger()
 

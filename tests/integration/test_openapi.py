@@ -1,6 +1,6 @@
 """The OpenAPI document of the management API (GET /v3/openapi.json), held to a live node.
 
-- the document is valid OpenAPI and documents every route of the API;
+- the document is valid OpenAPI and documents every route of the API (the tail page's too);
 - schemathesis (every check it has) finds no 500, no undocumented status and no
   answer outside its schema;
 - every status the document lists is reached here, by a request made for it, and
@@ -15,6 +15,7 @@ what this module's other tests rely on.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -30,8 +31,9 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_openapi
 
-from logplex.api.management import ManagementApi
-from logplex.api.openapi import DOCUMENT, OPENAPI_PATH
+from logplex.api.app import ManagementApi
+from logplex.api.openapi import OPENAPI_PATH, document
+from logplex.api.tailpage import TailPage
 from tests.harness.client import (
     ADMIN,
     NO_BODY,
@@ -55,6 +57,16 @@ UNKNOWN_NUMBER = "999999999"
 
 
 # -- the document, read as data -------------------------------------------------------------------
+def served_routes() -> list:
+    """The API listener's route table, as a node builds it: the API's routes and the tail page's."""
+    api = ManagementApi(None, None, None, None, None, api_url="http://x", reactor=None)
+    return api.resource(extra_routes=TailPage(api).routes()).routes
+
+
+ROUTES = served_routes()
+DOCUMENT = document(ROUTES)
+
+
 @dataclass(frozen=True)
 class Operation:
     method: str
@@ -72,6 +84,11 @@ class Operation:
     @property
     def guarded(self) -> bool:
         return "401" in self.doc["responses"]
+
+    @property
+    def challenges(self) -> bool:
+        """Its 401 asks for HTTP Basic (the API's guard); the tail page's sign-in asks for nothing."""
+        return self.doc["responses"].get("401") == {"$ref": "#/components/responses/Unauthorized"}
 
     @property
     def body_schema(self) -> dict | None:
@@ -98,7 +115,8 @@ OPERATIONS = [
     if method != "parameters"
 ]
 BY_ID = {op.id: op for op in OPERATIONS}
-GUARDED = [op for op in OPERATIONS if op.guarded]
+GUARDED = [op for op in OPERATIONS if op.guarded and op.challenges]
+SIGNED_IN = [op for op in OPERATIONS if op.guarded and not op.challenges]
 WITH_BODY = [op for op in OPERATIONS if op.body_schema is not None]
 
 
@@ -287,7 +305,7 @@ class World:
         v2 = "/v2/" in op.path or op.path.startswith("/channels")
         return fill(op.path, channel=self.v2 if v2 else self.channel,
                     drain=self.v2_drain if v2 else self.drain,
-                    credential=self.limited[0], session=UNKNOWN_SESSION)
+                    credential=self.limited[0], session=UNKNOWN_SESSION, name="tail.js")
 
 
 @pytest.fixture(scope="module")
@@ -307,9 +325,9 @@ def test_the_document_is_served_without_a_credential_and_is_valid_openapi(api_no
 
 
 def test_the_document_and_the_router_name_the_same_routes():
-    api = ManagementApi(None, None, None, None, None, api_url="http://x", reactor=None)
-    routes = api.resource().routes
-    samples = {(op.method, fill(op.path, channel="7", drain="3", credential="c.1", session="ab-12"))
+    routes = ROUTES
+    samples = {(op.method, fill(op.path, channel="7", drain="3", credential="c.1", session="ab-12",
+                                name="tail.js"))
                for op in OPERATIONS}
     for method, path in samples:
         assert any(r.method.decode() == method and r.pattern.match(path) for r in routes), (method, path)
@@ -362,6 +380,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 [[operations]]
 include-operation-id = ["listChannels", "channelLogs"]
 checks.negative_data_rejection.expected-statuses = ["200", "401", "403", "404", "429", "503"]
+
+# The tail page's event stream of a channel that exists never ends by itself.
+[[operations]]
+include-operation-id = ["tailStream"]
+enabled = false
 
 # Ids seen in answers include the credential the run logs in with: deleting it
 # would leave every later request a 401. And a real session may tail: its GET
@@ -422,6 +445,19 @@ def test_a_guarded_route_answers_401_without_a_credential(world, op):
 def test_a_guarded_route_answers_403_to_a_credential_without_full_api(world, op):
     answer = wait_for(lambda: world.api_node.api(op.method, world.sample_path(op), {}, auth=world.limited),
                       lambda a: a.status != 401)
+    assert answer.status == 403, answer
+    check_answer(op, answer)
+
+
+@pytest.mark.parametrize("op", SIGNED_IN, ids=lambda op: op.id)
+def test_a_tail_page_route_answers_401_without_a_challenge_and_403_without_a_grant(world, op):
+    path = world.sample_path(op)
+    for headers in ({}, {"Authorization": basic(ADMIN[0], "not-the-secret")}, {"Authorization": "Bearer x"}):
+        answer = http_request(world.api_node.api_port, op.method, path, NO_BODY, headers)
+        assert answer.status == 401, (headers, answer)
+        assert answer.header("WWW-Authenticate") is None, answer.headers
+        check_answer(op, answer)
+    answer = wait_for(lambda: world.api_node.api(op.method, path, auth=world.limited), lambda a: a.status != 401)
     assert answer.status == 403, answer
     check_answer(op, answer)
 
@@ -518,6 +554,22 @@ def _session_of_a_replaced_channel(w: World) -> Answer:
     return http_request(w.api_node.api_port, "GET", "/sessions/" + url.rsplit("/sessions/", 1)[1])
 
 
+def _stream_head(w: World) -> Answer:
+    """A live event stream, read up to its `ready` event: it never ends by itself, so the reader hangs up."""
+    conn = http.client.HTTPConnection("127.0.0.1", w.api_node.api_port, timeout=10)
+    try:
+        conn.request("GET", f"/v3/channels/{w.channel}/stream?num=2", headers={"Authorization": basic(*ADMIN)})
+        response = conn.getresponse()
+        body = b""
+        while response.status == 200 and b"event: ready\n" not in body:
+            chunk = response.read1(65536)
+            assert chunk, body
+            body += chunk
+        return Answer(response, body)
+    finally:
+        conn.close()
+
+
 def _new_credential(w: World) -> str:
     return w.admin("POST", "/v3/credentials", {"perms": ["any_channel"]}).json()["id"]
 
@@ -602,6 +654,14 @@ SPECIFIC: dict[tuple[str, str], Recipe] = {
     ("setDrainUrlV2", "409"): _conflict_v2,
     ("deleteDrainV2", "200"): _delete_fresh_drain_v2,
     ("deleteDrainV2", "404"): lambda w: w.admin("DELETE", f"/v2/channels/{w.v2}/drains/{UNKNOWN_NUMBER}"),
+    # the tail page
+    ("tailPage", "200"): lambda w: http_request(w.api_node.api_port, "GET", "/tail"),
+    ("tailPageFile", "200"): lambda w: http_request(w.api_node.api_port, "GET", "/tail/static/tail.css"),
+    ("tailPageFile", "404"): lambda w: http_request(w.api_node.api_port, "GET", "/tail/static/nothing.txt"),
+    ("tailPageChannels", "200"): lambda w: w.admin("GET", "/tail/channels"),
+    ("tailStream", "200"): _stream_head,
+    ("tailStream", "404"): lambda w: w.admin("GET", f"/v3/channels/{unique()}/stream"),
+    ("tailStream", "422"): lambda w: w.admin("GET", f"/v3/channels/{w.channel}/stream?num=many"),
 }
 
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from logplex.api import validate
-from logplex.http.site import HttpError
+from logplex.http.routing import HttpError
 
 
 @pytest.mark.parametrize("url", [

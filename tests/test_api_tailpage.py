@@ -14,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from logplex import secrets
-from logplex.api.management import ManagementApi
+from logplex.api.app import ManagementApi
 from logplex.api.tailpage import KEEPALIVE_SECONDS, RECHECK_SECONDS, TailPage
 from logplex.http.auth import Authenticator
 from logplex.metrics import Metrics

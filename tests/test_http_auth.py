@@ -213,7 +213,7 @@ class AuthenticatorTests(SynchronousTestCase):
         from twisted.web.test.requesthelper import DummyRequest
 
         from logplex.http.auth import LoginThrottle, login
-        from logplex.http.site import HttpError
+        from logplex.http.routing import HttpError
 
         from twisted.internet.address import IPv4Address
 
@@ -319,7 +319,7 @@ class LoginThrottleTests(SynchronousTestCase):
         return defer.ensureDeferred(login(self.auth, self.throttle, _request(host), user, password))
 
     def status(self, d: defer.Deferred) -> int:
-        from logplex.http.site import HttpError
+        from logplex.http.routing import HttpError
 
         from twisted.python.failure import Failure
 
@@ -449,32 +449,3 @@ def test_throttle_keys(host, key):
     from logplex.http.auth import throttle_key
 
     assert throttle_key(host) == key
-
-
-# --- same-origin writes (logplex.api.management) ------------------------------------------------
-
-
-@pytest.mark.parametrize("origin, host, secure, own", [
-    (b"http://127.0.0.1:8001", b"127.0.0.1:8001", False, True),
-    (b"HTTP://LOCALHOST:8001", b"localhost:8001", False, True),
-    (b"https://logs.example", b"logs.example:443", True, True),      # default ports are the same origin
-    (b"http://logs.example", b"logs.example", True, False),           # the request came over TLS
-    (b"https://api.example", b"10.0.0.5:8001", False, True),          # the --api-url behind a proxy
-    (b"https://attacker.example", b"127.0.0.1:8001", False, False),
-    (b"http://127.0.0.1:8002", b"127.0.0.1:8001", False, False),
-    (b"null", b"127.0.0.1:8001", False, False),
-    (b"", b"127.0.0.1:8001", False, False),
-    (b"http://[::1]:8001", b"[::1]:8001", False, True),
-    (b"http://127.0.0.1:99999", b"127.0.0.1:99999", False, False),    # no such port: garbage
-    (b"ftp://127.0.0.1:8001", b"127.0.0.1:8001", False, False),
-])
-def test_what_counts_as_the_apis_own_origin(origin, host, secure, own):
-    from twisted.web.test.requesthelper import DummyRequest
-
-    from logplex.api.management import ManagementApi
-
-    api = ManagementApi(None, None, None, None, None, api_url="https://api.example/", reactor=None)
-    request = DummyRequest([b""])
-    request.requestHeaders.setRawHeaders(b"host", [host])
-    request.isSecure = lambda: secure
-    assert api._own_origin(request, origin) is own
