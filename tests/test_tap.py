@@ -1,5 +1,6 @@
 """The twistd command line."""
 
+import attrs
 import pytest
 from twisted.python import usage
 
@@ -15,10 +16,10 @@ def parse(args, env=None, monkeypatch=None):
 
 def test_defaults_are_specs():
     s = Settings.from_options(parse([]))
-    assert (s.api, s.logs, s.syslog) == ("tcp:8001", "tcp:8601", ("tcp:6001",))
-    assert (s.history, s.max_drains, s.session_expiry, s.backlog_expiry) == (1500, 6, 360, 604800)
-    assert (s.config_redis, s.shard_redis, s.auth) == (None, (), None)
-    assert s.data_dir == "./logplex-data" and not s.allow_private_drains
+    assert (s.listen.api, s.listen.logs, s.listen.syslog) == ("tcp:8001", "tcp:8601", ("tcp:6001",))
+    assert (s.backlog.history, s.api.max_drains, s.api.session_expiry, s.backlog.expiry) == (1500, 6, 360, 604800)
+    assert (s.redis.config, s.redis.shards, s.api.auth) == (None, (), None)
+    assert s.node.data_dir == "./logplex-data" and not s.drains.allow_private
 
 
 def test_the_command_line_defaults_are_the_settings_defaults(monkeypatch):
@@ -26,18 +27,18 @@ def test_the_command_line_defaults_are_the_settings_defaults(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     # One source: a node given no option runs with Settings() exactly (but its host's name).
     s = Settings.from_options(parse([]))
-    assert s == Settings(node_name=s.node_name)
+    assert s == attrs.evolve(Settings(), node=attrs.evolve(Settings().node, name=s.node.name))
 
 
 def test_pushback_can_be_turned_off():
-    assert Settings.from_options(parse(["--drain-pushback", "0"])).drain_pushback == 0
+    assert Settings.from_options(parse(["--drain-pushback", "0"])).drains.pushback == 0
 
 
 def test_stop_grace_is_five_seconds_unless_given_and_zero_closes_at_once():
-    assert Settings.from_options(parse([])).stop_grace == 5.0
-    assert Settings.from_options(parse(["--stop-grace", "0"])).stop_grace == 0
+    assert Settings.from_options(parse([])).node.stop_grace == 5.0
+    assert Settings.from_options(parse(["--stop-grace", "0"])).node.stop_grace == 0
     # The last one given wins: the tests' nodes pass 0, a test of the grace a later value.
-    assert Settings.from_options(parse(["--stop-grace", "0", "--stop-grace", "2.5"])).stop_grace == 2.5
+    assert Settings.from_options(parse(["--stop-grace", "0", "--stop-grace", "2.5"])).node.stop_grace == 2.5
 
 
 def test_repeatable_listeners_and_shards():
@@ -46,9 +47,9 @@ def test_repeatable_listeners_and_shards():
         "--shard-redis", "redis://a:6379/0,redis://b:6379/0", "--shard-redis", "redis://c/1",
         "--allow-private-drains", "--history", "200",
     ]))
-    assert s.syslog == ("tcp:6001", "ssl:6514:privateKey=k.pem:certKey=c.pem")
-    assert s.shard_redis == ("redis://a:6379/0", "redis://b:6379/0", "redis://c/1")
-    assert s.allow_private_drains and s.history == 200
+    assert s.listen.syslog == ("tcp:6001", "ssl:6514:privateKey=k.pem:certKey=c.pem")
+    assert s.redis.shards == ("redis://a:6379/0", "redis://b:6379/0", "redis://c/1")
+    assert s.drains.allow_private and s.backlog.history == 200
 
 
 def test_environment_fallbacks(monkeypatch):
@@ -56,11 +57,11 @@ def test_environment_fallbacks(monkeypatch):
     monkeypatch.setenv("LOGPLEX_SHARD_URLS", "redis://s1/0,redis://s2/0")
     monkeypatch.setenv("LOGPLEX_AUTH", "ops:pw")
     s = Settings.from_options(parse([]))
-    assert s.config_redis == "redis://cfg:6379/0"
-    assert s.shard_redis == ("redis://s1/0", "redis://s2/0")
-    assert s.auth == "ops:pw"
+    assert s.redis.config == "redis://cfg:6379/0"
+    assert s.redis.shards == ("redis://s1/0", "redis://s2/0")
+    assert s.api.auth == "ops:pw"
     # The command line wins over the environment.
-    assert Settings.from_options(parse(["--auth", "a:b"])).auth == "a:b"
+    assert Settings.from_options(parse(["--auth", "a:b"])).api.auth == "a:b"
 
 
 @pytest.mark.parametrize("args", [
@@ -76,15 +77,15 @@ def test_bad_options_are_usage_errors(args):
 
 def test_token_bound_listeners():
     s = Settings.from_options(parse(["--syslog-token", "t.abc=tcp:6010:interface=127.0.0.1"]))
-    assert s.syslog_token == (("t.abc", "tcp:6010:interface=127.0.0.1"),)
+    assert s.listen.syslog_token == (("t.abc", "tcp:6010:interface=127.0.0.1"),)
     for bad in ("tcp:6010", "abc=tcp:6010", "t.abc="):
         with pytest.raises(usage.UsageError):
             parse(["--syslog-token", bad])
 
 
 def test_the_namespace_defaults_to_todays_prefix_and_takes_letters_digits_underscores_dashes():
-    assert Settings.from_options(parse([])).namespace == "lp"
-    assert Settings.from_options(parse(["--namespace", "team-a_2"])).namespace == "team-a_2"
+    assert Settings.from_options(parse([])).redis.namespace == "lp"
+    assert Settings.from_options(parse(["--namespace", "team-a_2"])).redis.namespace == "team-a_2"
     for bad in ("", "a:b", "x" * 33, "two words", "lp*"):
         with pytest.raises(usage.UsageError, match="--namespace: .*1 to 32 letters, digits, '_' or '-'"):
             parse(["--namespace", bad])
