@@ -119,11 +119,63 @@ def test_a_drain_ca_file_without_certificates_is_a_usage_error_naming_it(tmp_pat
         assert said in str(refused.value) and str(path) in str(refused.value)
 
 
-def test_every_option_is_in_the_readme():
+def _readme_options_table() -> dict[str, str]:
+    """option name -> its default cell, from the README's Options table (wrapped cells joined)."""
+    import os
+    import re
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.rst"), encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    start = lines.index("Options") + 2
+    border = next(i for i in range(start, len(lines)) if lines[i].startswith("====") and "  " in lines[i])
+    columns = [m.span() for m in re.finditer(r"=+", lines[border])]
+    rows: dict[str, str] = {}
+    name = None
+    for line in lines[border + 3:]:
+        if line.startswith("===="):
+            break
+        first, default = (line[a:b if i < 2 else None].strip() for i, (a, b) in enumerate(columns[:2]))
+        if first:
+            name = re.match(r"``--([a-z0-9-]+)", first).group(1)
+            rows[name] = default
+        elif default:
+            rows[name] += " " + default
+    return rows
+
+
+# Defaults the table says in words: a host's name, an embedded Redis, off ...
+_IN_WORDS = {"node-name": "host name", "workers": "CPUs, or 1"}
+
+
+def _as_written(value) -> str | None:
+    """How the README writes a default: ``text`` for a string, a number as it reads; None: in words."""
+    if isinstance(value, (list, tuple)):
+        return _as_written(value[0]) if len(value) == 1 else None
+    if isinstance(value, str):
+        return f"``{value}``"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, int) and value:
+        return str(value)
+    return None
+
+
+def test_the_readme_options_table_names_every_option_with_its_default_and_no_other():
     options = Options()
     names = {p[0] for p in options.optParameters} | {f[0] for f in options.optFlags}
     names |= {n[4:].replace("_", "-") for n in dir(options) if n.startswith("opt_")}
-    import os
-    with open(os.path.join(os.path.dirname(__file__), "..", "README.rst"), encoding="utf-8") as f:
-        readme = f.read()
-    assert sorted(n for n in names - {"help", "version"} if f"``--{n}" not in readme) == []
+    names -= {"help", "version"}
+    table = _readme_options_table()
+    assert sorted(names - table.keys()) == []  # every option has a row
+    assert sorted(table.keys() - names) == []  # no row names an option that is gone
+    defaults = Settings.defaults()
+    for name, cell in table.items():
+        if name in _IN_WORDS:
+            assert cell == _IN_WORDS[name], name
+            continue
+        written = _as_written(defaults[name])
+        if written is None:
+            # No value (off, none, the embedded Redis ...): said in words, never as a literal.
+            assert cell and not cell.startswith("``") and not cell[0].isdigit(), (name, cell)
+        else:
+            assert cell == written, (name, cell, written)
