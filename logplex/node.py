@@ -86,8 +86,9 @@ class Listeners(OrderedServices):
     def startService(self) -> None:
         Service.startService(self)
 
-    def listener(self, name: str) -> Listener:
-        return self.getServiceNamed(name)
+    def of_kind(self, kind: str) -> list[Listener]:
+        """The listeners of a kind ("api", "logs", "syslog", "manhole"), in the order they were added."""
+        return [listener for listener in self if listener.kind == kind]
 
 
 class Stage(Service):
@@ -283,7 +284,11 @@ def _listeners(parts: Parts, inherited_fds) -> Listeners:
         fd = inherited.get(description)
         endpoint = (InheritedEndpoint(reactor, description, fd) if fd is not None
                     else server_endpoint(reactor, description))
-        return Listener(kind, description, endpoint, factory)
+        made = Listener(kind, description, endpoint, factory)
+        # A description given twice fails as the second listen, as it always did, not here.
+        made.setName(made.name + f" ({len(listeners.namedServices)})" if made.name in listeners.namedServices
+                     else made.name)
+        return made
 
     listeners = Listeners()
     listeners.setName("ingress")
@@ -360,12 +365,12 @@ class NodeServices(OrderedServices):
         ingress: Listeners = self.getServiceNamed("ingress")
         # The API listens first: a load balancer sees 503 SYSTEM BOOTING
         # until the config is loaded.
-        api_port = await self._listen(ingress.listener(f"api {s.listen.api}"))
+        api_port = await self._listen(ingress.of_kind("api")[0])
         if not s.api.url:
             p.api.api_url = _default_api_url(s.listen.api, api_port)
         p.registry.api_url = p.api.api_url
-        if s.admin.manhole:
-            await self._listen(ingress.listener(f"manhole {loopback_only(s.admin.manhole)}"))
+        for manhole in ingress.of_kind("manhole"):
+            await self._listen(manhole)
         # Before anything is read: a Redis Cluster node with no slots would
         # make the config load retry for ever.
         await self._refuse_cluster_mode([(p.redis.config, p.redis.config_address)])
@@ -385,9 +390,9 @@ class NodeServices(OrderedServices):
         await p.adopter.wait_own_lease()
         p.drains.start()
         p.adopter.start()
-        await self._listen(ingress.listener(f"logs {s.listen.logs}"))
-        for (token, description), factory in zip(_syslog_listeners(s), p.syslog):
-            port = await self._listen(ingress.listener(f"syslog {description}"))
+        await self._listen(ingress.of_kind("logs")[0])
+        for (token, _), factory, listener in zip(_syslog_listeners(s), p.syslog, ingress.of_kind("syslog")):
+            port = await self._listen(listener)
             factory.listener = listener_name("syslog-token" if token else "syslog", port)
         # Only now is the node ready: a load balancer that trusts /healthcheck
         # must not send logs to listeners that are not bound yet.

@@ -86,6 +86,12 @@ def test_every_listener_is_an_endpoint_service_and_they_stop_syslog_logs_api_man
         "manhole tcp:2222:interface=127.0.0.1"]
 
 
+def test_a_listener_given_twice_is_built_and_fails_as_its_second_listen_would():
+    node, _, _ = built(syslog=["tcp:6001", "tcp:6001"])
+    assert [listener.description for listener in node.getServiceNamed("ingress").of_kind("syslog")] == [
+        "tcp:6001", "tcp:6001"]
+
+
 def test_the_parts_are_given_each_other_at_construction():
     node, _, redis = built()
     p = node.parts
@@ -166,7 +172,7 @@ def test_a_stopping_node_says_so_at_once_and_keeps_its_listeners_for_the_grace()
     node.parts.health.ready = True  # as at the end of a boot
     stopped = node.stopService()
     assert node.parts.health().code == 503 and not node.parts.router.deny_ingress
-    assert node.getServiceNamed("ingress").listener("api tcp:8001").running
+    assert node.getServiceNamed("ingress").of_kind("api")[0].running
     reactor.advance(5)
     assert node.parts.router.deny_ingress and not node.getServiceNamed("ingress").running
     reactor.advance(settings().redis.timeout)
