@@ -61,7 +61,7 @@ class OrderedServices(MultiService):
     """A MultiService whose children stop one after another, the last added first.
 
     (MultiService stops them all at once.) A child that is not running is
-    not stopped: under NodeServices, a stage the boot never reached.
+    not stopped: a listener the boot never reached.
     """
 
     def stopService(self) -> defer.Deferred:
