@@ -94,3 +94,29 @@ def pool_connected(pool) -> bool:
     """
     factory = getattr(pool, "_factory", None)
     return bool(factory is not None and getattr(factory, "size", 0))
+
+
+class NodeHealth:
+    """A node's /healthcheck, from its router's ingress switch, its config and its Redis pools.
+
+    The node flips `ready` once every listener is bound and `stopping` when it stops.
+    """
+
+    def __init__(self, router, store, config_pool, shard_pools: Mapping[str, object]) -> None:
+        self.router = router
+        self.store = store
+        self.config_pool = config_pool
+        self.shard_pools = shard_pools  # shard name -> pool, as the backlog writer holds them
+        self.ready = False
+        self.stopping = False
+
+    def __call__(self) -> Health:
+        """What /healthcheck answers, on the API and the log input: no Redis command is sent."""
+        return assess(
+            stopping=self.stopping,
+            ready=self.ready and self.store.loaded,
+            ingress=not self.router.deny_ingress,
+            config_redis=pool_connected(self.config_pool),
+            shards={name: pool_connected(pool) for name, pool in self.shard_pools.items()},
+            config_refused=self.store.refused is not None,
+        )

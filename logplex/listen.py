@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import re
 
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory  # proxyEndpoint's own factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from logplex.errors import StartFailed
 from logplex.tls import ServerTLS
 
 LISTEN_BACKLOG = 1024
@@ -104,3 +109,60 @@ def server_endpoint(reactor, description: str) -> IStreamServerEndpoint:
         # store for them; tests/test_listen.py notices if that changes.)
         endpoint._sslContextFactory = ServerTLS(endpoint._sslContextFactory)
     return endpoint
+
+
+@implementer(IStreamServerEndpoint)
+class _Reporting:
+    """An endpoint that tells its Listener what listening gave: the port, or why it could not."""
+
+    def __init__(self, listener: Listener, inner: IStreamServerEndpoint) -> None:
+        self.listener = listener
+        self.inner = inner
+
+    def listen(self, factory):
+        return defer.maybeDeferred(self.inner.listen, factory).addCallbacks(
+            self.listener._bound, self.listener._refused)
+
+
+class Listener(StreamServerEndpointService):
+    """One listener of the node (kind "api", "logs", "syslog", ...) as a service: it listens when
+    started and stops listening when stopped; `listening()` gives its port, or StartFailed."""
+
+    def __init__(self, kind: str, description: str, endpoint: IStreamServerEndpoint, factory) -> None:
+        super().__init__(_Reporting(self, endpoint), factory)
+        self.kind = kind
+        self.description = description
+        self.setName(f"{kind} {description}")
+        self.port = None
+        self._outcome = None  # the port, or the Failure of listening
+        self._waiting: list[defer.Deferred] = []
+
+    def listening(self) -> defer.Deferred:
+        """Fires with the listening port once bound; fails with StartFailed if it cannot listen."""
+        d = defer.Deferred()
+        if self._outcome is None:
+            self._waiting.append(d)
+        else:
+            d.callback(self._outcome)
+        return d
+
+    def _bound(self, port):
+        self.port = port
+        self._tell(port)
+        return port
+
+    def _refused(self, failure):
+        if failure.check(CannotListenError):
+            failure = Failure(StartFailed(
+                f"The {self.kind} listener cannot listen on {self.description}: "
+                f"{failure.value.socketError}. Stop what uses that address, or give the node "
+                f"another one (--{self.kind})."))
+        self._tell(failure)
+        # Told to whoever waits for listening(); the service itself has no port to stop.
+        return None
+
+    def _tell(self, outcome) -> None:
+        self._outcome = outcome
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(outcome)

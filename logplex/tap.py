@@ -20,8 +20,8 @@ ENV = {
 
 log = Logger()
 
-# One source for every default: the Settings a node runs with when given no option.
-DEFAULTS = Settings()
+# One source for every default: option name -> what a node runs with when not given it.
+DEFAULT = Settings.defaults()
 
 
 def _checked(name: str, convert, kind: str, ok, rule: str):
@@ -95,107 +95,107 @@ class Options(usage.Options):
     ]
 
     optParameters = [
-        ["api", None, DEFAULTS.api, "Management API listener (Twisted endpoint description)."],
-        ["logs", None, DEFAULTS.logs, "HTTP log input listener for POST /logs (endpoint description)."],
+        ["api", None, DEFAULT["api"], "Management API listener (Twisted endpoint description)."],
+        ["logs", None, DEFAULT["logs"], "HTTP log input listener for POST /logs (endpoint description)."],
         ["config-redis", None, None,
          "Config Redis URL: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://… (TLS), "
          "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB] or unix:///PATH "
          "(env LOGPLEX_CONFIG_REDIS_URL). Default: an embedded redis-server."],
-        ["data-dir", None, DEFAULTS.data_dir, "Where the embedded Redis keeps its data."],
+        ["data-dir", None, DEFAULT["data-dir"], "Where the embedded Redis keeps its data."],
         ["node-name", None, socket.gethostname(), "This node's name in the cluster."],
         ["api-url", None, None,
          "Public base URL of the API, used in session URLs. Default: from --api."],
         ["auth", None, None,
          "USER:PASSWORD of a credential (full_api, any_channel) ensured at start (env LOGPLEX_AUTH)."],
-        ["history", None, DEFAULTS.history, "Lines kept in each channel's backlog.", _positive_int("history")],
-        ["backlog-expiry", None, DEFAULTS.backlog_expiry, "Seconds an idle channel's backlog is kept.",
+        ["history", None, DEFAULT["history"], "Lines kept in each channel's backlog.", _positive_int("history")],
+        ["backlog-expiry", None, DEFAULT["backlog-expiry"], "Seconds an idle channel's backlog is kept.",
          _positive_int("backlog-expiry")],
-        ["max-drains", None, DEFAULTS.max_drains, "Drains allowed per channel.", _positive_int("max-drains")],
-        ["session-expiry", None, DEFAULTS.session_expiry, "Seconds a session URL can be used.",
+        ["max-drains", None, DEFAULT["max-drains"], "Drains allowed per channel.", _positive_int("max-drains")],
+        ["session-expiry", None, DEFAULT["session-expiry"], "Seconds a session URL can be used.",
          _positive_int("session-expiry")],
-        ["drain-buffer", None, DEFAULTS.drain_buffer, "Messages held in memory per drain.",
+        ["drain-buffer", None, DEFAULT["drain-buffer"], "Messages held in memory per drain.",
          _positive_int("drain-buffer")],
-        ["http-drain-target-bytes", None, DEFAULTS.http_drain_target_bytes, "Target size of an HTTP drain batch.",
+        ["http-drain-target-bytes", None, DEFAULT["http-drain-target-bytes"], "Target size of an HTTP drain batch.",
          _positive_int("http-drain-target-bytes")],
-        ["http-drain-max-bytes", None, DEFAULTS.http_drain_max_bytes,
+        ["http-drain-max-bytes", None, DEFAULT["http-drain-max-bytes"],
          "Largest HTTP drain batch: batches grow to it while a drain is backed up.", _positive_int("http-drain-max-bytes")],
-        ["tcp-drain-target-bytes", None, DEFAULTS.tcp_drain_target_bytes, "Target size of a syslog drain write.",
+        ["tcp-drain-target-bytes", None, DEFAULT["tcp-drain-target-bytes"], "Target size of a syslog drain write.",
          _positive_int("tcp-drain-target-bytes")],
-        ["http-drain-linger", None, DEFAULTS.http_drain_linger,
+        ["http-drain-linger", None, DEFAULT["http-drain-linger"],
          "Seconds an HTTP drain waits to fill a batch before sending a smaller one.",
          _positive_float("http-drain-linger")],
-        ["http-drain-post-rate", None, DEFAULTS.http_drain_post_rate,
+        ["http-drain-post-rate", None, DEFAULT["http-drain-post-rate"],
          "POSTs a second a node's HTTP drains aim at together; past it their linger grows, up to 5 s.",
          _positive_int("http-drain-post-rate")],
-        ["http-drain-timeout", None, DEFAULTS.http_drain_timeout, "Seconds an HTTP drain waits for an answer.",
+        ["http-drain-timeout", None, DEFAULT["http-drain-timeout"], "Seconds an HTTP drain waits for an answer.",
          _positive_float("http-drain-timeout")],
-        ["drain-backoff-max", None, DEFAULTS.drain_backoff_max, "Longest wait between retries of a failing drain, seconds.",
+        ["drain-backoff-max", None, DEFAULT["drain-backoff-max"], "Longest wait between retries of a failing drain, seconds.",
          _positive_float("drain-backoff-max")],
-        ["drain-spool-bytes", None, DEFAULTS.drain_spool_bytes,
+        ["drain-spool-bytes", None, DEFAULT["drain-spool-bytes"],
          "Bytes a drain may spool in Redis (per node) before the oldest are dropped.",
          _positive_int("drain-spool-bytes")],
-        ["drain-spool-total-bytes", None, DEFAULTS.drain_spool_total_bytes,
+        ["drain-spool-total-bytes", None, DEFAULT["drain-spool-total-bytes"],
          "Bytes all of this node's drain spools may take together; past it, a drain that spools "
          "more drops its own oldest.",
          _positive_int("drain-spool-total-bytes")],
-        ["drain-spool-age", None, DEFAULTS.drain_spool_age, "Seconds a spooled message may wait before it is dropped.",
+        ["drain-spool-age", None, DEFAULT["drain-spool-age"], "Seconds a spooled message may wait before it is dropped.",
          _positive_float("drain-spool-age")],
-        ["drain-pushback", None, DEFAULTS.drain_pushback,
+        ["drain-pushback", None, DEFAULT["drain-pushback"],
          "Hold back senders while a drain of their channel has a full buffer and its endpoint "
          "answers within this many seconds (the node, not the endpoint, is behind); 0: never.",
          _non_negative_float("drain-pushback")],
         ["drain-ca-file", None, None,
          "PEM bundle of CAs to verify drain endpoints with, instead of the system's."],
-        ["syslog-drain-idle", None, DEFAULTS.syslog_drain_idle, "Seconds before an idle syslog drain connection is closed.",
+        ["syslog-drain-idle", None, DEFAULT["syslog-drain-idle"], "Seconds before an idle syslog drain connection is closed.",
          _positive_float("syslog-drain-idle")],
-        ["tail-buffer", None, DEFAULTS.tail_buffer, "Lines held for a slow tail before L11 drops.",
+        ["tail-buffer", None, DEFAULT["tail-buffer"], "Lines held for a slow tail before L11 drops.",
          _positive_int("tail-buffer")],
-        ["tail-buffer-bytes", None, DEFAULTS.tail_buffer_bytes,
+        ["tail-buffer-bytes", None, DEFAULT["tail-buffer-bytes"],
          "Bytes of lines held for a slow tail before L11 drops (whichever of this and --tail-buffer comes first); "
          "also the most backlog bytes one session, tail page or logs read answers with.",
          _positive_int("tail-buffer-bytes")],
-        ["max-frame", None, DEFAULTS.max_frame, "Largest syslog frame accepted, in bytes.",
+        ["max-frame", None, DEFAULT["max-frame"], "Largest syslog frame accepted, in bytes.",
          _positive_int("max-frame")],
-        ["max-body", None, DEFAULTS.max_body, "Largest HTTP request body accepted, in bytes.",
+        ["max-body", None, DEFAULT["max-body"], "Largest HTTP request body accepted, in bytes.",
          _positive_int("max-body")],
-        ["max-header-bytes", None, DEFAULTS.max_header_bytes, "Largest HTTP request line plus headers, in bytes.",
+        ["max-header-bytes", None, DEFAULT["max-header-bytes"], "Largest HTTP request line plus headers, in bytes.",
          _positive_int("max-header-bytes")],
-        ["max-json", None, DEFAULTS.max_json, "Largest JSON body the API reads, in bytes.",
+        ["max-json", None, DEFAULT["max-json"], "Largest JSON body the API reads, in bytes.",
          _positive_int("max-json")],
-        ["max-connections", None, DEFAULTS.max_connections, "Open connections allowed per listener; more are refused.",
+        ["max-connections", None, DEFAULT["max-connections"], "Open connections allowed per listener; more are refused.",
          _positive_int("max-connections")],
-        ["syslog-idle-timeout", None, DEFAULTS.syslog_idle_timeout, "Seconds a syslog connection may stay silent.",
+        ["syslog-idle-timeout", None, DEFAULT["syslog-idle-timeout"], "Seconds a syslog connection may stay silent.",
          _positive_float("syslog-idle-timeout")],
-        ["frame-timeout", None, DEFAULTS.frame_timeout, "Seconds a syslog frame may take to arrive once it has started.",
+        ["frame-timeout", None, DEFAULT["frame-timeout"], "Seconds a syslog frame may take to arrive once it has started.",
          _positive_float("frame-timeout")],
-        ["http-header-timeout", None, DEFAULTS.http_header_timeout, "Seconds an HTTP client has to send its request line and headers, from connecting (or from the first byte of a later keep-alive request).",
+        ["http-header-timeout", None, DEFAULT["http-header-timeout"], "Seconds an HTTP client has to send its request line and headers, from connecting (or from the first byte of a later keep-alive request).",
          _positive_float("http-header-timeout")],
-        ["http-request-timeout", None, DEFAULTS.http_request_timeout, "Seconds an HTTP client has to send its whole request.",
+        ["http-request-timeout", None, DEFAULT["http-request-timeout"], "Seconds an HTTP client has to send its whole request.",
          _positive_float("http-request-timeout")],
-        ["http-idle-timeout", None, DEFAULTS.http_idle_timeout, "Seconds an idle HTTP keep-alive connection is kept.",
+        ["http-idle-timeout", None, DEFAULT["http-idle-timeout"], "Seconds an idle HTTP keep-alive connection is kept.",
          _positive_float("http-idle-timeout")],
-        ["login-failures", None, DEFAULTS.login_failures,
+        ["login-failures", None, DEFAULT["login-failures"],
          "Failed logins per client address (IPv6: its /64), listener and minute before it is refused "
          "(429); a credential id is refused new secrets after ten times as many from any addresses.",
          _positive_int("login-failures")],
-        ["flush-interval", None, DEFAULTS.flush_interval, "Seconds between backlog write batches.",
+        ["flush-interval", None, DEFAULT["flush-interval"], "Seconds between backlog write batches.",
          _positive_float("flush-interval")],
         ["manhole", None, None,
          "Admin shell (SSH, keys only) endpoint, e.g. tcp:2222; a tcp: or tcp6: port without interface= "
          "binds to loopback (127.0.0.1, ::1). Off unless given."],
         ["manhole-keys", None, None, "authorized_keys file of the keys allowed into the admin shell."],
-        ["heartbeat", None, DEFAULTS.heartbeat,
+        ["heartbeat", None, DEFAULT["heartbeat"],
          "Seconds between this node's heartbeats; a node silent for 3 of them is gone from /v3/nodes.",
          _positive_float("heartbeat")],
-        ["reconcile-interval", None, DEFAULTS.reconcile_interval,
+        ["reconcile-interval", None, DEFAULT["reconcile-interval"],
          "Seconds between this node's checks that its config and shard map are the cluster's "
          "newest: a change notification it missed is caught within this time.",
          _positive_float("reconcile-interval")],
-        ["spool-adopt-after", None, DEFAULTS.spool_adopt_after,
+        ["spool-adopt-after", None, DEFAULT["spool-adopt-after"],
          "Seconds a node that spooled may be gone from the registry before a live node takes over "
          "its drain spools and delivers them.",
          _positive_float("spool-adopt-after")],
-        ["stop-grace", None, DEFAULTS.stop_grace,
+        ["stop-grace", None, DEFAULT["stop-grace"],
          "Seconds a stopping node (SIGTERM) keeps accepting and serving while /healthcheck already "
          "answers 503, so a load balancer moves traffic away first; 0 closes the listeners at once.",
          _non_negative_float("stop-grace")],
@@ -204,9 +204,9 @@ class Options(usage.Options):
          "1 runs the node in one process. Default: one per CPU this process may use, or 1 where a "
          "listener is not tcp:, tcp6: or ssl: (also behind haproxy:) or --manhole is given.",
          _positive_int("workers")],
-        ["redis-timeout", None, DEFAULTS.redis_timeout, "Seconds a Redis command may take before it counts as failed.",
+        ["redis-timeout", None, DEFAULT["redis-timeout"], "Seconds a Redis command may take before it counts as failed.",
          _positive_float("redis-timeout")],
-        ["namespace", None, DEFAULTS.namespace,
+        ["namespace", None, DEFAULT["namespace"],
          "Prefix of every Redis key and pub/sub channel of this cluster (1-32 letters, digits, "
          "'_' or '-'): clusters sharing one Redis server need different namespaces or dbs.",
          _namespace],
@@ -243,7 +243,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if not self["syslog"]:
-            self["syslog"] = list(DEFAULTS.syslog)
+            self["syslog"] = list(DEFAULT["syslog"])
         if self["config-redis"] is None:
             self["config-redis"] = os.environ.get(ENV["config-redis"]) or None
         if not self["shard-redis"] and os.environ.get(ENV["shard-redis"]):
@@ -305,8 +305,8 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor=None):
-    from logplex.settings import Settings
-    from logplex.node import LogplexNode
+    """The service `twistd logplex` runs: a node in this process, or a --workers master of several."""
+    from logplex.node import LogplexNode, embedded_redis
     from logplex.workers import (
         WORKER_ENV,
         WorkerCount,
@@ -322,7 +322,7 @@ def makeService(options: Options, reactor=None):
     if inherited:
         # A worker of a --workers master: its settings and sockets come from it.
         settings, fds = settings_from_environment(inherited)
-        return LogplexNode(settings, reactor, inherited_fds=fds)
+        return LogplexNode(settings, reactor, inherited_fds=fds, embedded=embedded_redis(settings, reactor))
     settings = Settings.from_options(options)
     if options["workers"] is not None:
         workers = WorkerCount(options["workers"], "--workers")
@@ -332,4 +332,4 @@ def makeService(options: Options, reactor=None):
         return WorkerMaster(settings, workers.count, reactor, workers.reason)
     if options["workers"] is None:
         log.info("workers count=1 reason={reason!r}", reason=workers.reason)
-    return LogplexNode(settings, reactor, exit_on_failure=True)
+    return LogplexNode(settings, reactor, exit_on_failure=True, embedded=embedded_redis(settings, reactor))

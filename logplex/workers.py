@@ -20,12 +20,16 @@ import sys
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from logplex.settings import Settings
+from logplex.errors import StartFailed
 from logplex.listen import LISTEN_BACKLOG, behind_proxy, description_fields, proxied, server_endpoint
-from logplex.redis.embedded import EmbeddedRedis
+from logplex.process import exit_status_at_exit
+from logplex.redis.embedded import EmbeddedRedis, EmbeddedRedisError
+from logplex.settings import Settings
 
 log = Logger()
 
@@ -57,11 +61,11 @@ def shareable(description: str) -> bool:
 
 def single_process_reason(settings: Settings) -> str | None:
     """Why the node must run in one process, as a sentence; None when it owns its listeners."""
-    for kind, description in listeners(settings):
+    for kind, description in settings.listen.all():
         if not shareable(description):
             return (f"the {kind} listener {description} cannot be shared between worker processes "
                     f"(only tcp:, tcp6: and ssl: ones can, also behind haproxy:)")
-    if settings.manhole:
+    if settings.admin.manhole:
         return "--manhole opens an admin shell into one process, which would see one worker's share only"
     return None
 
@@ -82,25 +86,19 @@ def default_workers(settings: Settings, cpus: int) -> WorkerCount:
     return WorkerCount(cpus, f"one per CPU this process may use ({cpus})")
 
 
-def listeners(settings: Settings) -> list[tuple[str, str]]:
-    """(kind, endpoint description) of every listener, in a fixed order."""
-    out = [("api", settings.api), ("logs", settings.logs)]
-    out += [("syslog", d) for d in settings.syslog]
-    out += [("syslog-token", d) for _, d in settings.syslog_token]
-    return out
-
-
 def worker_environment(settings: Settings, fds: list[int]) -> str:
-    return json.dumps({"settings": attrs.asdict(settings), "fds": fds})
+    # As option values: the worker reads them back as a command line's.
+    return json.dumps({"options": settings.options(), "fds": fds})
 
 
 def settings_from_environment(raw: str) -> tuple[Settings, list[int]]:
     doc = json.loads(raw)
-    values = doc["settings"]
-    values["syslog"] = tuple(values["syslog"])
-    values["shard_redis"] = tuple(values["shard_redis"])
-    values["syslog_token"] = tuple(tuple(pair) for pair in values["syslog_token"])
-    return Settings(**values), doc["fds"]
+    return Settings.from_options(doc["options"]), doc["fds"]
+
+
+def inherited_listeners(settings: Settings, fds: list[int]) -> dict[str, int]:
+    """Endpoint description -> the listening socket a --workers master handed down for it."""
+    return dict(zip([d for _, d in settings.listen.all()], fds))
 
 
 def reuseport_sockets(reactor, description: str, count: int) -> list[socket.socket]:
@@ -135,6 +133,19 @@ def reuseport_sockets(reactor, description: str, count: int) -> list[socket.sock
         sock.setblocking(False)
         out.append(sock)
     return out
+
+
+@implementer(IStreamServerEndpoint)
+class InheritedEndpoint:
+    """A listener whose socket the --workers master opened: listening serves that socket."""
+
+    def __init__(self, reactor, description: str, fd: int) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.fd = fd
+
+    def listen(self, factory) -> defer.Deferred:
+        return defer.execute(adopt, self.reactor, self.description, self.fd, factory)
 
 
 def adopt(reactor, description: str, fd: int, factory):
@@ -181,9 +192,11 @@ class WorkerMaster(MultiService):
         self.transports: dict[int, object] = {}
         self.stopping = False
         self.restarts: dict[int, int] = {}
+        # Per worker, its listening sockets (one per listener), once opened.
+        self.sockets: list[list[socket.socket]] = []
         self.embedded = None
-        if settings.config_redis is None:
-            self.embedded = EmbeddedRedis(settings.data_dir, reactor=reactor)
+        if settings.redis.config is None:
+            self.embedded = EmbeddedRedis(settings.node.data_dir, reactor=reactor)
             self.embedded.setServiceParent(self)
 
     def startService(self) -> None:
@@ -204,10 +217,6 @@ class WorkerMaster(MultiService):
                 pass  # a worker that just ended
 
     def _failed(self, failure) -> None:
-        from logplex.redis.embedded import EmbeddedRedisError
-        from logplex.errors import StartFailed
-        from logplex.node import exit_status_at_exit
-
         if failure.check(StartFailed, EmbeddedRedisError):
             # A cause the operator can fix: one line that says what to do, as a single process says it.
             log.critical("node_start_failed reason={reason}", reason=str(failure.value))
@@ -221,18 +230,17 @@ class WorkerMaster(MultiService):
         log.info("workers count={count} reason={reason!r}", count=self.count, reason=self.reason)
         if self.embedded is not None:
             await self.embedded.whenReady()
-            self.settings = attrs.evolve(self.settings, config_redis=self.embedded.url)
+            self.settings = attrs.evolve(
+                self.settings, redis=attrs.evolve(self.settings.redis, config=self.embedded.url))
         # One listening socket per worker and listener, all bound to the same
         # address with SO_REUSEPORT: the kernel spreads connections over them.
         # (Workers accepting on one shared socket pile connections onto
         # whichever wakes first.)
         self.sockets: list[list[socket.socket]] = [[] for _ in range(self.count)]
-        for kind, description in listeners(self.settings):
+        for kind, description in self.settings.listen.all():
             try:
                 socks = reuseport_sockets(self.reactor, description, self.count)
             except OSError as e:
-                from logplex.errors import StartFailed
-
                 raise StartFailed(
                     f"The {kind} listener cannot listen on {description}: {e.strerror or e}. Stop what "
                     f"uses that address, or give the node another one (--{kind})."
@@ -243,7 +251,8 @@ class WorkerMaster(MultiService):
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
-        settings = attrs.evolve(self.settings, node_name=f"{self.settings.node_name}-{index}")
+        node = self.settings.node
+        settings = attrs.evolve(self.settings, node=attrs.evolve(node, name=f"{node.name}-{index}"))
         child_fds = {0: "r", 1: 1, 2: 2}
         inherited = []
         for n, sock in enumerate(self.sockets[index]):
@@ -263,7 +272,7 @@ class WorkerMaster(MultiService):
             worker, argv[0], argv, env=env, childFDs=child_fds)
         self.workers[index] = worker
         log.info("worker_started index={index} pid={pid} node={node}", index=index,
-                 pid=self.transports[index].pid, node=settings.node_name)
+                 pid=self.transports[index].pid, node=settings.node.name)
 
     def _ended(self, worker: _Worker) -> None:
         index = worker.index
@@ -302,7 +311,7 @@ class WorkerMaster(MultiService):
         self._close_sockets()
         if waits:
             # Each worker serves for --stop-grace seconds, then spills its drains.
-            timeout = task.deferLater(self.reactor, self.settings.stop_grace + 30, lambda: None)
+            timeout = task.deferLater(self.reactor, self.settings.node.stop_grace + 30, lambda: None)
             await defer.DeferredList([defer.DeferredList(waits), timeout], fireOnOneCallback=True)
         for index, transport in list(self.transports.items()):
             try:
@@ -313,6 +322,6 @@ class WorkerMaster(MultiService):
         await defer.maybeDeferred(super().stopService)
 
     def _close_sockets(self) -> None:
-        for socks in getattr(self, "sockets", []):
+        for socks in self.sockets:
             for sock in socks:
                 sock.close()

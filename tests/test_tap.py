@@ -1,5 +1,6 @@
 """The twistd command line."""
 
+import attrs
 import pytest
 from twisted.python import usage
 
@@ -15,10 +16,10 @@ def parse(args, env=None, monkeypatch=None):
 
 def test_defaults_are_specs():
     s = Settings.from_options(parse([]))
-    assert (s.api, s.logs, s.syslog) == ("tcp:8001", "tcp:8601", ("tcp:6001",))
-    assert (s.history, s.max_drains, s.session_expiry, s.backlog_expiry) == (1500, 6, 360, 604800)
-    assert (s.config_redis, s.shard_redis, s.auth) == (None, (), None)
-    assert s.data_dir == "./logplex-data" and not s.allow_private_drains
+    assert (s.listen.api, s.listen.logs, s.listen.syslog) == ("tcp:8001", "tcp:8601", ("tcp:6001",))
+    assert (s.backlog.history, s.api.max_drains, s.api.session_expiry, s.backlog.expiry) == (1500, 6, 360, 604800)
+    assert (s.redis.config, s.redis.shards, s.api.auth) == (None, (), None)
+    assert s.node.data_dir == "./logplex-data" and not s.drains.allow_private
 
 
 def test_the_command_line_defaults_are_the_settings_defaults(monkeypatch):
@@ -26,18 +27,18 @@ def test_the_command_line_defaults_are_the_settings_defaults(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     # One source: a node given no option runs with Settings() exactly (but its host's name).
     s = Settings.from_options(parse([]))
-    assert s == Settings(node_name=s.node_name)
+    assert s == attrs.evolve(Settings(), node=attrs.evolve(Settings().node, name=s.node.name))
 
 
 def test_pushback_can_be_turned_off():
-    assert Settings.from_options(parse(["--drain-pushback", "0"])).drain_pushback == 0
+    assert Settings.from_options(parse(["--drain-pushback", "0"])).drains.pushback == 0
 
 
 def test_stop_grace_is_five_seconds_unless_given_and_zero_closes_at_once():
-    assert Settings.from_options(parse([])).stop_grace == 5.0
-    assert Settings.from_options(parse(["--stop-grace", "0"])).stop_grace == 0
+    assert Settings.from_options(parse([])).node.stop_grace == 5.0
+    assert Settings.from_options(parse(["--stop-grace", "0"])).node.stop_grace == 0
     # The last one given wins: the tests' nodes pass 0, a test of the grace a later value.
-    assert Settings.from_options(parse(["--stop-grace", "0", "--stop-grace", "2.5"])).stop_grace == 2.5
+    assert Settings.from_options(parse(["--stop-grace", "0", "--stop-grace", "2.5"])).node.stop_grace == 2.5
 
 
 def test_repeatable_listeners_and_shards():
@@ -46,9 +47,9 @@ def test_repeatable_listeners_and_shards():
         "--shard-redis", "redis://a:6379/0,redis://b:6379/0", "--shard-redis", "redis://c/1",
         "--allow-private-drains", "--history", "200",
     ]))
-    assert s.syslog == ("tcp:6001", "ssl:6514:privateKey=k.pem:certKey=c.pem")
-    assert s.shard_redis == ("redis://a:6379/0", "redis://b:6379/0", "redis://c/1")
-    assert s.allow_private_drains and s.history == 200
+    assert s.listen.syslog == ("tcp:6001", "ssl:6514:privateKey=k.pem:certKey=c.pem")
+    assert s.redis.shards == ("redis://a:6379/0", "redis://b:6379/0", "redis://c/1")
+    assert s.drains.allow_private and s.backlog.history == 200
 
 
 def test_environment_fallbacks(monkeypatch):
@@ -56,11 +57,11 @@ def test_environment_fallbacks(monkeypatch):
     monkeypatch.setenv("LOGPLEX_SHARD_URLS", "redis://s1/0,redis://s2/0")
     monkeypatch.setenv("LOGPLEX_AUTH", "ops:pw")
     s = Settings.from_options(parse([]))
-    assert s.config_redis == "redis://cfg:6379/0"
-    assert s.shard_redis == ("redis://s1/0", "redis://s2/0")
-    assert s.auth == "ops:pw"
+    assert s.redis.config == "redis://cfg:6379/0"
+    assert s.redis.shards == ("redis://s1/0", "redis://s2/0")
+    assert s.api.auth == "ops:pw"
     # The command line wins over the environment.
-    assert Settings.from_options(parse(["--auth", "a:b"])).auth == "a:b"
+    assert Settings.from_options(parse(["--auth", "a:b"])).api.auth == "a:b"
 
 
 @pytest.mark.parametrize("args", [
@@ -76,15 +77,15 @@ def test_bad_options_are_usage_errors(args):
 
 def test_token_bound_listeners():
     s = Settings.from_options(parse(["--syslog-token", "t.abc=tcp:6010:interface=127.0.0.1"]))
-    assert s.syslog_token == (("t.abc", "tcp:6010:interface=127.0.0.1"),)
+    assert s.listen.syslog_token == (("t.abc", "tcp:6010:interface=127.0.0.1"),)
     for bad in ("tcp:6010", "abc=tcp:6010", "t.abc="):
         with pytest.raises(usage.UsageError):
             parse(["--syslog-token", bad])
 
 
 def test_the_namespace_defaults_to_todays_prefix_and_takes_letters_digits_underscores_dashes():
-    assert Settings.from_options(parse([])).namespace == "lp"
-    assert Settings.from_options(parse(["--namespace", "team-a_2"])).namespace == "team-a_2"
+    assert Settings.from_options(parse([])).redis.namespace == "lp"
+    assert Settings.from_options(parse(["--namespace", "team-a_2"])).redis.namespace == "team-a_2"
     for bad in ("", "a:b", "x" * 33, "two words", "lp*"):
         with pytest.raises(usage.UsageError, match="--namespace: .*1 to 32 letters, digits, '_' or '-'"):
             parse(["--namespace", bad])
@@ -118,11 +119,63 @@ def test_a_drain_ca_file_without_certificates_is_a_usage_error_naming_it(tmp_pat
         assert said in str(refused.value) and str(path) in str(refused.value)
 
 
-def test_every_option_is_in_the_readme():
+def _readme_options_table() -> dict[str, str]:
+    """option name -> its default cell, from the README's Options table (wrapped cells joined)."""
+    import os
+    import re
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.rst"), encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    start = lines.index("Options") + 2
+    border = next(i for i in range(start, len(lines)) if lines[i].startswith("====") and "  " in lines[i])
+    columns = [m.span() for m in re.finditer(r"=+", lines[border])]
+    rows: dict[str, str] = {}
+    name = None
+    for line in lines[border + 3:]:
+        if line.startswith("===="):
+            break
+        first, default = (line[a:b if i < 2 else None].strip() for i, (a, b) in enumerate(columns[:2]))
+        if first:
+            name = re.match(r"``--([a-z0-9-]+)", first).group(1)
+            rows[name] = default
+        elif default:
+            rows[name] += " " + default
+    return rows
+
+
+# Defaults the table says in words: a host's name, an embedded Redis, off ...
+_IN_WORDS = {"node-name": "host name", "workers": "CPUs, or 1"}
+
+
+def _as_written(value) -> str | None:
+    """How the README writes a default: ``text`` for a string, a number as it reads; None: in words."""
+    if isinstance(value, (list, tuple)):
+        return _as_written(value[0]) if len(value) == 1 else None
+    if isinstance(value, str):
+        return f"``{value}``"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, int) and value:
+        return str(value)
+    return None
+
+
+def test_the_readme_options_table_names_every_option_with_its_default_and_no_other():
     options = Options()
     names = {p[0] for p in options.optParameters} | {f[0] for f in options.optFlags}
     names |= {n[4:].replace("_", "-") for n in dir(options) if n.startswith("opt_")}
-    import os
-    with open(os.path.join(os.path.dirname(__file__), "..", "README.rst"), encoding="utf-8") as f:
-        readme = f.read()
-    assert sorted(n for n in names - {"help", "version"} if f"``--{n}" not in readme) == []
+    names -= {"help", "version"}
+    table = _readme_options_table()
+    assert sorted(names - table.keys()) == []  # every option has a row
+    assert sorted(table.keys() - names) == []  # no row names an option that is gone
+    defaults = Settings.defaults()
+    for name, cell in table.items():
+        if name in _IN_WORDS:
+            assert cell == _IN_WORDS[name], name
+            continue
+        written = _as_written(defaults[name])
+        if written is None:
+            # No value (off, none, the embedded Redis ...): said in words, never as a literal.
+            assert cell and not cell.startswith("``") and not cell[0].isdigit(), (name, cell)
+        else:
+            assert cell == written, (name, cell, written)

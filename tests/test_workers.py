@@ -21,10 +21,10 @@ from logplex.workers import WorkerMaster, default_workers, reuseport_sockets, sh
     {"syslog": ("tcp:6001", "tcp6:6002:interface=\\:\\:1")},
     {"api": "ssl:8001:privateKey=k.pem:certKey=c.pem"},
     {"logs": "haproxy:tcp:8601"},
-    {"syslog_token": (("t.abc", "TCP:6010:interface=127.0.0.1"),)},
+    {"syslog-token": (("t.abc", "TCP:6010:interface=127.0.0.1"),)},
 ])
 def test_a_node_that_owns_its_listeners_runs_one_worker_per_cpu(changes):
-    choice = default_workers(Settings(**changes), cpus=6)
+    choice = default_workers(Settings.from_options(changes), cpus=6)
     assert choice.count == 6 and choice.reason == "one per CPU this process may use (6)"
 
 
@@ -32,10 +32,10 @@ def test_a_node_that_owns_its_listeners_runs_one_worker_per_cpu(changes):
     ({"syslog": ("tcp:6001", "unix:/run/logplex.sock")}, "syslog listener unix:/run/logplex.sock"),
     ({"api": "systemd:domain=INET:index=0"}, "api listener systemd:domain=INET:index=0"),
     ({"logs": "haproxy:unix:/run/logs.sock"}, "logs listener haproxy:unix:/run/logs.sock"),
-    ({"manhole": "tcp:2222", "manhole_keys": "keys"}, "--manhole"),
+    ({"manhole": "tcp:2222", "manhole-keys": "keys"}, "--manhole"),
 ])
 def test_a_node_that_cannot_share_its_listeners_or_has_a_manhole_runs_one_process(changes, named):
-    choice = default_workers(Settings(**changes), cpus=6)
+    choice = default_workers(Settings.from_options(changes), cpus=6)
     assert choice.count == 1 and named in choice.reason
 
 

@@ -288,7 +288,7 @@ class Admin:
 
         return defer.ensureDeferred(replace_shard(
             self.node.store.redis, self.node.shard_pool, name, url, keys=self.node.store.keys,
-            history=self.node.settings.history, reactor=self.node.reactor))
+            history=self.node.settings.backlog.history, reactor=self.node.reactor))
 
     def add_shard(self, url: str) -> defer.Deferred:
         """add_shard('redis://s3:6379/0'): about 1/N of the channels move to it."""
@@ -296,7 +296,7 @@ class Admin:
 
         return defer.ensureDeferred(add_shard(
             self.node.store.redis, self.node.shard_pool, url, keys=self.node.store.keys,
-            history=self.node.settings.history, reactor=self.node.reactor))
+            history=self.node.settings.backlog.history, reactor=self.node.reactor))
 
     def drains_state(self) -> dict:
         """Every drain on this node: delivered, dropped, retried, buffered, spool depth."""

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Callable
 from urllib.parse import urlsplit
 
-import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from logplex.settings import Settings
+from logplex.settings import DrainSettings
 from logplex.drains.policy import Backoff, Outcome, Pace
 from logplex.drains.http import HttpDrainTransport
 from logplex.drains.spool import Spool
@@ -32,7 +31,6 @@ SYSLOG_CHUNK_BYTES = 128 * 1024
 TICK = 0.01
 
 
-_NODE = Settings()
 # A spool keeps at least its newest chunk whatever its bound, so its chunks
 # must be a small part of it for the bound to mean anything.
 SPOOL_CHUNKS_AT_LEAST = 8
@@ -49,45 +47,11 @@ def http_chunk_bytes(s: DrainSettings) -> int:
     return largest if largest * SPOOL_CHUNKS_AT_LEAST <= s.spool_bytes else s.http_target_bytes
 
 
-@attrs.frozen
-class DrainSettings:
-    """What the drains take of a node's Settings (whose defaults they share)."""
-
-    buffer: int = _NODE.drain_buffer
-    http_target_bytes: int = _NODE.http_drain_target_bytes
-    http_max_bytes: int = _NODE.http_drain_max_bytes
-    tcp_target_bytes: int = _NODE.tcp_drain_target_bytes
-    http_linger: float = _NODE.http_drain_linger
-    http_post_rate: int = _NODE.http_drain_post_rate
-    tcp_linger: float = 0.05
-    http_timeout: float = _NODE.http_drain_timeout
-    backoff_max: float = _NODE.drain_backoff_max
-    spool_bytes: int = _NODE.drain_spool_bytes
-    spool_total_bytes: int = _NODE.drain_spool_total_bytes
-    spool_age: float = _NODE.drain_spool_age
-    syslog_idle: float = _NODE.syslog_drain_idle
-    redis_timeout: float = _NODE.redis_timeout
-    pushback: float = _NODE.drain_pushback
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> DrainSettings:
-        return cls(
-            buffer=s.drain_buffer, http_target_bytes=s.http_drain_target_bytes,
-            http_max_bytes=s.http_drain_max_bytes,
-            tcp_target_bytes=s.tcp_drain_target_bytes, http_linger=s.http_drain_linger,
-            http_post_rate=s.http_drain_post_rate,
-            http_timeout=s.http_drain_timeout, backoff_max=s.drain_backoff_max,
-            spool_bytes=s.drain_spool_bytes, spool_total_bytes=s.drain_spool_total_bytes,
-            spool_age=s.drain_spool_age,
-            syslog_idle=s.syslog_drain_idle, redis_timeout=s.redis_timeout,
-            pushback=s.drain_pushback,
-        )
-
-
 class DrainSupervisor:
     def __init__(self, store, backlogs, metrics, reactor, node: str, settings: DrainSettings,
                  http_client, trust_root=None, emit=lambda channel, message: None,
-                 connect_reactor=None, *, keys: RedisKeys) -> None:
+                 connect_reactor=None, *, keys: RedisKeys,
+                 spool_recorder: Callable[[int], defer.Deferred] | None = None) -> None:
         self.keys = keys  # where spools live: the cluster's key schema
         self.store = store
         self.backlogs = backlogs
@@ -98,6 +62,7 @@ class DrainSupervisor:
         self.http_client = http_client
         self.trust_root = trust_root
         self.emit = emit
+        self.spool_recorder = spool_recorder
         # What syslog drains connect with (the HTTP client was made with the same).
         self.connect_reactor = connect_reactor or reactor
         self.workers: dict[int, DrainWorker] = {}
@@ -294,9 +259,8 @@ class DrainSupervisor:
         return defer.DeferredList([w.stop() for w in workers], consumeErrors=True)
 
     # -- spool adoption (logplex/drains/adoption.py) -------------------------------------------
-    # Called with a drain id at a spool's first write: set by the node to record,
-    # in the config Redis, that it spools for that drain.
-    spool_recorder: Callable[[int], defer.Deferred] | None = None
+    # spool_recorder is called with a drain id at a spool's first write: it
+    # records, in the config Redis, that this node spools for that drain.
 
     def _watch_spool(self, spool: Spool) -> None:
         spool.on_first_write = lambda drain_id: (

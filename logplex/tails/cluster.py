@@ -221,7 +221,8 @@ class NodeRegistry:
     """This node's heartbeat in the config Redis, and the list of live nodes."""
 
     def __init__(self, redis, node: str, reactor, api_url: str = "", interval: float = 5.0,
-                 timeout: float = 5.0, *, keys: RedisKeys) -> None:
+                 timeout: float = 5.0, *, keys: RedisKeys,
+                 shard_map_version: Callable[[], int | None] = lambda: None) -> None:
         self.keys = keys
         self.timeout = timeout
         self.redis = redis
@@ -231,7 +232,7 @@ class NodeRegistry:
         self.started = time.time()
         self.interval = interval
         # The shard map version this node uses (None: not known yet), reported with each beat.
-        self.shard_map_version: Callable[[], int | None] = lambda: None
+        self.shard_map_version = shard_map_version
         self._beat = task.LoopingCall(self.heartbeat)
         self._beat.clock = reactor
 
