@@ -16,7 +16,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from logplex import workers
 from logplex.node import STOP_ORDER, LogplexNode, NodeServices, OrderedServices, build
-from logplex.redis.connection import parse_redis_url
+from logplex.redis.address import parse_redis_url
 from logplex.settings import Settings
 from logplex.tap import Options, makeService
 

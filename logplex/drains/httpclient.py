@@ -72,7 +72,7 @@ class DrainTarget:
         # Twisted keeps encoded headers in _rawHeaders; these are encoded
         # already (the count and frame id are ASCII digits and hex), so they
         # are set as they are rather than encoded again per request
-        # (test_drain_http checks the request on the wire).
+        # (test_drains_http checks the request on the wire).
         headers._rawHeaders = {**self.headers, b"Logplex-Msg-Count": [b"%d" % count],
                                b"Logplex-Frame-Id": [frame_id.encode("ascii")]}
         return headers

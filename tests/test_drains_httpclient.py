@@ -1,6 +1,6 @@
 """logplex.drains.httpclient: an answer's body kept to its bound, and a host's connections shared by its drains.
 
-In memory, with a Clock and StringTransports, as in test_drain_http.
+In memory, with a Clock and StringTransports, as in test_drains_http.
 """
 
 from __future__ import annotations
