@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from logplex.listen import description_fields, has_argument
-from logplex.model import ANY_CHANNEL, CHANNEL_FLAGS, FULL_API, PERMISSIONS
+from logplex.model import CHANNEL_FLAGS, FULL_API, PERMISSIONS
 
 
 # Where a TCP endpoint takes its interface as a positional field (after the

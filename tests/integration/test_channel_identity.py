@@ -13,9 +13,7 @@ import http.client
 import json
 import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable
 
 import pytest
 

@@ -4,7 +4,6 @@ import json
 import tempfile
 
 import pytest
-import txredisapi
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 

@@ -1,6 +1,5 @@
 """The limits a hostile or broken client meets: each has a clear answer and an option."""
 
-import base64
 import socket
 import time
 

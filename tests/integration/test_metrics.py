@@ -1,6 +1,5 @@
 """GET /metrics after known traffic, read with prometheus_client's own parser."""
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.client import (

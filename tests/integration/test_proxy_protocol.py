@@ -11,7 +11,6 @@ import json
 import socket
 import ssl
 import struct
-import time
 from collections.abc import Callable
 
 import pytest

@@ -29,16 +29,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import redis as redis_py
-from twisted.internet import defer, reactor, task, threads
-from twisted.trial import unittest
+from twisted.internet import defer
 
 from logplex.redis.keys import RedisKeys
-from tests.harness.client import (Node, basic, decode_logplex1, http_request, logplex1, octet,
-                                       syslog_message, unique)
+from tests.harness.client import Node, basic, http_request, logplex1, octet, syslog_message
 from tests.harness.procs import RedisServer
 from tests.harness.client import Sender, stop_node
 from tests.harness.trial import NodeCase, http_frame, metric_samples, start_node, texts
