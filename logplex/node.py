@@ -195,11 +195,6 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
         reactor, metrics, redis.shard, timeout, history=s.backlog.history,
         expiry=s.backlog.expiry, interval=s.backlog.flush_interval, keys=keys,
     )
-    store = ConfigStore(
-        redis.config, redis.config_address, reactor, max_drains=s.api.max_drains,
-        session_expiry=s.api.session_expiry, timeout=timeout, metrics=metrics, keys=keys,
-        node=s.node.name, reconcile_interval=s.node.reconcile_interval,
-    )
     tails = TailRegistry(metrics)
 
     def incarnation_of(channel_id: str) -> str | None:
@@ -216,11 +211,17 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
         on_version=lambda version: registry.heartbeat())
     registry = NodeRegistry(redis.config, s.node.name, reactor, interval=s.node.heartbeat,
                             timeout=timeout, keys=keys, shard_map_version=lambda: shard_maps.version)
-    store.feed_listeners[b"tail"] = [cluster_tails.on_feed]
-    store.feed_listeners[b"shards"] = [shard_maps.on_feed]
-    # A channel deleted (or deleted and made again): its tails end, and
-    # its lines still queued here never reach the new channel's backlog.
-    store.identity_listeners += [tails.end_channel, lambda channel_id, now: backlogs.forget(channel_id)]
+    store = ConfigStore(
+        redis.config, redis.config_address, reactor, max_drains=s.api.max_drains,
+        session_expiry=s.api.session_expiry, timeout=timeout, metrics=metrics, keys=keys,
+        node=s.node.name, reconcile_interval=s.node.reconcile_interval,
+        feed_listeners={b"tail": [cluster_tails.on_feed], b"shards": [shard_maps.on_feed]},
+        # A channel deleted (or deleted and made again): its tails end, and
+        # its lines still queued here never reach the new channel's backlog.
+        identity_listeners=[tails.end_channel, lambda channel_id, now: backlogs.forget(channel_id)],
+        # A re-seeded config Redis has the --auth credential's hash back; it is ensured all the same.
+        recovered_listeners=[lambda: _ensure_credential_again(store, s.api.auth)] if s.api.auth else [],
+    )
     # Drains connect through a resolver that refuses private addresses,
     # unless the operator allows them.
     drain_reactor = reactor if s.drains.allow_private else PublicOnlyReactor(reactor)
@@ -384,7 +385,8 @@ class NodeServices(OrderedServices):
         p.cluster_tails.start()
         p.registry.start()
         if s.api.auth:
-            await self._ensure_credential(s.api.auth)
+            user, _, password = s.api.auth.partition(":")
+            await p.store.ensure_credential(user, password)
         # Drains start (and resume their spools) before any input is accepted;
         # not while another node is adopting this node's spools.
         await p.adopter.wait_own_lease()
@@ -411,15 +413,6 @@ class NodeServices(OrderedServices):
     async def _listen(self, listener: Listener):
         listener.startService()
         return await listener.listening()
-
-    async def _ensure_credential(self, auth: str) -> None:
-        store = self.parts.store
-        user, _, password = auth.partition(":")
-        await store.ensure_credential(user, password)
-        # A re-seeded config Redis has the credential's hash back; ensure it all the same.
-        store.recovered_listeners.append(lambda: defer.ensureDeferred(
-            store.ensure_credential(user, password)).addErrback(
-                lambda f: log.warn("auth_credential_not_ensured error={e!r}", e=f.getErrorMessage())))
 
     async def _retry_until_loaded(self) -> None:
         while True:
@@ -546,6 +539,12 @@ def embedded_redis(settings: Settings, reactor) -> EmbeddedRedis | None:
     if settings.redis.config is not None:
         return None
     return EmbeddedRedis(settings.node.data_dir, reactor=reactor)
+
+
+def _ensure_credential_again(store: ConfigStore, auth: str) -> defer.Deferred:
+    user, _, password = auth.partition(":")
+    return defer.ensureDeferred(store.ensure_credential(user, password)).addErrback(
+        lambda f: log.warn("auth_credential_not_ensured error={e!r}", e=f.getErrorMessage()))
 
 
 def _log_drop(reason: str, detail: str, count: int) -> None:

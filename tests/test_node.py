@@ -101,6 +101,15 @@ def test_the_parts_are_given_each_other_at_construction():
     assert p.store.redis is redis.config and p.cluster_tails.local is p.tails
 
 
+def test_the_store_is_given_its_listeners_at_construction():
+    p = built(auth="ops:secret")[0].parts
+    assert p.store.feed_listeners == {b"tail": [p.cluster_tails.on_feed], b"shards": [p.shard_maps.on_feed]}
+    assert len(p.store.identity_listeners) == 2 and p.store.identity_listeners[0] == p.tails.end_channel
+    # --auth: the credential is ensured again when the node adopts the config again.
+    assert len(p.store.recovered_listeners) == 1
+    assert built()[0].parts.store.recovered_listeners == []
+
+
 class Recorded(Service):
     """A service whose stop is recorded, and ends when the test says so."""
 
