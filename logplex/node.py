@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from typing import Callable
 
 import attrs
 from twisted.application.internet import TimerService
@@ -209,7 +210,8 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
         redis.config, keys, backlogs.configure, reactor, metrics,
         interval=s.node.reconcile_interval, timeout=timeout,
         on_version=lambda version: registry.heartbeat())
-    registry = NodeRegistry(redis.config, s.node.name, reactor, interval=s.node.heartbeat,
+    registry = NodeRegistry(redis.config, s.node.name, reactor, api_url=lambda: api.api_url,
+                            interval=s.node.heartbeat,
                             timeout=timeout, keys=keys, shard_map_version=lambda: shard_maps.version)
     store = ConfigStore(
         redis.config, redis.config_address, reactor, max_drains=s.api.max_drains,
@@ -245,7 +247,8 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
     # operators out of the API, nor the other way round.
     api = ManagementApi(
         store, backlogs, tails, auth, metrics,
-        api_url=s.api.url or "", history=s.backlog.history,
+        # Without --api-url, made from the API listener's address once it is bound.
+        api_url=ApiUrl(s.api.url, s.listen.api, lambda: listeners.of_kind("api")[0].port), history=s.backlog.history,
         allow_private_drains=s.drains.allow_private, tail_buffer=s.tails.buffer,
         tail_buffer_bytes=s.tails.buffer_bytes,
         reactor=reactor, drain_state=drains.state, nodes=registry.live,
@@ -268,7 +271,8 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
                   cluster_tails, registry, shard_maps, router, drains, adopter, auth, api, health, logs,
                   syslog)
     node = NodeServices(parts)
-    _add_stages(node, parts, _listeners(parts, inherited_fds))
+    listeners = _listeners(parts, inherited_fds)
+    _add_stages(node, parts, listeners)
     return node
 
 
@@ -366,10 +370,9 @@ class NodeServices(OrderedServices):
         ingress: Listeners = self.getServiceNamed("ingress")
         # The API listens first: a load balancer sees 503 SYSTEM BOOTING
         # until the config is loaded.
-        api_port = await self._listen(ingress.of_kind("api")[0])
-        if not s.api.url:
-            p.api.api_url = _default_api_url(s.listen.api, api_port)
-        p.registry.api_url = p.api.api_url
+        await self._listen(ingress.of_kind("api")[0])
+        # Made now from the bound port, once: a host name that does not resolve is told here.
+        api_url = p.api.api_url
         for manhole in ingress.of_kind("manhole"):
             await self._listen(manhole)
         # Before anything is read: a Redis Cluster node with no slots would
@@ -403,7 +406,7 @@ class NodeServices(OrderedServices):
             "node_ready version={version} node={node} api={api} logs={logs} syslog={syslog} api_url={url} "
             "hot_path={hot_path!r}",
             version=__version__, node=s.node.name, api=self.addresses("api"),
-            logs=self.addresses("logs"), syslog=self.addresses("syslog"), url=p.api.api_url,
+            logs=self.addresses("logs"), syslog=self.addresses("syslog"), url=api_url,
             hot_path=hotpath.HOT_PATH,
         )
         if not any(FULL_API in cred.perms for cred in p.store.cache.creds.values()):
@@ -551,6 +554,26 @@ def _log_drop(reason: str, detail: str, count: int) -> None:
     log.warn("messages_dropped reason={reason!r} {detail}count={count} (the next such line within "
              "a minute waits and counts)", reason=reason, detail=f"token={detail!r} " if detail else "",
              count=count)
+
+
+class ApiUrl:
+    """The API's public URL: --api-url, or one made from the API listener's address once it is bound."""
+
+    def __init__(self, configured: str | None, description: str, port: Callable[[], object | None]) -> None:
+        self.configured = configured
+        self.description = description
+        self.port = port
+        self._made: str | None = None
+
+    def __call__(self) -> str:
+        if self.configured:
+            return self.configured
+        if self._made is None:
+            port = self.port()
+            if port is None:
+                return ""  # not bound yet: what asks now (nothing the boot starts) gets "", as before
+            self._made = _default_api_url(self.description, port)
+        return self._made
 
 
 def _default_api_url(description: str, port) -> str:

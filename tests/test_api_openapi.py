@@ -16,7 +16,7 @@ from logplex.http.routing import Dispatcher, Reply, endpoint, route
 
 def served_routes(**settings) -> list:
     """The API listener's table, as the node builds it: the API's routes and the tail page's."""
-    api = ManagementApi(None, None, None, None, None, api_url="http://x", reactor=None, **settings)
+    api = ManagementApi(None, None, None, None, None, api_url=lambda: "http://x", reactor=None, **settings)
     return api.resource(extra_routes=TailPage(api).routes()).routes
 
 

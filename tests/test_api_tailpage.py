@@ -108,7 +108,7 @@ class Node:
         self.api = ManagementApi(
             self.store, self.backlogs, self.tails,
             Authenticator(self.cache, reactor=None, check=secrets.check_secret, dummy_hash=CHEAP_DUMMY_HASH),
-            self.metrics, api_url="http://logplex.test", history=1500, tail_buffer=tail_buffer,
+            self.metrics, api_url=lambda: "http://logplex.test", history=1500, tail_buffer=tail_buffer,
             reactor=self.reactor,
         )
         self.page = TailPage(self.api, clock=lambda: 1_800_000_000.0)

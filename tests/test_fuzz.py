@@ -1094,7 +1094,7 @@ class ApiNode:
             self.store, self.backlogs, self.tails,
             Authenticator(self.store.cache, reactor=None, check=secrets.check_secret,
                           dummy_hash=CHEAP_DUMMY_HASH), self.metrics,
-            api_url="http://logplex.test", history=1500, reactor=self.reactor,
+            api_url=lambda: "http://logplex.test", history=1500, reactor=self.reactor,
             drain_state=lambda drain_id: {"delivered": 0, "last_error": None},
             nodes=lambda: defer.succeed([{"name": "fuzz", "api_url": "http://logplex.test"}]),
             throttle=LoginThrottle(self.reactor, limit=3, window=60), max_json=4096,

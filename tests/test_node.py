@@ -12,6 +12,7 @@ import pytest
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 
 from logplex import workers
@@ -108,6 +109,26 @@ def test_the_store_is_given_its_listeners_at_construction():
     # --auth: the credential is ensured again when the node adopts the config again.
     assert len(p.store.recovered_listeners) == 1
     assert built()[0].parts.store.recovered_listeners == []
+
+
+def test_the_api_url_is_read_at_use_from_the_option_or_the_bound_api_listener():
+    p = built(**{"api-url": "https://logs.example/"})[0].parts
+    # Before any start: nothing is set on the API or the registry later.
+    assert p.api.api_url == "https://logs.example" and p.registry.api_url() == "https://logs.example"
+    node, _, _ = built(api="tcp:8001:interface=127.0.0.1")
+    p = node.parts
+    assert p.api.api_url == "" and p.registry.api_url() == ""
+    bound = node.getServiceNamed("ingress").of_kind("api")[0]
+    bound.port = _BoundPort(IPv4Address("TCP", "127.0.0.1", 8001))
+    assert p.api.api_url == "http://127.0.0.1:8001" and p.registry.api_url() == "http://127.0.0.1:8001"
+
+
+@attrs.frozen
+class _BoundPort:
+    host: IPv4Address
+
+    def getHost(self) -> IPv4Address:
+        return self.host
 
 
 class Recorded(Service):

@@ -9,6 +9,7 @@ full_api guard, and every write is refused to other origins' pages.
 
 from __future__ import annotations
 
+from typing import Callable
 from urllib.parse import urlsplit
 
 import attrs
@@ -35,7 +36,8 @@ CONFIG_ERROR_STATUS = {NotFound: 404, Conflict: 409, Unavailable: 503}
 
 class ManagementApi:
     """The API's collaborators and settings, read by its resources at each request
-    (the admin shell may switch deny_tail_sessions; the node sets api_url once it listens)."""
+    (the admin shell may switch deny_tail_sessions). `api_url` is asked for the API's public URL
+    at each use: without --api-url it is known once the API listener is bound."""
 
     def __init__(
         self,
@@ -45,7 +47,7 @@ class ManagementApi:
         auth: Authenticator,
         metrics,
         *,
-        api_url: str,
+        api_url: Callable[[], str],
         history: int = 1500,
         allow_private_drains: bool = False,
         tail_buffer: int = 1024,
@@ -68,7 +70,7 @@ class ManagementApi:
         self.tails = tails
         self.auth = auth
         self.metrics = metrics
-        self.api_url = api_url.rstrip("/")
+        self._api_url = api_url
         self.history = history
         self.allow_private_drains = allow_private_drains
         self.tail_buffer = tail_buffer
@@ -80,6 +82,10 @@ class ManagementApi:
         self.ops = Ops(self)
         self.health = health or self.ops.loaded_health
         self.resources = (self.ops, Channels(self), Drains(self), Sessions(self), Credentials(self))
+
+    @property
+    def api_url(self) -> str:
+        return self._api_url().rstrip("/")
 
     def resource(self, extra_routes=()) -> Dispatcher:
         routes = [self._secured(r) for resource in self.resources for r in resource.routes()]

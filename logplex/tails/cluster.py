@@ -220,7 +220,7 @@ class ClusterTails:
 class NodeRegistry:
     """This node's heartbeat in the config Redis, and the list of live nodes."""
 
-    def __init__(self, redis, node: str, reactor, api_url: str = "", interval: float = 5.0,
+    def __init__(self, redis, node: str, reactor, api_url: Callable[[], str] = lambda: "", interval: float = 5.0,
                  timeout: float = 5.0, *, keys: RedisKeys,
                  shard_map_version: Callable[[], int | None] = lambda: None) -> None:
         self.keys = keys
@@ -238,7 +238,7 @@ class NodeRegistry:
 
     def heartbeat(self):
         doc = json.dumps({"version": __version__, "started_at": self.started, "seen_at": time.time(),
-                          "ttl": self.interval * MISSED_HEARTBEATS, "api_url": self.api_url,
+                          "ttl": self.interval * MISSED_HEARTBEATS, "api_url": self.api_url(),
                           "pid": os.getpid(), "shard_map_version": self.shard_map_version()})
         d = self.redis.hset(self.keys.nodes, self.node, doc).addTimeout(self.timeout, self.reactor)
         return d.addErrback(lambda f: log.warn("node_heartbeat_failed error={e!r}", e=f.getErrorMessage()))

@@ -59,7 +59,7 @@ UNKNOWN_NUMBER = "999999999"
 # -- the document, read as data -------------------------------------------------------------------
 def served_routes() -> list:
     """The API listener's route table, as a node builds it: the API's routes and the tail page's."""
-    api = ManagementApi(None, None, None, None, None, api_url="http://x", reactor=None)
+    api = ManagementApi(None, None, None, None, None, api_url=lambda: "http://x", reactor=None)
     return api.resource(extra_routes=TailPage(api).routes()).routes
 
 
