@@ -264,8 +264,8 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
     syslog = [SyslogFactory(router, metrics, s.listen.max_frame, token=token,
                             max_connections=s.listen.max_connections,
                             idle_timeout=s.listen.syslog_idle_timeout, frame_timeout=s.listen.frame_timeout,
-                            clock=reactor, holds=holds)
-              for token, _ in _syslog_listeners(s)]
+                            clock=reactor, holds=holds, label=_syslog_label(lambda: listeners, i, token))
+              for i, (token, _) in enumerate(_syslog_listeners(s))]
     metrics.gauge_callback("logplex_active_connections", lambda: [({}, sum(f.connections for f in syslog))])
     parts = Parts(settings, reactor, redis, keys, metrics, drops, load, holds, store, backlogs, tails,
                   cluster_tails, registry, shard_maps, router, drains, adopter, auth, api, health, logs,
@@ -278,6 +278,17 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
 
 def _syslog_listeners(s: Settings) -> list[tuple[str | None, str]]:
     return [(None, d) for d in s.listen.syslog] + list(s.listen.syslog_token)
+
+
+def _syslog_label(listeners: Callable[[], Listeners], i: int, token: str | None) -> Callable[[], str]:
+    """The i-th syslog listener's label in metrics ("syslog:6514"), from its port once bound."""
+    kind = "syslog-token" if token else "syslog"
+
+    def label() -> str:
+        port = listeners().of_kind("syslog")[i].port
+        return "syslog" if port is None else listener_name(kind, port)
+
+    return label
 
 
 def _listeners(parts: Parts, inherited_fds) -> Listeners:
@@ -396,9 +407,8 @@ class NodeServices(OrderedServices):
         p.drains.start()
         p.adopter.start()
         await self._listen(ingress.of_kind("logs")[0])
-        for (token, _), factory, listener in zip(_syslog_listeners(s), p.syslog, ingress.of_kind("syslog")):
-            port = await self._listen(listener)
-            factory.listener = listener_name("syslog-token" if token else "syslog", port)
+        for listener in ingress.of_kind("syslog"):
+            await self._listen(listener)
         # Only now is the node ready: a load balancer that trusts /healthcheck
         # must not send logs to listeners that are not bound yet.
         p.health.ready = True

@@ -123,6 +123,15 @@ def test_the_api_url_is_read_at_use_from_the_option_or_the_bound_api_listener():
     assert p.api.api_url == "http://127.0.0.1:8001" and p.registry.api_url() == "http://127.0.0.1:8001"
 
 
+def test_a_syslog_listeners_label_is_read_at_use_from_its_bound_port():
+    node, _, _ = built(syslog=["tcp:6001"], **{"syslog-token": [("t.abc", "tcp:6010")]})
+    plain, token = node.parts.syslog
+    assert plain.listener == "syslog" and token.listener == "syslog"
+    for listener, port in zip(node.getServiceNamed("ingress").of_kind("syslog"), (6001, 6010)):
+        listener.port = _BoundPort(IPv4Address("TCP", "0.0.0.0", port))
+    assert plain.listener == "syslog:6001" and token.listener == "syslog-token:6010"
+
+
 @attrs.frozen
 class _BoundPort:
     host: IPv4Address

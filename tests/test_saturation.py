@@ -161,7 +161,7 @@ class HoldingRouter:
 
 def held_connection(clock: Clock, holds: HoldMeter):
     router = HoldingRouter()
-    factory = SyslogFactory(router, Metrics(), clock=clock, holds=holds, listener="syslog:6514")
+    factory = SyslogFactory(router, Metrics(), clock=clock, holds=holds, label=lambda: "syslog:6514")
     protocol = factory.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
