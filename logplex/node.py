@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from typing import Callable
 
 import attrs
@@ -36,7 +35,7 @@ from logplex.http.auth import Authenticator, LoginThrottle
 from logplex.http.site import ConnectionCap, LogplexSite
 from logplex.ingest.http import LogInput
 from logplex.ingest.syslog import SyslogFactory
-from logplex.listen import Listener, description_fields, server_endpoint
+from logplex.listen import ApiUrl, Listener, server_endpoint
 from logplex.metrics import Metrics
 from logplex.model import FULL_API
 from logplex.process import exit_status_at_exit
@@ -192,10 +191,7 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
     load.expose(metrics)
     holds = HoldMeter(reactor.seconds)
     holds.expose(metrics)
-    backlogs = Backlogs(
-        reactor, metrics, redis.shard, timeout, history=s.backlog.history,
-        expiry=s.backlog.expiry, interval=s.backlog.flush_interval, keys=keys,
-    )
+    backlogs = Backlogs(reactor, metrics, redis.shard, s.backlog, timeout, keys=keys)
     tails = TailRegistry(metrics)
 
     def incarnation_of(channel_id: str) -> str | None:
@@ -564,50 +560,6 @@ def _log_drop(reason: str, detail: str, count: int) -> None:
     log.warn("messages_dropped reason={reason!r} {detail}count={count} (the next such line within "
              "a minute waits and counts)", reason=reason, detail=f"token={detail!r} " if detail else "",
              count=count)
-
-
-class ApiUrl:
-    """The API's public URL: --api-url, or one made from the API listener's address once it is bound."""
-
-    def __init__(self, configured: str | None, description: str, port: Callable[[], object | None]) -> None:
-        self.configured = configured
-        self.description = description
-        self.port = port
-        self._made: str | None = None
-
-    def __call__(self) -> str:
-        if self.configured:
-            return self.configured
-        if self._made is None:
-            port = self.port()
-            if port is None:
-                return ""  # not bound yet: what asks now (nothing the boot starts) gets "", as before
-            self._made = _default_api_url(self.description, port)
-        return self._made
-
-
-def _default_api_url(description: str, port) -> str:
-    host = port.getHost()
-    interface = getattr(host, "host", "")
-    if interface in ("", "0.0.0.0", "::"):
-        # Bound to every interface: the host name is the best guess at a
-        # public address, if it resolves at all; --api-url says it exactly.
-        interface = _resolvable(socket.gethostname()) or "localhost"
-    scheme = "https" if description_fields(description)[0] in ("ssl", "tls") else "http"
-    if ":" in interface:
-        interface = f"[{interface}]"
-    return f"{scheme}://{interface}:{host.port}"
-
-
-def _resolvable(name: str) -> str | None:
-    """name if it resolves to an address, else None (once, at start: a blocking look-up is fine)."""
-    try:
-        socket.getaddrinfo(name, None)
-    except (OSError, UnicodeError):
-        log.warn("api_url_host_unresolvable host={host!r}: session URLs name localhost instead; "
-                 "set --api-url to the URL clients reach this node's API at", host=name)
-        return None
-    return name
 
 
 def _sleep(reactor, seconds: float) -> defer.Deferred:
