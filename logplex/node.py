@@ -199,16 +199,14 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
         return None if channel is None else channel.incarnation
 
     cluster_tails = ClusterTails(tails, redis.bus, redis.config_address, s.node.name, reactor, metrics,
-                                 timeout=timeout, incarnation_of=incarnation_of, keys=keys)
+                                 timeout, incarnation_of=incarnation_of, keys=keys)
     # The shard map is followed through the feed, and checked every --reconcile-interval
     # for a change this node did not hear of; its version goes out in the heartbeat.
     shard_maps = ShardMapFollower(
         redis.config, keys, backlogs.configure, reactor, metrics,
-        interval=s.node.reconcile_interval, timeout=timeout,
-        on_version=lambda version: registry.heartbeat())
-    registry = NodeRegistry(redis.config, s.node.name, reactor, api_url=lambda: api.api_url,
-                            interval=s.node.heartbeat,
-                            timeout=timeout, keys=keys, shard_map_version=lambda: shard_maps.version)
+        s.node.reconcile_interval, timeout, on_version=lambda version: registry.heartbeat())
+    registry = NodeRegistry(redis.config, s.node, reactor, timeout, keys=keys, api_url=lambda: api.api_url,
+                            shard_map_version=lambda: shard_maps.version)
     store = ConfigStore(
         redis.config, redis.config_address, reactor, max_drains=s.api.max_drains,
         session_expiry=s.api.session_expiry, timeout=timeout, metrics=metrics, keys=keys,

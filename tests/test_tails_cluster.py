@@ -9,6 +9,7 @@ from logplex.model import SessionSpec
 from logplex.tails.cluster import ClusterTails
 from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
+from logplex.settings import REDIS_TIMEOUT
 from logplex.tails.session import TailRegistry, TailSession
 
 
@@ -50,7 +51,7 @@ class Connected:
 def cluster(incarnations: dict[str, str]):
     reactor, metrics = MemoryReactorClock(), Metrics()
     local, bus = TailRegistry(metrics), Bus()
-    tails = ClusterTails(local, bus, RedisAddress(host="bus"), "a", reactor, metrics,
+    tails = ClusterTails(local, bus, RedisAddress(host="bus"), "a", reactor, metrics, REDIS_TIMEOUT,
                          incarnation_of=incarnations.get, keys=KEYS)
     tails.subscription._protocol = Connected()
     return tails, local, bus, reactor
@@ -95,7 +96,7 @@ def test_a_cluster_on_another_db_publishes_and_hears_only_its_own_channel_names(
     reactor, metrics = MemoryReactorClock(), Metrics()
     local, bus = TailRegistry(metrics), Bus()
     on_db_5 = RedisKeys("lp", 5)
-    tails = ClusterTails(local, bus, RedisAddress(host="bus", db=5), "a", reactor, metrics,
+    tails = ClusterTails(local, bus, RedisAddress(host="bus", db=5), "a", reactor, metrics, REDIS_TIMEOUT,
                          incarnation_of={"app": "one"}.get, keys=on_db_5)
     tails.subscription._protocol = Connected()
     tails.remote["app"] = {"b": 1e12}

@@ -25,11 +25,14 @@ from logplex import __version__
 from logplex.framing import decode_logplex1, encode_logplex1
 from logplex.redis.subscription import Subscription
 from logplex.redis.keys import RedisKeys
+from logplex.settings import NodeSettings
 from logplex.tails.session import TailRegistry
 
 log = Logger()
 
 INTEREST_TTL = 30.0
+# How long published lines wait to go out together on the bus.
+FLUSH_INTERVAL = 0.01
 # A node is gone when it missed this many heartbeats.
 MISSED_HEARTBEATS = 3
 
@@ -37,8 +40,7 @@ MISSED_HEARTBEATS = 3
 class ClusterTails:
     """The router's tail sink for a cluster: local tails, plus the bus for remote ones."""
 
-    def __init__(self, local: TailRegistry, redis, address, node: str, reactor, metrics,
-                 flush_interval: float = 0.01, timeout: float = 5.0,
+    def __init__(self, local: TailRegistry, redis, address, node: str, reactor, metrics, timeout: float,
                  incarnation_of: Callable[[str], str | None] = lambda channel_id: None, *,
                  keys: RedisKeys) -> None:
         self.keys = keys
@@ -50,7 +52,7 @@ class ClusterTails:
         self.node = node
         self.reactor = reactor
         self.metrics = metrics
-        self.flush_interval = flush_interval
+        self.flush_interval = FLUSH_INTERVAL
         self.remote: dict[str, dict[str, float]] = {}  # channel -> {node: expiry}
         # (channel, incarnation it was routed to) -> lines for the bus
         self.pending: dict[tuple[str, str | None], list[bytes]] = {}
@@ -220,17 +222,17 @@ class ClusterTails:
 class NodeRegistry:
     """This node's heartbeat in the config Redis, and the list of live nodes."""
 
-    def __init__(self, redis, node: str, reactor, api_url: Callable[[], str] = lambda: "", interval: float = 5.0,
-                 timeout: float = 5.0, *, keys: RedisKeys,
+    def __init__(self, redis, node: NodeSettings, reactor, timeout: float, *, keys: RedisKeys,
+                 api_url: Callable[[], str] = lambda: "",
                  shard_map_version: Callable[[], int | None] = lambda: None) -> None:
         self.keys = keys
         self.timeout = timeout
         self.redis = redis
-        self.node = node
+        self.node = node.name
         self.reactor = reactor
         self.api_url = api_url
         self.started = time.time()
-        self.interval = interval
+        self.interval = node.heartbeat
         # The shard map version this node uses (None: not known yet), reported with each beat.
         self.shard_map_version = shard_map_version
         self._beat = task.LoopingCall(self.heartbeat)
