@@ -208,8 +208,7 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
     registry = NodeRegistry(redis.config, s.node, reactor, timeout, keys=keys, api_url=lambda: api.api_url,
                             shard_map_version=lambda: shard_maps.version)
     store = ConfigStore(
-        redis.config, redis.config_address, reactor, max_drains=s.api.max_drains,
-        session_expiry=s.api.session_expiry, timeout=timeout, metrics=metrics, keys=keys,
+        redis.config, redis.config_address, reactor, s.api, timeout=timeout, metrics=metrics, keys=keys,
         node=s.node.name, reconcile_interval=s.node.reconcile_interval,
         feed_listeners={b"tail": [cluster_tails.on_feed], b"shards": [shard_maps.on_feed]},
         # A channel deleted (or deleted and made again): its tails end, and

@@ -67,6 +67,7 @@ from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
 from logplex.backlog.writer import within_bytes
 from logplex.router import Router
+from logplex.settings import REDIS_TIMEOUT, ApiSettings, NodeSettings
 from logplex.tails.session import TailFilter, TailRegistry
 from logplex.http.site import LogplexSite
 from tests.helpers import (
@@ -1085,7 +1086,8 @@ class ApiNode:
         self.redis = DictRedis()
         self.reactor = MemoryReactorClock()
         # No turn budget: a load finishes within the call, as every answer here fires at once.
-        self.store = ConfigStore(self.redis, RedisAddress(host="dict"), self.reactor, max_drains=3, keys=KEYS,
+        self.store = ConfigStore(self.redis, RedisAddress(host="dict"), self.reactor, ApiSettings(max_drains=3),
+                                 keys=KEYS, timeout=REDIS_TIMEOUT, reconcile_interval=NodeSettings().reconcile_interval,
                                  turn_budget=float("inf"))
         self.metrics = Metrics()
         self.tails = TailRegistry(self.metrics)
