@@ -239,15 +239,11 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
     # One throttle per listener: guesses at the log input do not lock
     # operators out of the API, nor the other way round.
     api = ManagementApi(
-        store, backlogs, tails, auth, metrics,
+        store, backlogs, tails, auth, metrics, s,
         # Without --api-url, made from the API listener's address once it is bound.
-        api_url=ApiUrl(s.api.url, s.listen.api, lambda: listeners.of_kind("api")[0].port), history=s.backlog.history,
-        allow_private_drains=s.drains.allow_private, tail_buffer=s.tails.buffer,
-        tail_buffer_bytes=s.tails.buffer_bytes,
-        reactor=reactor, drain_state=drains.state, nodes=registry.live,
-        metrics_auth=s.api.metrics_auth, health=health,
+        api_url=ApiUrl(s.api.url, s.listen.api, lambda: listeners.of_kind("api")[0].port),
+        reactor=reactor, drain_state=drains.state, nodes=registry.live, health=health,
         throttle=LoginThrottle(reactor, limit=s.listen.login_failures, metrics=metrics, listener="api"),
-        max_json=s.api.max_json,
     )
     logs = LogInput(store, router, auth, metrics, s.listen.max_body, s.listen.max_frame,
                     throttle=LoginThrottle(reactor, limit=s.listen.login_failures, metrics=metrics,

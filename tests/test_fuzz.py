@@ -73,6 +73,7 @@ from logplex.http.site import LogplexSite
 from tests.helpers import (
     RecordingBacklog,
     RecordingTails,
+    changed_settings,
     connect,
     fill_cache,
     http_exchange,
@@ -1096,10 +1097,11 @@ class ApiNode:
             self.store, self.backlogs, self.tails,
             Authenticator(self.store.cache, reactor=None, check=secrets.check_secret,
                           dummy_hash=CHEAP_DUMMY_HASH), self.metrics,
-            api_url=lambda: "http://logplex.test", history=1500, reactor=self.reactor,
+            changed_settings(backlog={"history": 1500}, api={"max_json": 4096}),
+            api_url=lambda: "http://logplex.test", reactor=self.reactor,
             drain_state=lambda drain_id: {"delivered": 0, "last_error": None},
             nodes=lambda: defer.succeed([{"name": "fuzz", "api_url": "http://logplex.test"}]),
-            throttle=LoginThrottle(self.reactor, limit=3, window=60), max_json=4096,
+            throttle=LoginThrottle(self.reactor, limit=3, window=60),
         )
         self.dispatcher = self.api.resource(extra_routes=TailPage(self.api, clock=lambda: NOW).routes())
         self.site = LogplexSite(self.dispatcher, max_body=8192, reactor=make_site_reactor())

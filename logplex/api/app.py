@@ -25,7 +25,8 @@ from logplex.errors import ConfigError, Conflict, NotFound, Unavailable
 from logplex.http.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, parse_basic
 from logplex.http.routing import Dispatcher, HttpError, Reply, Route, error_reply, read_json
 from logplex.model import FULL_API
-from logplex.tails.session import DEFAULT_TAIL_BUFFER_BYTES, TailRegistry
+from logplex.settings import Settings
+from logplex.tails.session import TailRegistry
 
 # Requests that change nothing: a page of any origin may send them.
 SAFE_METHODS = {b"GET", b"HEAD", b"OPTIONS"}
@@ -46,23 +47,18 @@ class ManagementApi:
         tails: TailRegistry,
         auth: Authenticator,
         metrics,
+        settings: Settings,
         *,
         api_url: Callable[[], str],
-        history: int = 1500,
-        allow_private_drains: bool = False,
-        tail_buffer: int = 1024,
-        tail_buffer_bytes: int = DEFAULT_TAIL_BUFFER_BYTES,
         reactor,
         drain_state=lambda drain_id: None,
         nodes=None,
-        metrics_auth: bool = False,
         health=None,
         throttle: LoginThrottle | None = None,
-        max_json: int = 64 * 1024,
     ) -> None:
         self.throttle = throttle or LoginThrottle(reactor)
-        self.max_json = max_json
-        self.metrics_auth = metrics_auth
+        self.max_json = settings.api.max_json
+        self.metrics_auth = settings.api.metrics_auth
         self.nodes = nodes
         self.drain_state = drain_state
         self.store = store
@@ -71,10 +67,11 @@ class ManagementApi:
         self.auth = auth
         self.metrics = metrics
         self._api_url = api_url
-        self.history = history
-        self.allow_private_drains = allow_private_drains
-        self.tail_buffer = tail_buffer
-        self.tail_buffer_bytes = tail_buffer_bytes
+        # What a tail may ask for and hold, and which drain URLs are taken: other wings' settings.
+        self.history = settings.backlog.history
+        self.allow_private_drains = settings.drains.allow_private
+        self.tail_buffer = settings.tails.buffer
+        self.tail_buffer_bytes = settings.tails.buffer_bytes
         self.reactor = reactor
         self.deny_tail_sessions = False
         # What /healthcheck answers (logplex.health.Health); without one,
