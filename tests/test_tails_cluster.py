@@ -9,7 +9,7 @@ from logplex.model import SessionSpec
 from logplex.tails.cluster import ClusterTails
 from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
-from logplex.settings import REDIS_TIMEOUT
+from logplex.settings import REDIS_TIMEOUT, TailSettings
 from logplex.tails.session import TailRegistry, TailSession
 
 
@@ -60,7 +60,7 @@ def cluster(incarnations: dict[str, str]):
 def tail(local: TailRegistry, incarnation: str) -> list[bytes]:
     written: list[bytes] = []
     session = TailSession(SessionSpec(id=incarnation, channel_id="app", incarnation=incarnation),
-                          written.append, Metrics())
+                          written.append, Metrics(), TailSettings())
     session.go_live([])
     local.add(session)
     return written

@@ -70,8 +70,7 @@ class ManagementApi:
         # What a tail may ask for and hold, and which drain URLs are taken: other wings' settings.
         self.history = settings.backlog.history
         self.allow_private_drains = settings.drains.allow_private
-        self.tail_buffer = settings.tails.buffer
-        self.tail_buffer_bytes = settings.tails.buffer_bytes
+        self.tail_settings = settings.tails
         self.reactor = reactor
         self.deny_tail_sessions = False
         # What /healthcheck answers (logplex.health.Health); without one,
