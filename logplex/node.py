@@ -192,7 +192,8 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
     holds = HoldMeter(reactor.seconds)
     holds.expose(metrics)
     backlogs = Backlogs(reactor, metrics, redis.shard, s.backlog, timeout, keys=keys)
-    tails = TailRegistry(metrics)
+    tails = TailRegistry(metrics, on_first_tail=lambda channel_id: cluster_tails.first_tail(channel_id),
+                         on_last_tail=lambda channel_id: cluster_tails.last_tail(channel_id))
 
     def incarnation_of(channel_id: str) -> str | None:
         channel = store.cache.channels.get(channel_id)

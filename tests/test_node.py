@@ -111,6 +111,15 @@ def test_the_store_is_given_its_listeners_at_construction():
     assert built()[0].parts.store.recovered_listeners == []
 
 
+def test_the_tail_registry_is_given_the_bus_as_its_first_and_last_tail_hooks_at_construction():
+    p = built()[0].parts
+    channel = p.keys.tail("app")
+    p.tails.on_first_tail("app")
+    assert channel in p.cluster_tails.subscription._channels
+    p.tails.on_last_tail("app")
+    assert channel not in p.cluster_tails.subscription._channels
+
+
 def test_the_api_url_is_read_at_use_from_the_option_or_the_bound_api_listener():
     p = built(**{"api-url": "https://logs.example/"})[0].parts
     # Before any start: nothing is set on the API or the registry later.

@@ -48,9 +48,15 @@ class Connected:
         return defer.succeed(None)
 
 
+def heard_by(cluster, metrics) -> TailRegistry:
+    """A registry whose first and last tails are told to the ClusterTails cluster() gives."""
+    return TailRegistry(metrics, on_first_tail=lambda channel_id: cluster().first_tail(channel_id),
+                        on_last_tail=lambda channel_id: cluster().last_tail(channel_id))
+
+
 def cluster(incarnations: dict[str, str]):
     reactor, metrics = MemoryReactorClock(), Metrics()
-    local, bus = TailRegistry(metrics), Bus()
+    local, bus = heard_by(lambda: tails, metrics), Bus()
     tails = ClusterTails(local, bus, RedisAddress(host="bus"), "a", reactor, metrics, REDIS_TIMEOUT,
                          incarnation_of=incarnations.get, keys=KEYS)
     tails.subscription._protocol = Connected()
@@ -94,7 +100,7 @@ def test_a_batch_from_another_node_reaches_only_tails_of_the_incarnation_it_name
 
 def test_a_cluster_on_another_db_publishes_and_hears_only_its_own_channel_names():
     reactor, metrics = MemoryReactorClock(), Metrics()
-    local, bus = TailRegistry(metrics), Bus()
+    local, bus = heard_by(lambda: tails, metrics), Bus()
     on_db_5 = RedisKeys("lp", 5)
     tails = ClusterTails(local, bus, RedisAddress(host="bus", db=5), "a", reactor, metrics, REDIS_TIMEOUT,
                          incarnation_of={"app": "one"}.get, keys=on_db_5)

@@ -222,10 +222,9 @@ def test_ending_a_channel_ends_the_tails_of_its_old_incarnations_only():
     from logplex.model import Channel
 
     metrics = Metrics()
-    registry = TailRegistry(metrics)
-    first, successor = Channel.new("app1"), Channel.new("app1")
     ended, last = [], []
-    registry.on_last_tail = last.append
+    registry = TailRegistry(metrics, on_last_tail=last.append)
+    first, successor = Channel.new("app1"), Channel.new("app1")
     old = TailSession(SessionSpec(id="old", channel_id="app1", incarnation=first.incarnation), [].append, metrics,
                       TailSettings())
     new = TailSession(SessionSpec(id="new", channel_id="app1", incarnation=successor.incarnation), [].append,

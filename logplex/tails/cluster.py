@@ -61,8 +61,6 @@ class ClusterTails:
         self.subscription = Subscription(address, self._on_message, self._on_connected, reactor)
         self._refresh = task.LoopingCall(self._announce_all)
         self._refresh.clock = reactor
-        local.on_first_tail = self._first_tail
-        local.on_last_tail = self._last_tail
 
     # -- the router's side (hot path) ----------------------------------------------
     def tailed(self, channel_ids) -> set[str]:
@@ -173,11 +171,12 @@ class ClusterTails:
         return self.redis.hgetall(self.keys.tailing).addTimeout(self.timeout, self.reactor).addCallback(loaded)
 
     # -- this node's interest -----------------------------------------------------------------
-    def _first_tail(self, channel_id: str) -> None:
+    def first_tail(self, channel_id: str) -> None:
+        """The local registry's first tail of a channel: hear the channel on the bus, and say so."""
         self.subscription.subscribe([self.keys.tail(channel_id)])
         self._announce(channel_id, True)
 
-    def _last_tail(self, channel_id: str) -> None:
+    def last_tail(self, channel_id: str) -> None:
         self.subscription.unsubscribe([self.keys.tail(channel_id)])
         self._announce(channel_id, False)
 

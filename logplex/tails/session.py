@@ -227,14 +227,15 @@ class TailSession:
 class TailRegistry:
     """The live tails of this node by channel."""
 
-    def __init__(self, metrics) -> None:
+    def __init__(self, metrics, on_first_tail: Callable[[str], None] = lambda channel_id: None,
+                 on_last_tail: Callable[[str], None] = lambda channel_id: None) -> None:
         self.metrics = metrics
         self.by_channel: dict[str, set[TailSession]] = {}
         # How each tail is ended when its channel is (see end_channel).
         self._enders: dict[TailSession, Callable[[], None]] = {}
-        # The cluster bus hooks these to start and stop hearing a channel.
-        self.on_first_tail: Callable[[str], None] = lambda channel_id: None
-        self.on_last_tail: Callable[[str], None] = lambda channel_id: None
+        # Told a channel's first tail here and its last (the cluster bus starts and stops hearing it).
+        self.on_first_tail = on_first_tail
+        self.on_last_tail = on_last_tail
         metrics.gauge_callback("logplex_active_tails", lambda: [({}, self.count())])
 
     def count(self) -> int:
