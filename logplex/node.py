@@ -246,7 +246,7 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
         reactor=reactor, drain_state=drains.state, nodes=registry.live, health=health,
         throttle=LoginThrottle(reactor, limit=s.listen.login_failures, metrics=metrics, listener="api"),
     )
-    logs = LogInput(store, router, auth, metrics, s.listen.max_body, s.listen.max_frame,
+    logs = LogInput(store, router, auth, metrics, s.listen,
                     throttle=LoginThrottle(reactor, limit=s.listen.login_failures, metrics=metrics,
                                            listener="logs"),
                     reactor=reactor, health=health, holds=holds)

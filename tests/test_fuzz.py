@@ -67,7 +67,7 @@ from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
 from logplex.backlog.writer import within_bytes
 from logplex.router import Router
-from logplex.settings import REDIS_TIMEOUT, ApiSettings, NodeSettings
+from logplex.settings import REDIS_TIMEOUT, ApiSettings, ListenSettings, NodeSettings
 from logplex.tails.session import TailFilter, TailRegistry
 from logplex.http.site import LogplexSite
 from tests.helpers import (
@@ -655,7 +655,7 @@ class LogsNode:
         self.input = LogInput(Loaded(self.cache), self.router,
                               Authenticator(self.cache, reactor=None, check=secrets.check_secret,
                                             dummy_hash=CHEAP_DUMMY_HASH), self.metrics,
-                              max_body=LOGS_MAX_BODY, max_frame=LOGS_MAX_FRAME,
+                              ListenSettings(max_body=LOGS_MAX_BODY, max_frame=LOGS_MAX_FRAME),
                               throttle=LoginThrottle(self.clock, limit=3, window=60))
         self.site = LogplexSite(self.input.resource(), max_body=LOGS_MAX_BODY, reactor=make_site_reactor())
 

@@ -56,7 +56,7 @@ class ManagementApi:
         health=None,
         throttle: LoginThrottle | None = None,
     ) -> None:
-        self.throttle = throttle or LoginThrottle(reactor)
+        self.throttle = throttle or LoginThrottle(reactor, settings.listen.login_failures)
         self.max_json = settings.api.max_json
         self.metrics_auth = settings.api.metrics_auth
         self.nodes = nodes
