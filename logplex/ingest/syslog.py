@@ -7,7 +7,7 @@ from typing import Callable
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from logplex.framing import DEFAULT_MAX_FRAME, FramingError, SyslogFramer
+from logplex.framing import FramingError, SyslogFramer
 from logplex.router import UNKNOWN_TOKEN, IngressDenied, Router, redact_token
 from logplex.saturation import HoldMeter
 
@@ -153,7 +153,7 @@ class SyslogFactory(Factory):
     no template, only the port.
     """
 
-    def __init__(self, router: Router, metrics, max_frame: int = DEFAULT_MAX_FRAME,
+    def __init__(self, router: Router, metrics, max_frame: int,
                  token: str | None = None, *, max_connections: int | None = None,
                  idle_timeout: float | None = None, frame_timeout: float | None = None,
                  clock=None, holds: HoldMeter | None = None,
