@@ -64,7 +64,7 @@ class ConfigFeed:
         page_size: int = 1000,
         slice_size: int = 250,
         turn_budget: float = 0.01,
-        feed_listeners: Mapping[bytes, Sequence[Callable[[bytes], None]]] = {},
+        feed_listeners: Mapping[bytes, Sequence[Callable[[bytes], None]]] | None = None,
         identity_listeners: Sequence[Callable[[str, Channel | None], None]] = (),
         recovered_listeners: Sequence[Callable[[], object]] = (),
     ) -> None:
@@ -86,7 +86,7 @@ class ConfigFeed:
         self.identity_listeners: list[Callable[[str, Channel | None], None]] = list(identity_listeners)
         # Other notifications on the feed (b"tail", b"shards"), by kind.
         self.feed_listeners: dict[bytes, list[Callable[[bytes], None]]] = {
-            kind: list(listeners) for kind, listeners in feed_listeners.items()}
+            kind: list(listeners) for kind, listeners in (feed_listeners or {}).items()}
         self._subscription: Subscription | None = None
         self._reconcile: task.LoopingCall | None = None
         self._loading: defer.Deferred | None = None
