@@ -38,6 +38,7 @@ from logplex.config.feed import ConfigFeed  # noqa: E402
 from logplex.redis.address import parse_redis_url  # noqa: E402
 from logplex.redis.connection import connect  # noqa: E402
 from logplex.redis.keys import RedisKeys  # noqa: E402
+from logplex.settings import NodeSettings  # noqa: E402
 from tests.harness.procs import RedisServer  # noqa: E402
 
 # How many field/value pairs one HSET (or members one SADD) carries while filling.
@@ -207,6 +208,7 @@ async def run(args) -> dict:
         address = parse_redis_url(server.url)
         pool = connect(address, poolsize=2, reply_timeout=args.timeout, reactor=reactor)
         store = ConfigFeed(pool, address, reactor, keys=keys, timeout=args.timeout,
+                           reconcile_interval=NodeSettings().reconcile_interval,
                            **({"page_size": args.page_size} if args.page_size else {}))
         monitor = StallMonitor(args.interval)
         results = {"channels": n, "tokens": n, "drains": drains, "fill_s": round(fill_s, 2)}

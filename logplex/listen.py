@@ -1,6 +1,7 @@
 """Listening sockets: how a listener's endpoint description becomes the endpoint the node listens on.
 
-Every listener (API, /logs, syslog, the admin shell; in one process or
+`ApiUrl` makes the API's public URL from its listener's bound address when
+no --api-url is given. Every listener (API, /logs, syslog, the admin shell; in one process or
 under --workers) goes through `server_endpoint`, so each gets:
 
 - a deeper accept queue than Twisted's default of 50. When a node
@@ -20,12 +21,15 @@ under --workers) goes through `server_endpoint`, so each gets:
 from __future__ import annotations
 
 import re
+import socket
+from typing import Callable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
 from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory  # proxyEndpoint's own factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -33,6 +37,8 @@ from zope.interface import implementer
 
 from logplex.errors import StartFailed
 from logplex.tls import ServerTLS
+
+log = Logger()
 
 LISTEN_BACKLOG = 1024
 _TYPES_WITH_BACKLOG = ("tcp", "tcp6", "ssl", "unix")
@@ -166,3 +172,47 @@ class Listener(StreamServerEndpointService):
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(outcome)
+
+
+class ApiUrl:
+    """The API's public URL: --api-url, or one made from the API listener's address once it is bound."""
+
+    def __init__(self, configured: str | None, description: str, port: Callable[[], object | None]) -> None:
+        self.configured = configured
+        self.description = description
+        self.port = port
+        self._made: str | None = None
+
+    def __call__(self) -> str:
+        if self.configured:
+            return self.configured
+        if self._made is None:
+            port = self.port()
+            if port is None:
+                return ""  # not bound yet: what asks now (nothing the boot starts) gets "", as before
+            self._made = _default_api_url(self.description, port)
+        return self._made
+
+
+def _default_api_url(description: str, port) -> str:
+    host = port.getHost()
+    interface = getattr(host, "host", "")
+    if interface in ("", "0.0.0.0", "::"):
+        # Bound to every interface: the host name is the best guess at a
+        # public address, if it resolves at all; --api-url says it exactly.
+        interface = _resolvable(socket.gethostname()) or "localhost"
+    scheme = "https" if description_fields(description)[0] in ("ssl", "tls") else "http"
+    if ":" in interface:
+        interface = f"[{interface}]"
+    return f"{scheme}://{interface}:{host.port}"
+
+
+def _resolvable(name: str) -> str | None:
+    """name if it resolves to an address, else None (once, at start: a blocking look-up is fine)."""
+    try:
+        socket.getaddrinfo(name, None)
+    except (OSError, UnicodeError):
+        log.warn("api_url_host_unresolvable host={host!r}: session URLs name localhost instead; "
+                 "set --api-url to the URL clients reach this node's API at", host=name)
+        return None
+    return name

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
+from typing import Callable
 
 import attrs
 from twisted.application.internet import TimerService
@@ -35,7 +35,7 @@ from logplex.http.auth import Authenticator, LoginThrottle
 from logplex.http.site import ConnectionCap, LogplexSite
 from logplex.ingest.http import LogInput
 from logplex.ingest.syslog import SyslogFactory
-from logplex.listen import Listener, description_fields, server_endpoint
+from logplex.listen import ApiUrl, Listener, server_endpoint
 from logplex.metrics import Metrics
 from logplex.model import FULL_API
 from logplex.process import exit_status_at_exit
@@ -191,36 +191,33 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
     load.expose(metrics)
     holds = HoldMeter(reactor.seconds)
     holds.expose(metrics)
-    backlogs = Backlogs(
-        reactor, metrics, redis.shard, timeout, history=s.backlog.history,
-        expiry=s.backlog.expiry, interval=s.backlog.flush_interval, keys=keys,
-    )
-    store = ConfigStore(
-        redis.config, redis.config_address, reactor, max_drains=s.api.max_drains,
-        session_expiry=s.api.session_expiry, timeout=timeout, metrics=metrics, keys=keys,
-        node=s.node.name, reconcile_interval=s.node.reconcile_interval,
-    )
-    tails = TailRegistry(metrics)
+    backlogs = Backlogs(reactor, metrics, redis.shard, s.backlog, timeout, keys=keys)
+    tails = TailRegistry(metrics, on_first_tail=lambda channel_id: cluster_tails.first_tail(channel_id),
+                         on_last_tail=lambda channel_id: cluster_tails.last_tail(channel_id))
 
     def incarnation_of(channel_id: str) -> str | None:
         channel = store.cache.channels.get(channel_id)
         return None if channel is None else channel.incarnation
 
     cluster_tails = ClusterTails(tails, redis.bus, redis.config_address, s.node.name, reactor, metrics,
-                                 timeout=timeout, incarnation_of=incarnation_of, keys=keys)
+                                 timeout, incarnation_of=incarnation_of, keys=keys)
     # The shard map is followed through the feed, and checked every --reconcile-interval
     # for a change this node did not hear of; its version goes out in the heartbeat.
     shard_maps = ShardMapFollower(
         redis.config, keys, backlogs.configure, reactor, metrics,
-        interval=s.node.reconcile_interval, timeout=timeout,
-        on_version=lambda version: registry.heartbeat())
-    registry = NodeRegistry(redis.config, s.node.name, reactor, interval=s.node.heartbeat,
-                            timeout=timeout, keys=keys, shard_map_version=lambda: shard_maps.version)
-    store.feed_listeners[b"tail"] = [cluster_tails.on_feed]
-    store.feed_listeners[b"shards"] = [shard_maps.on_feed]
-    # A channel deleted (or deleted and made again): its tails end, and
-    # its lines still queued here never reach the new channel's backlog.
-    store.identity_listeners += [tails.end_channel, lambda channel_id, now: backlogs.forget(channel_id)]
+        s.node.reconcile_interval, timeout, on_version=lambda version: registry.heartbeat())
+    registry = NodeRegistry(redis.config, s.node, reactor, timeout, keys=keys, api_url=lambda: api.api_url,
+                            shard_map_version=lambda: shard_maps.version)
+    store = ConfigStore(
+        redis.config, redis.config_address, reactor, s.api, timeout=timeout, metrics=metrics, keys=keys,
+        node=s.node.name, reconcile_interval=s.node.reconcile_interval,
+        feed_listeners={b"tail": [cluster_tails.on_feed], b"shards": [shard_maps.on_feed]},
+        # A channel deleted (or deleted and made again): its tails end, and
+        # its lines still queued here never reach the new channel's backlog.
+        identity_listeners=[tails.end_channel, lambda channel_id, now: backlogs.forget(channel_id)],
+        # A re-seeded config Redis has the --auth credential's hash back; it is ensured all the same.
+        recovered_listeners=[lambda: _ensure_credential_again(store, s.api.auth)] if s.api.auth else [],
+    )
     # Drains connect through a resolver that refuses private addresses,
     # unless the operator allows them.
     drain_reactor = reactor if s.drains.allow_private else PublicOnlyReactor(reactor)
@@ -243,16 +240,13 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
     # One throttle per listener: guesses at the log input do not lock
     # operators out of the API, nor the other way round.
     api = ManagementApi(
-        store, backlogs, tails, auth, metrics,
-        api_url=s.api.url or "", history=s.backlog.history,
-        allow_private_drains=s.drains.allow_private, tail_buffer=s.tails.buffer,
-        tail_buffer_bytes=s.tails.buffer_bytes,
-        reactor=reactor, drain_state=drains.state, nodes=registry.live,
-        metrics_auth=s.api.metrics_auth, health=health,
+        store, backlogs, tails, auth, metrics, s,
+        # Without --api-url, made from the API listener's address once it is bound.
+        api_url=ApiUrl(s.api.url, s.listen.api, lambda: listeners.of_kind("api")[0].port),
+        reactor=reactor, drain_state=drains.state, nodes=registry.live, health=health,
         throttle=LoginThrottle(reactor, limit=s.listen.login_failures, metrics=metrics, listener="api"),
-        max_json=s.api.max_json,
     )
-    logs = LogInput(store, router, auth, metrics, s.listen.max_body, s.listen.max_frame,
+    logs = LogInput(store, router, auth, metrics, s.listen,
                     throttle=LoginThrottle(reactor, limit=s.listen.login_failures, metrics=metrics,
                                            listener="logs"),
                     reactor=reactor, health=health, holds=holds)
@@ -260,19 +254,31 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
     syslog = [SyslogFactory(router, metrics, s.listen.max_frame, token=token,
                             max_connections=s.listen.max_connections,
                             idle_timeout=s.listen.syslog_idle_timeout, frame_timeout=s.listen.frame_timeout,
-                            clock=reactor, holds=holds)
-              for token, _ in _syslog_listeners(s)]
+                            clock=reactor, holds=holds, label=_syslog_label(lambda: listeners, i, token))
+              for i, (token, _) in enumerate(_syslog_listeners(s))]
     metrics.gauge_callback("logplex_active_connections", lambda: [({}, sum(f.connections for f in syslog))])
     parts = Parts(settings, reactor, redis, keys, metrics, drops, load, holds, store, backlogs, tails,
                   cluster_tails, registry, shard_maps, router, drains, adopter, auth, api, health, logs,
                   syslog)
     node = NodeServices(parts)
-    _add_stages(node, parts, _listeners(parts, inherited_fds))
+    listeners = _listeners(parts, inherited_fds)
+    _add_stages(node, parts, listeners)
     return node
 
 
 def _syslog_listeners(s: Settings) -> list[tuple[str | None, str]]:
     return [(None, d) for d in s.listen.syslog] + list(s.listen.syslog_token)
+
+
+def _syslog_label(listeners: Callable[[], Listeners], i: int, token: str | None) -> Callable[[], str]:
+    """The i-th syslog listener's label in metrics ("syslog:6514"), from its port once bound."""
+    kind = "syslog-token" if token else "syslog"
+
+    def label() -> str:
+        port = listeners().of_kind("syslog")[i].port
+        return "syslog" if port is None else listener_name(kind, port)
+
+    return label
 
 
 def _listeners(parts: Parts, inherited_fds) -> Listeners:
@@ -365,10 +371,9 @@ class NodeServices(OrderedServices):
         ingress: Listeners = self.getServiceNamed("ingress")
         # The API listens first: a load balancer sees 503 SYSTEM BOOTING
         # until the config is loaded.
-        api_port = await self._listen(ingress.of_kind("api")[0])
-        if not s.api.url:
-            p.api.api_url = _default_api_url(s.listen.api, api_port)
-        p.registry.api_url = p.api.api_url
+        await self._listen(ingress.of_kind("api")[0])
+        # Made now from the bound port, once: a host name that does not resolve is told here.
+        api_url = p.api.api_url
         for manhole in ingress.of_kind("manhole"):
             await self._listen(manhole)
         # Before anything is read: a Redis Cluster node with no slots would
@@ -384,16 +389,16 @@ class NodeServices(OrderedServices):
         p.cluster_tails.start()
         p.registry.start()
         if s.api.auth:
-            await self._ensure_credential(s.api.auth)
+            user, _, password = s.api.auth.partition(":")
+            await p.store.ensure_credential(user, password)
         # Drains start (and resume their spools) before any input is accepted;
         # not while another node is adopting this node's spools.
         await p.adopter.wait_own_lease()
         p.drains.start()
         p.adopter.start()
         await self._listen(ingress.of_kind("logs")[0])
-        for (token, _), factory, listener in zip(_syslog_listeners(s), p.syslog, ingress.of_kind("syslog")):
-            port = await self._listen(listener)
-            factory.listener = listener_name("syslog-token" if token else "syslog", port)
+        for listener in ingress.of_kind("syslog"):
+            await self._listen(listener)
         # Only now is the node ready: a load balancer that trusts /healthcheck
         # must not send logs to listeners that are not bound yet.
         p.health.ready = True
@@ -401,7 +406,7 @@ class NodeServices(OrderedServices):
             "node_ready version={version} node={node} api={api} logs={logs} syslog={syslog} api_url={url} "
             "hot_path={hot_path!r}",
             version=__version__, node=s.node.name, api=self.addresses("api"),
-            logs=self.addresses("logs"), syslog=self.addresses("syslog"), url=p.api.api_url,
+            logs=self.addresses("logs"), syslog=self.addresses("syslog"), url=api_url,
             hot_path=hotpath.HOT_PATH,
         )
         if not any(FULL_API in cred.perms for cred in p.store.cache.creds.values()):
@@ -411,15 +416,6 @@ class NodeServices(OrderedServices):
     async def _listen(self, listener: Listener):
         listener.startService()
         return await listener.listening()
-
-    async def _ensure_credential(self, auth: str) -> None:
-        store = self.parts.store
-        user, _, password = auth.partition(":")
-        await store.ensure_credential(user, password)
-        # A re-seeded config Redis has the credential's hash back; ensure it all the same.
-        store.recovered_listeners.append(lambda: defer.ensureDeferred(
-            store.ensure_credential(user, password)).addErrback(
-                lambda f: log.warn("auth_credential_not_ensured error={e!r}", e=f.getErrorMessage())))
 
     async def _retry_until_loaded(self) -> None:
         while True:
@@ -548,34 +544,16 @@ def embedded_redis(settings: Settings, reactor) -> EmbeddedRedis | None:
     return EmbeddedRedis(settings.node.data_dir, reactor=reactor)
 
 
+def _ensure_credential_again(store: ConfigStore, auth: str) -> defer.Deferred:
+    user, _, password = auth.partition(":")
+    return defer.ensureDeferred(store.ensure_credential(user, password)).addErrback(
+        lambda f: log.warn("auth_credential_not_ensured error={e!r}", e=f.getErrorMessage()))
+
+
 def _log_drop(reason: str, detail: str, count: int) -> None:
     log.warn("messages_dropped reason={reason!r} {detail}count={count} (the next such line within "
              "a minute waits and counts)", reason=reason, detail=f"token={detail!r} " if detail else "",
              count=count)
-
-
-def _default_api_url(description: str, port) -> str:
-    host = port.getHost()
-    interface = getattr(host, "host", "")
-    if interface in ("", "0.0.0.0", "::"):
-        # Bound to every interface: the host name is the best guess at a
-        # public address, if it resolves at all; --api-url says it exactly.
-        interface = _resolvable(socket.gethostname()) or "localhost"
-    scheme = "https" if description_fields(description)[0] in ("ssl", "tls") else "http"
-    if ":" in interface:
-        interface = f"[{interface}]"
-    return f"{scheme}://{interface}:{host.port}"
-
-
-def _resolvable(name: str) -> str | None:
-    """name if it resolves to an address, else None (once, at start: a blocking look-up is fine)."""
-    try:
-        socket.getaddrinfo(name, None)
-    except (OSError, UnicodeError):
-        log.warn("api_url_host_unresolvable host={host!r}: session URLs name localhost instead; "
-                 "set --api-url to the URL clients reach this node's API at", host=name)
-        return None
-    return name
 
 
 def _sleep(reactor, seconds: float) -> defer.Deferred:

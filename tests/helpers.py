@@ -15,6 +15,14 @@ from twisted.logger import globalLogPublisher
 
 from logplex.model import Channel, Token
 from logplex.config.cache import ConfigCache
+from logplex.settings import Settings
+
+
+def changed_settings(**wings: dict) -> Settings:
+    """The default settings with some fields of some wings changed: changed_settings(tails={"buffer": 8})."""
+    defaults = Settings()
+    return attrs.evolve(defaults, **{wing: attrs.evolve(getattr(defaults, wing), **fields)
+                                     for wing, fields in wings.items()})
 
 
 class RecordingBacklog:

@@ -18,6 +18,7 @@ from logplex.drains.supervisor import DrainSupervisor
 from logplex.redis.address import parse_redis_url
 from logplex.redis.connection import connect
 from logplex.redis.keys import RedisKeys
+from logplex.settings import REDIS_TIMEOUT
 
 KEYS = RedisKeys("lp", 0)
 NOW = 1_000_000.0
@@ -136,7 +137,7 @@ class AdoptionTests(unittest.TestCase):
         self.addCleanup(self.redis.disconnect)
 
     def spool(self, node: str, drain_id: int = 7, max_bytes: int = 10**9) -> Spool:
-        return Spool(self.redis, drain_id, node, reactor, max_bytes, keys=KEYS)
+        return Spool(self.redis, drain_id, node, reactor, max_bytes, REDIS_TIMEOUT, keys=KEYS)
 
     async def texts(self, spool: Spool) -> list[bytes]:
         return [m for c in await self.redis.lrange(spool.key, 0, -1) for m in decode_chunk(c)[1]]

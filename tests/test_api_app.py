@@ -23,8 +23,10 @@ def test_what_counts_as_the_apis_own_origin(origin, host, secure, own):
     from twisted.web.test.requesthelper import DummyRequest
 
     from logplex.api.app import ManagementApi
+    from logplex.settings import Settings
 
-    api = ManagementApi(None, None, None, None, None, api_url="https://api.example/", reactor=None)
+    api = ManagementApi(None, None, None, None, None, Settings(), api_url=lambda: "https://api.example/",
+                        reactor=None)
     request = DummyRequest([b""])
     request.requestHeaders.setRawHeaders(b"host", [host])
     request.isSecure = lambda: secure

@@ -12,11 +12,13 @@ from logplex.api import openapi
 from logplex.api.app import ManagementApi
 from logplex.api.tailpage import TailPage
 from logplex.http.routing import Dispatcher, Reply, endpoint, route
+from tests.helpers import changed_settings
 
 
-def served_routes(**settings) -> list:
+def served_routes(**api_settings) -> list:
     """The API listener's table, as the node builds it: the API's routes and the tail page's."""
-    api = ManagementApi(None, None, None, None, None, api_url="http://x", reactor=None, **settings)
+    api = ManagementApi(None, None, None, None, None, changed_settings(api=api_settings), api_url=lambda: "http://x",
+                        reactor=None)
     return api.resource(extra_routes=TailPage(api).routes()).routes
 
 

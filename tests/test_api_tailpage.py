@@ -23,7 +23,9 @@ from logplex.config.cache import ConfigCache
 from logplex.backlog.writer import within_bytes
 from logplex.tails.session import TailRegistry
 from logplex.http.site import LogplexSite
-from tests.helpers import connect, fill_cache, http_exchange, make_site_reactor, parse_reply, raw_request
+from tests.helpers import (
+    changed_settings, connect, fill_cache, http_exchange, make_site_reactor, parse_reply, raw_request,
+)
 
 # Unknown credential ids pay the KDF against this, at the cost of these tests' own
 # credentials (2**4), as a node pays it at the cost of its real ones.
@@ -108,8 +110,8 @@ class Node:
         self.api = ManagementApi(
             self.store, self.backlogs, self.tails,
             Authenticator(self.cache, reactor=None, check=secrets.check_secret, dummy_hash=CHEAP_DUMMY_HASH),
-            self.metrics, api_url="http://logplex.test", history=1500, tail_buffer=tail_buffer,
-            reactor=self.reactor,
+            self.metrics, changed_settings(backlog={"history": 1500}, tails={"buffer": tail_buffer}),
+            api_url=lambda: "http://logplex.test", reactor=self.reactor,
         )
         self.page = TailPage(self.api, clock=lambda: 1_800_000_000.0)
         self.site = LogplexSite(self.api.resource(extra_routes=self.page.routes()), reactor=make_site_reactor())

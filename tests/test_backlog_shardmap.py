@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from logplex.redis.keys import RedisKeys
+from logplex.settings import REDIS_TIMEOUT
 from logplex.backlog.shardmap import NodesBehind, ShardMapFollower, nodes_behind, wait_for_nodes
 
 KEYS = RedisKeys("lp", 0)
@@ -45,7 +46,7 @@ def follower(redis: MemoryRedis, clock: Clock):
     reported: list[int] = []
     gauges = Gauges()
     f = ShardMapFollower(redis, KEYS, configured.append, clock, gauges, interval=1.0,
-                         on_version=reported.append)
+                         timeout=REDIS_TIMEOUT, on_version=reported.append)
     return f, configured, reported, gauges
 
 

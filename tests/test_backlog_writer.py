@@ -8,8 +8,10 @@ from twisted.internet.task import Clock
 from logplex.metrics import Metrics
 from logplex.redis.keys import RedisKeys
 from logplex.backlog.writer import WRITE_SCRIPT, BacklogWriter
+from logplex.settings import REDIS_TIMEOUT, BacklogSettings
 
 KEYS = RedisKeys("lp", 0)
+SETTINGS = BacklogSettings(history=100, expiry=3600, flush_interval=0.05)
 backlog_key = KEYS.backlog
 
 
@@ -45,7 +47,7 @@ def writer(**kw):
     clock = Clock()
     redis = FakeRedis()
     metrics = Metrics()
-    w = BacklogWriter(redis, clock, metrics, history=100, expiry=3600, interval=0.05, keys=KEYS, **kw)
+    w = BacklogWriter(redis, clock, metrics, SETTINGS, REDIS_TIMEOUT, keys=KEYS, **kw)
     return w, redis, clock, metrics
 
 
@@ -206,7 +208,7 @@ def backlogs():
     from logplex.backlog.writer import Backlogs
 
     clock, metrics, pool = Clock(), Metrics(), ShardPool()
-    b = Backlogs(clock, metrics, lambda url: pool, history=100, expiry=3600, interval=0.05, keys=KEYS)
+    b = Backlogs(clock, metrics, lambda url: pool, SETTINGS, REDIS_TIMEOUT, keys=KEYS)
     b.configure({"shard-0": "redis://shard"})
     return b, pool, clock, metrics
 
@@ -290,8 +292,8 @@ def test_the_writer_holds_only_senders_of_channels_on_a_congested_shard():
     from logplex.backlog.writer import Backlogs
 
     clock, metrics, pools = Clock(), Metrics(), {}
-    b = Backlogs(clock, metrics, lambda url: pools.setdefault(url, FakeRedis()), history=100, expiry=3600,
-                 interval=0.05, keys=KEYS, max_pending=4)
+    b = Backlogs(clock, metrics, lambda url: pools.setdefault(url, FakeRedis()), SETTINGS, REDIS_TIMEOUT,
+                 keys=KEYS, max_pending=4)
     b.configure({"shard-0": "redis://zero", "shard-1": "redis://one"})
     on_zero = next(c for c in (f"ch{n}" for n in range(100)) if b.shard_of(c) == "shard-0")
     on_one = next(c for c in (f"ch{n}" for n in range(100)) if b.shard_of(c) == "shard-1")

@@ -14,6 +14,7 @@ from logplex.config import feed as config_feed
 from logplex.config.feed import ConfigFeed
 from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
+from logplex.settings import REDIS_TIMEOUT, NodeSettings
 
 KEYS = RedisKeys("lp", 0)
 
@@ -114,7 +115,8 @@ def filled(n: int) -> PagedRedis:
 
 
 def feed_on(redis: PagedRedis, clock: Clock, **kw) -> ConfigFeed:
-    kw = {"page_size": 100, "slice_size": 25, "turn_budget": 0.0, **kw}
+    kw = {"page_size": 100, "slice_size": 25, "turn_budget": 0.0, "timeout": REDIS_TIMEOUT,
+          "reconcile_interval": NodeSettings().reconcile_interval, **kw}
     return ConfigFeed(redis, RedisAddress(host="paged"), clock, keys=KEYS, **kw)
 
 

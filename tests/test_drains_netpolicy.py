@@ -17,6 +17,7 @@ from logplex.drains.http import HttpDrainTransport, is_certificate_error, make_c
 from logplex.drains.netpolicy import PublicOnlyReactor, PublicOnlyResolver
 from logplex.drains.syslog import SyslogDrainTransport
 from logplex.model import Drain
+from logplex.settings import DrainSettings
 
 RESOLVES_PRIVATE = "localhost resolves only to addresses that are not public"
 LINE = b"<134>1 2026-11-24T10:00:00+00:00 host app web.1 - - hello"
@@ -126,7 +127,7 @@ class DrainErrorTests(unittest.TestCase):
     def test_a_syslog_drain_says_why_it_cannot_connect(self):
         number = yield self.listening()
         drain = Drain(2, "app", "d.tok", f"syslog://localhost:{number}")
-        transport = SyslogDrainTransport(drain, PublicOnlyReactor(reactor), connect_timeout=5)
+        transport = SyslogDrainTransport(drain, PublicOnlyReactor(reactor), DrainSettings(), connect_timeout=5)
         self.addCleanup(transport.stop)
         outcome = yield transport.send([LINE], "f1")
         self.assertIn(RESOLVES_PRIVATE, outcome.error)
@@ -148,7 +149,7 @@ class FailedConnectionTests(unittest.TestCase):
         closed.bind(("127.0.0.1", 0))
         number = closed.getsockname()[1]
         closed.close()  # nothing listens there: connections are refused
-        transport = SyslogDrainTransport(Drain(3, "app", "d.tok", f"syslog://127.0.0.1:{number}"), reactor,
+        transport = SyslogDrainTransport(Drain(3, "app", "d.tok", f"syslog://127.0.0.1:{number}"), reactor, DrainSettings(),
                                          connect_timeout=5)
         outcome = yield transport.send([LINE], "f1")
         self.assertIn("refused", outcome.error)

@@ -266,10 +266,12 @@ def test_a_stored_udp_drain_is_refused_with_a_reason_never_sent_over_tcp():
 
 def test_a_syslog_url_without_a_port_means_logplexs_default_ports():
     from logplex.drains.syslog import SyslogDrainTransport
+    from logplex.settings import DrainSettings
 
-    plain = SyslogDrainTransport(Drain(1, "app-1", "d.tok", "syslog://logs.example.com"), Clock())
-    tls = SyslogDrainTransport(Drain(2, "app-1", "d.tok", "syslog+tls://logs.example.com"), Clock())
-    given = SyslogDrainTransport(Drain(3, "app-1", "d.tok", "syslog://logs.example.com:1514"), Clock())
+    settings = DrainSettings()
+    plain = SyslogDrainTransport(Drain(1, "app-1", "d.tok", "syslog://logs.example.com"), Clock(), settings)
+    tls = SyslogDrainTransport(Drain(2, "app-1", "d.tok", "syslog+tls://logs.example.com"), Clock(), settings)
+    given = SyslogDrainTransport(Drain(3, "app-1", "d.tok", "syslog://logs.example.com:1514"), Clock(), settings)
     assert (plain.port, tls.port, given.port) == (601, 6514, 1514)
 
 

@@ -67,11 +67,13 @@ from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
 from logplex.backlog.writer import within_bytes
 from logplex.router import Router
+from logplex.settings import REDIS_TIMEOUT, ApiSettings, ListenSettings, NodeSettings
 from logplex.tails.session import TailFilter, TailRegistry
 from logplex.http.site import LogplexSite
 from tests.helpers import (
     RecordingBacklog,
     RecordingTails,
+    changed_settings,
     connect,
     fill_cache,
     http_exchange,
@@ -653,7 +655,7 @@ class LogsNode:
         self.input = LogInput(Loaded(self.cache), self.router,
                               Authenticator(self.cache, reactor=None, check=secrets.check_secret,
                                             dummy_hash=CHEAP_DUMMY_HASH), self.metrics,
-                              max_body=LOGS_MAX_BODY, max_frame=LOGS_MAX_FRAME,
+                              ListenSettings(max_body=LOGS_MAX_BODY, max_frame=LOGS_MAX_FRAME),
                               throttle=LoginThrottle(self.clock, limit=3, window=60))
         self.site = LogplexSite(self.input.resource(), max_body=LOGS_MAX_BODY, reactor=make_site_reactor())
 
@@ -1085,7 +1087,8 @@ class ApiNode:
         self.redis = DictRedis()
         self.reactor = MemoryReactorClock()
         # No turn budget: a load finishes within the call, as every answer here fires at once.
-        self.store = ConfigStore(self.redis, RedisAddress(host="dict"), self.reactor, max_drains=3, keys=KEYS,
+        self.store = ConfigStore(self.redis, RedisAddress(host="dict"), self.reactor, ApiSettings(max_drains=3),
+                                 keys=KEYS, timeout=REDIS_TIMEOUT, reconcile_interval=NodeSettings().reconcile_interval,
                                  turn_budget=float("inf"))
         self.metrics = Metrics()
         self.tails = TailRegistry(self.metrics)
@@ -1094,10 +1097,11 @@ class ApiNode:
             self.store, self.backlogs, self.tails,
             Authenticator(self.store.cache, reactor=None, check=secrets.check_secret,
                           dummy_hash=CHEAP_DUMMY_HASH), self.metrics,
-            api_url="http://logplex.test", history=1500, reactor=self.reactor,
+            changed_settings(backlog={"history": 1500}, api={"max_json": 4096}),
+            api_url=lambda: "http://logplex.test", reactor=self.reactor,
             drain_state=lambda drain_id: {"delivered": 0, "last_error": None},
             nodes=lambda: defer.succeed([{"name": "fuzz", "api_url": "http://logplex.test"}]),
-            throttle=LoginThrottle(self.reactor, limit=3, window=60), max_json=4096,
+            throttle=LoginThrottle(self.reactor, limit=3, window=60),
         )
         self.dispatcher = self.api.resource(extra_routes=TailPage(self.api, clock=lambda: NOW).routes())
         self.site = LogplexSite(self.dispatcher, max_body=8192, reactor=make_site_reactor())

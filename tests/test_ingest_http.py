@@ -23,6 +23,7 @@ from logplex.metrics import Metrics
 from logplex.model import ANY_CHANNEL, FULL_API, Credential
 from logplex.config.cache import ConfigCache
 from logplex.router import Router
+from logplex.settings import ListenSettings
 from logplex.http.site import LogplexSite
 from tests.helpers import (
     HttpReply,
@@ -77,7 +78,7 @@ class Node:
         self.auth = Authenticator(self.cache, reactor=None, check=self.check)
         self.reactor = make_site_reactor()
         self.input = LogInput(self.store, self.router, self.auth, self.metrics,
-                              max_body=max_body, max_frame=MAX_FRAME, reactor=self.reactor)
+                              ListenSettings(max_body=max_body, max_frame=MAX_FRAME), reactor=self.reactor)
         self.site = LogplexSite(self.input.resource(), max_body=max_body, reactor=self.reactor)
 
     def check(self, secret: str, stored: str) -> bool:

@@ -12,6 +12,7 @@ import pytest
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 
 from logplex import workers
@@ -99,6 +100,53 @@ def test_the_parts_are_given_each_other_at_construction():
     assert p.router.backlog_hold == p.backlogs.hold
     assert p.api.health is p.health and p.logs.health is p.health
     assert p.store.redis is redis.config and p.cluster_tails.local is p.tails
+
+
+def test_the_store_is_given_its_listeners_at_construction():
+    p = built(auth="ops:secret")[0].parts
+    assert p.store.feed_listeners == {b"tail": [p.cluster_tails.on_feed], b"shards": [p.shard_maps.on_feed]}
+    assert len(p.store.identity_listeners) == 2 and p.store.identity_listeners[0] == p.tails.end_channel
+    # --auth: the credential is ensured again when the node adopts the config again.
+    assert len(p.store.recovered_listeners) == 1
+    assert built()[0].parts.store.recovered_listeners == []
+
+
+def test_the_tail_registry_is_given_the_bus_as_its_first_and_last_tail_hooks_at_construction():
+    p = built()[0].parts
+    channel = p.keys.tail("app")
+    p.tails.on_first_tail("app")
+    assert channel in p.cluster_tails.subscription._channels
+    p.tails.on_last_tail("app")
+    assert channel not in p.cluster_tails.subscription._channels
+
+
+def test_the_api_url_is_read_at_use_from_the_option_or_the_bound_api_listener():
+    p = built(**{"api-url": "https://logs.example/"})[0].parts
+    # Before any start: nothing is set on the API or the registry later.
+    assert p.api.api_url == "https://logs.example" and p.registry.api_url() == "https://logs.example"
+    node, _, _ = built(api="tcp:8001:interface=127.0.0.1")
+    p = node.parts
+    assert p.api.api_url == "" and p.registry.api_url() == ""
+    bound = node.getServiceNamed("ingress").of_kind("api")[0]
+    bound.port = _BoundPort(IPv4Address("TCP", "127.0.0.1", 8001))
+    assert p.api.api_url == "http://127.0.0.1:8001" and p.registry.api_url() == "http://127.0.0.1:8001"
+
+
+def test_a_syslog_listeners_label_is_read_at_use_from_its_bound_port():
+    node, _, _ = built(syslog=["tcp:6001"], **{"syslog-token": [("t.abc", "tcp:6010")]})
+    plain, token = node.parts.syslog
+    assert plain.listener == "syslog" and token.listener == "syslog"
+    for listener, port in zip(node.getServiceNamed("ingress").of_kind("syslog"), (6001, 6010)):
+        listener.port = _BoundPort(IPv4Address("TCP", "0.0.0.0", port))
+    assert plain.listener == "syslog:6001" and token.listener == "syslog-token:6010"
+
+
+@attrs.frozen
+class _BoundPort:
+    host: IPv4Address
+
+    def getHost(self) -> IPv4Address:
+        return self.host
 
 
 class Recorded(Service):

@@ -27,6 +27,7 @@ from logplex.model import Drain
 from logplex.config.cache import ConfigCache
 from logplex.redis.keys import RedisKeys
 from logplex.router import Router
+from logplex.settings import ListenSettings
 from logplex.http.site import LogplexSite
 from tests.helpers import (
     LoadedStore,
@@ -296,7 +297,8 @@ def test_a_connection_lost_while_held_is_not_resumed():
 def test_a_held_post_answers_only_when_the_drain_has_room():
     router, holds, cache = make_router()
     metrics = router.metrics
-    log_input = LogInput(LoadedStore(cache), router, auth=None, metrics=metrics, max_body=4096, max_frame=1024)
+    log_input = LogInput(LoadedStore(cache), router, auth=None, metrics=metrics,
+                         listen=ListenSettings(max_body=4096, max_frame=1024))
     site = LogplexSite(log_input.resource(), max_body=4096, reactor=make_site_reactor())
     holds.hold = defer.Deferred()
     auth = b"Basic " + base64.b64encode(b"token:" + TOKEN.encode())

@@ -14,6 +14,7 @@ from logplex.framing import octet_frame
 from logplex.ingest.syslog import SyslogFactory
 from logplex.metrics import DECLARED, Metrics
 from logplex.saturation import BusyShare, HoldMeter, ReactorLag, WorkerLoad, time_the_poller
+from logplex.settings import ListenSettings
 
 
 # -- reactor lag -----------------------------------------------------------------------------
@@ -161,7 +162,7 @@ class HoldingRouter:
 
 def held_connection(clock: Clock, holds: HoldMeter):
     router = HoldingRouter()
-    factory = SyslogFactory(router, Metrics(), clock=clock, holds=holds, listener="syslog:6514")
+    factory = SyslogFactory(router, Metrics(), ListenSettings().max_frame, clock=clock, holds=holds, label=lambda: "syslog:6514")
     protocol = factory.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)

@@ -11,6 +11,7 @@ from logplex.drains.spool import Spool
 from logplex.redis.address import parse_redis_url
 from logplex.redis.connection import connect
 from logplex.redis.keys import RedisKeys
+from logplex.settings import REDIS_TIMEOUT
 
 NODE = "node-a"
 KEYS = RedisKeys("lp", 0)
@@ -37,7 +38,7 @@ class SpoolTests(unittest.TestCase):
         self.addCleanup(self.redis.disconnect)
 
     def spool(self, drain_id: int = 7, node: str = NODE, max_bytes: int = 10**9) -> Spool:
-        return Spool(self.redis, drain_id, node, reactor, max_bytes, keys=KEYS)
+        return Spool(self.redis, drain_id, node, reactor, max_bytes, REDIS_TIMEOUT, keys=KEYS)
 
     async def raw_chunks(self, spool: Spool) -> list[bytes]:
         return list(await self.redis.lrange(spool.key, 0, -1))

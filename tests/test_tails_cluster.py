@@ -9,6 +9,7 @@ from logplex.model import SessionSpec
 from logplex.tails.cluster import ClusterTails
 from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
+from logplex.settings import REDIS_TIMEOUT, TailSettings
 from logplex.tails.session import TailRegistry, TailSession
 
 
@@ -47,10 +48,16 @@ class Connected:
         return defer.succeed(None)
 
 
+def heard_by(cluster, metrics) -> TailRegistry:
+    """A registry whose first and last tails are told to the ClusterTails cluster() gives."""
+    return TailRegistry(metrics, on_first_tail=lambda channel_id: cluster().first_tail(channel_id),
+                        on_last_tail=lambda channel_id: cluster().last_tail(channel_id))
+
+
 def cluster(incarnations: dict[str, str]):
     reactor, metrics = MemoryReactorClock(), Metrics()
-    local, bus = TailRegistry(metrics), Bus()
-    tails = ClusterTails(local, bus, RedisAddress(host="bus"), "a", reactor, metrics,
+    local, bus = heard_by(lambda: tails, metrics), Bus()
+    tails = ClusterTails(local, bus, RedisAddress(host="bus"), "a", reactor, metrics, REDIS_TIMEOUT,
                          incarnation_of=incarnations.get, keys=KEYS)
     tails.subscription._protocol = Connected()
     return tails, local, bus, reactor
@@ -59,7 +66,7 @@ def cluster(incarnations: dict[str, str]):
 def tail(local: TailRegistry, incarnation: str) -> list[bytes]:
     written: list[bytes] = []
     session = TailSession(SessionSpec(id=incarnation, channel_id="app", incarnation=incarnation),
-                          written.append, Metrics())
+                          written.append, Metrics(), TailSettings())
     session.go_live([])
     local.add(session)
     return written
@@ -93,9 +100,9 @@ def test_a_batch_from_another_node_reaches_only_tails_of_the_incarnation_it_name
 
 def test_a_cluster_on_another_db_publishes_and_hears_only_its_own_channel_names():
     reactor, metrics = MemoryReactorClock(), Metrics()
-    local, bus = TailRegistry(metrics), Bus()
+    local, bus = heard_by(lambda: tails, metrics), Bus()
     on_db_5 = RedisKeys("lp", 5)
-    tails = ClusterTails(local, bus, RedisAddress(host="bus", db=5), "a", reactor, metrics,
+    tails = ClusterTails(local, bus, RedisAddress(host="bus", db=5), "a", reactor, metrics, REDIS_TIMEOUT,
                          incarnation_of={"app": "one"}.get, keys=on_db_5)
     tails.subscription._protocol = Connected()
     tails.remote["app"] = {"b": 1e12}

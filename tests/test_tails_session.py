@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from logplex.metrics import Metrics
 from logplex.model import SessionSpec
+from logplex.settings import TailSettings
 from logplex.tails.session import WRITE_BYTES, TailBuffer, TailFilter, TailRegistry, TailSession, l11_line
 
 
@@ -30,7 +31,7 @@ def test_filters_by_ps_prefix_and_exact_source():
 
 def test_buffer_keeps_the_newest_lines_and_reports_the_loss_once():
     now = [1000.0]
-    buf = TailBuffer(size=3, clock=lambda: now[0])
+    buf = TailBuffer(size=3, max_bytes=TailSettings().buffer_bytes, clock=lambda: now[0])
     assert buf.put([b"1\n", b"2\n"]) == 0
     now[0] = 1001.0
     assert buf.put([b"3\n", b"4\n", b"5\n"]) == 2
@@ -50,7 +51,7 @@ def session(buffer_size=1024):
     written = []
     spec = SessionSpec(id="s", channel_id="app1", tail=True)
     metrics = Metrics()
-    tail = TailSession(spec, written.append, metrics, buffer_size, clock=lambda: 0.0)
+    tail = TailSession(spec, written.append, metrics, TailSettings(buffer=buffer_size), clock=lambda: 0.0)
     return tail, written, metrics
 
 
@@ -118,7 +119,7 @@ def test_lines_held_during_the_backlog_read_are_bounded_in_bytes():
     spec = SessionSpec(id="s", channel_id="app1", tail=True)
     written = []
     metrics = Metrics()
-    tail = TailSession(spec, written.append, metrics, 1024, clock=lambda: 0.0, buffer_bytes=300)
+    tail = TailSession(spec, written.append, metrics, TailSettings(buffer=1024, buffer_bytes=300), clock=lambda: 0.0)
     held = [msg("app", "web.1", "%03d" % n + "x" * 40) for n in range(10)]  # 92 bytes each
     tail.deliver(held)
     assert metrics.get("logplex_tail_dropped_total") == 7
@@ -158,7 +159,8 @@ def reading_session(buffer_size=1024, buffer_bytes=1024 * 1024):
     consumer = PausingConsumer()
     metrics = Metrics()
     spec = SessionSpec(id="s", channel_id="app1", tail=True)
-    tail = TailSession(spec, consumer.write, metrics, buffer_size, clock=lambda: 0.0, buffer_bytes=buffer_bytes)
+    tail = TailSession(spec, consumer.write, metrics, TailSettings(buffer=buffer_size, buffer_bytes=buffer_bytes),
+                       clock=lambda: 0.0)
     consumer.producer = tail
     tail.go_live([])
     return tail, consumer, metrics
@@ -220,13 +222,13 @@ def test_ending_a_channel_ends_the_tails_of_its_old_incarnations_only():
     from logplex.model import Channel
 
     metrics = Metrics()
-    registry = TailRegistry(metrics)
-    first, successor = Channel.new("app1"), Channel.new("app1")
     ended, last = [], []
-    registry.on_last_tail = last.append
-    old = TailSession(SessionSpec(id="old", channel_id="app1", incarnation=first.incarnation), [].append, metrics)
+    registry = TailRegistry(metrics, on_last_tail=last.append)
+    first, successor = Channel.new("app1"), Channel.new("app1")
+    old = TailSession(SessionSpec(id="old", channel_id="app1", incarnation=first.incarnation), [].append, metrics,
+                      TailSettings())
     new = TailSession(SessionSpec(id="new", channel_id="app1", incarnation=successor.incarnation), [].append,
-                      metrics)
+                      metrics, TailSettings())
     registry.add(old, lambda: ended.append("old"))
     registry.add(new, lambda: ended.append("new"))
     assert registry.end_channel("app1", successor) == 1
@@ -243,7 +245,7 @@ def test_lines_naming_an_incarnation_reach_only_its_tails():
     written = {}
     for name in ("a", "b", ""):
         tail = TailSession(SessionSpec(id=name, channel_id="app1", incarnation=name),
-                           written.setdefault(name, []).append, Metrics())
+                           written.setdefault(name, []).append, Metrics(), TailSettings())
         tail.go_live([])
         registry.add(tail)
     registry.publish("app1", [msg("app", "web.1", "to a")], "a")

@@ -9,6 +9,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from logplex.http.routing import HttpError
 from logplex.metrics import Metrics
 from logplex.model import SessionSpec
+from logplex.settings import TailSettings
 from logplex.tails.session import TailRegistry, TailSession
 from logplex.tails.stream import BACKLOG_DOWN, TailStream
 
@@ -43,7 +44,8 @@ class World:
         self.registry = TailRegistry(self.metrics)
         self.request = Request([b""])
         self.gone_calls = 0
-        self.tail = TailSession(SessionSpec("s", "app", tail=True), self.request.write, self.metrics) if tail else None
+        self.tail = TailSession(SessionSpec("s", "app", tail=True), self.request.write, self.metrics,
+                                TailSettings()) if tail else None
         self.stream = TailStream(self.request, self.registry, self.tail, on_gone=self.on_gone)
 
     def on_gone(self) -> None:

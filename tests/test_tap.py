@@ -94,7 +94,7 @@ def test_the_namespace_defaults_to_todays_prefix_and_takes_letters_digits_unders
 def test_session_urls_name_the_listening_address_or_a_host_name_that_resolves(monkeypatch):
     from twisted.internet.address import IPv4Address
 
-    from logplex import node as service
+    from logplex import listen as service
 
     class Port:
         def __init__(self, host: str) -> None:

@@ -9,6 +9,7 @@ full_api guard, and every write is refused to other origins' pages.
 
 from __future__ import annotations
 
+from typing import Callable
 from urllib.parse import urlsplit
 
 import attrs
@@ -24,7 +25,8 @@ from logplex.errors import ConfigError, Conflict, NotFound, Unavailable
 from logplex.http.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, parse_basic
 from logplex.http.routing import Dispatcher, HttpError, Reply, Route, error_reply, read_json
 from logplex.model import FULL_API
-from logplex.tails.session import DEFAULT_TAIL_BUFFER_BYTES, TailRegistry
+from logplex.settings import Settings
+from logplex.tails.session import TailRegistry
 
 # Requests that change nothing: a page of any origin may send them.
 SAFE_METHODS = {b"GET", b"HEAD", b"OPTIONS"}
@@ -35,7 +37,8 @@ CONFIG_ERROR_STATUS = {NotFound: 404, Conflict: 409, Unavailable: 503}
 
 class ManagementApi:
     """The API's collaborators and settings, read by its resources at each request
-    (the admin shell may switch deny_tail_sessions; the node sets api_url once it listens)."""
+    (the admin shell may switch deny_tail_sessions). `api_url` is asked for the API's public URL
+    at each use: without --api-url it is known once the API listener is bound."""
 
     def __init__(
         self,
@@ -44,23 +47,18 @@ class ManagementApi:
         tails: TailRegistry,
         auth: Authenticator,
         metrics,
+        settings: Settings,
         *,
-        api_url: str,
-        history: int = 1500,
-        allow_private_drains: bool = False,
-        tail_buffer: int = 1024,
-        tail_buffer_bytes: int = DEFAULT_TAIL_BUFFER_BYTES,
+        api_url: Callable[[], str],
         reactor,
         drain_state=lambda drain_id: None,
         nodes=None,
-        metrics_auth: bool = False,
         health=None,
         throttle: LoginThrottle | None = None,
-        max_json: int = 64 * 1024,
     ) -> None:
-        self.throttle = throttle or LoginThrottle(reactor)
-        self.max_json = max_json
-        self.metrics_auth = metrics_auth
+        self.throttle = throttle or LoginThrottle(reactor, settings.listen.login_failures)
+        self.max_json = settings.api.max_json
+        self.metrics_auth = settings.api.metrics_auth
         self.nodes = nodes
         self.drain_state = drain_state
         self.store = store
@@ -68,11 +66,11 @@ class ManagementApi:
         self.tails = tails
         self.auth = auth
         self.metrics = metrics
-        self.api_url = api_url.rstrip("/")
-        self.history = history
-        self.allow_private_drains = allow_private_drains
-        self.tail_buffer = tail_buffer
-        self.tail_buffer_bytes = tail_buffer_bytes
+        self._api_url = api_url
+        # What a tail may ask for and hold, and which drain URLs are taken: other wings' settings.
+        self.history = settings.backlog.history
+        self.allow_private_drains = settings.drains.allow_private
+        self.tail_settings = settings.tails
         self.reactor = reactor
         self.deny_tail_sessions = False
         # What /healthcheck answers (logplex.health.Health); without one,
@@ -80,6 +78,10 @@ class ManagementApi:
         self.ops = Ops(self)
         self.health = health or self.ops.loaded_health
         self.resources = (self.ops, Channels(self), Drains(self), Sessions(self), Credentials(self))
+
+    @property
+    def api_url(self) -> str:
+        return self._api_url().rstrip("/")
 
     def resource(self, extra_routes=()) -> Dispatcher:
         routes = [self._secured(r) for resource in self.resources for r in resource.routes()]

@@ -147,10 +147,10 @@ class Sessions:
         live = spec.tail and NO_TAIL not in channel.flags and not api.deny_tail_sessions
         tail = None
         if live:
-            tail = TailSession(spec, request.write, api.metrics, api.tail_buffer, buffer_bytes=api.tail_buffer_bytes)
+            tail = TailSession(spec, request.write, api.metrics, api.tail_settings)
         stream = TailStream(request, api.tails, tail,
                             on_gone=lambda: stream.finish(self._notice(channel_ended(spec.channel_id))))
-        backlog = await stream.backlog(api.backlogs, spec.channel_id, spec.num, api.tail_buffer_bytes)
+        backlog = await stream.backlog(api.backlogs, spec.channel_id, spec.num, api.tail_settings.buffer_bytes)
         if stream.gone:
             raise session_gone(spec, api.store.channel(spec.channel_id))
         headers = {b"content-type": b"text/plain; charset=utf-8"}
@@ -171,7 +171,7 @@ class Sessions:
         api.channel(channel_id)
         num = validate.query_number(request, b"num", 100, 0, api.history)
         try:
-            backlog = await api.backlogs.recent(channel_id, num, api.tail_buffer_bytes)
+            backlog = await api.backlogs.recent(channel_id, num, api.tail_settings.buffer_bytes)
         except Exception:
             raise HttpError(503, BACKLOG_DOWN) from None
         out = []

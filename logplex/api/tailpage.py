@@ -27,7 +27,8 @@ from logplex.api import validate
 from logplex.api.schemas import CHANNEL, answer, error, json_content, operation, text, use
 from logplex.model import FULL_API, NO_TAIL, READ_CHANNEL, SessionSpec
 from logplex.http.auth import login, parse_basic
-from logplex.tails.session import DEFAULT_TAIL_BUFFER_BYTES, TailFilter, TailSession, l11_line
+from logplex.settings import TailSettings
+from logplex.tails.session import TailFilter, TailSession, l11_line
 from logplex.tails.stream import TailStream
 from logplex.http.routing import STREAMING, HttpError, Param, Reply, endpoint
 
@@ -176,11 +177,9 @@ def l11_event(dropped: int, since: float, now: float) -> bytes:
     }, "l11")
 
 
-def event_tail(spec: SessionSpec, write, metrics, buffer_size: int, clock=time.time,
-               buffer_bytes: int = DEFAULT_TAIL_BUFFER_BYTES) -> TailSession:
+def event_tail(spec: SessionSpec, write, metrics, settings: TailSettings, clock=time.time) -> TailSession:
     """A tail session that writes events: the same holding, buffering, backpressure and L11."""
-    return TailSession(spec, write, metrics, buffer_size, clock, render=line_event, notice=l11_event,
-                       buffer_bytes=buffer_bytes)
+    return TailSession(spec, write, metrics, settings, clock, render=line_event, notice=l11_event)
 
 
 class TailPage:
@@ -278,8 +277,7 @@ class TailPage:
             return Reply(200, b"", dict(NO_STORE), content_type=b"text/event-stream")
         tail = keepalive = None
         if spec.tail:
-            tail = event_tail(spec, request.write, api.metrics, api.tail_buffer, self.clock,
-                              api.tail_buffer_bytes)
+            tail = event_tail(spec, request.write, api.metrics, api.tail_settings, self.clock)
         stream = TailStream(request, api.tails, tail, on_gone=lambda: self._end(
             request, channel_id, cred, channel_ended(channel_id), "tail_page_channel_ended"))
         if tail is not None:
@@ -287,7 +285,7 @@ class TailPage:
             keepalive.clock = api.reactor
             request.notifyFinish().addBoth(lambda _: keepalive.stop() if keepalive.running else None)
         # A reader gone during the backlog read is noticed (stream.closed).
-        backlog = await stream.backlog(api.backlogs, channel_id, spec.num, api.tail_buffer_bytes)
+        backlog = await stream.backlog(api.backlogs, channel_id, spec.num, api.tail_settings.buffer_bytes)
         if stream.closed:
             return STREAMING
         if stream.gone:

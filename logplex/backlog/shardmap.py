@@ -281,7 +281,7 @@ class ShardMapFollower:
     changes, and a check every `interval` seconds catches a notification this node missed."""
 
     def __init__(self, config_redis, keys: RedisKeys, configure: Callable[[dict[str, str]], None],
-                 reactor, metrics, interval: float = 30.0, timeout: float = 5.0,
+                 reactor, metrics, interval: float, timeout: float,
                  on_version: Callable[[int], object] | None = None) -> None:
         self.redis = config_redis
         self.keys = keys

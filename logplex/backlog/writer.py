@@ -10,6 +10,7 @@ from twisted.logger import Logger
 
 from logplex.backlog.ring import ShardRing
 from logplex.redis.keys import RedisKeys
+from logplex.settings import BacklogSettings
 from logplex.redis.scripts import lua
 
 log = Logger()
@@ -84,13 +85,11 @@ class BacklogWriter:
         redis,
         reactor,
         metrics,
+        settings: BacklogSettings,
+        timeout: float,
         *,
-        history: int = 1500,
-        expiry: int = 7 * 86400,
-        interval: float = 0.05,
         max_pending: int = 200_000,
         max_pending_bytes: int = 64 * 1024 * 1024,
-        timeout: float = 5.0,
         shard_name: str = "",
         keys: RedisKeys,
     ) -> None:
@@ -98,9 +97,9 @@ class BacklogWriter:
         self.keys = keys
         self.reactor = reactor
         self.metrics = metrics
-        self.history = history
-        self.expiry = expiry
-        self.interval = interval
+        self.history = settings.history
+        self.expiry = settings.expiry
+        self.interval = settings.flush_interval
         self.max_pending = max_pending
         # Lines are up to --max-frame (64 KiB): 200,000 of them must not mean 12 GiB.
         self.max_pending_bytes = max_pending_bytes
@@ -123,7 +122,7 @@ class BacklogWriter:
         # write, give or take that.
         self._fresh: set[str] = set()
         self._fresh_since = reactor.seconds()
-        self.refresh_every = min(3600.0, expiry / 100)
+        self.refresh_every = min(3600.0, self.expiry / 100)
 
     def append(self, channel_id: str, messages: list[bytes]) -> None:
         self.extend({channel_id: messages})
@@ -368,9 +367,10 @@ class Backlogs:
     the map can change while the node runs (`configure`).
     """
 
-    def __init__(self, reactor, metrics, connect: Callable[[str], object], timeout: float = 5.0, *,
-                 keys: RedisKeys, **writer_options) -> None:
+    def __init__(self, reactor, metrics, connect: Callable[[str], object], settings: BacklogSettings,
+                 timeout: float, *, keys: RedisKeys, **writer_options) -> None:
         self.reactor = reactor
+        self.settings = settings
         self.keys = keys
         self.metrics = metrics
         self.connect = connect
@@ -396,7 +396,7 @@ class Backlogs:
                 self.writers[name].redis = pool
             else:
                 self.writers[name] = BacklogWriter(
-                    pool, self.reactor, self.metrics, timeout=self.timeout, shard_name=name, keys=self.keys,
+                    pool, self.reactor, self.metrics, self.settings, self.timeout, shard_name=name, keys=self.keys,
                     **self.writer_options)
             self.urls[name] = url
         for name in set(self.urls) - set(shard_map):

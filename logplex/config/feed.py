@@ -8,7 +8,7 @@ import gc
 import json
 import time
 import uuid
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping, Sequence
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -57,13 +57,16 @@ class ConfigFeed:
         reactor,
         *,
         keys: RedisKeys,
-        reconcile_interval: float = 30.0,
-        timeout: float = 5.0,
+        reconcile_interval: float,
+        timeout: float,
         metrics=None,
         node: str | None = None,
         page_size: int = 1000,
         slice_size: int = 250,
         turn_budget: float = 0.01,
+        feed_listeners: Mapping[bytes, Sequence[Callable[[bytes], None]]] | None = None,
+        identity_listeners: Sequence[Callable[[str, Channel | None], None]] = (),
+        recovered_listeners: Sequence[Callable[[], object]] = (),
     ) -> None:
         self.metrics = metrics
         self.redis = redis
@@ -80,9 +83,10 @@ class ConfigFeed:
         # Told (channel id, the channel now or None) when a channel this node
         # knew is deleted or replaced by a new one of the same name: what was
         # made for the old one (tails, streams) ends.
-        self.identity_listeners: list[Callable[[str, Channel | None], None]] = []
+        self.identity_listeners: list[Callable[[str, Channel | None], None]] = list(identity_listeners)
         # Other notifications on the feed (b"tail", b"shards"), by kind.
-        self.feed_listeners: dict[bytes, list[Callable[[bytes], None]]] = {}
+        self.feed_listeners: dict[bytes, list[Callable[[bytes], None]]] = {
+            kind: list(listeners) for kind, listeners in (feed_listeners or {}).items()}
         self._subscription: Subscription | None = None
         self._reconcile: task.LoopingCall | None = None
         self._loading: defer.Deferred | None = None
@@ -97,7 +101,7 @@ class ConfigFeed:
         self.refusal: str = ""  # the sentence refused writes answer
         # Told when the node adopts the config again after refusing one (the
         # --auth credential is ensured again then).
-        self.recovered_listeners: list[Callable[[], object]] = []
+        self.recovered_listeners: list[Callable[[], object]] = list(recovered_listeners)
         # Drains deleted through the API (newest last, bounded): only these lose their spools.
         self.tombstones: dict[int, None] = {}
         self.tombstone_listeners: list[Callable[[int], None]] = []

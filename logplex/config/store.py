@@ -33,6 +33,7 @@ from logplex.model import (
 from logplex.redis.address import RedisAddress
 from logplex.redis.keys import RedisKeys
 from logplex.redis.scripts import lua
+from logplex.settings import ApiSettings
 
 log = Logger()
 
@@ -61,11 +62,11 @@ class ConfigStore(ConfigFeed):
     Redis holds: it would land in a config the node does not follow.
     """
 
-    def __init__(self, redis, address: RedisAddress, reactor, *, keys: RedisKeys, max_drains: int = 6,
-                 session_expiry: int = 360, **feed) -> None:
+    def __init__(self, redis, address: RedisAddress, reactor, api: ApiSettings, *, keys: RedisKeys,
+                 **feed) -> None:
         super().__init__(redis, address, reactor, keys=keys, **feed)
-        self.max_drains = max_drains
-        self.session_expiry = session_expiry
+        self.max_drains = api.max_drains
+        self.session_expiry = api.session_expiry
         self.reseed_lock_seconds = 10
         self._lock_value = uuid.uuid4().hex
 

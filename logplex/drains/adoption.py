@@ -80,7 +80,7 @@ class SpoolAdopter:
     """This node's side of adoption: records its spools, adopts departed nodes', waits on its own lease."""
 
     def __init__(self, redis, supervisor, registry, node: str, reactor, metrics, adopt_after: float,
-                 timeout: float = 5.0, *, keys: RedisKeys,
+                 timeout: float, *, keys: RedisKeys,
                  clock: Callable[[], float] = time.time) -> None:
         self.redis = redis  # the config Redis
         self.supervisor = supervisor

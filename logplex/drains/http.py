@@ -237,7 +237,7 @@ def describe(failure, host: str | None = None) -> str:
 class HttpDrainTransport:
     """Delivers a drain's batches to its HTTP(S) endpoint and says what became of each."""
 
-    def __init__(self, drain: Drain, client: DrainHttpClient, reactor, timeout: float = 30.0) -> None:
+    def __init__(self, drain: Drain, client: DrainHttpClient, reactor, timeout: float) -> None:
         self.drain = drain
         self.client = client
         self.reactor = reactor

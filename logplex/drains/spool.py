@@ -33,7 +33,7 @@ class Spool:
     """One drain's spool on one node, on the shard that holds its channel's backlog."""
 
     def __init__(self, redis, drain_id: int, node: str, reactor, max_bytes: int,
-                 timeout: float = 5.0, *, keys: RedisKeys) -> None:
+                 timeout: float, *, keys: RedisKeys) -> None:
         self.redis = redis
         self.key = keys.spool(drain_id, node)
         self.meta = keys.spool_meta(self.key)

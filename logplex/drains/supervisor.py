@@ -185,9 +185,7 @@ class DrainSupervisor:
             # send TCP to a port that listens for datagrams.
             return RefusedTransport(f"{scheme}:// drains are not supported; re-create the drain as "
                                     "syslog:// or syslog+tls://")
-        return SyslogDrainTransport(drain, self.connect_reactor, self.trust_root,
-                                    idle_timeout=self.settings.syslog_idle,
-                                    max_delay=self.settings.backoff_max)
+        return SyslogDrainTransport(drain, self.connect_reactor, self.settings, self.trust_root)
 
     def spool_total(self) -> int:
         """Bytes all of this node's drain spools hold (as their last writes and acks said)."""

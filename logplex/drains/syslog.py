@@ -17,6 +17,7 @@ from logplex.drains.formats import syslog_frames
 from logplex.drains.policy import Outcome
 from logplex.drains.http import describe, is_certificate_error
 from logplex.model import SYSLOG_DEFAULT_PORTS, Drain
+from logplex.settings import DrainSettings
 
 
 class NotReady(Exception):
@@ -100,13 +101,13 @@ class SyslogDrainTransport:
     socket buffers is lost; that is the protocol's limit, not ours to hide.
     """
 
-    def __init__(self, drain: Drain, reactor, trust_root=None, *, idle_timeout: float = 300.0,
-                 connect_timeout: float = 10.0, max_delay: float = 30.0) -> None:
+    def __init__(self, drain: Drain, reactor, settings: DrainSettings, trust_root=None, *,
+                 connect_timeout: float = 10.0) -> None:
         self.drain = drain
         self.reactor = reactor
-        self.idle_timeout = idle_timeout
+        self.idle_timeout = settings.syslog_idle
         self.connect_timeout = connect_timeout
-        self.max_delay = max_delay
+        self.max_delay = settings.backoff_max
         parts = urlsplit(drain.url)
         self.tls = parts.scheme == "syslog+tls"
         self.host, self.port = parts.hostname, parts.port or SYSLOG_DEFAULT_PORTS[parts.scheme]

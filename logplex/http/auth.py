@@ -231,7 +231,7 @@ class LoginThrottle:
     addresses cannot lock out the credential's users who are signed in.
     """
 
-    def __init__(self, clock, limit: int = 10, window: float = 60.0, max_addresses: int = 100_000, *,
+    def __init__(self, clock, limit: int, window: float = 60.0, max_addresses: int = 100_000, *,
                  credential_limit: int | None = None, max_hashing: int = 2, metrics=None,
                  listener: str = "api") -> None:
         self.clock = clock

@@ -20,6 +20,7 @@ from logplex.model import ANY_CHANNEL
 from logplex.config.store import ConfigStore
 from logplex.router import IngressDenied, Router
 from logplex.saturation import HoldMeter
+from logplex.settings import ListenSettings
 from logplex.http.routing import Dispatcher, HttpError, Reply, route
 
 log = Logger()
@@ -197,7 +198,7 @@ class LogInput:
     SYNC_SLICES = 4
 
     def __init__(self, store: ConfigStore, router: Router, auth: Authenticator, metrics,
-                 max_body: int, max_frame: int, throttle: LoginThrottle | None = None,
+                 listen: ListenSettings, throttle: LoginThrottle | None = None,
                  reactor=None, max_gzip_members: int = 1000, health: Callable[[], Health] | None = None,
                  holds: HoldMeter | None = None, listener: str = "logs") -> None:
         # Time its senders spend waiting for a held answer, under this listener's name.
@@ -208,7 +209,7 @@ class LogInput:
         if reactor is None:
             reactor = _reactor()
         self.reactor = reactor
-        self.throttle = throttle or LoginThrottle(reactor)
+        self.throttle = throttle or LoginThrottle(reactor, listen.login_failures)
         self.max_gzip_members = max_gzip_members
         # One cooperator for every request being inflated: they take turns,
         # and together hold the reactor for at most INFLATE_BUDGET a turn.
@@ -220,8 +221,8 @@ class LogInput:
         self.router = router
         self.auth = auth
         self.metrics = metrics
-        self.max_body = max_body
-        self.max_frame = max_frame
+        self.max_body = listen.max_body
+        self.max_frame = listen.max_frame
         self.frame_ids = FrameIdMemory()
 
     def resource(self) -> Dispatcher:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from logplex.framing import DEFAULT_MAX_FRAME, FramingError, SyslogFramer
+from logplex.framing import FramingError, SyslogFramer
 from logplex.router import UNKNOWN_TOKEN, IngressDenied, Router, redact_token
 from logplex.saturation import HoldMeter
 
@@ -151,14 +153,16 @@ class SyslogFactory(Factory):
     no template, only the port.
     """
 
-    def __init__(self, router: Router, metrics, max_frame: int = DEFAULT_MAX_FRAME,
+    def __init__(self, router: Router, metrics, max_frame: int,
                  token: str | None = None, *, max_connections: int | None = None,
                  idle_timeout: float | None = None, frame_timeout: float | None = None,
-                 clock=None, holds: HoldMeter | None = None, listener: str = "syslog") -> None:
+                 clock=None, holds: HoldMeter | None = None,
+                 label: Callable[[], str] = lambda: "syslog") -> None:
         self.router = router
-        # Time its senders spend held back (read paused), under this listener's name.
+        # Time its senders spend held back (read paused), under this listener's name
+        # ("syslog:6514"), asked for at each hold: the port is known once bound.
         self.holds = holds
-        self.listener = listener
+        self.label = label
         self.metrics = metrics
         self.max_frame = max_frame
         self.token = token.encode() if token else None
@@ -169,6 +173,10 @@ class SyslogFactory(Factory):
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
+
+    @property
+    def listener(self) -> str:
+        return self.label()
 
     def route(self, messages: list[bytes]):
         """Route one read's frames; None, or a Deferred to wait for before reading more."""

@@ -25,11 +25,14 @@ from logplex import __version__
 from logplex.framing import decode_logplex1, encode_logplex1
 from logplex.redis.subscription import Subscription
 from logplex.redis.keys import RedisKeys
+from logplex.settings import NodeSettings
 from logplex.tails.session import TailRegistry
 
 log = Logger()
 
 INTEREST_TTL = 30.0
+# How long published lines wait to go out together on the bus.
+FLUSH_INTERVAL = 0.01
 # A node is gone when it missed this many heartbeats.
 MISSED_HEARTBEATS = 3
 
@@ -37,8 +40,7 @@ MISSED_HEARTBEATS = 3
 class ClusterTails:
     """The router's tail sink for a cluster: local tails, plus the bus for remote ones."""
 
-    def __init__(self, local: TailRegistry, redis, address, node: str, reactor, metrics,
-                 flush_interval: float = 0.01, timeout: float = 5.0,
+    def __init__(self, local: TailRegistry, redis, address, node: str, reactor, metrics, timeout: float,
                  incarnation_of: Callable[[str], str | None] = lambda channel_id: None, *,
                  keys: RedisKeys) -> None:
         self.keys = keys
@@ -50,7 +52,7 @@ class ClusterTails:
         self.node = node
         self.reactor = reactor
         self.metrics = metrics
-        self.flush_interval = flush_interval
+        self.flush_interval = FLUSH_INTERVAL
         self.remote: dict[str, dict[str, float]] = {}  # channel -> {node: expiry}
         # (channel, incarnation it was routed to) -> lines for the bus
         self.pending: dict[tuple[str, str | None], list[bytes]] = {}
@@ -59,8 +61,6 @@ class ClusterTails:
         self.subscription = Subscription(address, self._on_message, self._on_connected, reactor)
         self._refresh = task.LoopingCall(self._announce_all)
         self._refresh.clock = reactor
-        local.on_first_tail = self._first_tail
-        local.on_last_tail = self._last_tail
 
     # -- the router's side (hot path) ----------------------------------------------
     def tailed(self, channel_ids) -> set[str]:
@@ -171,11 +171,12 @@ class ClusterTails:
         return self.redis.hgetall(self.keys.tailing).addTimeout(self.timeout, self.reactor).addCallback(loaded)
 
     # -- this node's interest -----------------------------------------------------------------
-    def _first_tail(self, channel_id: str) -> None:
+    def first_tail(self, channel_id: str) -> None:
+        """The local registry's first tail of a channel: hear the channel on the bus, and say so."""
         self.subscription.subscribe([self.keys.tail(channel_id)])
         self._announce(channel_id, True)
 
-    def _last_tail(self, channel_id: str) -> None:
+    def last_tail(self, channel_id: str) -> None:
         self.subscription.unsubscribe([self.keys.tail(channel_id)])
         self._announce(channel_id, False)
 
@@ -220,17 +221,17 @@ class ClusterTails:
 class NodeRegistry:
     """This node's heartbeat in the config Redis, and the list of live nodes."""
 
-    def __init__(self, redis, node: str, reactor, api_url: str = "", interval: float = 5.0,
-                 timeout: float = 5.0, *, keys: RedisKeys,
+    def __init__(self, redis, node: NodeSettings, reactor, timeout: float, *, keys: RedisKeys,
+                 api_url: Callable[[], str] = lambda: "",
                  shard_map_version: Callable[[], int | None] = lambda: None) -> None:
         self.keys = keys
         self.timeout = timeout
         self.redis = redis
-        self.node = node
+        self.node = node.name
         self.reactor = reactor
         self.api_url = api_url
         self.started = time.time()
-        self.interval = interval
+        self.interval = node.heartbeat
         # The shard map version this node uses (None: not known yet), reported with each beat.
         self.shard_map_version = shard_map_version
         self._beat = task.LoopingCall(self.heartbeat)
@@ -238,7 +239,7 @@ class NodeRegistry:
 
     def heartbeat(self):
         doc = json.dumps({"version": __version__, "started_at": self.started, "seen_at": time.time(),
-                          "ttl": self.interval * MISSED_HEARTBEATS, "api_url": self.api_url,
+                          "ttl": self.interval * MISSED_HEARTBEATS, "api_url": self.api_url(),
                           "pid": os.getpid(), "shard_map_version": self.shard_map_version()})
         d = self.redis.hset(self.keys.nodes, self.node, doc).addTimeout(self.timeout, self.reactor)
         return d.addErrback(lambda f: log.warn("node_heartbeat_failed error={e!r}", e=f.getErrorMessage()))

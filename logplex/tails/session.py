@@ -8,9 +8,8 @@ from typing import Callable
 
 from logplex import syslog
 from logplex.model import Channel, SessionSpec
+from logplex.settings import TailSettings
 
-DEFAULT_TAIL_BUFFER = 1024
-DEFAULT_TAIL_BUFFER_BYTES = 1024 * 1024
 # The most a tail hands its response in one write. Twisted's transports pause
 # their producer once more than 64 KiB wait in them, so a reader that does not
 # read makes the transport hold at most about this much plus its own 64 KiB;
@@ -57,9 +56,8 @@ class TailBuffer:
     lines it missed and since when, then the newest lines kept.
     """
 
-    def __init__(self, size: int = DEFAULT_TAIL_BUFFER, clock: Callable[[], float] = time.time,
-                 notice: Callable[[int, float, float], bytes] = l11_line,
-                 max_bytes: int = DEFAULT_TAIL_BUFFER_BYTES) -> None:
+    def __init__(self, size: int, max_bytes: int, clock: Callable[[], float] = time.time,
+                 notice: Callable[[int, float, float], bytes] = l11_line) -> None:
         self.size = size
         self.max_bytes = max_bytes
         self.clock = clock
@@ -126,18 +124,17 @@ class TailSession:
         spec: SessionSpec,
         write: Callable[[bytes], None],
         metrics,
-        buffer_size: int = DEFAULT_TAIL_BUFFER,
+        settings: TailSettings,
         clock: Callable[[], float] = time.time,
         render: Callable[[syslog.Fields], bytes] = syslog.tail_line,
         notice: Callable[[int, float, float], bytes] = l11_line,
-        buffer_bytes: int = DEFAULT_TAIL_BUFFER_BYTES,
     ) -> None:
         self.spec = spec
         self.channel_id = spec.channel_id
         self.filter = TailFilter(spec.ps, spec.source, render)
         self.write = write
         self.metrics = metrics
-        self.buffer = TailBuffer(buffer_size, clock, notice, buffer_bytes)
+        self.buffer = TailBuffer(settings.buffer, settings.buffer_bytes, clock, notice)
         self.paused = False
         # While the backlog is read, live messages are held here (bounded
         # like the buffer, in lines and bytes) so that none falls between
@@ -230,14 +227,15 @@ class TailSession:
 class TailRegistry:
     """The live tails of this node by channel."""
 
-    def __init__(self, metrics) -> None:
+    def __init__(self, metrics, on_first_tail: Callable[[str], None] = lambda channel_id: None,
+                 on_last_tail: Callable[[str], None] = lambda channel_id: None) -> None:
         self.metrics = metrics
         self.by_channel: dict[str, set[TailSession]] = {}
         # How each tail is ended when its channel is (see end_channel).
         self._enders: dict[TailSession, Callable[[], None]] = {}
-        # The cluster bus hooks these to start and stop hearing a channel.
-        self.on_first_tail: Callable[[str], None] = lambda channel_id: None
-        self.on_last_tail: Callable[[str], None] = lambda channel_id: None
+        # Told a channel's first tail here and its last (the cluster bus starts and stops hearing it).
+        self.on_first_tail = on_first_tail
+        self.on_last_tail = on_last_tail
         metrics.gauge_callback("logplex_active_tails", lambda: [({}, self.count())])
 
     def count(self) -> int:

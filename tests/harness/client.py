@@ -257,11 +257,13 @@ from logplex.config.store import ConfigStore
 from logplex.redis.address import parse_redis_url
 from logplex.redis.connection import connect
 from logplex.redis.keys import RedisKeys
+from logplex.settings import REDIS_TIMEOUT, ApiSettings, NodeSettings
 
 async def main(reactor, url, user, secret, perms):
     address = parse_redis_url(url)
     redis = connect(address)
-    store = ConfigStore(redis, address, reactor, keys=RedisKeys("lp", address.db))
+    store = ConfigStore(redis, address, reactor, ApiSettings(), keys=RedisKeys("lp", address.db),
+                        timeout=REDIS_TIMEOUT, reconcile_interval=NodeSettings().reconcile_interval)
     await store.create_credential(perms.split(","), note="integration test", cred_id=user, secret=secret)
     await redis.disconnect()
 

@@ -10,6 +10,7 @@ from logplex.config.store import ConfigStore
 from logplex.redis.address import parse_redis_url
 from logplex.redis.connection import connect
 from logplex.redis.keys import RedisKeys
+from logplex.settings import ApiSettings, NodeSettings
 from tests.harness.procs import RedisServer
 
 KEYS = RedisKeys("lp", 0)
@@ -31,7 +32,8 @@ class PagedLoadTests(TestCase):
 
     def store(self) -> ConfigStore:
         # Pages far smaller than the hashes: many HSCAN pages each, as at 100,000 channels.
-        return ConfigStore(self.pool, self.address, reactor, keys=KEYS, timeout=5, page_size=40, slice_size=16)
+        return ConfigStore(self.pool, self.address, reactor, ApiSettings(), keys=KEYS, timeout=5,
+                           reconcile_interval=NodeSettings().reconcile_interval, page_size=40, slice_size=16)
 
     async def write(self, channels: dict[str, tuple[Channel, list[Token], list[Drain]]]) -> None:
         """As the store's scripts write them (the records' own JSON)."""

@@ -12,6 +12,7 @@ from logplex.errors import ConfigError, Conflict, NotFound, Unavailable
 from logplex.redis.address import parse_redis_url
 from logplex.redis.connection import connect
 from logplex.redis.keys import RedisKeys
+from logplex.settings import ApiSettings, NodeSettings
 from tests.harness.procs import RedisServer
 
 
@@ -40,10 +41,13 @@ class Stores(TestCase):
         self.a = await self.node(max_drains=2)
         self.b = await self.node(max_drains=2)
 
-    async def node(self, **kw):
+    async def node(self, max_drains: int = ApiSettings().max_drains,
+                   session_expiry: int = ApiSettings().session_expiry, **kw):
         pool = connect(self.address, poolsize=2, reply_timeout=2)
         self.addCleanup(pool.disconnect)
-        store = ConfigStore(pool, self.address, reactor, timeout=2, keys=RedisKeys("lp", 0), **kw)
+        store = ConfigStore(pool, self.address, reactor,
+                            ApiSettings(max_drains=max_drains, session_expiry=session_expiry), timeout=2,
+                            reconcile_interval=NodeSettings().reconcile_interval, keys=RedisKeys("lp", 0), **kw)
         store.start()
         self.addCleanup(store.stop)
         await store.load()
@@ -340,7 +344,8 @@ class GenerationTests(Stores):
         await raw.hset(b"lp:nodes", b"a", json.dumps({"seen_at": _time.time(), "ttl": 15.0}))
         pool = connect(self.address, poolsize=1, reply_timeout=2)
         self.addCleanup(pool.disconnect)
-        newcomer = ConfigStore(pool, self.address, reactor, timeout=2, keys=RedisKeys("lp", 0), node="new")
+        newcomer = ConfigStore(pool, self.address, reactor, ApiSettings(), timeout=2,
+                               reconcile_interval=NodeSettings().reconcile_interval, keys=RedisKeys("lp", 0), node="new")
         with pytest.raises(Unavailable) as e:
             await newcomer.load()
         assert "waiting for one of them to re-seed it" in e.value.message

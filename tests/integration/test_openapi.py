@@ -34,6 +34,7 @@ from openapi_spec_validator import validate as validate_openapi
 from logplex.api.app import ManagementApi
 from logplex.api.openapi import OPENAPI_PATH, document
 from logplex.api.tailpage import TailPage
+from logplex.settings import Settings
 from tests.harness.client import (
     ADMIN,
     NO_BODY,
@@ -59,7 +60,7 @@ UNKNOWN_NUMBER = "999999999"
 # -- the document, read as data -------------------------------------------------------------------
 def served_routes() -> list:
     """The API listener's route table, as a node builds it: the API's routes and the tail page's."""
-    api = ManagementApi(None, None, None, None, None, api_url="http://x", reactor=None)
+    api = ManagementApi(None, None, None, None, None, Settings(), api_url=lambda: "http://x", reactor=None)
     return api.resource(extra_routes=TailPage(api).routes()).routes
 
 
