@@ -1446,6 +1446,16 @@ def test_a_session_filter_with_a_surrogate_is_refused_not_a_500(api_node, key):
     assert log.failures() == []
 
 
+@pytest.mark.parametrize("channel", ["\udcf7\udcf2p", "a b", "", "x" * 129])
+def test_a_read_grant_naming_no_possible_channel_id_is_422_not_a_500(api_node, channel):
+    with LogCapture() as log:
+        reply = admin_request(api_node, b"POST", b"/v3/credentials",
+                              json.dumps({"perms": ["read_channel"], "channels": [channel]}).encode())
+    assert reply.status == 422, reply
+    assert "channel id" in reply.json()["error"]
+    assert log.failures() == []
+
+
 @pytest.mark.parametrize("listener", ["api", "logs"])
 def test_a_post_with_a_line_break_in_its_content_type_is_answered(api_node, listener):
     site = api_node.site if listener == "api" else LogsNode().site

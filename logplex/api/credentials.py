@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from logplex.api import validate
 from logplex.api.schemas import CREDENTIAL, answer, error, json_content, operation, ref, use
 from logplex.http.routing import HttpError, Reply, endpoint
 from logplex.model import FULL_API, PERMISSIONS, READ_CHANNEL
@@ -46,6 +47,8 @@ class Credentials:
         channels = body.get("channels", [])
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
             raise HttpError(422, "'channels' must be a list of channel ids.")
+        # What cannot be a channel id names no channel, and is not worth asking Redis about.
+        channels = [validate.channel_id(c) for c in channels]
         if (READ_CHANNEL in perms) != bool(channels):
             raise HttpError(422, "A read_channel credential names its channels, and only it does.")
         # A grant names a channel that exists: its identity, not only its name.
