@@ -281,3 +281,26 @@ class ConnectionTests(SynchronousTestCase):
         [self.successResultOf(d) for d in sends]
         self.assertEqual(connections.idle(self.target.key), 2)
         self.assertEqual([c.transport.disconnected for c in self.wire.connections], [True, False, False])
+
+
+class GateOrderTests(SynchronousTestCase):
+    def test_a_drain_callback_that_waits_does_not_hold_its_hosts_connection(self):
+        # A POST that waited for the gate has the drain's callbacks before the
+        # gate's bookkeeping; one of them waiting (a spool ack) must not keep
+        # the next POST of the host waiting for the stall check.
+        clock, wire = Clock(), Wire()
+        client = DrainHttpClient(DrainConnections(wire, clock, kept=1), clock, per_host=1)
+        target = DrainTarget.of(b"http://drains.example.com/logs", {})
+        first = client.post(target, target.request(b"", 0, "f1"), TIMEOUT)
+        second = client.post(target, target.request(b"", 0, "f2"), TIMEOUT)
+        second.addCallback(lambda _: defer.Deferred())  # never fires
+        third = client.post(target, target.request(b"", 0, "f3"), TIMEOUT)
+        [connection] = wire.connections
+        for frame in (b"f2", b"f3"):
+            connection.transport.clear()
+            connection.answer(b"HTTP/1.1 204 No Content\r\n\r\n")
+            self.assertIn(frame, connection.transport.value())
+        connection.answer(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.successResultOf(first)
+        self.assertEqual(self.successResultOf(third).code, 204)
+        self.assertEqual(client.queued(target.key), 0)

@@ -30,6 +30,7 @@ same frame id, since the endpoint may have taken the batch before closing.
 from __future__ import annotations
 
 from collections import deque
+from typing import Callable
 
 import attrs
 from twisted.internet import defer
@@ -261,7 +262,8 @@ class DrainConnections:
 class _Exchange:
     """One POST and its answer, bounded as a whole by a timeout (from when it may use a connection)."""
 
-    __slots__ = ("connections", "reactor", "timeout", "done", "connecting", "connection", "over", "timer")
+    __slots__ = ("connections", "reactor", "timeout", "done", "connecting", "connection", "over", "timer",
+                 "ended")
 
     def __init__(self, connections: DrainConnections, reactor: IReactorTime, timeout: float) -> None:
         self.connections = connections
@@ -272,6 +274,10 @@ class _Exchange:
         self.connection: DrainConnection | None = None  # from the request's write to its answer
         self.over = False  # answered, failed, cancelled or timed out: what comes later is thrown away
         self.timer = None
+        # Called once when the exchange ends, before `done` fires: its host
+        # gate's place goes to the next POST in line even if a callback on
+        # `done` (added while the POST waited) returns an unfired Deferred.
+        self.ended: Callable[[], None] | None = None
 
     def start(self, target: DrainTarget, request: bytes) -> defer.Deferred:
         self.timer = self.reactor.callLater(self.timeout, self._expire)
@@ -295,20 +301,23 @@ class _Exchange:
         connection = self.connection
         code = connection.parser.code if connection is not None else 0
         phase = f"HTTP {code}, then a body that did not end" if code else "no answer"
-        self.over = True
         self._abandon()
+        self._end()
         self.done.errback(ExchangeTimeout(f"{phase} within {self.timeout:g} s"))
 
     def _cancel(self, _: defer.Deferred) -> None:
         # The drain stopped: Deferred.cancel fails self.done with CancelledError.
-        self._end()
         self._abandon()
+        self._end()
 
     def _end(self) -> None:
         self.over = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        ended, self.ended = self.ended, None
+        if ended is not None:
+            ended()
 
     def _abandon(self) -> None:
         connecting, self.connecting = self.connecting, None
@@ -387,11 +396,13 @@ class DrainHttpClient:
     def _start(self, gate: _HostGate, host: object, exchange: _Exchange, target: DrainTarget,
                request: bytes) -> defer.Deferred:
         gate.active += 1
-        # First on the Deferred: the connection goes to the next in line
-        # before the drain hears its answer.
-        return exchange.start(target, request).addBoth(self._ended, gate, host)
+        # Not a callback on the exchange's Deferred: one added after the
+        # drain's own (a POST that waited) would run only after them, and
+        # not at all while one of them waits on a Deferred of its own.
+        exchange.ended = lambda: self._ended(gate, host)
+        return exchange.start(target, request)
 
-    def _ended(self, result, gate: _HostGate, host: object):
+    def _ended(self, gate: _HostGate, host: object) -> None:
         gate.active -= 1
         gate.last_end = self.reactor.seconds()
         waiting = gate.waiting
@@ -405,7 +416,6 @@ class DrainHttpClient:
             gate.check = None
             if self._gates.get(host) is gate:
                 del self._gates[host]
-        return result
 
     def queued(self, host: object) -> int:
         """POSTs waiting for a connection to this host (a DrainTarget's key)."""
