@@ -17,6 +17,7 @@ count a busy host does not disturb.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import socket
@@ -42,7 +43,8 @@ def start_sink(tmp: str) -> tuple[subprocess.Popen, int]:
     binary = os.path.join(tmp, "countsink")
     subprocess.run(["gcc", "-O2", "-o", binary, os.path.join(HERE, "countsink.c"), "-lm"], check=True)
     port = free_port()
-    sink = subprocess.Popen([binary, "http", "--port", str(port)], stderr=subprocess.DEVNULL)
+    sink = subprocess.Popen([binary, "http", "--port", str(port), "--stats", os.path.join(tmp, "stats.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port)).close()
@@ -74,7 +76,8 @@ def run(port: int, drains: int, posts: int, lines: int) -> None:
                 state["bad"] += 1
             if state["left"] > 0:
                 state["left"] -= 1
-                return loop(transport, frame + 1)
+                loop(transport, frame + 1)  # not returned: no chain of Deferreds across POSTs
+                return
             state["running"] -= 1
             if not state["running"]:
                 marks["end"] = os.times()
@@ -141,6 +144,9 @@ def main() -> None:
         finally:
             sink.terminate()
             sink.wait()
+        with open(os.path.join(tmp, "stats.json")) as f:
+            stats = json.load(f)
+        print(f"sink: {stats['requests']} requests on {stats['connections']} connections")
 
 
 if __name__ == "__main__":
