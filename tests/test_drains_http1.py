@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -235,3 +237,21 @@ def test_an_excerpt_is_one_printable_line_unless_encoded(body):
     assert plain.excerpt().isprintable() and len(plain.excerpt()) <= 203
     assert Answer(500, {b"content-encoding": [b"gzip"]}, body).excerpt() == ""
     assert Answer(500, {b"transfer-encoding": [b"gzip, chunked"]}, body).excerpt() == ""
+
+
+@pytest.mark.parametrize("line", [b"X: a" + b" " * 60_000 + b"b", b"X:" + b" " * 60_000 + b"\x00",
+                                  b"X" * 60_000 + b" : y", b"X: " + b"\t " * 30_000 + b"\r\r"])
+def test_a_hostile_header_line_takes_linear_time(line):
+    start = time.perf_counter()
+    try:
+        AnswerParser().feed(b"HTTP/1.1 200 OK\r\n" + line + b"\r\n\r\n")
+    except AnswerError:
+        pass
+    assert time.perf_counter() - start < 1.0  # a backtracking match takes minutes
+
+
+def test_many_folded_lines_take_linear_time():
+    start = time.perf_counter()
+    answer, _ = read([b"HTTP/1.1 200 OK\r\nX: a\r\n" + b"\tb\r\n" * 15_000 + b"Content-Length: 0\r\n\r\n"])
+    assert answer.header(b"x") == b"a" + b" b" * 15_000
+    assert time.perf_counter() - start < 1.0

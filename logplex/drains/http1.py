@@ -41,9 +41,13 @@ EXCERPT_CHARS = 200
 ANSWER_WIRE_BYTES = 64 * 1024
 
 _UNPRINTABLE = re.compile(r"[^ -~]+")
+_FOLD = re.compile(rb"\r?\n[ \t]+")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _STATUS = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9]{2})(?:[ \t][^\r\x00]*)?")
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# A header line "name: value" (the value without its leading blanks); anything else is
+# looked at again, slowly, to name the error. Possessive: a hostile
+# line of blanks must not make the match backtrack (quadratic time).
+_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]++):[ \t]*+([^\r\x00]*+)\r?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\x00]*)?")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 
@@ -92,6 +96,8 @@ def printable(text: str, limit: int = EXCERPT_CHARS) -> str:
 
 
 def _tokens(values: list[bytes] | None) -> list[bytes]:
+    if not values:
+        return []
     return [t.strip(b" \t").lower() for v in values or () for t in v.split(b",") if t.strip(b" \t")]
 
 
@@ -211,31 +217,31 @@ class AnswerParser:
 
     def _head(self, head: bytes) -> bool:
         """Take in a head; True if it is a final answer's with no body (the answer is whole)."""
-        lines = head.split(b"\n")
-        status = lines[0][:-1] if lines[0].endswith(b"\r") else lines[0]
+        status, _, fields = head.partition(b"\n")
+        if status.endswith(b"\r"):
+            status = status[:-1]
         match = _STATUS.fullmatch(status)
         if match is None:
             raise MalformedAnswer(f"not an HTTP/1.x status line: {status[:40]!r}")
         code = int(match.group(2))
+        if fields[:1] in (b" ", b"\t"):
+            raise MalformedAnswer("a folded line with no header before it")
+        if b"\n " in fields or b"\n\t" in fields:
+            fields = _FOLD.sub(b" ", fields)  # in one pass: joined one by one, folds cost quadratic time
         headers: dict[bytes, list[bytes]] = {}
-        last: list[bytes] | None = None
-        for line in lines[1:]:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if b"\r" in line or b"\x00" in line:
-                raise MalformedAnswer("a CR or NUL inside a header line")
-            if line[:1] in (b" ", b"\t"):
-                if last is None:
-                    raise MalformedAnswer("a folded line with no header before it")
-                last[-1] = (last[-1] + b" " + line.strip(b" \t")).strip(b" ")
-                continue
-            name, colon, value = line.partition(b":")
-            if not colon:
-                raise MalformedAnswer(f"a header line without a colon: {line[:40]!r}")
-            if _TOKEN.fullmatch(name) is None:
+        field = _FIELD.fullmatch
+        for line in fields.split(b"\n") if fields else ():
+            match_ = field(line)
+            if match_ is None:
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if b"\r" in line or b"\x00" in line:
+                    raise MalformedAnswer("a CR or NUL inside a header line")
+                name, colon, _ = line.partition(b":")
+                if not colon:
+                    raise MalformedAnswer(f"a header line without a colon: {line[:40]!r}")
                 raise MalformedAnswer(f"a header name that is not a token: {name[:40]!r}")
-            last = headers.setdefault(name.lower(), [])
-            last.append(value.strip(b" \t"))
+            headers.setdefault(match_.group(1).lower(), []).append(match_.group(2).rstrip(b" \t"))
         if code < 200:
             if code == 101:
                 raise MalformedAnswer("101 Switching Protocols, which a drain never asks for")
@@ -243,10 +249,10 @@ class AnswerParser:
         self.code, self.headers = code, headers
         connection = _tokens(headers.get(b"connection"))
         self._keep_alive = b"close" not in connection if match.group(1) != b"0" else b"keep-alive" in connection
-        coding = _tokens(headers.get(b"transfer-encoding"))
-        lengths = _tokens(headers.get(b"content-length"))
         if code == 204 or code == 304:
             return True
+        coding = _tokens(headers.get(b"transfer-encoding"))
+        lengths = _tokens(headers.get(b"content-length"))
         if coding:
             if lengths:
                 self._keep_alive = False  # both: read as chunked, but do not trust the connection after
