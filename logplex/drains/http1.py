@@ -113,7 +113,7 @@ class AnswerParser:
         self.answer: Answer | None = None
         self._state = _HEAD
         self._buf = b""
-        self._scanned = 0  # of _buf, searched for the end of a head
+        self._scanned = 0  # of _buf, searched already for the end of a head or line
         self._framing = 0  # wire bytes of this answer that are not body
         self._body: list[bytes] = []
         self._kept = 0
@@ -191,12 +191,13 @@ class AnswerParser:
                             return self._finish(False, pos < end)
                         self._state = _CHUNK_END
             else:  # a line of chunk framing or a trailer
-                nl = buf.find(b"\n", pos)
+                nl = buf.find(b"\n", pos + self._scanned)
                 if nl < 0:
                     if self._framing + end - pos > self.wire_limit:
                         raise self._too_long()
-                    self._buf = buf[pos:]
+                    self._buf, self._scanned = buf[pos:], end - pos
                     return None
+                self._scanned = 0
                 self._framing += nl + 1 - pos
                 if self._framing > self.wire_limit:
                     raise self._too_long()
