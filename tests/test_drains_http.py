@@ -141,6 +141,16 @@ class HttpDrainTests(SynchronousTestCase):
         self.assertTrue(outcome.retry)
         self.assertIn("an answer of more than 64 KiB", outcome.error)
 
+    def test_a_malformed_answer_is_a_failed_delivery_that_says_so(self):
+        d = self.send()
+        connection = self.wire.connections[0]
+        connection.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok")
+        outcome = self.successResultOf(d)
+        self.assertTrue(outcome.retry)
+        self.assertEqual(outcome.error, "an answer that is not HTTP/1.1 (a bad or conflicting Content-Length: "
+                                        "b'2, 3'): the connection was dropped")
+        self.assertTrue(connection.transport.disconnected)
+
     # -- time ----------------------------------------------------------------------------------
     def test_the_timeout_bounds_a_silent_endpoint(self):
         d = self.send()

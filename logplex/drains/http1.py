@@ -61,6 +61,9 @@ class AnswerError(Exception):
 class MalformedAnswer(AnswerError):
     """An answer out of HTTP/1.1's shape (the message says where)."""
 
+    def __str__(self) -> str:
+        return f"an answer that is not HTTP/1.1 ({self.args[0]}): the connection was dropped"
+
 
 class AnswerTooLong(AnswerError):
     """An answer whose status line, headers and framing ran past ANSWER_WIRE_BYTES."""
