@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -255,3 +258,11 @@ def test_many_folded_lines_take_linear_time():
     answer, _ = read([b"HTTP/1.1 200 OK\r\nX: a\r\n" + b"\tb\r\n" * 15_000 + b"Content-Length: 0\r\n\r\n"])
     assert answer.header(b"x") == b"a" + b" b" * 15_000
     assert time.perf_counter() - start < 1.0
+
+
+def test_the_parser_is_sans_io():
+    # No Twisted (nor any I/O) under it: the connection that feeds it is logplex.drains.httpclient's.
+    code = "import sys, logplex.drains.http1; print(any(m.split('.')[0] == 'twisted' for m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.stdout.strip() == "False"
