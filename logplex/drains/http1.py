@@ -45,9 +45,10 @@ _FOLD = re.compile(rb"\r?\n[ \t]+")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _STATUS = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9]{2})(?:[ \t][^\r\x00]*)?")
 # A header line "name: value" (the value without its leading blanks); anything else is
-# looked at again, slowly, to name the error. Possessive: a hostile
-# line of blanks must not make the match backtrack (quadratic time).
-_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]++):[ \t]*+([^\r\x00]*+)\r?")
+# looked at again, slowly, to name the error. The value starts at its first
+# non-blank, so a hostile line of blanks has one way to match, not n (no
+# quadratic backtracking; possessive quantifiers would need Python 3.11).
+_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[^ \t\r\x00][^\r\x00]*)?)\r?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\x00]*)?")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 
