@@ -4,11 +4,8 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.web.iweb import IAgentEndpointFactory
-from zope.interface import implementer
 
 from logplex.drains.formats import decode_chunk
-from logplex.drains.http import ANSWER_WIRE_BYTES, _BoundedEndpoint
 from logplex.drains.policy import Outcome
 
 
@@ -96,7 +93,7 @@ class MemorySpool:
         return defer.succeed(None)
 
 
-# -- HTTP: the node's Agent and pool on StringTransports -------------------------------------
+# -- HTTP: the node's client and connections on StringTransports -------------------------------------
 LINE = b"<134>1 2026-11-24T10:00:00+00:00 host app web.1 - - hello"
 TIMEOUT = 5.0
 
@@ -105,7 +102,7 @@ class Connection:
     """One connection the drain made: what it wrote, and a way to answer."""
 
     def __init__(self, protocol, transport: StringTransport) -> None:
-        self.protocol = protocol  # the connection bound, with HTTP under it
+        self.protocol = protocol  # the drain's DrainConnection
         self.transport = transport
         self.lost = False
 
@@ -131,19 +128,19 @@ class Connection:
         self.protocol.connectionLost(Failure(ConnectionDone()))
 
 
-@implementer(IAgentEndpointFactory)
 class Wire:
-    """Endpoints whose every connection is a StringTransport, bounded as the node's are."""
+    """Endpoints (as DrainEndpoints gives them) whose every connection is a StringTransport."""
 
     def __init__(self) -> None:
         self.connections: list[Connection] = []
+        self.transport = StringTransport  # what the next connection's transport is made by
 
-    def endpointForURI(self, uri):
-        return _BoundedEndpoint(self, ANSWER_WIRE_BYTES)
+    def endpoint(self, key):
+        return self
 
     def connect(self, factory) -> defer.Deferred:
         protocol = factory.buildProtocol(None)
-        transport = StringTransport()
+        transport = self.transport()
         protocol.makeConnection(transport)
         self.connections.append(Connection(protocol, transport))
         return defer.succeed(protocol)

@@ -1,6 +1,6 @@
 """HTTP drains against endpoints that answer anything: in memory, with a Clock and StringTransports.
 
-The drain's real Agent, pool and connection bound run here; only the
+The drain's real client, connections and answer parser run here; only the
 sockets are StringTransports, which the tests read the requests from and
 write the endpoint's answers into.
 """
@@ -12,10 +12,10 @@ import gzip
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import HTTPConnectionPool
 
-from logplex.drains.http import ANSWER_WIRE_BYTES, HttpDrainTransport, load_trust_root
-from logplex.drains.httpclient import DrainAgent, DrainHttpClient
+from logplex.drains.http import HttpDrainTransport, load_trust_root
+from logplex.drains.http1 import ANSWER_WIRE_BYTES
+from logplex.drains.httpclient import DrainConnections, DrainHttpClient
 from logplex.model import Drain
 from tests.drain_doubles import LINE, TIMEOUT, Wire
 
@@ -26,9 +26,7 @@ class HttpDrainTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.wire = Wire()
-        pool = HTTPConnectionPool(self.clock, persistent=True)
-        pool.retryAutomatically = False
-        self.client = DrainHttpClient(DrainAgent.usingEndpointFactory(self.clock, self.wire, pool=pool), self.clock)
+        self.client = DrainHttpClient(DrainConnections(self.wire, self.clock), self.clock)
         self.drain = self.transport_for(1, "http://drains.example.com/logs")
 
     def transport_for(self, drain_id: int, url: str) -> HttpDrainTransport:
@@ -142,6 +140,16 @@ class HttpDrainTests(SynchronousTestCase):
         outcome = self.successResultOf(d)
         self.assertTrue(outcome.retry)
         self.assertIn("an answer of more than 64 KiB", outcome.error)
+
+    def test_a_malformed_answer_is_a_failed_delivery_that_says_so(self):
+        d = self.send()
+        connection = self.wire.connections[0]
+        connection.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok")
+        outcome = self.successResultOf(d)
+        self.assertTrue(outcome.retry)
+        self.assertEqual(outcome.error, "an answer that is not HTTP/1.1 (a bad or conflicting Content-Length: "
+                                        "b'2, 3'): the connection was dropped")
+        self.assertTrue(connection.transport.disconnected)
 
     # -- time ----------------------------------------------------------------------------------
     def test_the_timeout_bounds_a_silent_endpoint(self):

@@ -6,14 +6,14 @@ connection is dropped), nothing is decompressed, no redirect is followed, no
 cookie is stored or sent, and --http-drain-timeout bounds the whole exchange
 (connect, send, headers and body), not only the wait for headers.
 
-The POST goes through twisted.web's Agent, the layer treq is built on, and
-not through treq's HTTPClient: that client wraps every request in a
-CookieAgent (one jar for the whole node) and a ContentDecoderAgent (gzip),
-with no way to turn either off.
+The POST goes through a client of the node's own (logplex.drains.httpclient,
+with logplex.drains.http1 reading answers), not through twisted.web's Agent
+nor treq: they cost several times as much per POST, and treq wraps every
+request in a CookieAgent (one jar for the whole node) and a
+ContentDecoderAgent (gzip), with no way to turn either off.
 
-One POST and its answer are logplex.drains.httpclient's; this module makes
-the node's client (its pool, TLS policy and bounded connections) and tells
-what an answer means for the batch.
+This module makes the node's client (its connections, their endpoints and
+TLS policy) and tells what an answer means for the batch.
 """
 
 from __future__ import annotations
@@ -27,17 +27,16 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import DNSLookupError
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.python.failure import Failure
-from twisted.web.client import BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.error import SchemeNotSupported
-from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from logplex import __version__
 from logplex.drains.formats import http_body
+from logplex.drains.http1 import Answer, printable
 from logplex.drains.httpclient import (
-    ANSWER_BYTES, Answer, DrainAgent, DrainHttpClient, DrainTarget, ExchangeTimeout, printable,
+    HOST_CONNECTIONS, DrainConnections, DrainHttpClient, DrainTarget, ExchangeTimeout,
 )
 from logplex.drains.netpolicy import resolved_only_private
 from logplex.drains.policy import Outcome, parse_retry_after
@@ -47,16 +46,8 @@ from logplex.model import Drain
 # 408 Request Timeout and 429 Too Many Requests are the receiver asking for
 # a retry; so is every 5xx. Any other 4xx says the batch itself is refused.
 RETRY_STATUSES = {408, 429}
-# All an answer may take on the wire before its body is cut: status line,
-# headers and chunk framing are part of it.
-ANSWER_WIRE_BYTES = 64 * 1024
-# Connections open at once to one endpoint host:port, shared by all its
-# drains (each drain has one batch in flight; the others queue for a
-# connection). At 1,000 drains of one host, one connection each would be
-# 1,000 sockets, and the pool would keep few of them: a connect per POST.
-HOST_CONNECTIONS = 16
-# How late a request timeout (or a pooled connection's idle timeout) may
-# fire: they share one reactor timer on this grid.
+# How late a request timeout (or the idle connections' sweep) may fire:
+# they share one reactor timer on this grid.
 TIMEOUT_RESOLUTION = 0.05
 # Endpoints kept for reuse (a TLS one holds its context), one per host:port.
 ENDPOINTS_CACHED = 4096
@@ -90,123 +81,43 @@ def load_trust_root(ca_file: str | None):
 def make_client(reactor, trust_root=None, connect_timeout: float = 10.0,
                 per_host: int = HOST_CONNECTIONS) -> DrainHttpClient:
     """The node's one HTTP client for every HTTP drain: per endpoint host, `per_host` persistent connections."""
-    # Request timeouts and the pool's idle timers: one reactor timer for all.
+    # Request timeouts and the idle connections' sweep: one reactor timer for all.
     timers = DrainTicker(reactor, resolution=TIMEOUT_RESOLUTION)
-    pool = HTTPConnectionPool(timers, persistent=True)
+    policy = TrustRootPolicy(trust_root) if trust_root is not None else BrowserLikePolicyForHTTPS()
     # Every connection a host's gate lets open is kept for the next request:
     # with fewer kept than may be open, most requests would pay a connect.
-    pool.maxPersistentPerHost = per_host
-    pool.cachedConnectionTimeout = 120
-    pool.retryAutomatically = False  # a retry is ours to make, under the same frame id
-    policy = TrustRootPolicy(trust_root) if trust_root is not None else BrowserLikePolicyForHTTPS()
-    agent = DrainAgent.usingEndpointFactory(reactor, DrainEndpoints(reactor, policy, connect_timeout), pool=pool)
-    return DrainHttpClient(agent, timers, per_host=per_host)
+    connections = DrainConnections(DrainEndpoints(reactor, policy, connect_timeout), timers, kept=per_host)
+    return DrainHttpClient(connections, timers, per_host=per_host)
 
 
-class AnswerTooLong(Exception):
-    """A drain endpoint's answer ran past ANSWER_WIRE_BYTES before its body was cut."""
-
-
-class _AnswerBound(ProtocolWrapper):
-    """Drops a connection once the answer to a request runs past a number of bytes, headers included.
-
-    Twisted's HTTP client parser keeps every header line it is sent, so an
-    endpoint could otherwise grow the node's memory for as long as the
-    timeout lets it. Every write starts a new request, and a new count.
-    """
-
-    def __init__(self, factory: _BoundedConnections, wrappedProtocol) -> None:
-        super().__init__(factory, wrappedProtocol)
-        self.limit = factory.limit
-        self.received = 0
-        self.overrun = False
-
-    def write(self, data: bytes) -> None:
-        self.received = 0
-        super().write(data)
-
-    def writeSequence(self, data) -> None:
-        self.received = 0
-        super().writeSequence(data)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.overrun:
-            return
-        self.received += len(data)
-        if self.received > self.limit:
-            self.overrun = True
-            self.transport.abortConnection()
-            return
-        super().dataReceived(data)
-
-    def stopProducing(self) -> None:
-        # Only a response body's reader asks this, when it wants no more of
-        # it: the rest is never read, so the connection is closed at once
-        # and never reused (over TLS too, without waiting on the peer).
-        self.transport.abortConnection()
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.overrun:
-            reason = Failure(AnswerTooLong(
-                f"an answer of more than {self.limit // 1024} KiB (status line, headers and the first "
-                f"{ANSWER_BYTES // 1024} KiB of body): the connection was dropped"))
-        super().connectionLost(reason)
-
-
-class _BoundedConnections(WrappingFactory):
-    protocol = _AnswerBound
-
-    def __init__(self, wrappedFactory, limit: int) -> None:
-        super().__init__(wrappedFactory)
-        self.limit = limit
-
-
-class _BoundedEndpoint:
-    """An endpoint whose connections carry _AnswerBound under the HTTP protocol (and over TLS)."""
-
-    def __init__(self, endpoint, limit: int) -> None:
-        self.endpoint = endpoint
-        self.limit = limit
-
-    def connect(self, factory) -> defer.Deferred:
-        d = self.endpoint.connect(_BoundedConnections(factory, self.limit))
-        # The pool keeps, and talks to, the HTTP protocol itself.
-        return d.addCallback(lambda wrapper: wrapper.wrappedProtocol)
-
-
-@implementer(IAgentEndpointFactory)
 class DrainEndpoints:
-    """Where the drains' Agent connects: TCP for http, TLS over it for https, every answer bounded in bytes."""
+    """Where the drains' connections are made: TCP for http, TLS over it (verified) for https."""
 
-    def __init__(self, reactor, policy: IPolicyForHTTPS, connect_timeout: float,
-                 limit: int = ANSWER_WIRE_BYTES) -> None:
+    def __init__(self, reactor, policy: IPolicyForHTTPS, connect_timeout: float) -> None:
         self.reactor = reactor
         self.policy = policy
         self.connect_timeout = connect_timeout
-        self.limit = limit
-        # Agent asks for an endpoint on every request, pooled connection or
-        # not; made anew, an https one builds a TLS context each time. The
+        # Made anew, an https endpoint builds a TLS context each time. The
         # address check stays per connection: a HostnameEndpoint resolves
         # (through the node's refusing resolver) at every connect.
-        self._endpoints: dict[tuple[bytes, bytes, int], _BoundedEndpoint] = {}
+        self._endpoints: dict[tuple[bytes, bytes, int], object] = {}
 
-    def endpointForURI(self, uri):
-        key = (uri.scheme, uri.host, uri.port)
+    def endpoint(self, key: tuple[bytes, bytes, int]):
+        """The endpoint of (scheme, host, port), a DrainTarget's key."""
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             if len(self._endpoints) >= ENDPOINTS_CACHED:
                 self._endpoints.clear()
-            endpoint = self._endpoints[key] = self._endpoint(uri)
+            endpoint = self._endpoints[key] = self._endpoint(*key)
         return endpoint
 
-    def _endpoint(self, uri) -> _BoundedEndpoint:
-        endpoint = HostnameEndpoint(self.reactor, uri.host.decode("ascii"), uri.port,
-                                    timeout=self.connect_timeout)
-        if uri.scheme == b"https":
-            endpoint = wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), endpoint)
-        elif uri.scheme != b"http":
-            raise SchemeNotSupported(f"an HTTP drain is http:// or https://, not {uri.scheme!r}")
-        return _BoundedEndpoint(endpoint, self.limit)
+    def _endpoint(self, scheme: bytes, host: bytes, port: int):
+        endpoint = HostnameEndpoint(self.reactor, host.decode("ascii"), port, timeout=self.connect_timeout)
+        if scheme == b"https":
+            return wrapClientTLS(self.policy.creatorForNetloc(host, port), endpoint)
+        if scheme != b"http":
+            raise SchemeNotSupported(f"an HTTP drain is http:// or https://, not {scheme!r}")
+        return endpoint
 
 
 def is_certificate_error(failure) -> bool:
@@ -273,8 +184,7 @@ class HttpDrainTransport:
         body, count = http_body(messages)
         if not count:
             return defer.succeed(Outcome.ok())
-        target = self.target
-        d = self._pending = self.client.post(target, target.request_headers(count, frame_id), body,
+        d = self._pending = self.client.post(self.target, self.target.request(body, count, frame_id),
                                              self.timeout)
         return d.addCallbacks(self._classify, self._failed)
 

@@ -1,45 +1,65 @@
 """One POST to a drain endpoint and its answer, lean and bounded: the request/response half of HTTP drains.
 
 What can be done once per drain is done once (DrainTarget): the URL is
-parsed, its endpoint key and Host header computed, and the constant headers
-encoded when the drain starts, and each POST goes to DrainAgent.post, which
-skips Agent.request's parsing of the URL. The address check stays per
-connection: a HostnameEndpoint resolves at every connect.
+parsed, its endpoint key computed, and the request's head, up to the three
+headers each batch sets, encoded when the drain starts. A POST is then one
+transport write of head and body on a connection of the node's own
+(DrainConnection), whose answer logplex.drains.http1's AnswerParser reads.
+Idle connections are kept per (scheme, host, port) by DrainConnections, which
+connects through the endpoints it is given (logplex.drains.http's
+DrainEndpoints: the address checks and TLS policy, per connection).
 
-An answer is read as hostile: at most ANSWER_BYTES of its body are kept, one
-timeout bounds the whole exchange, and the POSTs to one host:port share at
-most a few connections (DrainHttpClient), unless that host stalls.
+This is below twisted.web's Agent on purpose: Agent's pool, parser and
+chain of Deferreds cost several times a bare protocol per POST, and a node
+makes thousands of POSTs a second. Being our own, the client follows no
+redirect, keeps no cookie and decodes no body: it has no code that could.
+
+An answer is read as hostile: at most ANSWER_BYTES of its body are kept
+(past them the connection is dropped, never read on nor reused), at most
+ANSWER_WIRE_BYTES of the rest, one timeout bounds the whole exchange, and the
+POSTs to one host:port share at most a few connections (DrainHttpClient),
+unless that host stalls.
+
+A connection is reused only after a whole answer that allows it (keep-alive,
+length-delimited, not cut, nothing after it); bytes that arrive while it is
+idle drop it. Nothing is retried here: a POST on a kept connection that the
+endpoint closed before answering fails, and the drain retries it under the
+same frame id, since the endpoint may have taken the batch before closing.
 """
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from typing import Callable
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, ResponseDone
-from twisted.web.error import SchemeNotSupported
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
+from twisted.web.client import URI
 
-# What is kept of an answer's body: enough for a receiver's error sentence.
-ANSWER_BYTES = 4096
-# What of it (or of a Location) goes into a drain's last_error.
-EXCERPT_CHARS = 200
+from logplex.drains.http1 import ANSWER_BYTES, ANSWER_WIRE_BYTES, Answer, AnswerError, AnswerParser
+
 # A host whose connections all went this long without an answer is stalled
 # (one tenant's slow path, a hung load balancer): the POSTs waiting for it
 # then get connections of their own, as each drain had before they shared,
 # so that a few hung drains of a host do not hold up all its others.
 HOST_STALL = 1.0
+# Connections open at once to one endpoint host:port, shared by all its
+# drains (each drain has one batch in flight; the others queue for a
+# connection), and as many kept idle. At 1,000 drains of one host, one
+# connection each would be 1,000 sockets, and a pool would keep few of them:
+# a connect per POST.
+HOST_CONNECTIONS = 16
+# How long a connection is kept idle for a next POST.
+IDLE_TIMEOUT = 120.0
 
-_UNPRINTABLE = re.compile(r"[^ -~]+")
+
+def _clean(value: bytes) -> bytes:
+    # A CR, LF or NUL would end the header early (header injection): a space instead, as Twisted does.
+    return value.replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\x00", b" ")
 
 
 @attrs.frozen
@@ -47,14 +67,12 @@ class DrainTarget:
     """Where a drain POSTs, worked out once per drain: its URL, parsed, and what every request to it shares."""
 
     url: bytes
-    uri: URI
-    # The request line's target (URI.originForm computes it anew at each use).
+    # The request line's target.
     path: bytes
     # (scheme, host, port): the pool's key, and the key of the host's connection gate.
     key: tuple[bytes, bytes, int]
-    # Every header but the two each batch sets, encoded once (the Host header included,
-    # so that Agent adds none to a copy per request).
-    headers: dict[bytes, list[bytes]]
+    # The request line and every header but the three each batch sets, Host included, encoded.
+    head: bytes
 
     @classmethod
     def of(cls, url: bytes, headers: dict[bytes, list[bytes]]) -> DrainTarget:
@@ -62,203 +80,253 @@ class DrainTarget:
         host = b"[" + uri.host + b"]" if b":" in uri.host else uri.host
         if (uri.scheme, uri.port) not in ((b"http", 80), (b"https", 443)):
             host += b":%d" % uri.port
-        # Headers does the encoding and checks of names and values, here once.
-        raw = dict(Headers({**headers, b"Host": [host]}).getAllRawHeaders())
-        return cls(url, uri, uri.originForm, (uri.scheme, uri.host, uri.port), raw)
+        lines = [b"POST %s HTTP/1.1\r\nHost: %s\r\n" % (_clean(uri.originForm), _clean(host))]
+        lines += [b"%s: %s\r\n" % (_clean(name), _clean(value)) for name, values in headers.items()
+                  for value in values]
+        return cls(url, uri.originForm, (uri.scheme, uri.host, uri.port), b"".join(lines))
 
-    def request_headers(self, count: int, frame_id: str) -> Headers:
-        """The headers of one batch's POST: the drain's, its message count and its frame id."""
-        headers = Headers()
-        # Twisted keeps encoded headers in _rawHeaders; these are encoded
-        # already (the count and frame id are ASCII digits and hex), so they
-        # are set as they are rather than encoded again per request
-        # (test_drains_http checks the request on the wire).
-        headers._rawHeaders = {**self.headers, b"Logplex-Msg-Count": [b"%d" % count],
-                               b"Logplex-Frame-Id": [frame_id.encode("ascii")]}
-        return headers
-
-
-class DrainAgent(Agent):
-    """Agent with a POST to a DrainTarget: the URL parsed once per drain, not once per request."""
-
-    def post(self, target: DrainTarget, headers: Headers, body: IBodyProducer) -> defer.Deferred:
-        """What Agent.request(b"POST", target.url, ...) does, without parsing target.url again."""
-        try:
-            endpoint = self._getEndpoint(target.uri)
-        except SchemeNotSupported:
-            return defer.fail()
-        return self._requestWithEndpoint(target.key, endpoint, b"POST", target.uri, headers, body, target.path)
+    def request(self, body: bytes, count: int, frame_id: str) -> bytes:
+        """One batch's POST, whole: the drain's head, the body's length, count and frame id, and the body."""
+        return b"%sContent-Length: %d\r\nLogplex-Msg-Count: %d\r\nLogplex-Frame-Id: %s\r\n\r\n%s" % (
+            self.head, len(body), count, _clean(frame_id.encode("ascii")), body)
 
 
 class ExchangeTimeout(Exception):
     """A drain endpoint did not complete its answer within --http-drain-timeout."""
 
 
-@attrs.frozen
-class Answer:
-    """What a drain endpoint answered: its status, headers and the first ANSWER_BYTES of its body."""
-
-    code: int
-    headers: Headers
-    body: bytes
-    cut: bool = False  # the body went on past what was kept
-
-    def header(self, name: bytes) -> bytes | None:
-        values = self.headers.getRawHeaders(name)
-        return values[0] if values else None
-
-    def excerpt(self) -> str:
-        """The start of the body as one line of printable text, "" if it is empty or encoded."""
-        if (self.header(b"content-encoding") or b"identity").strip().lower() != b"identity":
-            return ""
-        return printable(self.body.decode("utf-8", "replace"))
+class ClosedBeforeAnswer(Exception):
+    """The endpoint closed the connection before the status line of its answer."""
 
 
-def printable(text: str, limit: int = EXCERPT_CHARS) -> str:
-    """text as one short line of printable ASCII: what an endpoint says, fit for last_error."""
-    text = _UNPRINTABLE.sub(" ", text).strip()
-    return text if len(text) <= limit else text[:limit] + "..."
+class DrainConnection(Protocol):
+    """One connection to a drain endpoint: one request at a time, its answer read by an AnswerParser.
 
-
-@implementer(IBodyProducer)
-class _BytesBody:
-    """A request body that is already in memory: written at once."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer) -> defer.Deferred:
-        consumer.write(self.body)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-class _FirstBytes(Protocol):
-    """Reads a response body up to `limit` bytes; past them it drops the connection instead of reading on.
-
-    `finished` is called with (the bytes kept, whether the body went on) once
-    the body ends, fails, or is cut (a call, not a Deferred: one hop less per
-    request). A connection dropped mid-body is not given back to the pool, so
-    nothing else ever reads the rest of it.
+    Its states: busy (`exchange` set: a request written, its answer being
+    read), idle (in its pool, no exchange), or closed (lost, or dropped by
+    us: never used again).
     """
 
-    def __init__(self, limit: int, finished: Callable[[tuple[bytes, bool]], None]) -> None:
-        self.limit = limit
-        self.kept: list[bytes] = []
-        self.size = 0
-        self.finished = finished
-        self.done = False
+    def __init__(self, pool: DrainConnections, key: tuple[bytes, bytes, int]) -> None:
+        self.pool = pool
+        self.key = key
+        self.exchange: _Exchange | None = None
+        self.parser: AnswerParser | None = None
+        self.idle_since = 0.0
+        self.closed = False
 
-    def _finish(self, kept: tuple[bytes, bool]) -> None:
-        self.done = True
-        self.finished(kept)
+    def send(self, exchange: _Exchange, request: bytes) -> None:
+        self.exchange = exchange
+        exchange.connection = self
+        self.parser = AnswerParser(self.pool.wire_limit, self.pool.body_limit)
+        self.transport.write(request)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.done:
+        exchange = self.exchange
+        if exchange is None:
+            # Bytes nobody asked for (after a whole answer, or while idle):
+            # whatever the endpoint meant, the connection is out of step.
+            self.drop()
             return
-        room = self.limit - self.size
-        if len(data) > room:
-            self.kept.append(data[:room])
-            self.size = self.limit
-            self.stop()
-            self._finish((b"".join(self.kept), True))
+        try:
+            answer = self.parser.feed(data)
+        except AnswerError as e:
+            self.exchange = None
+            self.drop()
+            exchange.failed(Failure(e))
             return
-        self.kept.append(data)
-        self.size += len(data)
+        if answer is not None:
+            self.exchange = None
+            if self.parser.reusable:
+                # Back in the pool before the drain hears its answer: the
+                # next POST waiting for this host takes this connection.
+                self.pool.release(self)
+            else:
+                self.drop()
+            exchange.answered(answer)
 
-    def stop(self) -> None:
-        """Stop reading: close the connection under this response (it is never reused)."""
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.done:
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        exchange, self.exchange = self.exchange, None
+        if exchange is None:
             return
-        # A body that broke off after the status line still leaves the status:
-        # what the endpoint made of the batch. Only a 2xx body would be a loss
-        # to us, and we throw bodies away.
-        cut = not reason.check(ResponseDone, PotentialDataLoss)
-        self._finish((b"".join(self.kept), cut))
+        answer = self.parser.eof()
+        if answer is not None:
+            exchange.answered(answer)
+        elif reason is not None and reason.check(ConnectionDone):
+            exchange.failed(Failure(ClosedBeforeAnswer(
+                "the endpoint closed the connection before answering")))
+        else:
+            exchange.failed(reason)
+
+    def drop(self) -> None:
+        """Close at once, unread (over TLS too, without waiting on the peer); never reused."""
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+            self.transport.abortConnection()
+
+
+class _Connect(Factory):
+    noisy = False  # a line per connection in the node's log otherwise (TLS starts its wrapped factory)
+
+    def __init__(self, pool: DrainConnections, key: tuple[bytes, bytes, int]) -> None:
+        self.pool = pool
+        self.key = key
+
+    def buildProtocol(self, addr) -> DrainConnection:
+        return DrainConnection(self.pool, self.key)
+
+
+class DrainConnections:
+    """The node's connections to drain endpoints, up to `kept` idle ones per (scheme, host, port).
+
+    `endpoints.endpoint(key)` gives what a new connection is made through.
+    One timer, from `timers` (the drains' DrainTicker), closes the connections
+    idle for `idle_timeout`, and runs only while some are.
+    """
+
+    def __init__(self, endpoints, timers: IReactorTime, kept: int = HOST_CONNECTIONS,
+                 idle_timeout: float = IDLE_TIMEOUT, wire_limit: int = ANSWER_WIRE_BYTES,
+                 body_limit: int = ANSWER_BYTES) -> None:
+        self.endpoints = endpoints
+        self.timers = timers
+        self.kept = kept
+        self.idle_timeout = idle_timeout
+        self.wire_limit = wire_limit
+        self.body_limit = body_limit
+        self._idle: dict[tuple[bytes, bytes, int], list[DrainConnection]] = {}
+        self._sweep_call = None
+
+    def send(self, target: DrainTarget, exchange: _Exchange, request: bytes) -> None:
+        """Write `request` on an idle connection to the target's host, or on a new one; no retry."""
+        idle = self._idle.get(target.key)
+        if idle:
+            connection = idle.pop()  # the last used: the others may idle out
+            if not idle:
+                del self._idle[target.key]
+            connection.send(exchange, request)
+            return
+        try:
+            endpoint = self.endpoints.endpoint(target.key)
+        except Exception:
+            exchange.failed(Failure())
+            return
+        d = exchange.connecting = endpoint.connect(_Connect(self, target.key))
+        d.addCallbacks(self._connected, exchange.failed, callbackArgs=(exchange, request))
+
+    def _connected(self, connection: DrainConnection, exchange: _Exchange, request: bytes) -> None:
+        exchange.connecting = None
+        if exchange.over:  # cannot be, bar a connect that ignored its cancel: nothing to send
+            connection.drop()
+            return
+        connection.send(exchange, request)
+
+    def release(self, connection: DrainConnection) -> None:
+        """Keep a connection whose answer was whole for the next POST to its host."""
+        idle = self._idle.setdefault(connection.key, [])
+        connection.idle_since = self.timers.seconds()
+        idle.append(connection)
+        if len(idle) > self.kept:
+            idle[0].drop()  # the longest idle
+        if self._sweep_call is None:
+            self._sweep_call = self.timers.callLater(self.idle_timeout, self._sweep)
+
+    def forget(self, connection: DrainConnection) -> None:
+        """A connection closed: no longer kept."""
+        idle = self._idle.get(connection.key)
+        if idle and connection in idle:
+            idle.remove(connection)
+            if not idle:
+                del self._idle[connection.key]
+                if not self._idle and self._sweep_call is not None:
+                    self._sweep_call.cancel()
+                    self._sweep_call = None
+
+    def idle(self, key: tuple[bytes, bytes, int]) -> int:
+        """Connections kept idle to this host (a DrainTarget's key)."""
+        return len(self._idle.get(key, ()))
+
+    def _sweep(self) -> None:
+        self._sweep_call = None
+        now = self.timers.seconds()
+        expired = [c for idle in self._idle.values() for c in idle if now - c.idle_since >= self.idle_timeout]
+        for connection in expired:
+            connection.drop()
+        if self._idle and self._sweep_call is None:
+            oldest = min(c.idle_since for idle in self._idle.values() for c in idle)
+            self._sweep_call = self.timers.callLater(oldest + self.idle_timeout - now, self._sweep)
 
 
 class _Exchange:
     """One POST and its answer, bounded as a whole by a timeout (from when it may use a connection)."""
 
-    def __init__(self, agent: DrainAgent, reactor: IReactorTime, limit: int, timeout: float) -> None:
-        self.agent = agent
+    __slots__ = ("connections", "reactor", "timeout", "done", "connecting", "connection", "over", "timer",
+                 "ended")
+
+    def __init__(self, connections: DrainConnections, reactor: IReactorTime, timeout: float) -> None:
+        self.connections = connections
         self.reactor = reactor
-        self.limit = limit
         self.timeout = timeout
         self.done: defer.Deferred = defer.Deferred(self._cancel)
-        self.pending: defer.Deferred | None = None  # the request, until its headers arrive
-        self.body: _FirstBytes | None = None
-        self.response = None
-        self.phase = "no answer"
-        self.over = False  # cancelled or timed out: what comes later is thrown away
-        self.started = False
+        self.connecting: defer.Deferred | None = None  # until connected
+        self.connection: DrainConnection | None = None  # from the request's write to its answer
+        self.over = False  # answered, failed, cancelled or timed out: what comes later is thrown away
         self.timer = None
+        # Called once when the exchange ends, before `done` fires: its host
+        # gate's place goes to the next POST in line even if a callback on
+        # `done` (added while the POST waited) returns an unfired Deferred.
+        self.ended: Callable[[], None] | None = None
 
-    def start(self, target: DrainTarget, headers: Headers, body: bytes) -> defer.Deferred:
-        self.started = True
+    def start(self, target: DrainTarget, request: bytes) -> defer.Deferred:
         self.timer = self.reactor.callLater(self.timeout, self._expire)
-        self.pending = self.agent.post(target, headers, _BytesBody(body))
-        self.pending.addCallbacks(self._answered, self._failed)
+        self.connections.send(target, self, request)
         return self.done
 
-    def _answered(self, response) -> None:
-        self.pending = None
-        self.response = response
-        self.body = _FirstBytes(self.limit, self._read)
-        self.phase = f"HTTP {response.code}, then a body that did not end"
-        response.deliverBody(self.body)
-        if self.over:
-            self.body.stop()
+    def answered(self, answer: Answer) -> None:
+        self.connection = None
+        if not self.over:
+            self._end()
+            self.done.callback(answer)
 
-    def _read(self, kept: tuple[bytes, bool]) -> None:
-        if self.over:
-            return
-        self._finish()
-        body, cut = kept
-        response = self.response
-        self.done.callback(Answer(response.code, response.headers, body, cut))
-
-    def _failed(self, failure: Failure) -> None:
-        self.pending = None
-        if self.over:
-            return
-        self._finish()
-        self.done.errback(failure)
+    def failed(self, failure: Failure) -> None:
+        self.connection = self.connecting = None
+        if not self.over:
+            self._end()
+            self.done.errback(failure)
 
     def _expire(self) -> None:
-        self.over = True
-        error = ExchangeTimeout(f"{self.phase} within {self.timeout:g} s")
-        self._stop()
-        self.done.errback(error)
+        self.timer = None
+        connection = self.connection
+        code = connection.parser.code if connection is not None else 0
+        phase = f"HTTP {code}, then a body that did not end" if code else "no answer"
+        self._abandon()
+        self._end()
+        self.done.errback(ExchangeTimeout(f"{phase} within {self.timeout:g} s"))
 
     def _cancel(self, _: defer.Deferred) -> None:
         # The drain stopped: Deferred.cancel fails self.done with CancelledError.
+        self._abandon()
+        self._end()
+
+    def _end(self) -> None:
         self.over = True
-        self._finish()
-        self._stop()
-
-    def _stop(self) -> None:
-        if self.pending is not None:
-            self.pending.cancel()
-        if self.body is not None:
-            self.body.stop()
-
-    def _finish(self) -> None:
-        if self.timer is not None and self.timer.active():
+        if self.timer is not None:
             self.timer.cancel()
+            self.timer = None
+        ended, self.ended = self.ended, None
+        if ended is not None:
+            ended()
+
+    def _abandon(self) -> None:
+        connecting, self.connecting = self.connecting, None
+        if connecting is not None:
+            connecting.cancel()
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.exchange = None
+            connection.drop()
 
 
 class _HostGate:
@@ -268,7 +336,7 @@ class _HostGate:
 
     def __init__(self, now: float) -> None:
         self.active = 0
-        self.waiting: deque[tuple[_Exchange, DrainTarget, Headers, bytes]] = deque()
+        self.waiting: deque[tuple[_Exchange, DrainTarget, bytes]] = deque()
         self.last_end = now  # when an exchange last ended (or the gate was made)
         self.check = None  # the stall check, while POSTs wait
 
@@ -276,20 +344,20 @@ class _HostGate:
 class DrainHttpClient:
     """POSTs to untrusted drain endpoints: no redirects, no cookies, no decoding, bounded answers and time.
 
-    `agent` is a bare DrainAgent (with the node's pool and TLS policy): nothing
-    wrapped around it follows a Location, keeps a Set-Cookie or inflates a body.
+    `connections` is the node's DrainConnections (its endpoints carry the
+    address checks and TLS policy); `reactor` times the exchanges (the
+    drains' DrainTicker in a node).
     """
 
-    def __init__(self, agent: DrainAgent, reactor: IReactorTime, answer_bytes: int = ANSWER_BYTES,
+    def __init__(self, connections: DrainConnections, reactor: IReactorTime,
                  per_host: int | None = None, stall: float = HOST_STALL) -> None:
-        self.agent = agent
+        self.connections = connections
         self.reactor = reactor
-        self.answer_bytes = answer_bytes
         self.per_host = per_host
         self.stall = stall
         self._gates: dict[object, _HostGate] = {}
 
-    def post(self, target: DrainTarget, headers: Headers, body: bytes, timeout: float) -> defer.Deferred:
+    def post(self, target: DrainTarget, request: bytes, timeout: float) -> defer.Deferred:
         """Fires with the endpoint's Answer, or fails (ExchangeTimeout after `timeout` seconds in all).
 
         With per_host set, a POST waits for one of that many connections to
@@ -297,16 +365,16 @@ class DrainHttpClient:
         them has answered for `stall` seconds. Order among a drain's batches
         is the drain's to keep (one in flight).
         """
-        exchange = _Exchange(self.agent, self.reactor, self.answer_bytes, timeout)
+        exchange = _Exchange(self.connections, self.reactor, timeout)
         if self.per_host is None:
-            return exchange.start(target, headers, body)
+            return exchange.start(target, request)
         host = target.key
         gate = self._gates.get(host)
         if gate is None:
             gate = self._gates[host] = _HostGate(self.reactor.seconds())
         if gate.active < self.per_host:
-            return self._start(gate, host, exchange, target, headers, body)
-        gate.waiting.append((exchange, target, headers, body))
+            return self._start(gate, host, exchange, target, request)
+        gate.waiting.append((exchange, target, request))
         if gate.check is None:
             gate.check = self.reactor.callLater(
                 max(0.0, gate.last_end + self.stall - self.reactor.seconds()), self._stalled, gate, host)
@@ -321,32 +389,33 @@ class DrainHttpClient:
                 gate.check = self.reactor.callLater(left, self._stalled, gate, host)
             return
         waiting, gate.waiting = gate.waiting, deque()
-        for exchange, target, headers, body in waiting:
+        for exchange, target, request in waiting:
             if not exchange.over:
-                self._start(gate, host, exchange, target, headers, body)
+                self._start(gate, host, exchange, target, request)
 
     def _start(self, gate: _HostGate, host: object, exchange: _Exchange, target: DrainTarget,
-               headers: Headers, body: bytes) -> defer.Deferred:
+               request: bytes) -> defer.Deferred:
         gate.active += 1
-        # First on the Deferred: the connection goes to the next in line
-        # before the drain hears its answer.
-        return exchange.start(target, headers, body).addBoth(self._ended, gate, host)
+        # Not a callback on the exchange's Deferred: one added after the
+        # drain's own (a POST that waited) would run only after them, and
+        # not at all while one of them waits on a Deferred of its own.
+        exchange.ended = lambda: self._ended(gate, host)
+        return exchange.start(target, request)
 
-    def _ended(self, result, gate: _HostGate, host: object):
+    def _ended(self, gate: _HostGate, host: object) -> None:
         gate.active -= 1
         gate.last_end = self.reactor.seconds()
         waiting = gate.waiting
         while waiting and gate.active < self.per_host:
-            exchange, target, headers, body = waiting.popleft()
+            exchange, target, request = waiting.popleft()
             if not exchange.over:  # else cancelled while it waited (its drain stopped)
-                self._start(gate, host, exchange, target, headers, body)
+                self._start(gate, host, exchange, target, request)
         if not gate.active and not waiting:
             if gate.check is not None and gate.check.active():
                 gate.check.cancel()
             gate.check = None
             if self._gates.get(host) is gate:
                 del self._gates[host]
-        return result
 
     def queued(self, host: object) -> int:
         """POSTs waiting for a connection to this host (a DrainTarget's key)."""
