@@ -340,7 +340,7 @@ SCHEMAS: dict[str, dict] = {
             "note": {"type": "string", "maxLength": 200, "default": ""},
             "channels": {
                 "type": "array",
-                "items": {"type": "string"},
+                "items": {"type": "string", "pattern": CHANNEL_ID_PATTERN},
                 "description": "The channels a read_channel credential may read: required with "
                                "read_channel, refused without it. Each must exist: the grant is "
                                "for that channel, never a later one of the same name.",
