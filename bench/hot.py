@@ -3,9 +3,10 @@
 Stages, each over realistic ~200-byte log-shuttle messages:
 
 - framer: SyslogFramer.feed of 64 KiB reads of octet-counted frames;
-- route: syslog.split_header then syslog.cook (the router's per-message work);
-- header_app+cook_message: the compiled pair a router could call instead (the
-  pure column is split_header+cook again);
+- split_header+cook: syslog.split_header then syslog.cook (the router's calls per
+  message before its whole loop was compiled);
+- route loop: router.group over a read of 1,000 messages of ten tokens (the
+  router's whole per-message loop: token to channel, cook, grouping);
 - drain body: drains.formats.http_body of a 1,000-message batch;
 - resp: _Protocol._build_command of one LPUSH of 1,000 messages (a backlog flush).
 
@@ -33,7 +34,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from logplex import _hot, framing, syslog  # noqa: E402
+from logplex import _hot, framing, router, syslog  # noqa: E402
 from logplex.drains import formats as drain_formats  # noqa: E402
 from logplex.redis import connection  # noqa: E402
 
@@ -87,17 +88,16 @@ def route_stage(split_header: Callable, cook: Callable) -> Callable[[], int]:
     return run
 
 
-def token_stage() -> Callable[[], int]:
-    """The router's alternative pair: APP-NAME alone to route, then the cooked message in one go."""
-    header_app, cook_message = _hot.header_app, _hot.cook_message
+def group_stage(group: Callable) -> Callable[[], int]:
+    """The router's whole loop over one read: token to channel, cook, group (ten channels, runs of one token)."""
+    routes = {b"t.%d" % i: ("channel-%d" % i, b"app") for i in range(10)}
+    read = [m.replace(TOKEN, b"t.%d" % (i // 50 % 10)) for i, m in enumerate(MESSAGES)]
+
+    def odd(message: bytes) -> None:
+        raise AssertionError("every message of the bench is plain")
 
     def run() -> int:
-        out = []
-        append = out.append
-        for message in MESSAGES:
-            header_app(message)
-            append(cook_message(message, b"app"))
-        return len(out)
+        return sum(map(len, group(read, routes, None, odd).values()))
     return run
 
 
@@ -120,8 +120,7 @@ STAGES: dict[str, dict[str, Callable[[], int]]] = {
     "framer": {"pure": framer_stage(framing._scan), "compiled": framer_stage(_hot.scan)},
     "split_header+cook": {"pure": route_stage(syslog.pure_split_header, syslog.pure_cook),
                           "compiled": route_stage(_hot.split_header, _hot.cook)},
-    "header_app+cook_message": {"pure": route_stage(syslog.pure_split_header, syslog.pure_cook),
-                                "compiled": token_stage()},
+    "route loop": {"pure": group_stage(router.pure_group), "compiled": group_stage(_hot.group)},
     "drain body": {"pure": body_stage(drain_formats.http_body), "compiled": body_stage(_hot.http_body)},
     "resp": {"pure": resp_stage(lambda args: connection._Protocol._build_command(PROTOCOL, *args)),
              "compiled": resp_stage(lambda args: _hot.build_command(args, PROTOCOL._encode_value))},

@@ -16,11 +16,11 @@ drain-format twins call logplex.syslog's parser, looked up when first needed.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
 # logplex.hotpath refuses a build whose API differs from the one it expects
 # (a stale in-place build after this file changed its functions).
-API = 2
+API = 3
 
 ctypedef const unsigned char* cbytes
 
@@ -206,50 +206,80 @@ def split_header(message):
     ]
 
 
-def header_app(message):
-    """``split_header(message)[3]`` (APP-NAME, the token), or None when split_header gives None.
+def group(messages, routes, route, odd):
+    """router.pure_group, compiled: the messages, cooked, grouped by the channel they go to.
 
-    For a router loop that needs only the token to route: one scan and one
-    bytes object instead of seven and a list. Not plain: syslog.split_header judges.
+    A message with a plain RFC 5424 header whose APP-NAME is a key of ``routes``
+    (or every such message, given ``route``) is cooked here, with the target's
+    name as APP-NAME, in one allocation and no other object; consecutive
+    messages of one token look it up once. Every other message (not bytes,
+    not plain, an unknown token) is ``odd(message)``'s to judge: None, or the
+    (channel id, cooked message) it goes to.
     """
-    if type(message) is not bytes:
-        parts = _py_split_header(message)
-        return None if parts is None else parts[3]
-    cdef bytes buf = <bytes>message
-    cdef cbytes p = _chars(buf)
+    cdef list items = messages if type(messages) is list else list(messages)
+    cdef dict by_channel = {}
+    cdef bint plain_routes = type(routes) is dict
+    cdef object message, target, channel_id, name, cooked, app
+    cdef object last_app = None, last_target = None, last_channel = None
+    cdef list last_batch = None
+    cdef bytes buf
+    cdef cbytes p
+    cdef Py_ssize_t n, app_size, name_size
     cdef Py_ssize_t ends[6]
-    if not _header_ends(p, PyBytes_GET_SIZE(buf), ends):
-        parts = _py_split_header(message)
-        return None if parts is None else parts[3]
-    return _slice(p, ends[2] + 1, ends[3])
-
-
-def cook_message(message, name):
-    """``cook(split_header(message), name)``, or None when split_header gives None; one allocation.
-
-    Not plain, or not bytes: syslog.split_header and syslog.cook do it.
-    """
-    if type(message) is not bytes or type(name) is not bytes:
-        return _cook_parts(message, name)
-    cdef bytes buf = <bytes>message
-    cdef cbytes p = _chars(buf)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
-    cdef Py_ssize_t ends[6]
-    if not _header_ends(p, n, ends):
-        return _cook_parts(message, name)
-    # The message with bytes ends[2]+1 .. ends[3] (APP-NAME) replaced by name.
-    cdef Py_ssize_t name_size = PyBytes_GET_SIZE(<bytes>name)
-    cdef bytes result = PyBytes_FromStringAndSize(NULL, n - (ends[3] - ends[2] - 1) + name_size)
-    cdef char* w = PyBytes_AS_STRING(result)
-    w = _put(w, p, 0, ends[2] + 1)
-    memcpy(w, PyBytes_AS_STRING(<bytes>name), name_size)
-    _put(w + name_size, p, ends[3], n)
-    return result
-
-
-cdef object _cook_parts(message, name):
-    parts = _py_split_header(message)
-    return None if parts is None else _py_cook(parts, name)
+    cdef char* w
+    for message in items:
+        target = None
+        parts = None
+        if type(message) is not bytes:
+            # As the pure loop does it, errors included.
+            parts = _py_split_header(message)
+            if parts is not None:
+                target = route if route is not None else routes.get(parts[3])
+        else:
+            buf = <bytes>message
+            p = _chars(buf)
+            n = PyBytes_GET_SIZE(buf)
+            if _header_ends(p, n, ends):
+                if route is not None:
+                    target = route
+                else:
+                    app_size = ends[3] - ends[2] - 1
+                    if last_app is not None and PyBytes_GET_SIZE(<bytes>last_app) == app_size \
+                            and memcmp(PyBytes_AS_STRING(<bytes>last_app), p + ends[2] + 1, app_size) == 0:
+                        target = last_target
+                    else:
+                        app = _slice(p, ends[2] + 1, ends[3])
+                        target = routes.get(app) if not plain_routes else (<dict>routes).get(app)
+                        last_app, last_target = app, target
+        if target is None:
+            routed = odd(message)
+            if routed is None:
+                continue
+            channel_id, cooked = routed
+        else:
+            channel_id, name = target
+            if type(name) is bytes and parts is None:
+                # The message with bytes ends[2]+1 .. ends[3] (APP-NAME) replaced by name.
+                name_size = PyBytes_GET_SIZE(<bytes>name)
+                cooked = PyBytes_FromStringAndSize(NULL, n - (ends[3] - ends[2] - 1) + name_size)
+                w = PyBytes_AS_STRING(<bytes>cooked)
+                w = _put(w, p, 0, ends[2] + 1)
+                memcpy(w, PyBytes_AS_STRING(<bytes>name), name_size)
+                _put(w + name_size, p, ends[3], n)
+            else:
+                cooked = _py_cook(parts if parts is not None else _py_split_header(message), name)
+        if channel_id is last_channel and last_batch is not None:
+            last_batch.append(cooked)
+            continue
+        batch = by_channel.get(channel_id)
+        if batch is None:
+            last_batch = [cooked]
+            by_channel[channel_id] = last_batch
+        else:
+            last_batch = <list>batch
+            last_batch.append(cooked)
+        last_channel = channel_id
+    return by_channel
 
 
 def cook(parts, name):
@@ -535,6 +565,45 @@ def syslog_frames(messages, drain_token: bytes):
                                                     fields.appname, fields.procid, fields.msg)
             _frame_into(out, <bytes>line, b"", b"")
     return out.take()
+
+
+# == drain queues (drains/queue.py) ===================================================================
+
+cdef object _queue = None
+
+
+def fitting(messages, Py_ssize_t max_bytes, Py_ssize_t total, bint at_least_one=True):
+    """drains.queue.fitting, compiled: how many of the first messages fit in max_bytes, and their bytes.
+
+    Sizes summed up to the first message that does not fit, nothing more.
+    Anything but a non-empty list of bytes goes to drains.queue.pure_fitting.
+    """
+    global _queue
+    if type(messages) is not list or not messages:
+        if _queue is None:
+            from logplex.drains import queue
+            _queue = queue
+        return _queue.pure_fitting(messages, max_bytes, total, at_least_one)
+    cdef list items = <list>messages
+    cdef Py_ssize_t count = len(items), n = 0, size = 0, next_size
+    if total <= max_bytes:
+        return count, total
+    for item in items:
+        if type(item) is not bytes:
+            if _queue is None:
+                from logplex.drains import queue
+                _queue = queue
+            return _queue.pure_fitting(messages, max_bytes, total, at_least_one)
+        next_size = size + PyBytes_GET_SIZE(<bytes>item)
+        if next_size > max_bytes:
+            break
+        size = next_size
+        n += 1
+    if n == 0:
+        if not at_least_one:
+            return 0, 0
+        return 1, PyBytes_GET_SIZE(<bytes>items[0])  # one message larger than a batch still goes, alone
+    return n, size
 
 
 # == RESP (redis/connection.py) ========================================================================

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, KeysView, Protocol
 
 from twisted.internet.defer import DeferredList
 
-from logplex import syslog
+from logplex import hotpath, syslog
 from logplex.model import NO_REDIS, NO_TAIL
 from logplex.config.cache import ConfigCache
 
@@ -154,53 +154,57 @@ class Router:
             metrics.inc("logplex_messages_forbidden_total", len(messages))
             raise IngressDenied("Log ingress is switched off on this node.")
         routes = self.cache.routes
-        split_header = syslog.split_header
-        cook = syslog.cook
-        by_channel: dict[str, list[bytes]] = {}
-        malformed = unknown = 0
-        dropped: dict[tuple[str, str], int] | None = None  # made on the first drop only
-        for message in messages:
-            parts = split_header(message)
-            old_style = False
-            if parts is None:
-                # Off the hot path: an old sender's RFC 3164 line, converted.
-                converted = syslog.from_rfc3164(message, self.clock())
-                parts = split_header(converted) if converted is not None else None
-                if parts is None:
-                    malformed += 1
-                    dropped = _tally(dropped, MALFORMED, "")
-                    continue
-                old_style = True
-            target = route or routes.get(parts[3])
-            if target is None:
-                # An RFC 3164 tag is a token only if it happens to be one:
-                # otherwise the line is not in logplex's format at all.
-                if old_style:
-                    malformed += 1
-                    dropped = _tally(dropped, UNKNOWN_TAG, "")
-                else:
-                    unknown += 1
-                    dropped = _tally(dropped, UNKNOWN_TOKEN, redact_token(parts[3]))
-                continue
-            channel_id, name = target
-            cooked = cook(parts, name)
-            batch = by_channel.get(channel_id)
-            if batch is None:
-                by_channel[channel_id] = [cooked]
-            else:
-                batch.append(cooked)
-        if dropped and self.drops is not None:
+        dropped: dict[tuple[str, str], int] = {}
+
+        def odd(message: bytes) -> tuple[str, bytes] | None:
+            return self._odd(message, routes, route, dropped)
+
+        by_channel = group(messages, routes, route, odd)
+        accepted = len(messages)
+        if dropped:
+            malformed = unknown = 0
             for (reason, detail), n in dropped.items():
-                self.drops.add(reason, detail, n)
-        if malformed:
-            metrics.inc("logplex_messages_malformed_total", malformed)
-        if unknown:
-            metrics.inc("logplex_messages_unknown_token_total", unknown)
-        accepted = len(messages) - malformed - unknown
+                if self.drops is not None:
+                    self.drops.add(reason, detail, n)
+                if reason == UNKNOWN_TOKEN:
+                    unknown += n
+                else:
+                    malformed += n
+            if malformed:
+                metrics.inc("logplex_messages_malformed_total", malformed)
+            if unknown:
+                metrics.inc("logplex_messages_unknown_token_total", unknown)
+            accepted -= malformed + unknown
         if accepted:
             metrics.inc("logplex_messages_routed_total", accepted)
             self._fan_out(by_channel)
         return accepted, by_channel
+
+    def _odd(self, message: bytes, routes: dict, route: tuple[str, bytes] | None,
+             dropped: dict[tuple[str, str], int]) -> tuple[str, bytes] | None:
+        """The rules for a message the grouping loop does not take as it is: (channel id,
+        cooked message), or None with the drop tallied in `dropped` by (reason, detail)."""
+        parts = syslog.split_header(message)
+        old_style = False
+        if parts is None:
+            # An old sender's RFC 3164 line, converted.
+            converted = syslog.from_rfc3164(message, self.clock())
+            parts = syslog.split_header(converted) if converted is not None else None
+            if parts is None:
+                _tally(dropped, MALFORMED, "")
+                return None
+            old_style = True
+        target = route if route is not None else routes.get(parts[3])
+        if target is None:
+            # An RFC 3164 tag is a token only if it happens to be one:
+            # otherwise the line is not in logplex's format at all.
+            if old_style:
+                _tally(dropped, UNKNOWN_TAG, "")
+            else:
+                _tally(dropped, UNKNOWN_TOKEN, redact_token(parts[3]))
+            return None
+        channel_id, name = target
+        return channel_id, syslog.cook(parts, name)
 
     def _fan_out(self, by_channel: dict[str, list[bytes]]) -> None:
         # Per read, not per channel, wherever it can be: one read of 64 KiB may
@@ -226,7 +230,37 @@ class Router:
         self._fan_out({channel_id: [message]})
 
 
-def _tally(counts: dict | None, reason: str, detail: str) -> dict:
-    counts = counts if counts is not None else {}
+def _tally(counts: dict, reason: str, detail: str) -> None:
     counts[(reason, detail)] = counts.get((reason, detail), 0) + 1
-    return counts
+
+
+def pure_group(messages: list[bytes], routes: dict[bytes, tuple[str, bytes]], route: tuple[str, bytes] | None,
+               odd: Callable[[bytes], tuple[str, bytes] | None]) -> dict[str, list[bytes]]:
+    """The messages, cooked (APP-NAME, the token, replaced by the target's name), grouped by
+    channel in order: the router's per-message loop. A message with an RFC 5424 header
+    goes to route, or to its token's entry in routes; every other one is odd(message)'s:
+    None (dropped), or the (channel id, cooked message) it goes to.
+    logplex._hot.group is its compiled twin."""
+    split_header, cook = syslog.pure_split_header, syslog.pure_cook
+    by_channel: dict[str, list[bytes]] = {}
+    for message in messages:
+        parts = split_header(message)
+        target = None if parts is None else route if route is not None else routes.get(parts[3])
+        if target is None:
+            routed = odd(message)
+            if routed is None:
+                continue
+            channel_id, cooked = routed
+        else:
+            channel_id, name = target
+            cooked = cook(parts, name)
+        batch = by_channel.get(channel_id)
+        if batch is None:
+            by_channel[channel_id] = [cooked]
+        else:
+            batch.append(cooked)
+    return by_channel
+
+
+_hot = hotpath.compiled()
+group = pure_group if _hot is None else _hot.group

@@ -8,7 +8,8 @@ and every function pair must give the same result, or raise the same error
 after the same messages, on all of it: the stream scanned from several
 positions and with several frame limits, fed to a framer in random reads,
 decoded as a logplex-1 body; each message split, cooked and formatted for
-drains; RESP commands of its pieces. Raw hypothesis bytes get the same checks.
+drains; the messages grouped by the router's loop against random routes; a
+drain queue's batch cut from them; RESP commands of its pieces. Raw hypothesis bytes get the same checks.
 
 Examples: LOGPLEX_HOT_EXAMPLES (300 by default; .ci/run sets more). The module
 skips, saying why, when the extension is not built, unless
@@ -26,8 +27,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logplex import framing, syslog
+from logplex import framing, router, syslog
 from logplex.drains import formats as drain_formats
+from logplex.drains import queue as drain_queue
 from logplex.redis import connection
 
 try:
@@ -180,32 +182,51 @@ def check_framing(rng: random.Random, data: bytes) -> None:
         assert decode_run(_hot.scan, data, max_frame) == decode_run(framing._scan, data, max_frame)
 
 
-def pure_header_app(message: bytes) -> bytes | None:
-    """What header_app must give: APP-NAME of split_header's parts."""
-    parts = syslog.pure_split_header(message)
-    return None if parts is None else parts[3]
-
-
-def pure_cook_message(message: bytes, name: bytes) -> bytes | None:
-    """What cook_message must give: cook of split_header's parts."""
-    parts = syslog.pure_split_header(message)
-    return None if parts is None else syslog.pure_cook(parts, name)
-
-
 def check_message(rng: random.Random, msg: bytes) -> None:
     parts = outcome(_hot.split_header, msg)
     assert parts == outcome(syslog.pure_split_header, msg)
     name = rng.choice([b"app-name", b"", b"\xc3\xa9", field(rng)])
     if parts[0] == "ok" and parts[1] is not None:
         assert outcome(_hot.cook, parts[1], name) == outcome(syslog.pure_cook, parts[1], name)
-    # The router's alternative pair: the token alone, then the cooked message.
-    assert outcome(_hot.header_app, msg) == outcome(pure_header_app, msg)
-    assert outcome(_hot.cook_message, msg, name) == outcome(pure_cook_message, msg, name)
     assert outcome(_hot.plain, msg) == outcome(drain_formats._plain, msg)
     assert outcome(_hot.output_line, msg) == outcome(drain_formats.pure_output_line, msg)
 
 
+def full_rules(routes: dict, route: tuple | None) -> Callable[[bytes], tuple | None]:
+    """An odd(message) for group that applies the whole rule to any message, as the router's does
+    (the compiled loop hands it some messages the pure one routes itself): an RFC 5424 header
+    routes by its token, an RFC 3164-looking line (it starts with "<") goes to channel "old",
+    the rest is dropped."""
+    def odd(message):
+        parts = syslog.pure_split_header(message)
+        if parts is None:
+            return ("old", message) if message[:1] == b"<" else None
+        target = route if route is not None else routes.get(parts[3])
+        return None if target is None else (target[0], syslog.pure_cook(parts, target[1]))
+    return odd
+
+
+def check_group(rng: random.Random, messages: list[bytes]) -> None:
+    """The router's loop: the same channels, in the same order, with the same cooked messages."""
+    tokens = [parts[3] for parts in map(syslog.pure_split_header, messages) if parts is not None]
+    routes = {token: (rng.choice(["a", "b", "c"]), rng.choice([b"app", b"", b"x" * 40]))
+              for token in tokens + [b"t.abc", b"host"] if rng.random() < 0.7}
+    # Runs of one token, as one sender's read has them; the last-token cache must not stick.
+    batch = [m for m in messages for _ in range(rng.randint(1, 3))]
+    rng.shuffle(batch) if rng.random() < 0.3 else None
+    for route in (None, None, ("r", rng.choice([b"named", b""]))):
+        odd = full_rules(routes, route)
+        assert outcome(_hot.group, batch, routes, route, odd) == outcome(router.pure_group, batch, routes, route, odd)
+
+
 def check_batch(rng: random.Random, messages: list[bytes]) -> None:
+    check_group(rng, messages)
+    total = sum(map(len, messages))
+    for max_bytes in (0, rng.randint(0, total + 2), total, total + 1):
+        for told in (total, total + rng.randint(-5, 5)):  # a drain queue's own count, or one off
+            for at_least_one in (True, False):
+                assert outcome(_hot.fitting, messages, max_bytes, told, at_least_one) == outcome(
+                    drain_queue.pure_fitting, messages, max_bytes, told, at_least_one)
     assert outcome(_hot.http_body, messages) == outcome(drain_formats.pure_http_body, messages)
     assert outcome(_hot.http_body, iter(messages)) == outcome(drain_formats.pure_http_body, messages)
     token = rng.choice([b"d.1234", b"", b"x" * 50])
@@ -279,8 +300,17 @@ def test_twins_agree_on_non_bytes() -> None:
     """Input that is not bytes goes to the pure function: the same answer or error."""
     for value in (bytearray(b"<13>1 a b c d e f"), memoryview(b"1 x"), "<13>1 a b c d e f", None):
         assert outcome(_hot.split_header, value) == outcome(syslog.pure_split_header, value)
-        assert outcome(_hot.cook_message, value, b"n") == outcome(pure_cook_message, value, b"n")
         assert outcome(_hot.scan, value, 0, [], 100, True) == outcome(framing._scan, value, 0, [], 100, True)
+    routes = {b"a": ("c", b"n")}
+    odd = full_rules(routes, None)
+    line = b"<13>1 t h a p m - x"
+    assert outcome(_hot.group, iter([line, line]), routes, None, odd) == outcome(
+        router.pure_group, [line, line], routes, None, odd)
+    for odd_messages in ((), [b"x", "y"], (b"x", b"y"), [b"ab", bytearray(b"cd")]):
+        assert outcome(_hot.fitting, odd_messages, 1, 4) == outcome(drain_queue.pure_fitting, odd_messages, 1, 4)
+    for value in (bytearray(line), "<13>1 t h a p m - x", None):
+        assert outcome(_hot.group, [line, value], routes, None, odd) == outcome(
+            router.pure_group, [line, value], routes, None, odd)
     parts = [b"<13>1", b"t", b"h", b"a", b"p", b"m", b"- x"]
     for odd_parts, name in ((tuple(parts), b"n"), (parts, "n"), (parts[:6], b"n"), (parts + [b"z"], b"n"),
                             ([*parts[:2], 5, *parts[3:]], b"n")):

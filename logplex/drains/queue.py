@@ -13,6 +13,7 @@ from typing import Callable
 
 import attrs
 
+from logplex import hotpath
 from logplex.drains.formats import l10_message
 
 
@@ -253,3 +254,10 @@ def fitting(messages: list[bytes], max_bytes: int, total: int, at_least_one: boo
             return 0, 0
         n = 1  # one message larger than a batch still goes, alone
     return n, ends[n - 1]
+
+
+# The compiled twin, when built, in its place (the pure one stays for the
+# differential test and LOGPLEX_PURE_PYTHON).
+pure_fitting = fitting
+if (_hot := hotpath.compiled()) is not None:
+    fitting = _hot.fitting
