@@ -212,9 +212,10 @@ def group(messages, routes, route, odd):
     A message with a plain RFC 5424 header whose APP-NAME is a key of ``routes``
     (or every such message, given ``route``) is cooked here, with the target's
     name as APP-NAME, in one allocation and no other object; consecutive
-    messages of one token look it up once. Every other message (not bytes,
-    not plain, an unknown token) is ``odd(message)``'s to judge: None, or the
-    (channel id, cooked message) it goes to.
+    messages of one token look it up once. Every other message (not plain,
+    an unknown token) is ``odd(message)``'s to judge: None, or the (channel
+    id, cooked message) it goes to. One that is not bytes takes the pure
+    loop's steps (syslog.split_header first), errors included.
     """
     cdef list items = messages if type(messages) is list else list(messages)
     cdef dict by_channel = {}
