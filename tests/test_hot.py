@@ -9,7 +9,8 @@ after the same messages, on all of it: the stream scanned from several
 positions and with several frame limits, fed to a framer in random reads,
 decoded as a logplex-1 body; each message split, cooked and formatted for
 drains; the messages grouped by the router's loop against random routes; a
-drain queue's batch cut from them; RESP commands of its pieces. Raw hypothesis bytes get the same checks.
+drain queue's batch cut from them; RESP commands of its pieces. Raw
+hypothesis bytes get the same checks.
 
 Examples: LOGPLEX_HOT_EXAMPLES (300 by default; .ci/run sets more). The module
 skips, saying why, when the extension is not built, unless
@@ -213,10 +214,12 @@ def check_group(rng: random.Random, messages: list[bytes]) -> None:
               for token in tokens + [b"t.abc", b"host"] if rng.random() < 0.7}
     # Runs of one token, as one sender's read has them; the last-token cache must not stick.
     batch = [m for m in messages for _ in range(rng.randint(1, 3))]
-    rng.shuffle(batch) if rng.random() < 0.3 else None
+    if rng.random() < 0.3:
+        rng.shuffle(batch)
     for route in (None, None, ("r", rng.choice([b"named", b""]))):
         odd = full_rules(routes, route)
-        assert outcome(_hot.group, batch, routes, route, odd) == outcome(router.pure_group, batch, routes, route, odd)
+        assert outcome(_hot.group, batch, routes, route, odd) == outcome(
+            router.pure_group, batch, routes, route, odd)
 
 
 def check_batch(rng: random.Random, messages: list[bytes]) -> None:
