@@ -369,6 +369,9 @@ class NodeServices(OrderedServices):
     async def _boot(self) -> None:
         p, s = self.parts, self.settings
         ingress: Listeners = self.getServiceNamed("ingress")
+        # A worker sharing the API port with one that is ready must not
+        # answer 401 to the right login while its --auth credential is not in place.
+        p.api.booting = bool(s.api.auth)
         # The API listens first: a load balancer sees 503 SYSTEM BOOTING
         # until the config is loaded.
         await self._listen(ingress.of_kind("api")[0])
@@ -391,6 +394,7 @@ class NodeServices(OrderedServices):
         if s.api.auth:
             user, _, password = s.api.auth.partition(":")
             await p.store.ensure_credential(user, password)
+            p.api.booting = False
         # Drains start (and resume their spools) before any input is accepted;
         # not while another node is adopting this node's spools.
         await p.adopter.wait_own_lease()

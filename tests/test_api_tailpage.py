@@ -212,6 +212,18 @@ def test_a_booting_node_answers_503():
     assert node.get("/tail/channels").status == 503
 
 
+def test_a_node_still_putting_its_auth_credential_in_place_answers_503_not_401():
+    # Config loaded, --auth credential not yet in place: a worker next to a ready one
+    # would refuse the right login (the README's node command, two workers, met this).
+    node = Node()
+    node.api.booting = True
+    assert node.get("/v3/channels/web-app/stream").status == 503
+    assert node.get("/tail/channels").status == 503
+    assert node.get("/v3/channels/web-app").status == 503
+    node.api.booting = False
+    assert node.get("/tail/channels").status == 200
+
+
 # -- the stream ------------------------------------------------------------------------------------
 def test_backlog_then_live_lines_as_json_with_severity_and_no_token():
     node = Node()

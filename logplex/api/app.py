@@ -73,6 +73,9 @@ class ManagementApi:
         self.tail_settings = settings.tails
         self.reactor = reactor
         self.deny_tail_sessions = False
+        # True while the node, its config loaded, still puts the --auth credential in
+        # place: until then a right login would be a 401, so every guard says 503.
+        self.booting = False
         # What /healthcheck answers (logplex.health.Health); without one,
         # whether the config is loaded.
         self.ops = Ops(self)
@@ -104,7 +107,7 @@ class ManagementApi:
         """Wrap a handler: node booted, caller holds a full_api credential."""
 
         async def guarded(request, *args):
-            if not self.store.loaded:
+            if not self.store.loaded or self.booting:
                 raise HttpError(503, "SYSTEM BOOTING: this node has not loaded its configuration yet.")
             header = request.getHeader(b"authorization")
             if not header:

@@ -219,7 +219,7 @@ class TailPage:
     # -- who may read ------------------------------------------------------------------------
     async def _credential(self, request):
         """The caller's credential; 401 without a challenge, so no browser dialog."""
-        if not self.api.store.loaded:
+        if not self.api.store.loaded or self.api.booting:
             raise HttpError(503, "SYSTEM BOOTING: this node has not loaded its configuration yet.")
         header = request.getHeader(b"authorization")
         if not header:
