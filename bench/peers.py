@@ -167,6 +167,19 @@ def tail_reader(port: int, path: str, stop, ready, out) -> None:
 
 
 # -- one measured run ----------------------------------------------------------------------
+def profile_node(args, path: str, cell: tuple[int, str], pids: list[int]) -> list[subprocess.Popen]:
+    """With --profile-node DIR: py-spy samples every node process through the window, in
+    collapsed stacks (DIR/<path>-<channels>-<spread>-<pid>.txt), for reading where the CPU goes."""
+    if not getattr(args, "profile_node", None) or not pids:
+        return []
+    os.makedirs(args.profile_node, exist_ok=True)
+    where = "-".join(map(str, cell))
+    return [subprocess.Popen([shutil.which("py-spy") or "py-spy", "record", "--pid", str(pid), "--rate", "250",
+                              "--duration", str(int(args.seconds)), "--nonblocking", "--format", "raw",
+                              "--output", os.path.join(args.profile_node, f"{path}-{where}-{pid}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids]
+
+
 def run_path(path: str, rate: float, gen: str, args, peers: dict, cell: tuple[int, str] | None = None) -> dict:
     """Set up one path, drive it for args.seconds, settle, measure; everything it started is stopped.
     cell: (channels, spread); without it, args.channels (an int) and connection i -> channel i."""
@@ -318,6 +331,7 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         loggen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=tree.env(),
                                   start_new_session=True)
         ingest.started.append(loggen)
+    spies = profile_node(args, path, (n_channels, spread), target_pids)
     go.set()
     while time.monotonic() < before["t"] + args.seconds:
         time.sleep(0.25)
@@ -327,6 +341,8 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         if mark is None and time.monotonic() >= before["t"] + min(2.0, args.seconds / 4):
             mark = snapshot()  # CPU % is measured from here: skips the ramp-up
     end = snapshot()
+    for spy in spies:
+        spy.wait(timeout=60)
     sent, errors, gen_cpu, to_drains = 0, [], 0.0, 0
     if gen == "py":
         for _ in procs:
@@ -452,6 +468,9 @@ def main() -> None:
     p.add_argument("--code-from", metavar="DIR",
                    help="run the nodes on DIR's logplex/ and twisted/ instead of this checkout's (e.g. an earlier "
                         "commit: git archive REV logplex twisted | tar -x -C DIR)")
+    p.add_argument("--profile-node", metavar="DIR",
+                   help="py-spy (on PATH) samples the node's processes through each window into DIR (read them with "
+                        "bench/stacks.py): a reading aid, it costs the node a little CPU")
     p.add_argument("--json", metavar="PATH", help="where to write the results (bench/results/peers-<time>.json)")
     p.add_argument("--table", metavar="JSON", help="only print the table of an earlier run's results")
     args = p.parse_args()
