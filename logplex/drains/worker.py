@@ -259,7 +259,12 @@ class DrainWorker:
             delay = 0
         elif queue.memory:
             # Held senders cannot fill a batch: what there is goes at once.
-            delay = 0 if self.gate.holding_anyone else (self.linger if self.pace is None else self.pace.linger)
+            if self.gate.holding_anyone:
+                delay = 0
+            elif self._timer is not None and self._timer.active():
+                return  # lingering already: a line more does not bring the send forward
+            else:
+                delay = self.linger if self.pace is None else self.pace.linger
         else:
             return
         at_once = direct and not delay and not self._pumping
