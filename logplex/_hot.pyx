@@ -14,13 +14,13 @@ imports nothing of logplex at import time and no import cycle can form). The
 drain-format twins call logplex.syslog's parser, looked up when first needed.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.string cimport memchr, memcmp, memcpy
 
 # logplex.hotpath refuses a build whose API differs from the one it expects
 # (a stale in-place build after this file changed its functions).
-API = 3
+API = 4
 
 ctypedef const unsigned char* cbytes
 
@@ -651,3 +651,113 @@ def build_command(tuple args, encode):
         w[1] = 10
         w += 2
     return result
+
+
+# == backlog queue (backlog/writer.py) ================================================================
+
+cdef object _writer = None
+
+
+cdef object _writer_module():
+    global _writer
+    if _writer is None:
+        from logplex.backlog import writer
+        _writer = writer
+    return _writer
+
+
+cdef inline Py_ssize_t _sizes(list items, Py_ssize_t start, Py_ssize_t stop) except -1:
+    # The lengths of items[start:stop]: bytes read in C, anything else through len().
+    cdef Py_ssize_t total = 0, k
+    cdef object item
+    for k in range(start, stop):
+        item = items[k]
+        total += PyBytes_GET_SIZE(<bytes>item) if type(item) is bytes else len(item)
+    return total
+
+
+def enqueue(pending, batches, Py_ssize_t history):
+    """backlog.writer.pure_enqueue, compiled: one read's lines queued per channel, newest
+    ``history`` kept; (lines added, their bytes, lines superseded).
+
+    Anything but dicts of lists (pending's and batches' values) goes to the pure one.
+    """
+    if type(pending) is not dict or type(batches) is not dict:
+        return _writer_module().pure_enqueue(pending, batches, history)
+    cdef dict queue = <dict>pending, reads = <dict>batches
+    cdef object channel_id, messages, found
+    for messages in reads.values():
+        if type(messages) is not list:
+            return _writer_module().pure_enqueue(pending, batches, history)
+    cdef Py_ssize_t count = 0, size = 0, superseded = 0, n, excess
+    cdef list lines, queued
+    for channel_id, messages in reads.items():
+        lines = <list>messages
+        n = len(lines)
+        count += n
+        size += _sizes(lines, 0, n)
+        found = queue.get(channel_id)
+        if found is None:
+            queued = lines[:]
+            queue[channel_id] = queued
+        elif type(found) is list:
+            queued = <list>found
+            queued.extend(lines)
+        else:
+            found.extend(lines)
+            if len(found) > history:
+                excess = len(found) - history
+                size -= sum(map(len, found[:excess]))
+                del found[:excess]
+                count -= excess
+                superseded += excess
+            continue
+        n = len(queued)
+        if n > history:
+            excess = n - history
+            size -= _sizes(queued, 0, excess)
+            del queued[:excess]
+            count -= excess
+            superseded += excess
+    return count, size, superseded
+
+
+def write_calls(bytes prefix, batch, tuple head, fresh, Py_ssize_t max_bytes=1024 * 1024):
+    """backlog.writer.pure_write_calls, compiled: the batch as WRITE_SCRIPT calls of about
+    max_bytes of lines each, cut by channel; per call (channel ids, KEYS, ARGV).
+
+    Anything but a dict of str -> list of bytes goes to the pure one.
+    """
+    if type(batch) is not dict:
+        return _writer_module().pure_write_calls(prefix, batch, head, fresh, max_bytes)
+    cdef dict channels = <dict>batch
+    cdef object channel_id, lines, line
+    for channel_id, lines in channels.items():
+        if type(channel_id) is not str or type(lines) is not list:
+            return _writer_module().pure_write_calls(prefix, batch, head, fresh, max_bytes)
+        for line in <list>lines:
+            if type(line) is not bytes:
+                return _writer_module().pure_write_calls(prefix, batch, head, fresh, max_bytes)
+    cdef list calls = [], ids = [], names = [], args = list(head)
+    cdef Py_ssize_t size = 0, n, prefix_size = PyBytes_GET_SIZE(prefix), id_size
+    cdef bytes utf8, key
+    cdef char* w
+    for channel_id, lines in channels.items():
+        ids.append(channel_id)
+        utf8 = (<str>channel_id).encode()
+        id_size = PyBytes_GET_SIZE(utf8)
+        key = PyBytes_FromStringAndSize(NULL, prefix_size + id_size)
+        w = PyBytes_AS_STRING(key)
+        memcpy(w, PyBytes_AS_STRING(prefix), prefix_size)
+        memcpy(w + prefix_size, PyBytes_AS_STRING(utf8), id_size)
+        names.append(key)
+        n = len(<list>lines)
+        args.append(PyBytes_FromFormat("%zd", -n if channel_id in fresh else n))
+        args.extend(<list>lines)
+        size += _sizes(<list>lines, 0, n)
+        if size >= max_bytes:
+            calls.append((ids, names, args))
+            ids, names, args, size = [], [], list(head), 0
+    if ids:
+        calls.append((ids, names, args))
+    return calls

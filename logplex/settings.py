@@ -87,6 +87,7 @@ class BacklogSettings:
     history: int = _option("history", 1500)
     expiry: int = _option("backlog-expiry", 7 * 86400)
     flush_interval: float = _option("flush-interval", 0.05)
+    flush_linger: float = _option("flush-linger", 0.5)
 
 
 @attrs.frozen

@@ -180,6 +180,11 @@ class Options(usage.Options):
          _positive_int("login-failures")],
         ["flush-interval", None, DEFAULT["flush-interval"], "Seconds between backlog write batches.",
          _positive_float("flush-interval")],
+        ["flush-linger", None, DEFAULT["flush-linger"],
+         "Longest a backlog write batch waits past --flush-interval for more lines when it would write "
+         "fewer than 8 lines per channel to more than 1,000 channels (a quarter of the writer's queue "
+         "bound never waits).",
+         _positive_float("flush-linger")],
         ["manhole", None, None,
          "Admin shell (SSH, keys only) endpoint, e.g. tcp:2222; a tcp: or tcp6: port without interface= "
          "binds to loopback (127.0.0.1, ::1). Off unless given."],

@@ -18,10 +18,11 @@ backlog_key = KEYS.backlog
 def as_commands(keys, args):
     """A WRITE_SCRIPT call as the commands it runs per channel (LTRIM shown whatever the length;
     EXPIRE shown as ("EXPIRE?", …) where it runs only if the list is new)."""
-    last, expiry, at, out = args[0], args[1], 2, []
+    last, expiry, at, out = int(args[0]), int(args[1]), 2, []
     for key in keys:
-        n = abs(args[at])
-        expire = "EXPIRE" if args[at] > 0 else "EXPIRE?"
+        count = int(args[at])  # numbers go as Redis sees them: decimal bytes
+        n = abs(count)
+        expire = "EXPIRE" if count > 0 else "EXPIRE?"
         out += [("LPUSH", key, *args[at + 1:at + 1 + n]), ("LTRIM", key, 0, last), (expire, key, expiry)]
         at += 1 + n
     assert at == len(args)
@@ -283,9 +284,14 @@ def test_a_large_flush_is_cut_by_channel_into_calls_of_bounded_size():
     from logplex.backlog.writer import write_calls
 
     batch = {f"c{n}": [b"x" * 100] * 3 for n in range(10)}
-    calls = write_calls(batch, max_bytes=700)
-    assert [list(part) for part in calls] == [["c0", "c1", "c2"], ["c3", "c4", "c5"], ["c6", "c7", "c8"], ["c9"]]
-    assert write_calls({"big": [b"x" * 1000]}, max_bytes=10) == [{"big": [b"x" * 1000]}]
+    calls = write_calls(b"p:", batch, (b"1499", b"60"), {"c1"}, max_bytes=700)
+    assert [ids for ids, _, _ in calls] == [["c0", "c1", "c2"], ["c3", "c4", "c5"], ["c6", "c7", "c8"], ["c9"]]
+    ids, names, args = calls[0]
+    assert names == [b"p:c0", b"p:c1", b"p:c2"]
+    # The head, then per key its count (negative: expiry refreshed lately) and its lines.
+    assert args == [b"1499", b"60", b"3", *batch["c0"], b"-3", *batch["c1"], b"3", *batch["c2"]]
+    assert write_calls(b"p:", {"big": [b"x" * 1000]}, (b"0", b"1"), (), max_bytes=10) == [
+        (["big"], [b"p:big"], [b"0", b"1", b"1", b"x" * 1000])]
 
 
 def test_the_writer_holds_only_senders_of_channels_on_a_congested_shard():
@@ -327,3 +333,42 @@ def test_a_failed_write_leaves_the_expiry_to_be_refreshed():
     redis.replies[-1].errback(ConnectionError("shard down"))
     clock.advance(1.0)
     assert [flush[2][0] for flush in redis.executed] == ["EXPIRE", "EXPIRE"]
+
+
+def test_a_sparse_flush_over_thousands_of_channels_waits_for_more_lines_up_to_the_linger():
+    # 2,000 channels with a line each: the flush would be one LPUSH per line.
+    w, redis, clock, metrics = writer()
+    w.extend({f"c{n}": [b"first"] for n in range(2000)})
+    clock.advance(0.05)
+    assert redis.executed == []  # waiting: more lines per channel make each LPUSH carry more
+    for _ in range(8):
+        clock.advance(0.05)
+        w.extend({f"c{n}": [b"more"] for n in range(0, 2000, 4)})
+    assert redis.executed == []
+    assert clock.seconds() < SETTINGS.flush_linger
+    clock.advance(0.1)  # the first tick after the first line has waited the linger: it goes
+    assert len(redis.executed) == 1
+    assert sum(1 for c in redis.executed[0] if c[0] == "LPUSH") == 2000
+    assert w.unwritten("c0") == [b"first"] + [b"more"] * 8
+
+
+def test_a_dense_or_small_flush_does_not_wait():
+    w, redis, clock, metrics = writer()
+    w.extend({f"c{n}": [b"x"] * 8 for n in range(2000)})  # 8 lines per channel: dense enough
+    clock.advance(0.05)
+    assert len(redis.executed) == 1
+    redis.replies[0].callback(2000)
+    w.extend({f"c{n}": [b"x"] for n in range(1000)})  # a line per channel, but only 1,000 channels
+    clock.advance(0.05)
+    assert len(redis.executed) == 2
+
+
+def test_a_queue_that_fills_to_a_quarter_of_its_bound_during_a_flush_goes_right_after_it():
+    w, redis, clock, metrics = writer(max_pending=40_000)
+    w.extend({"a": [b"x"]})
+    clock.advance(0.05)
+    assert len(redis.executed) == 1
+    w.extend({f"c{n}": [b"y"] for n in range(10_000)})  # sparse, but a quarter of the bound
+    redis.replies[0].callback(1)
+    clock.advance(0)
+    assert len(redis.executed) == 2

@@ -9,7 +9,8 @@ after the same messages, on all of it: the stream scanned from several
 positions and with several frame limits, fed to a framer in random reads,
 decoded as a logplex-1 body; each message split, cooked and formatted for
 drains; the messages grouped by the router's loop against random routes; a
-drain queue's batch cut from them; RESP commands of its pieces. Raw
+drain queue's batch cut from them; the backlog writer's queue and script
+calls of them; RESP commands of its pieces. Raw
 hypothesis bytes get the same checks.
 
 Examples: LOGPLEX_HOT_EXAMPLES (300 by default; .ci/run sets more). The module
@@ -29,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from logplex import framing, router, syslog
+from logplex.backlog import writer as backlog_writer
 from logplex.drains import formats as drain_formats
 from logplex.drains import queue as drain_queue
 from logplex.redis import connection
@@ -247,6 +249,29 @@ def check_resp(rng: random.Random, messages: list[bytes]) -> None:
     assert outcome(_hot.build_command, tuple(args), PROTOCOL._encode_value) == pure
 
 
+def check_backlog(rng: random.Random, messages: list[bytes]) -> None:
+    """The backlog writer's queue and its script calls: the same queue, counts and calls."""
+    channels = [rng.choice(["a", "b", "c\u00e9", "d" * 30]) for _ in messages]
+    history = rng.choice([1, 2, 3, 1000])
+    pending = {name: [rng.choice(messages or [b"old"])] * rng.randint(0, 4) for name in ("b", "z") if rng.random() < 0.5}
+    queues = [{name: lines[:] for name, lines in pending.items()} for _ in range(2)]
+    for _ in range(rng.randint(1, 3)):
+        read: dict[str, list[bytes]] = {}
+        for channel, message in zip(channels, messages):
+            if rng.random() < 0.6:
+                read.setdefault(channel, []).append(message)
+        results = [outcome(function, queue, read, history)
+                   for function, queue in zip((_hot.enqueue, backlog_writer.pure_enqueue), queues)]
+        assert results[0] == results[1]
+        assert queues[0] == queues[1] and list(queues[0]) == list(queues[1])  # the order _shed cuts in
+    head = (b"%d" % (history - 1), b"604800")
+    fresh = {name for name in ("a", "b") if rng.random() < 0.5}
+    total = sum(map(len, messages))
+    for max_bytes in (0, 1, rng.randint(0, total + 2), total + 1):
+        assert outcome(_hot.write_calls, b"lp:log:", queues[0], head, fresh, max_bytes) == outcome(
+            backlog_writer.pure_write_calls, b"lp:log:", queues[0], head, fresh, max_bytes)
+
+
 def check_everything(seed: int) -> None:
     rng = random.Random(seed)
     data, messages = stream(rng)
@@ -254,6 +279,7 @@ def check_everything(seed: int) -> None:
     for msg in messages:
         check_message(rng, msg)
     check_batch(rng, messages)
+    check_backlog(rng, messages)
     check_resp(rng, messages)
 
 
@@ -275,6 +301,7 @@ def test_twins_agree_on_raw_bytes(data: bytes, seed: int) -> None:
     for line in lines:
         check_message(rng, line)
     check_batch(rng, lines)
+    check_backlog(rng, lines)
 
 
 @pytest.mark.parametrize("data", [
@@ -314,6 +341,14 @@ def test_twins_agree_on_non_bytes() -> None:
     for value in (bytearray(line), "<13>1 t h a p m - x", None):
         assert outcome(_hot.group, [line, value], routes, None, odd) == outcome(
             router.pure_group, [line, value], routes, None, odd)
+    for pending, read in (({}, {"a": (b"x",)}), ({"a": (b"x",)}, {"a": [b"y"]}), ({}, [("a", [b"x"])]),
+                          ({}, {"a": [b"x", bytearray(b"yz")]}), ({"a": [b"x"]}, {"a": [b"y", "z"]})):
+        queues = [{k: list(v) if isinstance(v, list) else v for k, v in pending.items()} for _ in range(2)]
+        assert outcome(_hot.enqueue, queues[0], read, 1) == outcome(backlog_writer.pure_enqueue, queues[1], read, 1)
+        assert queues[0] == queues[1]
+    for batch in ({"a": (b"x",)}, {"a": [b"x", bytearray(b"y")]}, {1: [b"x"]}, [("a", [b"x"])], {"a": ["x"]}):
+        assert outcome(_hot.write_calls, b"p:", batch, (b"0", b"1"), (), 10) == outcome(
+            backlog_writer.pure_write_calls, b"p:", batch, (b"0", b"1"), (), 10)
     parts = [b"<13>1", b"t", b"h", b"a", b"p", b"m", b"- x"]
     for odd_parts, name in ((tuple(parts), b"n"), (parts, "n"), (parts[:6], b"n"), (parts + [b"z"], b"n"),
                             ([*parts[:2], 5, *parts[3:]], b"n")):

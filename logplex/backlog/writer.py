@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from itertools import chain
 from typing import Callable, Container
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from logplex import hotpath
 from logplex.backlog.ring import ShardRing
 from logplex.redis.keys import RedisKeys
 from logplex.settings import BacklogSettings
@@ -34,34 +36,67 @@ WRITE_SCRIPT = lua("logplex.backlog", "write")
 WRITE_CALL_BYTES = 1024 * 1024
 
 
-def write_arguments(keys: RedisKeys, batch: dict[str, list[bytes]], history: int,
-                    expiry: int, fresh: Container[str] = ()) -> tuple[list[str], list]:
-    """(KEYS, ARGV) of WRITE_SCRIPT for these channels' lines; the expiry of those in
-    `fresh` was refreshed lately and is refreshed again only if the list is new."""
-    names, args = [], [history - 1, expiry]
+def enqueue(pending: dict[str, list[bytes]], batches: dict[str, list[bytes]],
+            history: int) -> tuple[int, int, int]:
+    """Queue one routed read's lines in pending (channel -> lines, oldest first), keeping the
+    newest `history` of a channel: (lines added, their bytes, lines superseded), net of
+    what was cut. A channel new to pending goes last: _shed cuts the first ones."""
+    count = sum(map(len, batches.values()))
+    size = sum(map(len, chain.from_iterable(batches.values())))
+    superseded = 0
+    for channel_id, messages in batches.items():
+        queued = pending.get(channel_id)
+        if queued is None:
+            queued = pending[channel_id] = list(messages)
+        else:
+            queued.extend(messages)
+        if len(queued) > history:
+            # Lines the LTRIM would cut right after the LPUSH are superseded,
+            # not lost: the backlog is the newest `history` lines either way.
+            excess = len(queued) - history
+            size -= sum(map(len, queued[:excess]))
+            del queued[:excess]
+            count -= excess
+            superseded += excess
+    return count, size, superseded
+
+
+def write_calls(prefix: bytes, batch: dict[str, list[bytes]], head: tuple[bytes, bytes], fresh: Container[str],
+                max_bytes: int = WRITE_CALL_BYTES) -> list[tuple[list[str], list[bytes], list[bytes]]]:
+    """The batch as WRITE_SCRIPT calls of about max_bytes of lines each, cut by channel (a
+    channel's lines stay in one call): per call (its channel ids, KEYS, ARGV). A backlog's
+    key is prefix + the channel id; head is ARGV's start (the last index kept, the expiry);
+    a channel in fresh has its expiry refreshed only if its list is new."""
+    calls = []
+    ids, names, args, size = [], [], list(head), 0
     for channel_id, lines in batch.items():
-        names.append(keys.backlog(channel_id))
-        args.append(-len(lines) if channel_id in fresh else len(lines))
+        ids.append(channel_id)
+        names.append(prefix + channel_id.encode())
+        args.append(b"%d" % (-len(lines) if channel_id in fresh else len(lines)))
         args.extend(lines)
-    return names, args
-
-
-def write_calls(batch: dict[str, list[bytes]], max_bytes: int = WRITE_CALL_BYTES,
-                total: int | None = None) -> list[dict[str, list[bytes]]]:
-    """The batch cut, by channel, into parts of about max_bytes of lines each
-    (total: the batch's bytes, when known; a batch within max_bytes is one part)."""
-    if total is not None and total <= max_bytes:
-        return [batch]
-    calls, part, size = [], {}, 0
-    for channel_id, lines in batch.items():
-        part[channel_id] = lines
         size += sum(map(len, lines))
         if size >= max_bytes:
-            calls.append(part)
-            part, size = {}, 0
-    if part:
-        calls.append(part)
+            calls.append((ids, names, args))
+            ids, names, args, size = [], [], list(head), 0
+    if ids:
+        calls.append((ids, names, args))
     return calls
+
+
+# The compiled twins, when built, in their place (the pure ones stay for the
+# differential test and LOGPLEX_PURE_PYTHON): at 10,000 busy channels these
+# loops run once per channel and read, and once per channel and flush.
+pure_enqueue, pure_write_calls = enqueue, write_calls
+if (_hot := hotpath.compiled()) is not None:
+    enqueue, write_calls = _hot.enqueue, _hot.write_calls
+
+
+def write_arguments(keys: RedisKeys, batch: dict[str, list[bytes]], history: int,
+                    expiry: int, fresh: Container[str] = ()) -> tuple[list[str], list]:
+    """(KEYS, ARGV) of one WRITE_SCRIPT call for all of these channels' lines."""
+    calls = write_calls(keys.backlog_prefix, batch, (b"%d" % (history - 1), b"%d" % expiry), fresh,
+                        sys.maxsize)
+    return (calls[0][1], calls[0][2]) if calls else ([], [b"%d" % (history - 1), b"%d" % expiry])
 
 
 class BacklogWriter:
@@ -74,7 +109,20 @@ class BacklogWriter:
     a quarter again, so overload slows senders down instead of dropping lines.
     Only while Redis fails do lines wait past that, in a queue bounded in lines
     and bytes; past the bound the oldest are dropped and counted.
+
+    A flush costs Redis and the node per channel as well as per line: an
+    LPUSH call, a key, an argument count. When thousands of channels each
+    have a line or two queued, that is most of its cost, so such a flush
+    waits (up to the linger) for more lines to join them; see _due.
     """
+
+    # A flush that would write fewer than LINGER_LINES lines per channel to
+    # more than LINGER_CHANNELS channels waits for more, up to `linger`
+    # seconds from its oldest line. At 10,000 channels Redis spends about 3 us
+    # per line at one line per channel and flush, 1 us at ten
+    # (bench/backlog_write.py); a smaller flush is cheap whatever it holds.
+    LINGER_CHANNELS = 1000
+    LINGER_LINES = 8
 
     # A flush slower than this is logged (at most every SLOW_LOG_EVERY seconds).
     SLOW_FLUSH = 1.0
@@ -100,6 +148,7 @@ class BacklogWriter:
         self.history = settings.history
         self.expiry = settings.expiry
         self.interval = settings.flush_interval
+        self.linger = settings.flush_linger
         self.max_pending = max_pending
         # Lines are up to --max-frame (64 KiB): 200,000 of them must not mean 12 GiB.
         self.max_pending_bytes = max_pending_bytes
@@ -109,6 +158,8 @@ class BacklogWriter:
         self.pending_count = 0
         self.pending_bytes = 0
         self._call = None
+        # When the oldest queued line was queued (the linger counts from it).
+        self._since = 0.0
         self._flushing: defer.Deferred | None = None
         self.in_flight: dict[str, list[bytes]] = {}
         # Whether the last flush failed: then senders are not held (the node
@@ -123,32 +174,16 @@ class BacklogWriter:
         self._fresh: set[str] = set()
         self._fresh_since = reactor.seconds()
         self.refresh_every = min(3600.0, self.expiry / 100)
+        self._head = (b"%d" % (self.history - 1), b"%d" % self.expiry)  # WRITE_SCRIPT's first ARGV
 
     def append(self, channel_id: str, messages: list[bytes]) -> None:
         self.extend({channel_id: messages})
 
     def extend(self, batches: dict[str, list[bytes]]) -> None:
         """Queue the lines of one routed read, whatever the number of channels it touched."""
-        pending, history = self.pending, self.history
-        # Counted in C over the whole read: a Python call per channel is what costs.
-        count = sum(map(len, batches.values()))
-        size = sum(map(len, chain.from_iterable(batches.values())))
-        superseded = 0
-        for channel_id, messages in batches.items():
-            queued = pending.get(channel_id)
-            if queued is None:
-                # pending keeps the order channels started waiting in: _shed cuts the oldest.
-                queued = pending[channel_id] = messages[:]
-            else:
-                queued.extend(messages)
-            if len(queued) > history:
-                # Lines the LTRIM would cut right after the LPUSH are superseded,
-                # not lost: the backlog is the newest `history` lines either way.
-                excess = len(queued) - history
-                size -= sum(map(len, queued[:excess]))
-                del queued[:excess]
-                count -= excess
-                superseded += excess
+        if not self.pending:
+            self._since = self.reactor.seconds()
+        count, size, superseded = enqueue(self.pending, batches, self.history)
         if not count and not superseded:
             return
         self.pending_count += count
@@ -158,7 +193,26 @@ class BacklogWriter:
         if self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes:
             self._shed()
         if self._call is None and self._flushing is None and self.pending:
-            self._call = self.reactor.callLater(self.interval, self.flush)
+            self._call = self.reactor.callLater(self.interval, self._tick)
+
+    def _due(self) -> bool:
+        """Whether the queue should be written now: it is small, dense enough (LINGER_LINES
+        per channel), a quarter of the bound, or its oldest line has waited `linger`."""
+        channels = len(self.pending)
+        return (channels <= self.LINGER_CHANNELS
+                or self.pending_count >= self.LINGER_LINES * channels
+                or self._full()
+                or self.reactor.seconds() - self._since >= self.linger)
+
+    def _full(self) -> bool:
+        return self.pending_count >= self.max_pending // 4 or self.pending_bytes >= self.max_pending_bytes // 4
+
+    def _tick(self) -> None:
+        self._call = None
+        if self._due():
+            self.flush()
+        elif self.pending:
+            self._call = self.reactor.callLater(self.interval, self._tick)
 
     # -- pushback ---------------------------------------------------------------------------
     def congested(self) -> bool:
@@ -212,30 +266,31 @@ class BacklogWriter:
         if not self.pending:
             return defer.succeed(None)
         batch, self.pending = self.pending, {}
-        size = self.pending_bytes
+        count = self.pending_count
         self.pending_count, self.pending_bytes = 0, 0
         self.in_flight = batch
         self._release()  # the queue is empty now: held senders go on while the flush runs
-        self._flushing = defer.ensureDeferred(self._write(batch, size))
+        self._flushing = defer.ensureDeferred(self._write(batch, count))
         self._flushing.addBoth(self._flushed)
         return self._flushing
 
-    async def _write(self, batch: dict[str, list[bytes]], size: int | None = None) -> bool:
+    async def _write(self, batch: dict[str, list[bytes]], count: int) -> bool:
         started = self.reactor.seconds()
         if started - self._fresh_since >= self.refresh_every:
             self._fresh = set()
             self._fresh_since = started
-        calls = write_calls(batch, total=size)
+        calls = write_calls(self.keys.backlog_prefix, batch, self._head, self._fresh)
         sent = []
-        for n, part in enumerate(calls):
+        for n, (ids, names, args) in enumerate(calls):
             if n:
                 # A reactor turn between parts: the previous part goes out and
                 # Redis runs it while this one is encoded (and reads go on).
                 await task.deferLater(self.reactor, 0, lambda: None)
-            sent.append(self._write_call(part))
+            sent.append(self._write_call(ids, names, args))
         results = await defer.DeferredList(sent, consumeErrors=True)
-        failed = [(part, result) for part, (ok, result) in zip(calls, results) if not ok]
-        written = sum(len(lines) for part, (ok, _) in zip(calls, results) if ok for lines in part.values())
+        failed = [({channel_id: batch[channel_id] for channel_id in ids}, result)
+                  for (ids, _, _), (ok, result) in zip(calls, results) if not ok]
+        written = count - sum(len(lines) for part, _ in failed for lines in part.values())
         if written:
             self.metrics.inc("logplex_backlog_written_total", written, shard=self.shard_name)
         took = self.reactor.seconds() - started
@@ -244,19 +299,18 @@ class BacklogWriter:
             self._slow_logged = started
             log.warn("backlog_redis_slow shard={shard} seconds={seconds:.1f} lines={lines} "
                      "action='senders held while the queue is past half its bound'",
-                     shard=self.shard_name, seconds=took, lines=sum(map(len, batch.values())))
+                     shard=self.shard_name, seconds=took, lines=count)
         if failed:
             self._requeue([part for part, _ in failed], failed[0][1].value)
             return False
         return True
 
-    def _write_call(self, part: dict[str, list[bytes]]) -> defer.Deferred:
-        names, args = write_arguments(self.keys, part, self.history, self.expiry, self._fresh)
+    def _write_call(self, ids: list[str], names: list[bytes], args: list[bytes]) -> defer.Deferred:
         d = defer.maybeDeferred(self.redis.eval, WRITE_SCRIPT, names, args)
         d.addTimeout(self.timeout, self.reactor)
 
         def written(result):
-            self._fresh.update(part)
+            self._fresh.update(ids)
             return result
 
         return d.addCallback(written)
@@ -270,6 +324,7 @@ class BacklogWriter:
             shard=self.shard_name, count=count, error=repr(error),
         )
         newer, self.pending = self.pending, {}
+        self._since = float("-inf")  # lines put back are due whatever their number
         for part in parts:
             self.pending.update(part)
         for channel_id, lines in newer.items():
@@ -315,9 +370,13 @@ class BacklogWriter:
         self.failing = ok is not True
         self._release()
         if self.pending and self._call is None:
-            # Back off a little after a failure instead of hammering Redis.
-            delay = self.interval if ok is True else max(1.0, self.interval)
-            self._call = self.reactor.callLater(delay, self.flush)
+            if ok is True:
+                # A queue that filled to a quarter of its bound while this flush ran
+                # goes at once: under load, a pause here is time senders are held.
+                self._call = self.reactor.callLater(0 if self._full() else self.interval, self._tick)
+            else:
+                # Back off a little after a failure instead of hammering Redis.
+                self._call = self.reactor.callLater(max(1.0, self.interval), self.flush)
 
     def stop(self) -> defer.Deferred:
         """Flush what is queued (for a graceful stop)."""

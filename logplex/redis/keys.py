@@ -141,7 +141,12 @@ class RedisKeys:
     # -- shards: backlogs and drain spools -------------------------------------------------
     def backlog(self, channel_id: str) -> bytes:
         """List, newest first: a channel's backlog."""
-        return self._key_prefix + b"log:" + channel_id.encode()
+        return self.backlog_prefix + channel_id.encode()
+
+    @property
+    def backlog_prefix(self) -> bytes:
+        """What a backlog's key is before the channel id (UTF-8)."""
+        return self._key_prefix + b"log:"
 
     @property
     def backlog_pattern(self) -> bytes:
