@@ -18,8 +18,9 @@ backlog_key = KEYS.backlog
 def as_commands(keys, args):
     """A WRITE_SCRIPT call as the commands it runs per channel (LTRIM shown whatever the length;
     EXPIRE shown as ("EXPIRE?", …) where it runs only if the list is new)."""
-    last, expiry, at, out = int(args[0]), int(args[1]), 2, []
-    for key in keys:
+    answered = int(args[3])
+    last, expiry, at, out = int(args[0]), int(args[1]), 4 + answered, []
+    for key in keys[1:]:  # the first is the writer's hash of calls
         count = int(args[at])  # numbers go as Redis sees them: decimal bytes
         n = abs(count)
         expire = "EXPIRE" if count > 0 else "EXPIRE?"
@@ -30,15 +31,18 @@ def as_commands(keys, args):
 
 
 class FakeRedis:
-    """Records what each flush sends (one WRITE_SCRIPT call), as commands; the test answers each."""
+    """Records what each flush sends (one WRITE_SCRIPT call), as commands; the test answers each.
+    ids: each call's id and the answered ids it takes out of the writer's hash."""
 
     def __init__(self):
         self.executed = []
         self.replies = []
+        self.ids = []
 
     def eval(self, script, keys, args):
         assert script == WRITE_SCRIPT
         self.executed.append(as_commands(keys, args))
+        self.ids.append((args[2], args[4:4 + int(args[3])]))
         d = defer.Deferred()
         self.replies.append(d)
         return d
@@ -83,15 +87,30 @@ def test_messages_arriving_during_a_flush_go_in_the_next_one():
     assert redis.executed[1][0] == ("LPUSH", backlog_key("a"), b"2")
 
 
-def test_a_failed_flush_is_retried_in_order_before_newer_messages():
+def test_a_failed_call_is_sent_again_whole_under_its_id_before_newer_messages():
     w, redis, clock, metrics = writer()
     w.append("a", [b"1", b"2"])
     clock.advance(0.05)
     w.append("a", [b"3"])
+    assert w.unwritten("a") == [b"1", b"2", b"3"]
     redis.replies[0].errback(ConnectionError("shard down"))
+    assert w.unwritten("a") == [b"1", b"2", b"3"]
     clock.advance(1.0)
-    assert redis.executed[1][0] == ("LPUSH", backlog_key("a"), b"1", b"2", b"3")
+    clock.advance(0)  # the next call of the flush goes a reactor turn later
+    # The same call, under the same id: if it had run before its answer was
+    # lost, the script finds the id and does not write its lines again.
+    assert redis.executed[1][0] == ("LPUSH", backlog_key("a"), b"1", b"2")
+    assert redis.ids[1][0] == redis.ids[0][0]
+    assert redis.executed[2][0] == ("LPUSH", backlog_key("a"), b"3")
+    assert redis.ids[2][0] != redis.ids[0][0]
     assert metrics.get("logplex_backlog_dropped_total", shard="") == 0
+    redis.replies[1].callback(-1)  # it had run
+    redis.replies[2].callback(1)
+    assert w.unwritten("a") == [] and metrics.get("logplex_backlog_written_total", shard="") == 3
+    # The next call takes the answered ids out of the writer's hash.
+    w.append("a", [b"4"])
+    clock.advance(0.05)
+    assert sorted(redis.ids[3][1]) == sorted([redis.ids[1][0], redis.ids[2][0]])
 
 
 @settings(max_examples=200, deadline=None)
@@ -113,8 +132,9 @@ def test_the_queues_byte_count_is_what_it_holds_whatever_happens(steps):
                 reply = redis.replies[answered]
                 answered += 1
                 reply.callback(None) if arg else reply.errback(ConnectionError("shard down"))
-        assert w.pending_bytes == sum(len(line) for lines in w.pending.values() for line in lines)
-        assert w.pending_count == sum(map(len, w.pending.values()))
+        held = [lines for part in (w.pending, *(part for _, part in w.retrying)) for lines in part.values()]
+        assert w.pending_bytes == sum(len(line) for lines in held for line in lines)
+        assert w.pending_count == sum(map(len, held))
         assert w.pending_count <= 12 and w.pending_bytes <= 150
 
 

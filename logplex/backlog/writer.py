@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from itertools import chain
+import uuid
+from itertools import chain, count as counter
 from typing import Callable, Container
 
 from twisted.internet import defer, task
@@ -21,9 +22,12 @@ log = Logger()
 # One flush of a shard's new lines, however many channels they went to: one
 # command and one integer reply, where LPUSH + LTRIM + EXPIRE per channel in a
 # pipeline cost a Deferred and a parsed reply per command (bench/backlog_write.py
-# measures both). KEYS: the channels' backlogs. ARGV: the last index kept
-# (history - 1), the expiry in seconds, then per key its line count and its
-# lines, oldest first. A negative count: the writer refreshed this backlog's
+# measures both). KEYS: the writer's hash of calls (see BacklogWriter), then
+# the channels' backlogs. ARGV: the last index kept (history - 1), the expiry
+# in seconds, the call's id, a count n and n ids of answered calls (out of the
+# hash), then per backlog its line count and its lines, oldest first. A call
+# whose id is in the hash already ran: it writes nothing and answers -1. A
+# negative count: the writer refreshed this backlog's
 # expiry lately, so EXPIRE only if the LPUSH made the list (a quarter of
 # Redis's work at one line per channel per flush). LPUSH takes at most a
 # thousand lines a call: Lua's unpack has a stack limit of about eight thousand.
@@ -91,12 +95,15 @@ if (_hot := hotpath.compiled()) is not None:
     enqueue, write_calls = _hot.enqueue, _hot.write_calls
 
 
-def write_arguments(keys: RedisKeys, batch: dict[str, list[bytes]], history: int,
-                    expiry: int, fresh: Container[str] = ()) -> tuple[list[str], list]:
-    """(KEYS, ARGV) of one WRITE_SCRIPT call for all of these channels' lines."""
-    calls = write_calls(keys.backlog_prefix, batch, (b"%d" % (history - 1), b"%d" % expiry), fresh,
-                        sys.maxsize)
-    return (calls[0][1], calls[0][2]) if calls else ([], [b"%d" % (history - 1), b"%d" % expiry])
+def write_arguments(keys: RedisKeys, batch: dict[str, list[bytes]], history: int, expiry: int,
+                    fresh: Container[str] = (), writer: str = "direct",
+                    call: bytes | None = None) -> tuple[list[bytes], list[bytes]]:
+    """(KEYS, ARGV) of one WRITE_SCRIPT call for all of these channels' lines (call: its id,
+    a new one by default)."""
+    head = (b"%d" % (history - 1), b"%d" % expiry, call or uuid.uuid4().hex.encode(), b"0")
+    calls = write_calls(keys.backlog_prefix, batch, head, fresh, sys.maxsize)
+    names, args = (calls[0][1], calls[0][2]) if calls else ([], list(head))
+    return [keys.backlog_writes(writer), *names], args
 
 
 class BacklogWriter:
@@ -161,7 +168,19 @@ class BacklogWriter:
         # When the oldest queued line was queued (the linger counts from it).
         self._since = 0.0
         self._flushing: defer.Deferred | None = None
-        self.in_flight: dict[str, list[bytes]] = {}
+        # The parts of the flush in flight, each channel -> lines.
+        self.in_flight: list[dict[str, list[bytes]]] = []
+        # Every script call has an id, which the script puts in this writer's
+        # hash on the shard in the same step as its lines. A call whose answer
+        # was lost (the shard stopped as it answered) is sent again whole,
+        # under its id, before anything newer: if it had run, it finds its id
+        # and writes nothing, so a retry never stores a line twice. The ids of
+        # answered calls go out of the hash with the next call.
+        self._writes_key = keys.backlog_writes(uuid.uuid4().hex)
+        self._call_ids = counter(1)
+        self._answered: list[bytes] = []
+        # Failed calls to send again, oldest first: (id, channel -> lines), counted in pending_*.
+        self.retrying: list[tuple[bytes, dict[str, list[bytes]]]] = []
         # Whether the last flush failed: then senders are not held (the node
         # goes on with tails and drains) and the bound sheds instead.
         self.failing = False
@@ -190,7 +209,7 @@ class BacklogWriter:
         self.pending_bytes += size
         if superseded:
             self.metrics.inc("logplex_backlog_superseded_total", superseded, shard=self.shard_name)
-        if self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes:
+        if self._over():
             self._shed()
         if self._call is None and self._flushing is None and self.pending:
             self._call = self.reactor.callLater(self.interval, self._tick)
@@ -238,13 +257,23 @@ class BacklogWriter:
         for d in holders:
             d.callback(None)
 
+    def _over(self) -> bool:
+        return self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes
+
     def _shed(self) -> None:
-        # Drop from the channels that have waited longest, oldest lines first:
-        # a backlog is a recent history, so the newest lines matter most.
-        while (self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes) \
-                and self.pending:
-            channel_id = next(iter(self.pending))
-            queued = self.pending[channel_id]
+        # Drop from the calls to retry, then from the channels that have waited
+        # longest, oldest lines first: a backlog is a recent history, so the
+        # newest lines matter most.
+        while self.retrying and self._over():
+            self._shed_from(self.retrying[0][1])
+            if not self.retrying[0][1]:
+                del self.retrying[0]
+        self._shed_from(self.pending)
+
+    def _shed_from(self, queue: dict[str, list[bytes]]) -> None:
+        while queue and self._over():
+            channel_id = next(iter(queue))
+            queued = queue[channel_id]
             cut = min(max(0, self.pending_count - self.max_pending), len(queued))
             size = sum(map(len, queued[:cut]))
             while cut < len(queued) and self.pending_bytes - size > self.max_pending_bytes:
@@ -255,7 +284,7 @@ class BacklogWriter:
             self.pending_bytes -= size
             self.metrics.inc("logplex_backlog_dropped_total", cut, shard=self.shard_name)
             if not queued:
-                del self.pending[channel_id]
+                del queue[channel_id]
 
     # -- flushing ---------------------------------------------------------------------------
     def flush(self) -> defer.Deferred:
@@ -263,36 +292,59 @@ class BacklogWriter:
         self._call = None
         if self._flushing is not None:
             return self._flushing
-        if not self.pending:
+        if not self.pending and not self.retrying:
             return defer.succeed(None)
         batch, self.pending = self.pending, {}
+        retry, self.retrying = self.retrying, []
         count = self.pending_count
         self.pending_count, self.pending_bytes = 0, 0
-        self.in_flight = batch
+        self.in_flight = [part for _, part in retry] + [batch]
         self._release()  # the queue is empty now: held senders go on while the flush runs
-        self._flushing = defer.ensureDeferred(self._write(batch, count))
+        self._flushing = defer.ensureDeferred(self._write(retry, batch, count))
         self._flushing.addBoth(self._flushed)
         return self._flushing
 
-    async def _write(self, batch: dict[str, list[bytes]], count: int) -> bool:
+    async def _write(self, retry: list[tuple[bytes, dict[str, list[bytes]]]], batch: dict[str, list[bytes]],
+                     count: int) -> bool:
         started = self.reactor.seconds()
         if started - self._fresh_since >= self.refresh_every:
             self._fresh = set()
             self._fresh_since = started
-        calls = write_calls(self.keys.backlog_prefix, batch, self._head, self._fresh)
+        answered = self._answered[:]
+        head = (*self._head, b"", b"%d" % len(answered), *answered)
+        prefix, calls = self.keys.backlog_prefix, []
+        for call_id, part in retry:  # whole, under its id: one call
+            calls += [(call_id, ids, part, names, args)
+                      for ids, names, args in write_calls(prefix, part, head, self._fresh, sys.maxsize)]
+        for ids, names, args in write_calls(prefix, batch, head, self._fresh):
+            calls.append((b"%d" % next(self._call_ids), ids, batch, names, args))
         sent = []
-        for n, (ids, names, args) in enumerate(calls):
+        for n, (call_id, ids, _, names, args) in enumerate(calls):
             if n:
                 # A reactor turn between parts: the previous part goes out and
                 # Redis runs it while this one is encoded (and reads go on).
                 await task.deferLater(self.reactor, 0, lambda: None)
-            sent.append(self._write_call(ids, names, args))
+            names.insert(0, self._writes_key)
+            args[2] = call_id
+            d = defer.maybeDeferred(self.redis.eval, WRITE_SCRIPT, names, args)
+            sent.append(d.addTimeout(self.timeout, self.reactor))
         results = await defer.DeferredList(sent, consumeErrors=True)
-        failed = [({channel_id: batch[channel_id] for channel_id in ids}, result)
-                  for (ids, _, _), (ok, result) in zip(calls, results) if not ok]
-        written = count - sum(len(lines) for part, _ in failed for lines in part.values())
-        if written:
-            self.metrics.inc("logplex_backlog_written_total", written, shard=self.shard_name)
+        failed, error, ran = 0, None, False
+        for (call_id, ids, source, _, _), (ok, result) in zip(calls, results):
+            if ok:
+                ran = True
+                self._fresh.update(ids)
+                self._answered.append(call_id)
+                continue
+            part = {channel_id: source[channel_id] for channel_id in ids}
+            self.retrying.append((call_id, part))
+            failed += sum(map(len, part.values()))
+            self.pending_bytes += sum(map(len, chain.from_iterable(part.values())))
+            error = result.value
+        if ran:
+            del self._answered[:len(answered)]  # a call that ran took them out of the hash
+        if count > failed:
+            self.metrics.inc("logplex_backlog_written_total", count - failed, shard=self.shard_name)
         took = self.reactor.seconds() - started
         self.metrics.observe("logplex_redis_command_seconds", took, redis=self.shard_name, op="backlog_flush")
         if took >= self.SLOW_FLUSH and started - self._slow_logged >= self.SLOW_LOG_EVERY:
@@ -300,56 +352,33 @@ class BacklogWriter:
             log.warn("backlog_redis_slow shard={shard} seconds={seconds:.1f} lines={lines} "
                      "action='senders held while the queue is past half its bound'",
                      shard=self.shard_name, seconds=took, lines=count)
-        if failed:
-            self._requeue([part for part, _ in failed], failed[0][1].value)
-            return False
-        return True
-
-    def _write_call(self, ids: list[str], names: list[bytes], args: list[bytes]) -> defer.Deferred:
-        d = defer.maybeDeferred(self.redis.eval, WRITE_SCRIPT, names, args)
-        d.addTimeout(self.timeout, self.reactor)
-
-        def written(result):
-            self._fresh.update(ids)
-            return result
-
-        return d.addCallback(written)
-
-    def _requeue(self, parts: list[dict[str, list[bytes]]], error: Exception) -> None:
-        # Put the failed lines back in front of what arrived meanwhile, so a
-        # short outage loses nothing and order is kept; the bound still holds.
-        count = sum(len(lines) for part in parts for lines in part.values())
-        log.warn(
-            "backlog_write_failed shard={shard} messages={count} error={error}",
-            shard=self.shard_name, count=count, error=repr(error),
-        )
-        newer, self.pending = self.pending, {}
-        self._since = float("-inf")  # lines put back are due whatever their number
-        for part in parts:
-            self.pending.update(part)
-        for channel_id, lines in newer.items():
-            if channel_id in self.pending:
-                self.pending[channel_id].extend(lines)
-            else:
-                self.pending[channel_id] = lines
-        self.pending_count += count
-        self.pending_bytes += sum(len(line) for part in parts for lines in part.values() for line in lines)
-        if self.pending_count > self.max_pending or self.pending_bytes > self.max_pending_bytes:
+        if error is None:
+            return True
+        # The failed calls wait in front of what arrived meanwhile, so a short
+        # outage loses nothing and order is kept; the bound still holds.
+        log.warn("backlog_write_failed shard={shard} messages={count} error={error}",
+                 shard=self.shard_name, count=failed, error=repr(error))
+        self.pending_count += failed
+        self._since = float("-inf")  # due whatever their number
+        if self._over():
             self._shed()
+        return False
 
     def forget(self, channel_id: str) -> int:
         """Drop the queued lines of a deleted channel (they must not land in the backlog of a
         new channel of its name); returns how many."""
-        queued = self.pending.pop(channel_id, None)
-        if queued is None:
-            return 0
-        self.pending_count -= len(queued)
-        self.pending_bytes -= sum(map(len, queued))
-        return len(queued)
+        dropped = 0
+        for queue in (*(part for _, part in self.retrying), self.pending):
+            queued = queue.pop(channel_id, None)
+            if queued is not None:
+                dropped += len(queued)
+                self.pending_count -= len(queued)
+                self.pending_bytes -= sum(map(len, queued))
+        return dropped
 
     def landed(self, channel_id: str) -> defer.Deferred:
         """Fires once no write in flight carries lines of this channel."""
-        if self._flushing is None or channel_id not in self.in_flight:
+        if self._flushing is None or not any(channel_id in part for part in self.in_flight):
             return defer.succeed(None)
         waiter: defer.Deferred = defer.Deferred()
 
@@ -362,14 +391,15 @@ class BacklogWriter:
 
     def unwritten(self, channel_id: str) -> list[bytes]:
         """A channel's lines not yet known to be in Redis, oldest first."""
-        return self.in_flight.get(channel_id, []) + self.pending.get(channel_id, [])
+        parts = (*self.in_flight, *(part for _, part in self.retrying), self.pending)
+        return [line for part in parts for line in part.get(channel_id, ())]
 
     def _flushed(self, ok) -> None:
         self._flushing = None
-        self.in_flight = {}
+        self.in_flight = []
         self.failing = ok is not True
         self._release()
-        if self.pending and self._call is None:
+        if (self.pending or self.retrying) and self._call is None:
             if ok is True:
                 # A queue that filled to a quarter of its bound while this flush ran
                 # goes at once: under load, a pause here is time senders are held.

@@ -143,6 +143,10 @@ class RedisKeys:
         """List, newest first: a channel's backlog."""
         return self.backlog_prefix + channel_id.encode()
 
+    def backlog_writes(self, writer: str) -> bytes:
+        """Hash of one backlog writer's script calls not known to be answered (call id -> 1)."""
+        return self._key_prefix + b"writes:" + writer.encode()
+
     @property
     def backlog_prefix(self) -> bytes:
         """What a backlog's key is before the channel id (UTF-8)."""

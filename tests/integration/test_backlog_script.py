@@ -30,3 +30,30 @@ def test_a_fresh_backlog_keeps_its_ttl_but_a_new_list_always_gets_one(redis):
     assert call(redis, "TTL", KEYS.backlog("kept")) <= 100  # not refreshed: this writer did lately
     assert 100 < call(redis, "TTL", KEYS.backlog("made")) <= 3600  # new: it gets its expiry at once
     assert call(redis, "LRANGE", KEYS.backlog("kept"), 0, -1) == [b"b", b"a"]
+
+
+def test_a_call_sent_again_after_its_answer_was_lost_writes_nothing_twice(redis):
+    names, args = write_arguments(KEYS, {"twice": [b"a", b"b"]}, 1500, 3600, writer="w1", call=b"7")
+    assert call(redis, "EVAL", WRITE_SCRIPT, len(names), *names, *args) == 1
+    # The shard ran it but the answer was lost: the writer sends the same call again.
+    assert call(redis, "EVAL", WRITE_SCRIPT, len(names), *names, *args) == -1
+    assert call(redis, "LRANGE", KEYS.backlog("twice"), 0, -1) == [b"b", b"a"]
+    # Another writer's call of the same number is its own.
+    other, other_args = write_arguments(KEYS, {"twice": [b"c"]}, 1500, 3600, writer="w2", call=b"7")
+    assert call(redis, "EVAL", WRITE_SCRIPT, len(other), *other, *other_args) == 1
+    assert call(redis, "LRANGE", KEYS.backlog("twice"), 0, -1) == [b"c", b"b", b"a"]
+
+
+def test_the_ids_of_answered_calls_leave_the_writers_hash_and_the_hash_expires(redis):
+    for n in (1, 2):
+        names, args = write_arguments(KEYS, {"c": [b"x"]}, 1500, 3600, writer="w", call=b"%d" % n)
+        call(redis, "EVAL", WRITE_SCRIPT, len(names), *names, *args)
+    writes = KEYS.backlog_writes("w")
+    assert sorted(call(redis, "HKEYS", writes)) == [b"1", b"2"]
+    # Call 3 says 1 and 2 were answered (ARGV[4]: how many ids follow).
+    names, args = write_arguments(KEYS, {"c": [b"y"]}, 1500, 3600, writer="w", call=b"3")
+    args = args[:3] + [b"2", b"1", b"2"] + args[4:]
+    assert call(redis, "EVAL", WRITE_SCRIPT, len(names), *names, *args) == 1
+    assert call(redis, "HKEYS", writes) == [b"3"]
+    assert 0 < call(redis, "TTL", writes) <= 86400
+    assert call(redis, "LRANGE", KEYS.backlog("c"), 0, -1) == [b"y", b"x", b"x"]
