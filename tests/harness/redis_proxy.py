@@ -26,7 +26,7 @@ class AnswerLosingProxy:
         self._lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.listener, selectors.EVENT_READ, None)
-        # socket -> (its peer, the answers-to-lose buffer of the pair or None)
+        # each socket -> the other socket of its pair
         self._peers: dict[socket.socket, socket.socket] = {}
         self._doomed: dict[socket.socket, bytearray] = {}  # server socket -> what it sent since
         self._closing = False
