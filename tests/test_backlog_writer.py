@@ -96,15 +96,17 @@ def test_a_failed_call_is_sent_again_whole_under_its_id_before_newer_messages():
     redis.replies[0].errback(ConnectionError("shard down"))
     assert w.unwritten("a") == [b"1", b"2", b"3"]
     clock.advance(1.0)
-    clock.advance(0)  # the next call of the flush goes a reactor turn later
     # The same call, under the same id: if it had run before its answer was
     # lost, the script finds the id and does not write its lines again.
     assert redis.executed[1][0] == ("LPUSH", backlog_key("a"), b"1", b"2")
     assert redis.ids[1][0] == redis.ids[0][0]
-    assert redis.executed[2][0] == ("LPUSH", backlog_key("a"), b"3")
-    assert redis.ids[2][0] != redis.ids[0][0]
+    # The newer lines of the channel wait for its answer: the pool's two
+    # connections could otherwise run them first.
+    assert len(redis.executed) == 2
     assert metrics.get("logplex_backlog_dropped_total", shard="") == 0
     redis.replies[1].callback(-1)  # it had run
+    assert redis.executed[2][0] == ("LPUSH", backlog_key("a"), b"3")
+    assert redis.ids[2][0] != redis.ids[0][0]
     redis.replies[2].callback(1)
     assert w.unwritten("a") == [] and metrics.get("logplex_backlog_written_total", shard="") == 3
     # The next call takes the answered ids out of the writer's hash.

@@ -9,6 +9,7 @@ from typing import Callable, Container
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from logplex import hotpath
 from logplex.backlog.ring import ShardRing
@@ -19,24 +20,17 @@ from logplex.redis.scripts import lua
 log = Logger()
 
 
-# One flush of a shard's new lines, however many channels they went to: one
-# command and one integer reply, where LPUSH + LTRIM + EXPIRE per channel in a
-# pipeline cost a Deferred and a parsed reply per command (bench/backlog_write.py
-# measures both). KEYS: the writer's hash of calls (see BacklogWriter), then
-# the channels' backlogs. ARGV: the last index kept (history - 1), the expiry
-# in seconds, the call's id, a count n and n ids of answered calls (out of the
-# hash), then per backlog its line count and its lines, oldest first. A call
-# whose id is in the hash already ran: it writes nothing and answers -1. A
-# negative count: the writer refreshed this backlog's
-# expiry lately, so EXPIRE only if the LPUSH made the list (a quarter of
-# Redis's work at one line per channel per flush). LPUSH takes at most a
-# thousand lines a call: Lua's unpack has a stack limit of about eight thousand.
+# One flush of a shard's new lines, whatever the channels: one command and one integer reply, not
+# LPUSH + LTRIM + EXPIRE per channel (bench/backlog_write.py). KEYS: the writer's hash of calls (see
+# BacklogWriter), then the backlogs. ARGV: the last index kept (history - 1), the expiry, the call's
+# id, a count n and n ids of answered calls (out of the hash), then per backlog its line count and
+# lines, oldest first. A call whose id is in the hash already ran: it writes nothing, answers -1. A
+# negative count: the writer refreshed this backlog's expiry lately, so EXPIRE only if the LPUSH
+# made the list. LPUSH takes at most a thousand lines a call (Lua's unpack stack limit).
 WRITE_SCRIPT = lua("logplex.backlog", "write")
 
-# A flush is cut into script calls of about this many bytes of lines, by
-# channel (a channel's lines of one flush stay in one call), sent a reactor
-# turn apart: Redis runs a script without serving anyone else (a MiB takes it
-# a few milliseconds), and runs one part while the node encodes the next.
+# A flush is cut into script calls of about this many bytes, by channel, a reactor turn apart:
+# Redis runs a script without serving anyone else, and runs one while the node encodes the next.
 WRITE_CALL_BYTES = 1024 * 1024
 
 
@@ -123,11 +117,9 @@ class BacklogWriter:
     waits (up to the linger) for more lines to join them; see _due.
     """
 
-    # A flush that would write fewer than LINGER_LINES lines per channel to
-    # more than LINGER_CHANNELS channels waits for more, up to `linger`
-    # seconds from its oldest line. At 10,000 channels Redis spends about 3 us
-    # per line at one line per channel and flush, 1 us at ten
-    # (bench/backlog_write.py); a smaller flush is cheap whatever it holds.
+    # A flush that would write fewer than LINGER_LINES lines per channel to more than
+    # LINGER_CHANNELS channels waits for more, up to `linger` from its oldest line
+    # (README: Redis's cost per line at 10,000 channels); a smaller flush is cheap.
     LINGER_CHANNELS = 1000
     LINGER_LINES = 8
 
@@ -170,12 +162,10 @@ class BacklogWriter:
         self._flushing: defer.Deferred | None = None
         # The parts of the flush in flight, each channel -> lines.
         self.in_flight: list[dict[str, list[bytes]]] = []
-        # Every script call has an id, which the script puts in this writer's
-        # hash on the shard in the same step as its lines. A call whose answer
-        # was lost (the shard stopped as it answered) is sent again whole,
-        # under its id, before anything newer: if it had run, it finds its id
-        # and writes nothing, so a retry never stores a line twice. The ids of
-        # answered calls go out of the hash with the next call.
+        # Every script call has an id, put in this writer's hash on the shard with its lines in
+        # one step. A failed call is sent again whole under its id, before anything newer: if it
+        # had run (its answer lost), it finds its id and writes nothing. Answered ids leave the
+        # hash with the next call.
         self._writes_key = keys.backlog_writes(uuid.uuid4().hex)
         self._call_ids = counter(1)
         self._answered: list[bytes] = []
@@ -318,17 +308,20 @@ class BacklogWriter:
                       for ids, names, args in write_calls(prefix, part, head, self._fresh, sys.maxsize)]
         for ids, names, args in write_calls(prefix, batch, head, self._fresh):
             calls.append((b"%d" % next(self._call_ids), ids, batch, names, args))
-        sent = []
-        for n, (call_id, ids, _, names, args) in enumerate(calls):
-            if n:
-                # A reactor turn between parts: the previous part goes out and
-                # Redis runs it while this one is encoded (and reads go on).
-                await task.deferLater(self.reactor, 0, lambda: None)
+        for call_id, _, _, names, args in calls:
             names.insert(0, self._writes_key)
             args[2] = call_id
-            d = defer.maybeDeferred(self.redis.eval, WRITE_SCRIPT, names, args)
-            sent.append(d.addTimeout(self.timeout, self.reactor))
-        results = await defer.DeferredList(sent, consumeErrors=True)
+        if retry:
+            results = await self._one_by_one([(names, args) for _, _, _, names, args in calls])
+        else:
+            sent = []
+            for n, (_, _, _, names, args) in enumerate(calls):
+                if n:
+                    # A reactor turn between parts: the previous part goes out and
+                    # Redis runs it while this one is encoded (and reads go on).
+                    await task.deferLater(self.reactor, 0, lambda: None)
+                sent.append(self._send(names, args))
+            results = await defer.DeferredList(sent, consumeErrors=True)
         failed, error, ran = 0, None, False
         for (call_id, ids, source, _, _), (ok, result) in zip(calls, results):
             if ok:
@@ -363,6 +356,21 @@ class BacklogWriter:
         if self._over():
             self._shed()
         return False
+
+    def _send(self, names: list[bytes], args: list[bytes]) -> defer.Deferred:
+        return defer.maybeDeferred(self.redis.eval, WRITE_SCRIPT, names, args).addTimeout(self.timeout, self.reactor)
+
+    async def _one_by_one(self, calls: list[tuple[list[bytes], list[bytes]]]) -> list[tuple[bool, object]]:
+        # With calls to retry, a channel's lines can be in several calls: they
+        # go one at a time, in order, since the pool's connections could run
+        # them out of order; after a failure the rest wait for the next try.
+        results: list[tuple[bool, object]] = []
+        for names, args in calls:
+            try:
+                results.append(results[-1] if results and not results[-1][0] else (True, await self._send(names, args)))
+            except Exception:
+                results.append((False, Failure()))
+        return results
 
     def forget(self, channel_id: str) -> int:
         """Drop the queued lines of a deleted channel (they must not land in the backlog of a
