@@ -282,16 +282,25 @@ class ConfigStore(ConfigFeed):
         return cred, secret
 
     async def ensure_credential(self, cred_id: str, secret: str) -> None:
-        """The --auth credential: exists with this secret, full_api and any_channel."""
+        """The --auth credential: exists with this secret, full_api and any_channel.
+
+        Written only over what was read: workers (or nodes) that start together
+        with the same --auth keep the first one's hash, so a login another worker
+        is checking is not refused because the hash it checks was replaced.
+        """
         self._writable()
-        raw = await self._call(self.redis.hget(self.keys.creds, cred_id))
         perms = frozenset({FULL_API, ANY_CHANNEL})
-        if raw:
-            cred = Credential.from_json(cred_id, raw)
-            if perms <= cred.perms and secrets.check_secret(secret, cred.secret_hash):
+        while True:
+            raw = await self._call(self.redis.hget(self.keys.creds, cred_id))
+            if raw:
+                cred = Credential.from_json(cred_id, raw)
+                if perms <= cred.perms and secrets.check_secret(secret, cred.secret_hash):
+                    self.cache.set_credential(cred_id, cred)
+                    return
+            cred = Credential(id=cred_id, secret_hash=secrets.hash_secret(secret), perms=perms, note="--auth")
+            if await self._eval(_PUT_CRED, [cred_id, cred.to_json(), raw or ""]) == b"ok":
                 self.cache.set_credential(cred_id, cred)
                 return
-        await self.create_credential(perms, note="--auth", cred_id=cred_id, secret=secret)
 
     async def delete_credential(self, cred_id: str) -> None:
         outcome = await self._eval(_PUT_CRED, [cred_id, ""])

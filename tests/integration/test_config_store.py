@@ -159,6 +159,19 @@ class ConfigStoreTests(Stores):
         await self.a.ensure_credential("admin", "rotated")
         assert self.a.cache.creds["admin"].secret_hash != first_hash
 
+    async def test_workers_ensuring_one_credential_together_keep_one_hash(self):
+        # Two workers started with the same --auth both read "no credential" before either
+        # writes. Each used to store its own salted hash over the other's, so a login being
+        # checked against the first hash was refused when the second arrived (CI's smoke
+        # met a 401 so).
+        raw = connect(self.address, poolsize=1)
+        self.addCleanup(raw.disconnect)
+        await defer.gatherResults([defer.ensureDeferred(store.ensure_credential("admin", "secret"))
+                                   for store in (self.a, self.b)])
+        stored = json.loads(await raw.hget(b"lp:creds", b"admin"))["hash"]
+        assert self.a.cache.creds["admin"].secret_hash == stored
+        assert self.b.cache.creds["admin"].secret_hash == stored
+
     async def test_sessions_expire(self):
         from logplex.model import SessionSpec
 
