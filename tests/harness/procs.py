@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,10 +21,56 @@ POLL = 0.05
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port that nothing on this host binds right now, below the ephemeral range.
+
+    A port the kernel hands out for bind(0) comes from the range it also gives
+    outgoing connections, so one of them (a node dialling its Redis) could take
+    it between this answer and the listener's bind: "Address already in use".
+    Ports below that range are only ever taken by a bind that asks for them.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _ports.randrange(max(1024, low - 16384), low)
+        if _bindable(port):
+            return port
+    raise RuntimeError(f"no free port below {low} after 200 tries")
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    """Whether port can be bound on every IPv4 and IPv6 address (tests listen on either)."""
+    families = [(socket.AF_INET, "0.0.0.0")] + ([(socket.AF_INET6, "::")] if socket.has_ipv6 else [])
+    for family, host in families:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind((host, port))
+        except OSError:
+            if family == socket.AF_INET:
+                return False
+            # A host without IPv6 cannot bind "::" at all: that says nothing of the port.
+            if _ipv6_usable():
+                return False
+    return True
+
+
+def _ipv6_usable() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::", 0))
+        return True
+    except OSError:
+        return False
+
+
+# Seeded apart per process: two test runs at once start from different ports.
+_ports = random.Random(os.getpid() ^ time.time_ns())
 
 
 def _tail(path: str, lines: int = 40) -> str:
