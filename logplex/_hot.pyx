@@ -20,7 +20,7 @@ from libc.string cimport memchr, memcmp, memcpy
 
 # logplex.hotpath refuses a build whose API differs from the one it expects
 # (a stale in-place build after this file changed its functions).
-API = 4
+API = 5
 
 ctypedef const unsigned char* cbytes
 
@@ -566,6 +566,98 @@ def syslog_frames(messages, drain_token: bytes):
                                                     fields.appname, fields.procid, fields.msg)
             _frame_into(out, <bytes>line, b"", b"")
     return out.take()
+
+
+# == tails (tails/session.py) =========================================================================
+
+cdef inline bint _tail_unsafe(cbytes p, Py_ssize_t start, Py_ssize_t end) noexcept:
+    """Whether MSG bytes need syslog.escape_tail_msg: a C0 control but TAB, DEL, or a backslash."""
+    cdef unsigned char c
+    cdef Py_ssize_t i
+    for i in range(start, end):
+        c = p[i]
+        if (c < 32 and c != 9) or c == 127 or c == 92:
+            return True
+    return False
+
+
+def tail_lines(messages, ps, source, one):
+    """tails.session.TailFilter.lines with the text render, compiled: ``TS APP[PROCID]: MSG\\n`` of
+    every message the ``ps`` and ``source`` filters (bytes or None) let through.
+
+    A message with a plain RFC 5424 header, NILVALUE structured data and a MSG
+    that needs no escaping is done here; every other one (structured data, a
+    header syslog.split_header must judge, a MSG to escape, not bytes) is
+    ``one(message)``'s: its line, or None.
+    """
+    cdef list items = messages if type(messages) is list else list(messages)
+    cdef list out = []
+    cdef bytes buf, line
+    cdef cbytes p
+    cdef Py_ssize_t n, start, end, pid_size, size
+    cdef Py_ssize_t ends[6]
+    cdef bint with_pid
+    cdef char* w
+    cdef const char* want
+    cdef Py_ssize_t want_size
+    if source is not None and type(source) is not bytes or ps is not None and type(ps) is not bytes:
+        return [line for line in map(one, items) if line is not None]
+    for message in items:
+        if type(message) is not bytes:
+            line = one(message)
+            if line is not None:
+                out.append(line)
+            continue
+        buf = <bytes>message
+        p = _chars(buf)
+        n = PyBytes_GET_SIZE(buf)
+        # syslog.parse: a plain header, then "-" alone or "- " and MSG (a BOM before it dropped).
+        if not _header_ends(p, n, ends) or p[ends[5] + 1] != 45 or (ends[5] + 2 < n and p[ends[5] + 2] != 32):
+            line = one(message)
+            if line is not None:
+                out.append(line)
+            continue
+        start = ends[5] + 3 if ends[5] + 2 < n else n
+        if n - start >= 3 and p[start] == 0xEF and p[start + 1] == 0xBB and p[start + 2] == 0xBF:
+            start += 3
+        if source is not None:
+            want, want_size = PyBytes_AS_STRING(<bytes>source), PyBytes_GET_SIZE(<bytes>source)
+            if ends[3] - ends[2] - 1 != want_size or memcmp(p + ends[2] + 1, want, want_size) != 0:
+                continue
+        pid_size = ends[4] - ends[3] - 1
+        if ps is not None:
+            # syslog.matches_ps: PROCID is ps, or ps and a dot begin it.
+            want, want_size = PyBytes_AS_STRING(<bytes>ps), PyBytes_GET_SIZE(<bytes>ps)
+            if memcmp(p + ends[3] + 1, want, want_size if want_size <= pid_size else 0) != 0 \
+                    or want_size > pid_size \
+                    or (want_size < pid_size and (want_size == 0 or p[ends[3] + 1 + want_size] != 46)):
+                continue
+        end = n - 1 if n > start and p[n - 1] == 10 else n  # one LF ending MSG is the line's own
+        if _tail_unsafe(p, start, end):
+            line = one(message)
+            if line is not None:
+                out.append(line)
+            continue
+        with_pid = not (pid_size == 1 and p[ends[3] + 1] == 45)
+        # TIMESTAMP SP APP-NAME ["[" PROCID "]"] ":" SP MSG LF
+        size = (ends[1] - ends[0] - 1) + 1 + (ends[3] - ends[2] - 1) + (pid_size + 2 if with_pid else 0) \
+            + 2 + (end - start) + 1
+        line = PyBytes_FromStringAndSize(NULL, size)
+        w = PyBytes_AS_STRING(line)
+        w = _put(w, p, ends[0] + 1, ends[1])
+        w[0] = 32
+        w = _put(w + 1, p, ends[2] + 1, ends[3])
+        if with_pid:
+            w[0] = 91
+            w = _put(w + 1, p, ends[3] + 1, ends[4])
+            w[0] = 93
+            w += 1
+        w[0] = 58
+        w[1] = 32
+        w = _put(w + 2, p, start, end)
+        w[0] = 10
+        out.append(line)
+    return out
 
 
 # == drain queues (drains/queue.py) ===================================================================

@@ -14,7 +14,7 @@ from types import ModuleType
 
 PURE_ENV = "LOGPLEX_PURE_PYTHON"
 # The functions this Python code expects of logplex._hot (its API constant).
-EXPECTED_API = 4
+EXPECTED_API = 5
 
 
 def _load() -> tuple[ModuleType | None, str]:

@@ -10,7 +10,7 @@ positions and with several frame limits, fed to a framer in random reads,
 decoded as a logplex-1 body; each message split, cooked and formatted for
 drains; the messages grouped by the router's loop against random routes; a
 drain queue's batch cut from them; the backlog writer's queue and script
-calls of them; RESP commands of its pieces. Raw
+calls of them; RESP commands of its pieces; a text tail's lines of them. Raw
 hypothesis bytes get the same checks.
 
 Examples: LOGPLEX_HOT_EXAMPLES (300 by default; .ci/run sets more). The module
@@ -34,6 +34,7 @@ from logplex.backlog import writer as backlog_writer
 from logplex.drains import formats as drain_formats
 from logplex.drains import queue as drain_queue
 from logplex.redis import connection
+from logplex.tails import session as tail_session
 
 try:
     from logplex import _hot
@@ -272,6 +273,16 @@ def check_backlog(rng: random.Random, messages: list[bytes]) -> None:
             backlog_writer.pure_write_calls, b"lp:log:", queues[0], head, fresh, max_bytes)
 
 
+def check_tail(rng: random.Random, messages: list[bytes]) -> None:
+    """A text tail's lines: the same lines, in the same order, under every kind of filter."""
+    batch = messages + [m + rng.choice([b"\n", b"\\", b"\t", b"\x7f", b"\x1b[31m"]) for m in messages]
+    ps = rng.choice([None, "web", "web.1", "we", "-", "t.abc", "x" * 20])
+    source = rng.choice([None, "app", "host", "-", "t.abc"])
+    tail = tail_session.TailFilter(ps, source)
+    assert outcome(_hot.tail_lines, batch, tail.ps, tail.source, tail.one) == outcome(
+        tail_session.pure_tail_lines, batch, tail.one)
+
+
 def check_everything(seed: int) -> None:
     rng = random.Random(seed)
     data, messages = stream(rng)
@@ -281,6 +292,7 @@ def check_everything(seed: int) -> None:
     check_batch(rng, messages)
     check_backlog(rng, messages)
     check_resp(rng, messages)
+    check_tail(rng, messages)
 
 
 @HOT
@@ -302,6 +314,7 @@ def test_twins_agree_on_raw_bytes(data: bytes, seed: int) -> None:
         check_message(rng, line)
     check_batch(rng, lines)
     check_backlog(rng, lines)
+    check_tail(rng, lines)
 
 
 @pytest.mark.parametrize("data", [
@@ -336,6 +349,11 @@ def test_twins_agree_on_non_bytes() -> None:
     line = b"<13>1 t h a p m - x"
     assert outcome(_hot.group, iter([line, line]), routes, None, odd) == outcome(
         router.pure_group, [line, line], routes, None, odd)
+    tail = tail_session.TailFilter("p", "a")
+    for odd_messages in ([line, bytearray(line)], (line, "text")):
+        assert outcome(_hot.tail_lines, odd_messages, tail.ps, tail.source, tail.one) == outcome(
+            tail_session.pure_tail_lines, odd_messages, tail.one)
+    assert outcome(_hot.tail_lines, iter([line]), tail.ps, tail.source, tail.one) == ("ok", [b"t a[p]: x\n"])
     for odd_messages in ((), [b"x", "y"], (b"x", b"y"), [b"ab", bytearray(b"cd")]):
         assert outcome(_hot.fitting, odd_messages, 1, 4) == outcome(drain_queue.pure_fitting, odd_messages, 1, 4)
     for value in (bytearray(line), "<13>1 t h a p m - x", None):

@@ -6,7 +6,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from logplex import syslog
+from logplex import hotpath, syslog
 from logplex.model import Channel, SessionSpec
 from logplex.settings import TailSettings
 
@@ -33,19 +33,39 @@ class TailFilter:
         self.ps = ps.encode() if ps else None
         self.source = source.encode() if source else None
         self.render = render
+        # logplex._hot.tail_lines does the text render of plain messages itself and hands
+        # it one() for every other; another render goes message by message through one().
+        self._compiled = _hot is not None and render is syslog.tail_line
+
+    def one(self, message: bytes) -> bytes | None:
+        """What the reader gets of one message: None when it is malformed or filtered out."""
+        fields = syslog.parse(message)
+        if fields is None:
+            return None
+        if self.source is not None and fields.appname != self.source:
+            return None
+        if self.ps is not None and not syslog.matches_ps(fields.procid, self.ps):
+            return None
+        return self.render(fields)
 
     def lines(self, messages: list[bytes]) -> list[bytes]:
-        out = []
-        for message in messages:
-            fields = syslog.parse(message)
-            if fields is None:
-                continue
-            if self.source is not None and fields.appname != self.source:
-                continue
-            if self.ps is not None and not syslog.matches_ps(fields.procid, self.ps):
-                continue
-            out.append(self.render(fields))
-        return out
+        if self._compiled:
+            return _hot.tail_lines(messages, self.ps, self.source, self.one)
+        return pure_tail_lines(messages, self.one)
+
+
+def pure_tail_lines(messages: list[bytes], one: Callable[[bytes], bytes | None]) -> list[bytes]:
+    """The lines of messages, one(message) each, Nones left out; logplex._hot.tail_lines is its
+    compiled twin (for the text render)."""
+    out = []
+    for message in messages:
+        line = one(message)
+        if line is not None:
+            out.append(line)
+    return out
+
+
+_hot = hotpath.compiled()
 
 
 class TailBuffer:
