@@ -397,7 +397,10 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         m0, m1 = before["metrics"] or {}, ingest.metrics(api)
         r["node_metrics"] = {k: m1.get(k, 0) - (m0.get(k, 0) if by_node else 0) for k in (
             ingest.ROUTED, ingest.WRITTEN, ingest.SUPERSEDED, ingest.DROPPED, drains.DELIVERED,
-            drains.DRAIN_DROPPED, "logplex_drain_l10_total", "logplex_drain_retried_total")}
+            drains.DRAIN_DROPPED, "logplex_drain_l10_total", "logplex_drain_retried_total",
+            "logplex_senders_held_seconds_total", "logplex_ingress_held_seconds_total")}
+        # A gauge, as it stands at the end: the most the event loop ran late over the last 15-30 s.
+        r["node_metrics"]["logplex_reactor_lag_max_seconds"] = m1.get("logplex_reactor_lag_max_seconds", 0)
 
     window, span = end["t"] - before["t"], end["t"] - (mark or before)["t"]
     in_window = delivered(end["sink_stats"], end["metrics"]) - delivered(before["sink_stats"], before["metrics"])
