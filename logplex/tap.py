@@ -125,7 +125,8 @@ class Options(usage.Options):
          "Seconds an HTTP drain waits to fill a batch before sending a smaller one.",
          _positive_float("http-drain-linger")],
         ["http-drain-post-rate", None, DEFAULT["http-drain-post-rate"],
-         "POSTs a second a node's HTTP drains aim at together; past it their linger grows, up to 5 s.",
+         "Lingered POSTs (batches under the target size) a second a node's HTTP drains aim at together; "
+         "past it their linger grows, up to 5 s.",
          _positive_int("http-drain-post-rate")],
         ["http-drain-timeout", None, DEFAULT["http-drain-timeout"], "Seconds an HTTP drain waits for an answer.",
          _positive_float("http-drain-timeout")],

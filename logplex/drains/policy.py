@@ -80,10 +80,12 @@ def parse_retry_after(value: bytes | None, now: float) -> float | None:
 
 class Pace:
     """The linger of a node's HTTP drains together: their own (base) while they send
-    fewer than `budget` POSTs a second between them, longer (up to cap) while they
-    send more. A POST costs the node about 250 us whatever its size, so 1,000 drains
-    of a few lines a second each would otherwise cost a core in POSTs alone; with a
-    longer linger the same lines go in fewer, larger POSTs.
+    fewer than `budget` lingered POSTs (batches under the target size) a second
+    between them, longer (up to cap) while they send more. A POST costs the node
+    about 250 us whatever its size, so 1,000 drains of a few lines a second each
+    would otherwise cost a core in POSTs alone; with a longer linger the same lines
+    go in fewer, larger POSTs. Full batches are not counted: a longer linger cannot
+    make them fewer.
 
     Measured over windows of `window` seconds, with no timer of its own: the rate is
     looked at when a drain asks for the linger or sends. The linger moves by the square
