@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 
 import attrs
@@ -84,6 +85,23 @@ def default_workers(settings: Settings, cpus: int) -> WorkerCount:
     if reason is not None:
         return WorkerCount(1, reason)
     return WorkerCount(cpus, f"one per CPU this process may use ({cpus})")
+
+
+_IGNORING_HUP: list[str] | None = None
+
+
+def _ignoring_hup() -> list[str]:
+    """The command prefix that starts a program with SIGHUP ignored (GNU env 8.31+), or []."""
+    global _IGNORING_HUP
+    if _IGNORING_HUP is None:
+        env = shutil.which("env")
+        prefix = [env, "--ignore-signal=HUP"] if env else []
+        try:
+            works = bool(prefix) and subprocess.run([*prefix, "true"], capture_output=True, timeout=5).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            works = False
+        _IGNORING_HUP = prefix if works else []
+    return _IGNORING_HUP
 
 
 def worker_environment(settings: Settings, fds: list[int]) -> str:
@@ -261,13 +279,19 @@ class WorkerMaster(MultiService):
         env = dict(os.environ)
         env[WORKER_ENV] = worker_environment(settings, inherited)
         worker = _Worker(self, index)
-        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "-n", "--pidfile=", "logplex"]
+        # SIGHUP is ignored until the worker's node installs its handler: a HUP forwarded
+        # while the worker starts and imports would end it (the password file is read at boot
+        # anyway). GNU env ignores it from before Python starts; the first statement, where
+        # env cannot, from once Python runs.
+        argv = [sys.executable, "-c",
+                "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+                "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "logplex"]
         setpriv = shutil.which("setpriv")
         if setpriv is not None:
             # A worker whose master died (even by SIGKILL) stops too, instead
             # of serving on as an orphan nobody supervises.
             argv = [setpriv, "--pdeathsig", "TERM", "--", *argv]
+        argv = [*_ignoring_hup(), *argv]
         self.transports[index] = self.reactor.spawnProcess(
             worker, argv[0], argv, env=env, childFDs=child_fds)
         self.workers[index] = worker

@@ -198,11 +198,33 @@ def test_sighup_reaches_every_worker_and_ends_no_process(servers, nodes, tmp_pat
     secret.write_text("file-password")
     node = start_node(nodes, tmp_path, f"redis://127.0.0.1:{redis.port}/0", "--workers", "2",
                       "--redis-password-file", str(secret))
+    # The node answers once one worker is ready; a HUP before the other's handler is in place
+    # is ignored (it reads the file as it boots), so this test waits for both.
+    wait_until(lambda: node.proc.log_text().count("node_ready"), lambda n: n == 2, 20, "both workers ready")
     os.kill(node.proc.pid, signal.SIGHUP)
     wait_until(lambda: node.proc.log_text().count("redis_password_file_reloaded ok=True"), lambda n: n == 2,
                10, "both workers reloading the password file")
     assert node.proc._proc.poll() is None, "SIGHUP ended the master"
     assert works(node) == ["over operated redis"]
+
+
+def test_a_sighup_while_workers_boot_ends_none_of_them(servers, nodes, tmp_path):
+    # A HUP forwarded to a worker still importing used to end it (the default action), and
+    # the master restarted it a second later.
+    redis = launched(servers, OperatedRedis(str(tmp_path / "booting"), password="file-password"))
+    secret = tmp_path / "redis-password"
+    secret.write_text("file-password")
+    proc = spawn_node(nodes, tmp_path, f"redis://127.0.0.1:{redis.port}/0", "--workers", "2",
+                      "--redis-password-file", str(secret))
+    wait_until(lambda: proc.log_text().count("worker_started"), lambda n: n == 2, 20, "the workers spawned")
+    deadline = time.monotonic() + 20
+    while proc.log_text().count("node_ready") < 2 and time.monotonic() < deadline:
+        os.kill(proc._proc.pid, signal.SIGHUP)
+        time.sleep(0.02)  # a HUP every 20 ms through the workers' whole boot
+    log = proc.log_text()
+    assert log.count("node_ready") == 2, log[-3000:]
+    assert "worker_ended" not in log, log[-3000:]
+    assert proc._proc.poll() is None
 
 
 # -- Redis Cluster ----------------------------------------------------------------------------------
