@@ -581,6 +581,12 @@ cdef inline bint _tail_unsafe(cbytes p, Py_ssize_t start, Py_ssize_t end) noexce
     return False
 
 
+cdef inline void _append_one(list out, object one, object message) except *:
+    line = one(message)
+    if line is not None:
+        out.append(line)
+
+
 def tail_lines(messages, ps, source, one):
     """tails.session.TailFilter.lines with the text render, compiled: ``TS APP[PROCID]: MSG\\n`` of
     every message the ``ps`` and ``source`` filters (bytes or None) let through.
@@ -601,21 +607,19 @@ def tail_lines(messages, ps, source, one):
     cdef const char* want
     cdef Py_ssize_t want_size
     if source is not None and type(source) is not bytes or ps is not None and type(ps) is not bytes:
-        return [line for line in map(one, items) if line is not None]
+        for message in items:
+            _append_one(out, one, message)
+        return out
     for message in items:
         if type(message) is not bytes:
-            line = one(message)
-            if line is not None:
-                out.append(line)
+            _append_one(out, one, message)
             continue
         buf = <bytes>message
         p = _chars(buf)
         n = PyBytes_GET_SIZE(buf)
         # syslog.parse: a plain header, then "-" alone or "- " and MSG (a BOM before it dropped).
         if not _header_ends(p, n, ends) or p[ends[5] + 1] != 45 or (ends[5] + 2 < n and p[ends[5] + 2] != 32):
-            line = one(message)
-            if line is not None:
-                out.append(line)
+            _append_one(out, one, message)
             continue
         start = ends[5] + 3 if ends[5] + 2 < n else n
         if n - start >= 3 and p[start] == 0xEF and p[start + 1] == 0xBB and p[start + 2] == 0xBF:
@@ -634,9 +638,7 @@ def tail_lines(messages, ps, source, one):
                 continue
         end = n - 1 if n > start and p[n - 1] == 10 else n  # one LF ending MSG is the line's own
         if _tail_unsafe(p, start, end):
-            line = one(message)
-            if line is not None:
-                out.append(line)
+            _append_one(out, one, message)
             continue
         with_pid = not (pid_size == 1 and p[ends[3] + 1] == 45)
         # TIMESTAMP SP APP-NAME ["[" PROCID "]"] ":" SP MSG LF

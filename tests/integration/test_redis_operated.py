@@ -192,12 +192,17 @@ def test_a_rotated_password_file_takes_effect_without_a_restart(servers, nodes, 
     assert "new-password" not in node.proc.log_text()
 
 
-def test_sighup_reaches_every_worker_and_ends_no_process(servers, nodes, tmp_path):
+def two_workers_on_a_password_file(servers, tmp_path) -> tuple[str, list[str]]:
+    """A Redis with a password, and the URL and options of a two-worker node that reads it from a file."""
     redis = launched(servers, OperatedRedis(str(tmp_path / "workers"), password="file-password"))
     secret = tmp_path / "redis-password"
     secret.write_text("file-password")
-    node = start_node(nodes, tmp_path, f"redis://127.0.0.1:{redis.port}/0", "--workers", "2",
-                      "--redis-password-file", str(secret))
+    return f"redis://127.0.0.1:{redis.port}/0", ["--workers", "2", "--redis-password-file", str(secret)]
+
+
+def test_sighup_reaches_every_worker_and_ends_no_process(servers, nodes, tmp_path):
+    url, options = two_workers_on_a_password_file(servers, tmp_path)
+    node = start_node(nodes, tmp_path, url, *options)
     # The node answers once one worker is ready; a HUP before the other's handler is in place
     # is ignored (it reads the file as it boots), so this test waits for both.
     wait_until(lambda: node.proc.log_text().count("node_ready"), lambda n: n == 2, 20, "both workers ready")
@@ -211,11 +216,8 @@ def test_sighup_reaches_every_worker_and_ends_no_process(servers, nodes, tmp_pat
 def test_a_sighup_while_workers_boot_ends_none_of_them(servers, nodes, tmp_path):
     # A HUP forwarded to a worker still importing used to end it (the default action), and
     # the master restarted it a second later.
-    redis = launched(servers, OperatedRedis(str(tmp_path / "booting"), password="file-password"))
-    secret = tmp_path / "redis-password"
-    secret.write_text("file-password")
-    proc = spawn_node(nodes, tmp_path, f"redis://127.0.0.1:{redis.port}/0", "--workers", "2",
-                      "--redis-password-file", str(secret))
+    url, options = two_workers_on_a_password_file(servers, tmp_path)
+    proc = spawn_node(nodes, tmp_path, url, *options)
     wait_until(lambda: proc.log_text().count("worker_started"), lambda n: n == 2, 20, "the workers spawned")
     deadline = time.monotonic() + 20
     while proc.log_text().count("node_ready") < 2 and time.monotonic() < deadline:
