@@ -115,6 +115,15 @@ class DrainConnection(Protocol):
         self.idle_since = 0.0
         self.closed = False
 
+    def connectionMade(self) -> None:
+        # A request is written whole, then nothing until its answer: Nagle's
+        # algorithm gains nothing here and holds the last part of a large body
+        # until the endpoint acknowledges the rest, which a delayed ACK puts
+        # off by up to 40 ms (Linux). 1 MiB POSTs on loopback took 21 ms.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)  # TLS passes it on to TCP
+        if no_delay is not None:
+            no_delay(True)
+
     def send(self, exchange: _Exchange, request: bytes) -> None:
         self.exchange = exchange
         exchange.connection = self
