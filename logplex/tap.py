@@ -142,8 +142,9 @@ class Options(usage.Options):
         ["drain-spool-age", None, DEFAULT["drain-spool-age"], "Seconds a spooled message may wait before it is dropped.",
          _positive_float("drain-spool-age")],
         ["drain-pushback", None, DEFAULT["drain-pushback"],
-         "Hold back senders while a drain of their channel has a full buffer and its endpoint "
-         "answers within this many seconds (the node, not the endpoint, is behind); 0: never.",
+         "Hold back senders while a drain of their channel has a full buffer and a largest batch "
+         "waiting, and its endpoint answers within this many seconds (the node, not the "
+         "endpoint, is behind); 0: never.",
          _non_negative_float("drain-pushback")],
         ["drain-ca-file", None, None,
          "PEM bundle of CAs to verify drain endpoints with, instead of the system's."],

@@ -45,7 +45,10 @@ ON_NODE = "pushback-on"
 OFF_NODE = "pushback-off"
 PUSHBACK = 2.0
 BUFFER = 64
-COMMON = ["--allow-private-drains", "--drain-buffer", str(BUFFER)]
+# Batches of 8 to 16 KiB: a drain holds its senders once its buffer is full and a largest batch
+# waits behind the one in flight, so that floods of a few thousand lines are held.
+COMMON = ["--allow-private-drains", "--drain-buffer", str(BUFFER),
+          "--http-drain-target-bytes", "8192", "--http-drain-max-bytes", "16384"]
 FLOOD = 50_000
 HELD = "logplex_senders_held_total"
 HELD_SECONDS = "logplex_senders_held_seconds_total"
