@@ -136,13 +136,21 @@ def _cpu() -> float:
     return t.user + t.system
 
 
+# A paced sender writes what fell due in each PACE_STEP: a write per frame or two
+# (what the loop managed when it wrote as soon as one was due) cost the generator
+# 85 % of a core per connection at 240,000 frames/s, against 78 % unpaced at
+# 1.5 million, and took that core from whatever it fed on this 2-core host.
+PACE_STEP = 0.001
+
+
 def _paced(rate: float, start: float, sent: int, most: int) -> int:
-    """How many messages are due now (at most `most`); sleeps briefly when none is."""
+    """How many messages are due now (at most `most`); sleeps until a step's worth is, if fewer are."""
     if not rate:
         return most
     due = int(rate * (time.monotonic() - start)) - sent
-    if due <= 0:
-        time.sleep(min(0.002, max(0.0002, -due / rate)))
+    step = min(most, max(1, int(rate * PACE_STEP)))
+    if due < step:
+        time.sleep((step - due) / rate)
         return 0
     return min(due, most)
 
