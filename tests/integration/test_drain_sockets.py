@@ -79,4 +79,3 @@ class DrainSocketTests(unittest.TestCase):
         ca = TestCA(directory)
         port = self.listen(server_context(ca.issue(["localhost"])))
         await self.post_and_check_the_socket(b"https://localhost:%d/logs" % port, trust_root=ca.trust_root)
-
