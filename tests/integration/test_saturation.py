@@ -31,8 +31,11 @@ def saturation_node():
     redis.start()
     node = None
     try:
+        # Batches of 8-16 KiB: a drain holds its senders once its buffer is full and a largest
+        # batch waits behind the one in flight, so these tests' floods of 1,000-2,000 lines are held.
         node = start_node(tempfile.mkdtemp(dir=root), redis.url, NODE, "--allow-private-drains",
-                          "--drain-buffer", "64", "--drain-pushback", "2")
+                          "--drain-buffer", "64", "--drain-pushback", "2",
+                          "--http-drain-target-bytes", "8192", "--http-drain-max-bytes", "16384")
         yield node
     finally:
         try:
