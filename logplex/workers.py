@@ -10,6 +10,7 @@ dies, and on a graceful stop lets every worker spill its drains first.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -87,21 +88,18 @@ def default_workers(settings: Settings, cpus: int) -> WorkerCount:
     return WorkerCount(cpus, f"one per CPU this process may use ({cpus})")
 
 
-_IGNORING_HUP: list[str] | None = None
-
-
-def _ignoring_hup() -> list[str]:
-    """The command prefix that starts a program with SIGHUP ignored (GNU env 8.31+), or []."""
-    global _IGNORING_HUP
-    if _IGNORING_HUP is None:
-        env = shutil.which("env")
-        prefix = [env, "--ignore-signal=HUP"] if env else []
-        try:
-            works = bool(prefix) and subprocess.run([*prefix, "true"], capture_output=True, timeout=5).returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            works = False
-        _IGNORING_HUP = prefix if works else []
-    return _IGNORING_HUP
+@functools.cache
+def _ignoring_hup() -> tuple[str, ...]:
+    """The command prefix that starts a program with SIGHUP ignored (GNU env 8.31+), or (); probed once."""
+    env = shutil.which("env")
+    if env is None:
+        return ()
+    prefix = (env, "--ignore-signal=HUP")
+    try:
+        works = subprocess.run([*prefix, "true"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        works = False
+    return prefix if works else ()
 
 
 def worker_environment(settings: Settings, fds: list[int]) -> str:
