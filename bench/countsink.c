@@ -1,6 +1,8 @@
 /* A counting sink for bench/peers.py: a TCP syslog stream or HTTP/1.1 POSTs.
    Counts bench markers "t=<send time> s=<conn>:<seq>" (unique per connection,
-   repeats, holes, send -> receipt latency) and " lg=" markers, cheaply. */
+   repeats, holes, send -> receipt latency) and " lg=" markers, cheaply. Every
+   tenth of a second with a marker later than --late-ms is kept ("late_windows"), so
+   that a latency tail can be told apart: one stall, or lines late all along. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -22,6 +24,8 @@
 #define MAXCONN 1000
 #define READ_SIZE (256 * 1024)
 #define EXPS 10     /* latency exponents 10^-3 .. 10^6 ms, 900 three-digit mantissas each */
+#define WINDOW 0.1   /* seconds: the late windows' length */
+#define MAXLATE 4096 /* late windows kept; later ones are only counted */
 
 enum { HEAD, BODY, SIZE, CHUNK, TRAILER };
 
@@ -42,6 +46,12 @@ static double first_at, last_at;
 static unsigned char *bitmap[MAXCONN];
 static long long bitlen[MAXCONN], top[MAXCONN];
 static long long hist[EXPS * 900 + 2];
+/* The current window: markers seen, how many were late, the latest; and the late intervals. */
+static double late_ms = 20;
+static long long win_marked, win_late;
+static double win_max_ms;
+static struct { double end; long long late, marked; double max_ms; } late_win[MAXLATE];
+static long long late_windows;
 
 static double now_wall(void) {
     struct timespec ts;
@@ -100,7 +110,7 @@ static void mark(int c, long long s) {
 /* Parse "t=DIGITS.DIGITS s=DIGITS:DIGITS " at p (just past "t="); the end of it, NULL if incomplete
    before end, or p itself if it is not a marker. */
 static const char *marker(const char *p, const char *end, double now, const char **last_t, size_t *last_tlen,
-                          int *last_b) {
+                          int *last_b, double *last_ms) {
     const char *t = p;
     while (p < end && isdigit((unsigned char)*p)) p++;
     if (p < end && *p == '.') { p++; while (p < end && isdigit((unsigned char)*p)) p++; }
@@ -119,12 +129,17 @@ static const char *marker(const char *p, const char *end, double now, const char
     if (!digits) return t;
     /* A generator write shares one time stamp: reuse its bucket. */
     int b;
-    if (*last_t && *last_tlen == tlen && memcmp(*last_t, t, tlen) == 0) b = *last_b;
+    double ms;
+    if (*last_t && *last_tlen == tlen && memcmp(*last_t, t, tlen) == 0) b = *last_b, ms = *last_ms;
     else {
-        b = bucket((now - strtod(t, NULL)) * 1000);
-        *last_t = t; *last_tlen = tlen; *last_b = b;
+        ms = (now - strtod(t, NULL)) * 1000;
+        b = bucket(ms);
+        *last_t = t; *last_tlen = tlen; *last_b = b; *last_ms = ms;
     }
     hist[b]++;
+    win_marked++;
+    if (ms > late_ms) win_late++;
+    if (ms > win_max_ms) win_max_ms = ms;
     marked++;
     mark((int)c, s);
     return p;
@@ -136,6 +151,7 @@ static long long scan(const char *p, const char *end) {
     const char *last_t = NULL;
     size_t last_tlen = 0;
     int last_b = 0;
+    double last_ms = 0;
     long long n = 0;
     if (first_at == 0) first_at = now;
     last_at = now;
@@ -143,7 +159,7 @@ static long long scan(const char *p, const char *end) {
         const char *q = memchr(p, '=', end - p);
         if (!q) break;
         if (q - p >= 2 && q[-1] == 't' && q[-2] == ' ') {
-            const char *r = marker(q + 1, end, now, &last_t, &last_tlen, &last_b);
+            const char *r = marker(q + 1, end, now, &last_t, &last_tlen, &last_b, &last_ms);
             if (!r || r == q + 1) { bad_markers++; p = q + 1; continue; }
             n++;
             p = r;
@@ -269,6 +285,17 @@ static size_t http_feed(conn_t *c) {
     }
 }
 
+/* End the current window: keep it if a marker in it was late. */
+static void close_window(double now) {
+    if (win_late) {
+        if (late_windows < MAXLATE)
+            late_win[late_windows] = (typeof(late_win[0])){now, win_late, win_marked, win_max_ms};
+        late_windows++;
+    }
+    win_marked = win_late = 0;
+    win_max_ms = 0;
+}
+
 static void write_stats(int final) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -301,23 +328,33 @@ static void write_stats(int final) {
                 now_wall(), cpu);
         if (final) {
             long long total = 0, seen_n = 0;
-            double p50 = -1, p99 = -1, mx = -1;
+            double p50 = -1, p90 = -1, p99 = -1, p999 = -1, mx = -1;
             for (int i = 0; i < EXPS * 900 + 2; i++) total += hist[i];
             for (int i = 0; i < EXPS * 900 + 2; i++) {
                 if (!hist[i]) continue;
                 seen_n += hist[i];
                 if (p50 < 0 && seen_n >= 0.50 * total) p50 = bucket_ms(i);
+                if (p90 < 0 && seen_n >= 0.90 * total) p90 = bucket_ms(i);
                 if (p99 < 0 && seen_n >= 0.99 * total) p99 = bucket_ms(i);
+                if (p999 < 0 && seen_n >= 0.999 * total) p999 = bucket_ms(i);
                 mx = bucket_ms(i);
             }
             if (total)
                 fprintf(o, ", \"connections_seen\": %lld, \"seq_holes\": %lld, \"max_seq_gap\": %lld, "
-                           "\"latency_p50_ms\": %.4g, \"latency_p99_ms\": %.4g, \"latency_max_ms\": %.4g",
-                        seen, holes, max_gap, p50, p99, mx);
+                           "\"latency_p50_ms\": %.4g, \"latency_p90_ms\": %.4g, \"latency_p99_ms\": %.4g, "
+                           "\"latency_p999_ms\": %.4g, \"latency_max_ms\": %.4g",
+                        seen, holes, max_gap, p50, p90, p99, p999, mx);
             else
                 fprintf(o, ", \"connections_seen\": %lld, \"seq_holes\": %lld, \"max_seq_gap\": %lld, "
-                           "\"latency_p50_ms\": null, \"latency_p99_ms\": null, \"latency_max_ms\": null",
+                           "\"latency_p50_ms\": null, \"latency_p90_ms\": null, \"latency_p99_ms\": null, "
+                           "\"latency_p999_ms\": null, \"latency_max_ms\": null",
                         seen, holes, max_gap);
+            /* [seconds after the first message, late markers, markers, latest ms] per late window */
+            fprintf(o, ", \"late_ms\": %g, \"late_windows_total\": %lld, \"late_windows\": [", late_ms, late_windows);
+            for (long long i = 0; i < late_windows && i < MAXLATE; i++)
+                fprintf(o, "%s[%.3f, %lld, %lld, %.1f]", i ? ", " : "", late_win[i].end - first_at, late_win[i].late,
+                        late_win[i].marked, late_win[i].max_ms);
+            fprintf(o, "]");
         }
         fprintf(o, "}\n");
         fflush(o);
@@ -335,7 +372,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--port") && i + 1 < argc) port = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--stats") && i + 1 < argc) stats_path = argv[++i];
         else if (!strcmp(argv[i], "--interval") && i + 1 < argc) interval = atof(argv[++i]);
-        else { fprintf(stderr, "usage: countsink http|syslog --port P [--stats PATH] [--interval S]\n"); return 2; }
+        else if (!strcmp(argv[i], "--late-ms") && i + 1 < argc) late_ms = atof(argv[++i]);
+        else {
+            fprintf(stderr, "usage: countsink http|syslog --port P [--stats PATH] [--interval S] [--late-ms MS]\n");
+            return 2;
+        }
     }
     for (int c = 0; c < MAXCONN; c++) top[c] = -1;
     struct sigaction sa = {0};
@@ -354,10 +395,10 @@ int main(int argc, char **argv) {
     epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
     write_stats(0);
     fprintf(stderr, "countsink: %s listening on 127.0.0.1:%d\n", http_mode ? "http" : "syslog", port);
-    double next = now_wall() + interval;
+    double next = now_wall() + interval, next_window = now_wall() + WINDOW;
     struct epoll_event evs[64];
     while (!stopping) {
-        int n = epoll_wait(ep, evs, 64, (int)(interval * 1000));
+        int n = epoll_wait(ep, evs, 64, (int)(WINDOW * 1000));
         for (int i = 0; i < n; i++) {
             conn_t *c = evs[i].data.ptr;
             if (!c) {
@@ -397,8 +438,10 @@ int main(int argc, char **argv) {
             }
         }
         double now = now_wall();
+        if (now >= next_window) { close_window(now); next_window = now + WINDOW; }
         if (now >= next) { write_stats(0); next = now + interval; }
     }
+    close_window(now_wall());
     write_stats(1);
     return 0;
 }

@@ -417,8 +417,7 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         "delivered_in_window": in_window, "msgs_per_s": round(in_window / window),
         "delivered": total, "lost": lost, "settle_s": round(settled["t"] - end["t"], 1),
         "duplicates": final.get("duplicates"), "seq_holes": final.get("seq_holes"),
-        "latency_p50_ms": final.get("latency_p50_ms"), "latency_p99_ms": final.get("latency_p99_ms"),
-        "latency_max_ms": final.get("latency_max_ms"),
+        **{f"latency_{q}_ms": final.get(f"latency_{q}_ms") for q in ("p50", "p90", "p99", "p999", "max")},
         "cpu_percent": round(100 * (end["target"] - mark["target"]) / span, 1) if target_pids else None,
         "us_per_msg": round(1e6 * (settled["target"] - before["target"]) / total, 2)
         if target_pids and total > 0 else None,
@@ -433,6 +432,9 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
     if sink is not None:
         r["sink"] = {k: final.get(k) for k in ("messages", "unique", "loggen", "requests", "connections",
                                                 "out_of_order", "bad_markers")}
+        # The tenths of a second in which some line arrived later than late_ms: [seconds after the
+        # first line, late lines, lines, latest ms]. One stall or a tail all along tells its cause.
+        r["late"] = {k: final.get(k) for k in ("late_ms", "late_windows_total", "late_windows")}
     return r
 
 

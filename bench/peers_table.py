@@ -243,6 +243,18 @@ def print_grid(summary: dict, args) -> None:
           f"plus (node paths) what the drains owed the sink and did not deliver, per round.")
 
 
+def late_summary(r: dict) -> str:
+    """Where the latency tail lies: how many of the run's tenths of a second had a line later
+    than late_ms (a few: stalls; most: the whole run was behind), and the share of lines late."""
+    late = r.get("late") or {}
+    windows = late.get("late_windows") or []
+    if not late.get("late_ms") or not r.get("delivered"):
+        return ""
+    lines = sum(w[1] for w in windows)
+    return (f"  >{fmt(late['late_ms'])} ms: {100 * lines / r['delivered']:.2f}% of lines"
+            f" in {fmt(late['late_windows_total'])} tenths")
+
+
 def line(r: dict) -> None:
     """One progress line per run."""
     if "error" in r:
@@ -254,7 +266,7 @@ def line(r: dict) -> None:
           f"  p50/p99 {fmt(r['latency_p50_ms'], 2)}/{fmt(r['latency_p99_ms'], 1)} ms  CPU {fmt(r['cpu_percent'])}%"
           f" {fmt(r['us_per_msg'], 2)} us/msg  RSS {fmt(r['peak_rss_mib'])}  sink {fmt(r['sink_cpu_percent'])}%"
           f"  gen {fmt(r['gen_cpu_percent'])}%" + (f"  tail {r['tail']}" if r.get("tail") else "")
-          + (f"  errors {r['errors']}" if r["errors"] else "")
+          + (f"  errors {r['errors']}" if r["errors"] else "") + late_summary(r)
           + (f"  setup {r['setup']}" if r.get("setup") and r.get("spread", "conn") != "conn" else "")
           + (f"  drains owed {fmt(r['to_drains'])} got {fmt(r['drained_at_sink'])}" if "to_drains" in r else "")
           + (f"  dropped backlog/drain {fmt(r['node_metrics'].get(ingest.DROPPED))}/"
