@@ -15,6 +15,9 @@ DECLARED: dict[str, tuple[str, str]] = {
     "logplex_messages_routed_total": ("counter", "Messages delivered to a channel."),
     "logplex_messages_malformed_total": ("counter", "Messages dropped: not RFC 5424."),
     "logplex_messages_unknown_token_total": ("counter", "Messages dropped: no such token."),
+    "logplex_messages_routed_late_total": ("counter",
+                                           "Syslog messages whose token this worker learnt of only by waiting for its "
+                                           "config to catch up (a token made a moment before elsewhere)."),
     "logplex_messages_forbidden_total": ("counter", "Messages dropped: ingress denied."),
     "logplex_bytes_received_total": ("counter", "Bytes read from syslog and HTTP inputs."),
     "logplex_framing_errors_total": ("counter", "Connections closed for broken framing."),

@@ -44,7 +44,7 @@ from logplex.redis.connection import RedisClusterRefused, connect, refuse_cluste
 from logplex.redis.password import RedisSecrets
 from logplex.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from logplex.redis.keys import RedisKeys
-from logplex.router import DropReport, Router
+from logplex.router import DropReport, Router, TokenMisses
 from logplex.saturation import HoldMeter, WorkerLoad, listener_name
 from logplex.settings import Settings
 from logplex.tails.cluster import ClusterTails, NodeRegistry
@@ -232,7 +232,8 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
         spool_recorder=lambda drain_id: adopter.record(drain_id),
     )
     router = Router(store.cache, backlogs, cluster_tails, metrics, drains=drains.publish, drops=drops,
-                    hold=drains.hold, backlog_hold=backlogs.hold)
+                    hold=drains.hold, backlog_hold=backlogs.hold,
+                    misses=TokenMisses(store.caught_up, reactor.seconds))
     adopter = SpoolAdopter(redis.config, drains, registry, s.node.name, reactor, metrics,
                            s.drains.adopt_after, timeout, keys=keys)
     health = NodeHealth(router, store, redis.config, backlogs.pools)

@@ -100,6 +100,54 @@ class DropReport:
                 del self.kinds[kind]
 
 
+class TokenMisses:
+    """Tokens this worker did not know when lines came with them, and the wait for its config to catch up.
+
+    A token made through another worker of this node (or another node) is in the
+    config Redis before its maker answers, but reaches this worker's cache only
+    through the change feed, a moment later. So a line with an unknown token waits
+    for catch_up() (one round trip on the feed, and the refreshes it brings) before
+    it is dropped. A token still unknown then is remembered for `remember` seconds,
+    and its lines are dropped at once meanwhile: a sender with a wrong or deleted
+    token costs one catch-up, not one per read. At most `most` tokens are
+    remembered (the oldest half is forgotten past that).
+
+    Pure: the clock and the catch-up are given.
+    """
+
+    def __init__(self, catch_up: Callable[[], "Deferred"], clock: Callable[[], float],
+                 remember: float = 10.0, most: int = 10_000) -> None:
+        self.catch_up = catch_up
+        self.clock = clock
+        self.remember = remember
+        self.most = most
+        self._unknown: dict[bytes, float] = {}  # token -> when it was found unknown, oldest first
+
+    def recently_unknown(self, token: bytes) -> bool:
+        """Whether a catch-up found this token unknown less than `remember` seconds ago."""
+        at = self._unknown.get(token)
+        if at is None:
+            return False
+        if self.clock() - at < self.remember:
+            return True
+        del self._unknown[token]
+        return False
+
+    def unknown(self, token: bytes) -> None:
+        """A catch-up did not bring this token: its lines are dropped at once for a while."""
+        if token not in self._unknown and len(self._unknown) >= self.most:
+            now = self.clock()
+            kept = {t: at for t, at in self._unknown.items() if now - at < self.remember}
+            if len(kept) >= self.most:
+                kept = dict(list(kept.items())[len(kept) // 2:])
+            self._unknown = kept
+        self._unknown.pop(token, None)
+        self._unknown[token] = self.clock()
+
+    def wait(self) -> "Deferred":
+        return self.catch_up()
+
+
 class Router:
     def __init__(
         self,
@@ -112,8 +160,11 @@ class Router:
         hold: Hold | None = None,
         drops: DropReport | None = None,
         backlog_hold: Hold | None = None,
+        misses: TokenMisses | None = None,
     ) -> None:
         self.clock = clock
+        # Without it, a line with a token this worker does not know is dropped at once.
+        self.misses = misses
         self.drops = drops
         self.cache = cache
         self.backlogs = backlogs
@@ -136,8 +187,34 @@ class Router:
         return self._route(messages, route)[0]
 
     def route_held(self, messages: list[bytes], route: tuple[str, bytes] | None = None) -> Deferred | None:
-        """Route a batch like route(); a Deferred when its sender should wait before sending more."""
-        by_channel = self._route(messages, route)[1]
+        """Route a batch like route(); a Deferred when its sender should wait before sending more.
+
+        Lines whose token this worker does not know (see TokenMisses) wait for its
+        config to catch up, and are routed or dropped then; their sender waits too,
+        so that its next lines come after them.
+        """
+        unsure: list[bytes] | None = [] if self.misses is not None and route is None else None
+        by_channel = self._route(messages, route, unsure)[1]
+        hold = self._hold(by_channel)
+        if unsure:
+            late = self.misses.wait()
+            late.addCallback(lambda _: self._route_late(unsure))
+            hold = late if hold is None else DeferredList([hold, late])
+        return hold
+
+    def _route_late(self, messages: list[bytes]) -> Deferred | None:
+        """The lines that waited for a catch-up: routed now (counted as routed late), or dropped
+        as unknown, their tokens remembered as such."""
+        try:
+            accepted, by_channel = self._route(messages, None, None, late=True)
+        except IngressDenied:
+            return None  # switched off meanwhile: counted as forbidden
+        if accepted:
+            self.metrics.inc("logplex_messages_routed_late_total", accepted)
+        return self._hold(by_channel)
+
+    def _hold(self, by_channel: dict[str, list[bytes]]) -> Deferred | None:
+        """None, or what the sender of lines to these channels should wait for."""
         if not by_channel:
             return None
         ids = by_channel.keys()
@@ -147,9 +224,13 @@ class Router:
             return backlog or drains
         return DeferredList([backlog, drains])
 
-    def _route(self, messages: list[bytes], route: tuple[str, bytes] | None) -> tuple[int, dict]:
+    def _route(self, messages: list[bytes], route: tuple[str, bytes] | None, unsure: list[bytes] | None = None,
+               late: bool = False) -> tuple[int, dict]:
+        """(accepted, lines by channel). Lines with an unknown token go to `unsure` (not counted
+        as dropped) when it is given; `late`: these lines waited, and were counted as received."""
         metrics = self.metrics
-        metrics.inc("logplex_messages_received_total", len(messages))
+        if not late:
+            metrics.inc("logplex_messages_received_total", len(messages))
         if self.deny_ingress:
             metrics.inc("logplex_messages_forbidden_total", len(messages))
             raise IngressDenied("Log ingress is switched off on this node.")
@@ -157,10 +238,10 @@ class Router:
         dropped: dict[tuple[str, str], int] = {}
 
         def odd(message: bytes) -> tuple[str, bytes] | None:
-            return self._odd(message, routes, route, dropped)
+            return self._odd(message, routes, route, dropped, unsure, late)
 
         by_channel = group(messages, routes, route, odd)
-        accepted = len(messages)
+        accepted = len(messages) - (len(unsure) if unsure else 0)
         if dropped:
             malformed = unknown = 0
             for (reason, detail), n in dropped.items():
@@ -181,9 +262,11 @@ class Router:
         return accepted, by_channel
 
     def _odd(self, message: bytes, routes: dict, route: tuple[str, bytes] | None,
-             dropped: dict[tuple[str, str], int]) -> tuple[str, bytes] | None:
+             dropped: dict[tuple[str, str], int], unsure: list[bytes] | None = None,
+             late: bool = False) -> tuple[str, bytes] | None:
         """The rules for a message the grouping loop does not take as it is: (channel id,
-        cooked message), or None with the drop tallied in `dropped` by (reason, detail)."""
+        cooked message), or None with the drop tallied in `dropped` by (reason, detail), or
+        put in `unsure` (an RFC 5424 line with a token not known yet) to be looked at again."""
         parts = syslog.split_header(message)
         old_style = False
         if parts is None:
@@ -198,9 +281,15 @@ class Router:
         if target is None:
             # An RFC 3164 tag is a token only if it happens to be one:
             # otherwise the line is not in logplex's format at all.
+            # Only an RFC 5424 line waits for the config to catch up: an RFC 3164 tag that
+            # is no token is the usual case (a local daemon's line), not a race.
             if old_style:
                 _tally(dropped, UNKNOWN_TAG, "")
+            elif unsure is not None and not self.misses.recently_unknown(parts[3]):
+                unsure.append(message)
             else:
+                if late:
+                    self.misses.unknown(parts[3])
                 _tally(dropped, UNKNOWN_TOKEN, redact_token(parts[3]))
             return None
         channel_id, name = target

@@ -201,6 +201,28 @@ def test_missing_or_bad_auth_is_401_with_a_basic_challenge(node, auth):
     assert node.backlog.calls == []
 
 
+def test_a_token_made_elsewhere_a_moment_ago_is_looked_up_again_once_the_config_caught_up(node):
+    from twisted.internet.defer import succeed
+
+    from logplex.router import TokenMisses
+
+    def catch_up():  # what the feed brings: the token made through another worker
+        caught.append(1)
+        fill_cache(node.cache, "app-3", {"new": UNKNOWN_TOKEN})
+        return succeed(None)
+
+    caught = []
+    node.router.misses = TokenMisses(catch_up, node.reactor.seconds)
+    reply = node.post(encode_logplex1([message("x", "a")]), token_auth(UNKNOWN_TOKEN))
+    assert reply.status == 204 and caught == [1]
+    assert node.backlog.calls == [("app-3", [message("new", "a")])]
+    # A token still unknown after the catch-up is 401, and for a while without another catch-up.
+    typo = UNKNOWN_TOKEN.replace("9", "8")
+    assert node.post(encode_logplex1([message("x", "b")]), token_auth(typo)).status == 401
+    assert node.post(encode_logplex1([message("x", "c")]), token_auth(typo)).status == 401
+    assert caught == [1, 1]
+
+
 @pytest.mark.parametrize("content_type", [None, b"text/plain", b"application/json", b"application/logplex-2"])
 def test_a_wrong_content_type_is_415(node, content_type):
     reply = node.post(encode_logplex1([message("x", "a")]), token_auth(), content_type=content_type)

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -259,6 +260,30 @@ def test_a_token_listener_whose_token_is_gone_drops_and_counts(node):
     assert node.backlog.calls == []
     assert node.metric("logplex_messages_unknown_token_total") == 1
     assert not transport.disconnecting
+
+
+def test_lines_with_a_token_made_elsewhere_a_moment_ago_wait_for_the_config_with_their_sender():
+    from logplex.router import TokenMisses
+
+    node, waits = Node(), []
+    node.router.misses = TokenMisses(lambda: waits.append(Deferred()) or waits[-1], Clock().seconds)
+    protocol, transport = node.connect()
+    token_listener = SyslogFactory(node.router, node.metrics, MAX_FRAME, token=UNKNOWN_TOKEN)
+    protocol2 = token_listener.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40001))
+    transport2 = StringTransport()
+    protocol2.makeConnection(transport2)
+    protocol.dataReceived(octet_frame(message(WEB_TOKEN, "a")) + octet_frame(message(UNKNOWN_TOKEN, "b")))
+    protocol2.dataReceived(octet_frame(message("x", "c")))
+    # Neither connection reads on until the config has caught up; nothing is dropped yet.
+    assert transport.producerState == transport2.producerState == "paused"
+    assert node.backlog.calls == [("app-1", [cooked("app", "a")])]
+    fill_cache(node.cache, "app-3", {"new": UNKNOWN_TOKEN})
+    for wait in waits:
+        wait.callback(None)
+    assert node.backlog.calls[1:] == [("app-3", [cooked("new", "b")]), ("app-3", [cooked("new", "c", "web.1")])]
+    assert transport.producerState == transport2.producerState == "producing"
+    assert node.metric("logplex_messages_unknown_token_total") == 0
+    assert node.metric("logplex_messages_routed_late_total") == 2
 
 
 FRAME_TIMEOUT = 30.0

@@ -209,3 +209,82 @@ def test_the_router_follows_flags_set_and_cleared_on_a_channel_by_a_refresh():
     cache.replace_channel("app2", Channel("app2"), token, [])
     router.route([msg("t.two", "b")])
     assert backlog.appended == [("app2", [msg("worker", "b")])]
+
+
+class CatchUp:
+    """A config catch-up the test completes, bringing in what it was given."""
+
+    def __init__(self, cache):
+        from twisted.internet.task import Clock
+
+        self.cache, self.clock, self.waits = cache, Clock(), []
+
+    def __call__(self):
+        from twisted.internet.defer import Deferred
+
+        self.waits.append(Deferred())
+        return self.waits[-1]
+
+    def finish(self, *tokens):
+        """The catch-up ends; the feed brought these tokens of app2 with it."""
+        if tokens:
+            self.cache.replace_channel("app2", Channel("app2"), [Token(t, "app2", "worker") for t in tokens], [])
+        self.waits.pop(0).callback(None)
+
+
+def test_a_line_whose_token_was_made_a_moment_ago_elsewhere_waits_for_the_config_and_is_routed():
+    from logplex.router import TokenMisses
+
+    cache, backlog, metrics = make_cache(), Sink(), Metrics()
+    catch_up = CatchUp(cache)
+    router = Router(cache, backlog, Sink(), metrics, misses=TokenMisses(catch_up, catch_up.clock.seconds))
+    held = router.route_held([msg("t.one", "a"), msg("t.new", "b"), msg("t.new", "c")])
+    # The known token's line goes at once; the other two wait, and their sender with them.
+    assert backlog.appended == [("app1", [msg("web", "a")])]
+    assert metrics.get("logplex_messages_unknown_token_total") == 0 and not held.called
+    catch_up.finish("t.new")
+    assert held.called
+    assert backlog.appended[1:] == [("app2", [msg("worker", "b"), msg("worker", "c")])]
+    assert metrics.get("logplex_messages_routed_total") == 3
+    assert metrics.get("logplex_messages_routed_late_total") == 2
+    assert metrics.get("logplex_messages_received_total") == 3
+    assert metrics.get("logplex_messages_unknown_token_total") == 0
+
+
+def test_a_token_still_unknown_after_a_catch_up_is_dropped_and_then_dropped_at_once_for_a_while():
+    from logplex.router import TokenMisses
+
+    cache, backlog, metrics = make_cache(), Sink(), Metrics()
+    catch_up = CatchUp(cache)
+    misses = TokenMisses(catch_up, catch_up.clock.seconds, remember=10.0)
+    router = Router(cache, backlog, Sink(), metrics, misses=misses)
+    held = router.route_held([msg("t.typo", "a")])
+    catch_up.finish()
+    assert held.called and backlog.appended == []
+    assert metrics.get("logplex_messages_unknown_token_total") == 1
+    # Known to be unknown: no second wait, the sender is not held.
+    assert router.route_held([msg("t.typo", "b")]) is None
+    assert metrics.get("logplex_messages_unknown_token_total") == 2 and len(catch_up.waits) == 0
+    # RFC 3164 lines whose tag is no token never wait.
+    assert router.route_held([b"<13>Nov 24 10:00:01 myhost cron: no token"]) is None
+    # Some time on, the token is looked for again (it may have been made since).
+    catch_up.clock.advance(10.0)
+    held = router.route_held([msg("t.typo", "c")])
+    assert not held.called
+    catch_up.finish("t.typo")
+    assert backlog.appended == [("app2", [msg("worker", "c")])]
+
+
+def test_remembered_unknown_tokens_are_bounded():
+    from logplex.router import TokenMisses
+
+    clock = CatchUp(None).clock
+    misses = TokenMisses(lambda: None, clock.seconds, remember=10.0, most=4)
+    for i in range(4):
+        misses.unknown(b"t.%d" % i)
+    misses.unknown(b"t.4")
+    assert [misses.recently_unknown(b"t.%d" % i) for i in range(5)] == [False, False, True, True, True]
+    clock.advance(10.0)
+    for i in range(4):
+        misses.unknown(b"t.x%d" % i)  # the expired ones go first
+    assert [misses.recently_unknown(b"t.x%d" % i) for i in range(4)] == [True] * 4

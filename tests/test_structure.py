@@ -49,10 +49,8 @@ KNOWN_UNTESTED = {
     "logplex/api/schemas.py",
     "logplex/api/sessions.py",
     # The config writes are Lua scripts, tested against a real Redis in
-    # tests/integration/test_config_store.py; the resubscribing pub/sub through real Redis
-    # restarts in tests/integration/test_faults.py and test_redis_operated.py.
+    # tests/integration/test_config_store.py.
     "logplex/config/store.py",
-    "logplex/redis/subscription.py",
 }
 
 # Test modules that still import another test module (importer -> imported). Shrink it by moving

@@ -107,6 +107,8 @@ class ConfigFeed:
         self.tombstone_listeners: list[Callable[[int], None]] = []
         self.node = node  # this node's name: its own heartbeat is not another node's
         self._refreshes: dict[str, list[int]] = {}
+        # Refreshes the feed's notifications started and that have not finished (caught_up).
+        self._refreshing: set[defer.Deferred] = set()
         self._collector_held = False
         # A load reads page_size records per round trip and works through them in
         # slices of slice_size records (a millisecond or two), turn_budget seconds of
@@ -200,7 +202,26 @@ class ConfigFeed:
                 listener(message)
             return
         self._heard_write()
+        self._refreshing.add(d)
+        d.addBoth(self._refreshed, d)
         d.addErrback(self._catch_up_later, "refresh")
+
+    def _refreshed(self, result, d: defer.Deferred):
+        self._refreshing.discard(d)
+        return result
+
+    def caught_up(self) -> defer.Deferred:
+        """Fires once every change announced on the feed before this call is in the cache:
+        the feed has heard them (Subscription.caught_up), then the refreshes they started,
+        and a load under way, are over. Never fails (a feed down or slow is as caught up
+        as it can be)."""
+        heard = self._subscription.caught_up(self.timeout) if self._subscription else defer.succeed(None)
+
+        def applied(_):
+            pending = list(self._refreshing) + ([self.load()] if self._loading is not None else [])
+            return defer.DeferredList(pending, consumeErrors=True) if pending else None
+
+        return heard.addCallback(applied)
 
     def _heard_write(self) -> None:
         """Every write bumps the version once and announces itself once: a node that heard

@@ -346,7 +346,16 @@ class LogInput:
         elif pair is None:
             token = parse_bearer(header)
         if token is not None:
-            target = self.store.cache.routes.get(token.encode("utf-8", "replace"))
+            raw = token.encode("utf-8", "replace")
+            target = self.store.cache.routes.get(raw)
+            misses = self.router.misses
+            if target is None and misses is not None and not misses.recently_unknown(raw):
+                # Made a moment ago through another worker or node? Looked up again
+                # once this worker's config has caught up with the config Redis.
+                await misses.wait()
+                target = self.store.cache.routes.get(raw)
+                if target is None:
+                    misses.unknown(raw)
             if target is None:
                 self.metrics.inc("logplex_messages_unknown_token_total")
                 raise HttpError(401, "Unknown token.", BASIC_CHALLENGE)

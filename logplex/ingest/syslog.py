@@ -6,6 +6,7 @@ from typing import Callable
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from logplex.framing import FramingError, SyslogFramer
 from logplex.router import UNKNOWN_TOKEN, IngressDenied, Router, redact_token
@@ -111,9 +112,11 @@ class SyslogProtocol(Protocol):
             holds = self.factory.holds
             if holds is not None:
                 self._held_since = holds.begin(self.factory.listener)
-            hold.addCallback(self._go_on)
+            hold.addBoth(self._go_on)
 
-    def _go_on(self, _) -> None:
+    def _go_on(self, result) -> None:
+        if isinstance(result, Failure):  # a bug: the sender must not stay held for it
+            log.failure("syslog_hold_failed", result)
         self.held = False
         self._end_hold()
         if not self.closing:
@@ -184,13 +187,32 @@ class SyslogFactory(Factory):
             return self.router.route_held(messages)
         # Looked up per batch, so a deleted token stops routing at once.
         target = self.router.cache.routes.get(self.token)
+        if target is not None:
+            return self.router.route_held(messages, target)
+        misses = self.router.misses
+        if misses is None or misses.recently_unknown(self.token):
+            return self._unknown(messages)
+        # Made a moment ago through another worker? Looked up again once the config caught up.
+        return misses.wait().addCallback(lambda _: self._route_late(messages))
+
+    def _route_late(self, messages: list[bytes]):
+        target = self.router.cache.routes.get(self.token)
         if target is None:
-            self.metrics.inc("logplex_messages_received_total", len(messages))
-            self.metrics.inc("logplex_messages_unknown_token_total", len(messages))
-            if self.router.drops is not None:
-                self.router.drops.add(UNKNOWN_TOKEN, redact_token(self.token) + " (this listener's)", len(messages))
-            return None
-        return self.router.route_held(messages, target)
+            self.router.misses.unknown(self.token)
+            return self._unknown(messages)
+        try:
+            hold = self.router.route_held(messages, target)
+        except IngressDenied:
+            return None  # switched off meanwhile: counted as forbidden
+        self.metrics.inc("logplex_messages_routed_late_total", len(messages))
+        return hold
+
+    def _unknown(self, messages: list[bytes]) -> None:
+        self.metrics.inc("logplex_messages_received_total", len(messages))
+        self.metrics.inc("logplex_messages_unknown_token_total", len(messages))
+        if self.router.drops is not None:
+            self.router.drops.add(UNKNOWN_TOKEN, redact_token(self.token) + " (this listener's)", len(messages))
+        return None
 
     def buildProtocol(self, addr):
         protocol = SyslogProtocol(self.router, self.metrics, self.max_frame)

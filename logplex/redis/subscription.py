@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import txredisapi
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from logplex.redis.address import RedisAddress
 from logplex.redis.connection import start_connecting
@@ -52,6 +54,8 @@ class Subscription:
         self._channels: set[bytes] = set()
         self._protocol: _Protocol | None = None
         self._factory: _Factory | None = None
+        self._catch_up_waiters: list[defer.Deferred] = []
+        self._pinging = False
 
     @property
     def connected(self) -> bool:
@@ -85,6 +89,41 @@ class Subscription:
         self._channels.difference_update(gone)
         if gone and self.connected:
             self._protocol.unsubscribe(gone).addErrback(self._failed, "unsubscribe")
+
+    def caught_up(self, timeout: float) -> defer.Deferred:
+        """Fires once every message Redis published to this subscriber before this call has
+        been handled: a PING through this connection, which Redis answers after them.
+
+        Never fails: while not connected (messages are being missed, and on_connected
+        will catch up) or without an answer within `timeout` seconds, it fires all the
+        same. A call made while a PING is out waits for the next one, which leaves
+        after it; every call made meanwhile shares that one.
+        """
+        waiter = defer.Deferred()
+        self._catch_up_waiters.append(waiter)
+        if not self._pinging:
+            self._ping(timeout)
+        return waiter
+
+    def _ping(self, timeout: float) -> None:
+        waiters, self._catch_up_waiters = self._catch_up_waiters, []
+        self._pinging = True
+        if not self.connected:
+            d = defer.succeed(None)
+        else:
+            d = self._protocol.ping()
+            d.addTimeout(timeout, self._reactor)
+
+        def done(result):
+            if isinstance(result, Failure):
+                log.info("redis_subscription_ping_failed error={err!r}", err=result.getErrorMessage())
+            self._pinging = False
+            for waiter in waiters:
+                waiter.callback(None)
+            if self._catch_up_waiters:
+                self._ping(timeout)
+
+        d.addBoth(done)
 
     def _connected(self, protocol: _Protocol) -> None:
         self._protocol = protocol

@@ -367,3 +367,47 @@ class GenerationTests(Stores):
         await until(lambda: self.reseeds() == 1)
         await newcomer.load()
         assert newcomer.held.cluster_id == self.a.held.cluster_id and "app" in newcomer.cache.channels
+
+
+class CatchUpTests(Stores):
+    """A worker that has not heard of a token made through another one yet (its change feed lags)."""
+
+    async def test_a_line_with_a_token_made_through_another_node_a_moment_ago_is_routed_not_dropped(self):
+        from logplex.metrics import Metrics
+        from logplex.router import Router, TokenMisses
+        from tests.helpers import RecordingBacklog, RecordingTails
+
+        backlog, metrics = RecordingBacklog(), Metrics()
+        router = Router(self.b.cache, backlog, RecordingTails(), metrics,
+                        misses=TokenMisses(self.b.caught_up, reactor.seconds))
+        # b's feed is slow: what Redis publishes to it waits in its socket.
+        feed = self.b._subscription._protocol.transport
+        feed.pauseProducing()
+        await self.a.put_channel("app", ["web"])
+        token = self.a.tokens_of("app")[0].id
+        assert token.encode() not in self.b.cache.routes
+        line = b"<13>1 2026-12-03T10:00:00+00:00 host %s web.1 - - made a moment ago" % token.encode()
+        held = router.route_held([line])
+        await task.deferLater(reactor, 0.05, lambda: None)
+        assert not held.called and backlog.calls == []
+        feed.resumeProducing()
+        await held
+        assert backlog.calls == [("app", [line.replace(token.encode(), b"web")])]
+        assert metrics.get("logplex_messages_unknown_token_total") == 0
+        # A token nobody made is dropped once the feed has caught up, and counted.
+        await router.route_held([line.replace(token.encode(), b"t.nobody")])
+        assert metrics.get("logplex_messages_unknown_token_total") == 1
+
+    async def test_caught_up_waits_for_the_refreshes_the_feed_brought(self):
+        feed = self.b._subscription._protocol.transport
+        feed.pauseProducing()
+        await self.a.put_channel("app", ["web", "worker"])
+        drain = await self.a.add_drain("app", "https://logs.example.com/x")
+        first, second = self.b.caught_up(), self.b.caught_up()
+        await task.deferLater(reactor, 0.05, lambda: None)
+        assert not first.called and not second.called
+        feed.resumeProducing()
+        await first
+        # Everything written before the call is in b's cache the moment it fires.
+        assert len(self.b.cache.routes) == 2 and drain.id in self.b.cache.drains
+        await second

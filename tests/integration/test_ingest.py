@@ -547,3 +547,33 @@ def test_tail_of_a_quiet_channel_answers_at_once(node):
         assert response.headers.get("Transfer-Encoding") == "chunked"
     finally:
         tail.close()
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory, redis):
+    """A node of two worker processes sharing its listeners."""
+    from tests.harness.client import start_node, stop_node
+
+    n = start_node(tmp_path_factory, redis, "--workers", "2")
+    wait_for(lambda: n.proc.log_text().count("node_ready"), lambda ready: ready == 2, timeout=30)
+    yield n
+    stop_node(n)
+
+
+def test_a_line_sent_the_moment_its_channel_is_made_is_kept_whichever_worker_reads_it(two_workers):
+    # A channel made through one worker reaches the other through the change feed, a moment
+    # later; a line that reaches the other first used to be dropped there as an unknown token.
+    node = two_workers
+    sent = []
+    for _ in range(25):
+        channel_id, tokens = node.channel("app")
+        token = tokens["app"]
+        for n in range(2):  # two connections: the listener's workers take turns accepting
+            send_syslog(node.syslog_port, octet(syslog_message(token, "web.1", f"syslog {n}")))
+        answer = node.post_logs(logplex1([syslog_message(token, "web.1", "posted")]), auth=token_auth(token))
+        assert answer.status == 204, answer
+        sent.append(channel_id)
+    for channel_id in sent:
+        got = node.wait_backlog(channel_id, 3)
+        assert sorted(got) == sorted([line("app", "web.1", "syslog 0"), line("app", "web.1", "syslog 1"),
+                                      line("app", "web.1", "posted")]), channel_id

@@ -33,8 +33,10 @@ def test_counters_add_up_after_known_traffic(node):
     def written(samples):
         return sum(v for (name, _), v in samples.items() if name == "logplex_backlog_written_total")
 
-    # Backlog writes are flushed a moment after routing: wait for them.
-    after = wait_for(lambda: scrape(node), lambda s: written(s) - written(before) >= 7)
+    # Backlog writes are flushed a moment after routing, and the unknown token is dropped once
+    # the node's config has caught up (a round trip): wait for both.
+    after = wait_for(lambda: scrape(node), lambda s: written(s) - written(before) >= 7 and value(
+        s, "logplex_messages_unknown_token_total") > value(before, "logplex_messages_unknown_token_total"))
 
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
