@@ -430,7 +430,7 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         "processes": len(target_pids), "errors": errors,
     })
     if sink is not None:
-        r["sink"] = {k: final.get(k) for k in ("messages", "unique", "loggen", "requests", "connections",
+        r["sink"] = {k: final.get(k) for k in ("messages", "unique", "marked", "loggen", "requests", "connections",
                                                 "out_of_order", "bad_markers")}
         # The tenths of a second in which some line arrived later than late_ms: [seconds after the
         # first line, late lines, lines, latest ms]. One stall or a tail all along tells its cause.

@@ -248,10 +248,12 @@ def late_summary(r: dict) -> str:
     than late_ms (a few: stalls; most: the whole run was behind), and the share of lines late."""
     late = r.get("late") or {}
     windows = late.get("late_windows") or []
-    if not late.get("late_ms") or not r.get("delivered"):
+    # Of the lines the sink timed (only the drained channels' share, when counted at the node).
+    timed = (r.get("sink") or {}).get("marked") or r.get("delivered")
+    if not late.get("late_ms") or not timed:
         return ""
     lines = sum(w[1] for w in windows)
-    return (f"  >{fmt(late['late_ms'])} ms: {100 * lines / r['delivered']:.2f}% of lines"
+    return (f"  >{fmt(late['late_ms'])} ms: {100 * lines / timed:.2f}% of lines"
             f" in {fmt(late['late_windows_total'])} tenths")
 
 
