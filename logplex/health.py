@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Callable
 
 import attrs
+from twisted.internet import defer
 
 # The node's phases, as /healthcheck's "status" names them.
 NORMAL = "normal"
@@ -120,3 +122,47 @@ class NodeHealth:
             shards={name: pool_connected(pool) for name, pool in self.shard_pools.items()},
             config_refused=self.store.refused is not None,
         )
+
+
+class BootWait:
+    """Requests that reach a worker while it boots wait for the boot, for `hold` seconds at most.
+
+    Under --workers every worker's socket is in the node's listeners from the
+    start, and the kernel hands each new connection to any of them: a worker
+    still loading its config would answer 503 SYSTEM BOOTING to a client whose
+    last request, a moment ago, a sibling served. So such a request waits, and
+    is answered as usual once the boot got far enough, or when the hold is
+    up (a config Redis that does not answer still gets its 503). A single
+    process (hold 0) answers at once: nobody else could serve the request.
+    The node calls changed() after each step of its boot.
+    """
+
+    def __init__(self, clock, hold: float) -> None:
+        self.clock = clock
+        self.hold = hold
+        self._waiting: list[tuple[Callable[[], bool], defer.Deferred, object]] = []
+
+    def until(self, done: Callable[[], bool]) -> defer.Deferred:
+        """Fires (with None, never failing) once done() is true, or after the hold."""
+        if self.hold <= 0 or done():
+            return defer.succeed(None)
+        d = defer.Deferred()
+        entry = (done, d, self.clock.callLater(self.hold, lambda: self._release(entry)))
+        self._waiting.append(entry)
+        return d
+
+    async def health(self, health: Callable[[], Health]) -> Health:
+        """What /healthcheck answers: booting only if the boot is not over within the hold."""
+        if health().status == BOOTING:
+            await self.until(lambda: health().status != BOOTING)
+        return health()
+
+    def changed(self) -> None:
+        """The boot moved on: release the requests whose condition now holds."""
+        for entry in [e for e in self._waiting if e[0]()]:
+            entry[2].cancel()
+            self._release(entry)
+
+    def _release(self, entry) -> None:
+        self._waiting.remove(entry)
+        entry[1].callback(None)

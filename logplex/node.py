@@ -30,7 +30,7 @@ from logplex.drains.http import load_trust_root, make_client
 from logplex.drains.netpolicy import PublicOnlyReactor
 from logplex.drains.supervisor import DrainSupervisor
 from logplex.errors import StartFailed
-from logplex.health import NodeHealth
+from logplex.health import BootWait, NodeHealth
 from logplex.http.auth import Authenticator, LoginThrottle
 from logplex.http.site import ConnectionCap, LogplexSite
 from logplex.ingest.http import LogInput
@@ -54,6 +54,10 @@ from logplex.workers import InheritedEndpoint, inherited_listeners
 log = Logger()
 
 # The stages of a node, in the order they stop (build adds them in reverse).
+# Seconds a request that reaches a --workers worker while it boots waits for
+# the boot before it is answered 503 SYSTEM BOOTING.
+WORKER_BOOT_HOLD = 5.0
+
 STOP_ORDER = ("grace", "ingress", "bus", "drains", "backlogs", "store", "redis", "load", "drop-report")
 
 
@@ -237,6 +241,8 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
     adopter = SpoolAdopter(redis.config, drains, registry, s.node.name, reactor, metrics,
                            s.drains.adopt_after, timeout, keys=keys)
     health = NodeHealth(router, store, redis.config, backlogs.pools)
+    # A worker's listeners take connections from the start, its siblings' too (logplex.health).
+    boot = BootWait(reactor, WORKER_BOOT_HOLD if inherited_fds else 0.0)
     auth = Authenticator(store.cache, reactor)
     # One throttle per listener: guesses at the log input do not lock
     # operators out of the API, nor the other way round.
@@ -246,11 +252,12 @@ def build(settings: Settings, reactor, redis: RedisPools, inherited_fds: list[in
         api_url=ApiUrl(s.api.url, s.listen.api, lambda: listeners.of_kind("api")[0].port),
         reactor=reactor, drain_state=drains.state, nodes=registry.live, health=health,
         throttle=LoginThrottle(reactor, limit=s.listen.login_failures, metrics=metrics, listener="api"),
+        boot=boot,
     )
     logs = LogInput(store, router, auth, metrics, s.listen,
                     throttle=LoginThrottle(reactor, limit=s.listen.login_failures, metrics=metrics,
                                            listener="logs"),
-                    reactor=reactor, health=health, holds=holds)
+                    reactor=reactor, health=health, holds=holds, boot=boot)
     # One factory per listener: --max-connections holds for each.
     syslog = [SyslogFactory(router, metrics, s.listen.max_frame, token=token,
                             max_connections=s.listen.max_connections,
@@ -385,6 +392,7 @@ class NodeServices(OrderedServices):
         await self._refuse_cluster_mode([(p.redis.config, p.redis.config_address)])
         p.store.start()
         await self._retry_until_loaded()
+        p.api.boot.changed()
         shard_map = await load_or_init(p.redis.config, p.keys, list(s.redis.shards))
         await self._refuse_cluster_mode([(p.redis.shard(url), parse_redis_url(url))
                                          for url in sorted(set(shard_map.values()) - {CONFIG})])
@@ -396,6 +404,7 @@ class NodeServices(OrderedServices):
             user, _, password = s.api.auth.partition(":")
             await p.store.ensure_credential(user, password)
             p.api.booting = False
+            p.api.boot.changed()
         # Drains start (and resume their spools) before any input is accepted;
         # not while another node is adopting this node's spools.
         await p.adopter.wait_own_lease()
@@ -407,6 +416,7 @@ class NodeServices(OrderedServices):
         # Only now is the node ready: a load balancer that trusts /healthcheck
         # must not send logs to listeners that are not bound yet.
         p.health.ready = True
+        p.api.boot.changed()
         log.info(
             "node_ready version={version} node={node} api={api} logs={logs} syslog={syslog} api_url={url} "
             "hot_path={hot_path!r}",

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from logplex import secrets
 from logplex.api.app import ManagementApi
 from logplex.api.tailpage import KEEPALIVE_SECONDS, RECHECK_SECONDS, TailPage
+from logplex.health import BootWait
 from logplex.http.auth import Authenticator
 from logplex.metrics import Metrics
 from logplex.model import ANY_CHANNEL, FULL_API, NO_TAIL, READ_CHANNEL, Channel, Credential
@@ -88,7 +89,7 @@ class Backlogs:
 
 
 class Node:
-    def __init__(self, tail_buffer: int = 1024) -> None:
+    def __init__(self, tail_buffer: int = 1024, boot_hold: float = 0.0) -> None:
         self.cache = ConfigCache()
         fill_cache(self.cache, "web-app", {"app": APP_TOKEN, "router": ROUTER_TOKEN})
         fill_cache(self.cache, "secret-app", {"app": OTHER_TOKEN})
@@ -112,6 +113,7 @@ class Node:
             Authenticator(self.cache, reactor=None, check=secrets.check_secret, dummy_hash=CHEAP_DUMMY_HASH),
             self.metrics, changed_settings(backlog={"history": 1500}, tails={"buffer": tail_buffer}),
             api_url=lambda: "http://logplex.test", reactor=self.reactor,
+            boot=BootWait(self.reactor, boot_hold),
         )
         self.page = TailPage(self.api, clock=lambda: 1_800_000_000.0)
         self.site = LogplexSite(self.api.resource(extra_routes=self.page.routes()), reactor=make_site_reactor())
@@ -222,6 +224,35 @@ def test_a_node_still_putting_its_auth_credential_in_place_answers_503_not_401()
     assert node.get("/v3/channels/web-app").status == 503
     node.api.booting = False
     assert node.get("/tail/channels").status == 200
+
+
+def test_a_worker_answers_a_request_that_comes_while_it_boots_once_it_has_booted():
+    # Under --workers the kernel hands a connection to any worker: a sibling may have
+    # served this client a moment ago, and a 503 from this one would be a wrong answer.
+    node = Node(boot_hold=5.0)
+    node.api.booting = True
+    asked = []
+    for path in (b"/v3/channels/web-app/stream", b"/tail/channels"):
+        protocol, transport = connect(node.site)
+        protocol.dataReceived(raw_request(b"GET", path, {b"Authorization": basic("admin", "admin-secret")}))
+        asked.append(transport)
+    node.reactor.advance(4.9)
+    assert [t.value() for t in asked] == [b"", b""]
+    node.api.booting = False
+    node.api.boot.changed()
+    assert [parse_reply(t.value()).status for t in asked] == [200, 200]
+
+
+def test_a_worker_whose_boot_does_not_end_within_the_hold_answers_503():
+    node = Node(boot_hold=5.0)
+    node.store.loaded = False
+    protocol, transport = connect(node.site)
+    protocol.dataReceived(raw_request(b"GET", b"/v3/channels/web-app", {b"Authorization": basic("admin", "admin-secret")}))
+    node.reactor.advance(4.9)
+    assert transport.value() == b""
+    node.reactor.advance(0.1)
+    answer = parse_reply(transport.value())
+    assert answer.status == 503 and "SYSTEM BOOTING" in answer.json()["error"]
 
 
 # -- the stream ------------------------------------------------------------------------------------

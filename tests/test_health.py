@@ -8,11 +8,12 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given, strategies as st
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
 from logplex.api.ops import Ops
 from logplex.health import (
-    BOOTING, DEGRADED, DOWN, INGRESS_OFF, NORMAL, STOPPING, UP, Health, assess, pool_connected,
+    BOOTING, DEGRADED, DOWN, INGRESS_OFF, NORMAL, STOPPING, UP, BootWait, Health, assess, pool_connected,
 )
 from logplex.redis.address import parse_redis_url
 from logplex.redis.connection import connect
@@ -99,7 +100,7 @@ def test_a_real_txredisapi_pool_that_has_not_connected_yet_is_down():
 
 def test_the_api_answers_the_health_it_is_given_as_json():
     for health in (healthy(), healthy(stopping=True), healthy(shards={"shard-0": False})):
-        api = SimpleNamespace(health=lambda health=health: health)
+        api = SimpleNamespace(health=lambda health=health: health, boot=BootWait(Clock(), 5.0))
         reply = successResultOf(defer.ensureDeferred(Ops(api).healthcheck(None)))
         assert (reply.status, reply.body) == (health.code, health.document())
 
@@ -117,3 +118,60 @@ def test_a_node_refusing_the_config_redis_contents_is_degraded_and_says_so():
                     shards={"shard-0": True}, config_refused=True)
     assert (health.code, health.document()) == (
         200, {"status": "degraded", "config_redis": "up", "shards": {"shard-0": "up"}, "config": "refused"})
+
+
+class Booting:
+    """A node's phase as a worker's BootWait sees it: booting until ready is set."""
+
+    def __init__(self) -> None:
+        self.ready = False
+
+    def __call__(self) -> Health:
+        return healthy(ready=self.ready)
+
+
+def test_a_worker_answers_a_healthcheck_that_comes_while_it_boots_once_it_has_booted():
+    clock, node = Clock(), Booting()
+    boot = BootWait(clock, 5.0)
+    answer = defer.ensureDeferred(boot.health(node))
+    clock.advance(4.9)
+    assert not answer.called
+    node.ready = True
+    boot.changed()
+    assert answer.result.status == NORMAL
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_worker_whose_boot_does_not_end_within_the_hold_answers_booting():
+    clock, node = Clock(), Booting()
+    boot = BootWait(clock, 5.0)
+    answer = defer.ensureDeferred(boot.health(node))
+    boot.changed()  # a step of the boot that does not make it ready
+    clock.advance(4.9)
+    assert not answer.called
+    clock.advance(0.1)
+    assert answer.result.status == BOOTING
+    # Later steps find nobody waiting.
+    node.ready = True
+    boot.changed()
+
+
+def test_a_single_process_answers_booting_at_once_and_a_booted_worker_does_not_wait():
+    node = Booting()
+    assert successResultOf(defer.ensureDeferred(BootWait(Clock(), 0).health(node))).status == BOOTING
+    node.ready = True
+    assert successResultOf(defer.ensureDeferred(BootWait(Clock(), 5.0).health(node))).status == NORMAL
+
+
+def test_each_waiter_is_released_by_its_own_condition():
+    clock = Clock()
+    boot = BootWait(clock, 5.0)
+    phase = {"loaded": False, "ready": False}
+    api = boot.until(lambda: phase["loaded"])
+    health = boot.until(lambda: phase["ready"])
+    phase["loaded"] = True
+    boot.changed()
+    assert (api.called, health.called) == (True, False)
+    phase["ready"] = True
+    boot.changed()
+    assert health.called and clock.getDelayedCalls() == []

@@ -22,6 +22,7 @@ from logplex.api.ops import Ops
 from logplex.api.sessions import Sessions
 from logplex.config.store import ConfigStore
 from logplex.errors import ConfigError, Conflict, NotFound, Unavailable
+from logplex.health import BootWait
 from logplex.http.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, parse_basic
 from logplex.http.routing import Dispatcher, HttpError, Reply, Route, error_reply, read_json
 from logplex.model import FULL_API
@@ -55,6 +56,7 @@ class ManagementApi:
         nodes=None,
         health=None,
         throttle: LoginThrottle | None = None,
+        boot: BootWait | None = None,
     ) -> None:
         self.throttle = throttle or LoginThrottle(reactor, settings.listen.login_failures)
         self.max_json = settings.api.max_json
@@ -76,6 +78,8 @@ class ManagementApi:
         # True while the node, its config loaded, still puts the --auth credential in
         # place: until then a right login would be a 401, so every guard says 503.
         self.booting = False
+        # How long a request that comes while the node boots waits for it (a --workers worker).
+        self.boot = boot or BootWait(reactor, 0)
         # What /healthcheck answers (logplex.health.Health); without one,
         # whether the config is loaded.
         self.ops = Ops(self)
@@ -99,6 +103,15 @@ class ManagementApi:
             raise HttpError(404, f"Channel {channel_id} does not exist.")
         return channel
 
+    async def booted(self) -> None:
+        """Go on once the config is loaded and the --auth credential in place; 503 if it is not."""
+        await self.boot.until(self._booted)
+        if not self._booted():
+            raise HttpError(503, "SYSTEM BOOTING: this node has not loaded its configuration yet.")
+
+    def _booted(self) -> bool:
+        return self.store.loaded and not self.booting
+
     def body(self, request, status: int = 422) -> dict:
         """The request's JSON object; what is not one is `status` (logplex's v3 answers 400, v2 422)."""
         return validate.json_object(read_json(request, self.max_json), status)
@@ -107,8 +120,7 @@ class ManagementApi:
         """Wrap a handler: node booted, caller holds a full_api credential."""
 
         async def guarded(request, *args):
-            if not self.store.loaded or self.booting:
-                raise HttpError(503, "SYSTEM BOOTING: this node has not loaded its configuration yet.")
+            await self.booted()
             header = request.getHeader(b"authorization")
             if not header:
                 raise HttpError(401, "Authorization required: HTTP Basic with an API credential.",

@@ -43,7 +43,7 @@ class Ops:
 
     async def healthcheck(self, request) -> Reply:
         """200 while the node routes logs (status normal, or degraded with a Redis down), else 503."""
-        health = self.api.health()
+        health = await self.api.boot.health(self.api.health)
         return Reply(health.code, health.document())
 
     def loaded_health(self):

@@ -219,8 +219,7 @@ class TailPage:
     # -- who may read ------------------------------------------------------------------------
     async def _credential(self, request):
         """The caller's credential; 401 without a challenge, so no browser dialog."""
-        if not self.api.store.loaded or self.api.booting:
-            raise HttpError(503, "SYSTEM BOOTING: this node has not loaded its configuration yet.")
+        await self.api.booted()
         header = request.getHeader(b"authorization")
         if not header:
             raise HttpError(401, SIGN_IN, dict(NO_STORE))

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from logplex.http.auth import BASIC_CHALLENGE, Authenticator, LoginThrottle, login, parse_basic, parse_bearer
 from logplex.framing import FramingError, decode_logplex1
-from logplex.health import Health, assess
+from logplex.health import BootWait, Health, assess
 from logplex.model import ANY_CHANNEL
 from logplex.config.store import ConfigStore
 from logplex.router import IngressDenied, Router
@@ -200,7 +200,7 @@ class LogInput:
     def __init__(self, store: ConfigStore, router: Router, auth: Authenticator, metrics,
                  listen: ListenSettings, throttle: LoginThrottle | None = None,
                  reactor=None, max_gzip_members: int = 1000, health: Callable[[], Health] | None = None,
-                 holds: HoldMeter | None = None, listener: str = "logs") -> None:
+                 holds: HoldMeter | None = None, listener: str = "logs", boot: BootWait | None = None) -> None:
         # Time its senders spend waiting for a held answer, under this listener's name.
         self.holds = holds
         self.listener = listener
@@ -209,6 +209,8 @@ class LogInput:
         if reactor is None:
             reactor = _reactor()
         self.reactor = reactor
+        # A --workers worker's listener takes connections before its boot is over (logplex.health).
+        self.boot = boot or BootWait(reactor, 0)
         self.throttle = throttle or LoginThrottle(reactor, listen.login_failures)
         self.max_gzip_members = max_gzip_members
         # One cooperator for every request being inflated: they take turns,
@@ -233,7 +235,7 @@ class LogInput:
 
     async def healthcheck(self, request) -> Reply:
         """200 OK while this node takes logs; 503 SYSTEM BOOTING, STOPPING or INGRESS OFF otherwise."""
-        health = self.health()
+        health = await self.boot.health(self.health)
         return Reply(health.code, health.words(), content_type=b"text/plain")
 
     def _own_health(self) -> Health:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import os
+import re
+import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
+from tests.harness.client import wait_for
 from tests.harness.procs import NodeProcess
 
 
@@ -75,3 +83,46 @@ def test_a_node_without_auth_says_the_api_will_refuse_everything_and_names_its_u
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_worker_that_is_still_booting_answers_requests_once_booted_never_503(tmp_path, redis):
+    # Under --workers every worker's socket takes connections from the start. Worker 1 is
+    # stopped in its boot while worker 0 serves: the connections the kernel gives worker 1
+    # wait in its socket, and once it runs again it used to answer them 503 SYSTEM BOOTING,
+    # to a client whose last request worker 0 had just served.
+    node = NodeProcess(str(tmp_path / "node"), redis.url, workers=2)
+    starting = threading.Thread(target=node.start)
+    starting.start()
+    found = wait_for(lambda: re.search(r"worker_started index=1 pid=(\d+)", node.log_text()), timeout=30)
+    assert found, node.log_text()
+    worker = int(found.group(1))
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        starting.join()
+        assert node.process is not None, "worker 0 did not become healthy"
+        assert "node_ready" in node.log_text() and node.log_text().count("node_ready") == 1
+
+        def put(n: int) -> int:
+            # From an address of its own: the login throttle lets one address hash only
+            # two logins at a time, and worker 1 has verified none yet.
+            connection = http.client.HTTPConnection("127.0.0.1", node.api_port, timeout=30,
+                                                    source_address=(f"127.0.0.{n + 2}", 0))
+            try:
+                connection.request("PUT", f"/v3/channels/booting-{n}", json.dumps({"tokens": ["app"]}),
+                                   {"Authorization": "Basic " + base64.b64encode(b"admin:secret").decode()})
+                return connection.getresponse().status
+            finally:
+                connection.close()
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = [pool.submit(put, n) for n in range(16)]
+            # Each on a connection of its own: the ones worker 1 got wait for it.
+            wait_for(lambda: sum(a.done() for a in answers), lambda n: n >= 1, timeout=10)
+            waiting = sum(not a.done() for a in answers)
+            os.kill(worker, signal.SIGCONT)
+            statuses = [a.result() for a in answers]
+        assert waiting > 0, "no request reached the stopped worker"
+        assert statuses == [201] * 16
+    finally:
+        os.kill(worker, signal.SIGCONT)
+        node.stop()
