@@ -147,6 +147,17 @@ class TokenMisses:
     def wait(self) -> "Deferred":
         return self.catch_up()
 
+    def again(self, token: bytes, find: Callable[[bytes], object]) -> "Deferred":
+        """find(token) once the config has caught up; None (and the token remembered) if still unknown."""
+
+        def look(_):
+            found = find(token)
+            if found is None:
+                self.unknown(token)
+            return found
+
+        return self.catch_up().addCallback(look)
+
 
 class Router:
     def __init__(

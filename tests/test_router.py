@@ -288,3 +288,19 @@ def test_remembered_unknown_tokens_are_bounded():
     for i in range(4):
         misses.unknown(b"t.x%d" % i)  # the expired ones go first
     assert [misses.recently_unknown(b"t.x%d" % i) for i in range(4)] == [True] * 4
+
+
+def test_a_token_is_looked_for_again_once_the_config_caught_up_and_remembered_if_still_unknown():
+    from logplex.router import TokenMisses
+
+    cache = make_cache()
+    catch_up = CatchUp(cache)
+    misses = TokenMisses(catch_up, catch_up.clock.seconds)
+    find = lambda token: cache.routes.get(token)  # noqa: E731
+    made, typo = misses.again(b"t.new", find), misses.again(b"t.typo", find)
+    assert not made.called and not typo.called
+    catch_up.finish("t.new")
+    catch_up.finish()
+    assert made.result is not None and made.result == cache.routes[b"t.new"]
+    assert typo.result is None
+    assert misses.recently_unknown(b"t.typo") and not misses.recently_unknown(b"t.new")

@@ -354,10 +354,7 @@ class LogInput:
             if target is None and misses is not None and not misses.recently_unknown(raw):
                 # Made a moment ago through another worker or node? Looked up again
                 # once this worker's config has caught up with the config Redis.
-                await misses.wait()
-                target = self.store.cache.routes.get(raw)
-                if target is None:
-                    misses.unknown(raw)
+                target = await misses.again(raw, lambda token: self.store.cache.routes.get(token))
             if target is None:
                 self.metrics.inc("logplex_messages_unknown_token_total")
                 raise HttpError(401, "Unknown token.", BASIC_CHALLENGE)

@@ -193,12 +193,11 @@ class SyslogFactory(Factory):
         if misses is None or misses.recently_unknown(self.token):
             return self._unknown(messages)
         # Made a moment ago through another worker? Looked up again once the config caught up.
-        return misses.wait().addCallback(lambda _: self._route_late(messages))
+        found = misses.again(self.token, lambda token: self.router.cache.routes.get(token))
+        return found.addCallback(self._route_late, messages)
 
-    def _route_late(self, messages: list[bytes]):
-        target = self.router.cache.routes.get(self.token)
+    def _route_late(self, target, messages: list[bytes]):
         if target is None:
-            self.router.misses.unknown(self.token)
             return self._unknown(messages)
         try:
             hold = self.router.route_held(messages, target)
