@@ -173,12 +173,17 @@ class Connections:
             for d in waiting:
                 d.callback(None)
 
-    def abort_all(self) -> defer.Deferred:
-        """Abort every open connection; fires once each has seen connectionLost."""
+    def all_closed(self) -> defer.Deferred:
+        """Fires once no connection is open (at once if none is)."""
         if not self.open:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._all_lost.append(d)
+        return d
+
+    def abort_all(self) -> defer.Deferred:
+        """Abort every open connection; fires once each has seen connectionLost."""
+        d = self.all_closed()
         for protocol in list(self.open):
             protocol.transport.abortConnection()
         return d

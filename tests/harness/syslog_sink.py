@@ -80,6 +80,10 @@ class SyslogSink:
         return defer.gatherResults([stopped, self._connections.abort_all()],
                                    consumeErrors=True).addCallback(lambda _: None)
 
+    def all_closed(self, timeout: float = 5.0) -> defer.Deferred:
+        """Fires once the clients closed every connection; TimeoutError after ``timeout`` s."""
+        return self._connections.all_closed().addTimeout(timeout, self._reactor)
+
     def close_all(self) -> defer.Deferred:
         """Abort every client connection, as a restarting receiver would; keeps listening."""
         return self._connections.abort_all()

@@ -395,6 +395,20 @@ class DrainTests(NodeCase):
         await self.check_syslog_drain(
             await self.started(SyslogSink(tls=self.world.ca.issue(["localhost"]))))
 
+    async def test_a_deleted_syslog_tls_drain_closes_its_connection(self):
+        # It used to stay open for good, the receiver's and the node's socket with it:
+        # the TLS transport waited for the drain's connection to stop being its producer.
+        sink = await self.started(SyslogSink(tls=self.world.ca.issue(["localhost"])))
+        channel_id, token = await self.channel()
+        drain_id, _ = await self.add_drain(channel_id, sink.url)
+        sender = await self.sender(token)
+        await self.send(sender, texts("s", 5))
+        await sink.wait_for(5, timeout=10)
+        self.assertEqual(sink.open_connections, 1)
+        answer = await self.api("DELETE", f"/v3/channels/{channel_id}/drains/{drain_id}")
+        self.assertIn(answer.status, (200, 204), answer)
+        await sink.all_closed(timeout=10)
+
     async def test_syslog_tls_drain_refuses_an_unknown_ca(self):
         sink = await self.started(SyslogSink(tls=self.world.stranger.issue(["localhost"])))
         channel_id, token = await self.channel()
