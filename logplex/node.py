@@ -53,11 +53,11 @@ from logplex.workers import InheritedEndpoint, inherited_listeners
 
 log = Logger()
 
-# The stages of a node, in the order they stop (build adds them in reverse).
 # Seconds a request that reaches a --workers worker while it boots waits for
 # the boot before it is answered 503 SYSTEM BOOTING.
 WORKER_BOOT_HOLD = 5.0
 
+# The stages of a node, in the order they stop (build adds them in reverse).
 STOP_ORDER = ("grace", "ingress", "bus", "drains", "backlogs", "store", "redis", "load", "drop-report")
 
 
