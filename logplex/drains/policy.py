@@ -82,8 +82,9 @@ class Pace:
     """The linger of a node's HTTP drains together: their own (base) while they send
     fewer than `budget` lingered POSTs (batches under the target size) a second
     between them, longer (up to cap) while they send more. A POST costs the node
-    about 250 us whatever its size, so 1,000 drains of a few lines a second each
-    would otherwise cost a core in POSTs alone; with a longer linger the same lines
+    tens of microseconds whatever its size (README: about 60 us in bench/http_post.py),
+    so thousands of drains of a few lines a second each would otherwise spend a
+    large share of a core on POSTs alone; with a longer linger the same lines
     go in fewer, larger POSTs. Full batches are not counted: a longer linger cannot
     make them fewer.
 
