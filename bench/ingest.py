@@ -12,6 +12,7 @@ import base64
 import json
 import multiprocessing
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -130,13 +131,40 @@ def cleanup():
 
 def metrics(api) -> dict[str, float]:
     """The node's Prometheus text as {metric name: value summed over its label sets}."""
+    return _summed(http("GET", api + "/metrics")[1].decode())
+
+
+def _summed(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
-    for line in http("GET", api + "/metrics")[1].decode().splitlines():
+    for line in text.splitlines():
         if line and not line.startswith("#"):
             name_labels, _, value = line.rpartition(" ")
             name = name_labels.partition("{")[0]
             out[name] = out.get(name, 0) + float(value)
     return out
+
+
+NODE_NAME = re.compile(r'^logplex_node_info\{[^}]*node="([^"]*)"', re.M)
+
+
+def workers_metrics(api, workers: int, tries: int = 200) -> dict[str, float]:
+    """metrics() summed over a --workers node's workers. They share the API port, and each
+    scrape (a connection of its own) reaches one of them: scraped until each worker, told
+    by logplex_node_info's node label, has answered once."""
+    seen: dict[str, dict[str, float]] = {}
+    for _ in range(tries):
+        text = http("GET", api + "/metrics")[1].decode()
+        found = NODE_NAME.search(text)
+        if found is None:
+            raise SystemExit("bench: a worker's /metrics has no logplex_node_info")
+        seen[found.group(1)] = _summed(text)
+        if len(seen) >= workers:
+            out: dict[str, float] = {}
+            for one in seen.values():
+                for name, value in one.items():
+                    out[name] = out.get(name, 0) + value
+            return out
+    raise SystemExit(f"bench: {tries} scrapes reached {len(seen)} of {workers} workers")
 
 
 def cpu_seconds(pid) -> float:

@@ -209,8 +209,8 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
     # Counted at the node (backlog written + superseded), not at the sink, when the sink sees only
     # the drained channels' share: the drains are then checked against what was sent to them.
     by_node = path == "a" or (drain_every > 1 and path in NODES)
-    if by_node and path == "e":
-        raise SystemExit("(e) is counted at the sink (its workers answer /metrics in turn): use --drain-every 1")
+    # (e)'s two workers answer /metrics in turn: its count is theirs summed.
+    node_metrics = (lambda api: ingest.workers_metrics(api, 2)) if path == "e" else ingest.metrics
     r["drain_every"] = drain_every
     sink_kind = None if path == "a" else ("http" if path in ("sng-http", "b", "c", "d", "e", "raw-http")
                                            else "syslog")
@@ -313,7 +313,7 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         return snap_sink.get("messages" if gen == "loggen" else "unique", 0)
 
     def snapshot():
-        m = ingest.metrics(api) if by_node else {}
+        m = node_metrics(api) if by_node else {}
         gen_pids = [p.pid for p in procs] + ([loggen.pid] if loggen else [])
         return {"t": time.monotonic(), "target": cpu_of(target_pids), "redis": cpu_of([redis.pid] if redis else []),
                 "sink": cpu_of([sink.pid] if sink else []), "gen": cpu_of(gen_pids),
@@ -365,7 +365,7 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
     # Settle: until all that was sent arrived, or nothing moved for --settle s. Counted at the
     # node, the drains' share must have reached the sink too.
     def progress():
-        now = delivered(sink_now(), ingest.metrics(api) if by_node else {})
+        now = delivered(sink_now(), node_metrics(api) if by_node else {})
         if by_node and sink is not None:
             at_sink = sink_now().get("unique", 0)
             return now + at_sink, now >= sent and at_sink >= to_drains
@@ -393,8 +393,8 @@ def _run(path, rate, gen, args, peers, tmp, r) -> dict:
         sink.send_signal(signal.SIGTERM)
         sink.wait(timeout=30)
         final = drains.read_json(stats_path) or {}
-    if path in NODES and path != "e":
-        m0, m1 = before["metrics"] or {}, ingest.metrics(api)
+    if path in NODES:
+        m0, m1 = before["metrics"] or {}, node_metrics(api)
         r["node_metrics"] = {k: m1.get(k, 0) - (m0.get(k, 0) if by_node else 0) for k in (
             ingest.ROUTED, ingest.WRITTEN, ingest.SUPERSEDED, ingest.DROPPED, drains.DELIVERED,
             drains.DRAIN_DROPPED, "logplex_drain_l10_total", "logplex_drain_retried_total",
@@ -463,8 +463,8 @@ def main() -> None:
     p.add_argument("--max-settle", type=float, default=30.0,
                    help="longest wait after the window for what is still on its way (30 s); the rest counts as lost")
     p.add_argument("--goal-rate", type=float, default=None,
-                   help="also run (b) paced at this rate every round (and cell): the issue's goal "
-                        "(100000; 0: no, the default on the cardinality axis)")
+                   help="also run (b), and on the cardinality axis (e), paced at this rate every round (and "
+                        "cell): the issue's goal (100000; 0: no, the default on the cardinality axis)")
     p.add_argument("--only", default=",".join(ORDER), help=f"paths, comma-separated ({','.join(ORDER)})")
     p.add_argument("--no-loggen", action="store_true", help="skip the loggen-driven runs")
     p.add_argument("--history", type=int, default=1500, help="the node's --history (1500)")
@@ -508,9 +508,8 @@ def main() -> None:
         args.half = 0.0 if args.grid else 0.5
     if args.goal_rate is None:
         args.goal_rate = 0.0 if args.grid else 100_000
-    if args.spreads != ["conn"] and set(paths) & {"d", "raw-http", "e"}:
-        p.error("(d) and raw-http send one token per log-shuttle connection, and (e) is counted at the sink: "
-                "run them with --spread conn (and --drain-every 1 for e)")
+    if args.spreads != ["conn"] and set(paths) & {"d", "raw-http"}:
+        p.error("(d) and raw-http send one token per log-shuttle connection: run them with --spread conn")
     if args.grid and not args.no_loggen:
         args.no_loggen = True  # loggen's APPNAME is one token: it can only feed one channel
         print("peers: no loggen runs on the cardinality axis (loggen feeds one channel)", flush=True)
@@ -550,7 +549,7 @@ def main() -> None:
                     h.update(round=rnd, phase="half")
                     runs.append(h)
                     line(h)
-                if path == "b" and args.goal_rate:
+                if args.goal_rate and (path == "b" or (path == "e" and args.grid)):
                     g = run_path(path, args.goal_rate, "py", args, peers, cell)
                     g.update(round=rnd, phase="goal")
                     runs.append(g)
