@@ -66,7 +66,7 @@ def main():
             return b"host app web.1 - smoke test line" in logs
 
         # The channel was made through one of the node's workers; a line the other reads
-        # first waits for that worker's config to catch up (README, "What is dropped").
+        # first waits for that worker's config to catch up (README, "Syslog over TCP").
         with socket.create_connection(("127.0.0.1", 6001)) as s:
             s.sendall(b"%d %s" % (len(line), line))
         wait(arrived, 10, "the line in the channel's backlog")
