@@ -205,7 +205,7 @@ def run_path(path: str, rate: float, gen: str, args, peers: dict, cell: tuple[in
 def _run(path, rate, gen, args, peers, tmp, r) -> dict:
     shuttle = path in ("raw-http", "d")
     n_channels, spread = r["channels"], r["spread"]
-    drain_every = drain_every_of(args, spread) if path in ("b", "c", "e", "d") else 0
+    drain_every = drain_every_of(args, path, spread)
     # Counted at the node (backlog written + superseded), not at the sink, when the sink sees only
     # the drained channels' share: the drains are then checked against what was sent to them.
     by_node = path == "a" or (drain_every > 1 and path in NODES)

@@ -9,6 +9,7 @@ import ingest  # bench/ingest.py: DROPPED
 
 RELAYS = ("rsyslog", "sng-tcp", "sng-http")
 NODES = ("a", "b", "c", "e", "d")
+DRAINED = ("b", "c", "e", "d")  # the node paths with HTTP drains
 ORDER = ("raw", "rsyslog", "sng-tcp", "sng-http", "a", "b", "c", "e", "raw-http", "d")
 LOGGEN_PATHS = ("raw", "rsyslog", "sng-tcp", "sng-http", "a", "b")
 DESCRIBE = {
@@ -24,9 +25,12 @@ DESCRIBE = {
     "d": "logplex: log-shuttle POST /logs -> backlog + HTTP drain",
 }
 
-def drain_every_of(args, spread: str) -> int:
-    """One channel in how many gets a drain in (b), (c), (e), (d): --drain-every, else every channel
-    with the old load (connection i -> channel i), one in ten with a spread."""
+def drain_every_of(args, path: str, spread: str) -> int:
+    """One channel in how many gets a drain in path (0: none, the paths not in DRAINED):
+    --drain-every, else every channel with the old load (connection i -> channel i), one in ten
+    with a spread."""
+    if path not in DRAINED:
+        return 0
     every = getattr(args, "drain_every", None)
     return every if every else (1 if spread == "conn" else 10)
 
@@ -212,8 +216,8 @@ def print_grid(summary: dict, args) -> None:
     low = summary["fewest_channels"]
     print(f"\n{args.connections} connections, {args.size}-byte frames, {args.seconds:g} s windows, "
           f"medians of {args.rounds} rounds (min-max); node paths: one HTTP drain per "
-          f"{drain_every_of(args, 'even')} channels (b, c), counted at the node (backlog written + superseded), "
-          f"drains checked at the sink; relays once a round")
+          f"{drain_every_of(args, 'b', 'even')} channels ({', '.join(p for p in DRAINED if p != 'd')}), "
+          f"counted at the node (backlog written + superseded), drains checked at the sink; relays once a round")
     head = ("channels", "spread", "path", "load", "msgs/s (min-max)", f"vs {low:,}ch", "us/msg", f"vs {low:,}ch",
             "CPU%", "RSS MiB peak/idle", "setup s", "late s", "backlog dropped", "drain dropped", "lost", "drained %",
             "touched", "top %")
@@ -229,7 +233,7 @@ def print_grid(summary: dict, args) -> None:
             fmt(row["settle_s"], 1),
             ",".join(map(fmt, row["backlog_dropped"])), ",".join(map(fmt, row["drain_dropped"])),
             ",".join(map(fmt, row["lost"])),
-            fmt(100 * row["drained_share"], 1) if row["drained_share"] is not None and row["path"] in ("b", "c")
+            fmt(100 * row["drained_share"], 1) if row["drained_share"] is not None and row["path"] in DRAINED
             else "-",
             fmt(row["channels_touched"]), fmt(100 * row["top_share"], 1) if row["top_share"] is not None else "-"))
     widths = [max(len(str(r[i])) for r in out) for i in range(len(head))]
