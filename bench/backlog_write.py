@@ -158,7 +158,7 @@ def main() -> None:
     p.add_argument("--ticks", type=int, default=10, help="flushes the lines are spread over")
     p.add_argument("--size", type=int, default=200)
     p.add_argument("--encodings", type=lambda s: s.split(","), default=["pipeline", "lua", "raw"])
-    p.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
+    p.add_argument("--redis-server", default=ingest.REDIS_SERVER)
     args = p.parse_args()
     try:
         defer.ensureDeferred(run(args)).addBoth(lambda r: (reactor.stop(), r)[1]).addErrback(print)

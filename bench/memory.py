@@ -276,7 +276,7 @@ def main() -> None:
                    help="longest wait after the run for what is still on its way (30 s); the rest counts as lost")
     p.add_argument("--history", type=int, default=1500, help="the node's --history (1500)")
     p.add_argument("--node-arg", action="append", default=[], metavar="ARG", help="extra node option (repeatable)")
-    p.add_argument("--redis-server", default="/usr/bin/redis-server")
+    p.add_argument("--redis-server", default=ingest.REDIS_SERVER)
     p.add_argument("--json", metavar="PATH", help="where to write the results (bench/results/memory-<time>.json)")
     args = p.parse_args()
     if args.warmup is None:

@@ -469,7 +469,7 @@ def main() -> None:
     p.add_argument("--no-loggen", action="store_true", help="skip the loggen-driven runs")
     p.add_argument("--history", type=int, default=1500, help="the node's --history (1500)")
     p.add_argument("--node-arg", action="append", default=[], metavar="ARG", help="extra node option (repeatable)")
-    p.add_argument("--redis-server", default="/usr/bin/redis-server")
+    p.add_argument("--redis-server", default=ingest.REDIS_SERVER)
     p.add_argument("--code-from", metavar="DIR",
                    help="run the nodes on DIR's logplex/ and twisted/ instead of this checkout's (e.g. an earlier "
                         "commit: git archive REV logplex twisted | tar -x -C DIR)")
