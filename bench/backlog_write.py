@@ -14,7 +14,11 @@ and the Redis server's CPU (INFO cpu), and the flush's wall time:
              #14): one command, one integer reply
   raw        the same three commands per channel, RESP encoded by hand and
              written to a plain socket, replies counted by line, not parsed
-             (the floor of any client-side encoding)
+             (no client library in the way; the encoder is Python)
+  multi      raw's commands between MULTI and EXEC (atomic, as the script is;
+             every command answered QUEUED, then all in EXEC's reply)
+  function   the writer's script as a Redis function (FUNCTION LOAD once,
+             one FCALL per flush, encoded as raw is); Redis 7 and later only
 
 No timing here is an assertion: these are measurements to choose by.
 """
@@ -66,10 +70,14 @@ class _Counter(protocol.Protocol):
         self.waiting: list[tuple[int, defer.Deferred]] = []
         self.seen = 0
         self.errors = 0
+        self._last = b"\n"  # the byte before this read: a read may end between CR and LF
 
     def dataReceived(self, data: bytes) -> None:
-        self.seen += data.count(b"\r\n")
-        self.errors += data.count(b"\r\n-") + data.startswith(b"-")
+        if not data:
+            return
+        self.seen += data.count(b"\n")  # these replies hold no LF but their lines' ends
+        self.errors += data.count(b"\n-") + (self._last == b"\n" and data.startswith(b"-"))
+        self._last = data[-1:]
         while self.waiting and self.seen >= self.waiting[0][0]:
             self.seen -= self.waiting[0][0]
             self.waiting.pop(0)[1].callback(None)
@@ -111,6 +119,33 @@ async def flush_raw(counter: _Counter, keys: RedisKeys, batch: dict[str, list[by
     await counter.send(b"".join(parts), 3 * len(batch))
 
 
+async def flush_multi(counter: _Counter, keys: RedisKeys, batch: dict[str, list[bytes]]) -> None:
+    parts = [_resp(b"MULTI")]
+    history, expiry = b"%d" % (HISTORY - 1), b"%d" % EXPIRY
+    for channel_id, lines in batch.items():
+        key = keys.backlog(channel_id)
+        parts.append(_resp(b"LPUSH", key, *lines))
+        parts.append(_resp(b"LTRIM", key, b"0", history))
+        parts.append(_resp(b"EXPIRE", key, expiry))
+    parts.append(_resp(b"EXEC"))
+    # +OK, a +QUEUED per command, then EXEC's array: its header and a line per command.
+    await counter.send(b"".join(parts), 2 + 6 * len(batch))
+
+
+# WRITE_SCRIPT's text as the body of a function whose parameters keep the script's names.
+FUNCTION = "bench_backlog_write"
+LIBRARY = (f"#!lua name=bench_backlog\n"
+           f"redis.register_function('{FUNCTION}', function(KEYS, ARGV)\n{WRITE_SCRIPT}\nend)\n")
+
+
+async def flush_function(counter: _Counter, keys: RedisKeys, batch: dict[str, list[bytes]]) -> None:
+    names, args = write_arguments(keys, batch, HISTORY, EXPIRY)
+    await counter.send(_resp(b"FCALL", FUNCTION.encode(), b"%d" % len(names), *names, *args), 1)
+
+
+FLUSHES = {"lua": flush_lua, "raw": flush_raw, "multi": flush_multi, "function": flush_function}
+
+
 async def run(args) -> None:
     tmp = tempfile.mkdtemp(prefix="backlog-write-")
     server = ingest.start_redis(tmp, args.redis_server)
@@ -120,12 +155,18 @@ async def run(args) -> None:
     await pool.ping()
     counter = await protocol.ClientCreator(reactor, _Counter).connectTCP("127.0.0.1", port)
     line = b"x" * args.size
+    encodings = list(args.encodings)
+    if "function" in encodings:
+        loaded = ingest.redis_call(port, "FUNCTION", "LOAD", "REPLACE", LIBRARY)
+        if not loaded.startswith(b"$"):
+            print(f"function: left out, this redis-server cannot load one ({loaded.decode(errors='replace')})")
+            encodings.remove("function")
     print(f"{'channels':>8} {'encoding':>9} {'node us/msg':>12} {'redis us/msg':>13} {'flush ms':>9}")
     for channels in args.channels:
         per = max(1, args.messages // channels // args.ticks)
         batch = {f"{c}": [line] * per for c in range(channels)}
         total = per * channels * args.ticks
-        for name in args.encodings:
+        for name in encodings:
             ingest.redis_call(port, "FLUSHALL")
             await flush_lua(pool, keys, {"warm": [line]})  # the script is cached, as in a running node
             r0, c0, w0 = redis_cpu(port), time.process_time(), time.monotonic()
@@ -134,10 +175,8 @@ async def run(args) -> None:
                 t = time.monotonic()
                 if name == "pipeline":
                     await flush_pipeline(pool, keys, batch)
-                elif name == "lua":
-                    await flush_lua(pool, keys, batch)
                 else:
-                    await flush_raw(counter, keys, batch)
+                    await FLUSHES[name](pool if name == "lua" else counter, keys, batch)
                 walls.append(time.monotonic() - t)
             node_us = 1e6 * (time.process_time() - c0) / total
             redis_us = 1e6 * (redis_cpu(port) - r0) / total
@@ -157,7 +196,7 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=300_000, help="lines per encoding and cardinality")
     p.add_argument("--ticks", type=int, default=10, help="flushes the lines are spread over")
     p.add_argument("--size", type=int, default=200)
-    p.add_argument("--encodings", type=lambda s: s.split(","), default=["pipeline", "lua", "raw"])
+    p.add_argument("--encodings", type=lambda s: s.split(","), default=["pipeline", "lua", "raw", "multi", "function"])
     p.add_argument("--redis-server", default=ingest.REDIS_SERVER)
     args = p.parse_args()
     try:
