@@ -108,7 +108,8 @@ async def flush_lua(pool, keys: RedisKeys, batch: dict[str, list[bytes]]) -> Non
     await pool.eval(WRITE_SCRIPT, names, args)
 
 
-async def flush_raw(counter: _Counter, keys: RedisKeys, batch: dict[str, list[bytes]]) -> None:
+def _commands(keys: RedisKeys, batch: dict[str, list[bytes]]) -> list[bytes]:
+    """LPUSH, LTRIM and EXPIRE per channel, each RESP encoded: raw's and multi's payload."""
     parts = []
     history, expiry = b"%d" % (HISTORY - 1), b"%d" % EXPIRY
     for channel_id, lines in batch.items():
@@ -116,20 +117,17 @@ async def flush_raw(counter: _Counter, keys: RedisKeys, batch: dict[str, list[by
         parts.append(_resp(b"LPUSH", key, *lines))
         parts.append(_resp(b"LTRIM", key, b"0", history))
         parts.append(_resp(b"EXPIRE", key, expiry))
-    await counter.send(b"".join(parts), 3 * len(batch))
+    return parts
+
+
+async def flush_raw(counter: _Counter, keys: RedisKeys, batch: dict[str, list[bytes]]) -> None:
+    await counter.send(b"".join(_commands(keys, batch)), 3 * len(batch))
 
 
 async def flush_multi(counter: _Counter, keys: RedisKeys, batch: dict[str, list[bytes]]) -> None:
-    parts = [_resp(b"MULTI")]
-    history, expiry = b"%d" % (HISTORY - 1), b"%d" % EXPIRY
-    for channel_id, lines in batch.items():
-        key = keys.backlog(channel_id)
-        parts.append(_resp(b"LPUSH", key, *lines))
-        parts.append(_resp(b"LTRIM", key, b"0", history))
-        parts.append(_resp(b"EXPIRE", key, expiry))
-    parts.append(_resp(b"EXEC"))
     # +OK, a +QUEUED per command, then EXEC's array: its header and a line per command.
-    await counter.send(b"".join(parts), 2 + 6 * len(batch))
+    payload = b"".join([_resp(b"MULTI"), *_commands(keys, batch), _resp(b"EXEC")])
+    await counter.send(payload, 2 + 6 * len(batch))
 
 
 # WRITE_SCRIPT's text as the body of a function whose parameters keep the script's names.
